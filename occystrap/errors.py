@@ -1,0 +1,21 @@
+"""Errors a user can act on: the CLI prints their message on one line and exits non-zero."""
+
+
+class OccystrapError(Exception):
+    """A failure the user can fix; its message says what is wrong and what to do."""
+
+
+class UsageError(OccystrapError):
+    """Bad input on the command line: a malformed URI, an unknown option value."""
+
+
+class RegistryError(OccystrapError):
+    """A registry answered with an error we cannot recover from."""
+
+
+class DigestMismatchError(OccystrapError):
+    """Bytes received do not hash to the digest that names them."""
+
+
+class QuayAuthError(OccystrapError):
+    """The Quay API refused our token (or we had none)."""

@@ -1,0 +1,91 @@
+"""Assembles the one httpx client of a run: the whole middleware chain, in one visible place.
+
+Outermost first (a request travels down this list, a response back up):
+
+    plug-ins      see every request, each redirect hop included
+    Mirror        rewrites registry reads to mirrors, falls through to the origin
+    RegistryAuth  bearer/basic auth for the host actually contacted (mirror or origin)
+    QuayAuth      bearer token for the Quay API base only
+    Retry         backoff and Retry-After; token fetches and mirror misses pass through it
+    RateLimit     every attempt that reaches the network counts
+    Logging       one line per network attempt
+    base          HTTP/2-capable httpx.HTTPTransport (TLS, proxies, limits)
+
+docs/middleware.md gives the reason for each position.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import httpx
+
+from occystrap import __version__
+from occystrap.credentials import CredentialStore
+from occystrap.middleware.logging import Logging
+from occystrap.middleware.mirror import Mirror, parse_mirrors
+from occystrap.middleware.plugins import apply_plugins, parse_middleware_spec
+from occystrap.middleware.quay_auth import QuayAuth
+from occystrap.middleware.ratelimit import RateLimit, parse_rate_limits
+from occystrap.middleware.registry_auth import RegistryAuth
+from occystrap.middleware.retry import Retry
+from occystrap.middleware.transport import DEFAULT_TIMEOUT, build_base_transport
+
+USER_AGENT = f"occystrap/{__version__}"
+DEFAULT_QUAY_API = "https://quay.io/api/v1"
+
+
+@dataclass
+class ChainSettings:
+    """Everything the chain is built from; the CLI fills it from flags and env."""
+
+    retries: int = 3
+    rate_limits: Sequence[str] = ()
+    mirrors: Sequence[str] = ()
+    credentials: CredentialStore = field(default_factory=CredentialStore.empty)
+    quay_api_base: str = DEFAULT_QUAY_API
+    quay_token: str | None = None
+    http2: bool = True
+    parallel: int = 4
+    ca_cert: str | None = None
+    middlewares: Sequence[str] = ()
+    timeout: httpx.Timeout = DEFAULT_TIMEOUT
+
+
+def build_transport(settings: ChainSettings) -> httpx.BaseTransport:
+    """The chain itself, innermost first so the code reads bottom-up like the diagram above."""
+    transport: httpx.BaseTransport = build_base_transport(
+        http2=settings.http2, parallel=settings.parallel, ca_cert=settings.ca_cert
+    )
+    transport = Logging(transport)
+    if settings.rate_limits:
+        transport = RateLimit(transport, parse_rate_limits(list(settings.rate_limits)))
+    transport = Retry(transport, retries=settings.retries)
+    transport = QuayAuth(transport, api_base=settings.quay_api_base, token=settings.quay_token)
+    transport = RegistryAuth(transport, settings.credentials)
+    if settings.mirrors:
+        transport = Mirror(transport, parse_mirrors(list(settings.mirrors)))
+    specs = [parse_middleware_spec(spec) for spec in settings.middlewares]
+    return apply_plugins(transport, specs)
+
+
+def build_client(settings: ChainSettings) -> httpx.Client:
+    """The single client every registry, token and Quay call of a run goes through."""
+    return httpx.Client(
+        transport=build_transport(settings),
+        headers={"User-Agent": USER_AGENT, "Accept-Encoding": "identity"},
+        timeout=settings.timeout,
+        follow_redirects=True,
+        trust_env=False,  # proxies are routed by the base transport
+    )
+
+
+def describe_chain(transport: httpx.BaseTransport) -> str:
+    """`Outer -> ... -> base`, for --debug output."""
+    names = []
+    node: object | None = transport
+    while node is not None:
+        names.append(getattr(node, "chain_name", type(node).__name__))
+        node = getattr(node, "next", None)
+    return " -> ".join(names)

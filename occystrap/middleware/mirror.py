@@ -1,0 +1,205 @@
+"""Send registry reads to pull-through mirrors first, falling back to the origin.
+
+Mirrors sit outside auth in the chain, so the auth middleware sees the mirror's host and picks the
+mirror's own credentials; the origin's Authorization header is never forwarded to a mirror.
+"""
+
+import logging
+import re
+import threading
+
+import httpx
+
+from occystrap.errors import UsageError
+from occystrap.middleware.base import Middleware
+from occystrap.middleware.extensions import MIRROR, NO_RETRY, SERVED_BY
+from occystrap.registry.hosts import canonical_registry_host
+
+LOG = logging.getLogger(__name__)
+
+MIRROR_FORM = "--mirror SOURCE=URL, e.g. docker.io=https://mirror.example:5000"
+
+_LABEL = r"[a-z0-9](?:[a-z0-9-]*[a-z0-9])?"
+_HOST = rf"(?:{_LABEL}(?:\.{_LABEL})*|\[[0-9a-f:.]+\])"
+_PORT = r"(?::(?P<port>[0-9]{1,5}))?"
+_SOURCE_RE = re.compile(rf"{_HOST}{_PORT}", re.IGNORECASE)
+# A path prefix made of RFC 3986 path characters; no query or fragment.
+_MIRROR_URL_RE = re.compile(
+    rf"(?P<scheme>https?)://(?P<netloc>{_HOST}{_PORT})(?P<prefix>/[A-Za-z0-9._~!$&'()*+,;=:@%/-]*)?",
+    re.IGNORECASE,
+)
+
+_READ_METHODS = frozenset({"GET", "HEAD"})
+# The mirror is alive but lacks the content (or rejects us): try elsewhere, do not count it.
+_MISSING_STATUSES = frozenset({401, 403, 404})
+_DEFAULT_PORTS = {"http": 80, "https": 443}
+
+
+def _valid_port(port: str | None) -> bool:
+    return port is None or 0 < int(port) < 65536
+
+
+def parse_mirror(value: str) -> tuple[str, str]:
+    """Parse `SOURCE=URL` into (canonical source host, mirror base URL without trailing slash)."""
+    source, sep, url = value.partition("=")
+    source, url = source.strip(), url.strip()
+    source_match = _SOURCE_RE.fullmatch(source)
+    url_match = _MIRROR_URL_RE.fullmatch(url)
+    if (
+        not sep
+        or source_match is None
+        or url_match is None
+        or not _valid_port(source_match["port"])
+        or not _valid_port(url_match["port"])
+    ):
+        raise UsageError(f"bad mirror {value!r}: expected {MIRROR_FORM}")
+    prefix = (url_match["prefix"] or "").rstrip("/")
+    base = f"{url_match['scheme'].lower()}://{url_match['netloc'].lower()}{prefix}"
+    return canonical_registry_host(source), base
+
+
+def parse_mirrors(values: list[str]) -> dict[str, list[str]]:
+    """Group parsed mirrors by source, keeping the order given and dropping repeats."""
+    mirrors: dict[str, list[str]] = {}
+    for value in values:
+        source, base = parse_mirror(value)
+        bases = mirrors.setdefault(source, [])
+        if base not in bases:
+            bases.append(base)
+    return mirrors
+
+
+def split_env_list(value: str) -> list[str]:
+    """Split an environment value such as OCCYSTRAP_MIRRORS on commas and whitespace."""
+    return [item for item in re.split(r"[,\s]+", value) if item]
+
+
+def rewrite_url(url: httpx.URL, mirror_base: str) -> httpx.URL:
+    """Point `url` (a /v2/ URL on the source) at the mirror, keeping the mirror's path prefix."""
+    base = httpx.URL(mirror_base)
+    prefix = base.raw_path.split(b"?", 1)[0].rstrip(b"/")
+    return base.copy_with(raw_path=prefix + url.raw_path)
+
+
+def origin_url(mirrored: httpx.URL, mirror_base: str, origin: httpx.URL) -> httpx.URL:
+    """Undo `rewrite_url`: the URL on `origin`'s host that `mirrored` stands for."""
+    prefix = httpx.URL(mirror_base).raw_path.split(b"?", 1)[0].rstrip(b"/")
+    raw_path = mirrored.raw_path
+    if not raw_path.startswith(prefix):
+        raise ValueError(f"{mirrored} is not under mirror {mirror_base}")
+    return origin.copy_with(raw_path=raw_path[len(prefix) :])
+
+
+def _source_keys(url: httpx.URL) -> list[str]:
+    """Ways a configured SOURCE may name this URL's host (with and without the default port)."""
+    host = f"[{url.host}]" if ":" in url.host else url.host
+    if url.port is not None:
+        return [canonical_registry_host(f"{host}:{url.port}")]
+    keys = [canonical_registry_host(host)]
+    default_port = _DEFAULT_PORTS.get(url.scheme)
+    if default_port is not None:
+        keys.append(canonical_registry_host(f"{host}:{default_port}"))
+    return keys
+
+
+class _MirrorHealth:
+    """Circuit breaker shared by all threads: which mirrors are still worth a try."""
+
+    def __init__(self, failure_threshold: int) -> None:
+        self._failure_threshold = failure_threshold
+        self._failures: dict[str, int] = {}
+        self._disabled: set[str] = set()
+        self._lock = threading.Lock()
+
+    def usable(self, base: str) -> bool:
+        with self._lock:
+            return base not in self._disabled
+
+    def succeeded(self, base: str) -> None:
+        with self._lock:
+            self._failures[base] = 0
+
+    def unreachable(self, base: str, reason: str) -> None:
+        self._disable(base, f"unreachable ({reason})")
+
+    def failed(self, base: str, status_code: int) -> None:
+        with self._lock:
+            count = self._failures.get(base, 0) + 1
+            self._failures[base] = count
+        if count >= self._failure_threshold:
+            self._disable(base, f"answered HTTP {status_code} {count} times in a row")
+
+    def _disable(self, base: str, reason: str) -> None:
+        with self._lock:
+            if base in self._disabled:
+                return
+            self._disabled.add(base)
+        LOG.info("Mirror %s disabled for this run: %s", base, reason)
+
+
+class Mirror(Middleware):
+    """Try each configured mirror of a registry for reads, then the registry itself."""
+
+    def __init__(
+        self,
+        next_transport: httpx.BaseTransport,
+        mirrors: dict[str, list[str]],
+        failure_threshold: int = 3,
+    ) -> None:
+        super().__init__(next_transport)
+        self._mirrors = {
+            canonical_registry_host(source): list(bases) for source, bases in mirrors.items()
+        }
+        self._health = _MirrorHealth(failure_threshold)
+
+    def _mirrors_for(self, request: httpx.Request) -> list[str]:
+        if request.method not in _READ_METHODS or not request.url.raw_path.startswith(b"/v2/"):
+            return []
+        for key in _source_keys(request.url):
+            if key in self._mirrors:
+                return self._mirrors[key]
+        return []
+
+    def handle_request(self, request: httpx.Request) -> httpx.Response:
+        for base in self._mirrors_for(request):
+            if not self._health.usable(base):
+                continue
+            response = self._try_mirror(request, base)
+            if response is not None:
+                return response
+        return self.next.handle_request(request)
+
+    def _try_mirror(self, request: httpx.Request, base: str) -> httpx.Response | None:
+        """The mirror's response if it can serve this read, else None (and the breaker updated)."""
+        attempt = _mirror_request(request, base)
+        try:
+            response = self.next.handle_request(attempt)
+        except httpx.TransportError as exc:
+            LOG.debug("Mirror %s failed for %s %s: %r", base, request.method, request.url.path, exc)
+            self._health.unreachable(base, type(exc).__name__)
+            return None
+        status = response.status_code
+        if status >= 500 or status == 429 or status in _MISSING_STATUSES:
+            response.close()
+            LOG.debug(
+                "Mirror %s answered %d for %s %s", base, status, request.method, request.url.path
+            )
+            if status not in _MISSING_STATUSES:
+                self._health.failed(base, status)
+            return None
+        self._health.succeeded(base)
+        response.extensions[SERVED_BY] = base
+        return response
+
+
+def _mirror_request(request: httpx.Request, base: str) -> httpx.Request:
+    """A fresh read for the mirror: no origin Host or Authorization, never retried."""
+    headers = [
+        (name, value)
+        for name, value in request.headers.multi_items()
+        if name.lower() not in ("host", "authorization")
+    ]
+    extensions = {**request.extensions, MIRROR: base, NO_RETRY: True}
+    return httpx.Request(
+        request.method, rewrite_url(request.url, base), headers=headers, extensions=extensions
+    )

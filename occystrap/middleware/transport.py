@@ -1,0 +1,165 @@
+"""The innermost transport: real sockets, HTTP/2, verified TLS and environment proxies.
+
+httpx stops reading HTTPS_PROXY / HTTP_PROXY / NO_PROXY once a client is given a transport, so
+the proxy choice is made here, per request.
+"""
+
+import ipaddress
+import os
+import ssl
+import threading
+from collections.abc import Mapping
+
+import httpx
+
+from occystrap.errors import UsageError
+
+DEFAULT_TIMEOUT = httpx.Timeout(connect=15.0, read=120.0, write=120.0, pool=120.0)
+
+_DEFAULT_PORTS = {"http": 80, "https": 443}
+
+
+def _env(environ: Mapping[str, str], name: str) -> str:
+    """A proxy variable, the lowercase spelling winning as in curl and urllib."""
+    return (environ.get(name.lower()) or environ.get(name.upper()) or "").strip()
+
+
+def _strip_brackets(host: str) -> str:
+    return host[1:-1] if host.startswith("[") and host.endswith("]") else host
+
+
+def _split_host_port(entry: str) -> tuple[str, int | None]:
+    """Split a NO_PROXY entry into host and optional port (`[v6]:port`, `host:port`, bare v6)."""
+    if entry.startswith("["):
+        host, _, rest = entry[1:].partition("]")
+        port = rest[1:] if rest.startswith(":") else ""
+        return host, int(port) if port.isdigit() else None
+    if entry.count(":") == 1:
+        host, port = entry.split(":")
+        return host, int(port) if port.isdigit() else None
+    return entry, None
+
+
+def _no_proxy_matches(entry: str, host: str, port: int | None) -> bool:
+    """Whether one NO_PROXY entry covers `host:port`: domain suffix, exact IP or CIDR."""
+    if entry == "*":
+        return True
+    entry_host, entry_port = _split_host_port(entry)
+    if entry_port is not None and entry_port != port:
+        return False
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        address = None
+    if address is not None:
+        try:
+            return address in ipaddress.ip_network(entry_host, strict=False)
+        except ValueError:
+            return False
+    domain = entry_host.lower().removeprefix("*").lstrip(".")
+    return bool(domain) and (host == domain or host.endswith("." + domain))
+
+
+def proxy_for(url: httpx.URL | str, environ: Mapping[str, str]) -> str | None:
+    """The proxy URL to use for `url` according to the environment, or None to go direct."""
+    url = httpx.URL(url)
+    host = _strip_brackets(url.host.lower())
+    port = url.port or _DEFAULT_PORTS.get(url.scheme)
+    no_proxy = _env(environ, "no_proxy").replace(" ", ",").split(",")
+    if any(entry and _no_proxy_matches(entry.strip(), host, port) for entry in no_proxy):
+        return None
+    proxy = _env(environ, f"{url.scheme}_proxy") or _env(environ, "all_proxy")
+    if not proxy:
+        return None
+    return proxy if "://" in proxy else f"http://{proxy}"
+
+
+def _any_proxy_configured(environ: Mapping[str, str]) -> bool:
+    return any(_env(environ, f"{scheme}_proxy") for scheme in ("http", "https", "all"))
+
+
+def _ssl_context(ca_cert: str | None) -> ssl.SSLContext:
+    """The system trust store, plus the user's CA file when given."""
+    context = ssl.create_default_context()
+    if ca_cert is not None:
+        try:
+            context.load_verify_locations(cafile=ca_cert)
+        except (OSError, ssl.SSLError) as exc:
+            raise UsageError(
+                f"cannot load CA certificate file {ca_cert!r}: {exc}; give a readable PEM file"
+            ) from exc
+    return context
+
+
+class _TimedTransport(httpx.HTTPTransport):
+    """An HTTPTransport that gives requests built without a client a finite timeout.
+
+    Requests that middlewares build themselves (token fetches, mirror attempts) carry no timeout
+    extension unless copied; httpcore would then wait forever.
+    """
+
+    def __init__(self, *, default_timeout: httpx.Timeout, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self._default_timeout = default_timeout.as_dict()
+
+    def handle_request(self, request: httpx.Request) -> httpx.Response:
+        request.extensions.setdefault("timeout", self._default_timeout)
+        return super().handle_request(request)
+
+
+class ProxyRouter(httpx.BaseTransport):
+    """Send each request direct or through the proxy the environment names for its URL."""
+
+    def __init__(self, direct: httpx.BaseTransport, environ: Mapping[str, str], make_proxied):
+        self._direct = direct
+        self._environ = dict(environ)
+        self._make_proxied = make_proxied
+        self._proxied: dict[str, httpx.BaseTransport] = {}
+        self._lock = threading.Lock()
+
+    def _transport_for(self, url: httpx.URL) -> httpx.BaseTransport:
+        proxy = proxy_for(url, self._environ)
+        if proxy is None:
+            return self._direct
+        with self._lock:
+            if proxy not in self._proxied:
+                self._proxied[proxy] = self._make_proxied(proxy)
+            return self._proxied[proxy]
+
+    def handle_request(self, request: httpx.Request) -> httpx.Response:
+        return self._transport_for(request.url).handle_request(request)
+
+    def close(self) -> None:
+        self._direct.close()
+        with self._lock:
+            for transport in self._proxied.values():
+                transport.close()
+            self._proxied.clear()
+
+
+def build_base_transport(
+    *,
+    http2: bool = True,
+    parallel: int = 4,
+    ca_cert: str | None = None,
+    environ: Mapping[str, str] = os.environ,
+    timeout: httpx.Timeout | None = None,
+) -> httpx.BaseTransport:
+    """The transport at the bottom of the middleware chain, sized for `parallel` workers."""
+    connections = max(10, 4 * parallel)
+    ssl_context = _ssl_context(ca_cert)
+
+    def make(proxy: str | None = None) -> httpx.HTTPTransport:
+        return _TimedTransport(
+            default_timeout=timeout or DEFAULT_TIMEOUT,
+            http2=http2,
+            verify=ssl_context,
+            limits=httpx.Limits(max_connections=connections, max_keepalive_connections=connections),
+            retries=0,
+            proxy=proxy,
+        )
+
+    direct = make()
+    if not _any_proxy_configured(environ):
+        return direct
+    return ProxyRouter(direct, environ, make)

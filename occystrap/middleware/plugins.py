@@ -1,0 +1,98 @@
+"""Third-party middlewares: found by entry point or registered from Python, wrapped by name.
+
+A plug-in is a factory `factory(next_transport, options) -> httpx.BaseTransport`, published in the
+entry-point group `occystrap.middleware` or passed to `register_middleware`.
+"""
+
+import re
+import threading
+from collections.abc import Callable
+from importlib.metadata import entry_points
+
+import httpx
+
+from occystrap.errors import UsageError
+
+ENTRY_POINT_GROUP = "occystrap.middleware"
+SPEC_FORM = "--middleware NAME[:KEY=VALUE,...], e.g. header:X-Pull-Through=yes"
+
+MiddlewareFactory = Callable[[httpx.BaseTransport, dict[str, str]], httpx.BaseTransport]
+
+_registered: dict[str, MiddlewareFactory] = {}
+_entry_point_lock = threading.Lock()
+_entry_point_factories: dict[str, MiddlewareFactory] | None = None
+_entry_point_errors: dict[str, str] = {}
+
+_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
+_KEY_RE = re.compile(r"[^=,\s]+")
+
+
+def register_middleware(name: str, factory: MiddlewareFactory) -> None:
+    """Make `factory` available as `name` without packaging it; it wins over an entry point."""
+    if not _NAME_RE.fullmatch(name):
+        raise ValueError(f"bad middleware name {name!r}: use letters, digits, '_', '.', '-'")
+    _registered[name] = factory
+
+
+def _load_entry_points() -> tuple[dict[str, MiddlewareFactory], dict[str, str]]:
+    """Import every entry point once, remembering failures to report only when asked by name."""
+    global _entry_point_factories
+    with _entry_point_lock:
+        if _entry_point_factories is None:
+            factories: dict[str, MiddlewareFactory] = {}
+            for entry_point in entry_points(group=ENTRY_POINT_GROUP):
+                try:
+                    factories[entry_point.name] = entry_point.load()
+                except Exception as exc:  # a broken plug-in must not break the others
+                    _entry_point_errors[entry_point.name] = f"{type(exc).__name__}: {exc}"
+            _entry_point_factories = factories
+        return _entry_point_factories, _entry_point_errors
+
+
+def available_middlewares() -> dict[str, MiddlewareFactory]:
+    """Every usable plug-in by name: entry points, overridden by registered ones."""
+    factories, _ = _load_entry_points()
+    return {**factories, **_registered}
+
+
+def parse_middleware_spec(value: str) -> tuple[str, dict[str, str]]:
+    """Parse `NAME[:KEY=VALUE,...]`; a value may itself contain '='."""
+    name, sep, option_text = value.partition(":")
+    if not _NAME_RE.fullmatch(name) or (sep and not option_text):
+        raise UsageError(f"bad middleware {value!r}: expected {SPEC_FORM}")
+    options: dict[str, str] = {}
+    for item in option_text.split(",") if sep else []:
+        key, has_value, option_value = item.partition("=")
+        if not has_value or not _KEY_RE.fullmatch(key):
+            raise UsageError(f"bad middleware option {item!r} in {value!r}: expected {SPEC_FORM}")
+        options[key] = option_value
+    return name, options
+
+
+def _factory_named(name: str) -> MiddlewareFactory:
+    available = available_middlewares()
+    if name in available:
+        return available[name]
+    _, errors = _load_entry_points()
+    if name in errors:
+        raise UsageError(f"middleware {name!r} could not be loaded: {errors[name]}")
+    names = ", ".join(sorted(available)) or "none"
+    raise UsageError(f"unknown middleware {name!r}; available: {names}")
+
+
+def apply_plugins(
+    transport: httpx.BaseTransport, specs: list[tuple[str, dict[str, str]]]
+) -> httpx.BaseTransport:
+    """Wrap `transport` in the named plug-ins; the first spec ends up outermost."""
+    factories = [(name, options, _factory_named(name)) for name, options in specs]
+    for name, options, factory in reversed(factories):
+        try:
+            wrapped = factory(transport, dict(options))
+        except Exception as exc:  # any plug-in failure becomes one actionable line
+            raise UsageError(f"middleware {name!r} failed to start: {exc}") from exc
+        if not isinstance(wrapped, httpx.BaseTransport):
+            raise UsageError(
+                f"middleware {name!r} returned {type(wrapped).__name__}, not an httpx.BaseTransport"
+            )
+        transport = wrapped
+    return transport

@@ -1,0 +1,324 @@
+"""Docker Registry v2 authentication: Bearer tokens from the realm, or Basic, per host.
+
+Credentials are chosen from the URL of each request, so a redirect hop or a mirror
+never receives the origin's secrets. Tokens are cached per (realm, service, scopes)
+and sent pre-emptively once a host has challenged us, so a pull costs one token
+fetch per scope rather than one 401 round trip per request.
+"""
+
+from __future__ import annotations
+
+import base64
+import logging
+import math
+import re
+import threading
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+
+import httpx
+
+from occystrap.credentials import Credential, CredentialStore
+from occystrap.errors import RegistryError
+from occystrap.middleware.base import Middleware
+from occystrap.middleware.challenge import Challenge, parse_challenges
+from occystrap.middleware.extensions import REPLAYABLE, RETRY_UNSAFE, SCOPE
+
+logger = logging.getLogger(__name__)
+
+_DEFAULT_EXPIRES_IN = 60
+# Stop using a token this long before the registry says it expires (never more than a quarter
+# of its life), so a request in flight does not carry a token that just died.
+_EXPIRY_MARGIN_SECONDS = 10
+_REPOSITORY_PATH = re.compile(r"^/v2/(?P<name>.+)/(?:manifests|blobs|tags|referrers)/")
+_CATALOG_SCOPE = "registry:catalog:*"
+_READ_METHODS = frozenset({"GET", "HEAD"})
+
+Origin = tuple[str, str, int | None]
+TokenKey = tuple[str, str, frozenset[str]]
+
+
+def request_with_header(request: httpx.Request, name: str, value: str) -> httpx.Request:
+    """A copy of `request` with one header set; the caller's request is never changed.
+
+    Mutating the original would let our Authorization ride along when httpx builds a
+    redirect from it.
+    """
+    headers = httpx.Headers(request.headers)
+    headers[name] = value
+    return httpx.Request(
+        request.method,
+        request.url,
+        headers=headers,
+        stream=request.stream,
+        extensions=request.extensions,
+    )
+
+
+def basic_authorization(credential: Credential) -> str | None:
+    """The Basic header value for a username/password credential, else None."""
+    if not (credential.username and credential.password):
+        return None
+    pair = f"{credential.username}:{credential.password}".encode()
+    return "Basic " + base64.b64encode(pair).decode("ascii")
+
+
+def normalise_scopes(scopes: Iterable[str]) -> frozenset[str]:
+    """Merge scopes naming the same resource so they compare as sets of actions.
+
+    "repository:a:push,pull" and "repository:a:pull" + "repository:a:push" become one
+    canonical "repository:a:pull,push".
+    """
+    actions_by_resource: dict[str, set[str]] = {}
+    for scope in scopes:
+        resource, separator, actions = scope.strip().rpartition(":")
+        if not separator or not resource:
+            if scope.strip():
+                actions_by_resource.setdefault(scope.strip(), set())
+            continue
+        actions_by_resource.setdefault(resource, set()).update(
+            action for action in actions.split(",") if action
+        )
+    return frozenset(
+        f"{resource}:{','.join(sorted(actions))}" if actions else resource
+        for resource, actions in actions_by_resource.items()
+    )
+
+
+def _expand(scopes: frozenset[str]) -> set[tuple[str, str]]:
+    """Scopes as (resource, action) pairs, for "does this token cover that" checks."""
+    pairs: set[tuple[str, str]] = set()
+    for scope in scopes:
+        resource, _, actions = scope.rpartition(":")
+        pairs.update((resource, action) for action in actions.split(","))
+    return pairs
+
+
+def scopes_for_request(request: httpx.Request) -> frozenset[str]:
+    """The token scopes a registry request needs, from its path, method and SCOPE extension."""
+    path = request.url.path
+    needed: list[str] = list(request.extensions.get(SCOPE) or [])
+    match = _REPOSITORY_PATH.match(path)
+    if match:
+        actions = "pull" if request.method.upper() in _READ_METHODS else "pull,push"
+        needed.append(f"repository:{match.group('name')}:{actions}")
+    elif path in ("/v2", "/v2/", "/v2/_catalog"):
+        needed.append(_CATALOG_SCOPE)
+    return normalise_scopes(needed)
+
+
+def _origin(url: httpx.URL) -> Origin:
+    return (url.scheme, url.host, url.port)
+
+
+def _is_replayable(request: httpx.Request) -> bool:
+    return isinstance(request.stream, httpx.ByteStream) or bool(request.extensions.get(REPLAYABLE))
+
+
+@dataclass(frozen=True)
+class _BearerRealm:
+    """Where a host told us to get tokens."""
+
+    realm: str
+    service: str
+
+
+@dataclass(frozen=True)
+class _CachedToken:
+    token: str
+    usable_until: float
+
+
+class RegistryAuth(Middleware):
+    """Answers registry 401 challenges and then authenticates pre-emptively, per host."""
+
+    def __init__(
+        self,
+        next_transport: httpx.BaseTransport,
+        credentials: CredentialStore,
+        clock: Callable[[], float] = time.monotonic,
+        client_id: str = "occystrap",
+    ) -> None:
+        super().__init__(next_transport)
+        self._credentials = credentials
+        self._clock = clock
+        self._client_id = client_id
+        self._lock = threading.Lock()
+        self._bearer_hosts: dict[Origin, _BearerRealm] = {}
+        self._basic_hosts: set[Origin] = set()
+        self._tokens: dict[TokenKey, _CachedToken] = {}
+        self._fetch_locks: dict[TokenKey, threading.Lock] = {}
+
+    def handle_request(self, request: httpx.Request) -> httpx.Response:
+        if "authorization" in request.headers:  # the caller authenticates this one itself
+            return self.next.handle_request(request)
+        origin = _origin(request.url)
+        scopes = scopes_for_request(request)
+        sent_token, sent_basic = None, False
+        with self._lock:
+            bearer = self._bearer_hosts.get(origin)
+            uses_basic = origin in self._basic_hosts
+        outgoing = request
+        if bearer is not None and scopes:
+            sent_token = self._token(bearer, scopes, request)
+            outgoing = request_with_header(request, "Authorization", f"Bearer {sent_token}")
+        elif uses_basic:
+            basic = self._basic_for(request.url)
+            if basic:
+                outgoing = request_with_header(request, "Authorization", basic)
+                sent_basic = True
+
+        response = self.next.handle_request(outgoing)
+        if response.status_code != 401 or not _is_replayable(request):
+            return response
+        challenges = parse_challenges(", ".join(response.headers.get_list("www-authenticate")))
+        bearer_challenge = next(
+            (c for c in challenges if c.scheme == "bearer" and c.params.get("realm")), None
+        )
+        if bearer_challenge is not None:
+            authorization = self._answer_bearer(
+                bearer_challenge, origin, scopes, request, sent_token
+            )
+        elif any(c.scheme == "basic" for c in challenges) and not sent_basic:
+            with self._lock:
+                self._basic_hosts.add(origin)
+            authorization = self._basic_for(request.url)
+        else:
+            authorization = None
+        if authorization is None:
+            return response
+        response.close()
+        return self.next.handle_request(
+            request_with_header(request, "Authorization", authorization)
+        )
+
+    def _answer_bearer(
+        self,
+        challenge: Challenge,
+        origin: Origin,
+        scopes: frozenset[str],
+        request: httpx.Request,
+        rejected_token: str | None,
+    ) -> str:
+        """Remember the host's realm and get a token for the challenge's scope and ours."""
+        bearer = _BearerRealm(challenge.params["realm"], challenge.params.get("service", ""))
+        with self._lock:
+            self._bearer_hosts[origin] = bearer
+        wanted = normalise_scopes([*challenge.params.get("scope", "").split(" "), *scopes])
+        return "Bearer " + self._token(bearer, wanted, request, rejected_token)
+
+    def _basic_for(self, url: httpx.URL) -> str | None:
+        credential = self._credentials.for_host(url.netloc.decode("ascii"))
+        return basic_authorization(credential) if credential else None
+
+    def _token(
+        self,
+        bearer: _BearerRealm,
+        scopes: frozenset[str],
+        request: httpx.Request,
+        rejected_token: str | None = None,
+    ) -> str:
+        """A cached token covering `scopes`, or a fresh one fetched once however many ask."""
+        key = (bearer.realm, bearer.service, scopes)
+        cached = self._cached_token(bearer, scopes, rejected_token)
+        if cached is not None:
+            return cached
+        with self._lock:
+            fetch_lock = self._fetch_locks.setdefault(key, threading.Lock())
+        with fetch_lock:
+            cached = self._cached_token(bearer, scopes, rejected_token)
+            if cached is not None:
+                return cached
+            token, expires_in = self._fetch_token(bearer, scopes, request)
+            margin = min(_EXPIRY_MARGIN_SECONDS, expires_in / 4)
+            with self._lock:
+                self._tokens[key] = _CachedToken(token, self._clock() + expires_in - margin)
+            return token
+
+    def _cached_token(
+        self, bearer: _BearerRealm, scopes: frozenset[str], rejected_token: str | None
+    ) -> str | None:
+        """A live token from the same realm whose scopes include every action we need."""
+        needed = _expand(scopes)
+        now = self._clock()
+        with self._lock:
+            for (realm, service, held), cached in list(self._tokens.items()):
+                if (realm, service) != (bearer.realm, bearer.service):
+                    continue
+                if cached.usable_until <= now:
+                    del self._tokens[(realm, service, held)]
+                    continue
+                if cached.token != rejected_token and needed <= _expand(held):
+                    return cached.token
+        return None
+
+    def _fetch_token(
+        self, bearer: _BearerRealm, scopes: frozenset[str], request: httpx.Request
+    ) -> tuple[str, float]:
+        """Ask the realm for a token with the registry host's credential (or anonymously)."""
+        credential = self._credentials.for_host(request.url.netloc.decode("ascii"))
+        realm_url = httpx.URL(bearer.realm)
+        if credential and realm_url.scheme == "http" and request.url.scheme == "https":
+            logger.debug("not sending credentials to plain-http realm %s", bearer.realm)
+            credential = None
+        sorted_scopes = sorted(scopes)
+        extensions = {}
+        if "timeout" in request.extensions:
+            extensions["timeout"] = request.extensions["timeout"]
+        if credential and credential.identity_token:
+            form = {
+                "grant_type": "refresh_token",
+                "refresh_token": credential.identity_token,
+                "service": bearer.service,
+                "scope": " ".join(sorted_scopes),
+                "client_id": self._client_id,
+            }
+            token_request = httpx.Request(
+                "POST",
+                realm_url,
+                data=form,
+                extensions={**extensions, REPLAYABLE: True, RETRY_UNSAFE: True},
+            )
+        else:
+            params = [("service", bearer.service)] if bearer.service else []
+            params += [("scope", scope) for scope in sorted_scopes]
+            headers = {}
+            basic = basic_authorization(credential) if credential else None
+            if basic:
+                headers["Authorization"] = basic
+            token_request = httpx.Request(
+                "GET",
+                realm_url.copy_merge_params(params),
+                headers=headers,
+                extensions=extensions,
+            )
+        scope_text = " ".join(sorted_scopes) or "(no scope)"
+        response = self.next.handle_request(token_request)
+        try:
+            response.read()
+        finally:
+            response.close()
+        if response.status_code != 200:
+            raise RegistryError(
+                f"could not get a token from {bearer.realm} for {scope_text}: "
+                f"HTTP {response.status_code} {response.reason_phrase}; "
+                "check --username/--password or docker login"
+            )
+        try:
+            document = response.json()
+            token = document.get("token") or document.get("access_token")
+            expires_in = float(document.get("expires_in") or _DEFAULT_EXPIRES_IN)
+        except (ValueError, AttributeError, TypeError):
+            token, expires_in = None, _DEFAULT_EXPIRES_IN
+        if not token or not isinstance(token, str):
+            raise RegistryError(
+                f"the token endpoint {bearer.realm} gave no token for {scope_text}; "
+                "check the registry's auth service"
+            )
+        if not math.isfinite(expires_in) or expires_in <= 0:
+            expires_in = _DEFAULT_EXPIRES_IN
+        logger.debug(
+            "fetched token for %s scope %s, expires in %d s", bearer.realm, scope_text, expires_in
+        )
+        return token, expires_in

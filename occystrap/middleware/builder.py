@@ -16,7 +16,8 @@ docs/middleware.md gives the reason for each position.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import logging
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 
 import httpx
@@ -32,6 +33,7 @@ from occystrap.middleware.registry_auth import RegistryAuth
 from occystrap.middleware.retry import Retry
 from occystrap.middleware.transport import DEFAULT_TIMEOUT, build_base_transport
 
+LOG = logging.getLogger("occystrap.chain")
 USER_AGENT = f"occystrap/{__version__}"
 DEFAULT_QUAY_API = "https://quay.io/api/v1"
 
@@ -72,8 +74,10 @@ def build_transport(settings: ChainSettings) -> httpx.BaseTransport:
 
 def build_client(settings: ChainSettings) -> httpx.Client:
     """The single client every registry, token and Quay call of a run goes through."""
+    transport = build_transport(settings)
+    LOG.debug("middleware chain: %s", describe_chain(transport))
     return httpx.Client(
-        transport=build_transport(settings),
+        transport=transport,
         headers={"User-Agent": USER_AGENT, "Accept-Encoding": "identity"},
         timeout=settings.timeout,
         follow_redirects=True,
@@ -81,11 +85,22 @@ def build_client(settings: ChainSettings) -> httpx.Client:
     )
 
 
+def chain_members(transport: httpx.BaseTransport) -> Iterator[httpx.BaseTransport]:
+    """Every transport of the chain, outermost first."""
+    node: httpx.BaseTransport | None = transport
+    while node is not None:
+        yield node
+        node = getattr(node, "next", None)
+
+
 def describe_chain(transport: httpx.BaseTransport) -> str:
     """`Outer -> ... -> base`, for --debug output."""
-    names = []
-    node: object | None = transport
-    while node is not None:
-        names.append(getattr(node, "chain_name", type(node).__name__))
-        node = getattr(node, "next", None)
-    return " -> ".join(names)
+    return " -> ".join(type(node).__name__ for node in chain_members(transport))
+
+
+def retries_made(client: httpx.Client) -> int:
+    """How many retries the run's Retry middleware made, for the summary line."""
+    for node in chain_members(client._transport):
+        if isinstance(node, Retry):
+            return node.retries_made
+    return 0

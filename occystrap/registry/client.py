@@ -1,0 +1,233 @@
+"""The Registry V2 protocol over the assembled client: manifests, blobs, uploads.
+
+Nothing here handles auth, retries, mirrors or rate limits: the chain does.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from collections.abc import Callable
+from pathlib import Path
+
+import httpx
+
+from occystrap.errors import DigestMismatchError, RegistryError
+from occystrap.middleware import extensions
+from occystrap.registry.blobs import FetchedBlob, FileBodyStream, download_blob
+from occystrap.registry.errors import registry_error
+from occystrap.registry.manifest import ACCEPT_MANIFESTS
+
+LOG = logging.getLogger("occystrap.registry")
+
+MAX_MANIFEST_BYTES = 4 * 1024 * 1024
+MAX_CONFIG_BYTES = 16 * 1024 * 1024
+UPLOAD_ATTEMPTS = 3
+PATCH_CHUNK = 16 * 1024 * 1024
+
+
+class RegistryClient:
+    """One registry (`host[:port]`), spoken to through the run's single httpx client."""
+
+    def __init__(self, http: httpx.Client, registry: str, *, insecure: bool = False) -> None:
+        self.http = http
+        self.registry = registry
+        self.base = f"{'http' if insecure else 'https'}://{registry}"
+
+    def _url(self, repository: str, kind: str, reference: str = "") -> str:
+        return f"{self.base}/v2/{repository}/{kind}/{reference}"
+
+    # -- manifests -------------------------------------------------------------------------
+
+    def get_manifest(self, repository: str, reference: str) -> tuple[bytes, str, str]:
+        """(raw bytes, content type, digest) of a manifest; digest-pinned references are checked."""
+        what = (
+            f"manifest {repository}:{reference}"
+            if ":" not in reference
+            else (f"manifest {repository}@{reference}")
+        )
+        with self.http.stream(
+            "GET",
+            self._url(repository, "manifests", reference),
+            headers={"Accept": ACCEPT_MANIFESTS},
+        ) as response:
+            if response.status_code != 200:
+                raise registry_error(response, what)
+            raw = _read_limited(response, MAX_MANIFEST_BYTES, what)
+            content_type = response.headers.get("Content-Type", "").split(";")[0].strip()
+        digest = "sha256:" + hashlib.sha256(raw).hexdigest()
+        if reference.startswith("sha256:") and digest != reference:
+            raise DigestMismatchError(f"{what}: content hashes to {digest}")
+        return raw, content_type, digest
+
+    def put_manifest(self, repository: str, reference: str, raw: bytes, media_type: str) -> str:
+        response = self.http.put(
+            self._url(repository, "manifests", reference),
+            content=raw,
+            headers={"Content-Type": media_type},
+        )
+        if response.status_code not in (200, 201):
+            raise registry_error(response, f"pushing manifest {repository}:{reference}")
+        return response.headers.get("Docker-Content-Digest", "")
+
+    # -- blobs -----------------------------------------------------------------------------
+
+    def read_blob(self, repository: str, digest: str, limit: int = MAX_CONFIG_BYTES) -> bytes:
+        """A small blob (an image config) in memory, verified."""
+        what = f"blob {digest} of {repository}"
+        with self.http.stream("GET", self._url(repository, "blobs", digest)) as response:
+            if response.status_code != 200:
+                raise registry_error(response, what)
+            raw = _read_limited(response, limit, what)
+        actual = "sha256:" + hashlib.sha256(raw).hexdigest()
+        if digest.startswith("sha256:") and actual != digest:
+            raise DigestMismatchError(f"{what}: content hashes to {actual}")
+        return raw
+
+    def download_blob(
+        self,
+        repository: str,
+        digest: str,
+        dest: Path,
+        *,
+        size: int | None,
+        diff_id: str | None = None,
+        compression: str = "none",
+        on_bytes: Callable[[int], None] = lambda n: None,
+        on_restart: Callable[[], None] = lambda: None,
+    ) -> FetchedBlob:
+        return download_blob(
+            self.http,
+            self._url(repository, "blobs", digest),
+            dest,
+            digest=digest,
+            size=size,
+            what=f"layer {digest} of {repository}",
+            diff_id=diff_id,
+            compression=compression,
+            on_bytes=on_bytes,
+            on_restart=on_restart,
+        )
+
+    def blob_exists(self, repository: str, digest: str) -> bool:
+        response = self.http.head(self._url(repository, "blobs", digest))
+        if response.status_code == 200:
+            return True
+        if response.status_code == 404:
+            return False
+        raise registry_error(response, f"checking blob {digest} in {repository}")
+
+    # -- uploads ---------------------------------------------------------------------------
+
+    def mount_blob(self, repository: str, digest: str, source: str) -> bool:
+        """Cross-repository mount; True when the registry linked the blob without an upload."""
+        response = self.http.post(
+            f"{self.base}/v2/{repository}/blobs/uploads/",
+            params={"mount": digest, "from": source},
+            extensions={
+                extensions.SCOPE: [f"repository:{source}:pull"],
+                extensions.RETRY_UNSAFE: True,
+            },
+        )
+        response.close()
+        if response.status_code == 201:
+            return True
+        if response.status_code == 202:
+            # Mount refused but an upload session was opened: cancel it, we open our own.
+            location = response.headers.get("Location")
+            if location:
+                self.http.delete(self._location(location)).close()
+            return False
+        LOG.debug("mount of %s from %s answered %d", digest, source, response.status_code)
+        return False
+
+    def upload_blob(
+        self,
+        repository: str,
+        digest: str,
+        path: Path,
+        size: int,
+        on_bytes: Callable[[int], None] = lambda n: None,
+        on_restart: Callable[[], None] = lambda: None,
+    ) -> None:
+        """POST a session, then one streamed PUT (chunked PATCHes when the registry wants them).
+
+        A failed upload restarts in a fresh session: a half-written session cannot be trusted.
+        """
+        what = f"uploading blob {digest} to {repository}"
+        for attempt in range(1, UPLOAD_ATTEMPTS + 1):
+            location = self._start_upload(repository, what)
+            try:
+                self._put_whole(location, digest, path, size, on_bytes, what)
+                return
+            except _NeedsChunks:
+                location = self._start_upload(repository, what)
+                self._patch_chunks(location, digest, path, size, on_bytes, what)
+                return
+            except (httpx.TransportError, RegistryError) as exc:
+                if attempt == UPLOAD_ATTEMPTS:
+                    raise
+                LOG.info("%s failed (%s); restarting in a new session", what, exc)
+                on_restart()
+
+    def _start_upload(self, repository: str, what: str) -> str:
+        response = self.http.post(
+            f"{self.base}/v2/{repository}/blobs/uploads/",
+            extensions={extensions.RETRY_UNSAFE: True},
+        )
+        if response.status_code != 202 or "Location" not in response.headers:
+            raise registry_error(response, what)
+        response.close()
+        return self._location(response.headers["Location"])
+
+    def _location(self, location: str) -> str:
+        return str(httpx.URL(self.base).join(location))
+
+    def _put_whole(self, location, digest, path, size, on_bytes, what) -> None:
+        response = self.http.put(
+            httpx.URL(location).copy_merge_params({"digest": digest}),
+            content=FileBodyStream(path, on_bytes),
+            headers={"Content-Length": str(size), "Content-Type": "application/octet-stream"},
+            extensions={extensions.REPLAYABLE: True},
+        )
+        if response.status_code in (201, 204):
+            return
+        if response.status_code in (405, 416):
+            response.close()
+            raise _NeedsChunks()
+        raise registry_error(response, what)
+
+    def _patch_chunks(self, location, digest, path, size, on_bytes, what) -> None:
+        offset = 0
+        with open(path, "rb") as source:
+            while chunk := source.read(PATCH_CHUNK):
+                response = self.http.patch(
+                    location,
+                    content=chunk,
+                    headers={
+                        "Content-Type": "application/octet-stream",
+                        "Content-Range": f"{offset}-{offset + len(chunk) - 1}",
+                    },
+                )
+                if response.status_code != 202:
+                    raise registry_error(response, what)
+                response.close()
+                location = self._location(response.headers.get("Location", location))
+                offset += len(chunk)
+                on_bytes(len(chunk))
+        response = self.http.put(httpx.URL(location).copy_merge_params({"digest": digest}))
+        if response.status_code not in (201, 204):
+            raise registry_error(response, what)
+
+
+class _NeedsChunks(Exception):
+    """The registry refused a monolithic PUT."""
+
+
+def _read_limited(response: httpx.Response, limit: int, what: str) -> bytes:
+    body = bytearray()
+    for chunk in response.iter_raw():
+        body += chunk
+        if len(body) > limit:
+            raise RegistryError(f"{what} is larger than {limit} bytes; refusing it")
+    return bytes(body)

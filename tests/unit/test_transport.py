@@ -77,7 +77,7 @@ def test_star_and_exact_host_always_bypass_the_proxy(host, scheme):
     assert proxy_for(url, {**environ, "NO_PROXY": f"x{host}"}) == PROXY
 
 
-@given(parent=_host, prefix=st.one_of(st.just(""), _label.map(lambda l: l + "."), _label))
+@given(parent=_host, prefix=st.one_of(st.just(""), _label.map(lambda label: label + "."), _label))
 def test_parent_domain_entry_covers_subdomains_only(parent, prefix):
     host = prefix + parent
     environ = {"HTTPS_PROXY": PROXY, "NO_PROXY": parent}

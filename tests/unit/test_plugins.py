@@ -1,0 +1,285 @@
+"""Plug-ins: spec parsing, registration, wrapping order, errors, the header plug-in, discovery."""
+
+import shutil
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import httpx
+import pytest
+import respx
+from hypothesis import given
+from hypothesis import strategies as st
+
+from occystrap.errors import UsageError
+from occystrap.middleware import plugins
+from occystrap.middleware.base import Middleware
+from occystrap.middleware.header import HeaderMiddleware, header_middleware
+from occystrap.middleware.plugins import (
+    apply_plugins,
+    available_middlewares,
+    parse_middleware_spec,
+    register_middleware,
+)
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+PLUGIN_DIST = REPO_ROOT / "tests" / "plugin_dist"
+
+
+@pytest.fixture(autouse=True)
+def isolated_registry(monkeypatch):
+    """Registrations made by a test vanish after it."""
+    monkeypatch.setattr(plugins, "_registered", {})
+
+
+class Tag(Middleware):
+    """Appends its label to the `X-Order` header, so wrapping order is visible."""
+
+    def __init__(self, next_transport: httpx.BaseTransport, label: str) -> None:
+        super().__init__(next_transport)
+        self.label = label
+
+    def handle_request(self, request: httpx.Request) -> httpx.Response:
+        existing = request.headers.get("X-Order")
+        request.headers["X-Order"] = f"{existing},{self.label}" if existing else self.label
+        return self.next.handle_request(request)
+
+
+def tag_factory(next_transport: httpx.BaseTransport, options: dict[str, str]) -> Tag:
+    return Tag(next_transport, options["label"])
+
+
+# --- spec parsing ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "value, expected",
+    [
+        ("header", ("header", {})),
+        ("header:X-A=1", ("header", {"X-A": "1"})),
+        ("header:X-A=1,X-B=two", ("header", {"X-A": "1", "X-B": "two"})),
+        ("sign:key=a=b==", ("sign", {"key": "a=b=="})),
+        ("x:empty=", ("x", {"empty": ""})),
+        ("my_plugin.v2-x:a=b", ("my_plugin.v2-x", {"a": "b"})),
+        ("x:url=http://h:1/p", ("x", {"url": "http://h:1/p"})),
+    ],
+)
+def test_parse_middleware_spec(value, expected):
+    assert parse_middleware_spec(value) == expected
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        "",
+        ":a=b",
+        "header:",
+        "header:X-A",
+        "header:=1",
+        "header:X-A=1,",
+        "header:,X-A=1",
+        "a b",
+        "-x",
+    ],
+)
+def test_parse_middleware_spec_rejects(value):
+    with pytest.raises(UsageError, match="NAME\\[:KEY=VALUE"):
+        parse_middleware_spec(value)
+
+
+@given(st.text())
+def test_parse_middleware_spec_only_ever_raises_usage_error(value):
+    try:
+        name, options = parse_middleware_spec(value)
+    except UsageError:
+        return
+    assert name and ":" not in name
+    assert all(key and "=" not in key for key in options)
+
+
+@given(
+    name=st.from_regex(r"[a-z][a-z0-9_.-]{0,10}", fullmatch=True),
+    options=st.dictionaries(
+        st.from_regex(r"[A-Za-z][A-Za-z0-9-]{0,8}", fullmatch=True),
+        st.text(alphabet=st.characters(blacklist_characters=","), max_size=10),
+        max_size=4,
+    ),
+)
+def test_parse_middleware_spec_round_trips(name, options):
+    text = name + (":" + ",".join(f"{k}={v}" for k, v in options.items()) if options else "")
+    assert parse_middleware_spec(text) == (name, options)
+
+
+# --- registry and wrapping ---------------------------------------------------------------------
+
+
+def test_own_entry_point_header_is_available():
+    assert available_middlewares()["header"] is header_middleware
+
+
+def test_registered_middleware_is_available_and_wins_over_entry_point():
+    register_middleware("tag", tag_factory)
+    register_middleware("header", tag_factory)
+    available = available_middlewares()
+    assert available["tag"] is tag_factory
+    assert available["header"] is tag_factory
+
+
+def test_register_rejects_bad_name():
+    with pytest.raises(ValueError):
+        register_middleware("bad name", tag_factory)
+
+
+@respx.mock(using="httpcore")
+def test_first_spec_is_outermost(respx_mock):
+    route = respx_mock.get("http://r.example/").respond(200)
+    register_middleware("tag", tag_factory)
+    transport = apply_plugins(
+        httpx.HTTPTransport(), [("tag", {"label": "first"}), ("tag", {"label": "second"})]
+    )
+    assert isinstance(transport, Tag) and transport.label == "first"
+    with httpx.Client(transport=transport) as client:
+        client.get("http://r.example/")
+    assert route.calls.last.request.headers["X-Order"] == "first,second"
+
+
+def test_no_specs_returns_transport_unchanged():
+    transport = httpx.HTTPTransport()
+    assert apply_plugins(transport, []) is transport
+
+
+def test_unknown_name_lists_available_ones():
+    register_middleware("tag", tag_factory)
+    with pytest.raises(UsageError) as info:
+        apply_plugins(httpx.HTTPTransport(), [("nope", {})])
+    message = str(info.value)
+    assert message.startswith("unknown middleware 'nope'; available: ")
+    assert "header" in message and "tag" in message
+
+
+def test_factory_raising_is_a_usage_error():
+    def broken(next_transport, options):
+        raise RuntimeError("no licence key")
+
+    register_middleware("broken", broken)
+    with pytest.raises(UsageError, match="middleware 'broken' failed to start: no licence key"):
+        apply_plugins(httpx.HTTPTransport(), [("broken", {})])
+
+
+def test_factory_returning_non_transport_is_a_usage_error():
+    register_middleware("silly", lambda next_transport, options: "not a transport")
+    with pytest.raises(UsageError, match="'silly' returned str"):
+        apply_plugins(httpx.HTTPTransport(), [("silly", {})])
+
+
+def test_entry_point_that_fails_to_import_is_reported_only_by_name(monkeypatch):
+    monkeypatch.setattr(plugins, "_entry_point_factories", {"header": header_middleware})
+    monkeypatch.setattr(plugins, "_entry_point_errors", {"ghost": "ImportError: no module x"})
+    assert "ghost" not in available_middlewares()
+    apply_plugins(httpx.HTTPTransport(), [("header", {"X-A": "1"})])
+    with pytest.raises(UsageError, match="'ghost' could not be loaded: ImportError: no module x"):
+        apply_plugins(httpx.HTTPTransport(), [("ghost", {})])
+
+
+# --- header plug-in ----------------------------------------------------------------------------
+
+
+@respx.mock(using="httpcore")
+def test_header_plugin_adds_headers(respx_mock):
+    route = respx_mock.get("http://r.example/v2/").respond(200)
+    specs = [parse_middleware_spec("header:X-Pull-Through=yes,X-Team=a=b")]
+    with httpx.Client(transport=apply_plugins(httpx.HTTPTransport(), specs)) as client:
+        client.get("http://r.example/v2/")
+    sent = route.calls.last.request.headers
+    assert sent["X-Pull-Through"] == "yes"
+    assert sent["X-Team"] == "a=b"
+
+
+def test_header_plugin_needs_options():
+    with pytest.raises(ValueError, match="header needs NAME=VALUE"):
+        header_middleware(httpx.HTTPTransport(), {})
+    with pytest.raises(UsageError, match="'header' failed to start: header needs NAME=VALUE"):
+        apply_plugins(httpx.HTTPTransport(), [("header", {})])
+
+
+@pytest.mark.parametrize("name", ["X Bad", "X:Bad", "X(", "Ä", ""])
+def test_header_plugin_rejects_bad_names(name):
+    with pytest.raises(ValueError, match="not a valid HTTP header name"):
+        header_middleware(httpx.HTTPTransport(), {name: "v"})
+
+
+def test_header_plugin_rejects_line_breaks_in_values():
+    with pytest.raises(ValueError, match="line break"):
+        header_middleware(httpx.HTTPTransport(), {"X-A": "a\r\nInjected: yes"})
+
+
+def test_header_plugin_builds_header_middleware():
+    assert isinstance(header_middleware(httpx.HTTPTransport(), {"X-A": "1"}), HeaderMiddleware)
+
+
+# --- discovery of a real installed distribution ------------------------------------------------
+
+_DISCOVERY_SCRIPT = textwrap.dedent(
+    """
+    import http.server, sys, threading
+    import httpx
+    from occystrap.middleware.plugins import apply_plugins, available_middlewares
+    from occystrap.middleware.plugins import parse_middleware_spec
+
+    class Echo(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            body = (self.headers.get("X-Occystrap-Stamp") or "missing").encode()
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.HTTPServer(("127.0.0.1", 0), Echo)
+    threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True).start()
+    available = available_middlewares()
+    assert "stamp" in available and "header" in available, sorted(available)
+    transport = apply_plugins(httpx.HTTPTransport(), [parse_middleware_spec("stamp:value=hi")])
+    with httpx.Client(transport=transport) as client:
+        print(client.get(f"http://127.0.0.1:{server.server_address[1]}/").text)
+    server.shutdown()
+    """
+)
+
+
+def test_entry_point_of_installed_distribution_is_discovered(tmp_path):
+    source = tmp_path / "src"
+    shutil.copytree(PLUGIN_DIST, source, ignore=shutil.ignore_patterns("build", "*.egg-info"))
+    target = tmp_path / "site"
+    install = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "install",
+            "--quiet",
+            "--no-deps",
+            "--no-build-isolation",
+            "--no-index",
+            "--target",
+            str(target),
+            str(source),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert install.returncode == 0, install.stderr
+    run = subprocess.run(
+        [sys.executable, "-c", _DISCOVERY_SCRIPT],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={"PYTHONPATH": f"{target}:{REPO_ROOT}", "PATH": "/usr/bin:/bin", "NO_PROXY": "*"},
+        cwd=tmp_path,
+    )
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.strip() == "hi"

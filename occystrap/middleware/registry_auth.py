@@ -15,7 +15,7 @@ import re
 import threading
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import httpx
 
@@ -118,10 +118,16 @@ def _is_replayable(request: httpx.Request) -> bool:
 
 @dataclass(frozen=True)
 class _BearerRealm:
-    """Where a host told us to get tokens."""
+    """Where a host told us to get tokens (and, in its last challenge, for what)."""
 
     realm: str
     service: str
+    challenge_scope: str = field(default="", compare=False)
+
+
+@dataclass(frozen=True)
+class _BasicScheme:
+    """A host that asked for Basic credentials."""
 
 
 @dataclass(frozen=True)
@@ -170,43 +176,45 @@ class RegistryAuth(Middleware):
                 sent_basic = True
 
         response = self.next.handle_request(outgoing)
-        if response.status_code != 401 or not _is_replayable(request):
+        if response.status_code != 401:
             return response
         challenges = parse_challenges(", ".join(response.headers.get_list("www-authenticate")))
-        bearer_challenge = next(
-            (c for c in challenges if c.scheme == "bearer" and c.params.get("realm")), None
-        )
-        if bearer_challenge is not None:
-            authorization = self._answer_bearer(
-                bearer_challenge, origin, scopes, request, sent_token
-            )
-        elif any(c.scheme == "basic" for c in challenges) and not sent_basic:
-            with self._lock:
-                self._basic_hosts.add(origin)
-            authorization = self._basic_for(request.url)
-        else:
-            authorization = None
-        if authorization is None:
+        retry_with = self._learn_challenge(challenges, origin)
+        if retry_with is None or not _is_replayable(request):
             return response
+        if isinstance(retry_with, _BearerRealm):
+            wanted = normalise_scopes([*retry_with.challenge_scope.split(" "), *scopes])
+            authorization = "Bearer " + self._token(retry_with, wanted, request, sent_token)
+        elif sent_basic:  # the host already refused our Basic credential
+            return response
+        else:
+            authorization = self._basic_for(request.url)
+            if authorization is None:
+                return response
         response.close()
         return self.next.handle_request(
             request_with_header(request, "Authorization", authorization)
         )
 
-    def _answer_bearer(
-        self,
-        challenge: Challenge,
-        origin: Origin,
-        scopes: frozenset[str],
-        request: httpx.Request,
-        rejected_token: str | None,
-    ) -> str:
-        """Remember the host's realm and get a token for the challenge's scope and ours."""
-        bearer = _BearerRealm(challenge.params["realm"], challenge.params.get("service", ""))
-        with self._lock:
-            self._bearer_hosts[origin] = bearer
-        wanted = normalise_scopes([*challenge.params.get("scope", "").split(" "), *scopes])
-        return "Bearer " + self._token(bearer, wanted, request, rejected_token)
+    def _learn_challenge(
+        self, challenges: list[Challenge], origin: Origin
+    ) -> _BearerRealm | _BasicScheme | None:
+        """Remember how a host wants to be authenticated (so later requests go pre-emptively)."""
+        for challenge in challenges:
+            if challenge.scheme == "bearer" and challenge.params.get("realm"):
+                bearer = _BearerRealm(
+                    challenge.params["realm"],
+                    challenge.params.get("service", ""),
+                    challenge.params.get("scope", ""),
+                )
+                with self._lock:
+                    self._bearer_hosts[origin] = bearer
+                return bearer
+        if any(challenge.scheme == "basic" for challenge in challenges):
+            with self._lock:
+                self._basic_hosts.add(origin)
+            return _BasicScheme()
+        return None
 
     def _basic_for(self, url: httpx.URL) -> str | None:
         credential = self._credentials.for_host(url.netloc.decode("ascii"))

@@ -1,0 +1,374 @@
+"""Image manifests and indexes (Docker schema 2 and OCI): parse, pick a platform, build."""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass, field
+from typing import Any
+
+from occystrap import compression
+from occystrap.errors import OccystrapError
+
+DOCKER_MANIFEST = "application/vnd.docker.distribution.manifest.v2+json"
+DOCKER_MANIFEST_LIST = "application/vnd.docker.distribution.manifest.list.v2+json"
+OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
+OCI_INDEX = "application/vnd.oci.image.index.v1+json"
+DOCKER_SCHEMA1 = "application/vnd.docker.distribution.manifest.v1+json"
+DOCKER_SCHEMA1_SIGNED = "application/vnd.docker.distribution.manifest.v1+prettyjws"
+
+DOCKER_CONFIG = "application/vnd.docker.container.image.v1+json"
+OCI_CONFIG = "application/vnd.oci.image.config.v1+json"
+
+DOCKER_LAYER = "application/vnd.docker.image.rootfs.diff.tar"
+DOCKER_LAYER_GZIP = "application/vnd.docker.image.rootfs.diff.tar.gzip"
+DOCKER_FOREIGN_LAYER_GZIP = "application/vnd.docker.image.rootfs.foreign.diff.tar.gzip"
+OCI_LAYER = "application/vnd.oci.image.layer.v1.tar"
+OCI_LAYER_GZIP = "application/vnd.oci.image.layer.v1.tar+gzip"
+OCI_LAYER_ZSTD = "application/vnd.oci.image.layer.v1.tar+zstd"
+OCI_NONDISTRIBUTABLE_LAYER = "application/vnd.oci.image.layer.nondistributable.v1.tar"
+OCI_NONDISTRIBUTABLE_LAYER_GZIP = "application/vnd.oci.image.layer.nondistributable.v1.tar+gzip"
+OCI_NONDISTRIBUTABLE_LAYER_ZSTD = "application/vnd.oci.image.layer.nondistributable.v1.tar+zstd"
+
+IMAGE_MANIFEST_TYPES = frozenset({DOCKER_MANIFEST, OCI_MANIFEST})
+INDEX_TYPES = frozenset({DOCKER_MANIFEST_LIST, OCI_INDEX})
+SCHEMA1_TYPES = frozenset({DOCKER_SCHEMA1, DOCKER_SCHEMA1_SIGNED})
+CONFIG_TYPES = frozenset({DOCKER_CONFIG, OCI_CONFIG})
+# Layer types whose bytes are the same in both families, so a manifest may relabel them.
+_PORTABLE_LAYER_TYPES = frozenset(
+    {DOCKER_LAYER, DOCKER_LAYER_GZIP, OCI_LAYER, OCI_LAYER_GZIP, OCI_LAYER_ZSTD}
+)
+
+# Sent on manifest GETs: every type we can use, never schema 1.
+ACCEPT_MANIFESTS = ", ".join((OCI_INDEX, DOCKER_MANIFEST_LIST, OCI_MANIFEST, DOCKER_MANIFEST))
+
+ATTESTATION_ANNOTATION = "vnd.docker.reference.type"
+ATTESTATION_TYPE = "attestation-manifest"
+ARCHITECTURE_ALIASES = {"x86_64": "amd64", "x86-64": "amd64", "aarch64": "arm64", "i386": "386"}
+DEFAULT_VARIANTS = {"arm64": "v8", "arm": "v7"}
+PLATFORM_CHOICE_HINT = "choose one with --os/--architecture/--variant"
+
+_DIGEST_PATTERN = re.compile(r"[a-z0-9]+(?:[.+_-][a-z0-9]+)*:[a-zA-Z0-9=_-]+")
+
+
+class UnsupportedManifestError(OccystrapError):
+    """The registry served a manifest format we do not handle (schema 1)."""
+
+
+class MalformedManifestError(OccystrapError):
+    """A manifest is not valid JSON or lacks a field the format requires."""
+
+
+@dataclass(frozen=True)
+class Descriptor:
+    """A pointer to a blob or manifest: what it is, its digest, its size."""
+
+    media_type: str
+    digest: str
+    size: int
+    urls: tuple[str, ...] = ()
+    annotations: dict[str, str] = field(default_factory=dict, hash=False)
+
+
+@dataclass(frozen=True)
+class Platform:
+    os: str
+    architecture: str
+    variant: str | None = None
+    os_version: str | None = None
+    os_features: tuple[str, ...] = ()
+
+    def __str__(self) -> str:
+        parts = [self.os, self.architecture] + ([self.variant] if self.variant else [])
+        return "/".join(parts)
+
+
+@dataclass(frozen=True)
+class PlatformDescriptor(Descriptor):
+    """An index entry: a manifest descriptor and the platform it runs on (if stated)."""
+
+    platform: Platform | None = None
+
+    @property
+    def is_attestation(self) -> bool:
+        """Build attestations (provenance, SBOM) sit in indexes but are not runnable images."""
+        if self.annotations.get(ATTESTATION_ANNOTATION) == ATTESTATION_TYPE:
+            return True
+        return self.platform is not None and (
+            self.platform.os == "unknown" and self.platform.architecture == "unknown"
+        )
+
+
+@dataclass(frozen=True)
+class Manifest:
+    media_type: str
+    config: Descriptor
+    layers: list[Descriptor]
+    raw: bytes
+
+
+@dataclass(frozen=True)
+class ManifestIndex:
+    media_type: str
+    manifests: list[PlatformDescriptor]
+    raw: bytes
+
+
+def _malformed(what: str) -> MalformedManifestError:
+    return MalformedManifestError(
+        f"the manifest is malformed: {what}; the registry or image is broken, try another tag"
+    )
+
+
+def _field(document: dict, key: str, kind: type | tuple[type, ...], where: str) -> Any:
+    value = document.get(key)
+    if value is None:
+        raise _malformed(f"{where}{key} is missing")
+    if not isinstance(value, kind) or isinstance(value, bool):
+        raise _malformed(f"{where}{key} has the wrong type")
+    return value
+
+
+def _optional_field(document: dict, key: str, kind: type, where: str) -> Any:
+    return None if document.get(key) is None else _field(document, key, kind, where)
+
+
+def _strings(values: Any, where: str) -> tuple[str, ...]:
+    if values is None:
+        return ()
+    if not isinstance(values, list) or not all(isinstance(value, str) for value in values):
+        raise _malformed(f"{where} is not a list of strings")
+    return tuple(values)
+
+
+def _string_map(values: Any, where: str) -> dict[str, str]:
+    if values is None:
+        return {}
+    if not isinstance(values, dict) or not all(isinstance(v, str) for v in values.values()):
+        raise _malformed(f"{where} is not a map of strings")
+    return dict(values)
+
+
+def _descriptor_fields(document: Any, where: str) -> dict[str, Any]:
+    if document is None:
+        raise _malformed(f"{where.rstrip('.')} is missing")
+    if not isinstance(document, dict):
+        raise _malformed(f"{where.rstrip('.')} is not an object")
+    digest = _field(document, "digest", str, where)
+    if not _DIGEST_PATTERN.fullmatch(digest):
+        raise _malformed(f"{where}digest {digest!r} is not a digest")
+    size = _field(document, "size", int, where)
+    if size < 0:
+        raise _malformed(f"{where}size is negative")
+    return {
+        "media_type": _field(document, "mediaType", str, where),
+        "digest": digest,
+        "size": size,
+        "urls": _strings(document.get("urls"), f"{where}urls"),
+        "annotations": _string_map(document.get("annotations"), f"{where}annotations"),
+    }
+
+
+def _platform(document: Any, where: str) -> Platform | None:
+    if document is None:
+        return None
+    if not isinstance(document, dict):
+        raise _malformed(f"{where}platform is not an object")
+    inner = f"{where}platform."
+    return Platform(
+        os=_field(document, "os", str, inner),
+        architecture=_field(document, "architecture", str, inner),
+        variant=_optional_field(document, "variant", str, inner),
+        os_version=_optional_field(document, "os.version", str, inner),
+        os_features=_strings(document.get("os.features"), f"{inner}os.features"),
+    )
+
+
+def _media_type(document: dict, content_type: str | None) -> str:
+    """The manifest's type: the Content-Type, else its mediaType field, else its shape."""
+    declared = (content_type or "").split(";", 1)[0].strip().lower()
+    embedded = document.get("mediaType")
+    known = IMAGE_MANIFEST_TYPES | INDEX_TYPES | SCHEMA1_TYPES
+    if declared in known:
+        media_type = declared
+    elif isinstance(embedded, str) and embedded in known:
+        media_type = embedded
+    elif document.get("schemaVersion") == 1:
+        media_type = DOCKER_SCHEMA1
+    elif "manifests" in document:
+        media_type = OCI_INDEX
+    elif "config" in document or "layers" in document:
+        media_type = OCI_MANIFEST
+    else:
+        raise _malformed("it is neither an image manifest nor an index")
+    if media_type in SCHEMA1_TYPES or document.get("schemaVersion") == 1:
+        raise UnsupportedManifestError(
+            "schema 1 manifests are not supported; ask the registry for schema 2 or re-push "
+            "the image"
+        )
+    return media_type
+
+
+def parse_manifest(raw: bytes, content_type: str | None) -> Manifest | ManifestIndex:
+    """Parse a manifest or index as served; any defect raises an `OccystrapError`."""
+    try:
+        document = json.loads(raw)
+    except (ValueError, RecursionError):
+        raise _malformed("it is not valid JSON") from None
+    if not isinstance(document, dict):
+        raise _malformed("it is not a JSON object")
+    media_type = _media_type(document, content_type)
+    if media_type in INDEX_TYPES:
+        entries = _field(document, "manifests", list, "")
+        return ManifestIndex(
+            media_type=media_type,
+            manifests=[
+                PlatformDescriptor(
+                    **_descriptor_fields(entry, f"manifests[{position}]."),
+                    platform=_platform(entry.get("platform"), f"manifests[{position}]."),
+                )
+                for position, entry in enumerate(entries)
+            ],
+            raw=raw,
+        )
+    layers = _field(document, "layers", list, "")
+    return Manifest(
+        media_type=media_type,
+        config=Descriptor(**_descriptor_fields(document.get("config"), "config.")),
+        layers=[
+            Descriptor(**_descriptor_fields(layer, f"layers[{position}]."))
+            for position, layer in enumerate(layers)
+        ],
+        raw=raw,
+    )
+
+
+def normalise_architecture(architecture: str) -> str:
+    lowered = architecture.lower()
+    return ARCHITECTURE_ALIASES.get(lowered, lowered)
+
+
+def _effective_variant(architecture: str, variant: str | None) -> str | None:
+    """arm64 without a variant means v8 (likewise arm means v7), so compare them as such."""
+    return (variant.lower() if variant else None) or DEFAULT_VARIANTS.get(architecture)
+
+
+def select_platform(
+    index: ManifestIndex, os: str | None, arch: str | None, variant: str | None
+) -> PlatformDescriptor:
+    """The index entry for the wanted platform (linux/amd64 unless told otherwise).
+
+    Without a variant the architecture's default variant wins, then an entry with no variant,
+    then any variant. Attestation entries never match.
+    """
+    wanted_os = (os or "linux").lower()
+    wanted_arch = normalise_architecture(arch or "amd64")
+    wanted_variant = _effective_variant(wanted_arch, variant)
+    runnable = [
+        entry
+        for entry in index.manifests
+        if entry.platform is not None and not entry.is_attestation
+    ]
+    candidates = [
+        entry
+        for entry in runnable
+        if entry.platform.os.lower() == wanted_os
+        and normalise_architecture(entry.platform.architecture) == wanted_arch
+    ]
+
+    def variant_of(entry: PlatformDescriptor) -> str | None:
+        return _effective_variant(wanted_arch, entry.platform.variant)
+
+    exact = [entry for entry in candidates if variant_of(entry) == wanted_variant]
+    if exact:
+        return exact[0]
+    if variant is None and candidates:
+        unvariant = [entry for entry in candidates if entry.platform.variant is None]
+        return (unvariant or candidates)[0]
+    wanted = "/".join(part for part in (wanted_os, wanted_arch, variant) if part)
+    available = ", ".join(str(entry.platform) for entry in runnable) or "none"
+    raise OccystrapError(f"no {wanted} image; available: {available}; {PLATFORM_CHOICE_HINT}")
+
+
+def _mapping(value: Any) -> dict:
+    return value if isinstance(value, dict) else {}
+
+
+def _list(value: Any) -> list:
+    return value if isinstance(value, list) else []
+
+
+def image_info(manifest: Manifest, config: dict) -> dict:
+    """The metadata `info` prints, from the manifest and its (already parsed) config blob."""
+    runtime = _mapping(config.get("config"))
+    diff_ids = _list(_mapping(config.get("rootfs")).get("diff_ids"))
+    layer_history = [
+        _mapping(entry)
+        for entry in _list(config.get("history"))
+        if not _mapping(entry).get("empty_layer")
+    ]
+    layers = []
+    for position, layer in enumerate(manifest.layers):
+        history = layer_history[position] if position < len(layer_history) else {}
+        layers.append(
+            {
+                "digest": layer.digest,
+                "size": layer.size,
+                "media_type": layer.media_type,
+                "compression": compression.from_media_type(layer.media_type),
+                "diff_id": diff_ids[position] if position < len(diff_ids) else None,
+                "created_by": history.get("created_by", ""),
+            }
+        )
+    return {
+        "media_type": manifest.media_type,
+        "platform": {
+            "os": config.get("os"),
+            "architecture": config.get("architecture"),
+            "variant": config.get("variant"),
+        },
+        "config_digest": manifest.config.digest,
+        "layers": layers,
+        "env": runtime.get("Env") or [],
+        "entrypoint": runtime.get("Entrypoint"),
+        "cmd": runtime.get("Cmd"),
+        "labels": runtime.get("Labels") or {},
+        "created": config.get("created"),
+    }
+
+
+def _relabel(media_type: str, oci: bool) -> str:
+    """The same blob's media type in the target family (Docker or OCI), where one exists."""
+    if media_type in CONFIG_TYPES:
+        return OCI_CONFIG if oci else DOCKER_CONFIG
+    if media_type in _PORTABLE_LAYER_TYPES:
+        return compression.media_type_for(compression.from_media_type(media_type), oci)
+    return media_type
+
+
+def _descriptor_json(descriptor: Descriptor, oci: bool) -> dict[str, Any]:
+    document: dict[str, Any] = {
+        "mediaType": _relabel(descriptor.media_type, oci),
+        "digest": descriptor.digest,
+        "size": descriptor.size,
+    }
+    if descriptor.urls:
+        document["urls"] = list(descriptor.urls)
+    if descriptor.annotations:
+        document["annotations"] = dict(descriptor.annotations)
+    return document
+
+
+def build_manifest(config: Descriptor, layers: list[Descriptor], oci: bool) -> bytes:
+    """A schema 2 image manifest as canonical JSON (sorted keys, compact), for pushing.
+
+    Config and standard layer media types are relabelled into the chosen family; zstd layers
+    cannot go in a Docker manifest and raise.
+    """
+    document = {
+        "schemaVersion": 2,
+        "mediaType": OCI_MANIFEST if oci else DOCKER_MANIFEST,
+        "config": _descriptor_json(config, oci),
+        "layers": [_descriptor_json(layer, oci) for layer in layers],
+    }
+    return json.dumps(document, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()

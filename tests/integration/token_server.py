@@ -87,9 +87,11 @@ class TokenServer:
         self.username = username
         self.password = password
         self.token_ttl = 300
+        # Tests may turn x5c off to prove the registry also finds the key by its libtrust `kid`.
+        self.include_x5c = True
         self.workdir = Path(workdir)
         self.workdir.mkdir(parents=True, exist_ok=True)
-        self._key, self._cert = _self_signed_signing_cert()
+        self.signing_key, self._cert = _self_signed_signing_cert()
         self.cert_path = self.workdir / "token-signer.pem"
         self.cert_path.write_bytes(self._cert.public_bytes(serialization.Encoding.PEM))
         self._refresh_tokens: set[str] = set()
@@ -155,11 +157,11 @@ class TokenServer:
             "jti": secrets.token_hex(16),
             "access": [entry for entry in map(parse_scope, scopes) if entry],
         }
-        headers = {
-            "kid": libtrust_key_id(self._key.public_key()),
-            "x5c": [base64.b64encode(self._cert.public_bytes(serialization.Encoding.DER)).decode()],
-        }
-        return jwt.encode(claims, self._key, algorithm="RS256", headers=headers)
+        headers = {"kid": libtrust_key_id(self.signing_key.public_key())}
+        if self.include_x5c:
+            der = self._cert.public_bytes(serialization.Encoding.DER)
+            headers["x5c"] = [base64.b64encode(der).decode()]
+        return jwt.encode(claims, self.signing_key, algorithm="RS256", headers=headers)
 
     def new_refresh_token(self) -> str:
         token = secrets.token_urlsafe(24)

@@ -1,0 +1,87 @@
+"""Fixtures for integration tests: real registries (one per auth/TLS mode), a token server,
+a fault proxy and a redirect target. Registries start once per session; tests isolate
+themselves with unique repository names (see `unique_repo`).
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Iterator
+
+import pytest
+
+from tests.integration.fault_proxy import BlobHost, FaultProxy
+from tests.integration.servers import (
+    REGISTRY_BINARY,
+    SKOPEO_BINARY,
+    RegistryServer,
+    require_binary,
+)
+from tests.integration.token_server import TokenServer
+
+BASIC_USERNAME = "testuser"
+BASIC_PASSWORD = "testpass"
+_repo_counter = itertools.count()
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _integration_binaries() -> None:
+    """Fail (never skip) when the real registry or skopeo is absent."""
+    require_binary(REGISTRY_BINARY)
+    require_binary(SKOPEO_BINARY)
+
+
+@pytest.fixture
+def unique_repo(request) -> str:
+    """A repository name no other test in this session uses."""
+    base = "".join(c if c.isalnum() else "-" for c in request.node.name.lower()).strip("-")
+    return f"test/{base[:60]}-{next(_repo_counter)}"
+
+
+@pytest.fixture(scope="session")
+def registry_plain(tmp_path_factory) -> Iterator[RegistryServer]:
+    with RegistryServer(tmp_path_factory.mktemp("registry-plain")) as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def registry_basic(tmp_path_factory) -> Iterator[RegistryServer]:
+    workdir = tmp_path_factory.mktemp("registry-basic")
+    with RegistryServer(
+        workdir, auth="basic", username=BASIC_USERNAME, password=BASIC_PASSWORD
+    ) as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def registry_tls(tmp_path_factory) -> Iterator[RegistryServer]:
+    with RegistryServer(tmp_path_factory.mktemp("registry-tls"), tls=True) as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def token_server(tmp_path_factory) -> Iterator[TokenServer]:
+    with TokenServer(tmp_path_factory.mktemp("token-server")) as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def registry_token(tmp_path_factory, token_server) -> Iterator[RegistryServer]:
+    """Token-auth registry; its `.token_server` counts fetches (call `.reset()` in your test)."""
+    workdir = tmp_path_factory.mktemp("registry-token")
+    with RegistryServer(workdir, auth="token", token_server=token_server) as server:
+        yield server
+
+
+@pytest.fixture
+def blob_host(registry_plain) -> Iterator[BlobHost]:
+    """A second loopback origin serving `registry_plain`'s blobs, recording every header."""
+    with BlobHost(registry_plain.url) as host:
+        yield host
+
+
+@pytest.fixture
+def fault_proxy(registry_plain) -> Iterator[FaultProxy]:
+    """A fresh programmable proxy in front of `registry_plain`."""
+    with FaultProxy(registry_plain.url) as proxy:
+        yield proxy

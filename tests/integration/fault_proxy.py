@@ -1,0 +1,365 @@
+"""A programmable reverse proxy that puts realistic network faults in front of a real registry.
+
+Tests use it to prove retry, resume and redirect handling against real server behaviour: the
+proxy passes everything through (streaming, a chunk at a time) except what a test asked to break.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import http.client
+import re
+import socket
+import ssl
+import sys
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from urllib.parse import urlsplit
+
+CHUNK_SIZE = 64 * 1024
+BLOB_PATH = re.compile(r"^/v2/.+/blobs/sha256:[0-9a-f]{64}")
+HOP_BY_HOP = frozenset(
+    {
+        "connection",
+        "keep-alive",
+        "proxy-authenticate",
+        "proxy-authorization",
+        "te",
+        "trailer",
+        "transfer-encoding",
+        "upgrade",
+    }
+)
+ERROR_CODES = {429: "TOOMANYREQUESTS", 503: "UNAVAILABLE"}
+
+
+@dataclass(frozen=True)
+class RecordedRequest:
+    """What a client sent; header names are lower-cased for easy assertions."""
+
+    method: str
+    path: str
+    headers: dict[str, str]
+    action: str  # "forwarded", "failed", "cut" or "redirected"
+
+
+@dataclass
+class _Fault:
+    pattern: re.Pattern
+    method: str | None
+    remaining: int
+    status: int = 0
+    retry_after: str | None = None
+    cut_bytes: int | None = None
+
+    def matches(self, method: str, path: str) -> bool:
+        return (
+            self.remaining > 0
+            and (self.method is None or self.method == method)
+            and self.pattern.search(path) is not None
+        )
+
+
+class _QuietHTTPServer(ThreadingHTTPServer):
+    """Clients hanging up mid-response is normal in fault tests, not worth a traceback."""
+
+    daemon_threads = True
+
+    def handle_error(self, request, client_address) -> None:
+        if not isinstance(sys.exc_info()[1], ConnectionError | TimeoutError):
+            super().handle_error(request, client_address)
+
+
+class ForwardingServer:
+    """A threaded loopback HTTP/1.1 server that forwards to `upstream_url` and records requests."""
+
+    def __init__(self, upstream_url: str, upstream_ssl: ssl.SSLContext | None = None) -> None:
+        parts = urlsplit(upstream_url)
+        self._upstream_https = parts.scheme == "https"
+        self._upstream_host = parts.hostname
+        self._upstream_port = parts.port or (443 if self._upstream_https else 80)
+        self._upstream_ssl = upstream_ssl
+        self._lock = threading.Lock()
+        self._requests: list[RecordedRequest] = []
+        self._connections: set[socket.socket] = set()
+        self._httpd: ThreadingHTTPServer | None = None
+        self.scheme = "http"
+
+    @property
+    def host(self) -> str:
+        return f"127.0.0.1:{self._httpd.server_address[1]}"
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.host}"
+
+    @property
+    def requests(self) -> list[RecordedRequest]:
+        with self._lock:
+            return list(self._requests)
+
+    def requests_matching(
+        self, path_regex: str, method: str | None = None
+    ) -> list[RecordedRequest]:
+        pattern = re.compile(path_regex)
+        return [
+            r
+            for r in self.requests
+            if pattern.search(r.path) and (method is None or r.method == method)
+        ]
+
+    @property
+    def range_headers(self) -> list[str]:
+        """Every Range header clients sent, in order."""
+        return [r.headers["range"] for r in self.requests if "range" in r.headers]
+
+    def reset(self) -> None:
+        with self._lock:
+            self._requests.clear()
+
+    def start(self):
+        self._httpd = _QuietHTTPServer(("127.0.0.1", 0), _make_handler(self))
+        threading.Thread(target=self._httpd.serve_forever, daemon=True).start()
+        return self
+
+    def stop(self) -> None:
+        if self._httpd is None:
+            return
+        self._httpd.shutdown()
+        self._httpd.server_close()
+        with self._lock:
+            open_connections = list(self._connections)
+        for connection in open_connections:
+            # Wakes handler threads blocked on idle keep-alive connections.
+            with contextlib.suppress(OSError):
+                connection.shutdown(socket.SHUT_RDWR)
+        self._httpd = None
+
+    def __enter__(self):
+        return self.start()
+
+    def __exit__(self, *exc_info) -> None:
+        self.stop()
+
+    def _track(self, connection: socket.socket, open_: bool) -> None:
+        with self._lock:
+            if open_:
+                self._connections.add(connection)
+            else:
+                self._connections.discard(connection)
+
+    def _record(self, handler: BaseHTTPRequestHandler, action: str) -> None:
+        headers = {name.lower(): value for name, value in handler.headers.items()}
+        with self._lock:
+            self._requests.append(RecordedRequest(handler.command, handler.path, headers, action))
+
+    def upstream_connection(self) -> http.client.HTTPConnection:
+        if self._upstream_https:
+            return http.client.HTTPSConnection(
+                self._upstream_host, self._upstream_port, context=self._upstream_ssl, timeout=60
+            )
+        return http.client.HTTPConnection(self._upstream_host, self._upstream_port, timeout=60)
+
+    def handle(self, handler: _Handler) -> None:
+        """Decide what to do with one request; subclasses add faults before forwarding."""
+        self._record(handler, "forwarded")
+        handler.forward()
+
+
+class FaultProxy(ForwardingServer):
+    """A `ForwardingServer` whose tests can program failures, truncations and redirects."""
+
+    def __init__(self, upstream_url: str, upstream_ssl: ssl.SSLContext | None = None) -> None:
+        super().__init__(upstream_url, upstream_ssl)
+        self._faults: list[_Fault] = []
+        self._redirect_target: ForwardingServer | None = None
+
+    def fail_next(
+        self,
+        n: int,
+        status: int = 503,
+        retry_after: str | None = None,
+        path: str = ".*",
+        method: str | None = None,
+    ) -> None:
+        """Answer the next `n` matching requests with `status` (plus Retry-After if given)."""
+        fault = _Fault(re.compile(path), method, n, status=status, retry_after=retry_after)
+        with self._lock:
+            self._faults.append(fault)
+
+    def cut_after(self, path_regex: str, nbytes: int, times: int = 1, method: str = "GET") -> None:
+        """For `times` matching requests send headers and `nbytes` of body, then hang up."""
+        fault = _Fault(re.compile(path_regex), method, times, cut_bytes=nbytes)
+        with self._lock:
+            self._faults.append(fault)
+
+    def redirect_blobs_to(self, target: ForwardingServer | None) -> None:
+        """Answer blob GET/HEAD with 307 to `target` (None turns redirects off)."""
+        with self._lock:
+            self._redirect_target = target
+
+    def reset(self) -> None:
+        """Forget recorded requests and every programmed fault."""
+        with self._lock:
+            self._faults.clear()
+            self._redirect_target = None
+        super().reset()
+
+    def _take_fault(self, method: str, path: str) -> _Fault | None:
+        with self._lock:
+            for fault in self._faults:
+                if fault.matches(method, path):
+                    fault.remaining -= 1
+                    return fault
+        return None
+
+    def handle(self, handler: _Handler) -> None:
+        fault = self._take_fault(handler.command, handler.path)
+        with self._lock:
+            redirect_target = self._redirect_target
+        if fault is not None and fault.cut_bytes is None:
+            self._record(handler, "failed")
+            handler.send_fault(fault.status, fault.retry_after)
+        elif fault is not None:
+            self._record(handler, "cut")
+            handler.forward(cut_after=fault.cut_bytes)
+        elif (
+            redirect_target is not None
+            and handler.command in ("GET", "HEAD")
+            and BLOB_PATH.search(handler.path)
+        ):
+            self._record(handler, "redirected")
+            # A query string like a signed storage URL, which clients must keep verbatim.
+            handler.send_redirect(f"{redirect_target.url}{handler.path}?signature=test-signed-url")
+        else:
+            super().handle(handler)
+
+
+class BlobHost(ForwardingServer):
+    """Stands in for blob storage behind a redirect: serves blobs only, recording every header."""
+
+    def handle(self, handler: _Handler) -> None:
+        if handler.command in ("GET", "HEAD") and BLOB_PATH.search(handler.path):
+            super().handle(handler)
+        else:
+            self._record(handler, "failed")
+            handler.send_fault(404, None)
+
+
+class _Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    timeout = 60
+    owner: ForwardingServer
+
+    def log_message(self, format: str, *args) -> None:  # noqa: A002 - base class name
+        """Silence per-request stderr lines; tests read `owner.requests` instead."""
+
+    def setup(self) -> None:
+        super().setup()
+        self.owner._track(self.connection, True)
+
+    def finish(self) -> None:
+        self.owner._track(self.connection, False)
+        super().finish()
+
+    def do_request(self) -> None:
+        self.owner.handle(self)
+
+    do_GET = do_HEAD = do_POST = do_PUT = do_PATCH = do_DELETE = do_request
+
+    def _body_chunks(self) -> Iterator[bytes]:
+        """The request body as it arrives, un-chunked, never more than CHUNK_SIZE at once."""
+        if self.headers.get("Transfer-Encoding", "").lower() == "chunked":
+            while True:
+                size = int(self.rfile.readline().split(b";")[0].strip(), 16)
+                if size == 0:
+                    while self.rfile.readline() not in (b"\r\n", b"\n", b""):
+                        pass  # trailers
+                    return
+                remaining = size
+                while remaining:
+                    chunk = self.rfile.read(min(remaining, CHUNK_SIZE))
+                    if not chunk:
+                        raise ConnectionError("client closed mid-chunk")
+                    remaining -= len(chunk)
+                    yield chunk
+                self.rfile.readline()
+            return
+        remaining = int(self.headers.get("Content-Length") or 0)
+        while remaining:
+            chunk = self.rfile.read(min(remaining, CHUNK_SIZE))
+            if not chunk:
+                raise ConnectionError("client closed mid-body")
+            remaining -= len(chunk)
+            yield chunk
+
+    def _has_body(self) -> bool:
+        return "Content-Length" in self.headers or "Transfer-Encoding" in self.headers
+
+    def send_fault(self, status: int, retry_after: str | None) -> None:
+        for _ in self._body_chunks():
+            pass  # drain so the connection stays usable
+        code = ERROR_CODES.get(status, "UNKNOWN")
+        payload = f'{{"errors":[{{"code":"{code}","message":"injected fault"}}]}}'.encode()
+        self.send_response(status)
+        if retry_after is not None:
+            self.send_header("Retry-After", retry_after)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(payload)))
+        self.end_headers()
+        if self.command != "HEAD":
+            self.wfile.write(payload)
+
+    def send_redirect(self, location: str) -> None:
+        for _ in self._body_chunks():
+            pass
+        self.send_response(307)
+        self.send_header("Location", location)
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+
+    def forward(self, cut_after: int | None = None) -> None:
+        """Relay to the upstream, streaming both ways; hang up after `cut_after` body bytes."""
+        headers = {k: v for k, v in self.headers.items() if k.lower() not in HOP_BY_HOP}
+        upstream = self.owner.upstream_connection()
+        try:
+            body = self._body_chunks() if self._has_body() else None
+            # http.client re-chunks an iterable body unless a Content-Length was given.
+            upstream.request(self.command, self.path, body=body, headers=headers)
+            response = upstream.getresponse()
+            self._relay_response(response, cut_after)
+        finally:
+            upstream.close()
+
+    def _relay_response(self, response: http.client.HTTPResponse, cut_after: int | None) -> None:
+        self.send_response_only(response.status, response.reason)
+        for name, value in response.getheaders():
+            if name.lower() not in HOP_BY_HOP:
+                self.send_header(name, value)
+        has_length = response.getheader("Content-Length") is not None
+        bodyless = self.command == "HEAD" or response.status in (204, 304)
+        rechunk = not has_length and not bodyless
+        if rechunk:
+            self.send_header("Transfer-Encoding", "chunked")
+        self.end_headers()
+        if bodyless:
+            return
+        budget = cut_after
+        while chunk := response.read(CHUNK_SIZE if budget is None else min(CHUNK_SIZE, budget)):
+            self.wfile.write(f"{len(chunk):x}\r\n".encode() + chunk + b"\r\n" if rechunk else chunk)
+            if budget is not None:
+                budget -= len(chunk)
+                if budget == 0:
+                    break
+        if cut_after is not None:
+            self.wfile.flush()
+            self.close_connection = True  # finish() then closes the socket mid-body
+            return
+        if rechunk:
+            self.wfile.write(b"0\r\n\r\n")
+
+
+def _make_handler(owner: ForwardingServer) -> type[_Handler]:
+    return type("BoundHandler", (_Handler,), {"owner": owner})

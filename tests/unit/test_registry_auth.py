@@ -371,3 +371,25 @@ def test_scope_normalisation_ignores_order_and_grouping(entries, random):
     split = [f"repository:{name}:{action}" for name, actions in entries for action in actions]
     assert normalise_scopes(scopes) == normalise_scopes(shuffled) == normalise_scopes(split)
     assert normalise_scopes(normalise_scopes(scopes)) == normalise_scopes(scopes)
+
+
+def test_no_credentials_to_a_plain_http_realm_from_an_https_registry():
+    with respx.mock(using="httpcore") as mock:
+        token_route = mock.get(url__startswith="http://auth.test/token").respond(
+            200, json={"token": "t"}
+        )
+        mock.get(f"{REGISTRY}/v2/app/manifests/1").mock(
+            side_effect=[
+                httpx.Response(
+                    401,
+                    headers={"WWW-Authenticate": 'Bearer realm="http://auth.test/token?a=1"'},
+                ),
+                httpx.Response(200),
+            ]
+        )
+        with _client(_store_with_password()) as client:
+            assert client.get(f"{REGISTRY}/v2/app/manifests/1").status_code == 200
+    token_request = token_route.calls.last.request
+    assert "authorization" not in token_request.headers
+    assert token_request.url.params.get_list("a") == ["1"]
+    assert token_request.url.params.get_list("scope") == ["repository:app:pull"]

@@ -123,7 +123,13 @@ class ProxyRouter(httpx.BaseTransport):
             return self._direct
         with self._lock:
             if proxy not in self._proxied:
-                self._proxied[proxy] = self._make_proxied(proxy)
+                try:
+                    self._proxied[proxy] = self._make_proxied(proxy)
+                except (ValueError, ImportError) as exc:  # httpx.InvalidURL is a ValueError
+                    raise UsageError(
+                        f"cannot use the {url.scheme} proxy set in the environment: {exc}; "
+                        "fix HTTPS_PROXY / HTTP_PROXY / ALL_PROXY"
+                    ) from exc
             return self._proxied[proxy]
 
     def handle_request(self, request: httpx.Request) -> httpx.Response:

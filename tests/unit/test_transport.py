@@ -187,3 +187,10 @@ def test_tls_verified_against_given_ca_and_refused_without(certificate_authority
             pytest.raises(httpx.ConnectError, match="CERTIFICATE_VERIFY_FAILED"),
         ):
             client.get(url)
+
+
+def test_unusable_proxy_is_a_usage_error_without_its_password():
+    transport = build_base_transport(environ={"HTTP_PROXY": "ftp://user:secret@proxy.example:21"})
+    with pytest.raises(UsageError, match="HTTP_PROXY") as info:
+        transport.handle_request(httpx.Request("GET", "http://r.example/v2/"))
+    assert "secret" not in str(info.value)

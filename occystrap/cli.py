@@ -38,50 +38,139 @@ class OneLineErrors(click.Group):
 
 @click.group(cls=OneLineErrors, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="occystrap")
-@click.option("--retries", type=click.IntRange(0, 100), default=3, show_default=True,
-              envvar="OCCYSTRAP_RETRIES", help="Extra attempts per request, with backoff.")
-@click.option("--rate-limit", "rate_limits", multiple=True, metavar="R|HOST=R",
-              envvar="OCCYSTRAP_RATE_LIMIT",
-              help="Requests per second, overall or per host (repeatable).")
-@click.option("--mirror", "mirrors", multiple=True, metavar="SOURCE=URL",
-              envvar="OCCYSTRAP_MIRRORS",
-              help="Read SOURCE registry through the mirror at URL first (repeatable, in order).")
-@click.option("--middleware", "middlewares", multiple=True, metavar="NAME[:k=v,...]",
-              envvar="OCCYSTRAP_MIDDLEWARE", help="Enable a middleware plug-in (repeatable).")
-@click.option("--quay-token", envvar="OCCYSTRAP_QUAY_TOKEN", metavar="TOKEN",
-              help="OAuth token for the Quay API.")
-@click.option("--http2/--no-http2", default=True, envvar="OCCYSTRAP_HTTP2", show_default=True,
-              help="Negotiate HTTP/2 with TLS registries.")
-@click.option("--ca-cert", type=click.Path(dir_okay=False), envvar="OCCYSTRAP_CA_CERT",
-              help="Extra CA certificate (PEM) to trust.")
-@click.option("--insecure", is_flag=True, envvar="OCCYSTRAP_INSECURE",
-              help="Talk plain HTTP to registries.")
-@click.option("--username", envvar="OCCYSTRAP_USERNAME",
-              help="Username for the registries this command names.")
-@click.option("--password", envvar="OCCYSTRAP_PASSWORD",
-              help="Password or token for the registries this command names.")
-@click.option("--os", "os_name", default="linux", show_default=True, envvar="OCCYSTRAP_OS",
-              help="Platform OS to pick from a multi-platform image.")
-@click.option("--architecture", default="amd64", show_default=True,
-              envvar="OCCYSTRAP_ARCHITECTURE", help="Platform architecture to pick.")
-@click.option("--variant", default=None, envvar="OCCYSTRAP_VARIANT",
-              help="Platform variant to pick (e.g. v8).")
-@click.option("-j", "--parallel", type=click.IntRange(1, 64), default=4, show_default=True,
-              envvar="OCCYSTRAP_PARALLEL", help="Layers moved at once.")
-@click.option("--compression", type=click.Choice(["gzip", "zstd"]), default="gzip",
-              show_default=True, envvar="OCCYSTRAP_COMPRESSION",
-              help="Compression for layers that must be (re)compressed.")
-@click.option("--temp-dir", type=click.Path(file_okay=False), envvar="OCCYSTRAP_TEMP_DIR",
-              help="Where layers are staged (default: system temp dir).")
-@click.option("-O", "--output-format", type=click.Choice(["text", "json"]), default="text",
-              show_default=True, envvar="OCCYSTRAP_OUTPUT_FORMAT")
+@click.option(
+    "--retries",
+    type=click.IntRange(0, 100),
+    default=3,
+    show_default=True,
+    envvar="OCCYSTRAP_RETRIES",
+    help="Extra attempts per request, with backoff.",
+)
+@click.option(
+    "--rate-limit",
+    "rate_limits",
+    multiple=True,
+    metavar="R|HOST=R",
+    envvar="OCCYSTRAP_RATE_LIMIT",
+    help="Requests per second, overall or per host (repeatable).",
+)
+@click.option(
+    "--mirror",
+    "mirrors",
+    multiple=True,
+    metavar="SOURCE=URL",
+    envvar="OCCYSTRAP_MIRRORS",
+    help="Read SOURCE registry through the mirror at URL first (repeatable, in order).",
+)
+@click.option(
+    "--middleware",
+    "middlewares",
+    multiple=True,
+    metavar="NAME[:k=v,...]",
+    envvar="OCCYSTRAP_MIDDLEWARE",
+    help="Enable a middleware plug-in (repeatable).",
+)
+@click.option(
+    "--quay-token",
+    envvar="OCCYSTRAP_QUAY_TOKEN",
+    metavar="TOKEN",
+    help="OAuth token for the Quay API.",
+)
+@click.option(
+    "--http2/--no-http2",
+    default=True,
+    envvar="OCCYSTRAP_HTTP2",
+    show_default=True,
+    help="Negotiate HTTP/2 with TLS registries.",
+)
+@click.option(
+    "--ca-cert",
+    type=click.Path(dir_okay=False),
+    envvar="OCCYSTRAP_CA_CERT",
+    help="Extra CA certificate (PEM) to trust.",
+)
+@click.option(
+    "--insecure", is_flag=True, envvar="OCCYSTRAP_INSECURE", help="Talk plain HTTP to registries."
+)
+@click.option(
+    "--username",
+    envvar="OCCYSTRAP_USERNAME",
+    help="Username for the registries this command names.",
+)
+@click.option(
+    "--password",
+    envvar="OCCYSTRAP_PASSWORD",
+    help="Password or token for the registries this command names.",
+)
+@click.option(
+    "--os",
+    "os_name",
+    default="linux",
+    show_default=True,
+    envvar="OCCYSTRAP_OS",
+    help="Platform OS to pick from a multi-platform image.",
+)
+@click.option(
+    "--architecture",
+    default="amd64",
+    show_default=True,
+    envvar="OCCYSTRAP_ARCHITECTURE",
+    help="Platform architecture to pick.",
+)
+@click.option(
+    "--variant",
+    default=None,
+    envvar="OCCYSTRAP_VARIANT",
+    help="Platform variant to pick (e.g. v8).",
+)
+@click.option(
+    "-j",
+    "--parallel",
+    type=click.IntRange(1, 64),
+    default=4,
+    show_default=True,
+    envvar="OCCYSTRAP_PARALLEL",
+    help="Layers moved at once.",
+)
+@click.option(
+    "--compression",
+    type=click.Choice(["gzip", "zstd"]),
+    default="gzip",
+    show_default=True,
+    envvar="OCCYSTRAP_COMPRESSION",
+    help="Compression for layers that must be (re)compressed.",
+)
+@click.option(
+    "--temp-dir",
+    type=click.Path(file_okay=False),
+    envvar="OCCYSTRAP_TEMP_DIR",
+    help="Where layers are staged (default: system temp dir).",
+)
+@click.option(
+    "-O",
+    "--output-format",
+    type=click.Choice(["text", "json"]),
+    default="text",
+    show_default=True,
+    envvar="OCCYSTRAP_OUTPUT_FORMAT",
+)
 @click.option("-v", "--verbose", is_flag=True, envvar="OCCYSTRAP_VERBOSE")
-@click.option("--debug", is_flag=True, envvar="OCCYSTRAP_DEBUG",
-              help="Log every network attempt and show the middleware chain.")
+@click.option(
+    "--debug",
+    is_flag=True,
+    envvar="OCCYSTRAP_DEBUG",
+    help="Log every network attempt and show the middleware chain.",
+)
 @click.pass_context
 def main(ctx: click.Context, **options: object) -> None:
     """Move container images between registries, tarballs and directories."""
-    level = logging.DEBUG if options["debug"] else logging.INFO if options["verbose"] else logging.WARNING
+    level = (
+        logging.DEBUG
+        if options["debug"]
+        else logging.INFO
+        if options["verbose"]
+        else logging.WARNING
+    )
     logging.basicConfig(level=level, format=LOG_FORMAT, stream=sys.stderr)
     options["temp_dir"] = Path(options["temp_dir"]) if options["temp_dir"] else None
     ctx.obj = RunSettings.from_options(options)
@@ -90,8 +179,14 @@ def main(ctx: click.Context, **options: object) -> None:
 @main.command()
 @click.argument("source")
 @click.argument("destination")
-@click.option("-f", "--filter", "filters", multiple=True, metavar="FILTER",
-              help="Filter applied between source and destination (repeatable).")
+@click.option(
+    "-f",
+    "--filter",
+    "filters",
+    multiple=True,
+    metavar="FILTER",
+    help="Filter applied between source and destination (repeatable).",
+)
 @click.pass_obj
 def process(settings: RunSettings, source: str, destination: str, filters: tuple[str, ...]) -> None:
     """Copy the image at SOURCE to DESTINATION."""

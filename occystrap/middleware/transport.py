@@ -8,7 +8,7 @@ import ipaddress
 import os
 import ssl
 import threading
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
 import httpx
 
@@ -110,7 +110,12 @@ class _TimedTransport(httpx.HTTPTransport):
 class ProxyRouter(httpx.BaseTransport):
     """Send each request direct or through the proxy the environment names for its URL."""
 
-    def __init__(self, direct: httpx.BaseTransport, environ: Mapping[str, str], make_proxied):
+    def __init__(
+        self,
+        direct: httpx.BaseTransport,
+        environ: Mapping[str, str],
+        make_proxied: Callable[[str], httpx.BaseTransport],
+    ) -> None:
         self._direct = direct
         self._environ = dict(environ)
         self._make_proxied = make_proxied

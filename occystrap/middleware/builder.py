@@ -52,7 +52,7 @@ class ChainSettings:
     parallel: int = 4
     ca_cert: str | None = None
     middlewares: Sequence[str] = ()
-    timeout: httpx.Timeout = DEFAULT_TIMEOUT
+    timeout: httpx.Timeout = field(default_factory=lambda: DEFAULT_TIMEOUT)
 
 
 def build_transport(settings: ChainSettings) -> httpx.BaseTransport:

@@ -17,6 +17,7 @@ from tests.integration.servers import (
     RegistryServer,
     require_binary,
 )
+from tests.integration.servers import free_port as _pick_free_port
 from tests.integration.token_server import TokenServer
 
 BASIC_USERNAME = "testuser"
@@ -29,6 +30,13 @@ def _integration_binaries() -> None:
     """Fail (never skip) when the real registry or skopeo is absent."""
     require_binary(REGISTRY_BINARY)
     require_binary(SKOPEO_BINARY)
+
+
+@pytest.fixture
+def free_port() -> int:
+    """A loopback port nothing listens on (e.g. a dead mirror); import `servers.free_port`
+    for more than one."""
+    return _pick_free_port()
 
 
 @pytest.fixture

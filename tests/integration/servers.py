@@ -190,7 +190,10 @@ class RegistryServer:
         )
 
     def log_text(self) -> str:
-        return self._log_path.read_text(errors="replace") if self._log_path.exists() else ""
+        """The registry's output, trimmed to the end, where the reason it failed is."""
+        if not self._log_path.exists():
+            return ""
+        return self._log_path.read_text(errors="replace").strip()[-2000:]
 
     def stop(self) -> None:
         if self._process is None:

@@ -25,7 +25,7 @@ from tests.integration.images import (
     run_skopeo,
     skopeo_inspect,
 )
-from tests.integration.servers import free_port
+from tests.integration.servers import RegistryServer, RegistryStartError
 from tests.integration.token_server import SERVICE
 
 pytestmark = pytest.mark.integration
@@ -63,9 +63,18 @@ def _with_kid(token_server, kid: str) -> str:
 # --- registries ---------------------------------------------------------------------------
 
 
-def test_free_port_is_bindable_on_loopback():
-    port = free_port()
-    assert 1024 <= port <= 65535
+def test_free_port_has_no_listener(free_port):
+    assert 1024 <= free_port <= 65535
+    with pytest.raises(httpx.ConnectError):
+        httpx.get(f"http://127.0.0.1:{free_port}/v2/")
+
+
+def test_registry_that_dies_reports_its_log(tmp_path, monkeypatch):
+    server = RegistryServer(tmp_path)
+    broken = {"version": "0.1", "storage": {"nosuchdriver": {}}}
+    monkeypatch.setattr(server, "_config", lambda: {**broken, "http": {"addr": server.host}})
+    with pytest.raises(RegistryStartError, match="nosuchdriver"):
+        server.start()
 
 
 def test_plain_registry_answers_v2(registry_plain):

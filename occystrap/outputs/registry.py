@@ -12,10 +12,9 @@ from occystrap import compression
 from occystrap.pipeline import Image, Layer, ProgressSink
 from occystrap.registry.client import RegistryClient
 from occystrap.registry.manifest import (
-    MEDIA_TYPE_DOCKER_CONFIG,
-    MEDIA_TYPE_DOCKER_MANIFEST,
-    MEDIA_TYPE_OCI_CONFIG,
-    MEDIA_TYPE_OCI_MANIFEST,
+    DOCKER_CONFIG,
+    DOCKER_MANIFEST,
+    OCI_MANIFEST,
     Descriptor,
     build_manifest,
 )
@@ -58,23 +57,15 @@ class RegistryOutput:
         if image.manifest is not None and not changed:
             raw, media_type = image.manifest, image.manifest_media_type
         else:
-            oci = any(layer.compression == compression.ZSTD for layer in layers) or (
-                image.manifest_media_type == MEDIA_TYPE_OCI_MANIFEST
+            oci = image.manifest_media_type == OCI_MANIFEST or any(
+                layer.compression == compression.ZSTD for layer in layers
             )
-            config_type = MEDIA_TYPE_OCI_CONFIG if oci else MEDIA_TYPE_DOCKER_CONFIG
             raw = build_manifest(
-                Descriptor(config_type, image.config_digest, len(image.config)),
-                [
-                    Descriptor(
-                        compression.media_type_for(layer.compression, oci=oci),
-                        layer.digest,
-                        layer.size,
-                    )
-                    for layer in layers
-                ],
+                Descriptor(DOCKER_CONFIG, image.config_digest, len(image.config)),
+                [Descriptor(layer.media_type, layer.digest, layer.size) for layer in layers],
                 oci=oci,
             )
-            media_type = MEDIA_TYPE_OCI_MANIFEST if oci else MEDIA_TYPE_DOCKER_MANIFEST
+            media_type = OCI_MANIFEST if oci else DOCKER_MANIFEST
         tag = self.reference.reference
         self.client.put_manifest(repository, tag, raw, media_type)
         LOG.info("pushed %s (sha256:%s)", self.reference, hashlib.sha256(raw).hexdigest())

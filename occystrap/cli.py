@@ -172,6 +172,8 @@ def main(ctx: click.Context, **options: object) -> None:
         else logging.WARNING
     )
     logging.basicConfig(level=level, format=LOG_FORMAT, stream=sys.stderr)
+    # httpx's own request log prints whole URLs; our Logging middleware redacts them.
+    logging.getLogger("httpx").setLevel(logging.WARNING)
     options["temp_dir"] = Path(options["temp_dir"]) if options["temp_dir"] else None
     ctx.obj = RunSettings.from_options(options)
 

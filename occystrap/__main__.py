@@ -1,0 +1,3 @@
+from occystrap.cli import main
+
+main()

@@ -383,3 +383,26 @@ def test_proxy_reset_clears_faults_and_records(fault_proxy, blob_host, pushed_bl
     assert fault_proxy.requests == []
     assert httpx.get(f"{fault_proxy.url}/v2/").status_code == 200
     assert httpx.get(f"{fault_proxy.url}/v2/{repo}/blobs/{digest}").status_code == 200
+
+
+def test_proxy_streams_chunked_upload_and_drains_failed_ones(fault_proxy, unique_repo):
+    data = random_layer(500_000, seed=5)["random.bin"]
+    digest = "sha256:" + hashlib.sha256(data).hexdigest()
+
+    def chunks():
+        for start in range(0, len(data), 70_000):
+            yield data[start : start + 70_000]
+
+    fault_proxy.fail_next(1, status=503, method="PATCH")
+    with httpx.Client(base_url=fault_proxy.url) as client:
+        session = client.post(f"/v2/{unique_repo}/blobs/uploads/").headers["Location"]
+        assert session.startswith(fault_proxy.url)  # the registry builds URLs from our Host
+        assert client.patch(session, content=chunks()).status_code == 503
+        patched = client.patch(session, content=chunks())
+        assert patched.status_code == 202
+        done = client.put(f"{patched.headers['Location']}&digest={digest}")
+        assert done.status_code == 201
+        assert client.get(f"/v2/{unique_repo}/blobs/{digest}").content == data
+    patches = fault_proxy.requests_matching("/blobs/uploads/", method="PATCH")
+    assert [p.headers["transfer-encoding"] for p in patches] == ["chunked", "chunked"]
+    assert [p.action for p in patches] == ["failed", "forwarded"]

@@ -54,6 +54,13 @@ class LayerEntry:
     def tar_name(self) -> str:
         return f"{self.directory}/layer.tar"
 
+    def metadata_files(self) -> list[tuple[str, bytes]]:
+        """The small files docker keeps beside each layer.tar."""
+        return [
+            (f"{self.directory}/VERSION", LAYER_DIR_VERSION),
+            (f"{self.directory}/json", self.legacy_json),
+        ]
+
 
 @dataclass(frozen=True)
 class DockerSaveLayout:
@@ -94,11 +101,8 @@ class DockerSaveLayout:
         )
 
     def metadata_files(self, image: Image) -> list[tuple[str, bytes]]:
-        """(name, bytes) of every small file: per-layer VERSION/json, config, manifest, repos."""
-        files = []
-        for entry in self.layers:
-            files.append((f"{entry.directory}/VERSION", LAYER_DIR_VERSION))
-            files.append((f"{entry.directory}/json", entry.legacy_json))
+        """(name, bytes) of every small file: per-layer files, config, manifest, repositories."""
+        files = [item for entry in self.layers for item in entry.metadata_files()]
         files.append((self.config_name, image.config))
         files.append(("manifest.json", json.dumps([self.manifest_entry]).encode()))
         if self.repositories:

@@ -1,0 +1,136 @@
+"""The directory output: the unpacked docker-save tree, shared catalogues, expanded rootfs."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import tarfile
+import threading
+from pathlib import Path
+
+import pytest
+
+from occystrap.errors import OccystrapError
+from occystrap.inputs.tarball import TarballInput
+from occystrap.outputs.directory import DirectoryOutput, merge_catalogue
+from occystrap.pipeline import NullProgress
+
+from .image_builder import make_image, sha256
+
+LAYERS = [
+    {"etc/hosts": b"localhost\n", "etc/old": b"gone soon", "bin/sh": b"shell"},
+    {"etc/.wh.old": b"", "bin/ash": "sh", "etc/hosts": b"upper\n"},
+]
+
+
+def tree(directory: Path) -> set[str]:
+    """Every path under `directory`, relative, hidden staging entries included."""
+    return {
+        str((Path(root) / name).relative_to(directory))
+        for root, dirs, files in os.walk(directory)
+        for name in dirs + files
+    }
+
+
+def test_default_layout_matches_the_tarball_tree(tmp_path):
+    image = make_image(tmp_path, LAYERS)
+    out = tmp_path / "out"
+    DirectoryOutput(out).write(image, NullProgress())
+    manifest = json.loads((out / "manifest.json").read_bytes())
+    assert manifest[0]["RepoTags"] == ["busybox:latest"]
+    assert (out / manifest[0]["Config"]).read_bytes() == image.config
+    for name, layer in zip(manifest[0]["Layers"], image.layers, strict=True):
+        assert sha256((out / name).read_bytes()) == layer.diff_id
+    assert not any(name.startswith(".occystrap-partial") for name in os.listdir(out))
+    assert not (out / "rootfs").exists()
+
+
+def test_default_directory_reads_back_as_a_tarball_tree(tmp_path):
+    """The directory holds exactly the files a tarball would: tar it and read it back."""
+    image = make_image(tmp_path, LAYERS)
+    out = tmp_path / "out"
+    DirectoryOutput(out).write(image, NullProgress())
+    with tarfile.open(tmp_path / "dir.tar", "w") as archive:
+        for name in sorted(os.listdir(out)):
+            if not name.startswith("."):
+                archive.add(out / name, arcname=name)
+    (tmp_path / "work").mkdir()
+    read = TarballInput(tmp_path / "dir.tar").fetch(tmp_path / "work", NullProgress())
+    assert [layer.diff_id for layer in read.layers] == [layer.diff_id for layer in image.layers]
+
+
+def test_expand_builds_the_merged_rootfs_with_whiteouts(tmp_path):
+    image = make_image(tmp_path, LAYERS)
+    out = tmp_path / "out"
+    DirectoryOutput(out, expand=True).write(image, NullProgress())
+    rootfs = out / "rootfs"
+    assert tree(rootfs) == {"etc", "etc/hosts", "bin", "bin/sh", "bin/ash"}
+    assert (rootfs / "etc/hosts").read_bytes() == b"upper\n"
+    assert os.readlink(rootfs / "bin/ash") == "sh"
+
+
+def test_unique_names_share_layers_and_keep_a_catalogue(tmp_path):
+    base = make_image(tmp_path, LAYERS[:1])
+    first = dataclasses.replace(base, tag="one")
+    second = make_image(tmp_path, LAYERS, tag="two")
+    out = tmp_path / "out"
+    output = DirectoryOutput(out, unique_names=True, expand=True)
+    output.write(first, NullProgress())
+    shared = out / base.layers[0].diff_id[7:] / "layer.tar"
+    inode = shared.stat().st_ino
+    output.write(second, NullProgress())
+    assert shared.stat().st_ino == inode  # the shared layer was not rewritten
+    catalogue = json.loads((out / "manifest.json").read_bytes())
+    assert sorted(tag for entry in catalogue for tag in entry["RepoTags"]) == [
+        "busybox:one",
+        "busybox:two",
+    ]
+    assert (out / "rootfs/library_busybox_one/etc/old").exists()
+    assert not (out / "rootfs/library_busybox_two/etc/old").exists()
+    repositories = json.loads((out / "repositories").read_bytes())
+    assert set(repositories["busybox"]) == {"one", "two"}
+
+    output.write(second, NullProgress())  # rewriting an image replaces its entry
+    assert len(json.loads((out / "manifest.json").read_bytes())) == 2
+
+
+def test_parallel_writers_do_not_clobber_the_catalogue(tmp_path):
+    images = [make_image(tmp_path, [{f"f{i}": b"x" * i}], tag=f"t{i}") for i in range(8)]
+    output = DirectoryOutput(tmp_path / "out", unique_names=True)
+    threads = [threading.Thread(target=output.write, args=(i, NullProgress())) for i in images]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    catalogue = json.loads((tmp_path / "out" / "manifest.json").read_bytes())
+    assert sorted(entry["RepoTags"][0] for entry in catalogue) == [
+        f"busybox:t{i}" for i in range(8)
+    ]
+
+
+def test_merge_catalogue_replaces_by_config_and_tag():
+    old = [
+        {"Config": "a.json", "RepoTags": ["x:1"]},
+        {"Config": "b.json", "RepoTags": ["x:2", "x:3"]},
+        {"Config": "c.json", "RepoTags": []},
+    ]
+    merged = merge_catalogue(old, {"Config": "a.json", "RepoTags": ["x:2"]})
+    assert merged == [
+        {"Config": "b.json", "RepoTags": ["x:3"]},
+        {"Config": "c.json", "RepoTags": []},
+        {"Config": "a.json", "RepoTags": ["x:2"]},
+    ]
+
+
+def test_failure_leaves_no_new_files(tmp_path):
+    good = make_image(tmp_path, LAYERS[:1], tag="good")
+    out = tmp_path / "out"
+    output = DirectoryOutput(out, unique_names=True, expand=True)
+    output.write(good, NullProgress())
+    before = tree(out), (out / "manifest.json").read_bytes()
+    bad = make_image(tmp_path, LAYERS, tag="bad")
+    bad.layers[1].path.write_bytes(b"\x1f\x8b broken")
+    with pytest.raises(OccystrapError):
+        output.write(bad, NullProgress())
+    assert (tree(out), (out / "manifest.json").read_bytes()) == before

@@ -7,6 +7,7 @@ explicit RETRY_UNSAFE) whose body can be replayed. A consumed stream is never re
 import logging
 import random
 import re
+import threading
 import time
 from collections.abc import Callable
 from datetime import UTC
@@ -79,6 +80,8 @@ class Retry(Middleware):
         self.retry_after_cap = retry_after_cap
         self._sleep = sleep
         self._rng = rng or random.Random()
+        self._count_lock = threading.Lock()
+        self.retries_made = 0  # across all requests and threads, for the run's summary
 
     def handle_request(self, request: httpx.Request) -> httpx.Response:
         max_attempts = 1 + self.retries if _may_resend(request) else 1
@@ -108,6 +111,8 @@ class Retry(Middleware):
                 failure,
                 delay,
             )
+            with self._count_lock:
+                self.retries_made += 1
             self._sleep(delay)
             attempt += 1
 

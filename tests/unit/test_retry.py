@@ -385,3 +385,16 @@ def test_backoff_delay_stays_within_full_jitter_bounds(retry_number, base, cap, 
     except OverflowError:
         ceiling = cap
     assert 0 <= delay <= ceiling
+
+
+def test_retries_made_counts_every_retry_across_requests():
+    recorder = Recorder(httpx.HTTPTransport())
+    retry = Retry(recorder, sleep=lambda _: None)
+    client = httpx.Client(transport=retry)
+    with respx.mock(using="httpcore") as mock:
+        mock.get(URL).mock(
+            side_effect=[httpx.Response(503), httpx.Response(200), httpx.Response(404)]
+        )
+        client.get(URL)
+        client.get(URL)
+    assert retry.retries_made == 1

@@ -11,6 +11,7 @@ import json
 import os
 import shutil
 import socket
+import ssl
 import subprocess
 import time
 from pathlib import Path
@@ -207,12 +208,10 @@ class RegistryServer:
                 self._process.wait()
         self._process = None
 
-    def ssl_context(self):
+    def ssl_context(self) -> ssl.SSLContext | None:
         """An SSL context trusting only this server's CA (None for plain HTTP)."""
         if self.ca_cert is None:
             return None
-        import ssl
-
         return ssl.create_default_context(cafile=str(self.ca_cert))
 
     def client(self, **kwargs) -> httpx.Client:

@@ -122,6 +122,8 @@ def info(settings: RunSettings, source: str) -> None:
 
 def _print_info(details: dict) -> None:
     out = sys.stdout
+    platform = details.get("platform") or {}
+    details = {**details, "platform": "/".join(v for v in platform.values() if v)}
     for key in (
         "image",
         "media_type",

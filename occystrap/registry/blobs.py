@@ -15,7 +15,7 @@ from pathlib import Path
 
 import httpx
 
-from occystrap.compression import Decompressor
+from occystrap.compression import CorruptLayerError, Decompressor
 from occystrap.errors import DigestMismatchError, RegistryError
 from occystrap.registry.errors import registry_error
 
@@ -53,12 +53,17 @@ class _Verifier:
         self.tar_hasher = new_hasher(self.diff_id) if self.diff_id else None
         self.tar_size = 0
         self.decompressor = Decompressor(self.compression) if self.diff_id else None
+        self.corrupt: CorruptLayerError | None = None
 
     def update(self, chunk: bytes) -> None:
         self.hasher.update(chunk)
         self.size += len(chunk)
-        if self.decompressor is not None:
-            self._update_tar(self.decompressor.feed(chunk))
+        if self.decompressor is not None and self.corrupt is None:
+            try:
+                self._update_tar(self.decompressor.feed(chunk))
+            except CorruptLayerError as exc:
+                # Keep hashing: a digest mismatch is the clearer report, so it goes first.
+                self.corrupt = exc
 
     def _update_tar(self, data: bytes) -> None:
         self.tar_hasher.update(data)
@@ -74,6 +79,8 @@ class _Verifier:
             raise DigestMismatchError(f"{what}: content hashes to {actual}, expected {self.digest}")
         if self.decompressor is None:
             return None
+        if self.corrupt is not None:
+            raise CorruptLayerError(f"{what}: {self.corrupt}")
         self._update_tar(self.decompressor.flush())
         actual_tar = f"{self.diff_id.partition(':')[0]}:{self.tar_hasher.hexdigest()}"
         if actual_tar != self.diff_id:

@@ -189,19 +189,38 @@ def main(ctx: click.Context, **options: object) -> None:
     metavar="FILTER",
     help="Filter applied between source and destination (repeatable).",
 )
+@click.option(
+    "-J",
+    "--image-parallel",
+    type=click.IntRange(1, 32),
+    default=3,
+    show_default=True,
+    envvar="OCCYSTRAP_IMAGE_PARALLEL",
+    help="Images moved at once when SOURCE is quay://.",
+)
 @click.pass_obj
-def process(settings: RunSettings, source: str, destination: str, filters: tuple[str, ...]) -> None:
-    """Copy the image at SOURCE to DESTINATION."""
+def process(
+    settings: RunSettings,
+    source: str,
+    destination: str,
+    filters: tuple[str, ...],
+    image_parallel: int,
+) -> None:
+    """Copy the image(s) at SOURCE to DESTINATION.
+
+    A quay:// SOURCE names many images; DESTINATION must then hold many:
+    dir://PATH?unique_names=true or registry://HOST/PREFIX.
+    """
     from occystrap.commands import process as run_process
 
-    run_process(settings, source, destination, list(filters))
+    run_process(settings, source, destination, list(filters), image_parallel)
 
 
 @main.command()
 @click.argument("source")
 @click.pass_obj
 def info(settings: RunSettings, source: str) -> None:
-    """Print an image's metadata without downloading its layers."""
+    """Print image metadata without downloading layers (every match, for quay://)."""
     from occystrap.commands import info as run_info
 
     run_info(settings, source)

@@ -13,8 +13,9 @@ import socket
 import ssl
 import sys
 import threading
-from collections.abc import Iterator
-from dataclasses import dataclass
+import time
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import urlsplit
 
@@ -43,6 +44,8 @@ class RecordedRequest:
     path: str
     headers: dict[str, str]
     action: str  # "forwarded", "failed", "cut" or "redirected"
+    # When the request line arrived (time.monotonic), for rate and Retry-After checks.
+    at: float = field(default_factory=time.monotonic)
 
 
 @dataclass
@@ -73,14 +76,24 @@ class _QuietHTTPServer(ThreadingHTTPServer):
 
 
 class ForwardingServer:
-    """A threaded loopback HTTP/1.1 server that forwards to `upstream_url` and records requests."""
+    """A threaded loopback HTTP/1.1 server that forwards to `upstream_url` and records requests.
 
-    def __init__(self, upstream_url: str, upstream_ssl: ssl.SSLContext | None = None) -> None:
+    `upstream_headers` replace same-named client headers on the way upstream: the server's own
+    access to the upstream (a CDN's credentials), independent of what the client sent.
+    """
+
+    def __init__(
+        self,
+        upstream_url: str,
+        upstream_ssl: ssl.SSLContext | None = None,
+        upstream_headers: Mapping[str, str] | None = None,
+    ) -> None:
         parts = urlsplit(upstream_url)
         self._upstream_https = parts.scheme == "https"
         self._upstream_host = parts.hostname
         self._upstream_port = parts.port or (443 if self._upstream_https else 80)
         self._upstream_ssl = upstream_ssl
+        self.upstream_headers = dict(upstream_headers or {})
         self._lock = threading.Lock()
         self._requests: list[RecordedRequest] = []
         self._connections: set[socket.socket] = set()
@@ -171,8 +184,13 @@ class ForwardingServer:
 class FaultProxy(ForwardingServer):
     """A `ForwardingServer` whose tests can program failures, truncations and redirects."""
 
-    def __init__(self, upstream_url: str, upstream_ssl: ssl.SSLContext | None = None) -> None:
-        super().__init__(upstream_url, upstream_ssl)
+    def __init__(
+        self,
+        upstream_url: str,
+        upstream_ssl: ssl.SSLContext | None = None,
+        upstream_headers: Mapping[str, str] | None = None,
+    ) -> None:
+        super().__init__(upstream_url, upstream_ssl, upstream_headers)
         self._faults: list[_Fault] = []
         self._redirect_target: ForwardingServer | None = None
 
@@ -246,6 +264,46 @@ class BlobHost(ForwardingServer):
         else:
             self._record(handler, "failed")
             handler.send_fault(404, None)
+
+
+class CountingListener:
+    """A TCP port that accepts connections and closes them at once, counting accepts: a mirror
+    that is reachable but dead, whose every use the test can see."""
+
+    def __init__(self) -> None:
+        self._socket = socket.create_server(("127.0.0.1", 0))
+        self._lock = threading.Lock()
+        self._accepts = 0
+        self._thread = threading.Thread(target=self._serve, daemon=True)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self._socket.getsockname()[1]}"
+
+    @property
+    def accepts(self) -> int:
+        with self._lock:
+            return self._accepts
+
+    def _serve(self) -> None:
+        while True:
+            try:
+                connection, _ = self._socket.accept()
+            except OSError:
+                return  # closed by stop()
+            with self._lock:
+                self._accepts += 1
+            connection.close()
+
+    def __enter__(self) -> CountingListener:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        with contextlib.suppress(OSError):
+            self._socket.shutdown(socket.SHUT_RDWR)
+        self._socket.close()
+        self._thread.join(timeout=5)
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -322,7 +380,9 @@ class _Handler(BaseHTTPRequestHandler):
 
     def forward(self, cut_after: int | None = None) -> None:
         """Relay to the upstream, streaming both ways; hang up after `cut_after` body bytes."""
-        headers = {k: v for k, v in self.headers.items() if k.lower() not in HOP_BY_HOP}
+        replaced = HOP_BY_HOP | {name.lower() for name in self.owner.upstream_headers}
+        headers = {k: v for k, v in self.headers.items() if k.lower() not in replaced}
+        headers.update(self.owner.upstream_headers)
         upstream = self.owner.upstream_connection()
         try:
             body = self._body_chunks() if self._has_body() else None

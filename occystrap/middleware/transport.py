@@ -12,7 +12,7 @@ from collections.abc import Callable, Mapping
 
 import httpx
 
-from occystrap.errors import UsageError
+from occystrap.errors import OccystrapError, UsageError
 
 DEFAULT_TIMEOUT = httpx.Timeout(connect=15.0, read=120.0, write=120.0, pool=120.0)
 
@@ -91,6 +91,25 @@ def _ssl_context(ca_cert: str | None) -> ssl.SSLContext:
     return context
 
 
+class UntrustedCertificateError(httpx.ConnectError, OccystrapError):
+    """TLS verification failed: the fix is trusting the right CA, so the message says how.
+
+    Still a ConnectError, so a mirror with a bad certificate falls through to the origin.
+    """
+
+
+def _is_certificate_failure(exc: BaseException) -> bool:
+    """Whether a certificate verification error is somewhere in `exc`'s chain of causes."""
+    seen: set[int] = set()
+    node: BaseException | None = exc
+    while node is not None and id(node) not in seen:
+        if isinstance(node, ssl.SSLCertVerificationError):
+            return True
+        seen.add(id(node))
+        node = node.__cause__ or node.__context__
+    return False
+
+
 class _TimedTransport(httpx.HTTPTransport):
     """An HTTPTransport that gives requests built without a client a finite timeout.
 
@@ -104,7 +123,16 @@ class _TimedTransport(httpx.HTTPTransport):
 
     def handle_request(self, request: httpx.Request) -> httpx.Response:
         request.extensions.setdefault("timeout", self._default_timeout)
-        return super().handle_request(request)
+        try:
+            return super().handle_request(request)
+        except httpx.ConnectError as exc:
+            if not _is_certificate_failure(exc):
+                raise
+            raise UntrustedCertificateError(
+                f"the TLS certificate of {request.url.host} is not trusted: {exc};"
+                " give its CA with --ca-cert FILE",
+                request=request,
+            ) from exc
 
 
 class ProxyRouter(httpx.BaseTransport):

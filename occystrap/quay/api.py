@@ -107,6 +107,7 @@ class QuayClient:
         if cutoff is not None:
             params["last_modified"] = "true"
         what = f"the repositories of {org}"
+        pages_seen: set[str] = set()
         while True:
             page = self._get_json("/repository", params, what)
             if page is None:
@@ -119,6 +120,9 @@ class QuayClient:
             next_page = page.get("next_page")
             if not next_page:
                 return
+            if str(next_page) in pages_seen:
+                raise QuayAPIError(f"the Quay API repeated a page of {what}; try again later")
+            pages_seen.add(str(next_page))
             params = {**params, "next_page": str(next_page)}
 
     def has_tag(

@@ -122,6 +122,13 @@ def test_listing_follows_next_page_with_the_same_query():
     assert all(r.headers["authorization"] == f"Bearer {TOKEN}" for r in sent)
 
 
+def test_a_repeated_page_stops_the_listing():
+    with respx.mock(using="httpcore") as mock:
+        mock.get(f"{BASE}/repository").respond(200, json=_page(["a"], "same"))
+        with _client() as http, pytest.raises(QuayAPIError, match="repeated a page"):
+            list(QuayClient(http, BASE).repositories("kolla"))
+
+
 def test_listing_since_asks_for_last_modified_and_drops_old_repositories():
     since = datetime.date(2024, 7, 1)
     document = {

@@ -39,9 +39,10 @@ class Layer:
     @contextmanager
     def open_tar(self) -> Iterator[BinaryIO]:
         """The layer's uncompressed tar stream."""
-        with open(self.path, "rb") as raw, compression.decompressing_reader(
-            raw, self.compression
-        ) as tar_stream:
+        with (
+            open(self.path, "rb") as raw,
+            compression.decompressing_reader(raw, self.compression) as tar_stream,
+        ):
             yield tar_stream
 
 

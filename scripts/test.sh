@@ -11,8 +11,8 @@ $SUDO apt-get install -y -qq --no-install-recommends docker-registry skopeo >/de
 
 python3 -m pip install -q --disable-pip-version-check -e '.[test]'
 
-ruff check occystrap tests benchmarks
-ruff format --check occystrap tests benchmarks
+ruff check .
+ruff format --check .
 
 status=0
 python3 -m pytest -q -p no:cacheprovider "$@" || status=$?

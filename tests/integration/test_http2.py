@@ -35,7 +35,6 @@ def test_untrusted_certificate_is_a_one_line_error(registry_tls, unique_repo, tm
         registry_tls.host,
         unique_repo,
         out,
-        env={"SSL_CERT_FILE": ""},
         check=False,
     )
     assert_one_line_error(result, "certificate", registry_tls.host.split(":")[0], "--ca-cert")

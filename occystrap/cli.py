@@ -17,7 +17,22 @@ LOG_FORMAT = "occystrap: %(levelname)s %(name)s: %(message)s"
 
 
 class OneLineErrors(click.Group):
-    """Turns every expected failure into one line on stderr and a non-zero exit."""
+    """Turns every expected failure, usage errors included, into one line and a non-zero exit."""
+
+    def main(self, *args: object, **kwargs: object) -> None:
+        kwargs["standalone_mode"] = False
+        try:
+            status = super().main(*args, **kwargs)
+        except click.exceptions.NoArgsIsHelpError as exc:
+            click.echo(exc.ctx.get_help(), err=True)
+            sys.exit(2)
+        except click.UsageError as exc:
+            _fail(f"{exc.format_message()} (see occystrap --help)", 2)
+        except click.ClickException as exc:
+            _fail(exc.format_message(), exc.exit_code)
+        except click.Abort:
+            _fail("interrupted", 130)
+        sys.exit(status if isinstance(status, int) else 0)
 
     def invoke(self, ctx: click.Context) -> object:
         try:
@@ -31,9 +46,11 @@ class OneLineErrors(click.Group):
                 f"network error{where}: {type(exc).__name__}: {exc or 'no detail'};"
                 " check the address, --insecure for plain-HTTP registries, or raise --retries"
             ) from None
-        except KeyboardInterrupt:
-            click.echo("occystrap: interrupted", err=True)
-            sys.exit(130)
+
+
+def _fail(message: str, status: int) -> None:
+    click.echo(f"occystrap: error: {' '.join(message.split())}", err=True)
+    sys.exit(status)
 
 
 @click.group(cls=OneLineErrors, context_settings={"help_option_names": ["-h", "--help"]})

@@ -122,9 +122,14 @@ def process(
         click.echo(
             f"occystrap: {source} -> {destination}: {len(image.layers)} layers,"
             f" {human_bytes(tally.bytes)} moved in {tally.elapsed():.1f} s,"
-            f" {retries_made(http)} retries",
+            f" {_retries(http)}",
             err=True,
         )
+
+
+def _retries(http: httpx.Client) -> str:
+    count = retries_made(http)
+    return f"{count} {'retry' if count == 1 else 'retries'}"
 
 
 # -- quay:// sources: many images ---------------------------------------------------------
@@ -194,7 +199,7 @@ def _process_quay(
         click.echo(
             f"occystrap: {_describe(uri)} -> {destination}: {len(outcome.succeeded)} images ok,"
             f" {len(outcome.failed)} failed, {human_bytes(tally.bytes)} moved in"
-            f" {tally.elapsed():.1f} s, {retries_made(http)} retries",
+            f" {tally.elapsed():.1f} s, {_retries(http)}",
             err=True,
         )
     if outcome.failed:

@@ -15,6 +15,7 @@ from email.utils import parsedate_to_datetime
 
 import httpx
 
+from occystrap.errors import OccystrapError
 from occystrap.middleware.base import Middleware
 from occystrap.middleware.extensions import ATTEMPT, ATTEMPTS, NO_RETRY, REPLAYABLE, RETRY_UNSAFE
 from occystrap.middleware.logging import redact_url
@@ -92,7 +93,8 @@ class Retry(Middleware):
             try:
                 response = self.next.handle_request(request)
             except RETRYABLE_ERRORS as exc:
-                if is_last:
+                # An OccystrapError (an untrusted certificate) needs the user, not another try.
+                if is_last or isinstance(exc, OccystrapError):
                     raise
                 failure = type(exc).__name__
                 delay = self._backoff(attempt)

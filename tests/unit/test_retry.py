@@ -22,6 +22,7 @@ from occystrap.middleware.extensions import (
     RETRY_UNSAFE,
 )
 from occystrap.middleware.retry import Retry, backoff_delay, parse_retry_after
+from occystrap.middleware.transport import UntrustedCertificateError
 
 URL = "https://registry.example/v2/library/busybox/manifests/latest"
 
@@ -398,3 +399,21 @@ def test_retries_made_counts_every_retry_across_requests():
         client.get(URL)
         client.get(URL)
     assert retry.retries_made == 1
+
+
+def test_an_untrusted_certificate_is_not_retried():
+    """Retrying cannot fix a CA the user has not given: fail at once with the advice."""
+
+    class UntrustedBelow(httpx.BaseTransport):
+        calls = 0
+
+        def handle_request(self, request: httpx.Request) -> httpx.Response:
+            UntrustedBelow.calls += 1
+            raise UntrustedCertificateError("certificate of registry.example not trusted")
+
+    sleeps: list[float] = []
+    client = httpx.Client(transport=Retry(UntrustedBelow(), sleep=sleeps.append))
+    with pytest.raises(UntrustedCertificateError):
+        client.get(URL)
+    assert UntrustedBelow.calls == 1
+    assert sleeps == []

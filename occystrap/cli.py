@@ -189,8 +189,10 @@ def main(ctx: click.Context, **options: object) -> None:
         else logging.WARNING
     )
     logging.basicConfig(level=level, format=LOG_FORMAT, stream=sys.stderr)
-    # httpx's own request log prints whole URLs; our Logging middleware redacts them.
-    logging.getLogger("httpx").setLevel(logging.WARNING)
+    # The HTTP libraries log whole URLs and headers; our Logging middleware logs each
+    # attempt with secrets redacted instead.
+    for library in ("httpx", "httpcore", "h2", "hpack"):
+        logging.getLogger(library).setLevel(logging.WARNING)
     options["temp_dir"] = Path(options["temp_dir"]) if options["temp_dir"] else None
     ctx.obj = RunSettings.from_options(options)
 

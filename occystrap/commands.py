@@ -18,7 +18,7 @@ import httpx
 from occystrap.errors import OccystrapError, UsageError
 from occystrap.inputs.registry import RegistryInput
 from occystrap.inputs.tarball import TarballInput
-from occystrap.middleware.builder import build_client, retries_made
+from occystrap.middleware.builder import ChainClient, build_client
 from occystrap.outputs.directory import DirectoryOutput
 from occystrap.outputs.registry import RegistryOutput
 from occystrap.outputs.tarball import TarballOutput
@@ -127,8 +127,8 @@ def process(
         )
 
 
-def _retries(http: httpx.Client) -> str:
-    count = retries_made(http)
+def _retries(http: ChainClient) -> str:
+    count = http.retries_made()
     return f"{count} {'retry' if count == 1 else 'retries'}"
 
 

@@ -72,12 +72,26 @@ def build_transport(settings: ChainSettings) -> httpx.BaseTransport:
     return apply_plugins(transport, specs)
 
 
-def build_client(settings: ChainSettings) -> httpx.Client:
+class ChainClient(httpx.Client):
+    """An httpx.Client that keeps a handle on its middleware chain, for run statistics."""
+
+    def __init__(self, chain: httpx.BaseTransport, **kwargs: object) -> None:
+        super().__init__(transport=chain, **kwargs)
+        self.chain = chain
+
+    def retries_made(self) -> int:
+        """How many retries the chain's Retry middleware made, for the summary line."""
+        return sum(
+            node.retries_made for node in chain_members(self.chain) if isinstance(node, Retry)
+        )
+
+
+def build_client(settings: ChainSettings) -> ChainClient:
     """The single client every registry, token and Quay call of a run goes through."""
-    transport = build_transport(settings)
-    LOG.debug("middleware chain: %s", describe_chain(transport))
-    return httpx.Client(
-        transport=transport,
+    chain = build_transport(settings)
+    LOG.debug("middleware chain: %s", describe_chain(chain))
+    return ChainClient(
+        chain,
         headers={"User-Agent": USER_AGENT, "Accept-Encoding": "identity"},
         timeout=settings.timeout,
         follow_redirects=True,
@@ -96,11 +110,3 @@ def chain_members(transport: httpx.BaseTransport) -> Iterator[httpx.BaseTranspor
 def describe_chain(transport: httpx.BaseTransport) -> str:
     """`Outer -> ... -> base`, for --debug output."""
     return " -> ".join(type(node).__name__ for node in chain_members(transport))
-
-
-def retries_made(client: httpx.Client) -> int:
-    """How many retries the run's Retry middleware made, for the summary line."""
-    for node in chain_members(client._transport):
-        if isinstance(node, Retry):
-            return node.retries_made
-    return 0

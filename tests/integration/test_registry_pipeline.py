@@ -230,3 +230,25 @@ def test_unreachable_registry_is_a_one_line_error(free_port, tmp_path):
         check=False,
     )
     assert_one_line_error(result, "127.0.0.1")
+
+
+def test_debug_shows_the_chain_and_never_a_secret(registry_token, unique_repo, tmp_path):
+    _seed(registry_token, unique_repo, tmp_path)
+    result = run_occystrap(
+        *registry_flags(registry_token),
+        "--debug",
+        "--middleware",
+        "header:X-Trace=1",
+        "info",
+        f"registry://{registry_token.host}/{unique_repo}:v1",
+    )
+    log = result.stderr
+    assert (
+        "middleware chain: HeaderMiddleware -> RegistryAuth -> QuayAuth -> Retry -> Logging ->"
+        in log
+    )
+    assert f"GET http://{registry_token.host}/v2/{unique_repo}/manifests/v1 -> 200" in log
+    issued = registry_token.token_server.requests
+    assert issued, "the token server was never asked"
+    assert registry_token.password not in log
+    assert "Authorization" not in log and "Bearer" not in log

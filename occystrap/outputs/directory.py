@@ -30,21 +30,26 @@ LOCK_NAME = ".occystrap.lock"
 
 
 def merge_catalogue(existing: list, entry: dict) -> list:
-    """Add `entry` to a manifest.json catalogue, replacing entries for the same config or tags.
+    """Add `entry` to a manifest.json catalogue, as docker does: one entry per config.
 
-    Older entries lose any tag `entry` now carries; those left with no tags at all are dropped.
+    An older entry for the same config passes its tags on to `entry`; other older entries
+    lose any tag `entry` now carries, and those left with no tags at all are dropped.
     """
     new_tags = set(entry["RepoTags"])
+    carried: list[str] = []
     merged = []
     for old in existing:
-        if not isinstance(old, dict) or old.get("Config") == entry["Config"]:
+        if not isinstance(old, dict):
             continue
         old_tags = old.get("RepoTags") or []
+        if old.get("Config") == entry["Config"]:
+            carried += [tag for tag in old_tags if tag not in new_tags and tag not in carried]
+            continue
         kept_tags = [tag for tag in old_tags if tag not in new_tags]
         if old_tags and not kept_tags:
             continue
         merged.append({**old, "RepoTags": kept_tags})
-    merged.append(entry)
+    merged.append({**entry, "RepoTags": carried + entry["RepoTags"]})
     return merged
 
 

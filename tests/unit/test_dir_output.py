@@ -109,7 +109,7 @@ def test_parallel_writers_do_not_clobber_the_catalogue(tmp_path):
     ]
 
 
-def test_merge_catalogue_replaces_by_config_and_tag():
+def test_merge_catalogue_keeps_one_entry_per_config_with_every_tag():
     old = [
         {"Config": "a.json", "RepoTags": ["x:1"]},
         {"Config": "b.json", "RepoTags": ["x:2", "x:3"]},
@@ -119,8 +119,14 @@ def test_merge_catalogue_replaces_by_config_and_tag():
     assert merged == [
         {"Config": "b.json", "RepoTags": ["x:3"]},
         {"Config": "c.json", "RepoTags": []},
-        {"Config": "a.json", "RepoTags": ["x:2"]},
+        {"Config": "a.json", "RepoTags": ["x:1", "x:2"]},
     ]
+
+
+def test_same_image_under_two_names_keeps_both_tags():
+    first = merge_catalogue([], {"Config": "a.json", "RepoTags": ["quay.io/org/one:1"]})
+    both = merge_catalogue(first, {"Config": "a.json", "RepoTags": ["quay.io/org/two:1"]})
+    assert both == [{"Config": "a.json", "RepoTags": ["quay.io/org/one:1", "quay.io/org/two:1"]}]
 
 
 def test_failure_leaves_no_new_files(tmp_path):

@@ -1,0 +1,292 @@
+"""Time occystrap against skopeo on one loopback registry: pull to tar, push from tar, copy.
+
+A script, not a test: wall-clock figures depend on the machine. Runs alternate between the two
+tools so that disk cache and CPU frequency drift hit both alike; the median of N runs is kept.
+Peak RSS comes from /usr/bin/time (Debian package `time`), one fresh process per run.
+
+    python3 benchmarks/compare_skopeo.py [--size-mb 300] [--layers 6] [--runs 3] [--tls|--plain]
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import random
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO_ROOT))
+
+from tests.integration.images import build_oci_layout, push_with_skopeo  # noqa: E402
+from tests.integration.servers import SKOPEO_BINARY, RegistryServer, require_binary  # noqa: E402
+
+RESULTS_DIR = REPO_ROOT / "benchmarks" / "results"
+TIME_BINARY = "/usr/bin/time"
+RUN_TIMEOUT_SECONDS = 900
+# Layer content: random bytes drawn from 16 symbols, so gzip shrinks it about 2x and inflating
+# it costs real Huffman decoding, like a typical layer (pure random data would be stored as-is).
+SYMBOLS = b"0123456789abcdef"
+COMPRESSION_RATIO = 0.5
+
+
+@dataclass
+class Measurement:
+    seconds: float
+    peak_rss_mb: float
+
+
+@dataclass
+class Row:
+    transport: str
+    operation: str
+    tool: str
+    runs: list[Measurement] = field(default_factory=list)
+
+    @property
+    def median_seconds(self) -> float:
+        return statistics.median(run.seconds for run in self.runs)
+
+    @property
+    def peak_rss_mb(self) -> float:
+        return max(run.peak_rss_mb for run in self.runs)
+
+
+def layer_content(size: int, seed: int) -> bytes:
+    table = bytes(SYMBOLS[i % len(SYMBOLS)] for i in range(256))
+    return random.Random(seed).randbytes(size).translate(table)
+
+
+def cached_layout(size_mb: int, layers: int) -> Path:
+    """The test image as an OCI layout, built once per (size, layers) and kept in results/."""
+    path = RESULTS_DIR / f"layout-{size_mb}mb-{layers}layers"
+    if (path / "index.json").exists():
+        return path
+    shutil.rmtree(path, ignore_errors=True)
+    layer_bytes = int(size_mb * 1024 * 1024 / COMPRESSION_RATIO / layers)
+    print(f"building a {size_mb} MB image of {layers} gzip layers in {path} ...", flush=True)
+    contents = [{"data.bin": layer_content(layer_bytes, seed)} for seed in range(layers)]
+    build_oci_layout(path, contents)
+    return path
+
+
+def occystrap_command(ca_bundle: Path | None, *args: str, http2: bool = True) -> list[str]:
+    flags = ["--ca-cert", str(ca_bundle)] if ca_bundle else ["--insecure"]
+    if not http2:
+        flags.append("--no-http2")
+    return [sys.executable, "-m", "occystrap", *flags, *args]
+
+
+def skopeo_command(source: str, dest: str, src_args=(), dest_args=()) -> list[str]:
+    return [require_binary(SKOPEO_BINARY), "copy", "--quiet", *src_args, *dest_args, source, dest]
+
+
+def measure(command: list[str], scratch: Path) -> Measurement:
+    """Run `command` under /usr/bin/time; wall time and peak RSS of that one process."""
+    rss_file = scratch / "rss.txt"
+    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT), "TMPDIR": str(scratch)}
+    started = time.monotonic()
+    result = subprocess.run(
+        [TIME_BINARY, "-f", "%M", "-o", str(rss_file), *command],
+        capture_output=True,
+        text=True,
+        timeout=RUN_TIMEOUT_SECONDS,
+        env=env,
+        check=False,
+    )
+    elapsed = time.monotonic() - started
+    if result.returncode != 0:
+        raise SystemExit(f"{' '.join(command)} failed ({result.returncode}): {result.stderr}")
+    peak_kb = int(rss_file.read_text().split()[-1])
+    return Measurement(round(elapsed, 3), round(peak_kb / 1024, 1))
+
+
+def ca_bundle(work: Path, *registries: RegistryServer) -> Path | None:
+    """One PEM file trusting every TLS registry of the run (occystrap takes one --ca-cert)."""
+    pems = [r.ca_cert.read_text() for r in registries if r.ca_cert is not None]
+    if not pems:
+        return None
+    bundle = work / "ca-bundle.pem"
+    bundle.write_text("".join(pems))
+    return bundle
+
+
+def operations(source: RegistryServer, dest: RegistryServer, work: Path, archive: Path, tls: bool):
+    """(operation, tool, command) for one round; every write goes to the fresh `dest`."""
+    src_ref = f"{source.host}/bench:src"
+    out_tar = work / "out.tar"
+    bundle = ca_bundle(work, source, dest)
+    variants = [("occystrap", True)] + ([("occystrap --no-http2", False)] if tls else [])
+    for tool, http2 in variants:
+        repo = tool.replace(" ", "").replace("-", "")
+        yield (
+            "pull to tar",
+            tool,
+            occystrap_command(
+                bundle, "process", f"registry://{src_ref}", f"tar://{out_tar}", http2=http2
+            ),
+        )
+        yield (
+            "push from tar",
+            tool,
+            occystrap_command(
+                bundle,
+                "process",
+                f"tar://{archive}",
+                f"registry://{dest.host}/push-{repo}:t",
+                http2=http2,
+            ),
+        )
+        yield (
+            "registry to registry",
+            tool,
+            occystrap_command(
+                bundle,
+                "process",
+                f"registry://{src_ref}",
+                f"registry://{dest.host}/copy-{repo}:t",
+                http2=http2,
+            ),
+        )
+    src_args, dest_args = source.skopeo_src_args(), dest.skopeo_dest_args()
+    yield (
+        "pull to tar",
+        "skopeo",
+        skopeo_command(f"docker://{src_ref}", f"docker-archive:{out_tar}", src_args),
+    )
+    yield (
+        "push from tar",
+        "skopeo",
+        skopeo_command(
+            f"docker-archive:{archive}", f"docker://{dest.host}/push-sk:t", dest_args=dest_args
+        ),
+    )
+    yield (
+        "registry to registry",
+        "skopeo",
+        skopeo_command(
+            f"docker://{src_ref}", f"docker://{dest.host}/copy-sk:t", src_args, dest_args
+        ),
+    )
+
+
+def bench_transport(layout: Path, tls: bool, runs: int, only: set[str]) -> list[Row]:
+    """All runs against one source registry; each run writes to a fresh destination registry.
+
+    A fresh destination (new port, empty storage) per run keeps skopeo's blob-info cache and
+    the registry's existing blobs from turning a push into a cross-repository mount.
+    """
+    name = "https (TLS)" if tls else "http"
+    rows: dict[tuple[str, str], Row] = {}
+    with tempfile.TemporaryDirectory(prefix="occystrap-bench-", dir=RESULTS_DIR) as tmp:
+        work = Path(tmp)
+        with RegistryServer(work / "source", tls=tls) as source:
+            push_with_skopeo(layout, source, "bench", "src")
+            archive = work / "source.tar"
+            subprocess.run(
+                skopeo_command(
+                    f"docker://{source.host}/bench:src",
+                    f"docker-archive:{archive}",
+                    source.skopeo_src_args(),
+                ),
+                check=True,
+            )
+            for run in range(runs):
+                for operation, tool, result in _one_round(source, work, archive, run, tls, only):
+                    row = rows.setdefault((operation, tool), Row(name, operation, tool))
+                    row.runs.append(result)
+                    print(
+                        f"  {name:11} {operation:20} {tool:22} run {run + 1}: "
+                        f"{result.seconds:7.2f} s {result.peak_rss_mb:7.1f} MB",
+                        flush=True,
+                    )
+    return sorted(rows.values(), key=lambda r: (r.transport, r.operation, r.tool != "skopeo"))
+
+
+def _one_round(source: RegistryServer, work: Path, archive: Path, run: int, tls: bool, only):
+    """Each operation writes to its own fresh registry, so no tool finds blobs already there."""
+    for operation in ("pull to tar", "push from tar", "registry to registry"):
+        if only and operation.split()[0] not in only:
+            continue
+        dest_dir = work / "dest"
+        with RegistryServer(dest_dir, tls=tls) as dest:
+            ops = [op for op in operations(source, dest, work, archive, tls) if op[0] == operation]
+            if run % 2:  # alternate who goes first
+                ops.reverse()
+            for _, tool, command in ops:
+                (work / "out.tar").unlink(missing_ok=True)
+                yield operation, tool, measure(command, work)
+        shutil.rmtree(dest_dir, ignore_errors=True)
+
+
+def print_table(rows: list[Row]) -> None:
+    skopeo = {(r.transport, r.operation): r for r in rows if r.tool == "skopeo"}
+    header = (
+        f"{'transport':12} {'operation':21} {'tool':22} {'median s':>9} {'vs skopeo':>10}"
+        f" {'peak RSS MB':>12}"
+    )
+    print(header)
+    print("-" * len(header))
+    for row in rows:
+        reference = skopeo.get((row.transport, row.operation))
+        ratio = f"{row.median_seconds / reference.median_seconds:.2f}x" if reference else "-"
+        print(
+            f"{row.transport:12} {row.operation:21} {row.tool:22} {row.median_seconds:9.2f}"
+            f" {ratio:>10} {row.peak_rss_mb:12.1f}"
+        )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--size-mb", type=int, default=300, help="compressed image size")
+    parser.add_argument("--layers", type=int, default=6)
+    parser.add_argument("--runs", type=int, default=3)
+    which = parser.add_mutually_exclusive_group()
+    which.add_argument("--tls", action="store_true", help="only the TLS registry (HTTP/2)")
+    which.add_argument("--plain", action="store_true", help="only the plain HTTP registry")
+    parser.add_argument(
+        "--only", action="append", choices=["pull", "push", "registry"], help="operations to time"
+    )
+    args = parser.parse_args()
+    require_binary(TIME_BINARY)
+    RESULTS_DIR.mkdir(parents=True, exist_ok=True)
+    layout = cached_layout(args.size_mb, args.layers)
+    modes = [True] if args.tls else [False] if args.plain else [False, True]
+    rows: list[Row] = []
+    for tls in modes:
+        rows += bench_transport(layout, tls, args.runs, set(args.only or ()))
+    print()
+    print_table(rows)
+    stamp = datetime.datetime.now(datetime.UTC).strftime("%Y%m%dT%H%M%SZ")
+    result_file = RESULTS_DIR / f"compare-{stamp}.json"
+    result_file.write_text(
+        json.dumps(
+            {
+                "arguments": vars(args),
+                "machine": {"cpus": os.cpu_count(), "platform": platform.platform()},
+                "rows": [
+                    {
+                        **asdict(row),
+                        "median_seconds": row.median_seconds,
+                        "peak_rss_mb": row.peak_rss_mb,
+                    }
+                    for row in rows
+                ],
+            },
+            indent=2,
+        )
+    )
+    print(f"\nwritten {result_file}")
+
+
+if __name__ == "__main__":
+    main()

@@ -110,29 +110,42 @@ def _is_certificate_failure(exc: BaseException) -> bool:
     return False
 
 
+def is_bulk_transfer(request: httpx.Request) -> bool:
+    """Whether `request` moves a blob body: a blob GET, or a PUT/PATCH into an upload session."""
+    path = request.url.path
+    if request.method == "GET":
+        return "/blobs/" in path and "/blobs/uploads/" not in path
+    return request.method in ("PUT", "PATCH") and "/blobs/uploads/" in path
+
+
 class _TimedTransport(httpx.HTTPTransport):
     """An HTTPTransport that gives requests built without a client a finite timeout.
 
     Requests that middlewares build themselves (token fetches, mirror attempts) carry no timeout
     extension unless copied; httpcore would then wait forever.
+
+    With HTTP/2 on, blob bodies go through a second, HTTP/1.1 pool (`bulk`): httpcore's h2 is
+    pure Python, so one multiplexed connection caps throughput, and two uploads sharing it can
+    stall on flow control (measured in docs/performance.md). API calls keep HTTP/2.
     """
 
-    def __init__(self, *, default_timeout: httpx.Timeout, **kwargs) -> None:
+    def __init__(
+        self, *, default_timeout: httpx.Timeout, bulk: httpx.BaseTransport | None, **kwargs
+    ) -> None:
         super().__init__(**kwargs)
         self._default_timeout = default_timeout.as_dict()
+        self._bulk = bulk
 
     def handle_request(self, request: httpx.Request) -> httpx.Response:
         request.extensions.setdefault("timeout", self._default_timeout)
-        try:
-            return super().handle_request(request)
-        except httpx.ConnectError as exc:
-            if not _is_certificate_failure(exc):
-                raise
-            raise UntrustedCertificateError(
-                f"the TLS certificate of {request.url.host} is not trusted: {exc};"
-                " give its CA with --ca-cert FILE",
-                request=request,
-            ) from exc
+        if self._bulk is not None and is_bulk_transfer(request):
+            return self._bulk.handle_request(request)
+        return super().handle_request(request)
+
+    def close(self) -> None:
+        if self._bulk is not None:
+            self._bulk.close()
+        super().close()
 
 
 class ProxyRouter(httpx.BaseTransport):
@@ -188,10 +201,11 @@ def build_base_transport(
     connections = max(10, 4 * parallel)
     ssl_context = _ssl_context(ca_cert)
 
-    def make(proxy: str | None = None) -> httpx.HTTPTransport:
+    def make(proxy: str | None = None, use_http2: bool = http2) -> httpx.HTTPTransport:
         return _TimedTransport(
             default_timeout=timeout or DEFAULT_TIMEOUT,
-            http2=http2,
+            bulk=make(proxy, use_http2=False) if use_http2 else None,
+            http2=use_http2,
             verify=ssl_context,
             limits=httpx.Limits(max_connections=connections, max_keepalive_connections=connections),
             retries=0,

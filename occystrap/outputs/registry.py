@@ -43,13 +43,16 @@ class RegistryOutput:
 
     def write(self, image: Image, progress: ProgressSink) -> None:
         repository = self.reference.repository
-        layers = [self._compressed(layer) for layer in image.layers]
-        changed = any(new is not old for new, old in zip(layers, image.layers, strict=True))
-        unique = {layer.digest: layer for layer in layers}
+        # Identical source blobs compress to identical blobs, so each is prepared once.
+        unique = {layer.digest: layer for layer in image.layers}
         with ThreadPoolExecutor(max_workers=self.parallel, thread_name_prefix="push") as pool:
-            futures = [pool.submit(self._push_blob, layer, progress) for layer in unique.values()]
-            for future in futures:
-                future.result()
+            futures = {
+                digest: pool.submit(self._prepare_and_push, layer, progress)
+                for digest, layer in unique.items()
+            }
+            pushed = {digest: future.result() for digest, future in futures.items()}
+        layers = [pushed[layer.digest] for layer in image.layers]
+        changed = any(new is not old for new, old in zip(layers, image.layers, strict=True))
         config_path = self.workdir / ("config-" + image.config_digest.replace(":", "-"))
         config_path.write_bytes(image.config)
         self._push_path(image.config_digest, config_path, len(image.config), progress)
@@ -86,8 +89,12 @@ class RegistryOutput:
             media_type=compression.media_type_for(self.compression_kind, oci=oci),
         )
 
-    def _push_blob(self, layer: Layer, progress: ProgressSink) -> None:
-        self._push_path(layer.digest, layer.path, layer.size, progress)
+    def _prepare_and_push(self, layer: Layer, progress: ProgressSink) -> Layer:
+        """Compress (if needed) and upload one layer in a worker: zlib releases the GIL, so
+        layers compress on every core and overlap other layers' uploads."""
+        prepared = self._compressed(layer)
+        self._push_path(prepared.digest, prepared.path, prepared.size, progress)
+        return prepared
 
     def _push_path(self, digest: str, path: Path, size: int, progress: ProgressSink) -> None:
         repository = self.reference.repository

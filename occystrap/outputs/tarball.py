@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import io
 import json
+import queue
 import tarfile
+import threading
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
@@ -137,15 +139,75 @@ def uncompressed_size(layer: Layer) -> int:
     return total
 
 
+class _ReadAhead:
+    """Reads `source` in a thread, a few chunks ahead of the caller.
+
+    Decompression (zlib, zstd) and file writes both release the GIL, so inflating the next
+    chunks overlaps writing the previous ones. At most `depth` chunks are held at once.
+    """
+
+    def __init__(self, source: BinaryIO, depth: int = 4) -> None:
+        self._source = source
+        self._chunks: queue.Queue[bytes | BaseException] = queue.Queue(maxsize=depth)
+        self._pending = memoryview(b"")
+        self._eof = False
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._produce, name="read-ahead", daemon=True)
+        self._thread.start()
+
+    def _produce(self) -> None:
+        try:
+            while not self._stop.is_set():
+                chunk = self._source.read(CHUNK_SIZE)
+                self._chunks.put(chunk)
+                if not chunk:
+                    return
+        except BaseException as error:  # handed to the reading thread, which raises it
+            self._chunks.put(error)
+
+    def _next_chunk(self) -> None:
+        item = self._chunks.get()
+        if isinstance(item, BaseException):
+            self._eof = True
+            raise item
+        self._eof = not item
+        self._pending = memoryview(item)
+
+    def read(self, size: int = -1) -> bytes:
+        out = bytearray()
+        while size < 0 or len(out) < size:
+            if not self._pending:
+                if self._eof:
+                    break
+                self._next_chunk()
+                continue
+            wanted = len(self._pending) if size < 0 else size - len(out)
+            out += self._pending[:wanted]
+            self._pending = self._pending[wanted:]
+        return bytes(out)
+
+    def close(self) -> None:
+        """Stop the reader thread before the source it reads from is closed."""
+        self._stop.set()
+        while self._thread.is_alive():
+            with suppress(queue.Empty):
+                self._chunks.get(timeout=0.05)
+        self._thread.join()
+
+
 @contextmanager
 def reporting_layer_stream(
     layer: Layer, progress: ProgressSink, total: int | None
 ) -> Iterator[_CountingReader]:
-    """The layer's tar stream, with progress reported under its diff_id as it is read."""
+    """The layer's tar stream, read ahead in a thread, reporting progress under its diff_id."""
     key = layer.diff_id
     progress.start(key, total, _hex(layer.diff_id)[:12])
     with layer.open_tar() as stream:
-        yield _CountingReader(stream, progress, key)
+        ahead = _ReadAhead(stream)
+        try:
+            yield _CountingReader(ahead, progress, key)
+        finally:
+            ahead.close()
     progress.finish(key)
 
 
@@ -172,7 +234,9 @@ class TarballOutput:
         layout = DockerSaveLayout.of(image, self.repo_tag or default_repo_tag(image))
         with (
             atomic_file(self.path) as handle,
-            tarfile.open(fileobj=handle, mode="w", format=tarfile.PAX_FORMAT) as archive,
+            tarfile.open(
+                fileobj=handle, mode="w", format=tarfile.PAX_FORMAT, copybufsize=CHUNK_SIZE
+            ) as archive,
         ):
             for entry in layout.layers:
                 archive.addfile(_tar_info(entry.directory, 0, directory=True))

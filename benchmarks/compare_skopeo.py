@@ -90,10 +90,10 @@ def skopeo_command(source: str, dest: str, src_args=(), dest_args=()) -> list[st
     return [require_binary(SKOPEO_BINARY), "copy", "--quiet", *src_args, *dest_args, source, dest]
 
 
-def measure(command: list[str], scratch: Path) -> Measurement:
-    """Run `command` under /usr/bin/time; wall time and peak RSS of that one process."""
+def measure(command: list[str], scratch: Path, code: Path) -> Measurement:
+    """Run `command` under /usr/bin/time (occystrap from `code`); wall time and peak RSS."""
     rss_file = scratch / "rss.txt"
-    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT), "TMPDIR": str(scratch)}
+    env = {**os.environ, "PYTHONPATH": str(code), "TMPDIR": str(scratch)}
     started = time.monotonic()
     result = subprocess.run(
         [TIME_BINARY, "-f", "%M", "-o", str(rss_file), *command],
@@ -179,7 +179,7 @@ def operations(source: RegistryServer, dest: RegistryServer, work: Path, archive
     )
 
 
-def bench_transport(layout: Path, tls: bool, runs: int, only: set[str]) -> list[Row]:
+def bench_transport(layout: Path, tls: bool, runs: int, only: set[str], code: Path) -> list[Row]:
     """All runs against one source registry; each run writes to a fresh destination registry.
 
     A fresh destination (new port, empty storage) per run keeps skopeo's blob-info cache and
@@ -201,7 +201,9 @@ def bench_transport(layout: Path, tls: bool, runs: int, only: set[str]) -> list[
                 check=True,
             )
             for run in range(runs):
-                for operation, tool, result in _one_round(source, work, archive, run, tls, only):
+                for operation, tool, result in _one_round(
+                    source, work, archive, run, tls, only, code
+                ):
                     row = rows.setdefault((operation, tool), Row(name, operation, tool))
                     row.runs.append(result)
                     print(
@@ -212,7 +214,9 @@ def bench_transport(layout: Path, tls: bool, runs: int, only: set[str]) -> list[
     return sorted(rows.values(), key=lambda r: (r.transport, r.operation, r.tool != "skopeo"))
 
 
-def _one_round(source: RegistryServer, work: Path, archive: Path, run: int, tls: bool, only):
+def _one_round(
+    source: RegistryServer, work: Path, archive: Path, run: int, tls: bool, only, code: Path
+):
     """Each operation writes to its own fresh registry, so no tool finds blobs already there."""
     for operation in ("pull to tar", "push from tar", "registry to registry"):
         if only and operation.split()[0] not in only:
@@ -224,7 +228,7 @@ def _one_round(source: RegistryServer, work: Path, archive: Path, run: int, tls:
                 ops.reverse()
             for _, tool, command in ops:
                 (work / "out.tar").unlink(missing_ok=True)
-                yield operation, tool, measure(command, work)
+                yield operation, tool, measure(command, work, code)
         shutil.rmtree(dest_dir, ignore_errors=True)
 
 
@@ -256,14 +260,18 @@ def main() -> None:
     parser.add_argument(
         "--only", action="append", choices=["pull", "push", "registry"], help="operations to time"
     )
+    parser.add_argument(
+        "--code", type=Path, default=REPO_ROOT, help="occystrap source tree to time (default: here)"
+    )
     args = parser.parse_args()
+    code = args.code.resolve()
     require_binary(TIME_BINARY)
     RESULTS_DIR.mkdir(parents=True, exist_ok=True)
     layout = cached_layout(args.size_mb, args.layers)
     modes = [True] if args.tls else [False] if args.plain else [False, True]
     rows: list[Row] = []
     for tls in modes:
-        rows += bench_transport(layout, tls, args.runs, set(args.only or ()))
+        rows += bench_transport(layout, tls, args.runs, set(args.only or ()), code)
     print()
     print_table(rows)
     stamp = datetime.datetime.now(datetime.UTC).strftime("%Y%m%dT%H%M%SZ")
@@ -271,8 +279,18 @@ def main() -> None:
     result_file.write_text(
         json.dumps(
             {
-                "arguments": vars(args),
-                "machine": {"cpus": os.cpu_count(), "platform": platform.platform()},
+                "arguments": {**vars(args), "code": str(code)},
+                "machine": {
+                    "cpus": os.cpu_count(),
+                    "platform": platform.platform(),
+                    "python": platform.python_version(),
+                    "skopeo": subprocess.run(
+                        [require_binary(SKOPEO_BINARY), "--version"],
+                        capture_output=True,
+                        text=True,
+                        check=False,
+                    ).stdout.strip(),
+                },
                 "rows": [
                     {
                         **asdict(row),

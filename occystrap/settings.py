@@ -10,13 +10,7 @@ from occystrap.credentials import Credential, CredentialStore
 from occystrap.errors import UsageError
 from occystrap.middleware.builder import DEFAULT_QUAY_API, ChainSettings
 from occystrap.middleware.mirror import split_env_list
-
-
-@dataclass(frozen=True)
-class Platform:
-    os: str = "linux"
-    architecture: str = "amd64"
-    variant: str | None = None
+from occystrap.registry.manifest import Platform
 
 
 @dataclass
@@ -31,7 +25,7 @@ class RunSettings:
     insecure: bool = False
     username: str | None = None
     password: str | None = None
-    platform: Platform = field(default_factory=Platform)
+    platform: Platform = field(default_factory=lambda: Platform("linux", "amd64"))
     parallel: int = 4
     compression: str = "gzip"
     temp_dir: Path | None = None

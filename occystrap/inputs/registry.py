@@ -15,11 +15,11 @@ from occystrap.registry.manifest import (
     Descriptor,
     Manifest,
     ManifestIndex,
+    Platform,
     parse_manifest,
     select_platform,
 )
 from occystrap.registry.reference import ImageReference
-from occystrap.settings import Platform
 
 
 @dataclass

@@ -145,9 +145,10 @@ def test_rewrite_url_keeps_prefix_and_query():
     )
 
 
+# "." and ".." are dot-segments that URL parsing removes, so no URL carries them to rewrite.
 _path_segment = st.text(
     alphabet=st.sampled_from("abcxyz019-._~:@!$&'()*+,;=%2F"), min_size=1, max_size=12
-)
+).filter(lambda segment: segment not in (".", ".."))
 _query = st.one_of(
     st.just(""),
     st.lists(

@@ -138,9 +138,18 @@ class _TimedTransport(httpx.HTTPTransport):
 
     def handle_request(self, request: httpx.Request) -> httpx.Response:
         request.extensions.setdefault("timeout", self._default_timeout)
-        if self._bulk is not None and is_bulk_transfer(request):
-            return self._bulk.handle_request(request)
-        return super().handle_request(request)
+        try:
+            if self._bulk is not None and is_bulk_transfer(request):
+                return self._bulk.handle_request(request)
+            return super().handle_request(request)
+        except httpx.ConnectError as exc:
+            if not _is_certificate_failure(exc):
+                raise
+            raise UntrustedCertificateError(
+                f"the TLS certificate of {request.url.host} is not trusted: {exc};"
+                " give its CA with --ca-cert FILE",
+                request=request,
+            ) from exc
 
     def close(self) -> None:
         if self._bulk is not None:

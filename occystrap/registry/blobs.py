@@ -21,6 +21,7 @@ from occystrap.registry.errors import registry_error
 
 LOG = logging.getLogger("occystrap.blobs")
 CHUNK = 1024 * 1024
+INFLATE_STEP = 4 * CHUNK
 
 # Errors raised while a body streams: the connection died, not the request.
 BODY_ERRORS = (httpx.ReadError, httpx.RemoteProtocolError, httpx.ReadTimeout)
@@ -60,10 +61,17 @@ class _Verifier:
         self.size += len(chunk)
         if self.decompressor is not None and self.corrupt is None:
             try:
-                self._update_tar(self.decompressor.feed(chunk))
+                self._inflate(chunk)
             except CorruptLayerError as exc:
                 # Keep hashing: a digest mismatch is the clearer report, so it goes first.
                 self.corrupt = exc
+
+    def _inflate(self, chunk: bytes) -> None:
+        """Hash the tar bytes of `chunk` in bounded steps: 1 MiB of a highly compressible
+        layer can inflate to a gigabyte, which must never sit in memory at once."""
+        while chunk:
+            self._update_tar(self.decompressor.feed(chunk, INFLATE_STEP))
+            chunk = self.decompressor.pending_input
 
     def _update_tar(self, data: bytes) -> None:
         self.tar_hasher.update(data)

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
-from occystrap.compression import from_media_type
+from occystrap.compression import NONE, from_media_type
 from occystrap.errors import RegistryError
 from occystrap.pipeline import Image, Layer, ProgressSink
 from occystrap.registry.client import RegistryClient
@@ -20,6 +23,22 @@ from occystrap.registry.manifest import (
     select_platform,
 )
 from occystrap.registry.reference import ImageReference
+
+
+@dataclass
+class InflatedLayer(Layer):
+    """A layer whose verified uncompressed tar may have been kept at `tar_path` on download."""
+
+    tar_path: Path | None = None
+
+    @contextmanager
+    def open_tar(self) -> Iterator[BinaryIO]:
+        if self.tar_path is None:
+            with super().open_tar() as stream:
+                yield stream
+        else:
+            with open(self.tar_path, "rb") as stream:
+                yield stream
 
 
 @dataclass
@@ -40,11 +59,15 @@ class RegistryInput:
         reference: ImageReference,
         platform: Platform,
         parallel: int = 4,
+        keep_tars: bool = False,
     ) -> None:
+        """`keep_tars`: keep each layer's uncompressed tar, inflated once while verifying its
+        diff_id, for outputs that write tars (tar://, dir://) instead of inflating again."""
         self.client = client
         self.reference = reference
         self.platform = platform
         self.parallel = parallel
+        self.keep_tars = keep_tars
 
     def resolve(self) -> ResolvedImage:
         repository = self.reference.repository
@@ -90,7 +113,7 @@ class RegistryInput:
             }
             fetched = {digest: future.result() for digest, future in futures.items()}
         layers = [
-            Layer(
+            InflatedLayer(
                 digest=d.digest,
                 size=d.size,
                 media_type=d.media_type,
@@ -98,6 +121,7 @@ class RegistryInput:
                 path=fetched[d.digest][0],
                 uncompressed_size=fetched[d.digest][1],
                 created_by=by,
+                tar_path=fetched[d.digest][2],
             )
             for d, diff_id, by in zip(descriptors, diff_ids, created_by, strict=True)
         ]
@@ -114,19 +138,22 @@ class RegistryInput:
 
     def _fetch_layer(
         self, descriptor: Descriptor, diff_id: str, workdir: Path, progress: ProgressSink
-    ) -> tuple[Path, int | None]:
+    ) -> tuple[Path, int | None, Path | None]:
         key = descriptor.digest
         progress.start(key, descriptor.size, key.partition(":")[2][:12])
         dest = workdir / key.replace(":", "-")
+        kind = from_media_type(descriptor.media_type)
+        tar_dest = dest.with_name(dest.name + ".tar") if self.keep_tars and kind != NONE else None
         fetched = self.client.download_blob(
             self.reference.repository,
             descriptor.digest,
             dest,
             size=descriptor.size,
             diff_id=diff_id,
-            compression=from_media_type(descriptor.media_type),
+            compression=kind,
             on_bytes=lambda n: progress.advance(key, n),
             on_restart=lambda: progress.restart(key, 0),
+            tar_dest=tar_dest,
         )
         progress.finish(key)
-        return dest, fetched.uncompressed_size
+        return dest, fetched.uncompressed_size, tar_dest

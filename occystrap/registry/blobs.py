@@ -6,12 +6,14 @@ chain's Retry cannot see it; resuming with `Range` lives here, on top of the cha
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import os
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 import httpx
 
@@ -42,10 +44,17 @@ class FetchedBlob:
 
 
 class _Verifier:
-    """Hashes the blob (and, optionally, its decompressed form) as bytes arrive."""
+    """Hashes the blob (and, optionally, its decompressed form) as bytes arrive.
 
-    def __init__(self, digest: str, diff_id: str | None, compression: str) -> None:
+    With `tar_out`, the decompressed bytes are also written there, so a layer whose tar is
+    needed later is inflated once, here, rather than a second time by the output.
+    """
+
+    def __init__(
+        self, digest: str, diff_id: str | None, compression: str, tar_out: BinaryIO | None = None
+    ) -> None:
         self.digest, self.diff_id, self.compression = digest, diff_id, compression
+        self.tar_out = tar_out
         self.reset()
 
     def reset(self) -> None:
@@ -55,6 +64,9 @@ class _Verifier:
         self.tar_size = 0
         self.decompressor = Decompressor(self.compression) if self.diff_id else None
         self.corrupt: CorruptLayerError | None = None
+        if self.tar_out is not None:
+            self.tar_out.seek(0)
+            self.tar_out.truncate()
 
     def update(self, chunk: bytes) -> None:
         self.hasher.update(chunk)
@@ -76,6 +88,8 @@ class _Verifier:
     def _update_tar(self, data: bytes) -> None:
         self.tar_hasher.update(data)
         self.tar_size += len(data)
+        if self.tar_out is not None:
+            self.tar_out.write(data)
 
     def check(self, what: str, expected_size: int | None) -> int | None:
         if expected_size is not None and self.size != expected_size:
@@ -112,18 +126,26 @@ def download_blob(
     max_resumes: int = 5,
     on_bytes: Callable[[int], None] = lambda n: None,
     on_restart: Callable[[], None] = lambda: None,
+    tar_dest: Path | None = None,
 ) -> FetchedBlob:
     """Stream `url` into `dest`, verifying `digest` (and `diff_id` when given).
 
     The bytes go to a temporary sibling first and are renamed onto `dest` only once verified,
     so a mismatch or failure leaves nothing behind. A cut connection resumes with
-    `Range: bytes=N-`; a server that ignores Range costs a full restart.
+    `Range: bytes=N-`; a server that ignores Range costs a full restart. With `tar_dest`
+    (which needs `diff_id`), the verified uncompressed tar is kept there too.
     """
-    verifier = _Verifier(digest, diff_id, compression)
+    if tar_dest is not None and diff_id is None:
+        raise ValueError("keeping the uncompressed tar needs the diff_id to verify it")
     partial = dest.with_name(f".{dest.name}.partial")
+    tar_partial = tar_dest.with_name(f".{tar_dest.name}.partial") if tar_dest else None
     resumes = 0
     try:
-        with open(partial, "wb") as out:
+        with (
+            open(partial, "wb") as out,
+            open(tar_partial, "wb") if tar_partial else contextlib.nullcontext() as tar_out,
+        ):
+            verifier = _Verifier(digest, diff_id, compression, tar_out)
             while True:
                 headers = {"Range": f"bytes={verifier.size}-"} if verifier.size else {}
                 try:
@@ -142,10 +164,14 @@ def download_blob(
                             f" ({resumes - 1} resumes, last: {type(exc).__name__}); try again"
                         ) from None
                     LOG.info("%s: connection cut at %d bytes, resuming", what, verifier.size)
-        uncompressed = verifier.check(what, size)
+            uncompressed = verifier.check(what, size)
         os.replace(partial, dest)
+        if tar_partial:
+            os.replace(tar_partial, tar_dest)
     finally:
         partial.unlink(missing_ok=True)
+        if tar_partial:
+            tar_partial.unlink(missing_ok=True)
     return FetchedBlob(verifier.size, uncompressed, resumes)
 
 

@@ -95,6 +95,7 @@ class RegistryClient:
         compression: str = "none",
         on_bytes: Callable[[int], None] = lambda n: None,
         on_restart: Callable[[], None] = lambda: None,
+        tar_dest: Path | None = None,
     ) -> FetchedBlob:
         return download_blob(
             self.http,
@@ -107,6 +108,7 @@ class RegistryClient:
             compression=compression,
             on_bytes=on_bytes,
             on_restart=on_restart,
+            tar_dest=tar_dest,
         )
 
     def blob_exists(self, repository: str, digest: str) -> bool:

@@ -44,11 +44,19 @@ def _registry_client(http: httpx.Client, uri: RegistryURI, settings: RunSettings
     return RegistryClient(http, uri.reference.registry, insecure=insecure)
 
 
-def _open_input(uri: object, settings: RunSettings, http: httpx.Client) -> ImageInput:
+def _open_input(
+    uri: object, settings: RunSettings, http: httpx.Client, keep_tars: bool = False
+) -> ImageInput:
+    """`keep_tars`: the output wants uncompressed layers, so keep the ones inflated while
+    verifying instead of inflating twice."""
     if isinstance(uri, RegistryURI):
         platform = settings.with_platform(uri.os, uri.arch, uri.variant).platform
         return RegistryInput(
-            _registry_client(http, uri, settings), uri.reference, platform, settings.parallel
+            _registry_client(http, uri, settings),
+            uri.reference,
+            platform,
+            settings.parallel,
+            keep_tars=keep_tars,
         )
     if isinstance(uri, TarURI):
         return TarballInput(uri.path)
@@ -94,7 +102,9 @@ def _copy(
     progress: ProgressSink,
 ) -> Image:
     """One image through the pipeline: fetch it into `workdir`, write it out."""
-    image_input = _open_input(source, settings, http)
+    image_input = _open_input(
+        source, settings, http, keep_tars=isinstance(destination, (TarURI, DirURI))
+    )
     output = _open_output(destination, source, settings, http, workdir)
     image = image_input.fetch(workdir, progress)
     output.write(image, progress)

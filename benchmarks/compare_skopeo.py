@@ -101,6 +101,7 @@ def measure(command: list[str], scratch: Path, code: Path) -> Measurement:
         text=True,
         timeout=RUN_TIMEOUT_SECONDS,
         env=env,
+        cwd=scratch,  # not the checkout: `python -m` would import occystrap from the cwd
         check=False,
     )
     elapsed = time.monotonic() - started

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import os
 import secrets
 import shutil
@@ -61,14 +60,3 @@ def atomic_file(final: Path) -> Iterator[BinaryIO]:
     """Yield a binary file that appears at `final` only once written completely."""
     with atomic_path(final) as temporary, open(temporary, "wb") as handle:
         yield handle
-
-
-def hash_file(path: Path) -> tuple[str, int]:
-    """Return ("sha256:<hex>", size) of the file at `path`, reading it in chunks."""
-    hasher = hashlib.sha256()
-    size = 0
-    with open(path, "rb") as handle:
-        while chunk := handle.read(CHUNK_SIZE):
-            hasher.update(chunk)
-            size += len(chunk)
-    return f"sha256:{hasher.hexdigest()}", size

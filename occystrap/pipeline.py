@@ -8,7 +8,7 @@ the network and never hold a layer in memory.
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -104,6 +104,3 @@ class NullProgress:
 
     def finish(self, key: str) -> None:
         pass
-
-
-ProgressCallback = Callable[[int], None]

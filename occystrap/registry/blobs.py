@@ -36,11 +36,23 @@ def new_hasher(digest: str) -> hashlib._Hash:
     return hashlib.new(algorithm)
 
 
+def hash_of(hasher: hashlib._Hash) -> str:
+    """`algorithm:hex`, the form digests take in manifests."""
+    return f"{hasher.name}:{hasher.hexdigest()}"
+
+
+def check_digest(data: bytes, digest: str, what: str) -> None:
+    """Verify bytes held in memory (a manifest, a config) against the digest naming them."""
+    hasher = new_hasher(digest)
+    hasher.update(data)
+    if (actual := hash_of(hasher)) != digest:
+        raise DigestMismatchError(f"{what}: content hashes to {actual}, expected {digest}")
+
+
 @dataclass
 class FetchedBlob:
     size: int
     uncompressed_size: int | None
-    resumed: int  # how many times the body was resumed after a cut
 
 
 class _Verifier:
@@ -96,7 +108,7 @@ class _Verifier:
             raise DigestMismatchError(
                 f"{what}: received {self.size} bytes, the manifest says {expected_size}"
             )
-        actual = f"{self.digest.partition(':')[0]}:{self.hasher.hexdigest()}"
+        actual = hash_of(self.hasher)
         if actual != self.digest:
             raise DigestMismatchError(f"{what}: content hashes to {actual}, expected {self.digest}")
         if self.decompressor is None:
@@ -104,7 +116,7 @@ class _Verifier:
         if self.corrupt is not None:
             raise CorruptLayerError(f"{what}: {self.corrupt}")
         self._update_tar(self.decompressor.flush())
-        actual_tar = f"{self.diff_id.partition(':')[0]}:{self.tar_hasher.hexdigest()}"
+        actual_tar = hash_of(self.tar_hasher)
         if actual_tar != self.diff_id:
             raise DigestMismatchError(
                 f"{what}: uncompressed content hashes to {actual_tar}, the config's diff_id is"
@@ -172,7 +184,7 @@ def download_blob(
         partial.unlink(missing_ok=True)
         if tar_partial:
             tar_partial.unlink(missing_ok=True)
-    return FetchedBlob(verifier.size, uncompressed, resumes)
+    return FetchedBlob(verifier.size, uncompressed)
 
 
 def _start_or_resume(

@@ -12,9 +12,9 @@ from pathlib import Path
 
 import httpx
 
-from occystrap.errors import DigestMismatchError, RegistryError
+from occystrap.errors import RegistryError
 from occystrap.middleware import extensions
-from occystrap.registry.blobs import FetchedBlob, FileBodyStream, download_blob
+from occystrap.registry.blobs import FetchedBlob, FileBodyStream, check_digest, download_blob
 from occystrap.registry.errors import registry_error
 from occystrap.registry.manifest import ACCEPT_MANIFESTS
 
@@ -55,10 +55,9 @@ class RegistryClient:
                 raise registry_error(response, what)
             raw = _read_limited(response, MAX_MANIFEST_BYTES, what)
             content_type = response.headers.get("Content-Type", "").split(";")[0].strip()
-        digest = "sha256:" + hashlib.sha256(raw).hexdigest()
-        if reference.startswith("sha256:") and digest != reference:
-            raise DigestMismatchError(f"{what}: content hashes to {digest}")
-        return raw, content_type, digest
+        if ":" in reference:  # a digest; tags cannot contain ':'
+            check_digest(raw, reference, what)
+        return raw, content_type, "sha256:" + hashlib.sha256(raw).hexdigest()
 
     def put_manifest(self, repository: str, reference: str, raw: bytes, media_type: str) -> str:
         response = self.http.put(
@@ -79,9 +78,7 @@ class RegistryClient:
             if response.status_code != 200:
                 raise registry_error(response, what)
             raw = _read_limited(response, limit, what)
-        actual = "sha256:" + hashlib.sha256(raw).hexdigest()
-        if digest.startswith("sha256:") and actual != digest:
-            raise DigestMismatchError(f"{what}: content hashes to {actual}")
+        check_digest(raw, digest, what)
         return raw
 
     def download_blob(

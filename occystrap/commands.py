@@ -128,18 +128,17 @@ def process(
     with build_client(chain) as http, _workdir(settings) as workdir:
         with TerminalProgress() as progress:
             image = _copy(source_uri, destination_uri, settings, http, workdir, progress)
-        tally = progress.tally
-        click.echo(
-            f"occystrap: {source} -> {destination}: {len(image.layers)} layers,"
-            f" {human_bytes(tally.bytes)} moved in {tally.elapsed():.1f} s,"
-            f" {_retries(http)}",
-            err=True,
-        )
+        _summary(f"{source} -> {destination}: {len(image.layers)} layers", progress, http)
 
 
-def _retries(http: ChainClient) -> str:
-    count = http.retries_made()
-    return f"{count} {'retry' if count == 1 else 'retries'}"
+def _summary(what: str, progress: TerminalProgress, http: ChainClient) -> None:
+    """The run's last line on stderr: what moved, how many bytes, how long, how many retries."""
+    tally, retries = progress.tally, http.retries_made()
+    click.echo(
+        f"occystrap: {what}, {human_bytes(tally.bytes)} moved in {tally.elapsed():.1f} s,"
+        f" {retries} {'retry' if retries == 1 else 'retries'}",
+        err=True,
+    )
 
 
 # -- quay:// sources: many images ---------------------------------------------------------
@@ -205,12 +204,11 @@ def _process_quay(
             outcome = run_each(images, copy_one, progress, image_parallel)
         for image, error in outcome.failed:
             click.echo(f"occystrap: {image} failed: {error}", err=True)
-        tally = progress.tally
-        click.echo(
-            f"occystrap: {_describe(uri)} -> {destination}: {len(outcome.succeeded)} images ok,"
-            f" {len(outcome.failed)} failed, {human_bytes(tally.bytes)} moved in"
-            f" {tally.elapsed():.1f} s, {_retries(http)}",
-            err=True,
+        _summary(
+            f"{_describe(uri)} -> {destination}: {len(outcome.succeeded)} images ok,"
+            f" {len(outcome.failed)} failed",
+            progress,
+            http,
         )
     if outcome.failed:
         raise OccystrapError(

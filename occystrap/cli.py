@@ -209,6 +209,13 @@ def main(ctx: click.Context, **options: object) -> None:
     help="Filter applied between source and destination (repeatable).",
 )
 @click.option(
+    "--platform",
+    "platforms",
+    multiple=True,
+    metavar="OS/ARCH[/VARIANT]",
+    help="Copy only these platforms of a multi-platform image, as a new index (repeatable).",
+)
+@click.option(
     "-J",
     "--image-parallel",
     type=click.IntRange(1, 32),
@@ -223,16 +230,28 @@ def process(
     source: str,
     destination: str,
     filters: tuple[str, ...],
+    platforms: tuple[str, ...],
     image_parallel: int,
 ) -> None:
     """Copy the image(s) at SOURCE to DESTINATION.
 
+    A multi-platform SOURCE is copied whole to a registry (every platform, same index
+    digest); --platform narrows it; tar:// and dir:// take the --os/--architecture one.
     A quay:// SOURCE names many images; DESTINATION must then hold many:
     dir://PATH?unique_names=true or registry://HOST/PREFIX.
     """
     from occystrap.commands import process as run_process
+    from occystrap.registry.manifest import parse_platform
 
-    run_process(settings, source, destination, list(filters), image_parallel)
+    if filters:
+        raise OccystrapError("filters (-f) are not available yet; run without them")
+    run_process(
+        settings,
+        source,
+        destination,
+        platforms=[parse_platform(text) for text in platforms],
+        image_parallel=image_parallel,
+    )
 
 
 @main.command()

@@ -1,4 +1,4 @@
-"""What `process` and `info` do: pick input and output from URIs, run the pipeline, report."""
+"""What `process` and `info` do: open endpoints from URIs, run the pipeline, report."""
 
 from __future__ import annotations
 
@@ -6,83 +6,48 @@ import json
 import logging
 import sys
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
 
 import click
-import httpx
 
+from occystrap.digests import sha256_digest
+from occystrap.endpoints import Endpoint, parse_uri
+from occystrap.endpoints.dir import DirURI
+from occystrap.endpoints.quay import QuayURI
+from occystrap.endpoints.registry import RegistryURI
 from occystrap.errors import OccystrapError, UsageError
-from occystrap.inputs.registry import RegistryInput
-from occystrap.inputs.tarball import TarballInput
+from occystrap.image import Image, ImageIndex
 from occystrap.middleware.builder import ChainClient, build_client
-from occystrap.outputs.directory import DirectoryOutput
-from occystrap.outputs.registry import RegistryOutput
-from occystrap.outputs.tarball import TarballOutput
-from occystrap.pipeline import Image, ImageInput, ImageOutput, ProgressSink
+from occystrap.pipeline import (
+    CopyResult,
+    ImageFilter,
+    ProgressSink,
+    RunContext,
+    TransferStats,
+    choose_platform,
+    run_pipeline,
+)
 from occystrap.progress import TerminalProgress, human_bytes
 from occystrap.quay.api import QuayClient, QuayImage, api_base, find_images
 from occystrap.quay.bulk import run_each
-from occystrap.registry.client import RegistryClient
-from occystrap.registry.manifest import image_info
+from occystrap.registry.manifest import Descriptor, Manifest, Platform, image_info
 from occystrap.registry.reference import ImageReference, validate_repository
 from occystrap.settings import RunSettings
-from occystrap.uris import DirURI, ParsedURI, QuayURI, RegistryURI, TarURI, parse_uri
 
 LOG = logging.getLogger("occystrap")
 
 
-def _registry_hosts(*uris: object) -> list[str]:
-    return [uri.reference.registry for uri in uris if isinstance(uri, RegistryURI)]
+def _hosts(*endpoints: Endpoint) -> list[str]:
+    return [host for endpoint in endpoints for host in endpoint.registry_hosts()]
 
 
-def _registry_client(http: httpx.Client, uri: RegistryURI, settings: RunSettings) -> RegistryClient:
-    insecure = settings.insecure if uri.insecure is None else uri.insecure
-    return RegistryClient(http, uri.reference.registry, insecure=insecure)
-
-
-def _open_input(
-    uri: object, settings: RunSettings, http: httpx.Client, keep_tars: bool = False
-) -> ImageInput:
-    """`keep_tars`: the output wants uncompressed layers, so keep the ones inflated while
-    verifying instead of inflating twice."""
-    if isinstance(uri, RegistryURI):
-        platform = settings.with_platform(uri.os, uri.arch, uri.variant).platform
-        return RegistryInput(
-            _registry_client(http, uri, settings),
-            uri.reference,
-            platform,
-            settings.parallel,
-            keep_tars=keep_tars,
-        )
-    if isinstance(uri, TarURI):
-        return TarballInput(uri.path)
-    raise UsageError(f"{uri} cannot be a source: use registry:// or tar://")
-
-
-def _open_output(
-    uri: object, source: object, settings: RunSettings, http: httpx.Client, workdir: Path
-) -> ImageOutput:
-    if isinstance(uri, TarURI):
-        return TarballOutput(uri.path)
-    if isinstance(uri, DirURI):
-        return DirectoryOutput(uri.path, unique_names=uri.unique_names, expand=uri.expand)
-    if isinstance(uri, RegistryURI):
-        same_registry = (
-            isinstance(source, RegistryURI) and source.reference.registry == uri.reference.registry
-        )
-        return RegistryOutput(
-            _registry_client(http, uri, settings),
-            uri.reference,
-            workdir,
-            compression_kind=settings.compression,
-            parallel=settings.parallel,
-            mount_from=[source.reference.repository] if same_registry else [],
-        )
-    raise UsageError(f"{uri} cannot be a destination: use registry://, tar:// or dir://")
+def open_client(settings: RunSettings, *endpoints: Endpoint) -> ChainClient:
+    """The run's one client, with credentials for the registries the endpoints name."""
+    return build_client(settings.chain_settings(_hosts(*endpoints)))
 
 
 @contextmanager
@@ -93,49 +58,74 @@ def _workdir(settings: RunSettings) -> Iterator[Path]:
         yield Path(path)
 
 
-def _copy(
-    source: ParsedURI,
-    destination: ParsedURI,
-    settings: RunSettings,
-    http: httpx.Client,
-    workdir: Path,
-    progress: ProgressSink,
-) -> Image:
-    """One image through the pipeline: fetch it into `workdir`, write it out."""
-    image_input = _open_input(
-        source, settings, http, keep_tars=isinstance(destination, (TarURI, DirURI))
-    )
-    output = _open_output(destination, source, settings, http, workdir)
-    image = image_input.fetch(workdir, progress)
-    output.write(image, progress)
-    return image
+def _copy_one(
+    source: Endpoint,
+    destination: Endpoint,
+    ctx: RunContext,
+    filters: Sequence[ImageFilter] = (),
+    platforms: Sequence[Platform] = (),
+) -> CopyResult:
+    """One image (or index) through the pipeline; the destination is opened (and checked)
+    before anything is read."""
+    output = destination.open_output(ctx)
+    return run_pipeline(source.open_input(ctx), output, ctx, filters, platforms)
+
+
+def copy(
+    source: str,
+    destination: str,
+    settings: RunSettings | None = None,
+    *,
+    filters: Sequence[ImageFilter] = (),
+    platforms: Sequence[Platform] = (),
+    progress: ProgressSink | None = None,
+) -> CopyResult:
+    """Copy the image at `source` to `destination` (URIs as the CLI takes them)."""
+    settings = settings or RunSettings()
+    source_uri, destination_uri = parse_uri(source), parse_uri(destination)
+    with open_client(settings, source_uri, destination_uri) as http, _workdir(settings) as work:
+        ctx = RunContext(settings, http, work)
+        if progress is not None:
+            ctx.progress = progress
+        return _copy_one(source_uri, destination_uri, ctx, filters, platforms)
 
 
 def process(
     settings: RunSettings,
     source: str,
     destination: str,
-    filters: list[str],
+    filters: Sequence[ImageFilter] = (),
+    platforms: Sequence[Platform] = (),
     image_parallel: int = 3,
 ) -> None:
     source_uri, destination_uri = parse_uri(source), parse_uri(destination)
-    if filters:
-        raise UsageError("filters (-f) are not available yet; run without them")
     if isinstance(source_uri, QuayURI):
-        _process_quay(settings, source_uri, destination_uri, destination, image_parallel)
+        _process_quay(settings, source_uri, destination_uri, image_parallel)
         return
-    chain = settings.chain_settings(_registry_hosts(source_uri, destination_uri))
-    with build_client(chain) as http, _workdir(settings) as workdir:
+    with open_client(settings, source_uri, destination_uri) as http, _workdir(settings) as work:
         with TerminalProgress() as progress:
-            image = _copy(source_uri, destination_uri, settings, http, workdir, progress)
-        _summary(f"{source} -> {destination}: {len(image.layers)} layers", progress, http)
+            ctx = RunContext(settings, http, work, progress)
+            result = _copy_one(source_uri, destination_uri, ctx, filters, platforms)
+        what = f"{source_uri} -> {destination_uri}: {result.layers} layers"
+        if result.digest:
+            what += f", {result.digest}"
+        _summary(what, progress, http, result.stats)
 
 
-def _summary(what: str, progress: TerminalProgress, http: ChainClient) -> None:
-    """The run's last line on stderr: what moved, how many bytes, how long, how many retries."""
-    tally, retries = progress.tally, http.retries_made()
+def _summary(
+    what: str, progress: TerminalProgress, http: ChainClient, stats: TransferStats
+) -> None:
+    """The run's last line on stderr: what was written, what moved, how long, how many retries."""
+    retries = http.retries_made()
+    blobs = ""
+    if stats.uploaded or stats.mounted or stats.skipped:
+        blobs = (
+            f", blobs {stats.uploaded} uploaded, {stats.mounted} mounted,"
+            f" {stats.skipped} already there"
+        )
     click.echo(
-        f"occystrap: {what}, {human_bytes(tally.bytes)} moved in {tally.elapsed():.1f} s,"
+        f"occystrap: {what}{blobs}; {human_bytes(stats.bytes_downloaded)} downloaded,"
+        f" {human_bytes(stats.bytes_uploaded)} uploaded in {progress.tally.elapsed():.1f} s,"
         f" {retries} {'retry' if retries == 1 else 'retries'}",
         err=True,
     )
@@ -146,32 +136,33 @@ def _summary(what: str, progress: TerminalProgress, http: ChainClient) -> None:
 
 @contextmanager
 def _quay_images(
-    settings: RunSettings, uri: QuayURI, *other_uris: ParsedURI
-) -> Iterator[tuple[httpx.Client, list[QuayImage]]]:
+    settings: RunSettings, uri: QuayURI, *other: Endpoint
+) -> Iterator[tuple[ChainClient, list[QuayImage]]]:
     """The run's client, with the Quay API token for `uri`'s host, and the images it names."""
     base = api_base(uri.host, settings.insecure)
-    chain = settings.chain_settings([uri.host, *_registry_hosts(*other_uris)], base)
+    chain = settings.chain_settings([uri.host, *_hosts(*other)], base)
     if uri.token:
         chain = replace(chain, quay_token=uri.token)
     with build_client(chain) as http:
         yield http, find_images(QuayClient(http, base), uri, settings.parallel)
 
 
-def _check_bulk_destination(uri: ParsedURI, text: str) -> None:
+def _check_bulk_destination(uri: Endpoint) -> None:
     """Refuse, before any network call, a destination that holds only one image."""
     if isinstance(uri, DirURI) and uri.unique_names:
         return
-    location = text.partition("://")[2].partition("?")[0]
-    names_tag = ":" in location.rpartition("/")[2]
-    if isinstance(uri, RegistryURI) and not names_tag and uri.reference.digest is None:
-        return
+    if isinstance(uri, RegistryURI):
+        location = uri.shown.partition("://")[2].partition("?")[0]
+        names_tag = ":" in location.rpartition("/")[2]
+        if not names_tag and uri.reference.digest is None:
+            return
     raise UsageError(
-        f"{text} holds a single image but quay:// names many: use"
+        f"{uri} holds a single image but quay:// names many: use"
         " dir://PATH?unique_names=true or registry://HOST/PREFIX (no tag)"
     )
 
 
-def _bulk_destination(uri: ParsedURI, image: QuayImage) -> ParsedURI:
+def _bulk_destination(uri: Endpoint, image: QuayImage) -> Endpoint:
     """Where `image` goes: the shared directory, or HOST/PREFIX/ORG/REPO:TAG."""
     if not isinstance(uri, RegistryURI):
         return uri
@@ -182,33 +173,30 @@ def _bulk_destination(uri: ParsedURI, image: QuayImage) -> ParsedURI:
 
 
 def _process_quay(
-    settings: RunSettings,
-    uri: QuayURI,
-    destination_uri: ParsedURI,
-    destination: str,
-    image_parallel: int,
+    settings: RunSettings, uri: QuayURI, destination: Endpoint, image_parallel: int
 ) -> None:
-    _check_bulk_destination(destination_uri, destination)
-    with _quay_images(settings, uri, destination_uri) as (http, images):
+    _check_bulk_destination(destination)
+    stats = TransferStats()
+    with _quay_images(settings, uri, destination) as (http, images):
         if not images:
-            click.echo(f"occystrap: no image matches {_describe(uri)}", err=True)
+            click.echo(f"occystrap: no image matches {uri.describe()}", err=True)
             return
 
         def copy_one(image: QuayImage, progress: ProgressSink) -> None:
             with _workdir(settings) as workdir:
-                source = RegistryURI(image.reference)
-                target = _bulk_destination(destination_uri, image)
-                _copy(source, target, settings, http, workdir, progress)
+                ctx = RunContext(settings, http, workdir, progress, stats)
+                _copy_one(RegistryURI(image.reference), _bulk_destination(destination, image), ctx)
 
         with TerminalProgress() as progress:
             outcome = run_each(images, copy_one, progress, image_parallel)
         for image, error in outcome.failed:
             click.echo(f"occystrap: {image} failed: {error}", err=True)
         _summary(
-            f"{_describe(uri)} -> {destination}: {len(outcome.succeeded)} images ok,"
+            f"{uri.describe()} -> {destination}: {len(outcome.succeeded)} images ok,"
             f" {len(outcome.failed)} failed",
             progress,
             http,
+            stats,
         )
     if outcome.failed:
         raise OccystrapError(
@@ -216,23 +204,38 @@ def _process_quay(
         )
 
 
-def _describe(uri: QuayURI) -> str:
-    """The quay:// selection without its token, for messages."""
-    since = f" since {uri.since}" if uri.since else ""
-    return f"{uri.host}/{uri.org}/{uri.glob}:{uri.tag}{since}"
-
-
 # -- info ---------------------------------------------------------------------------------
 
 
-def _image_details(uri: RegistryURI, settings: RunSettings, http: httpx.Client) -> dict:
-    """What `info` reports for one image, from its manifest and config only."""
-    resolved = _open_input(uri, settings, http).resolve()
-    details = {"image": str(uri.reference), **image_info(resolved.manifest, resolved.config)}
-    details["manifest_digest"] = resolved.manifest_digest
-    if resolved.index_digest:
-        details["index_digest"] = resolved.index_digest
+def _manifest_of(image: Image) -> Manifest:
+    """The image's manifest: the source's, or the one a registry push would build."""
+    layers = [Descriptor(layer.media_type, layer.digest, layer.size) for layer in image.layers]
+    config = Descriptor("", image.config_digest, len(image.config))
+    return Manifest(image.manifest_media_type, config, layers, image.manifest or b"")
+
+
+def describe(item: Image, name: str) -> dict:
+    """What `info` reports for one image."""
+    details: dict = {"image": name}
+    try:
+        config = item.config_json
+    except (OccystrapError, ValueError):
+        config = {}
+    details.update(image_info(_manifest_of(item), config))
+    if item.manifest is not None:
+        details["manifest_digest"] = sha256_digest(item.manifest)
     return details
+
+
+def _read_for_info(uri: Endpoint, ctx: RunContext) -> dict:
+    item = uri.open_input(ctx).read()
+    if isinstance(item, ImageIndex):
+        index_digest = item.digest
+        item = choose_platform(item, ctx.settings.platform)
+        details = describe(item, str(uri))
+        details["index_digest"] = index_digest
+        return details
+    return describe(item, str(uri))
 
 
 def info(settings: RunSettings, source: str) -> None:
@@ -240,10 +243,8 @@ def info(settings: RunSettings, source: str) -> None:
     if isinstance(uri, QuayURI):
         _info_quay(settings, uri)
         return
-    if not isinstance(uri, RegistryURI):
-        raise UsageError(f"info reads registry:// or quay:// images; {source!r} is not one")
-    with build_client(settings.chain_settings(_registry_hosts(uri))) as http:
-        details = _image_details(uri, settings, http)
+    with open_client(settings, uri) as http, _workdir(settings) as work:
+        details = _read_for_info(uri, RunContext(settings, http, work))
     if settings.output_format == "json":
         click.echo(json.dumps(details, indent=2, sort_keys=True))
     else:
@@ -253,18 +254,18 @@ def info(settings: RunSettings, source: str) -> None:
 def _info_quay(settings: RunSettings, uri: QuayURI) -> None:
     with (
         _quay_images(settings, uri) as (http, images),
+        _workdir(settings) as work,
         ThreadPoolExecutor(settings.parallel, thread_name_prefix="info") as pool,
     ):
+        ctx = RunContext(settings, http, work)
         every = list(
-            pool.map(
-                lambda image: _image_details(RegistryURI(image.reference), settings, http), images
-            )
+            pool.map(lambda image: _read_for_info(RegistryURI(image.reference), ctx), images)
         )
     if settings.output_format == "json":
         click.echo(json.dumps(every, indent=2, sort_keys=True))
         return
     if not every:
-        click.echo(f"no image matches {_describe(uri)}")
+        click.echo(f"no image matches {uri.describe()}")
     for index, details in enumerate(every):
         if index:
             sys.stdout.write("\n")

@@ -1,84 +1,33 @@
-"""The image pipeline: an input yields an `Image`, filters transform it, an output consumes it.
+"""The image pipeline: an input reads an image, filters derive new ones, an output writes it.
 
-Inputs fetch every layer into a verified local file under a work directory
-(in parallel, streamed, digest-checked), so outputs and filters never touch
-the network and never hold a layer in memory.
+Inputs hand over images whose layers are not fetched yet (see `occystrap.image`); each
+output pulls the bytes it needs as it goes. Outputs that need each layer's tar on disk, in
+order (tar://, dir://), use `local_layers`, which fetches a bounded number of layers ahead
+while the output writes the current one and removes each layer's files once written.
 """
 
 from __future__ import annotations
 
-import json
-from collections.abc import Iterator
-from contextlib import contextmanager
+import dataclasses
+import logging
+import shutil
+import threading
+from collections.abc import Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import BinaryIO, Protocol
+from typing import TYPE_CHECKING, Protocol
+
+import httpx
 
 from occystrap import compression
+from occystrap.image import Image, ImageIndex, ImageLike, Layer
+from occystrap.registry.manifest import Platform, select_platform
 
+if TYPE_CHECKING:
+    from occystrap.settings import RunSettings
 
-@dataclass
-class Layer:
-    """One layer blob, already fetched and verified, stored at `path`."""
-
-    digest: str  # sha256:... of the blob as stored (compressed bytes)
-    size: int  # bytes of the blob as stored
-    media_type: str
-    diff_id: str  # sha256:... of the uncompressed tar, from the image config
-    path: Path
-    uncompressed_size: int | None = None
-    created_by: str = ""
-
-    @property
-    def compression(self) -> str:
-        return compression.from_media_type(self.media_type)
-
-    def open_blob(self) -> BinaryIO:
-        return open(self.path, "rb")
-
-    @contextmanager
-    def open_tar(self) -> Iterator[BinaryIO]:
-        """The layer's uncompressed tar stream."""
-        with (
-            open(self.path, "rb") as raw,
-            compression.decompressing_reader(raw, self.compression) as tar_stream,
-        ):
-            yield tar_stream
-
-
-@dataclass
-class Image:
-    """An image ready for an output: its config and its fetched layers."""
-
-    name: str  # repository path, e.g. "library/busybox"
-    tag: str | None
-    config: bytes  # the config blob, byte for byte
-    config_digest: str
-    layers: list[Layer]
-    manifest_media_type: str
-    # The manifest as the source had it, when it is known to match `layers`;
-    # outputs pushing it unchanged keep the image's digest.
-    manifest: bytes | None = None
-    extra: dict = field(default_factory=dict)
-
-    @property
-    def config_json(self) -> dict:
-        return json.loads(self.config)
-
-
-class ImageInput(Protocol):
-    def fetch(self, workdir: Path, progress: ProgressSink) -> Image:
-        """Fetch the image's config and every layer (verified) into `workdir`."""
-
-
-class ImageOutput(Protocol):
-    def write(self, image: Image, progress: ProgressSink) -> None:
-        """Write the image; on failure leave nothing half-written."""
-
-
-class ImageFilter(Protocol):
-    def apply(self, image: Image, workdir: Path) -> Image:
-        """Return the transformed image (new layers go under `workdir`)."""
+LOG = logging.getLogger("occystrap")
 
 
 class ProgressSink(Protocol):
@@ -104,3 +53,171 @@ class NullProgress:
 
     def finish(self, key: str) -> None:
         pass
+
+
+@dataclass
+class TransferStats:
+    """What a run did with blobs, for the summary line and library callers (thread-safe)."""
+
+    uploaded: int = 0
+    mounted: int = 0
+    skipped: int = 0  # already at the destination
+    bytes_downloaded: int = 0
+    bytes_uploaded: int = 0
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
+
+    def add(self, **counts: int) -> None:
+        with self._lock:
+            for name, value in counts.items():
+                setattr(self, name, getattr(self, name) + value)
+
+
+@dataclass
+class RunContext:
+    """What every endpoint and filter of a run shares: settings, the one client, scratch space."""
+
+    settings: RunSettings
+    http: httpx.Client
+    workdir: Path
+    progress: ProgressSink = field(default_factory=NullProgress)
+    stats: TransferStats = field(default_factory=TransferStats)
+
+
+class ImageInput(Protocol):
+    def read(self) -> ImageLike:
+        """The image (or index) with its metadata; layer bytes are read later, on demand."""
+        ...
+
+
+class ImageOutput(Protocol):
+    #: True when the destination can hold a whole multi-platform index (a registry).
+    accepts_index: bool
+
+    def write(self, item: ImageLike) -> str | None:
+        """Write the image; return the digest it is known by there (None if it has none).
+
+        On failure leave nothing half-written."""
+        ...
+
+
+class ImageFilter(Protocol):
+    def apply(self, image: Image, ctx: RunContext) -> Image:
+        """The image unchanged, or a new image derived with `Image.with_layers`."""
+        ...
+
+
+@dataclass(frozen=True)
+class CopyResult:
+    """What `copy` did: the digest written (manifest or index), and the blob counts."""
+
+    digest: str | None
+    layers: int
+    stats: TransferStats
+
+
+def choose_platform(index: ImageIndex, platform: Platform) -> Image:
+    """The one image a single-image destination takes from an index, said aloud."""
+    platform = index.pinned or platform
+    chosen = select_platform(index, platform.os, platform.architecture, platform.variant)
+    runnable = [entry for entry in index.manifests if not entry.is_attestation]
+    if len(runnable) > 1 and index.pinned is None:
+        LOG.warning(
+            "%s has %d platforms; writing %s (choose with --os/--architecture/--variant)",
+            index.source,
+            len(runnable),
+            chosen.platform,
+        )
+    return index.read_entry(chosen)
+
+
+def narrow_index(index: ImageIndex, platforms: Sequence[Platform]) -> ImageIndex:
+    """A new index of only the `platforms` asked for (each must exist)."""
+    keep = [select_platform(index, p.os, p.architecture, p.variant) for p in platforms]
+    unique = list({entry.digest: entry for entry in keep}.values())
+    return index.narrowed(unique)
+
+
+def _layer_count(item: ImageLike) -> int:
+    return len(item.layers) if isinstance(item, Image) else len(item.manifests)
+
+
+def run_pipeline(
+    image_input: ImageInput,
+    output: ImageOutput,
+    ctx: RunContext,
+    filters: Sequence[ImageFilter] = (),
+    platforms: Sequence[Platform] = (),
+) -> CopyResult:
+    """Read, filter and write one image or index."""
+    item = image_input.read()
+    if isinstance(item, ImageIndex):
+        if platforms:
+            item = narrow_index(item, platforms)
+        if filters or not output.accepts_index or item.pinned is not None:
+            item = choose_platform(item, ctx.settings.platform)
+    for image_filter in filters:
+        assert isinstance(item, Image)
+        item = image_filter.apply(item, ctx)
+    digest = output.write(item)
+    return CopyResult(digest, _layer_count(item), ctx.stats)
+
+
+# -- fetching layers ahead of an output that writes tars in order ---------------------------
+
+
+def _inflate_to_disk(layer: Layer, directory: Path, progress: ProgressSink) -> Layer:
+    """The layer with its verified tar kept under `directory` (one pass: fetch, inflate, hash)."""
+    local = getattr(layer.blob, "local", False)
+    if layer.tar_path is not None or (
+        local and layer.compression == compression.NONE and layer.digest == layer.diff_id
+    ):
+        return dataclasses.replace(layer, uncompressed_size=layer.uncompressed_size or layer.size)
+    key = f"fetch:{layer.digest}"
+    progress.start(key, layer.size, layer.label)
+    tar_path = directory / f"{layer.digest.replace(':', '-')}.tar"
+    size = 0
+    with layer.open_tar(lambda n: progress.advance(key, n)) as tar, open(tar_path, "wb") as out:
+        while chunk := tar.read(compression.CHUNK_SIZE):
+            out.write(chunk)
+            size += len(chunk)
+    progress.finish(key)
+    return dataclasses.replace(layer, tar_path=tar_path, uncompressed_size=size)
+
+
+def local_layers(image: Image, ctx: RunContext) -> Iterator[Layer]:
+    """The image's layers in order, each with its tar on local disk and verified.
+
+    Up to `-j` distinct layers are fetched ahead of the one being consumed; a layer's
+    files are removed once the consumer has moved past its last use, so temporary disk
+    holds about `-j` layers, not the whole image.
+    """
+    distinct: dict[str, Layer] = {}
+    last_use: dict[str, int] = {}
+    for position, layer in enumerate(image.layers):
+        distinct.setdefault(layer.digest, layer)
+        last_use[layer.digest] = position
+    order = list(distinct)
+    directory = ctx.workdir / f"layers-{id(image):x}"
+    directory.mkdir(parents=True, exist_ok=True)
+    futures: dict[str, Future[Layer]] = {}
+    ahead = max(1, ctx.settings.parallel)
+    pool = ThreadPoolExecutor(max_workers=ahead, thread_name_prefix="fetch")
+    try:
+
+        def schedule(upto: int) -> None:
+            for digest in order[:upto]:
+                if digest not in futures:
+                    futures[digest] = pool.submit(
+                        _inflate_to_disk, distinct[digest], directory, ctx.progress
+                    )
+
+        for position, layer in enumerate(image.layers):
+            index = order.index(layer.digest)
+            schedule(index + 1 + ahead)
+            ready = futures[layer.digest].result()
+            yield dataclasses.replace(ready, created_by=layer.created_by)
+            if last_use[layer.digest] == position and ready.tar_path is not None:
+                ready.tar_path.unlink(missing_ok=True)
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+        shutil.rmtree(directory, ignore_errors=True)

@@ -15,9 +15,9 @@ from dataclasses import dataclass
 
 import httpx
 
+from occystrap.endpoints.quay import QuayURI
 from occystrap.errors import OccystrapError
 from occystrap.registry.reference import ImageReference
-from occystrap.uris import QuayURI
 
 MAX_API_RESPONSE_BYTES = 8 * 1024 * 1024
 

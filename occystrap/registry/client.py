@@ -7,16 +7,22 @@ from __future__ import annotations
 
 import hashlib
 import logging
-from collections.abc import Callable
-from pathlib import Path
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, contextmanager
+from dataclasses import dataclass
 
 import httpx
 
+from occystrap.digests import check_digest
 from occystrap.errors import RegistryError
 from occystrap.middleware import extensions
-from occystrap.registry.blobs import FetchedBlob, FileBodyStream, check_digest, download_blob
+from occystrap.registry.blobs import (
+    RemoteBlobReader,
+    ReopeningBody,
+)
 from occystrap.registry.errors import registry_error
 from occystrap.registry.manifest import ACCEPT_MANIFESTS
+from occystrap.streams import Readable
 
 LOG = logging.getLogger("occystrap.registry")
 
@@ -29,9 +35,18 @@ PATCH_CHUNK = 16 * 1024 * 1024
 class RegistryClient:
     """One registry (`host[:port]`), spoken to through the run's single httpx client."""
 
-    def __init__(self, http: httpx.Client, registry: str, *, insecure: bool = False) -> None:
+    def __init__(
+        self,
+        http: httpx.Client,
+        registry: str,
+        *,
+        insecure: bool = False,
+        on_download: Callable[[int], None] | None = None,
+    ) -> None:
+        """`on_download` hears the size of every blob chunk streamed from this registry."""
         self.http = http
         self.registry = registry
+        self.on_download = on_download
         self.base = f"{'http' if insecure else 'https'}://{registry}"
 
     def _url(self, repository: str, kind: str, reference: str = "") -> str:
@@ -81,32 +96,11 @@ class RegistryClient:
         check_digest(raw, digest, what)
         return raw
 
-    def download_blob(
-        self,
-        repository: str,
-        digest: str,
-        dest: Path,
-        *,
-        size: int | None,
-        diff_id: str | None = None,
-        compression: str = "none",
-        on_bytes: Callable[[int], None] = lambda n: None,
-        on_restart: Callable[[], None] = lambda: None,
-        tar_dest: Path | None = None,
-    ) -> FetchedBlob:
-        return download_blob(
-            self.http,
-            self._url(repository, "blobs", digest),
-            dest,
-            digest=digest,
-            size=size,
-            what=f"layer {digest} of {repository}",
-            diff_id=diff_id,
-            compression=compression,
-            on_bytes=on_bytes,
-            on_restart=on_restart,
-            tar_dest=tar_dest,
-        )
+    def open_blob(self, repository: str, digest: str) -> RemoteBlobReader:
+        """A blob as a resumable stream; the caller verifies it (see `image.Layer`)."""
+        what = f"blob {digest} of {self.registry}/{repository}"
+        url = self._url(repository, "blobs", digest)
+        return RemoteBlobReader(self.http, url, what, on_bytes=self.on_download)
 
     def blob_exists(self, repository: str, digest: str) -> bool:
         response = self.http.head(self._url(repository, "blobs", digest))
@@ -144,12 +138,15 @@ class RegistryClient:
         self,
         repository: str,
         digest: str,
-        path: Path,
+        opener: Callable[[], AbstractContextManager[Readable]],
         size: int,
         on_bytes: Callable[[int], None] = lambda n: None,
         on_restart: Callable[[], None] = lambda: None,
     ) -> None:
         """POST a session, then one streamed PUT (chunked PATCHes when the registry wants them).
+
+        `opener` opens the blob's bytes afresh for each attempt (a file, or the source
+        registry's stream, verified as it is read).
 
         A failed upload restarts in a fresh session: a half-written session cannot be trusted.
         """
@@ -157,11 +154,11 @@ class RegistryClient:
         for attempt in range(1, UPLOAD_ATTEMPTS + 1):
             location = self._start_upload(repository, what)
             try:
-                self._put_whole(location, digest, path, size, on_bytes, what)
+                self._put_whole(location, digest, opener, size, on_bytes, what)
                 return
             except _NeedsChunks:
                 location = self._start_upload(repository, what)
-                self._patch_chunks(location, digest, path, size, on_bytes, what)
+                self._patch_chunks(location, digest, opener, on_bytes, what)
                 return
             except (httpx.TransportError, RegistryError) as exc:
                 if attempt == UPLOAD_ATTEMPTS:
@@ -182,10 +179,10 @@ class RegistryClient:
     def _location(self, location: str) -> str:
         return str(httpx.URL(self.base).join(location))
 
-    def _put_whole(self, location, digest, path, size, on_bytes, what) -> None:
+    def _put_whole(self, location, digest, opener, size, on_bytes, what) -> None:
         response = self.http.put(
             httpx.URL(location).copy_merge_params({"digest": digest}),
-            content=FileBodyStream(path, on_bytes),
+            content=ReopeningBody(opener, on_bytes),
             headers={"Content-Length": str(size), "Content-Type": "application/octet-stream"},
             extensions={extensions.REPLAYABLE: True},
         )
@@ -196,9 +193,9 @@ class RegistryClient:
             raise _NeedsChunks()
         raise registry_error(response, what)
 
-    def _patch_chunks(self, location, digest, path, size, on_bytes, what) -> None:
+    def _patch_chunks(self, location, digest, opener, on_bytes, what) -> None:
         offset = 0
-        with open(path, "rb") as source:
+        with opener() as source:
             while chunk := source.read(PATCH_CHUNK):
                 response = self.http.patch(
                     location,
@@ -230,3 +227,26 @@ def _read_limited(response: httpx.Response, limit: int, what: str) -> bytes:
         if len(body) > limit:
             raise RegistryError(f"{what} is larger than {limit} bytes; refusing it")
     return bytes(body)
+
+
+@dataclass(frozen=True)
+class RegistryBlob:
+    """A blob that lives in a registry repository (the `Blob` of a layer read from one)."""
+
+    client: RegistryClient
+    repository: str
+    digest: str
+
+    @property
+    def registry(self) -> str:
+        return self.client.registry
+
+    local = False
+
+    @contextmanager
+    def open(self) -> Iterator[Readable]:
+        reader = self.client.open_blob(self.repository, self.digest)
+        try:
+            yield reader
+        finally:
+            reader.close()

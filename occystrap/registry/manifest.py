@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 from occystrap import compression
 from occystrap.errors import OccystrapError
@@ -34,6 +35,19 @@ IMAGE_MANIFEST_TYPES = frozenset({DOCKER_MANIFEST, OCI_MANIFEST})
 INDEX_TYPES = frozenset({DOCKER_MANIFEST_LIST, OCI_INDEX})
 SCHEMA1_TYPES = frozenset({DOCKER_SCHEMA1, DOCKER_SCHEMA1_SIGNED})
 CONFIG_TYPES = frozenset({DOCKER_CONFIG, OCI_CONFIG})
+LAYER_TYPES = frozenset(
+    {
+        DOCKER_LAYER,
+        DOCKER_LAYER_GZIP,
+        DOCKER_FOREIGN_LAYER_GZIP,
+        OCI_LAYER,
+        OCI_LAYER_GZIP,
+        OCI_LAYER_ZSTD,
+        OCI_NONDISTRIBUTABLE_LAYER,
+        OCI_NONDISTRIBUTABLE_LAYER_GZIP,
+        OCI_NONDISTRIBUTABLE_LAYER_ZSTD,
+    }
+)
 # Layer types whose bytes are the same in both families, so a manifest may relabel them.
 _PORTABLE_LAYER_TYPES = frozenset(
     {DOCKER_LAYER, DOCKER_LAYER_GZIP, OCI_LAYER, OCI_LAYER_GZIP, OCI_LAYER_ZSTD}
@@ -81,6 +95,16 @@ class Platform:
     def __str__(self) -> str:
         parts = [self.os, self.architecture] + ([self.variant] if self.variant else [])
         return "/".join(parts)
+
+
+def parse_platform(text: str) -> Platform:
+    """`os/arch[/variant]`, as --platform takes it."""
+    parts = text.split("/")
+    if len(parts) not in (2, 3) or not all(parts):
+        raise OccystrapError(
+            f"invalid platform {text!r}: expected OS/ARCHITECTURE[/VARIANT], e.g. linux/arm64/v8"
+        )
+    return Platform(parts[0], parts[1], parts[2] if len(parts) == 3 else None)
 
 
 @dataclass(frozen=True)
@@ -253,8 +277,15 @@ def _effective_variant(architecture: str, variant: str | None) -> str | None:
     return (variant.lower() if variant else None) or DEFAULT_VARIANTS.get(architecture)
 
 
+class PlatformEntries(Protocol):
+    """Anything listing platform manifests: a parsed index, or the pipeline's ImageIndex."""
+
+    @property
+    def manifests(self) -> Sequence[PlatformDescriptor]: ...
+
+
 def select_platform(
-    index: ManifestIndex, os: str | None, arch: str | None, variant: str | None
+    index: PlatformEntries, os: str | None, arch: str | None, variant: str | None
 ) -> PlatformDescriptor:
     """The index entry for the wanted platform (linux/amd64 unless told otherwise).
 

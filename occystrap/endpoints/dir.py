@@ -1,8 +1,9 @@
-"""Write images into a directory: the `docker save` tree unpacked, optionally a merged rootfs.
+"""dir://PATH: images as unpacked `docker save` trees, optionally with a merged rootfs.
 
-With `unique_names` many images share the directory: layers are stored once by
-diff_id and `manifest.json` is a catalogue updated under a lock. Each image is
-staged in a hidden directory and moved into place only once complete.
+With `unique_names` many images share the directory: layers are stored once by diff_id and
+`manifest.json` is a catalogue updated under a lock. Each image is staged in a hidden
+directory and moved into place only once complete. As a source, the directory is read back
+with the same docker-save reader as a tarball (`?image=NAME:TAG` picks one of several).
 """
 
 from __future__ import annotations
@@ -14,19 +15,68 @@ import shutil
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from occystrap.atomic import CHUNK_SIZE, atomic_file, replace_path
-from occystrap.extract import apply_layer
-from occystrap.outputs.tarball import (
+from occystrap.dockersave import (
+    DirectoryMembers,
     DockerSaveLayout,
-    LayerEntry,
-    default_repo_tag,
-    reporting_layer_stream,
+    DockerSaveReader,
+    repo_tag_of,
 )
-from occystrap.pipeline import Image, ProgressSink
+from occystrap.endpoints import (
+    Endpoint,
+    Scheme,
+    boolean_option,
+    non_empty_option,
+    path_of,
+    query_options,
+    split_query,
+)
+from occystrap.errors import OccystrapError
+from occystrap.extract import apply_layer
+from occystrap.image import Image, ImageLike
+from occystrap.pipeline import RunContext, local_layers
 
 LOCK_NAME = ".occystrap.lock"
+
+
+@dataclass
+class DirURI(Endpoint):
+    path: Path
+    unique_names: bool = False
+    expand: bool = False
+    image: str | None = None  # as a source: which NAME:TAG of a shared directory
+
+    def open_input(self, ctx: RunContext) -> DirectorySource:
+        return DirectorySource(self.path, self.image)
+
+    def open_output(self, ctx: RunContext) -> DirectoryOutput:
+        return DirectoryOutput(self.path, ctx, self.unique_names, self.expand)
+
+
+class DirectorySource:
+    def __init__(self, path: Path, image: str | None) -> None:
+        self.path, self.image = path, image
+
+    def read(self) -> Image:
+        if not (self.path / "manifest.json").is_file():
+            raise OccystrapError(
+                f"{self.path} holds no image (no manifest.json): write one with"
+                " `occystrap process SOURCE dir://PATH` first"
+            )
+        reader = DockerSaveReader(DirectoryMembers(self.path))
+        if self.image is None:
+            entries = reader.entries()
+            if len(entries) > 1:
+                tags = [tag for entry in entries for tag in entry.get("RepoTags") or []]
+                raise OccystrapError(
+                    f"{self.path} holds {len(entries)} images; pick one with ?image=NAME:TAG"
+                    f" ({', '.join(tags)})"
+                )
+        return reader.read(self.image)
 
 
 def merge_catalogue(existing: list, entry: dict) -> list:
@@ -61,14 +111,14 @@ def merge_repositories(existing: dict, new: dict) -> dict:
     return merged
 
 
-def _read_json(path: Path, empty):
+def _read_json(path: Path, empty: Any) -> Any:
     try:
         return json.loads(path.read_bytes())
     except FileNotFoundError:
         return empty
 
 
-def _write_json(path: Path, document) -> None:
+def _write_json(path: Path, document: Any) -> None:
     with atomic_file(path) as handle:
         handle.write(json.dumps(document).encode())
 
@@ -87,45 +137,49 @@ def _locked(directory: Path) -> Iterator[None]:
 class DirectoryOutput:
     """Writes images into the directory `path` (see the module docstring)."""
 
-    def __init__(self, path: Path, unique_names: bool = False, expand: bool = False) -> None:
+    accepts_index = False
+
+    def __init__(
+        self, path: Path, ctx: RunContext, unique_names: bool = False, expand: bool = False
+    ) -> None:
         self.path = Path(path)
+        self.ctx = ctx
         self.unique_names = unique_names
         self.expand = expand
 
-    def write(self, image: Image, progress: ProgressSink) -> None:
+    def write(self, item: ImageLike) -> None:
+        if not isinstance(item, Image):
+            raise OccystrapError(f"dir://{self.path} holds single images, not an index")
+        image = item
         self.path.mkdir(parents=True, exist_ok=True)
-        layout = DockerSaveLayout.of(image, default_repo_tag(image))
+        layout = DockerSaveLayout.of(image, repo_tag_of(image.source))
         staging = Path(tempfile.mkdtemp(prefix=".occystrap-partial-", dir=self.path))
         try:
-            layer_tars = {
-                entry.directory: self._stage_layer(entry, staging, progress)
-                for entry in layout.layers
-            }
-            (staging / layout.config_name).write_bytes(image.config)
             rootfs = None
             if self.expand:
                 rootfs = staging / "rootfs"
                 rootfs.mkdir()
-                for layer in image.layers:
-                    with open(layer_tars[layer.diff_id.partition(":")[2]], "rb") as stream:
+            for layer in local_layers(image, self.ctx):
+                entry = layout.layers[layer.diff_id]
+                tar = self._stage_layer(entry.directory, layer, staging)
+                if rootfs is not None:
+                    with open(tar, "rb") as stream:
                         apply_layer(stream, rootfs)
+            (staging / layout.config_name).write_bytes(image.config)
             self._commit(layout, staging, rootfs, image)
         finally:
             shutil.rmtree(staging, ignore_errors=True)
 
-    def _stage_layer(self, entry: LayerEntry, staging: Path, progress: ProgressSink) -> Path:
+    def _stage_layer(self, directory: str, layer: Any, staging: Path) -> Path:
         """Where this layer's tar is: already in the directory, or newly staged."""
-        existing = self.path / entry.tar_name
+        existing = self.path / directory / "layer.tar"
         if existing.is_file():
             return existing
-        (staging / entry.directory).mkdir()
-        for name, data in entry.metadata_files():
-            (staging / name).write_bytes(data)
-        staged = staging / entry.tar_name
-        with (
-            reporting_layer_stream(entry.layer, progress, entry.layer.uncompressed_size) as stream,
-            open(staged, "wb") as output,
-        ):
+        staged = staging / directory / "layer.tar"
+        if staged.is_file():
+            return staged
+        (staging / directory).mkdir()
+        with layer.open_tar() as stream, open(staged, "wb") as output:
             shutil.copyfileobj(stream, output, CHUNK_SIZE)
         return staged
 
@@ -133,9 +187,11 @@ class DirectoryOutput:
         self, layout: DockerSaveLayout, staging: Path, rootfs: Path | None, image: Image
     ) -> None:
         """Move the staged image into place; the catalogue is updated last but for the rootfs."""
-        for entry in layout.layers:
+        for entry in layout.layers.values():
             staged = staging / entry.directory
             if staged.is_dir():
+                for name, data in entry.metadata_files():
+                    (staging / name).write_bytes(data)
                 try:
                     os.rename(staged, self.path / entry.directory)
                 except OSError:
@@ -164,4 +220,23 @@ class DirectoryOutput:
         """Where the expanded filesystem goes: `rootfs/`, or `rootfs/<name>_<tag>/` if shared."""
         if not self.unique_names:
             return self.path / "rootfs"
-        return self.path / "rootfs" / f"{image.name.replace('/', '_')}_{image.tag or 'untagged'}"
+        source = image.source
+        return (
+            self.path
+            / "rootfs"
+            / f"{source.repository.replace('/', '_')}_{source.tag or 'untagged'}"
+        )
+
+
+def _parse(text: str, rest: str) -> DirURI:
+    body, query = split_query(rest)
+    options = query_options(text, query, ("unique_names", "expand", "image"))
+    return DirURI(
+        path=path_of(text, body),
+        unique_names=boolean_option(text, "unique_names", options.get("unique_names")),
+        expand=boolean_option(text, "expand", options.get("expand")),
+        image=non_empty_option(text, "image", options.get("image")),
+    )
+
+
+SCHEME = Scheme("dir", "dir://PATH[?unique_names=BOOL&expand=BOOL&image=NAME:TAG]", _parse)

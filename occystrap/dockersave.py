@@ -1,0 +1,478 @@
+"""The `docker save` layout, read and written in one place.
+
+Reading works over any `MemberSource` (a seekable tarball, a directory, a spooled stream):
+both the classic layout (`manifest.json`, `<id>/layer.tar`) and the OCI layout Docker 25+
+writes (`index.json`, `blobs/sha256/...`). Layers are not copied: each becomes a `Layer`
+whose blob points into the source, verified whenever it is read.
+
+Writing streams to any file object: the small files first, then every distinct layer
+uncompressed as `<diff-id-hex>/layer.tar`, in the order an output's layer iterator hands
+them over, so a layer can be written while later ones are still being fetched.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import posixpath
+import re
+import tarfile
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, BinaryIO, Protocol
+
+from occystrap import compression
+from occystrap.digests import hash_of, new_hasher, sha256_digest
+from occystrap.errors import DigestMismatchError, OccystrapError, UsageError
+from occystrap.image import ArchiveMemberBlob, Blob, FileBlob, Image, Layer, SourceName
+from occystrap.pipeline import ProgressSink
+from occystrap.registry.hosts import DOCKER_HUB_HOST
+from occystrap.registry.manifest import DOCKER_MANIFEST, OCI_MANIFEST
+from occystrap.registry.reference import parse_reference
+
+LOG = logging.getLogger("occystrap.dockersave")
+
+_BLOB_NAME = re.compile(r"blobs/sha256/([0-9a-f]{64})")
+_METADATA_LIMIT = 16 * 1024 * 1024  # manifests, indexes and configs are small
+_MAX_INDEX_DOCUMENTS = 64
+LAYER_DIR_VERSION = b"1.0"
+LEGACY_TIMESTAMP = "1970-01-01T00:00:00Z"
+
+
+def member_key(name: str) -> str:
+    return posixpath.normpath(name).lstrip("/")
+
+
+def _named_digest(member_name: str) -> str | None:
+    """The digest an OCI-layout path like `blobs/sha256/<hex>` asserts for its content."""
+    match = _BLOB_NAME.fullmatch(member_key(member_name))
+    return f"sha256:{match.group(1)}" if match else None
+
+
+def name_and_tag(repo_tag: str) -> SourceName:
+    """The source name a docker RepoTag gives (registry None for Docker Hub)."""
+    first, slash, _ = repo_tag.partition("/")
+    host_like = slash and ("." in first or ":" in first or first == "localhost")
+    reference = parse_reference(repo_tag if host_like else f"docker.io/{repo_tag}")
+    registry = None if reference.registry == DOCKER_HUB_HOST else reference.registry
+    return SourceName(reference.repository, reference.tag, registry)
+
+
+def repo_tag_of(source: SourceName) -> str | None:
+    """The tag docker would show: `busybox:latest` for Hub library images, else `host/name:tag`."""
+    if source.tag is None:
+        return None
+    name = source.repository
+    if source.registry in (None, DOCKER_HUB_HOST):
+        name = name.removeprefix("library/")
+    else:
+        name = f"{source.registry}/{name}"
+    return f"{name}:{source.tag}"
+
+
+# -- reading ------------------------------------------------------------------------------
+
+
+class MemberSource(Protocol):
+    """The regular files of a docker-save tree, by normalised name."""
+
+    where: str  # for messages: the tarball's or directory's path
+
+    def has(self, name: str) -> bool: ...
+    def size(self, name: str) -> int: ...
+    def read(self, name: str) -> bytes:
+        """A small member's bytes."""
+        ...
+
+    def blob(self, name: str) -> Blob:
+        """A large member, to be streamed later."""
+        ...
+
+
+class TarMembers:
+    """Members of a seekable tarball, located by offset so layers are read in place."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = Path(path)
+        self.where = str(path)
+        try:
+            with tarfile.open(self.path, "r:") as archive:
+                self._members = {
+                    member_key(m.name): (m.offset_data, m.size)
+                    for m in archive.getmembers()
+                    if m.isfile()
+                }
+        except tarfile.ReadError as error:
+            raise OccystrapError(
+                f"cannot read {path} as an uncompressed tarball ({error}); check that it is a"
+                " docker save or OCI archive"
+            ) from None
+        except OSError as error:
+            raise OccystrapError(f"cannot read {path}: {error.strerror or error}") from None
+
+    def has(self, name: str) -> bool:
+        return name in self._members
+
+    def size(self, name: str) -> int:
+        return self._members[name][1]
+
+    def read(self, name: str) -> bytes:
+        with self.blob(name).open() as stream:
+            return stream.read()
+
+    def blob(self, name: str) -> ArchiveMemberBlob:
+        offset, size = self._members[name]
+        return ArchiveMemberBlob(self.path, offset, size)
+
+
+class DirectoryMembers:
+    """The files of a directory holding an unpacked docker-save tree (a dir:// output)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = Path(path)
+        self.where = str(path)
+
+    def _file(self, name: str) -> Path:
+        if name == ".." or name.startswith("../"):
+            raise OccystrapError(f"{self.where}: {name!r} points outside the directory")
+        return self.path / name
+
+    def has(self, name: str) -> bool:
+        file = self._file(name)
+        return file.is_file() and not file.is_symlink()
+
+    def size(self, name: str) -> int:
+        return self._file(name).stat().st_size
+
+    def read(self, name: str) -> bytes:
+        return self._file(name).read_bytes()
+
+    def blob(self, name: str) -> FileBlob:
+        return FileBlob(self._file(name))
+
+
+def _hash_blob(blob: Blob) -> str:
+    hasher = new_hasher("sha256:")
+    with blob.open() as stream:
+        while chunk := stream.read(compression.CHUNK_SIZE):
+            hasher.update(chunk)
+    return hash_of(hasher)
+
+
+class DockerSaveReader:
+    """Reads one image of a docker-save tree (the first, or the one tagged `wanted`)."""
+
+    def __init__(self, members: MemberSource) -> None:
+        self.members = members
+
+    def _fail(self, what: str) -> OccystrapError:
+        return OccystrapError(f"{self.members.where}: {what}")
+
+    def _small(self, name: Any, what: str) -> bytes:
+        key = member_key(name) if isinstance(name, str) else None
+        if key is None or not self.members.has(key):
+            raise self._fail(
+                f"{what} {name!r} is missing; the archive is incomplete or not a docker save"
+                " or OCI archive"
+            )
+        if self.members.size(key) > _METADATA_LIMIT:
+            raise self._fail(f"{what} {name!r} is implausibly large")
+        data = self.members.read(key)
+        named = _named_digest(key)
+        if named and sha256_digest(data) != named:
+            raise DigestMismatchError(
+                f"{self.members.where}: {what} {name!r} hashes to {sha256_digest(data)};"
+                " the archive is corrupt"
+            )
+        return data
+
+    def _json(self, name: Any, what: str) -> Any:
+        try:
+            return json.loads(self._small(name, what))
+        except ValueError as error:
+            raise self._fail(f"{what} {name!r} is not JSON ({error})") from None
+
+    def entries(self) -> list[dict]:
+        """The images `manifest.json` lists."""
+        entries = self._json("manifest.json", "manifest")
+        if not isinstance(entries, list) or not entries:
+            raise self._fail("manifest.json lists no images")
+        if not all(isinstance(entry, dict) for entry in entries):
+            raise self._fail("manifest.json is not a list of objects")
+        return entries
+
+    def read(self, wanted: str | None = None) -> Image:
+        entries = self.entries()
+        entry = entries[0] if wanted is None else self._entry_tagged(entries, wanted)
+        config = self._small(entry.get("Config"), "config")
+        try:
+            diff_ids = json.loads(config)["rootfs"]["diff_ids"]
+        except (ValueError, KeyError, TypeError):
+            raise self._fail(f"config {entry.get('Config')!r} has no diff_ids") from None
+        layer_names = entry.get("Layers")
+        if (
+            not isinstance(diff_ids, list)
+            or not all(isinstance(d, str) and d.startswith("sha256:") for d in diff_ids)
+            or not isinstance(layer_names, list)
+            or not all(isinstance(name, str) for name in layer_names)
+        ):
+            raise self._fail("manifest.json Layers or the config's diff_ids are malformed")
+        if len(layer_names) != len(diff_ids):
+            raise self._fail(
+                f"manifest.json lists {len(layer_names)} layers but the config has"
+                f" {len(diff_ids)}; the archive is inconsistent"
+            )
+        oci = self._oci_manifest(sha256_digest(config), len(layer_names))
+        descriptors: list[Any] = oci[1]["layers"] if oci else [None] * len(layer_names)
+        history = [
+            h.get("created_by", "")
+            for h in (json.loads(config).get("history") or [])
+            if isinstance(h, dict) and not h.get("empty_layer")
+        ]
+        history += [""] * (len(layer_names) - len(history))
+        layers = tuple(
+            self._layer(name, diff_id, descriptor, created_by)
+            for name, diff_id, descriptor, created_by in zip(
+                layer_names, diff_ids, descriptors, history, strict=False
+            )
+        )
+        source = SourceName()
+        repo_tags = entry.get("RepoTags") or []
+        if repo_tags and isinstance(repo_tags[0], str):
+            try:
+                source = name_and_tag(repo_tags[0])
+            except UsageError:
+                LOG.warning("ignoring unparseable RepoTag %r in %s", repo_tags[0], self.members)
+        if oci:
+            media_type = oci[1].get("mediaType", OCI_MANIFEST)
+            return Image(source, config, layers, oci[0], media_type)
+        zstd = any(layer.compression == compression.ZSTD for layer in layers)
+        return Image(source, config, layers, None, OCI_MANIFEST if zstd else DOCKER_MANIFEST)
+
+    def _entry_tagged(self, entries: list[dict], wanted: str) -> dict:
+        for entry in entries:
+            if wanted in (entry.get("RepoTags") or []):
+                return entry
+        tags = [tag for entry in entries for tag in entry.get("RepoTags") or []]
+        raise UsageError(
+            f"{self.members.where} holds no image tagged {wanted!r}; it has:"
+            f" {', '.join(tags) or 'only untagged images'}"
+        )
+
+    def _oci_manifest(self, config_digest: str, layer_count: int) -> tuple[bytes, dict] | None:
+        """The OCI manifest (bytes, parsed) for this config, when the archive has an index."""
+        if not self.members.has("index.json"):
+            return None
+        index = self._json("index.json", "index")
+        pending = list(index.get("manifests") or []) if isinstance(index, dict) else []
+        for _ in range(_MAX_INDEX_DOCUMENTS):
+            if not pending:
+                break
+            descriptor = pending.pop(0)
+            digest = descriptor.get("digest") if isinstance(descriptor, dict) else None
+            if not isinstance(digest, str) or not digest.startswith("sha256:"):
+                continue
+            blob_name = f"blobs/{digest.replace(':', '/', 1)}"
+            if not self.members.has(member_key(blob_name)):
+                continue  # other platforms may be left out of the archive
+            data = self._small(blob_name, "manifest")
+            try:
+                document = json.loads(data)
+            except ValueError:
+                raise self._fail(f"manifest {blob_name!r} is not JSON") from None
+            if not isinstance(document, dict):
+                continue
+            if isinstance(document.get("manifests"), list):
+                pending.extend(document["manifests"])
+            elif (document.get("config") or {}).get("digest") == config_digest and len(
+                document.get("layers") or []
+            ) == layer_count:
+                if all(
+                    isinstance(layer, dict) and isinstance(layer.get("digest"), str)
+                    for layer in document["layers"]
+                ):
+                    return data, document
+        return None
+
+    def _layer(self, name: str, diff_id: str, descriptor: Any, created_by: str) -> Layer:
+        key = member_key(name)
+        if not self.members.has(key):
+            raise self._fail(
+                f"layer {name!r} is missing; the archive is incomplete or not a docker save"
+            )
+        blob = self.members.blob(key)
+        size = self.members.size(key)
+        with blob.open() as stream:
+            kind = compression.detect(stream.read(4))
+        digest = descriptor["digest"] if descriptor else _named_digest(key)
+        if digest is None:
+            # Classic layouts name no blob digest: an uncompressed layer's is its diff_id
+            # (checked as it is read); a compressed one must be hashed to be named at all.
+            digest = diff_id if kind == compression.NONE else _hash_blob(blob)
+        media_type = (descriptor or {}).get("mediaType") or compression.media_type_for(
+            kind, oci=kind == compression.ZSTD
+        )
+        return Layer(
+            digest=digest,
+            size=size,
+            media_type=media_type,
+            diff_id=diff_id,
+            blob=blob,
+            uncompressed_size=size if kind == compression.NONE else None,
+            created_by=created_by,
+        )
+
+
+# -- writing ------------------------------------------------------------------------------
+
+
+def _hex(digest: str) -> str:
+    return digest.partition(":")[2]
+
+
+@dataclass(frozen=True)
+class LayerEntry:
+    """One distinct layer of the image, stored under `directory`."""
+
+    directory: str
+    legacy_json: bytes
+
+    @property
+    def tar_name(self) -> str:
+        return f"{self.directory}/layer.tar"
+
+    def metadata_files(self) -> list[tuple[str, bytes]]:
+        """The small files docker keeps beside each layer.tar."""
+        return [
+            (f"{self.directory}/VERSION", LAYER_DIR_VERSION),
+            (f"{self.directory}/json", self.legacy_json),
+        ]
+
+
+@dataclass(frozen=True)
+class DockerSaveLayout:
+    """Everything but the layer bytes of one image's `docker save` tree."""
+
+    config_name: str
+    config: bytes
+    manifest_entry: dict
+    layers: dict[str, LayerEntry]  # by diff_id, distinct, in image order
+    repositories: dict
+
+    @classmethod
+    def of(cls, image: Image, repo_tag: str | None) -> DockerSaveLayout:
+        config_name = f"{_hex(image.config_digest)}.json"
+        entries: dict[str, LayerEntry] = {}
+        parent = None
+        for layer in image.layers:
+            directory = _hex(layer.diff_id)
+            if layer.diff_id not in entries:
+                legacy = {"id": directory, "created": LEGACY_TIMESTAMP}
+                if parent:
+                    legacy["parent"] = parent
+                entries[layer.diff_id] = LayerEntry(directory, json.dumps(legacy).encode())
+            parent = directory
+        repositories = {}
+        if repo_tag and parent:
+            name, _, tag = repo_tag.rpartition(":")
+            repositories = {name: {tag: parent}}
+        return cls(
+            config_name=config_name,
+            config=image.config,
+            manifest_entry={
+                "Config": config_name,
+                "RepoTags": [repo_tag] if repo_tag else [],
+                "Layers": [f"{_hex(layer.diff_id)}/layer.tar" for layer in image.layers],
+            },
+            layers=entries,
+            repositories=repositories,
+        )
+
+    def metadata_files(self) -> list[tuple[str, bytes]]:
+        """(name, bytes) of every small file: per-layer files, config, manifest, repositories."""
+        files = [item for entry in self.layers.values() for item in entry.metadata_files()]
+        files.append((self.config_name, self.config))
+        files.append(("manifest.json", json.dumps([self.manifest_entry]).encode()))
+        if self.repositories:
+            files.append(("repositories", json.dumps(self.repositories).encode()))
+        return files
+
+
+def _tar_info(name: str, size: int, directory: bool = False) -> tarfile.TarInfo:
+    info = tarfile.TarInfo(name)
+    info.mtime = 0
+    if directory:
+        info.type = tarfile.DIRTYPE
+        info.mode = 0o755
+    else:
+        info.size = size
+        info.mode = 0o644
+    return info
+
+
+class _CountingReader:
+    """Reads through `source`, reporting bytes to the progress sink."""
+
+    def __init__(self, source: BinaryIO, progress: ProgressSink, key: str) -> None:
+        self.source, self.progress, self.key = source, progress, key
+        self.count = 0
+
+    def read(self, size: int = -1) -> bytes:
+        data = self.source.read(size)
+        self.count += len(data)
+        self.progress.advance(self.key, len(data))
+        return data
+
+
+def write_docker_save(
+    out: BinaryIO,
+    image: Image,
+    repo_tag: str | None,
+    layers: Iterator[Layer],
+    progress: ProgressSink,
+) -> None:
+    """Stream `image` as a docker-save tarball into `out`.
+
+    `layers` yields the image's layers in order, each with a known `uncompressed_size`
+    (see `pipeline.local_layers`); each distinct layer is written once, as it arrives.
+    """
+    layout = DockerSaveLayout.of(image, repo_tag)
+    with tarfile.open(fileobj=out, mode="w", format=tarfile.PAX_FORMAT) as archive:
+        for entry in layout.layers.values():
+            archive.addfile(_tar_info(entry.directory, 0, directory=True))
+        for name, data in layout.metadata_files():
+            archive.addfile(_tar_info(name, len(data)), io.BytesIO(data))
+        written: set[str] = set()
+        for layer in layers:
+            if layer.diff_id in written:
+                continue
+            written.add(layer.diff_id)
+            _add_layer(archive, layout.layers[layer.diff_id].tar_name, layer, progress)
+
+
+def _add_layer(archive: tarfile.TarFile, name: str, layer: Layer, progress: ProgressSink) -> None:
+    size = layer.uncompressed_size
+    if size is None:
+        raise ValueError("write_docker_save needs each layer's uncompressed size")
+    key = f"write:{layer.diff_id}"
+    progress.start(key, size, _hex(layer.diff_id)[:12])
+    with layer.open_tar() as stream:
+        counted = _CountingReader(stream, progress, key)
+        try:
+            archive.addfile(_tar_info(name, size), counted)  # type: ignore[arg-type]
+        except OSError as error:
+            if counted.count >= size:
+                raise
+            raise _size_changed(layer, size) from error
+        if stream.read(1):
+            raise _size_changed(layer, size)
+    progress.finish(key)
+
+
+def _size_changed(layer: Layer, size: int) -> OccystrapError:
+    return OccystrapError(
+        f"layer {layer.digest} is not {size} bytes uncompressed as expected: its source changed"
+        " or is corrupt; fetch the image again"
+    )

@@ -1,0 +1,162 @@
+"""Endpoints: one module per URI scheme, each saying how its URI parses and what it opens.
+
+A scheme module defines `SCHEME = Scheme(...)`. Every module of this package is found at
+first use, and so is every `occystrap.endpoints` entry point of an installed distribution,
+so adding a scheme is adding a file (or a plug-in): nothing shared changes.
+"""
+
+from __future__ import annotations
+
+import importlib
+import pkgutil
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+from functools import cache
+from importlib.metadata import entry_points
+from pathlib import Path
+from typing import TYPE_CHECKING
+from urllib.parse import parse_qsl
+
+from occystrap.errors import UsageError
+
+if TYPE_CHECKING:
+    from occystrap.pipeline import ImageInput, ImageOutput, RunContext
+
+ENTRY_POINT_GROUP = "occystrap.endpoints"
+_TRUE_WORDS = frozenset({"true", "1", "yes"})
+_FALSE_WORDS = frozenset({"false", "0", "no"})
+_SECRET_QUERY = re.compile(r"(?i)((?:^|[?&])(?:token|password|pass|secret)=)[^&]*")
+_USERINFO = re.compile(r"^([a-z][a-z0-9+.-]*://)[^/@?]*@")
+
+
+def redact(text: str) -> str:
+    """`text` with secrets (`user:pw@`, `token=...`) masked, for any message naming a URI."""
+    return _SECRET_QUERY.sub(r"\1***", _USERINFO.sub(r"\1***@", text))
+
+
+class Endpoint:
+    """A parsed SOURCE or DESTINATION. Subclasses override what their scheme can do."""
+
+    scheme: str = ""
+    shown: str = ""  # the URI as given, secrets redacted: for messages
+
+    def registry_hosts(self) -> tuple[str, ...]:
+        """Registries this endpoint talks to (their credentials join the run's client)."""
+        return ()
+
+    def open_input(self, ctx: RunContext) -> ImageInput:
+        raise UsageError(
+            f"{self.shown} cannot be a source: sources are {', '.join(source_forms())}"
+        )
+
+    def open_output(self, ctx: RunContext) -> ImageOutput:
+        raise UsageError(
+            f"{self.shown} cannot be a destination: destinations are"
+            f" {', '.join(destination_forms())}"
+        )
+
+    def __str__(self) -> str:
+        return self.shown
+
+
+@dataclass(frozen=True)
+class Scheme:
+    name: str
+    form: str  # the URI form for help texts, e.g. "tar://PATH"
+    parse: Callable[[str, str], Endpoint]  # (the whole URI as shown, what follows "://")
+    source: bool = True
+    destination: bool = True
+
+
+@cache
+def schemes() -> dict[str, Scheme]:
+    """Every scheme: this package's modules, then plug-ins' entry points."""
+    found: dict[str, Scheme] = {}
+    for module in pkgutil.iter_modules(__path__):
+        scheme = getattr(importlib.import_module(f"{__name__}.{module.name}"), "SCHEME", None)
+        if isinstance(scheme, Scheme):
+            found[scheme.name] = scheme
+    for entry in entry_points(group=ENTRY_POINT_GROUP):
+        scheme = entry.load()
+        if isinstance(scheme, Scheme):
+            found.setdefault(scheme.name, scheme)
+    return dict(sorted(found.items()))
+
+
+def source_forms() -> list[str]:
+    return [scheme.form for scheme in schemes().values() if scheme.source]
+
+
+def destination_forms() -> list[str]:
+    return [scheme.form for scheme in schemes().values() if scheme.destination]
+
+
+def parse_uri(text: str) -> Endpoint:
+    """Parse a SOURCE or DESTINATION argument; any problem is a one-line `UsageError`."""
+    shown = redact(text)
+    scheme, separator, rest = text.partition("://")
+    known = ", ".join(f"{name}://" for name in schemes())
+    if not separator:
+        raise UsageError(f"{shown!r} is not a URI: expected one of {known} followed by a location")
+    if scheme not in schemes():
+        raise UsageError(f"unknown URI scheme {scheme!r} in {shown!r}: expected one of {known}")
+    endpoint = schemes()[scheme].parse(shown, rest)
+    endpoint.scheme, endpoint.shown = scheme, shown
+    return endpoint
+
+
+# -- helpers for scheme modules --------------------------------------------------------------
+
+
+def query_options(text: str, query: str, allowed: tuple[str, ...]) -> dict[str, str]:
+    """The query's options, refusing unknown or repeated keys so typos are not ignored."""
+    if not query:
+        return {}
+    try:
+        pairs = parse_qsl(query, keep_blank_values=True, strict_parsing=True)
+    except ValueError:
+        raise UsageError(
+            f"malformed query in {text!r}: expected KEY=VALUE pairs joined by '&'"
+        ) from None
+    options: dict[str, str] = {}
+    for key, value in pairs:
+        if key not in allowed:
+            expected = ", ".join(allowed) if allowed else "no options"
+            raise UsageError(f"unknown option {key!r} in {text!r}: expected {expected}")
+        if key in options:
+            raise UsageError(f"option {key!r} given twice in {text!r}")
+        options[key] = value
+    return options
+
+
+def boolean_option(text: str, key: str, value: str | None, default: bool = False) -> bool:
+    if value is None:
+        return default
+    lowered = value.lower()
+    if lowered in _TRUE_WORDS:
+        return True
+    if lowered in _FALSE_WORDS:
+        return False
+    raise UsageError(
+        f"option {key}={value!r} in {text!r} is not a boolean: expected true/false, 1/0 or yes/no"
+    )
+
+
+def non_empty_option(text: str, key: str, value: str | None) -> str | None:
+    if value is not None and not value:
+        raise UsageError(f"option {key!r} in {text!r} has no value: expected {key}=VALUE")
+    return value
+
+
+def path_of(text: str, body: str) -> Path:
+    if not body:
+        raise UsageError(f"no path in {text!r}: expected SCHEME://PATH")
+    if "\0" in body:
+        raise UsageError(f"path in {text!r} contains a NUL byte")
+    return Path(body)
+
+
+def split_query(rest: str) -> tuple[str, str]:
+    body, _, query = rest.partition("?")
+    return body, query

@@ -1,0 +1,300 @@
+"""registry://HOST/REPO[:TAG|@DIGEST]: a Registry V2 repository, read and written.
+
+Reading fetches the manifest and config only; each layer's blob stays in the registry until
+an output reads it. Writing asks the destination first for every blob (HEAD), mounts it from
+the source repository when both are on one registry, and otherwise streams it from wherever
+it is (the source registry, a file) with its digest checked on the way. An index is copied
+whole: every platform's manifest, then the index byte for byte, so its digest is kept.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import AbstractContextManager
+from dataclasses import dataclass, replace
+
+from occystrap import compression
+from occystrap.digests import sha256_digest
+from occystrap.endpoints import (
+    Endpoint,
+    Scheme,
+    boolean_option,
+    non_empty_option,
+    query_options,
+    split_query,
+)
+from occystrap.errors import RegistryError
+from occystrap.image import Blob, FileBlob, Image, ImageIndex, ImageLike, Layer, SourceName
+from occystrap.pipeline import RunContext
+from occystrap.registry.client import RegistryBlob, RegistryClient
+from occystrap.registry.hosts import DOCKER_HUB_HOST
+from occystrap.registry.manifest import (
+    DOCKER_CONFIG,
+    DOCKER_MANIFEST,
+    LAYER_TYPES,
+    OCI_MANIFEST,
+    Descriptor,
+    Manifest,
+    ManifestIndex,
+    Platform,
+    PlatformDescriptor,
+    build_manifest,
+    parse_manifest,
+)
+from occystrap.registry.reference import ImageReference, parse_reference
+from occystrap.streams import Readable
+
+LOG = logging.getLogger("occystrap.registry")
+
+
+@dataclass
+class RegistryURI(Endpoint):
+    reference: ImageReference
+    os: str | None = None
+    arch: str | None = None
+    variant: str | None = None
+    insecure: bool | None = None
+
+    def registry_hosts(self) -> tuple[str, ...]:
+        return (self.reference.registry,)
+
+    def client(self, ctx: RunContext) -> RegistryClient:
+        insecure = ctx.settings.insecure if self.insecure is None else self.insecure
+        return RegistryClient(
+            ctx.http,
+            self.reference.registry,
+            insecure=insecure,
+            on_download=lambda n: ctx.stats.add(bytes_downloaded=n),
+        )
+
+    @property
+    def platform(self) -> Platform | None:
+        """The platform this URI's own options pin, if any."""
+        if self.os is None and self.arch is None and self.variant is None:
+            return None
+        return Platform(self.os or "linux", self.arch or "amd64", self.variant)
+
+    def open_input(self, ctx: RunContext) -> RegistrySource:
+        return RegistrySource(self.client(ctx), self.reference, self.platform)
+
+    def open_output(self, ctx: RunContext) -> RegistryDestination:
+        return RegistryDestination(self.client(ctx), self.reference, ctx)
+
+
+class RegistrySource:
+    def __init__(
+        self, client: RegistryClient, reference: ImageReference, platform: Platform | None
+    ) -> None:
+        self.client, self.reference, self.platform = client, reference, platform
+        registry = None if reference.registry == DOCKER_HUB_HOST else reference.registry
+        self.source = SourceName(reference.repository, reference.tag, registry)
+
+    def read(self) -> ImageLike:
+        """The image, or the index when the reference names one."""
+        raw, content_type, digest = self.client.get_manifest(
+            self.reference.repository, self.reference.reference
+        )
+        parsed = parse_manifest(raw, content_type)
+        if isinstance(parsed, Manifest):
+            return self.image(parsed)
+        return ImageIndex(
+            self.source,
+            raw,
+            parsed.media_type,
+            tuple(parsed.manifests),
+            self._read_entry,
+            self.platform,
+        )
+
+    def _read_entry(self, entry: PlatformDescriptor) -> Image:
+        raw, content_type, _ = self.client.get_manifest(self.reference.repository, entry.digest)
+        parsed = parse_manifest(raw, content_type)
+        if isinstance(parsed, ManifestIndex):
+            raise RegistryError(f"{self.reference}: an index inside an index is not supported")
+        return self.image(parsed)
+
+    def image(self, manifest: Manifest) -> Image:
+        repository = self.reference.repository
+        config = self.client.read_blob(repository, manifest.config.digest)
+        diff_ids, history = _layer_facts(config)
+        descriptors = manifest.layers
+        if len(diff_ids) != len(descriptors):
+            if descriptors and all(d.media_type in LAYER_TYPES for d in descriptors):
+                raise RegistryError(
+                    f"{self.reference}: the manifest lists {len(descriptors)} layers but the"
+                    f" config has {len(diff_ids)} diff_ids; the image is corrupt"
+                )
+            diff_ids = [d.digest for d in descriptors]  # an artifact, not a runnable image
+        history += [""] * (len(descriptors) - len(history))
+        layers = tuple(
+            Layer(
+                digest=d.digest,
+                size=d.size,
+                media_type=d.media_type,
+                diff_id=diff_id,
+                blob=RegistryBlob(self.client, repository, d.digest),
+                created_by=created_by,
+            )
+            for d, diff_id, created_by in zip(descriptors, diff_ids, history, strict=False)
+        )
+        return Image(self.source, config, layers, manifest.raw, manifest.media_type)
+
+
+def _layer_facts(config: bytes) -> tuple[list[str], list[str]]:
+    """(diff_ids, created_by of each non-empty layer) from a config, tolerating odd ones."""
+    try:
+        document = json.loads(config)
+    except ValueError:
+        return [], []
+    if not isinstance(document, dict):
+        return [], []
+    rootfs = document.get("rootfs")
+    diff_ids = rootfs.get("diff_ids") if isinstance(rootfs, dict) else None
+    history = document.get("history")
+    created = [
+        str(h.get("created_by", ""))
+        for h in (history if isinstance(history, list) else [])
+        if isinstance(h, dict) and not h.get("empty_layer")
+    ]
+    valid = isinstance(diff_ids, list) and all(isinstance(d, str) for d in diff_ids)
+    return (list(diff_ids) if valid else []), created  # type: ignore[arg-type]
+
+
+class RegistryDestination:
+    accepts_index = True
+
+    def __init__(self, client: RegistryClient, reference: ImageReference, ctx: RunContext) -> None:
+        self.client, self.reference, self.ctx = client, reference, ctx
+        self.repository = reference.repository
+
+    def write(self, item: ImageLike) -> str:
+        if isinstance(item, Image):
+            return self._write_image(item, self.reference.reference)
+        for entry in item.manifests:
+            self._write_image(item.read_entry(entry), entry.digest)
+        self.client.put_manifest(
+            self.repository, self.reference.reference, item.raw, item.media_type
+        )
+        LOG.info("pushed %s (%s)", self.reference, item.digest)
+        return item.digest
+
+    def _write_image(self, image: Image, reference: str) -> str:
+        distinct = {layer.digest: layer for layer in image.layers}
+        with ThreadPoolExecutor(self.ctx.settings.parallel, thread_name_prefix="push") as pool:
+            pushed = dict(zip(distinct, pool.map(self._push_layer, distinct.values()), strict=True))
+        layers = [pushed[layer.digest] for layer in image.layers]
+        if any(new is not old for new, old in zip(layers, image.layers, strict=True)):
+            image = image.with_layers(layers)
+        config = image.config
+        self._push_blob(
+            image.config_digest, len(config), lambda: io.BytesIO(config), None, "config"
+        )
+        if image.manifest is not None:
+            raw, media_type = image.manifest, image.manifest_media_type
+        else:
+            oci = image.is_oci or any(
+                layer.compression == compression.ZSTD for layer in image.layers
+            )
+            raw = build_manifest(
+                Descriptor(DOCKER_CONFIG, image.config_digest, len(config)),
+                [Descriptor(layer.media_type, layer.digest, layer.size) for layer in image.layers],
+                oci=oci,
+            )
+            media_type = OCI_MANIFEST if oci else DOCKER_MANIFEST
+        self.client.put_manifest(self.repository, reference, raw, media_type)
+        digest = sha256_digest(raw)
+        LOG.info("pushed %s@%s", self.repository, digest)
+        return digest
+
+    def _push_layer(self, layer: Layer) -> Layer:
+        """Upload one layer (compressing it first if it is stored uncompressed)."""
+        if layer.compression != compression.NONE:
+            self._push_blob(layer.digest, layer.size, layer.open_blob, layer.blob, layer.label)
+            return layer
+        compressed = self._compressed(layer)
+        try:
+            self._push_blob(
+                compressed.digest, compressed.size, compressed.open_blob, None, layer.label
+            )
+        finally:
+            assert isinstance(compressed.blob, FileBlob)
+            compressed.blob.path.unlink(missing_ok=True)
+        return compressed
+
+    def _compressed(self, layer: Layer) -> Layer:
+        """The layer compressed deterministically into the work directory."""
+        kind = self.ctx.settings.compression
+        path = self.ctx.workdir / f"{layer.diff_id.replace(':', '-')}.{kind}"
+        with layer.open_tar() as source, open(path, "wb") as out:
+            digest, size = compression.compress_stream(source, out, kind)
+        return replace(
+            layer,
+            digest=digest,
+            size=size,
+            media_type=compression.media_type_for(kind, oci=kind == compression.ZSTD),
+            blob=FileBlob(path),
+        )
+
+    def _push_blob(
+        self,
+        digest: str,
+        size: int,
+        opener: Callable[[], AbstractContextManager[Readable]],
+        blob: Blob | None,
+        label: str,
+    ) -> None:
+        stats = self.ctx.stats
+        if self.client.blob_exists(self.repository, digest):
+            LOG.debug("%s already in %s", digest, self.repository)
+            stats.add(skipped=1)
+            return
+        if (
+            isinstance(blob, RegistryBlob)
+            and blob.registry == self.client.registry
+            and blob.repository != self.repository
+            and self.client.mount_blob(self.repository, digest, blob.repository)
+        ):
+            LOG.debug("mounted %s from %s", digest, blob.repository)
+            stats.add(mounted=1)
+            return
+        progress = self.ctx.progress
+        key = "push:" + digest
+        progress.start(key, size, label)
+
+        def sent(n: int) -> None:
+            progress.advance(key, n)
+            stats.add(bytes_uploaded=n)
+
+        self.client.upload_blob(
+            self.repository,
+            digest,
+            opener,
+            size,
+            on_bytes=sent,
+            on_restart=lambda: progress.restart(key, 0),
+        )
+        progress.finish(key)
+        stats.add(uploaded=1)
+
+
+def _parse(text: str, rest: str) -> RegistryURI:
+    body, query = split_query(rest)
+    options = query_options(text, query, ("os", "arch", "variant", "insecure"))
+    return RegistryURI(
+        reference=parse_reference(body),
+        os=non_empty_option(text, "os", options.get("os")),
+        arch=non_empty_option(text, "arch", options.get("arch")),
+        variant=non_empty_option(text, "variant", options.get("variant")),
+        insecure=None
+        if options.get("insecure") is None
+        else boolean_option(text, "insecure", options["insecure"]),
+    )
+
+
+SCHEME = Scheme(
+    "registry", "registry://HOST/REPO[:TAG|@DIGEST][?os=&arch=&variant=&insecure=]", _parse
+)

@@ -1,0 +1,57 @@
+"""tar://PATH: a `docker save` tarball (classic or OCI layout), read in place, written atomically."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from occystrap.atomic import atomic_file
+from occystrap.dockersave import DockerSaveReader, TarMembers, repo_tag_of, write_docker_save
+from occystrap.endpoints import Endpoint, Scheme, path_of
+from occystrap.errors import OccystrapError
+from occystrap.image import Image, ImageLike
+from occystrap.pipeline import RunContext, local_layers
+
+
+@dataclass
+class TarURI(Endpoint):
+    path: Path
+
+    def open_input(self, ctx: RunContext) -> TarSource:
+        return TarSource(self.path)
+
+    def open_output(self, ctx: RunContext) -> TarDestination:
+        return TarDestination(self.path, ctx)
+
+
+class TarSource:
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def read(self) -> Image:
+        return DockerSaveReader(TarMembers(self.path)).read()
+
+
+class TarDestination:
+    """Writes one image as a tarball that `docker load`, podman and skopeo accept."""
+
+    accepts_index = False
+
+    def __init__(self, path: Path, ctx: RunContext) -> None:
+        self.path, self.ctx = path, ctx
+
+    def write(self, item: ImageLike) -> None:
+        if not isinstance(item, Image):
+            raise OccystrapError(f"tar://{self.path} holds one image, not an index")
+        with atomic_file(self.path) as handle:
+            write_docker_save(
+                handle,
+                item,
+                repo_tag_of(item.source),
+                local_layers(item, self.ctx),
+                self.ctx.progress,
+            )
+
+
+# No options: a '?' may be part of the file name.
+SCHEME = Scheme("tar", "tar://PATH", lambda text, rest: TarURI(path_of(text, rest)))

@@ -1,0 +1,296 @@
+"""The pipeline's data model: immutable layers, images and indexes.
+
+A `Layer` says what a layer is (digests, size, media type) and where its bytes are (a `Blob`:
+a local file, a member of an archive, a registry). Reading a layer through `open_blob()` or
+`open_tar()` verifies it as it streams, so every consumer checks every byte it uses.
+
+An `Image` carries its source's manifest only while that manifest still describes its config
+and layers: derivations (`with_layers`) drop it, and the constructor refuses a stale one.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import AbstractContextManager, contextmanager
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import BinaryIO, Protocol
+
+from occystrap import compression
+from occystrap.digests import check_digest, hash_of, new_hasher, sha256_digest
+from occystrap.errors import DigestMismatchError, OccystrapError
+from occystrap.registry.manifest import (
+    DOCKER_MANIFEST,
+    OCI_MANIFEST,
+    Manifest,
+    Platform,
+    PlatformDescriptor,
+    parse_manifest,
+)
+from occystrap.streams import Readable
+
+
+class Blob(Protocol):
+    """Where a layer's stored bytes are. `open()` streams them; the layer verifies them.
+
+    `local` blobs are on this machine (a file, an archive member): reading them is cheap."""
+
+    @property
+    def local(self) -> bool: ...
+
+    def open(self) -> AbstractContextManager[Readable]: ...
+
+
+@dataclass(frozen=True)
+class FileBlob:
+    """A blob in a local file (downloaded, compressed for a push, written by a filter)."""
+
+    path: Path
+    local = True
+
+    def open(self) -> AbstractContextManager[Readable]:
+        return open(self.path, "rb")
+
+
+class _BoundedReader:
+    """Reads at most `remaining` bytes of `source` (a member inside an archive file)."""
+
+    def __init__(self, source: Readable, remaining: int) -> None:
+        self._source, self._remaining = source, remaining
+
+    def read(self, size: int = -1) -> bytes:
+        if size < 0 or size > self._remaining:
+            size = self._remaining
+        data = self._source.read(size)
+        self._remaining -= len(data)
+        return data
+
+
+@dataclass(frozen=True)
+class ArchiveMemberBlob:
+    """A blob stored inside a seekable archive (a docker-save tarball) at a byte offset."""
+
+    archive: Path
+    offset: int
+    size: int
+    local = True
+
+    @contextmanager
+    def open(self) -> Iterator[Readable]:
+        with open(self.archive, "rb") as handle:
+            handle.seek(self.offset)
+            yield _BoundedReader(handle, self.size)
+
+
+class VerifyingReader:
+    """Passes bytes through, hashing them; at the end checks the size and digest.
+
+    Too many bytes fail at once, not after reading an endless body; a short or wrong stream
+    fails at its end, so no consumer finishes with unverified data.
+    """
+
+    def __init__(
+        self,
+        source: Readable,
+        digest: str,
+        size: int | None,
+        what: str,
+        on_bytes: Callable[[int], None] | None = None,
+    ) -> None:
+        self._source, self.digest, self.size, self.what = source, digest, size, what
+        self._on_bytes = on_bytes
+        self._hasher = new_hasher(digest)
+        self.count = 0
+        self._checked = False
+
+    def read(self, size: int = -1) -> bytes:
+        data = self._source.read(size)
+        if data:
+            self._hasher.update(data)
+            self.count += len(data)
+            if self._on_bytes is not None:
+                self._on_bytes(len(data))
+            if self.size is not None and self.count > self.size:
+                raise DigestMismatchError(
+                    f"{self.what}: more than the {self.size} bytes its descriptor says"
+                )
+        elif size != 0 and not self._checked:
+            self._check()
+        return data
+
+    def _check(self) -> None:
+        self._checked = True
+        if self.size is not None and self.count != self.size:
+            raise DigestMismatchError(
+                f"{self.what}: {self.count} bytes where its descriptor says {self.size}"
+            )
+        if (actual := hash_of(self._hasher)) != self.digest:
+            raise DigestMismatchError(f"{self.what}: content hashes to {actual}, not {self.digest}")
+
+    def drain(self) -> None:
+        """Read to the end so the check runs (for consumers that stop at a tar's end marker)."""
+        while self.read(compression.CHUNK_SIZE):
+            pass
+
+
+@dataclass(frozen=True)
+class Layer:
+    """One layer: its stored blob and, once inflated and verified, its tar on disk."""
+
+    digest: str  # of the blob as stored
+    size: int  # bytes of the blob as stored
+    media_type: str
+    diff_id: str  # sha256 of the uncompressed tar
+    blob: Blob
+    tar_path: Path | None = None  # the verified uncompressed tar, when one was kept
+    uncompressed_size: int | None = None
+    created_by: str = ""
+
+    @property
+    def compression(self) -> str:
+        return compression.from_media_type(self.media_type)
+
+    @property
+    def label(self) -> str:
+        """A short name for progress lines."""
+        return self.digest.partition(":")[2][:12]
+
+    @contextmanager
+    def open_blob(self, on_bytes: Callable[[int], None] | None = None) -> Iterator[VerifyingReader]:
+        """The blob's bytes, verified against `digest` and `size` as they are read;
+        `on_bytes` hears how many stored bytes each read took."""
+        with self.blob.open() as raw:
+            what = f"layer {self.digest}"
+            reader = VerifyingReader(raw, self.digest, self.size, what, on_bytes)
+            yield reader
+            reader.drain()
+
+    @contextmanager
+    def open_tar(self, on_bytes: Callable[[int], None] | None = None) -> Iterator[BinaryIO]:
+        """The layer's uncompressed tar, verified against `diff_id` (and the blob digest)."""
+        if self.tar_path is not None:
+            with open(self.tar_path, "rb") as kept:
+                yield kept
+            return
+        with self.open_blob(on_bytes) as blob:
+            if self.compression == compression.NONE and self.digest == self.diff_id:
+                yield blob  # type: ignore[misc]
+                return
+            try:
+                with compression.decompressing_reader(blob, self.compression) as tar:  # type: ignore[arg-type]
+                    verified = VerifyingReader(
+                        tar,
+                        self.diff_id,
+                        self.uncompressed_size,
+                        f"layer {self.digest} uncompressed",
+                    )
+                    yield verified  # type: ignore[misc]
+                    verified.drain()
+            except compression.CorruptLayerError as error:
+                blob.drain()  # a blob that is not what its digest says is the clearer report
+                raise compression.CorruptLayerError(f"layer {self.digest}: {error}") from None
+
+
+@dataclass(frozen=True)
+class SourceName:
+    """Where an image came from, for naming it in outputs (`RepoTags`, catalogue entries)."""
+
+    repository: str = "image"  # e.g. "library/busybox"
+    tag: str | None = None
+    registry: str | None = None  # None for Docker Hub and for sources without one
+
+    def __str__(self) -> str:
+        where = f"{self.registry}/" if self.registry else ""
+        return f"{where}{self.repository}" + (f":{self.tag}" if self.tag else "")
+
+
+def _manifest_matches(manifest: Manifest, config: bytes, layers: Sequence[Layer]) -> bool:
+    try:
+        check_digest(config, manifest.config.digest, "config")
+    except (DigestMismatchError, OccystrapError):
+        return False
+    described = [(d.digest, d.size) for d in manifest.layers]
+    return described == [(layer.digest, layer.size) for layer in layers]
+
+
+@dataclass(frozen=True)
+class Image:
+    """A single-platform image: config bytes, layers, and the source manifest while it fits."""
+
+    source: SourceName
+    config: bytes
+    layers: tuple[Layer, ...]
+    manifest: bytes | None = None  # byte for byte as the source had it
+    manifest_media_type: str = DOCKER_MANIFEST
+
+    def __post_init__(self) -> None:
+        if self.manifest is None:
+            return
+        parsed = parse_manifest(self.manifest, self.manifest_media_type)
+        if not isinstance(parsed, Manifest) or not _manifest_matches(
+            parsed, self.config, self.layers
+        ):
+            raise ValueError("the manifest given does not describe this config and these layers")
+
+    @property
+    def config_digest(self) -> str:
+        return sha256_digest(self.config)
+
+    @property
+    def config_json(self) -> dict:
+        document = json.loads(self.config)
+        if not isinstance(document, dict):
+            raise OccystrapError(f"the config of {self.source} is not a JSON object")
+        return document
+
+    @property
+    def is_oci(self) -> bool:
+        return self.manifest_media_type == OCI_MANIFEST
+
+    def with_layers(
+        self, layers: Sequence[Layer], created_by: Sequence[str] | None = None
+    ) -> Image:
+        """A new image over `layers`: the config's diff_ids (and, when given, the history of
+        the non-empty layers) rewritten, so its digest is new, and no source manifest.
+
+        Layers that changed only their compression keep the config byte for byte.
+        """
+        config = self.config_json
+        diff_ids = [layer.diff_id for layer in layers]
+        rewrite = config.get("rootfs", {}).get("diff_ids") != diff_ids or created_by is not None
+        if rewrite:
+            config["rootfs"] = {"type": "layers", "diff_ids": diff_ids}
+            if created_by is not None:
+                config["history"] = [{"created_by": text} for text in created_by]
+            config_bytes = json.dumps(config, sort_keys=True, separators=(",", ":")).encode()
+        else:
+            config_bytes = self.config
+        return Image(self.source, config_bytes, tuple(layers), None, self.manifest_media_type)
+
+
+@dataclass(frozen=True)
+class ImageIndex:
+    """A multi-platform image: the index as served and a way to read each entry's image."""
+
+    source: SourceName
+    raw: bytes
+    media_type: str
+    manifests: tuple[PlatformDescriptor, ...]
+    read_entry: Callable[[PlatformDescriptor], Image] = field(compare=False, repr=False)
+    pinned: Platform | None = None  # the one platform the source asked for, if it did
+
+    @property
+    def digest(self) -> str:
+        return sha256_digest(self.raw)
+
+    def narrowed(self, keep: Sequence[PlatformDescriptor]) -> ImageIndex:
+        """A new index holding only `keep` (so a new digest), entries as the source wrote them."""
+        document = json.loads(self.raw)
+        wanted = {entry.digest for entry in keep}
+        document["manifests"] = [m for m in document["manifests"] if m.get("digest") in wanted]
+        raw = json.dumps(document, separators=(",", ":")).encode()
+        return replace(self, raw=raw, manifests=tuple(keep))
+
+
+ImageLike = Image | ImageIndex

@@ -229,13 +229,14 @@ def describe(item: Image, name: str) -> dict:
 
 def _read_for_info(uri: Endpoint, ctx: RunContext) -> dict:
     item = uri.open_input(ctx).read()
+    name = str(uri.reference) if isinstance(uri, RegistryURI) else str(uri)
     if isinstance(item, ImageIndex):
         index_digest = item.digest
         item = choose_platform(item, ctx.settings.platform)
-        details = describe(item, str(uri))
+        details = describe(item, name)
         details["index_digest"] = index_digest
         return details
-    return describe(item, str(uri))
+    return describe(item, name)
 
 
 def info(settings: RunSettings, source: str) -> None:

@@ -27,7 +27,7 @@ from occystrap.endpoints import (
     query_options,
     split_query,
 )
-from occystrap.errors import RegistryError
+from occystrap.errors import RegistryError, UsageError
 from occystrap.image import Blob, FileBlob, Image, ImageIndex, ImageLike, Layer, SourceName
 from occystrap.pipeline import RunContext
 from occystrap.registry.client import RegistryBlob, RegistryClient
@@ -61,6 +61,9 @@ class RegistryURI(Endpoint):
 
     def registry_hosts(self) -> tuple[str, ...]:
         return (self.reference.registry,)
+
+    def __str__(self) -> str:
+        return self.shown or f"registry://{self.reference}"
 
     def client(self, ctx: RunContext) -> RegistryClient:
         insecure = ctx.settings.insecure if self.insecure is None else self.insecure
@@ -283,6 +286,11 @@ class RegistryDestination:
 
 def _parse(text: str, rest: str) -> RegistryURI:
     body, query = split_query(rest)
+    if "@" in body.partition("/")[0]:
+        raise UsageError(
+            f"{text!r} carries credentials in the URI; give them with --username/--password,"
+            " --src-creds/--dest-creds or a login instead"
+        )
     options = query_options(text, query, ("os", "arch", "variant", "insecure"))
     return RegistryURI(
         reference=parse_reference(body),

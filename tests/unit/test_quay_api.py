@@ -26,7 +26,7 @@ from occystrap.quay.api import (
     since_timestamp,
 )
 from occystrap.quay.bulk import ImageProgress, run_each
-from occystrap.uris import parse_uri
+from occystrap.endpoints import parse_uri
 
 BASE = "https://quay.test/api/v1"
 TOKEN = "quay-secret"
@@ -314,11 +314,11 @@ def test_shared_directory_destination_is_used_as_is():
 )
 def test_single_image_destinations_are_refused(text):
     with pytest.raises(UsageError, match="unique_names=true"):
-        _check_bulk_destination(parse_uri(text), text)
+        _check_bulk_destination(parse_uri(text))
 
 
 @pytest.mark.parametrize(
     "text", ["dir:///tmp/many?unique_names=true", "registry://mirror.example:5000/prefix"]
 )
 def test_many_image_destinations_are_accepted(text):
-    _check_bulk_destination(parse_uri(text), text)
+    _check_bulk_destination(parse_uri(text))

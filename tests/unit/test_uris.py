@@ -10,9 +10,13 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from occystrap.endpoints import parse_uri
+from occystrap.endpoints.dir import DirURI
+from occystrap.endpoints.quay import QuayURI
+from occystrap.endpoints.registry import RegistryURI
+from occystrap.endpoints.tar import TarURI
 from occystrap.errors import UsageError
 from occystrap.registry.reference import ImageReference
-from occystrap.uris import DirURI, QuayURI, RegistryURI, TarURI, parse_uri
 
 DIGEST = "sha256:" + "f" * 64
 
@@ -67,7 +71,7 @@ def test_quay_uri_defaults_and_options():
 @pytest.mark.parametrize(
     ("text", "complaint"),
     [
-        ("foo://x", "unknown URI scheme 'foo' in 'foo://x': expected registry://, tar://"),
+        ("foo://x", "unknown URI scheme 'foo' in 'foo://x': expected one of dir://, "),
         ("just-a-path", "is not a URI"),
         ("registry://busybox", "expected HOST"),
         ("registry://h/i?colour=red", "unknown option 'colour'"),
@@ -143,3 +147,25 @@ def test_arbitrary_text_after_a_known_scheme_only_raises_usage_error(scheme, res
         parse_uri(f"{scheme}://{rest}")
     except UsageError as error:
         assert "\n" not in str(error)
+
+
+def test_unknown_scheme_lists_every_known_scheme():
+    with pytest.raises(UsageError) as raised:
+        parse_uri("foo://x")
+    for scheme in ("dir://", "quay://", "registry://", "tar://"):
+        assert scheme in str(raised.value)
+
+
+@pytest.mark.parametrize(
+    ("text", "secret"),
+    [
+        ("quay://org?token=s3cret-t0ken&since=2024-13-01", "s3cret-t0ken"),
+        ("registry://user:hunter2@host.example/repo?os=", "hunter2"),
+        ("quay://Bad?token=s3cret-t0ken", "s3cret-t0ken"),
+    ],
+)
+def test_secrets_never_appear_in_errors(text, secret):
+    with pytest.raises(UsageError) as raised:
+        parse_uri(text)
+    assert secret not in str(raised.value)
+    assert "***" in str(raised.value)

@@ -124,7 +124,7 @@ class TarMembers:
 
     def blob(self, name: str) -> ArchiveMemberBlob:
         offset, size = self._members[name]
-        return ArchiveMemberBlob(self.path, offset, size)
+        return ArchiveMemberBlob(self.path, offset, size, name)
 
 
 class DirectoryMembers:
@@ -174,8 +174,8 @@ class DockerSaveReader:
         key = member_key(name) if isinstance(name, str) else None
         if key is None or not self.members.has(key):
             raise self._fail(
-                f"{what} {name!r} is missing; the archive is incomplete or not a docker save"
-                " or OCI archive"
+                f"{what} {name!r} is missing from the archive; it is incomplete or not a"
+                " docker save or OCI archive"
             )
         if self.members.size(key) > _METADATA_LIMIT:
             raise self._fail(f"{what} {name!r} is implausibly large")
@@ -300,10 +300,13 @@ class DockerSaveReader:
         key = member_key(name)
         if not self.members.has(key):
             raise self._fail(
-                f"layer {name!r} is missing; the archive is incomplete or not a docker save"
+                f"layer {name!r} is missing from the archive; it is incomplete or not a"
+                " docker save archive"
             )
         blob = self.members.blob(key)
         size = self.members.size(key)
+        if descriptor and isinstance(descriptor.get("size"), int):
+            size = descriptor["size"]  # what the manifest promises; checked as it is read
         with blob.open() as stream:
             kind = compression.detect(stream.read(4))
         digest = descriptor["digest"] if descriptor else _named_digest(key)

@@ -49,6 +49,9 @@ class FileBlob:
     path: Path
     local = True
 
+    def __str__(self) -> str:
+        return str(self.path)
+
     def open(self) -> AbstractContextManager[Readable]:
         return open(self.path, "rb")
 
@@ -74,7 +77,11 @@ class ArchiveMemberBlob:
     archive: Path
     offset: int
     size: int
+    name: str = ""  # the member's name, for messages
     local = True
+
+    def __str__(self) -> str:
+        return f"{self.archive}:{self.name}"
 
     @contextmanager
     def open(self) -> Iterator[Readable]:
@@ -121,11 +128,13 @@ class VerifyingReader:
 
     def _check(self) -> None:
         self._checked = True
+        actual = hash_of(self._hasher)
         if self.size is not None and self.count != self.size:
             raise DigestMismatchError(
-                f"{self.what}: {self.count} bytes where its descriptor says {self.size}"
+                f"{self.what}: content hashes to {actual} over {self.count} bytes, where its"
+                f" descriptor says {self.digest} over {self.size}"
             )
-        if (actual := hash_of(self._hasher)) != self.digest:
+        if actual != self.digest:
             raise DigestMismatchError(f"{self.what}: content hashes to {actual}, not {self.digest}")
 
     def drain(self) -> None:
@@ -161,7 +170,7 @@ class Layer:
         """The blob's bytes, verified against `digest` and `size` as they are read;
         `on_bytes` hears how many stored bytes each read took."""
         with self.blob.open() as raw:
-            what = f"layer {self.digest}"
+            what = f"layer {self.digest} from {self.blob}"
             reader = VerifyingReader(raw, self.digest, self.size, what, on_bytes)
             yield reader
             reader.drain()

@@ -243,6 +243,9 @@ class RegistryBlob:
 
     local = False
 
+    def __str__(self) -> str:
+        return f"{self.client.registry}/{self.repository}"
+
     @contextmanager
     def open(self) -> Iterator[Readable]:
         reader = self.client.open_blob(self.repository, self.digest)

@@ -6,10 +6,15 @@ import hashlib
 import io
 import json
 import tarfile
+import tempfile
 from pathlib import Path
 
+import httpx
+
 from occystrap import compression
-from occystrap.pipeline import Image, Layer
+from occystrap.image import FileBlob, Image, Layer, SourceName
+from occystrap.pipeline import RunContext
+from occystrap.settings import RunSettings
 
 
 def sha256(data: bytes) -> str:
@@ -53,7 +58,7 @@ def make_image(
                 size=size,
                 media_type=compression.media_type_for(kind, kind == compression.ZSTD),
                 diff_id=sha256(raw),
-                path=path,
+                blob=FileBlob(path),
                 uncompressed_size=len(raw) if known_sizes else None,
             )
         )
@@ -66,11 +71,30 @@ def make_image(
             "history": [{"created_by": "test"} for _ in layers],
         }
     ).encode()
-    return Image(
-        name=name,
-        tag=tag,
-        config=config,
-        config_digest=sha256(config),
-        layers=layers,
-        manifest_media_type="application/vnd.docker.distribution.manifest.v2+json",
-    )
+    return Image(SourceName(name, tag), config, tuple(layers))
+
+
+def context(workdir: Path, **settings: object) -> RunContext:
+    """A run context for file endpoints: no network is touched through its client."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    return RunContext(RunSettings(**settings), httpx.Client(), workdir)  # type: ignore[arg-type]
+
+
+def save_tar(image: Image, path: Path, progress: object = None) -> None:
+    """Write `image` through the tar:// destination, with scratch space outside `path`'s dir."""
+    from occystrap.endpoints.tar import TarDestination
+
+    with tempfile.TemporaryDirectory() as work:
+        ctx = context(Path(work))
+        if progress is not None:
+            ctx.progress = progress  # type: ignore[assignment]
+        TarDestination(path, ctx).write(image)
+
+
+def read_verified(image: Image) -> Image:
+    """Read every layer to its end, so its digests are checked as an output would check them."""
+    for layer in image.layers:
+        with layer.open_tar() as stream:
+            while stream.read(1 << 20):
+                pass
+    return image

@@ -11,12 +11,12 @@ from pathlib import Path
 
 import pytest
 
+from occystrap.endpoints.dir import DirectoryOutput, merge_catalogue
+from occystrap.endpoints.tar import TarSource
 from occystrap.errors import OccystrapError
-from occystrap.inputs.tarball import TarballInput
-from occystrap.outputs.directory import DirectoryOutput, merge_catalogue
-from occystrap.pipeline import NullProgress
+from occystrap.image import SourceName
 
-from .image_builder import make_image, sha256
+from .image_builder import context, make_image, read_verified, sha256
 
 LAYERS = [
     {"etc/hosts": b"localhost\n", "etc/old": b"gone soon", "bin/sh": b"shell"},
@@ -36,7 +36,7 @@ def tree(directory: Path) -> set[str]:
 def test_default_layout_matches_the_tarball_tree(tmp_path):
     image = make_image(tmp_path, LAYERS)
     out = tmp_path / "out"
-    DirectoryOutput(out).write(image, NullProgress())
+    DirectoryOutput(out, context(tmp_path / "work")).write(image)
     manifest = json.loads((out / "manifest.json").read_bytes())
     assert manifest[0]["RepoTags"] == ["busybox:latest"]
     assert (out / manifest[0]["Config"]).read_bytes() == image.config
@@ -50,20 +50,19 @@ def test_default_directory_reads_back_as_a_tarball_tree(tmp_path):
     """The directory holds exactly the files a tarball would: tar it and read it back."""
     image = make_image(tmp_path, LAYERS)
     out = tmp_path / "out"
-    DirectoryOutput(out).write(image, NullProgress())
+    DirectoryOutput(out, context(tmp_path / "work")).write(image)
     with tarfile.open(tmp_path / "dir.tar", "w") as archive:
         for name in sorted(os.listdir(out)):
             if not name.startswith("."):
                 archive.add(out / name, arcname=name)
-    (tmp_path / "work").mkdir()
-    read = TarballInput(tmp_path / "dir.tar").fetch(tmp_path / "work", NullProgress())
+    read = read_verified(TarSource(tmp_path / "dir.tar").read())
     assert [layer.diff_id for layer in read.layers] == [layer.diff_id for layer in image.layers]
 
 
 def test_expand_builds_the_merged_rootfs_with_whiteouts(tmp_path):
     image = make_image(tmp_path, LAYERS)
     out = tmp_path / "out"
-    DirectoryOutput(out, expand=True).write(image, NullProgress())
+    DirectoryOutput(out, context(tmp_path / "work"), expand=True).write(image)
     rootfs = out / "rootfs"
     assert tree(rootfs) == {"etc", "etc/hosts", "bin", "bin/sh", "bin/ash"}
     assert (rootfs / "etc/hosts").read_bytes() == b"upper\n"
@@ -72,14 +71,14 @@ def test_expand_builds_the_merged_rootfs_with_whiteouts(tmp_path):
 
 def test_unique_names_share_layers_and_keep_a_catalogue(tmp_path):
     base = make_image(tmp_path, LAYERS[:1])
-    first = dataclasses.replace(base, tag="one")
+    first = dataclasses.replace(base, source=SourceName("library/busybox", "one"))
     second = make_image(tmp_path, LAYERS, tag="two")
     out = tmp_path / "out"
-    output = DirectoryOutput(out, unique_names=True, expand=True)
-    output.write(first, NullProgress())
+    output = DirectoryOutput(out, context(tmp_path / "work"), unique_names=True, expand=True)
+    output.write(first)
     shared = out / base.layers[0].diff_id[7:] / "layer.tar"
     inode = shared.stat().st_ino
-    output.write(second, NullProgress())
+    output.write(second)
     assert shared.stat().st_ino == inode  # the shared layer was not rewritten
     catalogue = json.loads((out / "manifest.json").read_bytes())
     assert sorted(tag for entry in catalogue for tag in entry["RepoTags"]) == [
@@ -91,14 +90,14 @@ def test_unique_names_share_layers_and_keep_a_catalogue(tmp_path):
     repositories = json.loads((out / "repositories").read_bytes())
     assert set(repositories["busybox"]) == {"one", "two"}
 
-    output.write(second, NullProgress())  # rewriting an image replaces its entry
+    output.write(second)  # rewriting an image replaces its entry
     assert len(json.loads((out / "manifest.json").read_bytes())) == 2
 
 
 def test_parallel_writers_do_not_clobber_the_catalogue(tmp_path):
     images = [make_image(tmp_path, [{f"f{i}": b"x" * i}], tag=f"t{i}") for i in range(8)]
-    output = DirectoryOutput(tmp_path / "out", unique_names=True)
-    threads = [threading.Thread(target=output.write, args=(i, NullProgress())) for i in images]
+    output = DirectoryOutput(tmp_path / "out", context(tmp_path / "work"), unique_names=True)
+    threads = [threading.Thread(target=output.write, args=(i,)) for i in images]
     for thread in threads:
         thread.start()
     for thread in threads:
@@ -132,11 +131,11 @@ def test_same_image_under_two_names_keeps_both_tags():
 def test_failure_leaves_no_new_files(tmp_path):
     good = make_image(tmp_path, LAYERS[:1], tag="good")
     out = tmp_path / "out"
-    output = DirectoryOutput(out, unique_names=True, expand=True)
-    output.write(good, NullProgress())
+    output = DirectoryOutput(out, context(tmp_path / "work"), unique_names=True, expand=True)
+    output.write(good)
     before = tree(out), (out / "manifest.json").read_bytes()
     bad = make_image(tmp_path, LAYERS, tag="bad")
-    bad.layers[1].path.write_bytes(b"\x1f\x8b broken")
+    bad.layers[1].blob.path.write_bytes(b"\x1f\x8b broken")
     with pytest.raises(OccystrapError):
-        output.write(bad, NullProgress())
+        output.write(bad)
     assert (tree(out), (out / "manifest.json").read_bytes()) == before

@@ -12,6 +12,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from occystrap.commands import _bulk_destination, _check_bulk_destination
+from occystrap.endpoints import parse_uri
 from occystrap.errors import OccystrapError, QuayAuthError, UsageError
 from occystrap.middleware.builder import ChainSettings, build_client
 from occystrap.pipeline import NullProgress
@@ -26,7 +27,6 @@ from occystrap.quay.api import (
     since_timestamp,
 )
 from occystrap.quay.bulk import ImageProgress, run_each
-from occystrap.endpoints import parse_uri
 
 BASE = "https://quay.test/api/v1"
 TOKEN = "quay-secret"

@@ -12,12 +12,12 @@ from pathlib import Path
 import pytest
 
 from occystrap import compression
+from occystrap.dockersave import name_and_tag
+from occystrap.endpoints.tar import TarSource
 from occystrap.errors import DigestMismatchError, OccystrapError
-from occystrap.inputs.tarball import TarballInput, name_and_tag
-from occystrap.outputs.tarball import TarballOutput
-from occystrap.pipeline import NullProgress
+from occystrap.image import SourceName
 
-from .image_builder import layer_tar, make_image, sha256
+from .image_builder import layer_tar, make_image, read_verified, save_tar, sha256
 
 LAYERS = [{"etc/hosts": b"localhost\n"}, {"bin/sh": b"#!" + b"y" * 3000, "bin/ln": "sh"}]
 
@@ -36,17 +36,16 @@ def config_for(diff_ids: list[str]) -> bytes:
 
 
 def fetch(path: Path, tmp_path: Path):
-    workdir = tmp_path / "work"
-    workdir.mkdir(exist_ok=True)
-    return TarballInput(path).fetch(workdir, NullProgress())
+    """Read the image and every layer to its end, as any output would, verifying it."""
+    return read_verified(TarSource(path).read())
 
 
 @pytest.mark.parametrize("kind", [compression.GZIP, compression.ZSTD, compression.NONE])
 def test_round_trip_through_tarball_output(tmp_path, kind):
     image = make_image(tmp_path, LAYERS + [LAYERS[0]], kind=kind)
-    TarballOutput(tmp_path / "out.tar").write(image, NullProgress())
+    save_tar(image, tmp_path / "out.tar")
     read = fetch(tmp_path / "out.tar", tmp_path)
-    assert (read.name, read.tag) == ("library/busybox", "latest")
+    assert (read.source.repository, read.source.tag) == ("library/busybox", "latest")
     assert read.config == image.config and read.config_digest == image.config_digest
     assert [layer.diff_id for layer in read.layers] == [layer.diff_id for layer in image.layers]
     for layer in read.layers:
@@ -69,11 +68,12 @@ def test_classic_layout_with_gzip_layer(tmp_path):
         {"manifest.json": json.dumps(manifest).encode(), "c.json": config, "l/x": blob.getvalue()},
     )
     image = fetch(path, tmp_path)
-    assert (image.name, image.tag, image.extra) == ("team/app", "v2", {"registry": "r.io:5000"})
+    assert image.source == SourceName("team/app", "v2", "r.io:5000")
     (layer,) = image.layers
     assert layer.digest == sha256(blob.getvalue()) and layer.size == len(blob.getvalue())
     assert layer.media_type == "application/vnd.docker.image.rootfs.diff.tar.gzip"
-    assert layer.uncompressed_size == len(raw)
+    with layer.open_tar() as stream:
+        assert stream.read() == raw
 
 
 def oci_archive(tmp_path: Path, corrupt_blob: bool = False) -> tuple[Path, bytes, list]:
@@ -121,7 +121,7 @@ def oci_archive(tmp_path: Path, corrupt_blob: bool = False) -> tuple[Path, bytes
 def test_oci_layout_keeps_manifest_and_media_types(tmp_path):
     path, oci_manifest, blobs = oci_archive(tmp_path)
     image = fetch(path, tmp_path)
-    assert (image.name, image.tag) == ("library/busybox", "1.36")
+    assert (image.source.repository, image.source.tag) == ("library/busybox", "1.36")
     assert image.manifest == oci_manifest
     assert image.manifest_media_type == "application/vnd.oci.image.manifest.v1+json"
     assert [layer.digest for layer in image.layers] == [sha256(blob) for blob in blobs]
@@ -160,14 +160,13 @@ def test_manifest_naming_paths_outside_the_archive(tmp_path, layer_name):
     )
     with pytest.raises(OccystrapError, match="missing from the archive"):
         fetch(path, tmp_path)
-    assert list((tmp_path / "work").iterdir()) == []
 
 
 def test_untagged_image_is_named_image(tmp_path):
     image = make_image(tmp_path, LAYERS[:1], tag=None)
-    TarballOutput(tmp_path / "out.tar").write(image, NullProgress())
+    save_tar(image, tmp_path / "out.tar")
     read = fetch(tmp_path / "out.tar", tmp_path)
-    assert (read.name, read.tag) == ("image", None)
+    assert (read.source.repository, read.source.tag) == ("image", None)
 
 
 def test_missing_and_corrupt_tarballs_are_one_line_errors(tmp_path):
@@ -177,7 +176,7 @@ def test_missing_and_corrupt_tarballs_are_one_line_errors(tmp_path):
     with pytest.raises(OccystrapError):
         fetch(tmp_path / "junk.tar", tmp_path)
     image = make_image(tmp_path, LAYERS)
-    TarballOutput(tmp_path / "out.tar").write(image, NullProgress())
+    save_tar(image, tmp_path / "out.tar")
     data = (tmp_path / "out.tar").read_bytes()
     (tmp_path / "cut.tar").write_bytes(data[: len(data) - 3000])
     with pytest.raises(OccystrapError) as caught:
@@ -189,10 +188,10 @@ def test_missing_and_corrupt_tarballs_are_one_line_errors(tmp_path):
 
 
 def test_name_and_tag():
-    assert name_and_tag("busybox:latest") == ("library/busybox", "latest", None)
-    assert name_and_tag("team/app:1") == ("team/app", "1", None)
-    assert name_and_tag("localhost:5000/a:b") == ("a", "b", "localhost:5000")
-    assert name_and_tag("quay.io/org/app:x") == ("org/app", "x", "quay.io")
+    assert name_and_tag("busybox:latest") == SourceName("library/busybox", "latest", None)
+    assert name_and_tag("team/app:1") == SourceName("team/app", "1", None)
+    assert name_and_tag("localhost:5000/a:b") == SourceName("a", "b", "localhost:5000")
+    assert name_and_tag("quay.io/org/app:x") == SourceName("org/app", "x", "quay.io")
 
 
 SKOPEO = shutil.which("skopeo")
@@ -211,7 +210,7 @@ def skopeo(*args: str) -> str:
 @needs_skopeo
 def test_skopeo_reads_our_tarball(tmp_path):
     image = make_image(tmp_path, LAYERS + [LAYERS[0]], kind=compression.GZIP)
-    TarballOutput(tmp_path / "out.tar").write(image, NullProgress())
+    save_tar(image, tmp_path / "out.tar")
     inspected = json.loads(skopeo("inspect", f"docker-archive:{tmp_path / 'out.tar'}"))
     assert inspected["Layers"] == [layer.diff_id for layer in image.layers]
     raw = json.loads(skopeo("inspect", "--config", f"docker-archive:{tmp_path / 'out.tar'}"))
@@ -224,11 +223,11 @@ def test_skopeo_reads_our_tarball(tmp_path):
 @needs_skopeo
 def test_we_read_a_tarball_skopeo_wrote(tmp_path):
     image = make_image(tmp_path, LAYERS, kind=compression.GZIP)
-    TarballOutput(tmp_path / "ours.tar").write(image, NullProgress())
+    save_tar(image, tmp_path / "ours.tar")
     skopeo("copy", f"docker-archive:{tmp_path / 'ours.tar'}", f"oci:{tmp_path / 'layout'}:t")
     skopeo(
         "copy", f"oci:{tmp_path / 'layout'}:t", f"docker-archive:{tmp_path / 'theirs.tar'}:a/b:c"
     )
     read = fetch(tmp_path / "theirs.tar", tmp_path)
-    assert (read.name, read.tag) == ("a/b", "c")
+    assert (read.source.repository, read.source.tag) == ("a/b", "c")
     assert [layer.diff_id for layer in read.layers] == [layer.diff_id for layer in image.layers]

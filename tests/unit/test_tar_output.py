@@ -12,11 +12,12 @@ from pathlib import Path
 import pytest
 
 from occystrap import compression
+from occystrap.dockersave import repo_tag_of
 from occystrap.errors import OccystrapError
-from occystrap.outputs.tarball import TarballOutput, default_repo_tag
+from occystrap.image import SourceName
 from occystrap.pipeline import NullProgress
 
-from .image_builder import make_image
+from .image_builder import make_image, save_tar
 
 
 class RecordingProgress(NullProgress):
@@ -46,7 +47,7 @@ def read_tar(path: Path) -> dict[str, bytes]:
 def test_writes_docker_save_layout_with_uncompressed_layers(tmp_path, kind, known_sizes):
     image = make_image(tmp_path, LAYERS, kind=kind, known_sizes=known_sizes)
     progress = RecordingProgress()
-    TarballOutput(tmp_path / "out.tar").write(image, progress)
+    save_tar(image, tmp_path / "out.tar", progress)
 
     files = read_tar(tmp_path / "out.tar")
     manifest = json.loads(files["manifest.json"])
@@ -59,8 +60,9 @@ def test_writes_docker_save_layout_with_uncompressed_layers(tmp_path, kind, know
     for layer, name in zip(image.layers, layer_names, strict=True):
         assert f"sha256:{hashlib.sha256(files[name]).hexdigest()}" == layer.diff_id
         assert files[name.replace("layer.tar", "VERSION")] == b"1.0"
-        assert progress.advanced[layer.diff_id] == len(files[name])
-    assert progress.finished == [layer.diff_id for layer in image.layers]
+        assert progress.advanced[f"write:{layer.diff_id}"] == len(files[name])
+    written = [key for key in progress.finished if key.startswith("write:")]
+    assert written == [f"write:{layer.diff_id}" for layer in image.layers]
     top = image.layers[-1].diff_id[7:]
     assert json.loads(files["repositories"]) == {"busybox": {"latest": top}}
     assert json.loads(files[f"{top}/json"])["parent"] == image.layers[0].diff_id[7:]
@@ -68,7 +70,7 @@ def test_writes_docker_save_layout_with_uncompressed_layers(tmp_path, kind, know
 
 def test_duplicate_layers_are_stored_once(tmp_path):
     image = make_image(tmp_path, [LAYERS[0], LAYERS[1], LAYERS[0]])
-    TarballOutput(tmp_path / "out.tar").write(image, NullProgress())
+    save_tar(image, tmp_path / "out.tar")
     with tarfile.open(tmp_path / "out.tar") as archive:
         names = archive.getnames()
     first = f"{image.layers[0].diff_id[7:]}/layer.tar"
@@ -79,23 +81,18 @@ def test_duplicate_layers_are_stored_once(tmp_path):
 
 def test_repo_tags(tmp_path):
     image = make_image(tmp_path, LAYERS[:1])
-    assert default_repo_tag(image) == "busybox:latest"
-    other = dataclasses.replace(image, name="team/app", tag="v1", extra={"registry": "r.io:5000"})
-    assert default_repo_tag(other) == "r.io:5000/team/app:v1"
-    hub = dataclasses.replace(image, extra={"registry": "registry-1.docker.io"})
-    assert default_repo_tag(hub) == "busybox:latest"
-    assert default_repo_tag(dataclasses.replace(image, tag=None)) is None
-
-    TarballOutput(tmp_path / "untagged.tar").write(
-        dataclasses.replace(image, tag=None), NullProgress()
+    assert repo_tag_of(image.source) == "busybox:latest"
+    assert repo_tag_of(SourceName("team/app", "v1", "r.io:5000")) == "r.io:5000/team/app:v1"
+    assert repo_tag_of(SourceName("library/busybox", "latest", "registry-1.docker.io")) == (
+        "busybox:latest"
     )
+    untagged = dataclasses.replace(image, source=SourceName("library/busybox", None))
+    assert repo_tag_of(untagged.source) is None
+
+    save_tar(untagged, tmp_path / "untagged.tar")
     files = read_tar(tmp_path / "untagged.tar")
     assert json.loads(files["manifest.json"])[0]["RepoTags"] == []
     assert "repositories" not in files
-
-    TarballOutput(tmp_path / "named.tar", repo_tag="mine/x:y").write(image, NullProgress())
-    files = read_tar(tmp_path / "named.tar")
-    assert json.loads(files["manifest.json"])[0]["RepoTags"] == ["mine/x:y"]
 
 
 def leftovers(directory: Path) -> list[str]:
@@ -105,17 +102,19 @@ def leftovers(directory: Path) -> list[str]:
 def test_corrupt_layer_leaves_nothing_behind(tmp_path):
     image = make_image(tmp_path, LAYERS)
     before = leftovers(tmp_path)
-    image.layers[1].path.write_bytes(b"\x1f\x8b not really gzip")
+    image.layers[1].blob.path.write_bytes(b"\x1f\x8b not really gzip")
     with pytest.raises(OccystrapError):
-        TarballOutput(tmp_path / "out.tar").write(image, NullProgress())
+        save_tar(image, tmp_path / "out.tar")
     assert leftovers(tmp_path) == before
 
 
 @pytest.mark.parametrize("delta", [-1, 1])
 def test_wrong_uncompressed_size_is_an_error_and_leaves_nothing(tmp_path, delta):
     image = make_image(tmp_path, LAYERS)
-    image.layers[0].uncompressed_size += delta
+    first = image.layers[0]
+    wrong = dataclasses.replace(first, uncompressed_size=first.uncompressed_size + delta)
+    image = dataclasses.replace(image, layers=(wrong, *image.layers[1:]))
     before = leftovers(tmp_path)
     with pytest.raises(OccystrapError, match="uncompressed"):
-        TarballOutput(tmp_path / "out.tar").write(image, NullProgress())
+        save_tar(image, tmp_path / "out.tar")
     assert leftovers(tmp_path) == before

@@ -288,12 +288,11 @@ class DockerSaveReader:
                 pending.extend(document["manifests"])
             elif (document.get("config") or {}).get("digest") == config_digest and len(
                 document.get("layers") or []
-            ) == layer_count:
-                if all(
-                    isinstance(layer, dict) and isinstance(layer.get("digest"), str)
-                    for layer in document["layers"]
-                ):
-                    return data, document
+            ) == layer_count and all(
+                isinstance(layer, dict) and isinstance(layer.get("digest"), str)
+                for layer in document["layers"]
+            ):
+                return data, document
         return None
 
     def _layer(self, name: str, diff_id: str, descriptor: Any, created_by: str) -> Layer:

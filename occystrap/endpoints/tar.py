@@ -1,4 +1,4 @@
-"""tar://PATH: a `docker save` tarball (classic or OCI layout), read in place, written atomically."""
+"""tar://PATH: a `docker save` tarball (classic or OCI layout), read in place, written whole."""
 
 from __future__ import annotations
 

@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 from occystrap.errors import UsageError
 from occystrap.middleware.transport import (
     DEFAULT_TIMEOUT,
-    ProxyRouter,
+    TransportRouter,
     build_base_transport,
     proxy_for,
 )
@@ -97,7 +97,7 @@ def test_pool_sized_from_parallel():
 
 def test_no_router_without_a_proxy_and_router_with_one():
     assert isinstance(build_base_transport(environ={"NO_PROXY": "*"}), httpx.HTTPTransport)
-    assert isinstance(build_base_transport(environ={"https_proxy": PROXY}), ProxyRouter)
+    assert isinstance(build_base_transport(environ={"https_proxy": PROXY}), TransportRouter)
 
 
 def test_missing_ca_file_is_a_usage_error(tmp_path):

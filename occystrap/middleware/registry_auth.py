@@ -322,7 +322,7 @@ class RegistryAuth(Middleware):
             raise RegistryError(
                 f"could not get a token from {bearer.realm} for {scope_text}: "
                 f"HTTP {response.status_code} {response.reason_phrase}; "
-                "check --username/--password or docker login"
+                "check --username/--password (--src-creds/--dest-creds) or your login"
             )
         try:
             document = response.json()

@@ -174,7 +174,7 @@ def _read_document(path: Path) -> dict[str, Any] | None:
         raise UsageError(f"cannot read credentials file {path}: {exc.strerror}") from None
     try:
         document = json.loads(text) if text.strip() else {}
-    except ValueError as exc:
+    except json.JSONDecodeError as exc:
         raise UsageError(
             f"credentials file {path} is not valid JSON (line {exc.lineno}); fix or remove it"
         ) from None

@@ -66,9 +66,9 @@ class RunSettings:
             password=options["password"],
             src_creds=parse_creds(options.get("src_creds"), "--src-creds"),
             dest_creds=parse_creds(options.get("dest_creds"), "--dest-creds"),
-            authfile=Path(authfile) if authfile else None,
-            tls_verify=options.get("tls_verify", True),
-            certs_dirs=tuple(Path(root) for root in certs_dirs) if certs_dirs else None,
+            authfile=Path(str(authfile)) if authfile else None,
+            tls_verify=options.get("tls_verify", True) is not False,
+            certs_dirs=_paths(certs_dirs),
             platform=Platform(options["os_name"], options["architecture"], options["variant"]),
             parallel=options["parallel"],
             compression=options["compression"],
@@ -130,6 +130,13 @@ class RunSettings:
             variant if variant is not None else self.platform.variant,
         )
         return replace(self, platform=platform)
+
+
+def _paths(value: object) -> tuple[Path, ...] | None:
+    """A repeatable path option as paths; None (the default places) when not given."""
+    if not value or not isinstance(value, (list, tuple)):
+        return None
+    return tuple(Path(str(part)) for part in value)
 
 
 def parse_creds(value: object, flag: str) -> Credential | None:

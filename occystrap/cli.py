@@ -110,6 +110,43 @@ def _fail(message: str, status: int) -> None:
     "--insecure", is_flag=True, envvar="OCCYSTRAP_INSECURE", help="Talk plain HTTP to registries."
 )
 @click.option(
+    "--tls-verify",
+    type=click.BOOL,
+    default=True,
+    show_default=True,
+    envvar="OCCYSTRAP_TLS_VERIFY",
+    metavar="BOOL",
+    help="Verify registries' TLS certificates (false: TLS without verification).",
+)
+@click.option(
+    "--certs-dir",
+    "certs_dirs",
+    multiple=True,
+    type=click.Path(file_okay=False),
+    envvar="OCCYSTRAP_CERTS_DIRS",
+    metavar="ROOT",
+    help="Look up HOST[:PORT]/ CA and client certificates under ROOT instead of the"
+    " certs.d directories (repeatable, in order).",
+)
+@click.option(
+    "--authfile",
+    type=click.Path(dir_okay=False),
+    envvar=["OCCYSTRAP_AUTHFILE", "REGISTRY_AUTH_FILE"],
+    help="Read (and for login/logout, write) credentials in this file only.",
+)
+@click.option(
+    "--src-creds",
+    envvar="OCCYSTRAP_SRC_CREDS",
+    metavar="USER:PASS",
+    help="Credentials for the source registry of a copy.",
+)
+@click.option(
+    "--dest-creds",
+    envvar="OCCYSTRAP_DEST_CREDS",
+    metavar="USER:PASS",
+    help="Credentials for the destination registry of a copy.",
+)
+@click.option(
     "--username",
     envvar="OCCYSTRAP_USERNAME",
     help="Username for the registries this command names.",

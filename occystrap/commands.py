@@ -50,6 +50,20 @@ def open_client(settings: RunSettings, *endpoints: Endpoint) -> ChainClient:
     return build_client(settings.chain_settings(_hosts(*endpoints)))
 
 
+def _location(endpoint: Endpoint | None) -> str | None:
+    """Where one end of a copy is, to give it its own credentials: "HOST/REPOSITORY" for a
+    registry image, the host for other registry endpoints, None for files."""
+    if isinstance(endpoint, RegistryURI):
+        return f"{endpoint.reference.registry}/{endpoint.reference.repository}"
+    hosts = endpoint.registry_hosts() if endpoint is not None else ()
+    return hosts[0] if hosts else None
+
+
+def open_copy_client(settings: RunSettings, source: Endpoint, destination: Endpoint) -> ChainClient:
+    """The client of a copy: --src-creds for the source, --dest-creds for the destination."""
+    return build_client(settings.copy_chain_settings(_location(source), _location(destination)))
+
+
 @contextmanager
 def _workdir(settings: RunSettings) -> Iterator[Path]:
     if settings.temp_dir is not None:
@@ -83,7 +97,10 @@ def copy(
     """Copy the image at `source` to `destination` (URIs as the CLI takes them)."""
     settings = settings or RunSettings()
     source_uri, destination_uri = parse_uri(source), parse_uri(destination)
-    with open_client(settings, source_uri, destination_uri) as http, _workdir(settings) as work:
+    with (
+        open_copy_client(settings, source_uri, destination_uri) as http,
+        _workdir(settings) as work,
+    ):
         ctx = RunContext(settings, http, work)
         if progress is not None:
             ctx.progress = progress
@@ -102,7 +119,10 @@ def process(
     if isinstance(source_uri, QuayURI):
         _process_quay(settings, source_uri, destination_uri, image_parallel)
         return
-    with open_client(settings, source_uri, destination_uri) as http, _workdir(settings) as work:
+    with (
+        open_copy_client(settings, source_uri, destination_uri) as http,
+        _workdir(settings) as work,
+    ):
         with TerminalProgress() as progress:
             ctx = RunContext(settings, http, work, progress)
             result = _copy_one(source_uri, destination_uri, ctx, filters, platforms)
@@ -140,7 +160,8 @@ def _quay_images(
 ) -> Iterator[tuple[ChainClient, list[QuayImage]]]:
     """The run's client, with the Quay API token for `uri`'s host, and the images it names."""
     base = api_base(uri.host, settings.insecure)
-    chain = settings.chain_settings([uri.host, *_hosts(*other)], base)
+    destination = _location(other[0]) if other else None
+    chain = settings.copy_chain_settings(uri.host, destination, base)
     if uri.token:
         chain = replace(chain, quay_token=uri.token)
     with build_client(chain) as http:

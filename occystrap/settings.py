@@ -6,7 +6,13 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from occystrap.credentials import Credential, CredentialStore
+from occystrap.credentials import (
+    AuthKey,
+    Credential,
+    CredentialStore,
+    format_auth_key,
+    parse_auth_key,
+)
 from occystrap.errors import UsageError
 from occystrap.middleware.builder import DEFAULT_QUAY_API, ChainSettings
 from occystrap.middleware.mirror import split_env_list
@@ -25,6 +31,13 @@ class RunSettings:
     insecure: bool = False
     username: str | None = None
     password: str | None = None
+    # A copy's two ends may need different accounts; None: --username/--password, else files.
+    src_creds: Credential | None = None
+    dest_creds: Credential | None = None
+    authfile: Path | None = None
+    tls_verify: bool = True
+    # Roots of HOST[:PORT] certificate directories; None: the standard certs.d places.
+    certs_dirs: tuple[Path, ...] | None = None
     platform: Platform = field(default_factory=lambda: Platform("linux", "amd64"))
     parallel: int = 4
     compression: str = "gzip"
@@ -38,6 +51,8 @@ class RunSettings:
         if (options.get("username") is None) != (options.get("password") is None):
             raise UsageError("--username and --password go together: give both or neither")
         mirrors = tuple(part for value in options["mirrors"] for part in split_env_list(value))
+        certs_dirs = options.get("certs_dirs")
+        authfile = options.get("authfile")
         return cls(
             retries=options["retries"],
             rate_limits=tuple(options["rate_limits"]),
@@ -49,6 +64,11 @@ class RunSettings:
             insecure=options["insecure"],
             username=options["username"],
             password=options["password"],
+            src_creds=parse_creds(options.get("src_creds"), "--src-creds"),
+            dest_creds=parse_creds(options.get("dest_creds"), "--dest-creds"),
+            authfile=Path(str(authfile)) if authfile else None,
+            tls_verify=options.get("tls_verify", True) is not False,
+            certs_dirs=_paths(certs_dirs),
             platform=Platform(options["os_name"], options["architecture"], options["variant"]),
             parallel=options["parallel"],
             compression=options["compression"],
@@ -67,16 +87,39 @@ class RunSettings:
         if self.username is not None:
             credential = Credential(self.username, self.password)
             explicit = {host: credential for host in registry_hosts}
+        return self._chain_settings(explicit, quay_api_base)
+
+    def copy_chain_settings(
+        self,
+        source: str | None,
+        destination: str | None,
+        quay_api_base: str = DEFAULT_QUAY_API,
+    ) -> ChainSettings:
+        """Chain settings for a copy between two ends, each "HOST[:PORT][/REPOSITORY]" (a
+        repository prefix for a bulk copy), or None for a file end: --src-creds go to the
+        source, --dest-creds to the destination, --username/--password to either lacking its
+        own."""
+        default = Credential(self.username, self.password) if self.username is not None else None
+        explicit = copy_credentials(
+            (source, self.src_creds or default), (destination, self.dest_creds or default)
+        )
+        return self._chain_settings(explicit, quay_api_base)
+
+    def _chain_settings(
+        self, explicit: Mapping[str, Credential], quay_api_base: str
+    ) -> ChainSettings:
         return ChainSettings(
             retries=self.retries,
             rate_limits=self.rate_limits,
             mirrors=self.mirrors,
-            credentials=CredentialStore.load(explicit=explicit),
+            credentials=CredentialStore.load(explicit=explicit, authfile=self.authfile),
             quay_api_base=quay_api_base,
             quay_token=self.quay_token,
             http2=self.http2,
             parallel=self.parallel,
             ca_cert=self.ca_cert,
+            tls_verify=self.tls_verify,
+            certs_dirs=self.certs_dirs,
             middlewares=self.middlewares,
         )
 
@@ -87,3 +130,49 @@ class RunSettings:
             variant if variant is not None else self.platform.variant,
         )
         return replace(self, platform=platform)
+
+
+def _paths(value: object) -> tuple[Path, ...] | None:
+    """A repeatable path option as paths; None (the default places) when not given."""
+    if not value or not isinstance(value, (list, tuple)):
+        return None
+    return tuple(Path(str(part)) for part in value)
+
+
+def parse_creds(value: object, flag: str) -> Credential | None:
+    """USER:PASS (the password may itself hold ':'), as skopeo's --src-creds takes it."""
+    if value is None:
+        return None
+    username, separator, password = str(value).partition(":")
+    if not (username and separator and password):
+        raise UsageError(f"{flag} takes USER:PASSWORD; got no ':' or an empty part")
+    return Credential(username, password)
+
+
+def copy_credentials(
+    *ends: tuple[str | None, Credential | None],
+) -> dict[str, Credential]:
+    """Explicit credentials, auths-style keys, for the registry ends of a copy.
+
+    Ends on different hosts, or sharing one credential, are keyed by host. Ends on one host
+    with different credentials (or one with none, which then uses the auth files) are keyed
+    by their repository, so the more specific one wins
+    for its repositories (a request outside both falls back to the host-wide one, if any);
+    two different credentials for the very same repository cannot both apply, and are refused.
+    """
+    located = [(parse_auth_key(where), credential) for where, credential in ends if where]
+    explicit: dict[AuthKey, Credential] = {}
+    for (host, path), credential in located:
+        if credential is None:
+            continue
+        shared = all(
+            other == credential for (other_host, _), other in located if other_host == host
+        )
+        key = (host, "") if shared else (host, path)
+        if explicit.get(key, credential) != credential:
+            raise UsageError(
+                f"--src-creds and --dest-creds differ but both name {format_auth_key(key)};"
+                " copy through tar://FILE in two runs, or use one account for both ends"
+            )
+        explicit[key] = credential
+    return {format_auth_key(key): credential for key, credential in explicit.items()}

@@ -9,7 +9,7 @@ Outermost first (a request travels down this list, a response back up):
     Retry         backoff and Retry-After; token fetches and mirror misses pass through it
     RateLimit     every attempt that reaches the network counts
     Logging       one line per network attempt
-    base          HTTP/2-capable httpx.HTTPTransport (TLS, proxies, limits)
+    base          HTTP/2-capable httpx.HTTPTransport (TLS per host from certs.d, proxies, limits)
 
 docs/middleware.md gives the reason for each position.
 """
@@ -19,6 +19,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import httpx
 
@@ -51,6 +52,9 @@ class ChainSettings:
     http2: bool = True
     parallel: int = 4
     ca_cert: str | None = None
+    tls_verify: bool = True
+    # Roots of HOST[:PORT] certificate directories; None: the standard certs.d places.
+    certs_dirs: Sequence[Path] | None = None
     middlewares: Sequence[str] = ()
     timeout: httpx.Timeout = field(default_factory=lambda: DEFAULT_TIMEOUT)
 
@@ -58,7 +62,11 @@ class ChainSettings:
 def build_transport(settings: ChainSettings) -> httpx.BaseTransport:
     """The chain itself, innermost first so the code reads bottom-up like the diagram above."""
     transport: httpx.BaseTransport = build_base_transport(
-        http2=settings.http2, parallel=settings.parallel, ca_cert=settings.ca_cert
+        http2=settings.http2,
+        parallel=settings.parallel,
+        ca_cert=settings.ca_cert,
+        tls_verify=settings.tls_verify,
+        certs_roots=settings.certs_dirs,
     )
     transport = Logging(transport)
     if settings.rate_limits:

@@ -108,6 +108,17 @@ def scopes_for_request(request: httpx.Request) -> frozenset[str]:
     return normalise_scopes(needed)
 
 
+def repository_of(url: httpx.URL) -> str:
+    """The repository a registry request is for ("" for /v2/, the catalog, or other hosts'
+    paths), so credentials scoped to one repository go to that repository only."""
+    match = _REPOSITORY_PATH.match(url.path)
+    return match.group("name") if match else ""
+
+
+def _credential_for(store: CredentialStore, url: httpx.URL) -> Credential | None:
+    return store.for_host(url.netloc.decode("ascii"), repository_of(url))
+
+
 def _origin(url: httpx.URL) -> Origin:
     return (url.scheme, url.host, url.port)
 
@@ -217,7 +228,7 @@ class RegistryAuth(Middleware):
         return None
 
     def _basic_for(self, url: httpx.URL) -> str | None:
-        credential = self._credentials.for_host(url.netloc.decode("ascii"))
+        credential = _credential_for(self._credentials, url)
         return basic_authorization(credential) if credential else None
 
     def _token(
@@ -265,7 +276,7 @@ class RegistryAuth(Middleware):
         self, bearer: _BearerRealm, scopes: frozenset[str], request: httpx.Request
     ) -> tuple[str, float]:
         """Ask the realm for a token with the registry host's credential (or anonymously)."""
-        credential = self._credentials.for_host(request.url.netloc.decode("ascii"))
+        credential = _credential_for(self._credentials, request.url)
         realm_url = httpx.URL(bearer.realm)
         if credential and realm_url.scheme == "http" and request.url.scheme == "https":
             logger.debug("not sending credentials to plain-http realm %s", bearer.realm)
@@ -311,7 +322,7 @@ class RegistryAuth(Middleware):
             raise RegistryError(
                 f"could not get a token from {bearer.realm} for {scope_text}: "
                 f"HTTP {response.status_code} {response.reason_phrase}; "
-                "check --username/--password or docker login"
+                "check --username/--password (--src-creds/--dest-creds) or your login"
             )
         try:
             document = response.json()

@@ -1,18 +1,28 @@
-"""The innermost transport: real sockets, HTTP/2, verified TLS and environment proxies.
+"""The innermost transport: real sockets, HTTP/2, TLS per host and environment proxies.
 
 httpx stops reading HTTPS_PROXY / HTTP_PROXY / NO_PROXY once a client is given a transport, so
 the proxy choice is made here, per request.
 """
 
 import ipaddress
+import logging
 import os
 import ssl
 import threading
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
 
 import httpx
 
 from occystrap.errors import OccystrapError, UsageError
+from occystrap.middleware.tls import (
+    TlsPolicy,
+    default_certs_roots,
+    host_cert_dirs,
+    make_ssl_context,
+)
+
+logger = logging.getLogger(__name__)
 
 DEFAULT_TIMEOUT = httpx.Timeout(connect=15.0, read=120.0, write=120.0, pool=120.0)
 
@@ -78,19 +88,6 @@ def _any_proxy_configured(environ: Mapping[str, str]) -> bool:
     return any(_env(environ, f"{scheme}_proxy") for scheme in ("http", "https", "all"))
 
 
-def _ssl_context(ca_cert: str | None) -> ssl.SSLContext:
-    """The system trust store, plus the user's CA file when given."""
-    context = ssl.create_default_context()
-    if ca_cert is not None:
-        try:
-            context.load_verify_locations(cafile=ca_cert)
-        except (OSError, ssl.SSLError) as exc:
-            raise UsageError(
-                f"cannot load CA certificate file {ca_cert!r}: {exc}; give a readable PEM file"
-            ) from exc
-    return context
-
-
 class UntrustedCertificateError(httpx.ConnectError, OccystrapError):
     """TLS verification failed: the fix is trusting the right CA, so the message says how.
 
@@ -146,8 +143,9 @@ class _TimedTransport(httpx.HTTPTransport):
             if not _is_certificate_failure(exc):
                 raise
             raise UntrustedCertificateError(
-                f"the TLS certificate of {request.url.host} is not trusted: {exc};"
-                " give its CA with --ca-cert FILE",
+                f"the TLS certificate of {request.url.netloc.decode('ascii')} is not trusted:"
+                f" {exc}; give its CA with --ca-cert FILE or as"
+                f" /etc/containers/certs.d/{request.url.netloc.decode('ascii')}/ca.crt",
                 request=request,
             ) from exc
 
@@ -157,35 +155,50 @@ class _TimedTransport(httpx.HTTPTransport):
         super().close()
 
 
-class ProxyRouter(httpx.BaseTransport):
-    """Send each request direct or through the proxy the environment names for its URL."""
+class TransportRouter(httpx.BaseTransport):
+    """Send each request direct or through the proxy the environment names for its URL, with
+    the TLS context of its host's certs.d directory: one pool per (proxy, directory) in use."""
 
     def __init__(
         self,
         direct: httpx.BaseTransport,
         environ: Mapping[str, str],
-        make_proxied: Callable[[str], httpx.BaseTransport],
+        tls: TlsPolicy,
+        make: Callable[[str | None, ssl.SSLContext | None], httpx.BaseTransport],
     ) -> None:
         self._direct = direct
         self._environ = dict(environ)
-        self._make_proxied = make_proxied
-        self._proxied: dict[str, httpx.BaseTransport] = {}
+        self._tls = tls
+        self._make = make
+        self._routes: dict[tuple[str | None, Path | None], httpx.BaseTransport] = {}
         self._lock = threading.Lock()
 
     def _transport_for(self, url: httpx.URL) -> httpx.BaseTransport:
         proxy = proxy_for(url, self._environ)
-        if proxy is None:
+        directory = None
+        if url.scheme == "https":
+            directory = self._tls.directory_for(url.netloc.decode("ascii"))
+        if proxy is None and directory is None:
             return self._direct
         with self._lock:
-            if proxy not in self._proxied:
-                try:
-                    self._proxied[proxy] = self._make_proxied(proxy)
-                except (ValueError, ImportError) as exc:  # httpx.InvalidURL is a ValueError
-                    raise UsageError(
-                        f"cannot use the {url.scheme} proxy set in the environment: {exc}; "
-                        "fix HTTPS_PROXY / HTTP_PROXY / ALL_PROXY"
-                    ) from exc
-            return self._proxied[proxy]
+            if (proxy, directory) not in self._routes:
+                self._routes[(proxy, directory)] = self._new_route(url, proxy, directory)
+            return self._routes[(proxy, directory)]
+
+    def _new_route(
+        self, url: httpx.URL, proxy: str | None, directory: Path | None
+    ) -> httpx.BaseTransport:
+        context = None
+        if directory is not None:
+            context = make_ssl_context(self._tls.ca_cert, self._tls.verify, directory)
+            logger.debug("TLS for %s from %s", url.netloc.decode("ascii"), directory)
+        try:
+            return self._make(proxy, context)
+        except (ValueError, ImportError) as exc:  # httpx.InvalidURL is a ValueError
+            raise UsageError(
+                f"cannot use the {url.scheme} proxy set in the environment: {exc}; "
+                "fix HTTPS_PROXY / HTTP_PROXY / ALL_PROXY"
+            ) from exc
 
     def handle_request(self, request: httpx.Request) -> httpx.Response:
         return self._transport_for(request.url).handle_request(request)
@@ -193,9 +206,23 @@ class ProxyRouter(httpx.BaseTransport):
     def close(self) -> None:
         self._direct.close()
         with self._lock:
-            for transport in self._proxied.values():
+            for transport in self._routes.values():
                 transport.close()
-            self._proxied.clear()
+            self._routes.clear()
+
+
+def _warn_verification_off() -> None:
+    """Said once per process: every client built after the first shares the same setting."""
+    global _verification_off_warned
+    if not _verification_off_warned:
+        _verification_off_warned = True
+        logger.warning(
+            "TLS certificate verification is off (--tls-verify=false): anyone on the network"
+            " path can impersonate the registries"
+        )
+
+
+_verification_off_warned = False
 
 
 def build_base_transport(
@@ -203,25 +230,39 @@ def build_base_transport(
     http2: bool = True,
     parallel: int = 4,
     ca_cert: str | None = None,
+    tls_verify: bool = True,
+    certs_roots: Sequence[Path] | None = None,
     environ: Mapping[str, str] = os.environ,
     timeout: httpx.Timeout | None = None,
 ) -> httpx.BaseTransport:
-    """The transport at the bottom of the middleware chain, sized for `parallel` workers."""
-    connections = max(10, 4 * parallel)
-    ssl_context = _ssl_context(ca_cert)
+    """The transport at the bottom of the middleware chain, sized for `parallel` workers.
 
-    def make(proxy: str | None = None, use_http2: bool = http2) -> httpx.HTTPTransport:
+    `certs_roots`: where HOST[:PORT] certificate directories are looked up (default:
+    `default_certs_roots`, which $OCCYSTRAP_CERTS_DIRS overrides).
+    """
+    connections = max(10, 4 * parallel)
+    roots = certs_roots if certs_roots is not None else default_certs_roots(environ)
+    tls = TlsPolicy(ca_cert, tls_verify, host_cert_dirs(roots))
+    default_context = make_ssl_context(ca_cert, tls_verify)
+    if not tls_verify:
+        _warn_verification_off()
+
+    def make(
+        proxy: str | None = None,
+        ssl_context: ssl.SSLContext | None = None,
+        use_http2: bool = http2,
+    ) -> httpx.HTTPTransport:
         return _TimedTransport(
             default_timeout=timeout or DEFAULT_TIMEOUT,
-            bulk=make(proxy, use_http2=False) if use_http2 else None,
+            bulk=make(proxy, ssl_context, use_http2=False) if use_http2 else None,
             http2=use_http2,
-            verify=ssl_context,
+            verify=ssl_context or default_context,
             limits=httpx.Limits(max_connections=connections, max_keepalive_connections=connections),
             retries=0,
             proxy=proxy,
         )
 
     direct = make()
-    if not _any_proxy_configured(environ):
+    if not _any_proxy_configured(environ) and not tls.host_dirs:
         return direct
-    return ProxyRouter(direct, environ, make)
+    return TransportRouter(direct, environ, tls, make)

@@ -11,7 +11,7 @@ from occystrap.errors import RegistryError
 _ERROR_BODY_LIMIT = 64 * 1024
 
 _ADVICE = {
-    401: "check --username/--password or your docker login",
+    401: "check --username/--password (--src-creds/--dest-creds) or your login (--authfile)",
     403: "your credentials do not allow this; check the account's permissions",
     404: "check the repository name and tag",
     429: "the registry is rate limiting; lower --rate-limit or raise --retries",

@@ -53,7 +53,9 @@ def require_binary(path: str) -> str:
 class RegistryServer:
     """One docker-registry process with its own storage, port and auth mode.
 
-    `auth` is None, "basic" or "token"; `tls` serves HTTPS (and HTTP/2) with a trustme CA.
+    `auth` is None, "basic" or "token"; `tls` serves HTTPS (and HTTP/2) with a trustme CA;
+    `client_certs` (with `tls`) refuses clients without a certificate from a second CA
+    (`http.tls.clientcas`), whose client pair is in `client_cert_files`.
     Token mode needs `token_server` (a running `TokenServer`) for realm and signing cert.
     """
 
@@ -66,6 +68,7 @@ class RegistryServer:
         username: str | None = None,
         password: str | None = None,
         token_server=None,
+        client_certs: bool = False,
     ) -> None:
         if auth not in (None, "basic", "token"):
             raise ValueError(f"unknown auth mode {auth!r}")
@@ -87,6 +90,11 @@ class RegistryServer:
         self.ca_cert: Path | None = None
         self.cert_dir: Path | None = None
         self._tls_files: tuple[Path, Path] | None = None
+        self.client_cert_files: tuple[Path, Path] | None = None
+        self._client_ca: Path | None = None
+        if client_certs and not tls:
+            raise ValueError("client certificates need tls")
+        self._wants_client_certs = client_certs
         if tls:
             self._make_tls_material()
         self.port = 0
@@ -114,10 +122,20 @@ class RegistryServer:
             intermediate.write_to_path(str(cert_path), append=True)
         server_cert.private_key_pem.write_to_path(str(key_path))
         self._tls_files = (cert_path, key_path)
-        # skopeo reads every *.crt in --cert-dir as a trusted CA.
+        # skopeo reads every *.crt in --cert-dir as a trusted CA, and *.cert/*.key pairs as
+        # client certificates.
         self.cert_dir = self.workdir / "skopeo-certs"
         self.cert_dir.mkdir(exist_ok=True)
         ca.cert_pem.write_to_path(str(self.cert_dir / "ca.crt"))
+        if self._wants_client_certs:
+            client_ca = trustme.CA()
+            self._client_ca = self.workdir / "client-ca.pem"
+            client_ca.cert_pem.write_to_path(str(self._client_ca))
+            client = client_ca.issue_cert("occystrap-test-client@example.com")
+            cert, key = self.cert_dir / "client.cert", self.cert_dir / "client.key"
+            client.cert_chain_pems[0].write_to_path(str(cert))
+            client.private_key_pem.write_to_path(str(key))
+            self.client_cert_files = (cert, key)
 
     def _config(self) -> dict:
         """The registry config; JSON is valid YAML, so no YAML library is needed."""
@@ -131,6 +149,8 @@ class RegistryServer:
                 "certificate": str(self._tls_files[0]),
                 "key": str(self._tls_files[1]),
             }
+            if self._client_ca is not None:
+                http["tls"]["clientcas"] = [str(self._client_ca)]
         config: dict = {
             "version": "0.1",
             "log": {"level": "error", "accesslog": {"disabled": True}},
@@ -209,10 +229,14 @@ class RegistryServer:
         self._process = None
 
     def ssl_context(self) -> ssl.SSLContext | None:
-        """An SSL context trusting only this server's CA (None for plain HTTP)."""
+        """An SSL context trusting only this server's CA, presenting the client certificate
+        when the server wants one (None for plain HTTP)."""
         if self.ca_cert is None:
             return None
-        return ssl.create_default_context(cafile=str(self.ca_cert))
+        context = ssl.create_default_context(cafile=str(self.ca_cert))
+        if self.client_cert_files is not None:
+            context.load_cert_chain(*map(str, self.client_cert_files))
+        return context
 
     def client(self, **kwargs) -> httpx.Client:
         """A plain httpx client that trusts this server, for checks outside occystrap."""

@@ -393,3 +393,42 @@ def test_no_credentials_to_a_plain_http_realm_from_an_https_registry():
     assert "authorization" not in token_request.headers
     assert token_request.url.params.get_list("a") == ["1"]
     assert token_request.url.params.get_list("scope") == ["repository:app:pull"]
+
+
+def test_repository_scoped_credentials_go_to_their_repository_only(fake):
+    """Two accounts on one registry (a copy's --src-creds and --dest-creds): each token
+    request carries the account of the repository it is for."""
+    store = CredentialStore(
+        {
+            "registry.test/team/src": Credential("reader", "r-secret"),
+            "registry.test/dst": Credential("writer", "w-secret"),
+        },
+        [],
+    )
+    with _client(store) as client:
+        assert client.get(f"{REGISTRY}/v2/team/src/manifests/1").status_code == 200
+        assert client.put(f"{REGISTRY}/v2/dst/manifests/1", content=b"m").status_code == 200
+        assert client.get(f"{REGISTRY}/v2/other/manifests/1").status_code == 200
+    sent = [request.headers.get("authorization") for request in fake.token_requests]
+    assert sent == [_basic("reader", "r-secret"), _basic("writer", "w-secret"), None]
+
+
+def test_repository_scoped_basic_credentials(fake):
+    seen: list[tuple[str, str | None]] = []
+
+    def basic_registry(request: httpx.Request) -> httpx.Response:
+        seen.append((request.url.path, request.headers.get("authorization")))
+        if request.headers.get("authorization"):
+            return httpx.Response(200)
+        return httpx.Response(401, headers={"WWW-Authenticate": 'Basic realm="r"'})
+
+    fake.mock.route(host="registry.test").mock(side_effect=basic_registry)
+    store = CredentialStore({"registry.test/a": Credential("alice", PASSWORD)}, [])
+    with _client(store) as client:
+        assert client.get(f"{REGISTRY}/v2/a/manifests/1").status_code == 200
+        assert client.get(f"{REGISTRY}/v2/b/manifests/1").status_code == 401
+    assert seen == [
+        ("/v2/a/manifests/1", None),
+        ("/v2/a/manifests/1", _basic("alice", PASSWORD)),
+        ("/v2/b/manifests/1", None),
+    ]

@@ -14,9 +14,11 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from occystrap.errors import UsageError
+from occystrap.middleware import transport as transport_module
 from occystrap.middleware.transport import (
     DEFAULT_TIMEOUT,
-    ProxyRouter,
+    TransportRouter,
+    UntrustedCertificateError,
     build_base_transport,
     proxy_for,
 )
@@ -97,7 +99,7 @@ def test_pool_sized_from_parallel():
 
 def test_no_router_without_a_proxy_and_router_with_one():
     assert isinstance(build_base_transport(environ={"NO_PROXY": "*"}), httpx.HTTPTransport)
-    assert isinstance(build_base_transport(environ={"https_proxy": PROXY}), ProxyRouter)
+    assert isinstance(build_base_transport(environ={"https_proxy": PROXY}), TransportRouter)
 
 
 def test_missing_ca_file_is_a_usage_error(tmp_path):
@@ -194,3 +196,110 @@ def test_unusable_proxy_is_a_usage_error_without_its_password():
     with pytest.raises(UsageError, match="HTTP_PROXY") as info:
         transport.handle_request(httpx.Request("GET", "http://r.example/v2/"))
     assert "secret" not in str(info.value)
+
+
+# --- certs.d: CA and client certificates per host, --tls-verify=false --------------------------
+
+
+def _server_context(ca: trustme.CA, client_ca: trustme.CA | None = None) -> ssl.SSLContext:
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ca.issue_cert("127.0.0.1").configure_cert(context)
+    if client_ca is not None:
+        client_ca.configure_trust(context)
+        context.verify_mode = ssl.CERT_REQUIRED
+    return context
+
+
+def _host_dir(root, port: int, ca: trustme.CA | None = None, client=None, name="client"):
+    """ROOT/127.0.0.1:PORT holding ca.crt and NAME.cert/NAME.key, as docker documents."""
+    directory = root / f"127.0.0.1:{port}"
+    directory.mkdir(parents=True)
+    if ca is not None:
+        ca.cert_pem.write_to_path(str(directory / "ca.crt"))
+    if client is not None:
+        client.cert_chain_pems[0].write_to_path(str(directory / f"{name}.cert"))
+        client.private_key_pem.write_to_path(str(directory / f"{name}.key"))
+    return directory
+
+
+def _get(transport: httpx.BaseTransport, url: str) -> str:
+    with httpx.Client(transport=transport) as client:
+        return client.get(url).text
+
+
+def test_ca_from_the_hosts_certs_d_directory_only(certificate_authority, tmp_path):
+    with _server("tls", _server_context(certificate_authority)) as port:
+        url = f"https://127.0.0.1:{port}/v2/"
+        root = tmp_path / "certs.d"
+        _host_dir(root, port + 1, certificate_authority)  # another port: not this host
+        with pytest.raises(UntrustedCertificateError, match=f"127.0.0.1:{port}/ca.crt"):
+            _get(build_base_transport(certs_roots=[root], environ={}), url)
+        _host_dir(root, port, certificate_authority)
+        assert _get(build_base_transport(certs_roots=[root], environ={}), url) == "tls /v2/"
+        environ = {"OCCYSTRAP_CERTS_DIRS": f"{tmp_path / 'absent'}:{root}"}
+        assert _get(build_base_transport(environ=environ), url) == "tls /v2/"
+
+
+def test_first_root_holding_the_host_wins(certificate_authority, tmp_path):
+    with _server("tls", _server_context(certificate_authority)) as port:
+        url = f"https://127.0.0.1:{port}/v2/"
+        _host_dir(tmp_path / "first", port, trustme.CA())
+        _host_dir(tmp_path / "second", port, certificate_authority)
+        roots = [tmp_path / "first", tmp_path / "second"]
+        with pytest.raises(UntrustedCertificateError):
+            _get(build_base_transport(certs_roots=roots, environ={}), url)
+        assert _get(build_base_transport(certs_roots=roots[::-1], environ={}), url) == "tls /v2/"
+
+
+def test_client_certificate_from_the_hosts_directory(certificate_authority, tmp_path):
+    client_ca = trustme.CA()
+    client = client_ca.issue_cert("occystrap-client@example.com")
+    with _server("mtls", _server_context(certificate_authority, client_ca)) as port:
+        url = f"https://127.0.0.1:{port}/v2/"
+        _host_dir(tmp_path / "without", port, certificate_authority)
+        with pytest.raises(httpx.TransportError):
+            _get(build_base_transport(certs_roots=[tmp_path / "without"], environ={}), url)
+        _host_dir(tmp_path / "with", port, certificate_authority, client, name="client")
+        transport = build_base_transport(certs_roots=[tmp_path / "with"], environ={})
+        assert _get(transport, url) == "mtls /v2/"
+
+
+@pytest.mark.parametrize("keep", ["client.cert", "client.key"])
+def test_half_a_client_pair_is_a_usage_error_naming_it(certificate_authority, tmp_path, keep):
+    client = trustme.CA().issue_cert("client@example.com")
+    directory = _host_dir(tmp_path, 5000, certificate_authority, client)
+    for path in directory.glob("client.*"):
+        if path.name != keep:
+            path.unlink()
+    transport = build_base_transport(certs_roots=[tmp_path], environ={})
+    with pytest.raises(UsageError, match=keep):
+        transport.handle_request(httpx.Request("GET", "https://127.0.0.1:5000/v2/"))
+
+
+def test_plain_http_and_other_hosts_ignore_certs_d(tmp_path):
+    directory = _host_dir(tmp_path, 5000)
+    (directory / "ca.crt").write_text("not a certificate\n")
+    transport = build_base_transport(certs_roots=[tmp_path], environ={})
+    assert isinstance(transport, TransportRouter)
+    with _server("plain") as port:
+        assert _get(transport, f"http://127.0.0.1:{port}/v2/") == "plain /v2/"
+    with pytest.raises(UsageError, match="ca.crt"):
+        transport.handle_request(httpx.Request("GET", "https://127.0.0.1:5000/v2/"))
+
+
+def test_tls_verify_false_skips_verification_and_warns_once(
+    certificate_authority, monkeypatch, caplog
+):
+    monkeypatch.setattr(transport_module, "_verification_off_warned", False)
+    with _server("tls", _server_context(certificate_authority)) as port:
+        url = f"https://127.0.0.1:{port}/v2/"
+        with pytest.raises(UntrustedCertificateError):
+            _get(build_base_transport(environ={}), url)
+        with caplog.at_level("WARNING", logger="occystrap.middleware.transport"):
+            for _ in range(2):
+                unverified = build_base_transport(tls_verify=False, environ={})
+                assert _get(unverified, url) == "tls /v2/"
+    assert [record.getMessage() for record in caplog.records] == [
+        "TLS certificate verification is off (--tls-verify=false): anyone on the network"
+        " path can impersonate the registries"
+    ]

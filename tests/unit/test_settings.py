@@ -1,0 +1,84 @@
+"""RunSettings: per-end credentials of a copy, and the chain settings built from them."""
+
+import pytest
+
+from occystrap.credentials import Credential
+from occystrap.errors import UsageError
+from occystrap.settings import RunSettings, copy_credentials, parse_creds
+
+SRC = Credential("src", "1")
+DEST = Credential("dest", "2")
+
+
+def test_parse_creds_keeps_colons_in_the_password():
+    assert parse_creds("user:pa:ss", "--src-creds") == Credential("user", "pa:ss")
+    assert parse_creds(None, "--src-creds") is None
+
+
+@pytest.mark.parametrize("value", ["user", ":pass", "user:", ""])
+def test_parse_creds_refuses_incomplete_pairs_naming_the_flag(value):
+    with pytest.raises(UsageError, match="--dest-creds"):
+        parse_creds(value, "--dest-creds")
+
+
+def test_different_hosts_are_keyed_by_host():
+    assert copy_credentials(("a.example/x", SRC), ("b.example:5000/y", DEST)) == {
+        "a.example": SRC,
+        "b.example:5000": DEST,
+    }
+
+
+def test_file_ends_and_ends_without_credentials_are_left_out():
+    assert copy_credentials((None, SRC), ("b.example/y", DEST)) == {"b.example": DEST}
+    assert copy_credentials(("a.example/x", None), ("b.example/y", DEST)) == {"b.example": DEST}
+
+
+def test_one_credential_for_both_ends_of_a_host_is_host_wide():
+    assert copy_credentials(("r.example/x", SRC), ("r.example/y", SRC)) == {"r.example": SRC}
+
+
+def test_same_host_different_credentials_are_scoped_to_each_repository():
+    assert copy_credentials(("r.example/team/x", SRC), ("R.example/y", DEST)) == {
+        "r.example/team/x": SRC,
+        "r.example/y": DEST,
+    }
+    # Only the source has its own: the destination keeps using the auth files.
+    assert copy_credentials(("r.example/x", SRC), ("r.example/y", None)) == {"r.example/x": SRC}
+    # A bulk source (the whole host) and a destination prefix on it.
+    assert copy_credentials(("quay.io", SRC), ("quay.io/mirror", DEST)) == {
+        "quay.io": SRC,
+        "quay.io/mirror": DEST,
+    }
+
+
+@pytest.mark.parametrize(
+    "source, destination",
+    [
+        ("r.example/x", "r.example/x"),
+        ("r.example", "r.example"),
+        ("docker.io/a", "index.docker.io/a"),
+    ],
+)
+def test_two_credentials_for_one_repository_are_refused(source, destination):
+    with pytest.raises(UsageError, match="--src-creds and --dest-creds differ"):
+        copy_credentials((source, SRC), (destination, DEST))
+
+
+def test_copy_chain_settings_routes_each_ends_credential():
+    settings = RunSettings(username="both", password="p", src_creds=SRC)
+    store = settings.copy_chain_settings("a.example/x", "b.example/y").credentials
+    assert store.for_host("a.example", "x") == SRC
+    assert store.for_host("b.example", "y") == Credential("both", "p")
+    store = (
+        RunSettings(src_creds=SRC, dest_creds=DEST)
+        .copy_chain_settings("r.example/x", "r.example/y")
+        .credentials
+    )
+    assert store.for_host("r.example", "x") == SRC
+    assert store.for_host("r.example", "y") == DEST
+
+
+def test_tls_settings_reach_the_chain(tmp_path):
+    chain = RunSettings(tls_verify=False, certs_dirs=(tmp_path,)).chain_settings(["r.example"])
+    assert chain.tls_verify is False
+    assert chain.certs_dirs == (tmp_path,)

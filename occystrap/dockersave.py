@@ -286,11 +286,13 @@ class DockerSaveReader:
                 continue
             if isinstance(document.get("manifests"), list):
                 pending.extend(document["manifests"])
-            elif (document.get("config") or {}).get("digest") == config_digest and len(
-                document.get("layers") or []
-            ) == layer_count and all(
-                isinstance(layer, dict) and isinstance(layer.get("digest"), str)
-                for layer in document["layers"]
+            elif (
+                (document.get("config") or {}).get("digest") == config_digest
+                and len(document.get("layers") or []) == layer_count
+                and all(
+                    isinstance(layer, dict) and isinstance(layer.get("digest"), str)
+                    for layer in document["layers"]
+                )
             ):
                 return data, document
         return None

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import sys
 from pathlib import Path
+from typing import Any
 
 import click
 import httpx
@@ -19,7 +20,7 @@ LOG_FORMAT = "occystrap: %(levelname)s %(name)s: %(message)s"
 class OneLineErrors(click.Group):
     """Turns every expected failure, usage errors included, into one line and a non-zero exit."""
 
-    def main(self, *args: object, **kwargs: object) -> None:
+    def main(self, *args: Any, **kwargs: Any) -> Any:
         kwargs["standalone_mode"] = False
         try:
             status = super().main(*args, **kwargs)
@@ -230,7 +231,7 @@ def main(ctx: click.Context, **options: object) -> None:
     # attempt with secrets redacted instead.
     for library in ("httpx", "httpcore", "h2", "hpack"):
         logging.getLogger(library).setLevel(logging.WARNING)
-    options["temp_dir"] = Path(options["temp_dir"]) if options["temp_dir"] else None
+    options["temp_dir"] = Path(str(options["temp_dir"])) if options["temp_dir"] else None
     ctx.obj = RunSettings.from_options(options)
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Any
 
 from occystrap.credentials import (
     AuthKey,
@@ -47,7 +48,7 @@ class RunSettings:
     verbose: bool = False
 
     @classmethod
-    def from_options(cls, options: Mapping[str, object]) -> RunSettings:
+    def from_options(cls, options: Mapping[str, Any]) -> RunSettings:
         if (options.get("username") is None) != (options.get("password") is None):
             raise UsageError("--username and --password go together: give both or neither")
         mirrors = tuple(part for value in options["mirrors"] for part in split_env_list(value))

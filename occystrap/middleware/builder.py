@@ -20,6 +20,7 @@ import logging
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import httpx
 
@@ -83,7 +84,7 @@ def build_transport(settings: ChainSettings) -> httpx.BaseTransport:
 class ChainClient(httpx.Client):
     """An httpx.Client that keeps a handle on its middleware chain, for run statistics."""
 
-    def __init__(self, chain: httpx.BaseTransport, **kwargs: object) -> None:
+    def __init__(self, chain: httpx.BaseTransport, **kwargs: Any) -> None:
         super().__init__(transport=chain, **kwargs)
         self.chain = chain
 

@@ -116,6 +116,7 @@ class Logging(Middleware):
                 context,
             )
 
+        assert isinstance(response.stream, httpx.SyncByteStream)  # a sync transport's
         response.stream = _CountingStream(response.stream, report)
         return response
 

@@ -199,9 +199,10 @@ class RegistryAuth(Middleware):
         elif sent_basic:  # the host already refused our Basic credential
             return response
         else:
-            authorization = self._basic_for(request.url)
-            if authorization is None:
+            basic_header = self._basic_for(request.url)
+            if basic_header is None:
                 return response
+            authorization = basic_header
         response.close()
         return self.next.handle_request(
             request_with_header(request, "Authorization", authorization)
@@ -300,7 +301,9 @@ class RegistryAuth(Middleware):
                 extensions={**extensions, REPLAYABLE: True, RETRY_UNSAFE: True},
             )
         else:
-            params = [("service", bearer.service)] if bearer.service else []
+            params: list[tuple[str, str | int | float | bool | None]] = (
+                [("service", bearer.service)] if bearer.service else []
+            )
             params += [("scope", scope) for scope in sorted_scopes]
             headers = {}
             basic = basic_authorization(credential) if credential else None

@@ -296,28 +296,28 @@ def select_platform(
     wanted_arch = normalise_architecture(arch or "amd64")
     wanted_variant = _effective_variant(wanted_arch, variant)
     runnable = [
-        entry
+        (entry, entry.platform)
         for entry in index.manifests
         if entry.platform is not None and not entry.is_attestation
     ]
     candidates = [
-        entry
-        for entry in runnable
-        if entry.platform.os.lower() == wanted_os
-        and normalise_architecture(entry.platform.architecture) == wanted_arch
+        (entry, platform)
+        for entry, platform in runnable
+        if platform.os.lower() == wanted_os
+        and normalise_architecture(platform.architecture) == wanted_arch
     ]
-
-    def variant_of(entry: PlatformDescriptor) -> str | None:
-        return _effective_variant(wanted_arch, entry.platform.variant)
-
-    exact = [entry for entry in candidates if variant_of(entry) == wanted_variant]
+    exact = [
+        entry
+        for entry, platform in candidates
+        if _effective_variant(wanted_arch, platform.variant) == wanted_variant
+    ]
     if exact:
         return exact[0]
     if variant is None and candidates:
-        unvariant = [entry for entry in candidates if entry.platform.variant is None]
-        return (unvariant or candidates)[0]
+        unvariant = [entry for entry, platform in candidates if platform.variant is None]
+        return (unvariant or [entry for entry, _ in candidates])[0]
     wanted = "/".join(part for part in (wanted_os, wanted_arch, variant) if part)
-    available = ", ".join(str(entry.platform) for entry in runnable) or "none"
+    available = ", ".join(str(platform) for _, platform in runnable) or "none"
     raise OccystrapError(f"no {wanted} image; available: {available}; {PLATFORM_CHOICE_HINT}")
 
 

@@ -10,7 +10,23 @@ class UsageError(OccystrapError):
 
 
 class RegistryError(OccystrapError):
-    """A registry answered with an error we cannot recover from."""
+    """A registry answered with an error we cannot recover from.
+
+    Library callers can tell failures apart without parsing the message: `status` is the
+    HTTP status (None when no answer was involved), `codes` the OCI error codes the body
+    named (e.g. MANIFEST_UNKNOWN), `advice` what the user can do.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        status: int | None = None,
+        codes: tuple[str, ...] = (),
+        advice: str | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.status, self.codes, self.advice = status, codes, advice
 
 
 class DigestMismatchError(OccystrapError):

@@ -7,12 +7,14 @@ export DEBIAN_FRONTEND=noninteractive
 SUDO=""
 [ "$(id -u)" = 0 ] || SUDO="sudo"
 $SUDO apt-get update -qq
-$SUDO apt-get install -y -qq --no-install-recommends docker-registry skopeo >/dev/null
+$SUDO apt-get install -y -qq --no-install-recommends \
+    docker-registry skopeo podman docker.io runc busybox-static >/dev/null
 
 python3 -m pip install -q --disable-pip-version-check -e '.[test]'
 
 ruff check .
 ruff format --check .
+mypy occystrap
 
 status=0
 python3 -m pytest -q -p no:cacheprovider "$@" || status=$?

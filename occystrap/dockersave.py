@@ -443,7 +443,9 @@ def write_docker_save(
     (see `pipeline.local_layers`); each distinct layer is written once, as it arrives.
     """
     layout = DockerSaveLayout.of(image, repo_tag)
-    with tarfile.open(fileobj=out, mode="w", format=tarfile.PAX_FORMAT) as archive:
+    with tarfile.open(
+        fileobj=out, mode="w", format=tarfile.PAX_FORMAT, copybufsize=compression.CHUNK_SIZE
+    ) as archive:
         for entry in layout.layers.values():
             archive.addfile(_tar_info(entry.directory, 0, directory=True))
         for name, data in layout.metadata_files():
@@ -465,7 +467,7 @@ def _add_layer(archive: tarfile.TarFile, name: str, layer: Layer, progress: Prog
     with layer.open_tar() as stream:
         counted = _CountingReader(stream, progress, key)
         try:
-            archive.addfile(_tar_info(name, size), counted)  # type: ignore[arg-type]
+            archive.addfile(_tar_info(name, size), counted)
         except OSError as error:
             if counted.count >= size:
                 raise

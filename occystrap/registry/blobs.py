@@ -66,36 +66,47 @@ class RemoteBlobReader:
         self._response: httpx.Response | None = None
         self._chunks: Iterator[bytes] = iter(())
         self._buffer = b""
+        self._position = 0
         self._eof = False
 
+    def _get(self, offset: int) -> httpx.Response:
+        headers = {"Range": f"bytes={offset}-"} if offset else {}
+        return self.http.send(
+            self.http.build_request("GET", self.url, headers=headers), stream=True
+        )
+
     def _connect(self) -> None:
-        headers = {"Range": f"bytes={self.offset}-"} if self.offset else {}
-        request = self.http.build_request("GET", self.url, headers=headers)
-        response = self.http.send(request, stream=True)
+        """(Re)open the body at `offset`: a 206 that continues there, or the whole blob
+        again (a server that ignores Range, or answers it at the wrong place) with the bytes
+        already handed out skipped."""
+        response = self._get(self.offset)
+        resumed = self.offset and response.status_code == 206
+        if resumed and not response.headers.get("Content-Range", "").startswith(
+            f"bytes {self.offset}-"
+        ):
+            LOG.info("%s: resumed at the wrong offset; fetching it whole", self.what)
+            response.close()
+            response, resumed = self._get(0), False
         self._response = response
-        skip = 0
-        if self.offset and response.status_code == 206:
-            if not response.headers.get("Content-Range", "").startswith(f"bytes {self.offset}-"):
-                response.close()
-                raise RegistryError(f"{self.what}: the registry resumed at the wrong offset")
-        elif response.status_code == 200:
-            skip = self.offset
-        else:
+        if not resumed and response.status_code != 200:
             raise registry_error(response, self.what)
+        skip = 0 if resumed else self.offset
         self._chunks = response.iter_raw(CHUNK)
         while skip:
             chunk = next(self._chunks, b"")
             if not chunk:
                 raise RegistryError(f"{self.what}: the blob ended early on a restarted download")
-            self._buffer = chunk[skip:]
-            skip = max(0, skip - len(chunk))
+            self._buffer, self._position = chunk, min(skip, len(chunk))
+            skip -= self._position
 
     def read(self, size: int = -1) -> bytes:
-        while not self._buffer and not self._eof:
+        while self._position >= len(self._buffer) and not self._eof:
             try:
                 if self._response is None:
                     self._connect()
-                self._buffer = next(self._chunks, b"")
+                    if self._position < len(self._buffer):
+                        continue  # a restarted download already holds the next bytes
+                self._buffer, self._position = next(self._chunks, b""), 0
                 self._eof = not self._buffer
                 if self.on_bytes is not None:
                     self.on_bytes(len(self._buffer))
@@ -108,10 +119,11 @@ class RemoteBlobReader:
                         f" ({self._resumes - 1} resumes, last: {type(exc).__name__}); try again"
                     ) from None
                 LOG.info("%s: connection cut at %d bytes, resuming", self.what, self.offset)
-        if size < 0 or size >= len(self._buffer):
-            data, self._buffer = self._buffer, b""
-        else:
-            data, self._buffer = self._buffer[:size], self._buffer[size:]
+        # Slice only what is asked for: re-slicing the rest of a 1 MiB chunk on every small
+        # read would copy it over and over.
+        end = len(self._buffer) if size < 0 else min(len(self._buffer), self._position + size)
+        data = self._buffer[self._position : end]
+        self._position = end
         self.offset += len(data)
         return data
 

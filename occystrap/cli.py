@@ -235,7 +235,20 @@ def main(ctx: click.Context, **options: object) -> None:
     ctx.obj = RunSettings.from_options(options)
 
 
-@main.command()
+class _UriFormsCommand(click.Command):
+    """A command whose help ends with the URI forms, read from the endpoint registry."""
+
+    def format_epilog(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        from occystrap.endpoints import destination_forms, source_forms
+
+        with formatter.section("Sources"):
+            formatter.write_dl([(form, "") for form in source_forms()])
+        if self.name == "process":
+            with formatter.section("Destinations"):
+                formatter.write_dl([(form, "") for form in destination_forms()])
+
+
+@main.command(cls=_UriFormsCommand)
 @click.argument("source")
 @click.argument("destination")
 @click.option(
@@ -292,7 +305,7 @@ def process(
     )
 
 
-@main.command()
+@main.command(cls=_UriFormsCommand)
 @click.argument("source")
 @click.pass_obj
 def info(settings: RunSettings, source: str) -> None:

@@ -139,3 +139,43 @@ def test_failure_leaves_no_new_files(tmp_path):
     with pytest.raises(OccystrapError):
         output.write(bad)
     assert (tree(out), (out / "manifest.json").read_bytes()) == before
+
+
+def test_a_directory_is_a_source_again(tmp_path):
+    from occystrap.endpoints.dir import DirectorySource
+
+    image = make_image(tmp_path, LAYERS)
+    out = tmp_path / "out"
+    DirectoryOutput(out, context(tmp_path / "work")).write(image)
+    read = read_verified(DirectorySource(out, None).read())
+    assert read.config == image.config
+    assert [layer.diff_id for layer in read.layers] == [layer.diff_id for layer in image.layers]
+    assert (read.source.repository, read.source.tag) == ("library/busybox", "latest")
+
+
+def test_a_shared_directory_needs_image_to_pick_one(tmp_path):
+    from occystrap.endpoints.dir import DirectorySource
+
+    out = tmp_path / "out"
+    output = DirectoryOutput(out, context(tmp_path / "work"), unique_names=True)
+    output.write(make_image(tmp_path, LAYERS[:1], tag="one"))
+    output.write(make_image(tmp_path, LAYERS, tag="two"))
+    with pytest.raises(OccystrapError, match=r"holds 2 images; pick one with \?image="):
+        DirectorySource(out, None).read()
+    two = read_verified(DirectorySource(out, "busybox:two").read())
+    assert len(two.layers) == 2
+    with pytest.raises(OccystrapError, match="no image tagged 'busybox:three'"):
+        DirectorySource(out, "busybox:three").read()
+    with pytest.raises(OccystrapError, match="no manifest.json"):
+        DirectorySource(tmp_path / "empty", None).read()
+
+
+def test_process_help_lists_the_uri_forms():
+    from click.testing import CliRunner
+
+    from occystrap.cli import main
+
+    result = CliRunner().invoke(main, ["process", "--help"], standalone_mode=False)
+    assert "Sources:" in result.output and "Destinations:" in result.output
+    for form in ("registry://HOST/REPO", "tar://PATH", "dir://PATH", "quay://ORG"):
+        assert form in result.output

@@ -1,5 +1,10 @@
 """Errors a user can act on: the CLI prints their message on one line and exits non-zero."""
 
+from __future__ import annotations
+
+import errno
+import os
+
 
 class OccystrapError(Exception):
     """A failure the user can fix; its message says what is wrong and what to do."""
@@ -35,3 +40,43 @@ class DigestMismatchError(OccystrapError):
 
 class QuayAuthError(OccystrapError):
     """The Quay API refused our token (or we had none)."""
+
+
+class FilesystemError(OccystrapError):
+    """The local filesystem refused: full, read-only, not writable, not a directory."""
+
+
+# What each errno means for the user, and what they can do about it.
+_FILESYSTEM_ADVICE = {
+    errno.ENOSPC: "no space left on the device; free some space or write somewhere bigger"
+    " (--temp-dir moves the staging area)",
+    errno.EDQUOT: "disk quota exceeded; free some space or write somewhere else",
+    errno.EFBIG: "file too large for this filesystem; write somewhere else",
+    errno.EROFS: "the filesystem is read-only; write somewhere else",
+    errno.EACCES: "permission denied; choose a path you can write to",
+    errno.EPERM: "operation not permitted; choose a path you can write to",
+    errno.ENOTDIR: "a component of the path is not a directory",
+    errno.EISDIR: "it is a directory",
+    errno.ENOENT: "it does not exist",
+    errno.EEXIST: "it already exists",
+    errno.ENAMETOOLONG: "the name is too long",
+    errno.EMFILE: "too many open files; raise `ulimit -n` or lower --parallel",
+    errno.ENFILE: "too many open files on the system; lower --parallel",
+    errno.EIO: "input/output error from the device; check the disk",
+}
+
+# Errors that say the filesystem cannot take more writes: never worth carrying on.
+WRITE_FAILURES = frozenset(
+    {errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS, errno.EIO, errno.EMFILE, errno.ENFILE}
+)
+
+
+def filesystem_error(error: OSError, path: str | os.PathLike[str] | None = None) -> FilesystemError:
+    """One line for an OSError: which path, what went wrong, what to do.
+
+    `path` names the place when the error itself does not (a failed `write()` carries no
+    file name), e.g. the output file or the temporary directory being filled.
+    """
+    where = path if path is not None else error.filename
+    advice = _FILESYSTEM_ADVICE.get(error.errno or 0) or error.strerror or str(error)
+    return FilesystemError(f"{where}: {advice}" if where is not None else advice)

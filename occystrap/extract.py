@@ -3,7 +3,12 @@
 Every path is walked one component at a time from an open descriptor of the
 target with O_NOFOLLOW, so no symlink (from this layer or a lower one) is ever
 followed; entries are created relative to their parent's descriptor after
-unlinking whatever was there. Members that would escape are skipped and counted.
+unlinking whatever was there. Members that would escape are skipped and counted;
+a whiteout of `.` or `..` rejects the whole layer, since it can only mean harm.
+
+What a layer may do to the machine is limited too: device nodes and setuid/setgid
+bits are reproduced only when asked, and an `ExpansionBudget` caps the bytes
+written so a small compressed layer cannot fill the disk.
 """
 
 from __future__ import annotations
@@ -20,6 +25,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO
 
+from occystrap.errors import WRITE_FAILURES, OccystrapError, filesystem_error
+
 log = logging.getLogger(__name__)
 
 WHITEOUT_PREFIX = ".wh."
@@ -27,10 +34,59 @@ OPAQUE_MARKER = ".wh..wh..opq"
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 _NEW_FILE_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
 _CHUNK_SIZE = 1024 * 1024
+# Linux's PATH_MAX; no real image comes near either limit, and refusing longer names keeps
+# the walks (and the recursion of an opaque directory's clean-up) bounded.
+MAX_NAME_LENGTH = 4096
+MAX_DEPTH = 256
+# Each entry costs an inode and a tar header even when empty: charge it against the budget.
+ENTRY_COST = 512
+_PRIVILEGE_BITS = stat.S_ISUID | stat.S_ISGID
+
+GIB = 1024**3
+DEFAULT_EXPANSION_RATIO = 20
+DEFAULT_EXPANSION_FLOOR = 1 * GIB
 
 
 class UnsafeMember(Exception):
     """A member whose path, or link target, would reach outside the target."""
+
+
+class HostileLayerError(OccystrapError):
+    """A layer that is not a tar, or that holds an entry which can only be an attack."""
+
+
+class ExpansionBudgetExceeded(OccystrapError):
+    """Expanding the layers would write more than the budget allows."""
+
+
+class ExpansionBudget:
+    """Bytes an expansion may still write, shared by every layer of one image."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.used = 0
+
+    @classmethod
+    def for_compressed_size(
+        cls,
+        compressed: int,
+        ratio: int = DEFAULT_EXPANSION_RATIO,
+        floor: int = DEFAULT_EXPANSION_FLOOR,
+    ) -> ExpansionBudget:
+        """The default: `ratio` times the compressed size, but never less than `floor`."""
+        return cls(max(compressed * ratio, floor))
+
+    def charge(self, nbytes: int) -> None:
+        self.used += nbytes
+        if self.used > self.limit:
+            raise ExpansionBudgetExceeded(
+                f"expanding the image would write more than {_human(self.limit)}, its"
+                " expansion budget; if you trust the image, raise the budget (max_expand)"
+            )
+
+
+def _human(nbytes: int) -> str:
+    return f"{nbytes / GIB:.1f} GiB" if nbytes >= GIB else f"{nbytes // 1024**2} MiB"
 
 
 @dataclass
@@ -39,6 +95,7 @@ class ApplyReport:
 
     unsafe: list[str] = field(default_factory=list)
     skipped_devices: list[str] = field(default_factory=list)
+    cleared_setuid: list[str] = field(default_factory=list)
     failed: list[str] = field(default_factory=list)
 
 
@@ -46,9 +103,13 @@ def split_member_path(name: str) -> tuple[str, ...]:
     """The components of a member name inside the root; refuse absolute paths and `..`."""
     if name.startswith("/"):
         raise UnsafeMember(f"absolute path {name!r}")
+    if len(name) > MAX_NAME_LENGTH:
+        raise UnsafeMember(f"name longer than {MAX_NAME_LENGTH} characters")
     parts = tuple(part for part in name.split("/") if part not in ("", "."))
     if ".." in parts:
         raise UnsafeMember(f"parent reference in {name!r}")
+    if len(parts) > MAX_DEPTH:
+        raise UnsafeMember(f"more than {MAX_DEPTH} directories deep")
     return parts
 
 
@@ -99,14 +160,25 @@ def _open_directory(root_fd: int, parts: tuple[str, ...], create: bool) -> Itera
 class _LayerApplier:
     """State for one layer: the root, what this layer wrote, and what was refused."""
 
-    def __init__(self, root_fd: int, privileged: bool) -> None:
+    def __init__(
+        self,
+        root_fd: int,
+        privileged: bool,
+        devices: bool,
+        setuid: bool,
+        budget: ExpansionBudget | None,
+    ) -> None:
         self.root_fd = root_fd
         self.privileged = privileged
+        self.devices = devices
+        self.setuid = setuid
+        self.budget = budget
         self.written: set[tuple[str, ...]] = set()
         self.report = ApplyReport()
 
     def apply(self, archive: tarfile.TarFile) -> None:
         for member in archive:
+            self._charge(ENTRY_COST)
             try:
                 parts = split_member_path(member.name)
                 if parts:
@@ -115,8 +187,21 @@ class _LayerApplier:
                 log.warning("Skipping layer member %r: %s", member.name, reason)
                 self.report.unsafe.append(member.name)
             except OSError as error:
+                if error.errno in WRITE_FAILURES:
+                    raise
                 log.warning("Could not extract layer member %r: %s", member.name, error)
                 self.report.failed.append(member.name)
+
+    def _charge(self, nbytes: int) -> None:
+        if self.budget is not None:
+            self.budget.charge(nbytes)
+
+    def _mode(self, member: tarfile.TarInfo, mode: int) -> int:
+        """`mode` without setuid/setgid unless they were asked for (noting what was cleared)."""
+        if mode & _PRIVILEGE_BITS and not self.setuid:
+            self.report.cleared_setuid.append(member.name)
+            return mode & ~_PRIVILEGE_BITS
+        return mode
 
     def _apply_member(
         self, archive: tarfile.TarFile, member: tarfile.TarInfo, parts: tuple[str, ...]
@@ -127,6 +212,12 @@ class _LayerApplier:
                 self._clear_lower_layers(parent_fd, tuple(parent))
             elif base.startswith(WHITEOUT_PREFIX):
                 hidden = base[len(WHITEOUT_PREFIX) :]
+                if hidden in (".", ".."):
+                    raise HostileLayerError(
+                        f"layer entry {member.name!r} is a whiteout of {hidden!r}, which would"
+                        " delete the directory itself or its parent; the layer is hostile or"
+                        " corrupt, refusing it"
+                    )
                 if hidden and (*parent, hidden) not in self.written:
                     _remove_at(parent_fd, hidden)
             else:
@@ -156,7 +247,7 @@ class _LayerApplier:
             if existing is None or not stat.S_ISDIR(existing.st_mode):
                 _remove_at(parent_fd, base)
                 os.mkdir(base, 0o700, dir_fd=parent_fd)
-            mode = member.mode if self.privileged else member.mode | 0o700
+            mode = self._mode(member, member.mode if self.privileged else member.mode | 0o700)
             dir_fd = os.open(base, _DIR_FLAGS, dir_fd=parent_fd)
             try:
                 self._set_metadata(dir_fd, member, mode, set_times=False)
@@ -187,7 +278,7 @@ class _LayerApplier:
         elif member.isfifo():
             os.mkfifo(base, member.mode & 0o7777, dir_fd=parent_fd)
         elif member.ischr() or member.isblk():
-            if not self.privileged:
+            if not (self.devices and self.privileged):
                 self.report.skipped_devices.append(member.name)
                 return
             kind = stat.S_IFCHR if member.ischr() else stat.S_IFBLK
@@ -202,10 +293,11 @@ class _LayerApplier:
         source = archive.extractfile(member)
         file_fd = os.open(base, _NEW_FILE_FLAGS, 0o600, dir_fd=parent_fd)
         with os.fdopen(file_fd, "wb") as destination:
-            if source is not None:
-                shutil.copyfileobj(source, destination, _CHUNK_SIZE)
+            while source is not None and (chunk := source.read(_CHUNK_SIZE)):
+                self._charge(len(chunk))
+                destination.write(chunk)
             destination.flush()
-            self._set_metadata(file_fd, member, member.mode, set_times=True)
+            self._set_metadata(file_fd, member, self._mode(member, member.mode), set_times=True)
 
     def _set_metadata(self, fd: int, member: tarfile.TarInfo, mode: int, set_times: bool) -> None:
         if self.privileged:
@@ -216,24 +308,53 @@ class _LayerApplier:
 
 
 def apply_layer(
-    tar_stream: BinaryIO, target: Path, *, privileged: bool | None = None
+    tar_stream: BinaryIO,
+    target: Path,
+    *,
+    privileged: bool | None = None,
+    devices: bool = False,
+    setuid: bool = False,
+    budget: ExpansionBudget | None = None,
+    what: str = "layer",
 ) -> ApplyReport:
     """Apply one uncompressed layer tar onto `target`, honouring whiteouts and opaque markers.
 
-    `privileged` (default: running as root) decides whether ownership is kept and
-    device nodes created; otherwise devices are skipped and directories stay
-    writable by us so later layers can still be applied.
+    `privileged` (default: running as root) decides whether ownership is kept; otherwise
+    directories stay writable by us so later layers can still be applied. Device nodes are
+    created only with `devices` (and privilege), setuid/setgid bits kept only with `setuid`;
+    either is otherwise skipped with one warning per layer. `budget` caps the bytes written.
+
+    Raises `OccystrapError` for a layer that is not a tar, is hostile, overruns the budget,
+    or cannot be written (disk full, read-only); the caller removes the partial tree.
     """
     if privileged is None:
         privileged = os.geteuid() == 0
-    root_fd = os.open(target, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    applier = _LayerApplier(0, privileged, devices, setuid, budget)
     try:
-        applier = _LayerApplier(root_fd, privileged)
-        with tarfile.open(fileobj=tar_stream, mode="r|") as archive:
-            applier.apply(archive)
-    finally:
-        os.close(root_fd)
-    report = applier.report
+        applier.root_fd = os.open(target, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        try:
+            with tarfile.open(fileobj=tar_stream, mode="r|") as archive:
+                applier.apply(archive)
+        finally:
+            os.close(applier.root_fd)
+    except tarfile.TarError as error:
+        raise HostileLayerError(f"{what} is not a valid tar archive: {error}") from None
+    except OSError as error:
+        raise filesystem_error(error, target) from None
+    _warn_once(applier.report, what)
+    return applier.report
+
+
+def _warn_once(report: ApplyReport, what: str) -> None:
     if report.skipped_devices:
-        log.warning("Skipped %d device node(s): not running as root", len(report.skipped_devices))
-    return report
+        log.warning(
+            "%s: skipped %d device node(s) (create them with devices=true, as root)",
+            what,
+            len(report.skipped_devices),
+        )
+    if report.cleared_setuid:
+        log.warning(
+            "%s: cleared setuid/setgid on %d entries (keep them with setuid=true)",
+            what,
+            len(report.cleared_setuid),
+        )

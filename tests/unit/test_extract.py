@@ -109,7 +109,7 @@ def test_privileged_creates_devices(sandbox):
     if os.geteuid() != 0:
         pytest.skip("needs root")
     target, _ = sandbox
-    report = apply_layer(make_tar(("chardev", "dev/null")), target, privileged=True)
+    report = apply_layer(make_tar(("chardev", "dev/null")), target, privileged=True, devices=True)
     assert report.skipped_devices == []
     assert stat.S_ISCHR((target / "dev/null").lstat().st_mode)
 

@@ -10,6 +10,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import BinaryIO
 
+from occystrap.errors import FilesystemError, writing_to
+
 CHUNK_SIZE = 1024 * 1024
 
 
@@ -29,9 +31,22 @@ def remove_path(path: Path) -> None:
         pass
 
 
+def _is_real_directory(path: Path) -> bool:
+    return path.is_dir() and not path.is_symlink()
+
+
 def replace_path(source: Path, final: Path) -> None:
-    """Move `source` onto `final`; an existing directory at `final` is swapped out, then removed."""
-    if final.is_dir() and not final.is_symlink():
+    """Move `source` onto `final` atomically.
+
+    A directory replaces an earlier directory (swapped out, then removed: callers only do
+    this inside their own output, e.g. an expanded rootfs). A file never replaces a
+    directory: that would destroy whatever the directory held.
+    """
+    if _is_real_directory(final) and not _is_real_directory(source):
+        raise FilesystemError(
+            f"{final}: is a directory, refusing to replace it with a file; name a file instead"
+        )
+    if _is_real_directory(final):
         retired = partial_sibling(final)
         os.rename(final, retired)
         os.rename(source, final)
@@ -48,8 +63,9 @@ def atomic_path(final: Path) -> Iterator[Path]:
     """
     temporary = partial_sibling(final)
     try:
-        yield temporary
-        replace_path(temporary, final)
+        with writing_to(final):
+            yield temporary
+            replace_path(temporary, final)
     except BaseException:
         remove_path(temporary)
         raise

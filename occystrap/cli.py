@@ -11,7 +11,7 @@ import click
 import httpx
 
 from occystrap import __version__
-from occystrap.errors import OccystrapError
+from occystrap.errors import OccystrapError, filesystem_error
 from occystrap.settings import RunSettings
 
 LOG_FORMAT = "occystrap: %(levelname)s %(name)s: %(message)s"
@@ -47,6 +47,8 @@ class OneLineErrors(click.Group):
                 f"network error{where}: {type(exc).__name__}: {exc or 'no detail'};"
                 " check the address, --insecure for plain-HTTP registries, or raise --retries"
             ) from None
+        except OSError as exc:
+            raise click.ClickException(str(filesystem_error(exc))) from None
 
 
 def _fail(message: str, status: int) -> None:

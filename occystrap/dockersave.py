@@ -469,8 +469,8 @@ def _add_layer(archive: tarfile.TarFile, name: str, layer: Layer, progress: Prog
         try:
             archive.addfile(_tar_info(name, size), counted)
         except OSError as error:
-            if counted.count >= size:
-                raise
+            if counted.count >= size or error.errno is not None:
+                raise  # a system error (disk full...), not a short layer
             raise _size_changed(layer, size) from error
         if stream.read(1):
             raise _size_changed(layer, size)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import errno
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 
 class OccystrapError(Exception):
@@ -80,3 +82,17 @@ def filesystem_error(error: OSError, path: str | os.PathLike[str] | None = None)
     where = path if path is not None else error.filename
     advice = _FILESYSTEM_ADVICE.get(error.errno or 0) or error.strerror or str(error)
     return FilesystemError(f"{where}: {advice}" if where is not None else advice)
+
+
+@contextmanager
+def writing_to(place: str | os.PathLike[str]) -> Iterator[None]:
+    """Report a full, read-only or failing filesystem met inside the block in one line
+    naming `place` (the output, or the temporary directory being filled); a bare `write()`
+    error names no file, and would otherwise surface as a traceback or a misleading message.
+    """
+    try:
+        yield
+    except OSError as error:
+        if error.errno not in WRITE_FAILURES:
+            raise
+        raise filesystem_error(error, place) from None

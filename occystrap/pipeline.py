@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Protocol
 import httpx
 
 from occystrap import compression
+from occystrap.errors import writing_to
 from occystrap.image import Image, ImageIndex, ImageLike, Layer
 from occystrap.registry.manifest import Platform, select_platform
 
@@ -176,7 +177,11 @@ def _inflate_to_disk(layer: Layer, directory: Path, progress: ProgressSink) -> L
     progress.start(key, layer.size, layer.label)
     tar_path = directory / f"{layer.digest.replace(':', '-')}.tar"
     size = 0
-    with layer.open_tar(lambda n: progress.advance(key, n)) as tar, open(tar_path, "wb") as out:
+    with (
+        writing_to(directory),
+        layer.open_tar(lambda n: progress.advance(key, n)) as tar,
+        open(tar_path, "wb") as out,
+    ):
         while chunk := tar.read(compression.CHUNK_SIZE):
             out.write(chunk)
             size += len(chunk)

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from occystrap.atomic import CHUNK_SIZE, atomic_file, replace_path
+from occystrap.destinations import check_directory_destination, write_directory_marker
 from occystrap.dockersave import (
     DirectoryMembers,
     DockerSaveLayout,
@@ -35,8 +36,8 @@ from occystrap.endpoints import (
     query_options,
     split_query,
 )
-from occystrap.errors import OccystrapError
-from occystrap.extract import apply_layer
+from occystrap.errors import OccystrapError, writing_to
+from occystrap.extract import ExpansionBudget, apply_layer
 from occystrap.image import Image, ImageLike
 from occystrap.pipeline import RunContext, local_layers
 
@@ -54,6 +55,7 @@ class DirURI(Endpoint):
         return DirectorySource(self.path, self.image)
 
     def open_output(self, ctx: RunContext) -> DirectoryOutput:
+        check_directory_destination(self.path, allow_catalogue=self.unique_names)
         return DirectoryOutput(self.path, ctx, self.unique_names, self.expand)
 
 
@@ -150,12 +152,17 @@ class DirectoryOutput:
     def write(self, item: ImageLike) -> None:
         if not isinstance(item, Image):
             raise OccystrapError(f"dir://{self.path} holds single images, not an index")
-        image = item
+        with writing_to(self.path):
+            self._write(item)
+
+    def _write(self, image: Image) -> None:
         self.path.mkdir(parents=True, exist_ok=True)
+        write_directory_marker(self.path, self.unique_names)
         layout = DockerSaveLayout.of(image, repo_tag_of(image.source))
         staging = Path(tempfile.mkdtemp(prefix=".occystrap-partial-", dir=self.path))
         try:
             rootfs = None
+            budget = ExpansionBudget.for_compressed_size(sum(x.size for x in image.layers))
             if self.expand:
                 rootfs = staging / "rootfs"
                 rootfs.mkdir()
@@ -164,7 +171,7 @@ class DirectoryOutput:
                 tar = self._stage_layer(entry.directory, layer, staging)
                 if rootfs is not None:
                     with open(tar, "rb") as stream:
-                        apply_layer(stream, rootfs)
+                        apply_layer(stream, rootfs, budget=budget, what=f"layer {layer.digest}")
             (staging / layout.config_name).write_bytes(image.config)
             self._commit(layout, staging, rootfs, image)
         finally:

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from occystrap.atomic import atomic_file
+from occystrap.destinations import check_file_destination
 from occystrap.dockersave import DockerSaveReader, TarMembers, repo_tag_of, write_docker_save
 from occystrap.endpoints import Endpoint, Scheme, path_of
 from occystrap.errors import OccystrapError
@@ -21,6 +22,7 @@ class TarURI(Endpoint):
         return TarSource(self.path)
 
     def open_output(self, ctx: RunContext) -> TarDestination:
+        check_file_destination(self.path)
         return TarDestination(self.path, ctx)
 
 

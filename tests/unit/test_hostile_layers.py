@@ -11,7 +11,6 @@ import io
 import logging
 import os
 import stat
-import subprocess
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -30,6 +29,7 @@ from occystrap.extract import (
     HostileLayerError,
     apply_layer,
 )
+from tests.tmpfs import mounted_tmpfs
 
 from .test_extract import make_tar, snapshot
 
@@ -180,16 +180,8 @@ def test_names_too_long_or_too_deep_are_skipped(box):
 
 @pytest.fixture
 def tiny_filesystem(tmp_path: Path) -> Iterator[Path]:
-    """A real 1 MiB tmpfs, so "disk full" is the kernel's own ENOSPC."""
-    if os.geteuid() != 0:
-        pytest.skip("mounting a tmpfs needs root")
-    mountpoint = tmp_path / "tiny"
-    mountpoint.mkdir()
-    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mountpoint)], check=True)
-    try:
+    with mounted_tmpfs(tmp_path / "tiny") as mountpoint:
         yield mountpoint
-    finally:
-        subprocess.run(["umount", str(mountpoint)], check=True)
 
 
 def test_a_full_disk_stops_the_expansion_with_a_one_line_error(tiny_filesystem):

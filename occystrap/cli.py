@@ -10,7 +10,7 @@ from typing import Any
 import click
 import httpx
 
-from occystrap import __version__
+from occystrap import __version__, cancel
 from occystrap.errors import OccystrapError, filesystem_error
 from occystrap.settings import RunSettings
 
@@ -22,6 +22,7 @@ class OneLineErrors(click.Group):
 
     def main(self, *args: Any, **kwargs: Any) -> Any:
         kwargs["standalone_mode"] = False
+        cancel.install_interrupt_handler()
         try:
             status = super().main(*args, **kwargs)
         except click.exceptions.NoArgsIsHelpError as exc:
@@ -31,8 +32,9 @@ class OneLineErrors(click.Group):
             _fail(f"{exc.format_message()} (see occystrap --help)", 2)
         except click.ClickException as exc:
             _fail(exc.format_message(), exc.exit_code)
-        except click.Abort:
-            _fail("interrupted", 130)
+        except (click.Abort, cancel.Cancelled):
+            click.echo("occystrap: error: interrupted", err=True)
+            cancel.exit_now(cancel.INTERRUPTED_STATUS)
         sys.exit(status if isinstance(status, int) else 0)
 
     def invoke(self, ctx: click.Context) -> object:

@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Protocol
 import httpx
 
 from occystrap import compression
+from occystrap.cancel import shutdown_pool
 from occystrap.errors import writing_to
 from occystrap.image import Image, ImageIndex, ImageLike, Layer
 from occystrap.registry.manifest import Platform, select_platform
@@ -224,5 +225,5 @@ def local_layers(image: Image, ctx: RunContext) -> Iterator[Layer]:
             if last_use[layer.digest] == position and ready.tar_path is not None:
                 ready.tar_path.unlink(missing_ok=True)
     finally:
-        pool.shutdown(wait=True, cancel_futures=True)
+        shutdown_pool(pool)
         shutil.rmtree(directory, ignore_errors=True)

@@ -13,11 +13,11 @@ import io
 import json
 import logging
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, replace
 
 from occystrap import compression
+from occystrap.cancel import cancellable_pool
 from occystrap.digests import sha256_digest
 from occystrap.endpoints import (
     Endpoint,
@@ -187,7 +187,7 @@ class RegistryDestination:
 
     def _write_image(self, image: Image, reference: str) -> str:
         distinct = {layer.digest: layer for layer in image.layers}
-        with ThreadPoolExecutor(self.ctx.settings.parallel, thread_name_prefix="push") as pool:
+        with cancellable_pool(self.ctx.settings.parallel, "push") as pool:
             pushed = dict(zip(distinct, pool.map(self._push_layer, distinct.values()), strict=True))
         layers = [pushed[layer.digest] for layer in image.layers]
         if any(new is not old for new, old in zip(layers, image.layers, strict=True)):

@@ -24,7 +24,7 @@ from typing import Any
 
 import httpx
 
-from occystrap import __version__
+from occystrap import __version__, cancel
 from occystrap.credentials import CredentialStore
 from occystrap.middleware.logging import Logging
 from occystrap.middleware.mirror import Mirror, parse_mirrors
@@ -72,7 +72,7 @@ def build_transport(settings: ChainSettings) -> httpx.BaseTransport:
     transport = Logging(transport)
     if settings.rate_limits:
         transport = RateLimit(transport, parse_rate_limits(list(settings.rate_limits)))
-    transport = Retry(transport, retries=settings.retries)
+    transport = Retry(transport, retries=settings.retries, sleep=cancel.sleep)
     transport = QuayAuth(transport, api_base=settings.quay_api_base, token=settings.quay_token)
     transport = RegistryAuth(transport, settings.credentials)
     if settings.mirrors:

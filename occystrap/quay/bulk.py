@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
+from occystrap.cancel import cancellable_pool
 from occystrap.errors import OccystrapError
 from occystrap.pipeline import ProgressSink
 from occystrap.quay.api import QuayImage
@@ -67,7 +67,7 @@ def run_each(
         return None
 
     outcome = BulkOutcome()
-    with ThreadPoolExecutor(max_workers=parallel, thread_name_prefix="image") as pool:
+    with cancellable_pool(parallel, "image") as pool:
         for image, error in zip(images, pool.map(attempt, images), strict=True):
             if error is None:
                 outcome.succeeded.append(image)

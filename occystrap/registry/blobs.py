@@ -12,6 +12,7 @@ from collections.abc import Callable, Iterator
 
 import httpx
 
+from occystrap import cancel
 from occystrap.errors import RegistryError
 from occystrap.registry.errors import registry_error
 from occystrap.streams import Readable
@@ -40,6 +41,7 @@ class ReopeningBody(httpx.SyncByteStream):
     def __iter__(self) -> Iterator[bytes]:
         with self.opener() as source:
             while chunk := source.read(CHUNK):
+                cancel.check()
                 self.on_bytes(len(chunk))
                 yield chunk
 
@@ -79,6 +81,7 @@ class RemoteBlobReader:
         """(Re)open the body at `offset`: a 206 that continues there, or the whole blob
         again (a server that ignores Range, or answers it at the wrong place) with the bytes
         already handed out skipped."""
+        cancel.check()
         response = self._get(self.offset)
         resumed = self.offset and response.status_code == 206
         if resumed and not response.headers.get("Content-Range", "").startswith(
@@ -88,6 +91,7 @@ class RemoteBlobReader:
             response.close()
             response, resumed = self._get(0), False
         self._response = response
+        cancel.watch(response)
         if not resumed and response.status_code != 200:
             raise registry_error(response, self.what)
         skip = 0 if resumed else self.offset
@@ -112,6 +116,7 @@ class RemoteBlobReader:
                     self.on_bytes(len(self._buffer))
             except BODY_ERRORS as exc:
                 self._close_response()
+                cancel.check()  # the interrupt itself cut the connection: do not resume
                 self._resumes += 1
                 if self._resumes > self.max_resumes:
                     raise RegistryError(
@@ -129,6 +134,7 @@ class RemoteBlobReader:
 
     def _close_response(self) -> None:
         if self._response is not None:
+            cancel.unwatch(self._response)
             self._response.close()
         self._response = None
 

@@ -1,0 +1,154 @@
+"""Stopping a run promptly on Ctrl-C, with worker threads in the middle of transfers.
+
+Python delivers SIGINT to the main thread only, as a KeyboardInterrupt; worker threads carry
+on, and both `ThreadPoolExecutor.__exit__` and interpreter exit wait for them (a slow layer
+used to hold a Ctrl-C for 96 s). So an interrupt also:
+
+- sets `CANCELLED`, which transfer loops check between chunks (`check`) and sleeps wait on
+  (`sleep`), so no new work starts and backoffs end at once;
+- shuts down the socket of every body being streamed (`watch`), waking a thread blocked
+  in `recv` on a trickling server at once;
+- lets `cancellable_pool` (or `shutdown_pool`) stop waiting for workers after a short
+  grace, so the main thread unwinds (removing temporary files and partial outputs)
+  within a second or two;
+- and `exit_now` ends the process without waiting for any thread still stuck.
+
+A second Ctrl-C exits at once.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import socket
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from types import FrameType
+
+import httpx
+
+CANCELLED = threading.Event()
+# How long an interrupted pool, and the process at exit, wait for workers to notice.
+GRACE_SECONDS = 1.0
+INTERRUPTED_STATUS = 130
+
+_abort_lock = threading.Lock()
+_abort_actions: dict[int, Callable[[], None]] = {}
+
+
+class Cancelled(Exception):  # noqa: N818 - names what happened, like KeyboardInterrupt
+    """Raised in a worker thread whose run was interrupted; the main thread reports it."""
+
+
+def check() -> None:
+    """Raise `Cancelled` if the run was interrupted: call between chunks and before retries."""
+    if CANCELLED.is_set():
+        raise Cancelled("interrupted")
+
+
+def sleep(seconds: float) -> None:
+    """`time.sleep` that ends early, raising `Cancelled`, when the run is interrupted."""
+    if CANCELLED.wait(seconds):
+        raise Cancelled("interrupted")
+
+
+def cancel() -> None:
+    """Interrupt the run: flag it and cut every registered transfer."""
+    CANCELLED.set()
+    with _abort_lock:
+        actions = list(_abort_actions.values())
+    for action in actions:
+        with contextlib.suppress(OSError):
+            action()
+
+
+def _socket_of(response: httpx.Response) -> socket.socket | None:
+    stream = response.extensions.get("network_stream")
+    if stream is None:
+        return None
+    sock = stream.get_extra_info("socket")
+    return sock if isinstance(sock, socket.socket) else None
+
+
+def watch(response: httpx.Response) -> None:
+    """Until `unwatch(response)`, an interrupt shuts down the socket streaming its body.
+
+    `socket.shutdown` (not close) is what wakes another thread blocked on the socket; the
+    base method is called so that a TLS socket's state is left to the reading thread.
+    """
+    sock = _socket_of(response)
+    if sock is not None:
+        with _abort_lock:
+            _abort_actions[id(response)] = lambda: socket.socket.shutdown(sock, socket.SHUT_RDWR)
+    if CANCELLED.is_set():  # interrupted while connecting: the loop above missed this one
+        cancel()
+
+
+def unwatch(response: httpx.Response) -> None:
+    with _abort_lock:
+        _abort_actions.pop(id(response), None)
+
+
+@contextlib.contextmanager
+def cancellable_pool(max_workers: int, thread_name_prefix: str) -> Iterator[ThreadPoolExecutor]:
+    """A ThreadPoolExecutor that, when its block is left by an interrupt (or any error),
+    starts nothing more, and waits for running workers only `GRACE_SECONDS` if interrupted."""
+    pool = ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix=thread_name_prefix)
+    try:
+        yield pool
+    except BaseException as error:
+        if isinstance(error, KeyboardInterrupt):
+            cancel()  # a library caller's own Ctrl-C, without our signal handler
+        shutdown_pool(pool)
+        raise
+    pool.shutdown(wait=True)
+
+
+def shutdown_pool(pool: ThreadPoolExecutor) -> None:
+    """Shut `pool` down after a failure: nothing queued starts; running workers are waited
+    for, but only `GRACE_SECONDS` when the run was interrupted."""
+    if not CANCELLED.is_set():
+        pool.shutdown(wait=True, cancel_futures=True)
+        return
+    pool.shutdown(wait=False, cancel_futures=True)
+    _join_workers(time.monotonic() + GRACE_SECONDS)
+
+
+def _join_workers(deadline: float) -> bool:
+    """Wait until `deadline` for every other non-daemon thread; True if all have ended."""
+    for thread in threading.enumerate():
+        if thread is threading.current_thread() or thread.daemon:
+            continue
+        thread.join(max(0.0, deadline - time.monotonic()))
+    return all(
+        thread is threading.current_thread() or thread.daemon or not thread.is_alive()
+        for thread in threading.enumerate()
+    )
+
+
+def _on_sigint(signum: int, frame: FrameType | None) -> None:
+    if CANCELLED.is_set():  # a second Ctrl-C: no more waiting for anything
+        sys.stderr.write("occystrap: error: interrupted\n")
+        sys.stderr.flush()
+        os._exit(INTERRUPTED_STATUS)
+    cancel()
+    raise KeyboardInterrupt
+
+
+def install_interrupt_handler() -> None:
+    """Make Ctrl-C cancel the whole run (call from the main thread, once, in the CLI)."""
+    CANCELLED.clear()
+    signal.signal(signal.SIGINT, _on_sigint)
+
+
+def exit_now(status: int) -> None:
+    """Exit with `status`, giving worker threads a short grace but never waiting on them."""
+    if not _join_workers(time.monotonic() + GRACE_SECONDS):
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(status)
+    sys.exit(status)

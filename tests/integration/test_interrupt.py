@@ -1,0 +1,94 @@
+"""Ctrl-C while layers trickle in: the real CLI exits 130 within seconds, leaving nothing."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from tests.integration.cli import REPO_ROOT
+from tests.integration.fault_proxy import BLOB_PATH, ForwardingServer
+from tests.integration.images import random_layer
+from tests.integration.pull_checks import TAG, seed_image
+
+pytestmark = pytest.mark.integration
+
+TRICKLE_BYTES = 4096
+TRICKLE_PAUSE = 0.2  # ~20 kB/s: a 3 MB layer would take minutes
+
+
+class TrickleProxy(ForwardingServer):
+    """Forwards everything, but sends blob bodies a few bytes at a time (a slow server)."""
+
+    def handle(self, handler) -> None:
+        if handler.command != "GET" or not BLOB_PATH.search(handler.path):
+            super().handle(handler)
+            return
+        self._record(handler, "forwarded")
+        upstream = self.upstream_connection()
+        try:
+            upstream.request("GET", handler.path, headers=dict(handler.headers.items()))
+            response = upstream.getresponse()
+            handler.send_response_only(response.status, response.reason)
+            for name, value in response.getheaders():
+                if name.lower() not in ("connection", "transfer-encoding"):
+                    handler.send_header(name, value)
+            handler.end_headers()
+            while chunk := response.read(TRICKLE_BYTES):
+                handler.wfile.write(chunk)
+                handler.wfile.flush()
+                time.sleep(TRICKLE_PAUSE)
+        finally:
+            upstream.close()
+
+
+@pytest.mark.parametrize("destination", ["tar://{out}/image.tar", "dir://{out}/image?expand=true"])
+def test_ctrl_c_stops_a_slow_pull_at_once_and_cleans_up(
+    registry_plain, unique_repo, tmp_path, destination
+):
+    layers = [random_layer(3_000_000, n, name=f"big{n}.bin") for n in range(3)]
+    seed_image(registry_plain, unique_repo, tmp_path, layers)
+    out, temp = tmp_path / "out", tmp_path / "temp"
+    out.mkdir()
+    temp.mkdir()
+    with TrickleProxy(registry_plain.url) as proxy:
+        command = [
+            sys.executable,
+            "-m",
+            "occystrap",
+            "--insecure",
+            "--temp-dir",
+            str(temp),
+            "process",
+            f"registry://{proxy.host}/{unique_repo}:{TAG}",
+            destination.format(out=out),
+        ]
+        env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
+        process = subprocess.Popen(command, env=env, stderr=subprocess.PIPE, text=True)
+        try:
+            deadline = time.monotonic() + 30
+            while len(proxy.requests_matching(r"/blobs/sha256:", method="GET")) < 3:
+                assert time.monotonic() < deadline, "the layer downloads never started"
+                assert process.poll() is None, process.stderr.read()
+                time.sleep(0.05)
+            time.sleep(0.5)  # well into the trickle
+            process.send_signal(signal.SIGINT)
+            interrupted_at = time.monotonic()
+            status = process.wait(timeout=15)
+            took = time.monotonic() - interrupted_at
+        finally:
+            if process.poll() is None:
+                process.kill()
+                process.wait()
+        stderr = process.stderr.read()
+    assert status == 130, stderr
+    assert took < 3, f"exit took {took:.1f} s"
+    assert stderr.strip().splitlines() == ["occystrap: error: interrupted"], stderr
+    assert os.listdir(temp) == []
+    assert os.listdir(out) in ([], ["image"])
+    if (out / "image").exists():  # a dir output keeps only its marker
+        assert os.listdir(out / "image") == [".occystrap"]

@@ -1,0 +1,114 @@
+"""Cancellation: an interrupt wakes blocked transfers and pools stop waiting for workers."""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+from collections.abc import Iterator
+
+import httpx
+import pytest
+
+from occystrap import cancel
+from occystrap.registry.blobs import ReopeningBody
+
+
+@pytest.fixture(autouse=True)
+def _fresh_flag() -> Iterator[None]:
+    cancel.CANCELLED.clear()
+    yield
+    cancel.CANCELLED.clear()
+
+
+class _Stream:
+    """Stands in for httpcore's network stream: only the socket is asked for."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+
+    def get_extra_info(self, name: str):
+        return self.sock if name == "socket" else None
+
+
+def test_cancel_wakes_a_thread_blocked_reading_a_registered_response():
+    ours, theirs = socket.socketpair()
+    response = httpx.Response(200, extensions={"network_stream": _Stream(ours)})
+    received: list[bytes] = []
+    cancel.watch(response)
+    reader = threading.Thread(target=lambda: received.append(ours.recv(10)))
+    reader.start()
+    time.sleep(0.1)
+    assert reader.is_alive()  # blocked: the peer sends nothing
+    started = time.monotonic()
+    cancel.cancel()
+    reader.join(2)
+    cancel.unwatch(response)
+    assert not reader.is_alive()
+    assert time.monotonic() - started < 1
+    assert received == [b""]
+    with pytest.raises(cancel.Cancelled):
+        cancel.check()
+    ours.close()
+    theirs.close()
+
+
+def test_a_finished_response_is_no_longer_aborted():
+    ours, theirs = socket.socketpair()
+    response = httpx.Response(200, extensions={"network_stream": _Stream(ours)})
+    cancel.watch(response)
+    cancel.unwatch(response)
+    cancel.cancel()
+    theirs.sendall(b"still open")
+    assert ours.recv(10) == b"still open"
+    ours.close()
+    theirs.close()
+
+
+def test_sleep_ends_early_when_cancelled():
+    threading.Timer(0.1, cancel.cancel).start()
+    started = time.monotonic()
+    with pytest.raises(cancel.Cancelled):
+        cancel.sleep(30)
+    assert time.monotonic() - started < 1
+    cancel.CANCELLED.clear()
+    cancel.sleep(0.01)  # not cancelled: just sleeps
+
+
+def test_an_interrupted_pool_stops_waiting_and_starts_nothing_more():
+    release = threading.Event()
+    started: list[int] = []
+
+    def stuck(n: int) -> None:
+        started.append(n)
+        release.wait(30)
+
+    begun = time.monotonic()
+    with pytest.raises(KeyboardInterrupt), cancel.cancellable_pool(2, "test") as pool:
+        futures = [pool.submit(stuck, n) for n in range(6)]
+        time.sleep(0.1)
+        raise KeyboardInterrupt
+    assert time.monotonic() - begun < cancel.GRACE_SECONDS + 1
+    assert sorted(started) == [0, 1]
+    assert all(future.cancelled() for future in futures[2:])
+    assert cancel.CANCELLED.is_set()
+    release.set()
+
+
+def test_a_pool_left_by_an_ordinary_error_waits_for_running_work():
+    finished: list[int] = []
+    with pytest.raises(ValueError), cancel.cancellable_pool(1, "test") as pool:
+        pool.submit(lambda: (time.sleep(0.2), finished.append(1)))
+        raise ValueError("one layer failed")
+    assert finished == [1]
+    assert not cancel.CANCELLED.is_set()
+
+
+def test_uploads_stop_between_chunks(tmp_path):
+    path = tmp_path / "blob"
+    path.write_bytes(bytes(3 * 1024 * 1024))
+    body = iter(ReopeningBody(lambda: open(path, "rb")))  # noqa: SIM115 - the body opens it
+    next(body)
+    cancel.cancel()
+    with pytest.raises(cancel.Cancelled):
+        next(body)

@@ -19,11 +19,7 @@ from occystrap.destinations import (
     write_directory_marker,
 )
 from occystrap.errors import FilesystemError
-from occystrap.outputs.directory import DirectoryOutput
-from occystrap.pipeline import NullProgress
 from tests.tmpfs import mounted_tmpfs
-
-from .image_builder import make_image
 
 
 def _precious_directory(path: Path) -> Path:
@@ -131,22 +127,16 @@ def test_directory_destination_refuses_a_directory_holding_something_else(
         check_directory_destination(precious, allow_catalogue=allow_catalogue)
 
 
-def test_directory_output_writes_the_marker_and_may_write_again(tmp_path):
-    out = tmp_path / "out"
-    image = make_image(tmp_path, [{"etc/hosts": b"localhost\n"}])
-    DirectoryOutput(out).write(image, NullProgress())
-    assert earlier_output_kind(out) == "single"
-    check_directory_destination(out, allow_catalogue=False)
+@pytest.mark.parametrize("unique_names", [False, True])
+def test_a_marked_directory_may_be_written_again(tmp_path, unique_names):
+    out = _precious_directory(tmp_path / "out")
+    write_directory_marker(out, unique_names)
+    assert earlier_output_kind(out) == ("catalogue" if unique_names else "single")
     check_directory_destination(out, allow_catalogue=True)
-
-
-def test_a_catalogue_is_only_written_with_unique_names(tmp_path):
-    out = tmp_path / "out"
-    image = make_image(tmp_path, [{"etc/hosts": b"localhost\n"}])
-    DirectoryOutput(out, unique_names=True).write(image, NullProgress())
-    assert earlier_output_kind(out) == "catalogue"
-    check_directory_destination(out, allow_catalogue=True)
-    with pytest.raises(FilesystemError, match="unique_names=true"):
+    if unique_names:
+        with pytest.raises(FilesystemError, match="unique_names=true"):
+            check_directory_destination(out, allow_catalogue=False)
+    else:
         check_directory_destination(out, allow_catalogue=False)
 
 

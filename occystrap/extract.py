@@ -85,6 +85,35 @@ class ExpansionBudget:
             )
 
 
+@dataclass(frozen=True)
+class ExpandPolicy:
+    """What an expansion may reproduce, and how much it may write (None: the default budget)."""
+
+    devices: bool = False
+    setuid: bool = False
+    max_bytes: int | None = None
+
+    def budget_for(self, compressed: int) -> ExpansionBudget:
+        """The budget for an image whose layers are `compressed` bytes in all."""
+        if self.max_bytes is not None:
+            return ExpansionBudget(self.max_bytes)
+        return ExpansionBudget.for_compressed_size(compressed)
+
+
+DEFAULT_POLICY = ExpandPolicy()
+
+_SIZE_UNITS = {"": 1, "K": 1024, "M": 1024**2, "G": 1024**3, "T": 1024**4}
+
+
+def parse_byte_size(text: str) -> int:
+    """`123`, `512M`, `20G`, `1T` (binary units, optional `iB`/`B`) as a positive byte count."""
+    cleaned = text.strip().upper().removesuffix("B").removesuffix("I")
+    number, unit = (cleaned[:-1], cleaned[-1]) if cleaned[-1:].isalpha() else (cleaned, "")
+    if unit not in _SIZE_UNITS or not number.isdigit() or int(number) <= 0:
+        raise ValueError(f"{text!r} is not a size: expected a positive number, e.g. 512M or 20G")
+    return int(number) * _SIZE_UNITS[unit]
+
+
 def _human(nbytes: int) -> str:
     return f"{nbytes / GIB:.1f} GiB" if nbytes >= GIB else f"{nbytes // 1024**2} MiB"
 

@@ -36,8 +36,8 @@ from occystrap.endpoints import (
     query_options,
     split_query,
 )
-from occystrap.errors import OccystrapError, writing_to
-from occystrap.extract import ExpansionBudget, apply_layer
+from occystrap.errors import OccystrapError, UsageError, writing_to
+from occystrap.extract import DEFAULT_POLICY, ExpandPolicy, apply_layer, parse_byte_size
 from occystrap.image import Image, ImageLike
 from occystrap.pipeline import RunContext, local_layers
 
@@ -50,13 +50,14 @@ class DirURI(Endpoint):
     unique_names: bool = False
     expand: bool = False
     image: str | None = None  # as a source: which NAME:TAG of a shared directory
+    policy: ExpandPolicy = DEFAULT_POLICY
 
     def open_input(self, ctx: RunContext) -> DirectorySource:
         return DirectorySource(self.path, self.image)
 
     def open_output(self, ctx: RunContext) -> DirectoryOutput:
         check_directory_destination(self.path, allow_catalogue=self.unique_names)
-        return DirectoryOutput(self.path, ctx, self.unique_names, self.expand)
+        return DirectoryOutput(self.path, ctx, self.unique_names, self.expand, self.policy)
 
 
 class DirectorySource:
@@ -142,12 +143,18 @@ class DirectoryOutput:
     accepts_index = False
 
     def __init__(
-        self, path: Path, ctx: RunContext, unique_names: bool = False, expand: bool = False
+        self,
+        path: Path,
+        ctx: RunContext,
+        unique_names: bool = False,
+        expand: bool = False,
+        policy: ExpandPolicy = DEFAULT_POLICY,
     ) -> None:
         self.path = Path(path)
         self.ctx = ctx
         self.unique_names = unique_names
         self.expand = expand
+        self.policy = policy
 
     def write(self, item: ImageLike) -> None:
         if not isinstance(item, Image):
@@ -162,7 +169,7 @@ class DirectoryOutput:
         staging = Path(tempfile.mkdtemp(prefix=".occystrap-partial-", dir=self.path))
         try:
             rootfs = None
-            budget = ExpansionBudget.for_compressed_size(sum(x.size for x in image.layers))
+            budget = self.policy.budget_for(sum(layer.size for layer in image.layers))
             if self.expand:
                 rootfs = staging / "rootfs"
                 rootfs.mkdir()
@@ -171,7 +178,14 @@ class DirectoryOutput:
                 tar = self._stage_layer(entry.directory, layer, staging)
                 if rootfs is not None:
                     with open(tar, "rb") as stream:
-                        apply_layer(stream, rootfs, budget=budget, what=f"layer {layer.digest}")
+                        apply_layer(
+                            stream,
+                            rootfs,
+                            devices=self.policy.devices,
+                            setuid=self.policy.setuid,
+                            budget=budget,
+                            what=f"layer {layer.digest}",
+                        )
             (staging / layout.config_name).write_bytes(image.config)
             self._commit(layout, staging, rootfs, image)
         finally:
@@ -237,13 +251,35 @@ class DirectoryOutput:
 
 def _parse(text: str, rest: str) -> DirURI:
     body, query = split_query(rest)
-    options = query_options(text, query, ("unique_names", "expand", "image"))
+    options = query_options(
+        text, query, ("unique_names", "expand", "image", "devices", "setuid", "max_expand")
+    )
+    expand = boolean_option(text, "expand", options.get("expand"))
+    expand_only = [key for key in ("devices", "setuid", "max_expand") if key in options]
+    if expand_only and not expand:
+        raise UsageError(f"{', '.join(expand_only)} in {text!r} only apply with expand=true")
+    max_bytes = None
+    if "max_expand" in options:
+        try:
+            max_bytes = parse_byte_size(options["max_expand"])
+        except ValueError as error:
+            raise UsageError(f"max_expand in {text!r}: {error}") from None
     return DirURI(
         path=path_of(text, body),
         unique_names=boolean_option(text, "unique_names", options.get("unique_names")),
-        expand=boolean_option(text, "expand", options.get("expand")),
+        expand=expand,
         image=non_empty_option(text, "image", options.get("image")),
+        policy=ExpandPolicy(
+            devices=boolean_option(text, "devices", options.get("devices")),
+            setuid=boolean_option(text, "setuid", options.get("setuid")),
+            max_bytes=max_bytes,
+        ),
     )
 
 
-SCHEME = Scheme("dir", "dir://PATH[?unique_names=BOOL&expand=BOOL&image=NAME:TAG]", _parse)
+SCHEME = Scheme(
+    "dir",
+    "dir://PATH[?unique_names=BOOL&expand=BOOL&devices=BOOL&setuid=BOOL&max_expand=SIZE"
+    "&image=NAME:TAG]",
+    _parse,
+)

@@ -101,10 +101,16 @@ def _compressor(target, compression: str):
     return _HashingWriter(target)
 
 
-def _write_tar(target, files: Mapping[str, bytes]) -> None:
+def _write_tar(target, files: Mapping[str, bytes | tarfile.TarInfo]) -> None:
+    """Regular files from bytes; a `TarInfo` value is added as it is (a device, a setuid
+    file with no content, a link), under its key's name."""
     with tarfile.open(fileobj=target, mode="w|", format=tarfile.PAX_FORMAT) as tar:
         for name in sorted(files):
             content = files[name]
+            if isinstance(content, tarfile.TarInfo):
+                content.name = name
+                tar.addfile(content)
+                continue
             info = tarfile.TarInfo(name=name)
             info.size = len(content)
             info.mode = 0o644

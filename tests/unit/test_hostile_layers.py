@@ -23,11 +23,14 @@ from occystrap.errors import FilesystemError, OccystrapError
 from occystrap.extract import (
     DEFAULT_EXPANSION_FLOOR,
     ENTRY_COST,
+    GIB,
     MAX_DEPTH,
+    ExpandPolicy,
     ExpansionBudget,
     ExpansionBudgetExceeded,
     HostileLayerError,
     apply_layer,
+    parse_byte_size,
 )
 from tests.tmpfs import mounted_tmpfs
 
@@ -246,3 +249,22 @@ def test_property_hostile_layers_stay_inside_and_fail_as_occystrap_errors(layers
                 mode = os.lstat(Path(dirpath) / name).st_mode
                 assert not mode & (stat.S_ISUID | stat.S_ISGID), name
                 assert not (stat.S_ISCHR(mode) or stat.S_ISBLK(mode)), name
+
+
+@pytest.mark.parametrize(
+    "text, expected",
+    [("123", 123), ("4K", 4096), ("512M", 512 * 1024**2), ("20G", 20 * GIB), ("2GiB", 2 * GIB)],
+)
+def test_parse_byte_size(text, expected):
+    assert parse_byte_size(text) == expected
+
+
+@pytest.mark.parametrize("text", ["", "0", "-1", "lots", "1.5G", "5X", "G"])
+def test_parse_byte_size_refuses_non_sizes(text):
+    with pytest.raises(ValueError, match="not a size"):
+        parse_byte_size(text)
+
+
+def test_expand_policy_budget():
+    assert ExpandPolicy().budget_for(10 * GIB).limit == 200 * GIB
+    assert ExpandPolicy(max_bytes=5).budget_for(10 * GIB).limit == 5

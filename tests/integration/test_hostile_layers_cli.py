@@ -1,0 +1,108 @@
+"""Hostile layers pulled from the real registry and expanded through the CLI (dir://...?expand).
+
+A whiteout of `.`/`..` or an expansion bomb is one line and leaves nothing behind; devices and
+setuid bits appear only when the URI asks for them.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+import tarfile
+from pathlib import Path
+
+import pytest
+
+from tests.integration.cli import assert_one_line_error, run_occystrap
+from tests.integration.pull_checks import TAG, seed_image
+
+pytestmark = pytest.mark.integration
+
+LOWER = {"etc/hosts": b"localhost\n", "a/b": b"b"}
+
+
+def _expand(registry, repo: str, out: Path, options: str = ""):
+    return run_occystrap(
+        "--insecure",
+        "process",
+        f"registry://{registry.host}/{repo}:{TAG}",
+        f"dir://{out}?expand=true{options}",
+        check=False,
+    )
+
+
+@pytest.mark.parametrize("whiteout", [".wh..", ".wh...", "a/.wh.."])
+def test_whiteout_of_dot_or_dotdot_is_refused_and_nothing_is_left(
+    registry_plain, unique_repo, tmp_path, whiteout
+):
+    seed_image(registry_plain, unique_repo, tmp_path, [LOWER, {whiteout: b""}])
+    (tmp_path / "neighbour").write_text("keep me")
+    out = tmp_path / "out"
+    result = _expand(registry_plain, unique_repo, out)
+    assert_one_line_error(result, "whiteout", "refusing")
+    assert os.listdir(out) == [".occystrap"]
+    assert (tmp_path / "neighbour").read_text() == "keep me"
+
+
+def test_an_expansion_over_budget_is_refused_and_nothing_is_left(
+    registry_plain, unique_repo, tmp_path
+):
+    # 16 MiB of zeros compress to a few kB: a (small) decompression bomb.
+    seed_image(registry_plain, unique_repo, tmp_path, [LOWER, {"zeros": bytes(16 * 1024**2)}])
+    out = tmp_path / "out"
+    result = _expand(registry_plain, unique_repo, out, "&max_expand=4M")
+    assert_one_line_error(result, "expansion budget", "4 MiB")
+    assert os.listdir(out) == [".occystrap"]
+    assert _expand(registry_plain, unique_repo, out).returncode == 0  # the default is generous
+    assert (out / "rootfs" / "zeros").stat().st_size == 16 * 1024**2
+
+
+def _special(kind: bytes, mode: int) -> tarfile.TarInfo:
+    info = tarfile.TarInfo()
+    info.type, info.mode = kind, mode
+    if kind == tarfile.CHRTYPE:
+        info.devmajor, info.devminor = 1, 3
+    return info
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="creating device nodes needs root")
+def test_devices_and_setuid_only_when_the_uri_asks(registry_plain, unique_repo, tmp_path):
+    layer = {
+        "dev/null": _special(tarfile.CHRTYPE, 0o666),
+        "bin/su": _special(tarfile.REGTYPE, 0o4755),
+        "bin/wall": _special(tarfile.REGTYPE, 0o2755),
+    }
+    seed_image(registry_plain, unique_repo, tmp_path, [LOWER, layer])
+    safe = tmp_path / "safe"
+    result = _expand(registry_plain, unique_repo, safe)
+    assert result.returncode == 0, result.stderr
+    assert not os.path.lexists(safe / "rootfs" / "dev" / "null")
+    assert stat.S_IMODE((safe / "rootfs" / "bin" / "su").stat().st_mode) == 0o755
+    assert stat.S_IMODE((safe / "rootfs" / "bin" / "wall").stat().st_mode) == 0o755
+    warnings = [line for line in result.stderr.splitlines() if "WARNING" in line]
+    assert len(warnings) == 2, result.stderr  # one per kind, for the one layer that had them
+    assert "device" in warnings[0] and "setuid" in warnings[1]
+
+    trusted = tmp_path / "trusted"
+    result = _expand(registry_plain, unique_repo, trusted, "&devices=true&setuid=true")
+    assert result.returncode == 0, result.stderr
+    assert stat.S_ISCHR((trusted / "rootfs" / "dev" / "null").lstat().st_mode)
+    assert stat.S_IMODE((trusted / "rootfs" / "bin" / "su").stat().st_mode) == 0o4755
+    assert "WARNING" not in result.stderr
+
+
+@pytest.mark.parametrize(
+    "query, fragment",
+    [
+        ("?devices=true", "only apply with expand=true"),
+        ("?expand=true&max_expand=lots", "is not a size"),
+        ("?expand=true&max_expand=0", "is not a size"),
+        ("?expand=true&setuid=maybe", "not a boolean"),
+    ],
+)
+def test_expansion_options_are_checked(tmp_path, query, fragment):
+    result = run_occystrap(
+        "process", "registry://127.0.0.1:9/x:y", f"dir://{tmp_path}/out{query}", check=False
+    )
+    assert_one_line_error(result, fragment)
+    assert os.listdir(tmp_path) == []

@@ -101,9 +101,14 @@ def cancellable_pool(max_workers: int, thread_name_prefix: str) -> Iterator[Thre
     try:
         yield pool
     except BaseException as error:
-        if isinstance(error, KeyboardInterrupt):
-            cancel()  # a library caller's own Ctrl-C, without our signal handler
+        # A library caller's own Ctrl-C, without our signal handler: cancel this run's
+        # transfers, then clear the flag so the caller's next run starts afresh.
+        library_interrupt = isinstance(error, KeyboardInterrupt) and not CANCELLED.is_set()
+        if library_interrupt:
+            cancel()
         shutdown_pool(pool)
+        if library_interrupt:
+            CANCELLED.clear()
         raise
     pool.shutdown(wait=True)
 
@@ -140,9 +145,10 @@ def _on_sigint(signum: int, frame: FrameType | None) -> None:
 
 
 def install_interrupt_handler() -> None:
-    """Make Ctrl-C cancel the whole run (call from the main thread, once, in the CLI)."""
+    """Make Ctrl-C cancel the whole run (the CLI calls this; signals need the main thread)."""
     CANCELLED.clear()
-    signal.signal(signal.SIGINT, _on_sigint)
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGINT, _on_sigint)
 
 
 def exit_now(status: int) -> None:

@@ -46,7 +46,10 @@ class TrickleProxy(ForwardingServer):
             upstream.close()
 
 
-@pytest.mark.parametrize("destination", ["tar://{out}/image.tar", "dir://{out}/image?expand=true"])
+@pytest.mark.parametrize(
+    "destination",
+    ["tar://{out}/image.tar", "dir://{out}/image?expand=true", "registry://{registry}/copy:v1"],
+)
 def test_ctrl_c_stops_a_slow_pull_at_once_and_cleans_up(
     registry_plain, unique_repo, tmp_path, destination
 ):
@@ -65,7 +68,7 @@ def test_ctrl_c_stops_a_slow_pull_at_once_and_cleans_up(
             str(temp),
             "process",
             f"registry://{proxy.host}/{unique_repo}:{TAG}",
-            destination.format(out=out),
+            destination.format(out=out, registry=registry_plain.host),
         ]
         env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
         process = subprocess.Popen(command, env=env, stderr=subprocess.PIPE, text=True)

@@ -81,7 +81,7 @@ def test_an_interrupted_pool_stops_waiting_and_starts_nothing_more():
 
     def stuck(n: int) -> None:
         started.append(n)
-        release.wait(30)
+        release.wait(30)  # deaf to cancellation: the pool must not wait for it
 
     begun = time.monotonic()
     with pytest.raises(KeyboardInterrupt), cancel.cancellable_pool(2, "test") as pool:
@@ -91,8 +91,16 @@ def test_an_interrupted_pool_stops_waiting_and_starts_nothing_more():
     assert time.monotonic() - begun < cancel.GRACE_SECONDS + 1
     assert sorted(started) == [0, 1]
     assert all(future.cancelled() for future in futures[2:])
-    assert cancel.CANCELLED.is_set()
     release.set()
+
+
+def test_an_interrupted_pool_wakes_workers_sleeping_between_retries():
+    with pytest.raises(KeyboardInterrupt), cancel.cancellable_pool(2, "test") as pool:
+        futures = [pool.submit(cancel.sleep, 30) for _ in range(2)]
+        time.sleep(0.1)
+        raise KeyboardInterrupt
+    for future in futures:
+        assert isinstance(future.exception(timeout=0), cancel.Cancelled)
 
 
 def test_a_pool_left_by_an_ordinary_error_waits_for_running_work():
@@ -112,3 +120,11 @@ def test_uploads_stop_between_chunks(tmp_path):
     cancel.cancel()
     with pytest.raises(cancel.Cancelled):
         next(body)
+
+
+def test_a_library_callers_interrupt_does_not_poison_the_next_run():
+    with pytest.raises(KeyboardInterrupt), cancel.cancellable_pool(1, "test") as pool:
+        pool.submit(cancel.sleep, 30)  # ends at once when the pool cancels the run
+        raise KeyboardInterrupt
+    assert not cancel.CANCELLED.is_set()
+    cancel.check()

@@ -19,6 +19,7 @@ import os
 import shutil
 import stat
 import tarfile
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -65,6 +66,7 @@ class ExpansionBudget:
     def __init__(self, limit: int) -> None:
         self.limit = limit
         self.used = 0
+        self._lock = threading.Lock()  # layers are inflated by several threads at once
 
     @classmethod
     def for_compressed_size(
@@ -77,8 +79,10 @@ class ExpansionBudget:
         return cls(max(compressed * ratio, floor))
 
     def charge(self, nbytes: int) -> None:
-        self.used += nbytes
-        if self.used > self.limit:
+        with self._lock:
+            self.used += nbytes
+            used = self.used
+        if used > self.limit:
             raise ExpansionBudgetExceeded(
                 f"expanding the image would write more than {_human(self.limit)}, its"
                 " expansion budget; if you trust the image, raise the budget (max_expand)"

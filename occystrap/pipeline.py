@@ -27,6 +27,7 @@ from occystrap.image import Image, ImageIndex, ImageLike, Layer
 from occystrap.registry.manifest import Platform, select_platform
 
 if TYPE_CHECKING:
+    from occystrap.extract import ExpansionBudget
     from occystrap.settings import RunSettings
 
 LOG = logging.getLogger("occystrap")
@@ -167,8 +168,12 @@ def run_pipeline(
 # -- fetching layers ahead of an output that writes tars in order ---------------------------
 
 
-def _inflate_to_disk(layer: Layer, directory: Path, progress: ProgressSink) -> Layer:
-    """The layer with its verified tar kept under `directory` (one pass: fetch, inflate, hash)."""
+def _inflate_to_disk(
+    layer: Layer, directory: Path, progress: ProgressSink, budget: ExpansionBudget | None
+) -> Layer:
+    """The layer with its verified tar kept under `directory` (one pass: fetch, inflate, hash).
+
+    `budget` (expanding outputs) stops a decompression bomb before it fills the disk."""
     local = getattr(layer.blob, "local", False)
     if layer.tar_path is not None or (
         local and layer.compression == compression.NONE and layer.digest == layer.diff_id
@@ -184,13 +189,17 @@ def _inflate_to_disk(layer: Layer, directory: Path, progress: ProgressSink) -> L
         open(tar_path, "wb") as out,
     ):
         while chunk := tar.read(compression.CHUNK_SIZE):
+            if budget is not None:
+                budget.charge(len(chunk))
             out.write(chunk)
             size += len(chunk)
     progress.finish(key)
     return dataclasses.replace(layer, tar_path=tar_path, uncompressed_size=size)
 
 
-def local_layers(image: Image, ctx: RunContext) -> Iterator[Layer]:
+def local_layers(
+    image: Image, ctx: RunContext, budget: ExpansionBudget | None = None
+) -> Iterator[Layer]:
     """The image's layers in order, each with its tar on local disk and verified.
 
     Up to `-j` distinct layers are fetched ahead of the one being consumed; a layer's
@@ -214,7 +223,7 @@ def local_layers(image: Image, ctx: RunContext) -> Iterator[Layer]:
             for digest in order[:upto]:
                 if digest not in futures:
                     futures[digest] = pool.submit(
-                        _inflate_to_disk, distinct[digest], directory, ctx.progress
+                        _inflate_to_disk, distinct[digest], directory, ctx.progress, budget
                     )
 
         for position, layer in enumerate(image.layers):

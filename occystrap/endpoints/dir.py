@@ -168,12 +168,16 @@ class DirectoryOutput:
         layout = DockerSaveLayout.of(image, repo_tag_of(image.source))
         staging = Path(tempfile.mkdtemp(prefix=".occystrap-partial-", dir=self.path))
         try:
-            rootfs = None
-            budget = self.policy.budget_for(sum(layer.size for layer in image.layers))
+            rootfs = tar_budget = rootfs_budget = None
             if self.expand:
                 rootfs = staging / "rootfs"
                 rootfs.mkdir()
-            for layer in local_layers(image, self.ctx):
+                # The uncompressed tars, then the files expanded from them, may each take
+                # the budget: a decompression bomb is stopped before it fills the disk.
+                compressed = sum(layer.size for layer in image.layers)
+                tar_budget = self.policy.budget_for(compressed)
+                rootfs_budget = self.policy.budget_for(compressed)
+            for layer in local_layers(image, self.ctx, tar_budget):
                 entry = layout.layers[layer.diff_id]
                 tar = self._stage_layer(entry.directory, layer, staging)
                 if rootfs is not None:
@@ -183,7 +187,7 @@ class DirectoryOutput:
                             rootfs,
                             devices=self.policy.devices,
                             setuid=self.policy.setuid,
-                            budget=budget,
+                            budget=rootfs_budget,
                             what=f"layer {layer.digest}",
                         )
             (staging / layout.config_name).write_bytes(image.config)

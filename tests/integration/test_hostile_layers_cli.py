@@ -15,15 +15,17 @@ import pytest
 
 from tests.integration.cli import assert_one_line_error, run_occystrap
 from tests.integration.pull_checks import TAG, seed_image
+from tests.tmpfs import mounted_tmpfs
 
 pytestmark = pytest.mark.integration
 
 LOWER = {"etc/hosts": b"localhost\n", "a/b": b"b"}
 
 
-def _expand(registry, repo: str, out: Path, options: str = ""):
+def _expand(registry, repo: str, out: Path, options: str = "", *flags: str):
     return run_occystrap(
         "--insecure",
+        *flags,
         "process",
         f"registry://{registry.host}/{repo}:{TAG}",
         f"dir://{out}?expand=true{options}",
@@ -55,6 +57,21 @@ def test_an_expansion_over_budget_is_refused_and_nothing_is_left(
     assert os.listdir(out) == [".occystrap"]
     assert _expand(registry_plain, unique_repo, out).returncode == 0  # the default is generous
     assert (out / "rootfs" / "zeros").stat().st_size == 16 * 1024**2
+
+
+def test_a_decompression_bomb_is_stopped_while_inflating_not_when_the_disk_is_full(
+    registry_plain, unique_repo, tmp_path
+):
+    """The budget also caps the layer tars inflated into --temp-dir, before any expansion."""
+    seed_image(registry_plain, unique_repo, tmp_path, [{"zeros": bytes(64 * 1024**2)}])
+    out = tmp_path / "out"
+    with mounted_tmpfs(tmp_path / "temp", size="16m") as temp:
+        result = _expand(
+            registry_plain, unique_repo, out, "&max_expand=4M", "--temp-dir", str(temp)
+        )
+        assert_one_line_error(result, "expansion budget")
+        assert os.listdir(temp) == []
+    assert os.listdir(out) == [".occystrap"]
 
 
 def _special(kind: bytes, mode: int) -> tarfile.TarInfo:

@@ -443,7 +443,7 @@ def write_docker_save(
     (see `pipeline.local_layers`); each distinct layer is written once, as it arrives.
     """
     layout = DockerSaveLayout.of(image, repo_tag)
-    with tarfile.open(
+    with tarfile.TarFile(
         fileobj=out, mode="w", format=tarfile.PAX_FORMAT, copybufsize=compression.CHUNK_SIZE
     ) as archive:
         for entry in layout.layers.values():

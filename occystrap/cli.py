@@ -317,3 +317,100 @@ def info(settings: RunSettings, source: str) -> None:
     from occystrap.commands import info as run_info
 
     run_info(settings, source)
+
+
+# -- the registry toolbox -------------------------------------------------------------------
+
+PLATFORM_OPTION = click.option(
+    "--platform",
+    metavar="OS/ARCH[/VARIANT]",
+    help="Pick this platform's entry of a multi-platform image.",
+)
+
+
+@main.command()
+@click.argument("repository")
+@click.option(
+    "-n",
+    "--page-size",
+    type=click.IntRange(1, 100_000),
+    default=None,
+    help="Tags asked for per request (?n=); every page is fetched either way.",
+)
+@click.pass_obj
+def tags(settings: RunSettings, repository: str, page_size: int | None) -> None:
+    """List the tags of REPOSITORY (registry://HOST/NAME), one a line; -O json for a list."""
+    from occystrap import toolbox
+
+    toolbox.tags(settings, repository, page_size)
+
+
+@main.command()
+@click.argument("image")
+@PLATFORM_OPTION
+@click.pass_obj
+def digest(settings: RunSettings, image: str, platform: str | None) -> None:
+    """Print the manifest digest of IMAGE (for a multi-platform image, the index's digest)."""
+    from occystrap import toolbox
+
+    toolbox.digest(settings, image, platform)
+
+
+@main.command()
+@click.argument("image")
+@PLATFORM_OPTION
+@click.pass_obj
+def manifest(settings: RunSettings, image: str, platform: str | None) -> None:
+    """Write IMAGE's manifest to stdout, byte for byte as the registry serves it."""
+    from occystrap import toolbox
+
+    toolbox.manifest(settings, image, platform)
+
+
+@main.command()
+@click.argument("image")
+@PLATFORM_OPTION
+@click.pass_obj
+def config(settings: RunSettings, image: str, platform: str | None) -> None:
+    """Write IMAGE's config JSON to stdout (one platform's: --platform or --os/--architecture)."""
+    from occystrap import toolbox
+
+    toolbox.config(settings, image, platform)
+
+
+@main.command()
+@click.argument("image")
+@click.pass_obj
+def delete(settings: RunSettings, image: str) -> None:
+    """Delete the manifest IMAGE names (a tag is resolved to its digest first)."""
+    from occystrap import toolbox
+
+    toolbox.delete(settings, image)
+
+
+@main.command()
+@click.argument("host")
+@click.option("-u", "--username", "login_username", help="Username (else --username or a prompt).")
+@click.option("--password-stdin", is_flag=True, help="Read the password from stdin.")
+@click.pass_obj
+def login(
+    settings: RunSettings, host: str, login_username: str | None, password_stdin: bool
+) -> None:
+    """Check credentials against registry HOST, then save them in the auth file.
+
+    The auth file is --authfile, else $REGISTRY_AUTH_FILE, else docker's config.json.
+    Without --password-stdin the password is prompted for (not echoed) on a terminal.
+    """
+    from occystrap import toolbox
+
+    toolbox.login(settings, host, login_username, password_stdin, settings.authfile)
+
+
+@main.command()
+@click.argument("host")
+@click.pass_obj
+def logout(settings: RunSettings, host: str) -> None:
+    """Remove registry HOST's credentials from the auth file."""
+    from occystrap import toolbox
+
+    toolbox.logout(host, settings.authfile)

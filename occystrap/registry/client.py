@@ -6,6 +6,7 @@ Nothing here handles auth, retries, mirrors or rate limits: the chain does.
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager
@@ -20,16 +21,27 @@ from occystrap.registry.blobs import (
     RemoteBlobReader,
     ReopeningBody,
 )
-from occystrap.registry.errors import registry_error
+from occystrap.registry.errors import error_body, error_codes, registry_error
 from occystrap.registry.manifest import ACCEPT_MANIFESTS
 from occystrap.streams import Readable
 
 LOG = logging.getLogger("occystrap.registry")
 
 MAX_MANIFEST_BYTES = 4 * 1024 * 1024
+MAX_TAG_PAGE_BYTES = 16 * 1024 * 1024
+MAX_TAG_PAGES = 10_000
 MAX_CONFIG_BYTES = 16 * 1024 * 1024
 UPLOAD_ATTEMPTS = 3
 PATCH_CHUNK = 16 * 1024 * 1024
+
+
+@dataclass(frozen=True)
+class ManifestHead:
+    """What a HEAD on a manifest tells: its digest, media type and size (if stated)."""
+
+    digest: str
+    media_type: str
+    size: int | None
 
 
 class RegistryClient:
@@ -56,11 +68,7 @@ class RegistryClient:
 
     def get_manifest(self, repository: str, reference: str) -> tuple[bytes, str, str]:
         """(raw bytes, content type, digest) of a manifest; digest-pinned references are checked."""
-        what = (
-            f"manifest {repository}:{reference}"
-            if ":" not in reference
-            else (f"manifest {repository}@{reference}")
-        )
+        what = _manifest_what(repository, reference)
         with self.http.stream(
             "GET",
             self._url(repository, "manifests", reference),
@@ -69,10 +77,88 @@ class RegistryClient:
             if response.status_code != 200:
                 raise registry_error(response, what)
             raw = _read_limited(response, MAX_MANIFEST_BYTES, what)
-            content_type = response.headers.get("Content-Type", "").split(";")[0].strip()
+            content_type = _content_type(response)
         if ":" in reference:  # a digest; tags cannot contain ':'
             check_digest(raw, reference, what)
         return raw, content_type, "sha256:" + hashlib.sha256(raw).hexdigest()
+
+    def head_manifest(self, repository: str, reference: str) -> ManifestHead:
+        """Digest, media type and size of a manifest without fetching it.
+
+        A registry that leaves out Docker-Content-Digest on HEAD (or answers HEAD with an error
+        other than 404) is asked with GET instead, and the digest is computed from the bytes.
+        """
+        url = self._url(repository, "manifests", reference)
+        response = self.http.head(url, headers={"Accept": ACCEPT_MANIFESTS})
+        response.close()
+        if response.status_code == 404:
+            raise registry_error(response, _manifest_what(repository, reference))
+        digest = response.headers.get("Docker-Content-Digest", "")
+        if response.status_code == 200 and digest:
+            if ":" in reference and digest != reference:
+                raise RegistryError(
+                    f"{self.registry} answered digest {digest} for {repository}@{reference};"
+                    " the registry is broken or something in between rewrote the answer"
+                )
+            size = response.headers.get("Content-Length", "")
+            return ManifestHead(
+                digest, _content_type(response), int(size) if size.isdigit() else None
+            )
+        raw, content_type, digest = self.get_manifest(repository, reference)
+        return ManifestHead(digest, content_type, len(raw))
+
+    def delete_manifest(self, repository: str, digest: str) -> None:
+        """DELETE a manifest by digest; a registry that forbids deletes says so in one line."""
+        response = self.http.delete(
+            self._url(repository, "manifests", digest),
+            extensions={extensions.SCOPE: [f"repository:{repository}:delete"]},
+        )
+        if response.status_code in (200, 202, 204):
+            response.close()
+            return
+        body = error_body(response)
+        if response.status_code == 405 or "UNSUPPORTED" in error_codes(body):
+            raise RegistryError(
+                f"{self.registry} does not allow deleting manifests (HTTP"
+                f" {response.status_code}); its operator must enable deletes (for the CNCF"
+                " registry: storage.delete.enabled: true)"
+            )
+        raise registry_error(response, f"deleting manifest {repository}@{digest}", body)
+
+    def list_tags(self, repository: str, page_size: int | None = None) -> list[str]:
+        """Every tag of `repository`, following `Link: <...>; rel="next"` pages.
+
+        `page_size` is sent as `?n=`; registries may answer with fewer (or ignore it).
+        """
+        what = f"tags of {repository}"
+        first = httpx.URL(self._url(repository, "tags", "list"))
+        url: httpx.URL | None = (
+            first if page_size is None else first.copy_merge_params({"n": page_size})
+        )
+        tags: list[str] = []
+        seen: set[str] = set()
+        while url is not None:
+            if str(url) in seen or len(seen) >= MAX_TAG_PAGES:
+                raise RegistryError(
+                    f"{self.registry} sent a tag list whose pages never end ({what});"
+                    " the registry is broken"
+                )
+            seen.add(str(url))
+            with self.http.stream("GET", url) as response:
+                if response.status_code != 200:
+                    raise registry_error(response, what)
+                page = _read_limited(response, MAX_TAG_PAGE_BYTES, what)
+                next_link = response.links.get("next", {}).get("url")
+            tags += _tags_of_page(page, self.registry, what)
+            url = httpx.URL(self._location(next_link)) if next_link else None
+        return tags
+
+    def check_login(self) -> None:
+        """GET /v2/ with whatever credentials the chain holds for this registry."""
+        response = self.http.get(f"{self.base}/v2/")
+        if response.status_code != 200:
+            raise registry_error(response, "the API version check (GET /v2/)")
+        response.close()
 
     def put_manifest(self, repository: str, reference: str, raw: bytes, media_type: str) -> str:
         response = self.http.put(
@@ -218,6 +304,29 @@ class RegistryClient:
 
 class _NeedsChunks(Exception):
     """The registry refused a monolithic PUT."""
+
+
+def _manifest_what(repository: str, reference: str) -> str:
+    separator = "@" if ":" in reference else ":"  # tags cannot contain ':'
+    return f"manifest {repository}{separator}{reference}"
+
+
+def _content_type(response: httpx.Response) -> str:
+    return response.headers.get("Content-Type", "").split(";")[0].strip()
+
+
+def _tags_of_page(page: bytes, registry: str, what: str) -> list[str]:
+    """The `tags` of one tags/list answer; `null` (an empty repository) is no tags."""
+    try:
+        document = json.loads(page)
+    except ValueError:
+        document = None
+    tags = document.get("tags") if isinstance(document, dict) else []
+    if not isinstance(document, dict) or not isinstance(tags, list | None):
+        raise RegistryError(f"{registry} answered {what} with something that is not a tag list")
+    if not all(isinstance(tag, str) for tag in tags or []):
+        raise RegistryError(f"{registry} answered {what} with a tag that is not a string")
+    return tags or []
 
 
 def _read_limited(response: httpx.Response, limit: int, what: str) -> bytes:

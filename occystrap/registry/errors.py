@@ -18,12 +18,13 @@ _ADVICE = {
 }
 
 
-def registry_error(response: httpx.Response, what: str) -> RegistryError:
+def registry_error(response: httpx.Response, what: str, body: bytes | None = None) -> RegistryError:
     """A RegistryError naming the registry, the thing asked for, the status and what to do.
 
-    Reads at most a small part of the body (OCI error JSON), and closes the response.
+    Reads at most a small part of the body (OCI error JSON), and closes the response; a caller
+    that already read it with `error_body` passes `body`.
     """
-    detail = _error_detail(response)
+    detail = _error_detail(error_body(response) if body is None else body)
     advice = _ADVICE.get(response.status_code)
     if advice is None and response.status_code >= 500:
         advice = "the registry failed; try again later or raise --retries"
@@ -35,24 +36,39 @@ def registry_error(response: httpx.Response, what: str) -> RegistryError:
     return RegistryError(message)
 
 
-def _error_detail(response: httpx.Response) -> str:
+def error_body(response: httpx.Response) -> bytes:
+    """The start of an error answer's body (enough for OCI error JSON); closes the response."""
+    body = b""
     try:
-        body = b""
         for chunk in response.iter_raw():
             body += chunk
             if len(body) >= _ERROR_BODY_LIMIT:
                 break
     except httpx.HTTPError:
-        body = b""
+        pass
     finally:
         response.close()
+    return body
+
+
+def error_codes(body: bytes) -> list[str]:
+    """The `code` of each OCI error in an error body, e.g. ["UNSUPPORTED"]."""
+    return [str(error.get("code", "")) for error in _errors(body)]
+
+
+def _errors(body: bytes) -> list[dict]:
     try:
         errors = json.loads(body).get("errors") or []
     except (ValueError, AttributeError):
-        return ""
+        return []
+    return (
+        [error for error in errors if isinstance(error, dict)] if isinstance(errors, list) else []
+    )
+
+
+def _error_detail(body: bytes) -> str:
     messages = []
-    for error in errors[:3]:
-        if isinstance(error, dict):
-            code, message = error.get("code", ""), error.get("message", "")
-            messages.append(" ".join(str(part) for part in (code, message) if part))
+    for error in _errors(body)[:3]:
+        code, message = error.get("code", ""), error.get("message", "")
+        messages.append(" ".join(str(part) for part in (code, message) if part))
     return ", ".join(m for m in messages if m).replace("\n", " ")

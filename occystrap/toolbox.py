@@ -1,0 +1,354 @@
+"""The everyday registry commands: tags, digest, manifest, config, delete, login, logout.
+
+Each one makes a handful of requests through the run's one client (auth, retry, rate limit;
+mirrors for reads) and prints something a script can use.
+"""
+
+from __future__ import annotations
+
+import base64
+import dataclasses
+import json
+import logging
+import os
+import sys
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import click
+
+from occystrap.atomic import partial_sibling
+from occystrap.credentials import Credential, CredentialStore, normalise_host
+from occystrap.digests import sha256_digest
+from occystrap.endpoints import parse_uri
+from occystrap.endpoints.registry import RegistrySource, RegistryURI
+from occystrap.errors import OccystrapError, RegistryError, UsageError
+from occystrap.image import Image, ImageIndex
+from occystrap.middleware.builder import build_client
+from occystrap.registry.client import RegistryClient
+from occystrap.registry.manifest import (
+    Platform,
+    normalise_architecture,
+    parse_platform,
+    select_platform,
+)
+from occystrap.registry.reference import HOST_PATTERN
+from occystrap.settings import RunSettings
+
+LOG = logging.getLogger("occystrap.toolbox")
+
+AUTH_FILE_MODE = 0o600
+
+
+# -- references and the client ------------------------------------------------------------
+
+
+def registry_uri(text: str) -> RegistryURI:
+    """An IMAGE_URI argument, which must be registry://."""
+    uri = parse_uri(text)
+    if not isinstance(uri, RegistryURI):
+        raise UsageError(f"{text!r} is not a registry image: expected registry://HOST/NAME[:TAG]")
+    return uri
+
+
+def repository_uri(text: str) -> RegistryURI:
+    """A REPOSITORY_URI argument: registry://HOST/NAME, with no tag or digest."""
+    uri = registry_uri(text)
+    last_component = text.partition("://")[2].partition("?")[0].rpartition("/")[2]
+    if ":" in last_component or "@" in last_component:
+        raise UsageError(
+            f"{text!r} names an image, not a repository: expected registry://HOST/NAME"
+            " without :TAG or @DIGEST"
+        )
+    return uri
+
+
+def wanted_platform(settings: RunSettings, uri: RegistryURI, platform: str | None) -> Platform:
+    """--platform beats the URI's ?os=&arch=&variant=, which beat the global --os/--architecture."""
+    if platform is not None:
+        return parse_platform(platform)
+    return settings.with_platform(uri.os, uri.arch, uri.variant).platform
+
+
+@contextmanager
+def registry_client(
+    settings: RunSettings, uri: RegistryURI, *, use_mirrors: bool = True
+) -> Iterator[RegistryClient]:
+    """A RegistryClient for `uri`'s registry over a fresh chain; `use_mirrors=False` for
+    anything that must see the registry itself (deleting, logging in)."""
+    registry = uri.reference.registry
+    chain = settings.chain_settings([registry])
+    if not use_mirrors:
+        chain = dataclasses.replace(chain, mirrors=())
+    insecure = settings.insecure if uri.insecure is None else uri.insecure
+    with build_client(chain) as http:
+        yield RegistryClient(http, registry, insecure=insecure)
+
+
+@dataclass(frozen=True)
+class PickedImage:
+    """One single-platform image a reference names, and the index it was picked from."""
+
+    image: Image
+    index_digest: str | None = None
+
+    @property
+    def manifest_digest(self) -> str:
+        return sha256_digest(self.image.manifest or b"")
+
+
+def pick(client: RegistryClient, uri: RegistryURI, platform: Platform) -> PickedImage:
+    """The image `uri` names: itself, or an index's entry for `platform` (manifest and config
+    only; no layer is read)."""
+    item = RegistrySource(client, uri.reference, None).read()
+    if isinstance(item, ImageIndex):
+        entry = select_platform(item, platform.os, platform.architecture, platform.variant)
+        return PickedImage(item.read_entry(entry), item.digest)
+    return PickedImage(item)
+
+
+def _write_stdout(data: bytes) -> None:
+    sys.stdout.buffer.write(data)
+    sys.stdout.buffer.flush()
+
+
+# -- read-only commands -------------------------------------------------------------------
+
+
+def tags(settings: RunSettings, text: str, page_size: int | None) -> None:
+    """Print every tag of a repository, one a line (a JSON list with -O json)."""
+    uri = repository_uri(text)
+    with registry_client(settings, uri) as client:
+        found = client.list_tags(uri.reference.repository, page_size)
+    if settings.output_format == "json":
+        click.echo(json.dumps(found))
+    else:
+        for tag in found:
+            click.echo(tag)
+
+
+def digest(settings: RunSettings, text: str, platform: str | None) -> None:
+    """Print the manifest digest: the index's own, or with --platform one platform's."""
+    uri = registry_uri(text)
+    reference = uri.reference
+    with registry_client(settings, uri) as client:
+        if platform is None:
+            found = client.head_manifest(reference.repository, reference.reference).digest
+        else:
+            wanted = parse_platform(platform)
+            picked = pick(client, uri, wanted)
+            if picked.index_digest is None:
+                _check_single_platform(text, picked.image, wanted)
+            found = picked.manifest_digest
+    click.echo(found)
+
+
+def _check_single_platform(text: str, image: Image, wanted: Platform) -> None:
+    """A plain image manifest answers --platform only when its config says that platform."""
+    config = image.config_json
+    os_name, architecture = str(config.get("os", "")), str(config.get("architecture", ""))
+    variant = config.get("variant")
+    matches = (
+        os_name.lower() == wanted.os.lower()
+        and normalise_architecture(architecture) == normalise_architecture(wanted.architecture)
+        and (wanted.variant is None or (variant or "").lower() == wanted.variant.lower())
+    )
+    if not matches:
+        have = "/".join(part for part in (os_name, architecture, variant) if part)
+        raise OccystrapError(
+            f"{text} is a single-platform image for {have}, not {wanted}; drop --platform"
+        )
+
+
+def manifest(settings: RunSettings, text: str, platform: str | None) -> None:
+    """Write the manifest to stdout exactly as served (with --platform, that entry of an index)."""
+    uri = registry_uri(text)
+    reference = uri.reference
+    with registry_client(settings, uri) as client:
+        if platform is None:
+            raw = client.get_manifest(reference.repository, reference.reference)[0]
+        else:
+            raw = pick(client, uri, parse_platform(platform)).image.manifest or b""
+    _write_stdout(raw)
+
+
+def config(settings: RunSettings, text: str, platform: str | None) -> None:
+    """Write the image config blob to stdout exactly as stored (its sha256 is the config digest)."""
+    uri = registry_uri(text)
+    with registry_client(settings, uri) as client:
+        picked = pick(client, uri, wanted_platform(settings, uri, platform))
+    _write_stdout(picked.image.config)
+
+
+# -- delete -------------------------------------------------------------------------------
+
+
+def delete(settings: RunSettings, text: str) -> None:
+    """Delete the manifest a tag or digest names; a tag is resolved at the registry itself."""
+    uri = registry_uri(text)
+    reference = uri.reference
+    with registry_client(settings, uri, use_mirrors=False) as client:
+        target = (
+            reference.digest
+            or client.head_manifest(reference.repository, reference.reference).digest
+        )
+        client.delete_manifest(reference.repository, target)
+    click.echo(f"occystrap: deleted {reference.registry}/{reference.repository}@{target}", err=True)
+
+
+# -- login / logout -----------------------------------------------------------------------
+
+
+def auth_file_path(authfile: str | None, environ: Mapping[str, str] = os.environ) -> Path:
+    """Where login writes and logout removes: --authfile, $REGISTRY_AUTH_FILE, else docker's
+    config.json ($DOCKER_CONFIG/config.json or ~/.docker/config.json)."""
+    if authfile:
+        return Path(authfile)
+    if environ.get("REGISTRY_AUTH_FILE"):
+        return Path(environ["REGISTRY_AUTH_FILE"])
+    if environ.get("DOCKER_CONFIG"):
+        return Path(environ["DOCKER_CONFIG"]) / "config.json"
+    return Path.home() / ".docker" / "config.json"
+
+
+def login_host(text: str) -> str:
+    """HOST[:PORT] from what users type: `host:5000`, `https://host/`, `registry://host`."""
+    host = text.strip()
+    for prefix in ("registry://", "https://", "http://"):
+        if host.lower().startswith(prefix):
+            host = host[len(prefix) :]
+    host = host.rstrip("/")
+    if not HOST_PATTERN.fullmatch(host):
+        raise UsageError(f"invalid registry host {text!r}: expected HOST or HOST:PORT")
+    return host.lower()
+
+
+def login(
+    settings: RunSettings,
+    host_text: str,
+    username: str | None,
+    password_stdin: bool,
+    authfile: str | None,
+) -> None:
+    """Check USER's password against the registry, then store it in the auth file."""
+    host = login_host(host_text)
+    username = username or settings.username
+    if not username:
+        if not sys.stdin.isatty() or password_stdin:
+            raise UsageError("no username: give -u USER")
+        username = click.prompt("Username")
+    password = _password(settings, password_stdin)
+    _verify(settings, host, Credential(username, password))
+    path = auth_file_path(authfile)
+    document = _read_auth_file(path)
+    auths = document.setdefault("auths", {})
+    for key in _keys_for(auths, host):
+        del auths[key]
+    auths[_auth_key(host)] = {
+        "auth": base64.b64encode(f"{username}:{password}".encode()).decode("ascii")
+    }
+    if any(normalise_host(key) == normalise_host(host) for key in document.get("credHelpers", {})):
+        LOG.warning(
+            "%s names a credential helper for %s, which is used before this login", path, host
+        )
+    _write_auth_file(path, document)
+    click.echo(f"occystrap: logged in to {host} as {username} (credentials in {path})", err=True)
+
+
+def logout(host_text: str, authfile: str | None) -> None:
+    """Remove HOST's entry from the auth file (nothing to do is not an error)."""
+    host = login_host(host_text)
+    path = auth_file_path(authfile)
+    document = _read_auth_file(path)
+    auths = document.get("auths", {})
+    keys = _keys_for(auths, host)
+    if not keys:
+        click.echo(f"occystrap: not logged in to {host} (no entry in {path})", err=True)
+        return
+    for key in keys:
+        del auths[key]
+    _write_auth_file(path, document)
+    click.echo(f"occystrap: logged out of {host} (removed from {path})", err=True)
+
+
+def _password(settings: RunSettings, password_stdin: bool) -> str:
+    """--password-stdin, else the global --password, else a prompt on a terminal, else a line of
+    stdin. Never echoed."""
+    if password_stdin:
+        password = sys.stdin.read().rstrip("\r\n")
+    elif settings.password is not None:
+        LOG.warning(
+            "a password on the command line is visible to other users; use --password-stdin"
+        )
+        password = settings.password
+    elif sys.stdin.isatty():
+        password = click.prompt("Password", hide_input=True)
+    else:
+        password = sys.stdin.readline().rstrip("\r\n")
+    if not password:
+        raise UsageError("empty password: give it on stdin (--password-stdin) or at the prompt")
+    return password
+
+
+def _verify(settings: RunSettings, host: str, credential: Credential) -> None:
+    """GET /v2/ at the registry itself with exactly this credential (none from files)."""
+    chain = dataclasses.replace(
+        settings.chain_settings([host]),
+        mirrors=(),
+        credentials=CredentialStore({host: credential}, []),
+    )
+    with build_client(chain) as http:
+        try:
+            RegistryClient(http, host, insecure=settings.insecure).check_login()
+        except RegistryError as exc:
+            raise RegistryError(f"login to {host} as {credential.username} failed: {exc}") from None
+
+
+def _auth_key(host: str) -> str:
+    """The key docker and podman use: the host, or Docker Hub's historical URL."""
+    return normalise_host(host)
+
+
+def _keys_for(auths: Mapping[str, object], host: str) -> list[str]:
+    """Every key of `auths` naming `host` (`host`, `https://host/v1/`, Hub aliases...)."""
+    wanted = normalise_host(host)
+    return [key for key in auths if normalise_host(key) == wanted]
+
+
+def _read_auth_file(path: Path) -> dict:
+    """The auth file's JSON, keeping every key we do not touch; a missing file is empty."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        return {}
+    except OSError as exc:
+        raise UsageError(f"cannot read auth file {path}: {exc.strerror}") from None
+    try:
+        document = json.loads(text) if text.strip() else {}
+    except ValueError:
+        raise UsageError(f"auth file {path} is not valid JSON; fix or remove it") from None
+    if not isinstance(document, dict) or not isinstance(document.get("auths", {}), dict):
+        raise UsageError(f"auth file {path} is not a JSON object with an 'auths' object")
+    return document
+
+
+def _write_auth_file(path: Path, document: dict) -> None:
+    """Replace the auth file atomically, readable by its owner only (it holds passwords)."""
+    try:
+        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        temporary = partial_sibling(path)
+        descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, AUTH_FILE_MODE)
+        try:
+            with os.fdopen(descriptor, "w", encoding="utf-8") as handle:
+                json.dump(document, handle, indent="\t")
+                handle.write("\n")
+                handle.flush()
+                os.fsync(handle.fileno())
+            os.replace(temporary, path)
+        except BaseException:
+            temporary.unlink(missing_ok=True)
+            raise
+    except OSError as exc:
+        raise UsageError(f"cannot write auth file {path}: {exc.strerror}") from None

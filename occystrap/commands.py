@@ -37,6 +37,7 @@ from occystrap.quay.bulk import run_each
 from occystrap.registry.manifest import Descriptor, Manifest, Platform, image_info
 from occystrap.registry.reference import ImageReference, validate_repository
 from occystrap.settings import RunSettings
+from occystrap.toolbox import PickedImage, inspect_keys
 
 LOG = logging.getLogger("occystrap")
 
@@ -251,13 +252,17 @@ def describe(item: Image, name: str) -> dict:
 def _read_for_info(uri: Endpoint, ctx: RunContext) -> dict:
     item = uri.open_input(ctx).read()
     name = str(uri.reference) if isinstance(uri, RegistryURI) else str(uri)
+    index_digest = None
     if isinstance(item, ImageIndex):
         index_digest = item.digest
         item = choose_platform(item, ctx.settings.platform)
-        details = describe(item, name)
+    details = describe(item, name)
+    if index_digest is not None:
         details["index_digest"] = index_digest
-        return details
-    return describe(item, name)
+    if isinstance(uri, RegistryURI):
+        picked = PickedImage(item, index_digest)
+        details |= inspect_keys(uri.client(ctx), uri.reference, picked)
+    return details
 
 
 def info(settings: RunSettings, source: str) -> None:

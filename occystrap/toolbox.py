@@ -28,13 +28,14 @@ from occystrap.errors import OccystrapError, RegistryError, UsageError
 from occystrap.image import Image, ImageIndex
 from occystrap.middleware.builder import build_client
 from occystrap.registry.client import RegistryClient
+from occystrap.registry.hosts import DOCKER_HUB_HOST
 from occystrap.registry.manifest import (
     Platform,
     normalise_architecture,
     parse_platform,
     select_platform,
 )
-from occystrap.registry.reference import HOST_PATTERN
+from occystrap.registry.reference import HOST_PATTERN, ImageReference
 from occystrap.settings import RunSettings
 
 LOG = logging.getLogger("occystrap.toolbox")
@@ -180,6 +181,40 @@ def config(settings: RunSettings, text: str, platform: str | None) -> None:
     with registry_client(settings, uri) as client:
         picked = pick(client, uri, wanted_platform(settings, uri, platform))
     _write_stdout(picked.image.config)
+
+
+def inspect_keys(client: RegistryClient, reference: ImageReference, picked: PickedImage) -> dict:
+    """`skopeo inspect`'s top-level keys, so scripts written for it read `info -O json` too.
+
+    Like skopeo, RepoTags lists the whole repository, and a registry that refuses to list tags
+    (401/403) leaves it empty with a warning.
+    """
+    try:
+        repo_tags = client.list_tags(reference.repository)
+    except RegistryError as exc:
+        if exc.status_code not in (401, 403):
+            raise
+        LOG.warning("%s refuses to list tags; RepoTags is empty: %s", reference.registry, exc)
+        repo_tags = []
+    config = picked.image.config_json
+    runtime = config.get("config")
+    if not isinstance(runtime, dict):
+        runtime = {}
+    host = "docker.io" if reference.registry == DOCKER_HUB_HOST else reference.registry
+    keys = {
+        "Name": f"{host}/{reference.repository}",
+        "Digest": picked.index_digest or picked.manifest_digest,
+        "RepoTags": repo_tags,
+        "Created": config.get("created"),
+        "Architecture": config.get("architecture", ""),
+        "Os": config.get("os", ""),
+        "Layers": [layer.digest for layer in picked.image.layers],
+        "Env": runtime.get("Env"),
+        "Labels": runtime.get("Labels"),
+    }
+    if config.get("variant"):
+        keys["Variant"] = config["variant"]
+    return keys
 
 
 # -- delete -------------------------------------------------------------------------------

@@ -90,9 +90,8 @@ class RegistryClient:
         """
         url = self._url(repository, "manifests", reference)
         response = self.http.head(url, headers={"Accept": ACCEPT_MANIFESTS})
-        response.close()
-        if response.status_code == 404:
-            raise registry_error(response, _manifest_what(repository, reference))
+        if response.status_code == 404:  # a HEAD answer has no body to explain itself
+            raise registry_error(response, _manifest_what(repository, reference), b"")
         digest = response.headers.get("Docker-Content-Digest", "")
         if response.status_code == 200 and digest:
             if ":" in reference and digest != reference:

@@ -33,7 +33,9 @@ def registry_error(response: httpx.Response, what: str, body: bytes | None = Non
         message += f" ({detail})"
     if advice:
         message += f"; {advice}"
-    return RegistryError(message)
+    error = RegistryError(message)
+    error.status_code = response.status_code
+    return error
 
 
 def error_body(response: httpx.Response) -> bytes:

@@ -39,7 +39,14 @@ def registry_error(response: httpx.Response, what: str, body: bytes | None = Non
 
 
 def error_body(response: httpx.Response) -> bytes:
-    """The start of an error answer's body (enough for OCI error JSON); closes the response."""
+    """The start of an error answer's body (enough for OCI error JSON); closes the response.
+
+    Works on streamed responses and on ones the client already read (non-streaming calls).
+    """
+    try:
+        return response.content[:_ERROR_BODY_LIMIT]
+    except httpx.ResponseNotRead:
+        pass
     body = b""
     try:
         for chunk in response.iter_raw():

@@ -11,9 +11,14 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
 def run_occystrap(
-    *args: str, env: dict[str, str] | None = None, check: bool = True, timeout: float = 120
+    *args: str,
+    env: dict[str, str] | None = None,
+    check: bool = True,
+    timeout: float = 120,
+    input: str | None = None,  # noqa: A002 - subprocess.run's name for it
 ) -> subprocess.CompletedProcess:
-    """`python -m occystrap ARGS`; with check, fail showing stderr unless it exits 0."""
+    """`python -m occystrap ARGS`, fed `input` on stdin if given; with check, fail showing
+    stderr unless it exits 0."""
     environment = {**os.environ, "PYTHONPATH": str(REPO_ROOT), **(env or {})}
     result = subprocess.run(
         [sys.executable, "-m", "occystrap", *args],
@@ -22,6 +27,7 @@ def run_occystrap(
         env=environment,
         timeout=timeout,
         check=False,
+        input=input,
     )
     if check and result.returncode != 0:
         raise AssertionError(

@@ -62,6 +62,13 @@ def registry_basic(tmp_path_factory) -> Iterator[RegistryServer]:
 
 
 @pytest.fixture(scope="session")
+def registry_no_delete(tmp_path_factory) -> Iterator[RegistryServer]:
+    """A registry whose operator left deletes off, as the CNCF registry ships."""
+    with RegistryServer(tmp_path_factory.mktemp("registry-no-delete"), deletes=False) as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
 def registry_tls(tmp_path_factory) -> Iterator[RegistryServer]:
     with RegistryServer(tmp_path_factory.mktemp("registry-tls"), tls=True) as server:
         yield server

@@ -57,6 +57,7 @@ class RegistryServer:
     `client_certs` (with `tls`) refuses clients without a certificate from a second CA
     (`http.tls.clientcas`), whose client pair is in `client_cert_files`.
     Token mode needs `token_server` (a running `TokenServer`) for realm and signing cert.
+    `deletes` turns storage.delete on (the default) or off (DELETE answers 405 UNSUPPORTED).
     """
 
     def __init__(
@@ -69,6 +70,7 @@ class RegistryServer:
         password: str | None = None,
         token_server=None,
         client_certs: bool = False,
+        deletes: bool = True,
     ) -> None:
         if auth not in (None, "basic", "token"):
             raise ValueError(f"unknown auth mode {auth!r}")
@@ -81,6 +83,7 @@ class RegistryServer:
         self.auth = auth
         self.scheme = "https" if tls else "http"
         self.token_server = token_server
+        self.deletes = deletes
         if auth == "token":
             username, password = token_server.username, token_server.password
         self.username = username
@@ -156,7 +159,7 @@ class RegistryServer:
             "log": {"level": "error", "accesslog": {"disabled": True}},
             "storage": {
                 "filesystem": {"rootdirectory": str(self.storage)},
-                "delete": {"enabled": True},
+                "delete": {"enabled": self.deletes},
                 "maintenance": {"uploadpurging": {"enabled": False}},
             },
             "http": http,

@@ -1,3 +1,4 @@
 from occystrap.cli import main
 
-main()
+# The name users type, so `python -m occystrap` answers _OCCYSTRAP_COMPLETE like the script.
+main(prog_name="occystrap")

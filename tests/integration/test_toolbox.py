@@ -3,12 +3,18 @@ registry (plain, htpasswd Basic, token auth, TLS), with skopeo as the independen
 
 from __future__ import annotations
 
+import base64
+import contextlib
 import hashlib
 import json
 import os
+import pty
+import select
+import signal
 import stat
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -460,3 +466,60 @@ def test_login_to_a_dead_host_is_one_line(tmp_path, no_saved_credentials):
     )
     assert_one_line_error(result, "network error")
     assert "secret" not in result.stderr
+
+
+def _login_on_a_terminal(registry, authfile: Path, env: dict[str, str]) -> str:
+    """Run `occystrap login HOST` on a pseudo-terminal, answer its prompts, return the screen."""
+    child = pty.fork()
+    if child[0] == 0:  # the child: the pty is its controlling terminal, as for a user
+        os.execve(
+            sys.executable,
+            [sys.executable, "-m", "occystrap", "--insecure", "--authfile", str(authfile)]
+            + ["login", registry.host],
+            {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2]), **env},
+        )
+    pid, terminal = child
+    screen = b""
+    answers = {b"Username: ": registry.username, b"Password: ": registry.password}
+    deadline = time.monotonic() + 60
+    try:
+        while time.monotonic() < deadline:
+            ready, _, _ = select.select([terminal], [], [], 1)
+            if not ready:
+                continue
+            try:
+                chunk = os.read(terminal, 4096)
+            except OSError:  # the child exited and the pty closed
+                break
+            if not chunk:
+                break
+            screen += chunk
+            for prompt, answer in list(answers.items()):
+                if screen.endswith(prompt):
+                    os.write(terminal, f"{answer}\n".encode())
+                    del answers[prompt]
+        _, status = os.waitpid(pid, 0)
+    finally:
+        os.close(terminal)
+        with contextlib.suppress(ChildProcessError, ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0, screen.decode(errors="replace")
+    return screen.decode(errors="replace")
+
+
+def test_login_prompts_on_a_terminal_without_echoing_the_password(
+    registry_basic, tmp_path, no_saved_credentials
+):
+    authfile = tmp_path / "auth.json"
+    screen = _login_on_a_terminal(registry_basic, authfile, no_saved_credentials)
+    assert "Username: " in screen and "Password: " in screen
+    assert registry_basic.username in screen  # the username is echoed as typed
+    assert registry_basic.password not in screen
+    entry = json.loads(authfile.read_text())["auths"][registry_basic.host]
+    assert (
+        entry["auth"]
+        == base64.b64encode(
+            f"{registry_basic.username}:{registry_basic.password}".encode()
+        ).decode()
+    )

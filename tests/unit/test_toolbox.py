@@ -6,7 +6,11 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
+import os
 import stat
+import subprocess
+import sys
+from pathlib import Path
 
 import httpx
 import pytest
@@ -333,3 +337,27 @@ def test_inspect_keys_name_docker_hub_as_skopeo_does(mock):
         None,
         None,
     )
+
+
+# -- shell completion ---------------------------------------------------------------------
+
+
+def _complete(words: str) -> list[str]:
+    environ = {
+        **os.environ,
+        "PYTHONPATH": str(Path(__file__).resolve().parents[2]),
+        "_OCCYSTRAP_COMPLETE": "bash_complete",
+        "COMP_WORDS": words,
+        "COMP_CWORD": str(len(words.split(" ")) - 1),
+    }
+    result = subprocess.run(
+        [sys.executable, "-m", "occystrap"], env=environ, capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode == 0, result.stderr
+    return result.stdout.splitlines()
+
+
+def test_shell_completion_offers_the_commands_and_their_options():
+    assert _complete("occystrap ta") == ["plain,tags"]
+    assert set(_complete("occystrap d")) == {"plain,delete", "plain,digest"}
+    assert "plain,--password-stdin" in _complete("occystrap login --pass")

@@ -19,11 +19,11 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from occystrap import toolbox
-from occystrap.errors import RegistryError, UsageError
-from occystrap.inputs.registry import ResolvedImage
+from occystrap.errors import OccystrapError, RegistryError, UsageError
+from occystrap.image import FileBlob, Image, Layer, SourceName
 from occystrap.middleware.builder import ChainSettings, build_client
 from occystrap.registry.client import RegistryClient
-from occystrap.registry.manifest import Descriptor, Manifest, Platform
+from occystrap.registry.manifest import Platform, parse_platform
 from occystrap.registry.reference import ImageReference
 
 BASE = "https://registry.test"
@@ -188,13 +188,13 @@ _WORD = st.from_regex(r"[a-z0-9][a-z0-9._-]{0,9}", fullmatch=True)
 @given(_WORD, _WORD, st.none() | _WORD)
 def test_platform_round_trips(os_name, architecture, variant):
     platform = Platform(os_name, architecture, variant)
-    assert toolbox.parse_platform(str(platform)) == platform
+    assert parse_platform(str(platform)) == platform
 
 
 @pytest.mark.parametrize("text", ["linux", "linux/", "/amd64", "linux/arm64/v8/x", "", "a//b"])
-def test_bad_platforms_are_usage_errors(text):
-    with pytest.raises(UsageError, match="expected OS/ARCH"):
-        toolbox.parse_platform(text)
+def test_bad_platforms_are_one_line_errors(text):
+    with pytest.raises(OccystrapError, match="expected OS/ARCH"):
+        parse_platform(text)
 
 
 @pytest.mark.parametrize(
@@ -317,17 +317,19 @@ class _Stdin:
 # -- skopeo inspect keys ------------------------------------------------------------------
 
 
-def test_inspect_keys_name_docker_hub_as_skopeo_does(mock):
+def test_inspect_keys_name_docker_hub_as_skopeo_does(mock, tmp_path):
     mock.get(url__startswith="https://registry-1.docker.io/v2/library/busybox/tags/list").mock(
         return_value=httpx.Response(401, json={"errors": [{"code": "UNAUTHORIZED"}]})
     )
-    layer = Descriptor("application/vnd.oci.image.layer.v1.tar+gzip", DIGEST, 10)
-    manifest = Manifest("application/vnd.oci.image.manifest.v1+json", layer, [layer], b"{}")
     config = {"os": "linux", "architecture": "arm64", "variant": "v8", "config": {}}
-    image = ResolvedImage(manifest, "sha256:" + "c" * 64, b"{}", config, "sha256:" + "d" * 64)
+    layer = Layer(
+        DIGEST, 10, "application/vnd.oci.image.layer.v1.tar+gzip", DIGEST, FileBlob(tmp_path)
+    )
+    image = Image(SourceName("library/busybox"), json.dumps(config).encode(), (layer,))
+    picked = toolbox.PickedImage(image, "sha256:" + "d" * 64)
     reference = ImageReference("registry-1.docker.io", "library/busybox", "latest")
     with build_client(ChainSettings(retries=0)) as http:
-        keys = toolbox.inspect_keys(RegistryClient(http, reference.registry), reference, image)
+        keys = toolbox.inspect_keys(RegistryClient(http, reference.registry), reference, picked)
     assert keys["Name"] == "docker.io/library/busybox"
     assert keys["Digest"] == "sha256:" + "d" * 64  # the index's, as skopeo reports
     assert keys["RepoTags"] == []  # listing refused: skopeo carries on too

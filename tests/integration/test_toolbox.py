@@ -11,6 +11,7 @@ import os
 import pty
 import select
 import signal
+import socket
 import stat
 import subprocess
 import sys
@@ -29,7 +30,7 @@ from tests.integration.images import (
     run_skopeo,
     skopeo_inspect,
 )
-from tests.integration.servers import SKOPEO_BINARY, free_port
+from tests.integration.servers import SKOPEO_BINARY
 from tests.integration.tag_pages import TagPagingProxy
 
 pytestmark = pytest.mark.integration
@@ -64,6 +65,15 @@ def _push_multiarch(registry, repo: str, tmp_path: Path) -> None:
         },
     )
     push_multiarch_with_skopeo(layout, registry, repo, "v1")
+
+
+@contextlib.contextmanager
+def _refusing_port():
+    """A loopback port bound but not listening: connections are refused, and no other process
+    can start a server on it while the test runs."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as holder:
+        holder.bind(("127.0.0.1", 0))
+        yield holder.getsockname()[1]
 
 
 def _uri(registry, ref: str) -> str:
@@ -428,14 +438,15 @@ def test_failures_are_one_line(command, registry_plain, unique_repo):
     assert_one_line_error(missing, "HTTP 404")
     bad_uri = run_occystrap(command, f"docker://{registry_plain.host}/{target}", check=False)
     assert_one_line_error(bad_uri, "unknown URI scheme")
-    dead = run_occystrap(
-        "--insecure",
-        "--retries",
-        "0",
-        command,
-        f"registry://127.0.0.1:{free_port()}/{target}",
-        check=False,
-    )
+    with _refusing_port() as port:
+        dead = run_occystrap(
+            "--insecure",
+            "--retries",
+            "0",
+            command,
+            f"registry://127.0.0.1:{port}/{target}",
+            check=False,
+        )
     assert_one_line_error(dead, "network error")
 
 
@@ -451,19 +462,20 @@ def test_unauthorised_is_one_line(registry_basic, unique_repo, tmp_path, no_save
 
 
 def test_login_to_a_dead_host_is_one_line(tmp_path, no_saved_credentials):
-    result = run_occystrap(
-        "--insecure",
-        "--retries",
-        "0",
-        "login",
-        f"127.0.0.1:{free_port()}",
-        "-u",
-        "someone",
-        "--password-stdin",
-        input="secret",
-        env=no_saved_credentials,
-        check=False,
-    )
+    with _refusing_port() as port:
+        result = run_occystrap(
+            "--insecure",
+            "--retries",
+            "0",
+            "login",
+            f"127.0.0.1:{port}",
+            "-u",
+            "someone",
+            "--password-stdin",
+            input="secret",
+            env=no_saved_credentials,
+            check=False,
+        )
     assert_one_line_error(result, "network error")
     assert "secret" not in result.stderr
 

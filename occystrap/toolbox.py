@@ -22,7 +22,7 @@ import click
 from occystrap.atomic import partial_sibling
 from occystrap.credentials import Credential, CredentialStore, normalise_host
 from occystrap.digests import sha256_digest
-from occystrap.endpoints import parse_uri
+from occystrap.endpoints import parse_uri, redact
 from occystrap.endpoints.registry import RegistrySource, RegistryURI
 from occystrap.errors import OccystrapError, RegistryError, UsageError
 from occystrap.image import Image, ImageIndex
@@ -50,7 +50,9 @@ def registry_uri(text: str) -> RegistryURI:
     """An IMAGE_URI argument, which must be registry://."""
     uri = parse_uri(text)
     if not isinstance(uri, RegistryURI):
-        raise UsageError(f"{text!r} is not a registry image: expected registry://HOST/NAME[:TAG]")
+        raise UsageError(
+            f"{uri.shown!r} is not a registry image: expected registry://HOST/NAME[:TAG]"
+        )
     return uri
 
 
@@ -60,7 +62,7 @@ def repository_uri(text: str) -> RegistryURI:
     last_component = text.partition("://")[2].partition("?")[0].rpartition("/")[2]
     if ":" in last_component or "@" in last_component:
         raise UsageError(
-            f"{text!r} names an image, not a repository: expected registry://HOST/NAME"
+            f"{uri.shown!r} names an image, not a repository: expected registry://HOST/NAME"
             " without :TAG or @DIGEST"
         )
     return uri
@@ -141,12 +143,12 @@ def digest(settings: RunSettings, text: str, platform: str | None) -> None:
             wanted = parse_platform(platform)
             picked = pick(client, uri, wanted)
             if picked.index_digest is None:
-                _check_single_platform(text, picked.image, wanted)
+                _check_single_platform(uri.shown, picked.image, wanted)
             found = picked.manifest_digest
     click.echo(found)
 
 
-def _check_single_platform(text: str, image: Image, wanted: Platform) -> None:
+def _check_single_platform(shown: str, image: Image, wanted: Platform) -> None:
     """A plain image manifest answers --platform only when its config says that platform."""
     config = image.config_json
     os_name, architecture = str(config.get("os", "")), str(config.get("architecture", ""))
@@ -159,7 +161,7 @@ def _check_single_platform(text: str, image: Image, wanted: Platform) -> None:
     if not matches:
         have = "/".join(part for part in (os_name, architecture, variant) if part)
         raise OccystrapError(
-            f"{text} is a single-platform image for {have}, not {wanted}; drop --platform"
+            f"{shown} is a single-platform image for {have}, not {wanted}; drop --platform"
         )
 
 
@@ -256,7 +258,7 @@ def login_host(text: str) -> str:
             host = host[len(prefix) :]
     host = host.rstrip("/")
     if not HOST_PATTERN.fullmatch(host):
-        raise UsageError(f"invalid registry host {text!r}: expected HOST or HOST:PORT")
+        raise UsageError(f"invalid registry host {redact(text)!r}: expected HOST or HOST:PORT")
     return host.lower()
 
 
@@ -281,7 +283,7 @@ def login(
     auths = document.setdefault("auths", {})
     for key in _keys_for(auths, host):
         del auths[key]
-    auths[_auth_key(host)] = {
+    auths[normalise_host(host)] = {  # the host, or Docker Hub's historical URL, as docker
         "auth": base64.b64encode(f"{username}:{password}".encode()).decode("ascii")
     }
     if any(normalise_host(key) == normalise_host(host) for key in document.get("credHelpers", {})):
@@ -339,11 +341,6 @@ def _verify(settings: RunSettings, host: str, credential: Credential) -> None:
             RegistryClient(http, host, insecure=settings.insecure).check_login()
         except RegistryError as exc:
             raise RegistryError(f"login to {host} as {credential.username} failed: {exc}") from None
-
-
-def _auth_key(host: str) -> str:
-    """The key docker and podman use: the host, or Docker Hub's historical URL."""
-    return normalise_host(host)
 
 
 def _keys_for(auths: Mapping[str, object], host: str) -> list[str]:

@@ -221,6 +221,12 @@ def test_commands_want_registry_uris(text):
         toolbox.registry_uri(text)
 
 
+def test_a_refused_uri_is_named_without_its_secret():
+    with pytest.raises(UsageError, match="is not a registry image") as caught:
+        toolbox.registry_uri("quay://org/app?token=s3cret-token")
+    assert "s3cret-token" not in str(caught.value)
+
+
 @pytest.mark.parametrize(
     ("text", "host"),
     [

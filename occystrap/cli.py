@@ -403,7 +403,7 @@ def login(
     """
     from occystrap import toolbox
 
-    toolbox.login(settings, host, login_username, password_stdin, settings.authfile)
+    toolbox.login(settings, host, login_username, password_stdin)
 
 
 @main.command()
@@ -413,4 +413,4 @@ def logout(settings: RunSettings, host: str) -> None:
     """Remove registry HOST's credentials from the auth file."""
     from occystrap import toolbox
 
-    toolbox.logout(host, settings.authfile)
+    toolbox.logout(settings, host)

@@ -6,21 +6,23 @@ mirrors for reads) and prints something a script can use.
 
 from __future__ import annotations
 
-import base64
 import dataclasses
 import json
 import logging
-import os
 import sys
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from pathlib import Path
 
 import click
 
-from occystrap.atomic import partial_sibling
-from occystrap.credentials import Credential, CredentialStore, normalise_host
+from occystrap.credentials import (
+    Credential,
+    CredentialStore,
+    auth_file_for_writing,
+    remove_credential,
+    store_credential,
+)
 from occystrap.digests import sha256_digest
 from occystrap.endpoints import parse_uri, redact
 from occystrap.endpoints.registry import RegistrySource, RegistryURI
@@ -39,9 +41,6 @@ from occystrap.registry.reference import HOST_PATTERN, ImageReference
 from occystrap.settings import RunSettings
 
 LOG = logging.getLogger("occystrap.toolbox")
-
-AUTH_FILE_MODE = 0o600
-
 
 # -- references and the client ------------------------------------------------------------
 
@@ -238,18 +237,6 @@ def delete(settings: RunSettings, text: str) -> None:
 # -- login / logout -----------------------------------------------------------------------
 
 
-def auth_file_path(authfile: str | None, environ: Mapping[str, str] = os.environ) -> Path:
-    """Where login writes and logout removes: --authfile, $REGISTRY_AUTH_FILE, else docker's
-    config.json ($DOCKER_CONFIG/config.json or ~/.docker/config.json)."""
-    if authfile:
-        return Path(authfile)
-    if environ.get("REGISTRY_AUTH_FILE"):
-        return Path(environ["REGISTRY_AUTH_FILE"])
-    if environ.get("DOCKER_CONFIG"):
-        return Path(environ["DOCKER_CONFIG"]) / "config.json"
-    return Path.home() / ".docker" / "config.json"
-
-
 def login_host(text: str) -> str:
     """HOST[:PORT] from what users type: `host:5000`, `https://host/`, `registry://host`."""
     host = text.strip()
@@ -263,11 +250,7 @@ def login_host(text: str) -> str:
 
 
 def login(
-    settings: RunSettings,
-    host_text: str,
-    username: str | None,
-    password_stdin: bool,
-    authfile: str | None,
+    settings: RunSettings, host_text: str, username: str | None, password_stdin: bool
 ) -> None:
     """Check USER's password against the registry, then store it in the auth file."""
     host = login_host(host_text)
@@ -276,38 +259,21 @@ def login(
         if not sys.stdin.isatty() or password_stdin:
             raise UsageError("no username: give -u USER")
         username = click.prompt("Username")
-    password = _password(settings, password_stdin)
-    _verify(settings, host, Credential(username, password))
-    path = auth_file_path(authfile)
-    document = _read_auth_file(path)
-    auths = document.setdefault("auths", {})
-    for key in _keys_for(auths, host):
-        del auths[key]
-    auths[normalise_host(host)] = {  # the host, or Docker Hub's historical URL, as docker
-        "auth": base64.b64encode(f"{username}:{password}".encode()).decode("ascii")
-    }
-    if any(normalise_host(key) == normalise_host(host) for key in document.get("credHelpers", {})):
-        LOG.warning(
-            "%s names a credential helper for %s, which is used before this login", path, host
-        )
-    _write_auth_file(path, document)
+    credential = Credential(username, _password(settings, password_stdin))
+    _verify(settings, host, credential)
+    path = auth_file_for_writing(settings.authfile)
+    store_credential(path, host, credential)
     click.echo(f"occystrap: logged in to {host} as {username} (credentials in {path})", err=True)
 
 
-def logout(host_text: str, authfile: str | None) -> None:
+def logout(settings: RunSettings, host_text: str) -> None:
     """Remove HOST's entry from the auth file (nothing to do is not an error)."""
     host = login_host(host_text)
-    path = auth_file_path(authfile)
-    document = _read_auth_file(path)
-    auths = document.get("auths", {})
-    keys = _keys_for(auths, host)
-    if not keys:
+    path = auth_file_for_writing(settings.authfile)
+    if remove_credential(path, host):
+        click.echo(f"occystrap: logged out of {host} (removed from {path})", err=True)
+    else:
         click.echo(f"occystrap: not logged in to {host} (no entry in {path})", err=True)
-        return
-    for key in keys:
-        del auths[key]
-    _write_auth_file(path, document)
-    click.echo(f"occystrap: logged out of {host} (removed from {path})", err=True)
 
 
 def _password(settings: RunSettings, password_stdin: bool) -> str:
@@ -341,46 +307,3 @@ def _verify(settings: RunSettings, host: str, credential: Credential) -> None:
             RegistryClient(http, host, insecure=settings.insecure).check_login()
         except RegistryError as exc:
             raise RegistryError(f"login to {host} as {credential.username} failed: {exc}") from None
-
-
-def _keys_for(auths: Mapping[str, object], host: str) -> list[str]:
-    """Every key of `auths` naming `host` (`host`, `https://host/v1/`, Hub aliases...)."""
-    wanted = normalise_host(host)
-    return [key for key in auths if normalise_host(key) == wanted]
-
-
-def _read_auth_file(path: Path) -> dict:
-    """The auth file's JSON, keeping every key we do not touch; a missing file is empty."""
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        return {}
-    except OSError as exc:
-        raise UsageError(f"cannot read auth file {path}: {exc.strerror}") from None
-    try:
-        document = json.loads(text) if text.strip() else {}
-    except ValueError:
-        raise UsageError(f"auth file {path} is not valid JSON; fix or remove it") from None
-    if not isinstance(document, dict) or not isinstance(document.get("auths", {}), dict):
-        raise UsageError(f"auth file {path} is not a JSON object with an 'auths' object")
-    return document
-
-
-def _write_auth_file(path: Path, document: dict) -> None:
-    """Replace the auth file atomically, readable by its owner only (it holds passwords)."""
-    try:
-        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-        temporary = partial_sibling(path)
-        descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, AUTH_FILE_MODE)
-        try:
-            with os.fdopen(descriptor, "w", encoding="utf-8") as handle:
-                json.dump(document, handle, indent="\t")
-                handle.write("\n")
-                handle.flush()
-                os.fsync(handle.fileno())
-            os.replace(temporary, path)
-        except BaseException:
-            temporary.unlink(missing_ok=True)
-            raise
-    except OSError as exc:
-        raise UsageError(f"cannot write auth file {path}: {exc.strerror}") from None

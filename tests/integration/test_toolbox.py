@@ -41,10 +41,17 @@ INSPECT_KEYS = ("Name", "Digest", "RepoTags", "Created", "Architecture", "Os", "
 
 @pytest.fixture
 def no_saved_credentials(tmp_path) -> dict[str, str]:
-    """Environment in which neither occystrap nor skopeo finds credentials of the machine."""
-    empty = tmp_path / "no-docker-config"
+    """Environment in which occystrap finds no credentials of the machine: every place of the
+    auth-file search list points into an empty directory."""
+    empty = tmp_path / "no-credentials"
     empty.mkdir()
-    return {"DOCKER_CONFIG": str(empty), "REGISTRY_AUTH_FILE": ""}
+    return {
+        "DOCKER_CONFIG": str(empty),
+        "XDG_RUNTIME_DIR": str(empty),
+        "XDG_CONFIG_HOME": str(empty),
+        "HOME": str(empty),
+        "REGISTRY_AUTH_FILE": "",
+    }
 
 
 def _push(registry, repo: str, tmp_path: Path, tags: tuple[str, ...] = ("v1",)) -> None:

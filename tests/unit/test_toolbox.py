@@ -248,15 +248,6 @@ def test_login_host_refuses_non_hosts(text):
 # -- the auth file ------------------------------------------------------------------------
 
 
-def test_auth_file_precedence(tmp_path, monkeypatch):
-    monkeypatch.setenv("HOME", str(tmp_path))
-    environ = {"REGISTRY_AUTH_FILE": "/r/auth.json", "DOCKER_CONFIG": "/d"}
-    assert str(toolbox.auth_file_path("/cli.json", environ)) == "/cli.json"
-    assert str(toolbox.auth_file_path(None, environ)) == "/r/auth.json"
-    assert str(toolbox.auth_file_path(None, {"DOCKER_CONFIG": "/d"})) == "/d/config.json"
-    assert toolbox.auth_file_path(None, {}) == tmp_path / ".docker" / "config.json"
-
-
 def _decoded(entry: dict) -> str:
     return base64.b64decode(entry["auth"]).decode()
 
@@ -277,8 +268,8 @@ def test_login_writes_0600_keeping_other_entries_and_logout_removes_aliases(tmp_
     )
     monkeypatch.setattr(toolbox, "_verify", lambda settings, host, credential: None)
     monkeypatch.setattr("sys.stdin", _Stdin("pa:ss word\n"))
-    settings = toolbox.RunSettings()
-    toolbox.login(settings, "docker.io", "alice", True, str(authfile))
+    settings = toolbox.RunSettings(authfile=authfile)
+    toolbox.login(settings, "docker.io", "alice", True)
     written = json.loads(authfile.read_text())
     assert stat.S_IMODE(authfile.stat().st_mode) == 0o600
     assert written["credHelpers"] == {"other.example": "pass"}
@@ -286,14 +277,14 @@ def test_login_writes_0600_keeping_other_entries_and_logout_removes_aliases(tmp_
     assert _decoded(written["auths"]["https://index.docker.io/v1/"]) == "alice:pa:ss word"
     assert list(authfile.parent.iterdir()) == [authfile]  # no temporary left behind
 
-    toolbox.logout("registry-1.docker.io", str(authfile))
+    toolbox.logout(settings, "registry-1.docker.io")
     assert set(json.loads(authfile.read_text())["auths"]) == {"keep.example"}
 
 
 def test_login_refuses_an_empty_password(tmp_path, monkeypatch):
     monkeypatch.setattr("sys.stdin", _Stdin("\n"))
     with pytest.raises(UsageError, match="empty password"):
-        toolbox.login(toolbox.RunSettings(), "reg.example", "alice", True, str(tmp_path / "a"))
+        toolbox.login(toolbox.RunSettings(authfile=tmp_path / "a"), "reg.example", "alice", True)
     assert not (tmp_path / "a").exists()
 
 
@@ -301,7 +292,7 @@ def test_an_unreadable_auth_file_is_a_usage_error(tmp_path):
     authfile = tmp_path / "auth.json"
     authfile.write_text("{not json")
     with pytest.raises(UsageError, match="is not valid JSON"):
-        toolbox.logout("reg.example", str(authfile))
+        toolbox.logout(toolbox.RunSettings(authfile=authfile), "reg.example")
 
 
 class _Stdin:

@@ -35,9 +35,6 @@ class RegistryError(OccystrapError):
         super().__init__(message)
         self.status, self.codes, self.advice = status, codes, advice
 
-    # The HTTP status behind it, when there was one, for callers that tolerate some.
-    status_code: int | None = None
-
 
 class DigestMismatchError(OccystrapError):
     """Bytes received do not hash to the digest that names them."""

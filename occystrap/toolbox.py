@@ -193,7 +193,7 @@ def inspect_keys(client: RegistryClient, reference: ImageReference, picked: Pick
     try:
         repo_tags = client.list_tags(reference.repository)
     except RegistryError as exc:
-        if exc.status_code not in (401, 403):
+        if exc.status not in (401, 403):
             raise
         LOG.warning("%s refuses to list tags; RepoTags is empty: %s", reference.registry, exc)
         repo_tags = []

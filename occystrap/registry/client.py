@@ -21,7 +21,7 @@ from occystrap.registry.blobs import (
     RemoteBlobReader,
     ReopeningBody,
 )
-from occystrap.registry.errors import error_body, error_codes, registry_error
+from occystrap.registry.errors import registry_error
 from occystrap.registry.manifest import ACCEPT_MANIFESTS
 from occystrap.streams import Readable
 
@@ -90,8 +90,8 @@ class RegistryClient:
         """
         url = self._url(repository, "manifests", reference)
         response = self.http.head(url, headers={"Accept": ACCEPT_MANIFESTS})
-        if response.status_code == 404:  # a HEAD answer has no body to explain itself
-            raise registry_error(response, _manifest_what(repository, reference), b"")
+        if response.status_code == 404:
+            raise registry_error(response, _manifest_what(repository, reference))
         digest = response.headers.get("Docker-Content-Digest", "")
         if response.status_code == 200 and digest:
             if ":" in reference and digest != reference:
@@ -115,14 +115,16 @@ class RegistryClient:
         if response.status_code in (200, 202, 204):
             response.close()
             return
-        body = error_body(response)
-        if response.status_code == 405 or "UNSUPPORTED" in error_codes(body):
+        error = registry_error(response, f"deleting manifest {repository}@{digest}")
+        if error.status == 405 or "UNSUPPORTED" in error.codes:
             raise RegistryError(
-                f"{self.registry} does not allow deleting manifests (HTTP"
-                f" {response.status_code}); its operator must enable deletes (for the CNCF"
-                " registry: storage.delete.enabled: true)"
+                f"{self.registry} does not allow deleting manifests (HTTP {error.status});"
+                " its operator must enable deletes (for the CNCF registry:"
+                " storage.delete.enabled: true)",
+                status=error.status,
+                codes=error.codes,
             )
-        raise registry_error(response, f"deleting manifest {repository}@{digest}", body)
+        raise error
 
     def list_tags(self, repository: str, page_size: int | None = None) -> list[str]:
         """Every tag of `repository`, following `Link: <...>; rel="next"` pages.

@@ -18,24 +18,23 @@ _ADVICE = {
 }
 
 
-def registry_error(response: httpx.Response, what: str, body: bytes | None = None) -> RegistryError:
+def registry_error(response: httpx.Response, what: str) -> RegistryError:
     """A RegistryError naming the registry, the thing asked for, the status and what to do.
 
-    Reads at most a small part of the body (OCI error JSON), and closes the response; a caller
-    that already read it with `error_body` passes `body`.
+    Reads at most a small part of the body (OCI error JSON), and closes the response.
     """
-    detail = _error_detail(error_body(response) if body is None else body)
+    errors = _errors(error_body(response))
     advice = _ADVICE.get(response.status_code)
     if advice is None and response.status_code >= 500:
         advice = "the registry failed; try again later or raise --retries"
     message = f"{response.url.host} answered HTTP {response.status_code} for {what}"
+    detail = _error_detail(errors)
     if detail:
         message += f" ({detail})"
     if advice:
         message += f"; {advice}"
-    error = RegistryError(message)
-    error.status_code = response.status_code
-    return error
+    codes = tuple(str(error.get("code", "")) for error in errors)
+    return RegistryError(message, status=response.status_code, codes=codes, advice=advice)
 
 
 def error_body(response: httpx.Response) -> bytes:
@@ -60,11 +59,6 @@ def error_body(response: httpx.Response) -> bytes:
     return body
 
 
-def error_codes(body: bytes) -> list[str]:
-    """The `code` of each OCI error in an error body, e.g. ["UNSUPPORTED"]."""
-    return [str(error.get("code", "")) for error in _errors(body)]
-
-
 def _errors(body: bytes) -> list[dict]:
     try:
         errors = json.loads(body).get("errors") or []
@@ -75,9 +69,9 @@ def _errors(body: bytes) -> list[dict]:
     )
 
 
-def _error_detail(body: bytes) -> str:
+def _error_detail(errors: list[dict]) -> str:
     messages = []
-    for error in _errors(body)[:3]:
+    for error in errors[:3]:
         code, message = error.get("code", ""), error.get("message", "")
         messages.append(" ".join(str(part) for part in (code, message) if part))
     return ", ".join(m for m in messages if m).replace("\n", " ")

@@ -94,7 +94,7 @@ def test_list_tags_error_keeps_the_status(mock, client):
     )
     with pytest.raises(RegistryError, match="HTTP 403.*DENIED") as caught:
         client.list_tags("team/app")
-    assert caught.value.status_code == 403
+    assert (caught.value.status, caught.value.codes) == (403, ("DENIED",))
 
 
 # -- head_manifest / delete_manifest ------------------------------------------------------

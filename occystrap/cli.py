@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import sys
 from pathlib import Path
@@ -321,6 +322,13 @@ def info(settings: RunSettings, source: str) -> None:
 
 # -- the registry toolbox -------------------------------------------------------------------
 
+
+def _write_stdout(data: bytes) -> None:
+    """Bytes exactly as they are (a manifest or config whose digest a script may check)."""
+    sys.stdout.buffer.write(data)
+    sys.stdout.buffer.flush()
+
+
 PLATFORM_OPTION = click.option(
     "--platform",
     metavar="OS/ARCH[/VARIANT]",
@@ -342,7 +350,9 @@ def tags(settings: RunSettings, repository: str, page_size: int | None) -> None:
     """List the tags of REPOSITORY (registry://HOST/NAME), one a line; -O json for a list."""
     from occystrap import toolbox
 
-    toolbox.tags(settings, repository, page_size)
+    found = toolbox.tags(settings, repository, page_size)
+    for line in [json.dumps(found)] if settings.output_format == "json" else found:
+        click.echo(line)
 
 
 @main.command()
@@ -353,7 +363,7 @@ def digest(settings: RunSettings, image: str, platform: str | None) -> None:
     """Print the manifest digest of IMAGE (for a multi-platform image, the index's digest)."""
     from occystrap import toolbox
 
-    toolbox.digest(settings, image, platform)
+    click.echo(toolbox.digest(settings, image, platform))
 
 
 @main.command()
@@ -364,7 +374,7 @@ def manifest(settings: RunSettings, image: str, platform: str | None) -> None:
     """Write IMAGE's manifest to stdout, byte for byte as the registry serves it."""
     from occystrap import toolbox
 
-    toolbox.manifest(settings, image, platform)
+    _write_stdout(toolbox.manifest(settings, image, platform))
 
 
 @main.command()
@@ -375,7 +385,7 @@ def config(settings: RunSettings, image: str, platform: str | None) -> None:
     """Write IMAGE's config JSON to stdout (one platform's: --platform or --os/--architecture)."""
     from occystrap import toolbox
 
-    toolbox.config(settings, image, platform)
+    _write_stdout(toolbox.config(settings, image, platform))
 
 
 @main.command()
@@ -385,7 +395,7 @@ def delete(settings: RunSettings, image: str) -> None:
     """Delete the manifest IMAGE names (a tag is resolved to its digest first)."""
     from occystrap import toolbox
 
-    toolbox.delete(settings, image)
+    click.echo(f"occystrap: deleted {toolbox.delete(settings, image)}", err=True)
 
 
 @main.command()
@@ -403,7 +413,9 @@ def login(
     """
     from occystrap import toolbox
 
-    toolbox.login(settings, host, login_username, password_stdin)
+    credential = toolbox.ask_credential(settings, login_username, password_stdin)
+    path = toolbox.login(settings, host, credential)
+    click.echo(f"occystrap: logged in to {host} as {credential.username} ({path})", err=True)
 
 
 @main.command()
@@ -413,4 +425,6 @@ def logout(settings: RunSettings, host: str) -> None:
     """Remove registry HOST's credentials from the auth file."""
     from occystrap import toolbox
 
-    toolbox.logout(settings, host)
+    path, removed = toolbox.logout(settings, host)
+    what = "logged out of" if removed else "was not logged in to"
+    click.echo(f"occystrap: {what} {host} ({path})", err=True)

@@ -1,18 +1,18 @@
 """The everyday registry commands: tags, digest, manifest, config, delete, login, logout.
 
 Each one makes a handful of requests through the run's one client (auth, retry, rate limit;
-mirrors for reads) and prints something a script can use.
+mirrors for reads) and returns what the CLI prints, so library callers get the same answers.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 
 import click
 
@@ -111,40 +111,28 @@ def pick(client: RegistryClient, uri: RegistryURI, platform: Platform) -> Picked
     return PickedImage(item)
 
 
-def _write_stdout(data: bytes) -> None:
-    sys.stdout.buffer.write(data)
-    sys.stdout.buffer.flush()
-
-
 # -- read-only commands -------------------------------------------------------------------
 
 
-def tags(settings: RunSettings, text: str, page_size: int | None) -> None:
-    """Print every tag of a repository, one a line (a JSON list with -O json)."""
-    uri = repository_uri(text)
+def tags(settings: RunSettings, repository: str, page_size: int | None = None) -> list[str]:
+    """Every tag of REPOSITORY (registry://HOST/NAME), in the registry's order, all pages."""
+    uri = repository_uri(repository)
     with registry_client(settings, uri) as client:
-        found = client.list_tags(uri.reference.repository, page_size)
-    if settings.output_format == "json":
-        click.echo(json.dumps(found))
-    else:
-        for tag in found:
-            click.echo(tag)
+        return client.list_tags(uri.reference.repository, page_size)
 
 
-def digest(settings: RunSettings, text: str, platform: str | None) -> None:
-    """Print the manifest digest: the index's own, or with --platform one platform's."""
-    uri = registry_uri(text)
+def digest(settings: RunSettings, image: str, platform: str | None = None) -> str:
+    """The manifest digest IMAGE names: an index's own, or with `platform` that entry's."""
+    uri = registry_uri(image)
     reference = uri.reference
     with registry_client(settings, uri) as client:
         if platform is None:
-            found = client.head_manifest(reference.repository, reference.reference).digest
-        else:
-            wanted = parse_platform(platform)
-            picked = pick(client, uri, wanted)
-            if picked.index_digest is None:
-                _check_single_platform(uri.shown, picked.image, wanted)
-            found = picked.manifest_digest
-    click.echo(found)
+            return client.head_manifest(reference.repository, reference.reference).digest
+        wanted = parse_platform(platform)
+        picked = pick(client, uri, wanted)
+    if picked.index_digest is None:
+        _check_single_platform(uri.shown, picked.image, wanted)
+    return picked.manifest_digest
 
 
 def _check_single_platform(shown: str, image: Image, wanted: Platform) -> None:
@@ -164,24 +152,22 @@ def _check_single_platform(shown: str, image: Image, wanted: Platform) -> None:
         )
 
 
-def manifest(settings: RunSettings, text: str, platform: str | None) -> None:
-    """Write the manifest to stdout exactly as served (with --platform, that entry of an index)."""
-    uri = registry_uri(text)
+def manifest(settings: RunSettings, image: str, platform: str | None = None) -> bytes:
+    """IMAGE's manifest exactly as served (with `platform`, that entry of an index)."""
+    uri = registry_uri(image)
     reference = uri.reference
     with registry_client(settings, uri) as client:
         if platform is None:
-            raw = client.get_manifest(reference.repository, reference.reference)[0]
-        else:
-            raw = pick(client, uri, parse_platform(platform)).image.manifest or b""
-    _write_stdout(raw)
+            return client.get_manifest(reference.repository, reference.reference)[0]
+        return pick(client, uri, parse_platform(platform)).image.manifest or b""
 
 
-def config(settings: RunSettings, text: str, platform: str | None) -> None:
-    """Write the image config blob to stdout exactly as stored (its sha256 is the config digest)."""
-    uri = registry_uri(text)
+def config(settings: RunSettings, image: str, platform: str | None = None) -> bytes:
+    """IMAGE's config blob exactly as stored (its sha256 is the config digest); for an index,
+    the config of `platform`, else the URI's ?os=&arch=&variant=, else the settings' platform."""
+    uri = registry_uri(image)
     with registry_client(settings, uri) as client:
-        picked = pick(client, uri, wanted_platform(settings, uri, platform))
-    _write_stdout(picked.image.config)
+        return pick(client, uri, wanted_platform(settings, uri, platform)).image.config
 
 
 def inspect_keys(client: RegistryClient, reference: ImageReference, picked: PickedImage) -> dict:
@@ -221,9 +207,10 @@ def inspect_keys(client: RegistryClient, reference: ImageReference, picked: Pick
 # -- delete -------------------------------------------------------------------------------
 
 
-def delete(settings: RunSettings, text: str) -> None:
-    """Delete the manifest a tag or digest names; a tag is resolved at the registry itself."""
-    uri = registry_uri(text)
+def delete(settings: RunSettings, image: str) -> str:
+    """Delete the manifest a tag or digest names (a tag resolved at the registry itself, never a
+    mirror); returns HOST/NAME@DIGEST of what was deleted."""
+    uri = registry_uri(image)
     reference = uri.reference
     with registry_client(settings, uri, use_mirrors=False) as client:
         target = (
@@ -231,7 +218,7 @@ def delete(settings: RunSettings, text: str) -> None:
             or client.head_manifest(reference.repository, reference.reference).digest
         )
         client.delete_manifest(reference.repository, target)
-    click.echo(f"occystrap: deleted {reference.registry}/{reference.repository}@{target}", err=True)
+    return f"{reference.registry}/{reference.repository}@{target}"
 
 
 # -- login / logout -----------------------------------------------------------------------
@@ -249,36 +236,31 @@ def login_host(text: str) -> str:
     return host.lower()
 
 
-def login(
-    settings: RunSettings, host_text: str, username: str | None, password_stdin: bool
-) -> None:
-    """Check USER's password against the registry, then store it in the auth file."""
-    host = login_host(host_text)
+def login(settings: RunSettings, host: str, credential: Credential) -> Path:
+    """Check `credential` against registry HOST, then store it in the auth file (--authfile,
+    else $REGISTRY_AUTH_FILE, else docker's config.json); returns that file."""
+    host = login_host(host)
+    _verify(settings, host, credential)
+    path = auth_file_for_writing(settings.authfile)
+    store_credential(path, host, credential)
+    return path
+
+
+def logout(settings: RunSettings, host: str) -> tuple[Path, bool]:
+    """Remove HOST's entry from the auth file: (the file, whether there was an entry)."""
+    path = auth_file_for_writing(settings.authfile)
+    return path, remove_credential(path, login_host(host))
+
+
+def ask_credential(settings: RunSettings, username: str | None, password_stdin: bool) -> Credential:
+    """The login's user (-u, else --username, else a prompt on a terminal) and password
+    (--password-stdin, else --password, else a prompt without echo on a terminal, else a line
+    of stdin). The password is never echoed."""
     username = username or settings.username
     if not username:
         if not sys.stdin.isatty() or password_stdin:
             raise UsageError("no username: give -u USER")
         username = click.prompt("Username")
-    credential = Credential(username, _password(settings, password_stdin))
-    _verify(settings, host, credential)
-    path = auth_file_for_writing(settings.authfile)
-    store_credential(path, host, credential)
-    click.echo(f"occystrap: logged in to {host} as {username} (credentials in {path})", err=True)
-
-
-def logout(settings: RunSettings, host_text: str) -> None:
-    """Remove HOST's entry from the auth file (nothing to do is not an error)."""
-    host = login_host(host_text)
-    path = auth_file_for_writing(settings.authfile)
-    if remove_credential(path, host):
-        click.echo(f"occystrap: logged out of {host} (removed from {path})", err=True)
-    else:
-        click.echo(f"occystrap: not logged in to {host} (no entry in {path})", err=True)
-
-
-def _password(settings: RunSettings, password_stdin: bool) -> str:
-    """--password-stdin, else the global --password, else a prompt on a terminal, else a line of
-    stdin. Never echoed."""
     if password_stdin:
         password = sys.stdin.read().rstrip("\r\n")
     elif settings.password is not None:
@@ -292,7 +274,7 @@ def _password(settings: RunSettings, password_stdin: bool) -> str:
         password = sys.stdin.readline().rstrip("\r\n")
     if not password:
         raise UsageError("empty password: give it on stdin (--password-stdin) or at the prompt")
-    return password
+    return Credential(username, password)
 
 
 def _verify(settings: RunSettings, host: str, credential: Credential) -> None:

@@ -269,7 +269,8 @@ def test_login_writes_0600_keeping_other_entries_and_logout_removes_aliases(tmp_
     monkeypatch.setattr(toolbox, "_verify", lambda settings, host, credential: None)
     monkeypatch.setattr("sys.stdin", _Stdin("pa:ss word\n"))
     settings = toolbox.RunSettings(authfile=authfile)
-    toolbox.login(settings, "docker.io", "alice", True)
+    credential = toolbox.ask_credential(settings, "alice", password_stdin=True)
+    assert toolbox.login(settings, "docker.io", credential) == authfile
     written = json.loads(authfile.read_text())
     assert stat.S_IMODE(authfile.stat().st_mode) == 0o600
     assert written["credHelpers"] == {"other.example": "pass"}
@@ -277,15 +278,26 @@ def test_login_writes_0600_keeping_other_entries_and_logout_removes_aliases(tmp_
     assert _decoded(written["auths"]["https://index.docker.io/v1/"]) == "alice:pa:ss word"
     assert list(authfile.parent.iterdir()) == [authfile]  # no temporary left behind
 
-    toolbox.logout(settings, "registry-1.docker.io")
+    assert toolbox.logout(settings, "registry-1.docker.io") == (authfile, True)
     assert set(json.loads(authfile.read_text())["auths"]) == {"keep.example"}
+    assert toolbox.logout(settings, "docker.io") == (authfile, False)
 
 
-def test_login_refuses_an_empty_password(tmp_path, monkeypatch):
+def test_ask_credential_sources(monkeypatch):
+    monkeypatch.setattr("sys.stdin", _Stdin("from-stdin\nrest\n"))
+    settings = toolbox.RunSettings()
+    assert toolbox.ask_credential(settings, "u", False).password == "from-stdin"  # one line
+    assert toolbox.ask_credential(settings, "u", True).password == "from-stdin\nrest"  # to EOF
+    flags = toolbox.RunSettings(username="flag-user", password="flag-pw")
+    assert toolbox.ask_credential(flags, None, False) == toolbox.Credential("flag-user", "flag-pw")
+    with pytest.raises(UsageError, match="give -u USER"):
+        toolbox.ask_credential(settings, None, True)
+
+
+def test_login_refuses_an_empty_password(monkeypatch):
     monkeypatch.setattr("sys.stdin", _Stdin("\n"))
     with pytest.raises(UsageError, match="empty password"):
-        toolbox.login(toolbox.RunSettings(authfile=tmp_path / "a"), "reg.example", "alice", True)
-    assert not (tmp_path / "a").exists()
+        toolbox.ask_credential(toolbox.RunSettings(), "alice", True)
 
 
 def test_an_unreadable_auth_file_is_a_usage_error(tmp_path):
@@ -308,7 +320,7 @@ class _Stdin:
         return self.text
 
     def readline(self) -> str:
-        return self.text
+        return self.text.partition("\n")[0] + "\n"
 
 
 # -- skopeo inspect keys ------------------------------------------------------------------

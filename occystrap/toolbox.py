@@ -30,7 +30,7 @@ from occystrap.errors import OccystrapError, RegistryError, UsageError
 from occystrap.image import Image, ImageIndex
 from occystrap.middleware.builder import build_client
 from occystrap.registry.client import RegistryClient
-from occystrap.registry.hosts import DOCKER_HUB_HOST
+from occystrap.registry.hosts import DOCKER_HUB_HOST, canonical_registry_host
 from occystrap.registry.manifest import (
     Platform,
     normalise_architecture,
@@ -285,7 +285,8 @@ def _verify(settings: RunSettings, host: str, credential: Credential) -> None:
         credentials=CredentialStore({host: credential}, []),
     )
     with build_client(chain) as http:
-        try:
-            RegistryClient(http, host, insecure=settings.insecure).check_login()
+        try:  # docker.io and its aliases are served by registry-1.docker.io
+            registry = canonical_registry_host(host)
+            RegistryClient(http, registry, insecure=settings.insecure).check_login()
         except RegistryError as exc:
             raise RegistryError(f"login to {host} as {credential.username} failed: {exc}") from None

@@ -283,6 +283,24 @@ def test_login_writes_0600_keeping_other_entries_and_logout_removes_aliases(tmp_
     assert toolbox.logout(settings, "docker.io") == (authfile, False)
 
 
+def test_login_to_docker_hub_checks_registry_1_and_writes_the_hub_key(mock, tmp_path):
+    expected = "Basic " + base64.b64encode(b"alice:pw").decode()
+
+    def v2(request: httpx.Request) -> httpx.Response:
+        if request.headers.get("Authorization") == expected:
+            return httpx.Response(200)
+        return httpx.Response(401, headers={"WWW-Authenticate": 'Basic realm="hub"'})
+
+    route = mock.get("https://registry-1.docker.io/v2/").mock(side_effect=v2)
+    settings = toolbox.RunSettings(authfile=tmp_path / "auth.json", retries=0)
+    toolbox.login(settings, "docker.io", toolbox.Credential("alice", "pw"))
+    assert route.call_count == 2
+    entry = json.loads((tmp_path / "auth.json").read_text())["auths"]
+    assert list(entry) == ["https://index.docker.io/v1/"]
+    with pytest.raises(RegistryError, match="login to docker.io as alice failed.*HTTP 401"):
+        toolbox.login(settings, "docker.io", toolbox.Credential("alice", "wrong"))
+
+
 def test_ask_credential_sources(monkeypatch):
     monkeypatch.setattr("sys.stdin", _Stdin("from-stdin\nrest\n"))
     settings = toolbox.RunSettings()

@@ -21,6 +21,7 @@ from pathlib import Path
 import pytest
 
 from tests.integration.cli import assert_one_line_error, registry_flags, run_occystrap
+from tests.integration.fault_proxy import ForwardingServer
 from tests.integration.images import (
     build_multiarch_layout,
     build_oci_layout,
@@ -542,3 +543,35 @@ def test_login_prompts_on_a_terminal_without_echoing_the_password(
             f"{registry_basic.username}:{registry_basic.password}".encode()
         ).decode()
     )
+
+
+# -- the one client: mirrors for reads only, retries -------------------------------------
+
+
+def test_reads_go_through_a_mirror_but_delete_asks_the_registry(
+    registry_plain, unique_repo, tmp_path
+):
+    _push(registry_plain, unique_repo, tmp_path)
+    uri = _uri(registry_plain, f"{unique_repo}:v1")
+    with ForwardingServer(registry_plain.url) as mirror:
+        flags = ["--insecure", "--mirror", f"{registry_plain.host}={mirror.url}"]
+        digest = run_occystrap(*flags, "digest", uri).stdout.strip()
+        run_occystrap(*flags, "tags", _uri(registry_plain, unique_repo))
+        assert {(r.method, r.path.rsplit("/", 2)[-2]) for r in mirror.requests} == {
+            ("HEAD", "manifests"),
+            ("GET", "tags"),
+        }
+        mirror.reset()
+        deleted = run_occystrap(*flags, "delete", uri)
+        assert digest in deleted.stderr
+        assert mirror.requests == []  # the tag was resolved and deleted at the registry itself
+
+
+def test_toolbox_requests_are_retried(fault_proxy, registry_plain, unique_repo, tmp_path):
+    _push(registry_plain, unique_repo, tmp_path, ("v1", "v2"))
+    fault_proxy.fail_next(2, status=503, path="/tags/list")
+    result = run_occystrap(
+        "--insecure", "--retries", "2", "tags", f"registry://{fault_proxy.host}/{unique_repo}"
+    )
+    assert sorted(result.stdout.split()) == ["v1", "v2"]
+    assert len(fault_proxy.requests_matching("/tags/list")) == 3

@@ -13,30 +13,32 @@ turns a URI into an endpoint whose `open_input`/`open_output` give the pipeline'
 
 __version__ = "0.1.0"
 
-from occystrap.commands import copy  # noqa: E402
-from occystrap.endpoints import Endpoint, Scheme, parse_uri, schemes  # noqa: E402
-from occystrap.errors import DigestMismatchError, OccystrapError, RegistryError  # noqa: E402
-from occystrap.image import Image, ImageIndex, Layer  # noqa: E402
-from occystrap.middleware.builder import build_client  # noqa: E402
-from occystrap.pipeline import CopyResult, RunContext, TransferStats, run_pipeline  # noqa: E402
-from occystrap.settings import RunSettings  # noqa: E402
+# Where each exported name lives; loaded on first use so `occystrap --help` stays quick.
+_EXPORTS = {
+    "copy": "occystrap.commands",
+    "Endpoint": "occystrap.endpoints",
+    "Scheme": "occystrap.endpoints",
+    "parse_uri": "occystrap.endpoints",
+    "schemes": "occystrap.endpoints",
+    "DigestMismatchError": "occystrap.errors",
+    "OccystrapError": "occystrap.errors",
+    "RegistryError": "occystrap.errors",
+    "Image": "occystrap.image",
+    "ImageIndex": "occystrap.image",
+    "Layer": "occystrap.image",
+    "build_client": "occystrap.middleware.builder",
+    "CopyResult": "occystrap.pipeline",
+    "RunContext": "occystrap.pipeline",
+    "TransferStats": "occystrap.pipeline",
+    "run_pipeline": "occystrap.pipeline",
+    "RunSettings": "occystrap.settings",
+}
+__all__ = sorted(_EXPORTS)
 
-__all__ = [
-    "CopyResult",
-    "DigestMismatchError",
-    "Endpoint",
-    "Image",
-    "ImageIndex",
-    "Layer",
-    "OccystrapError",
-    "RegistryError",
-    "RunContext",
-    "RunSettings",
-    "Scheme",
-    "TransferStats",
-    "build_client",
-    "copy",
-    "parse_uri",
-    "run_pipeline",
-    "schemes",
-]
+
+def __getattr__(name: str) -> object:
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'occystrap' has no attribute {name!r}")
+    import importlib
+
+    return getattr(importlib.import_module(_EXPORTS[name]), name)

@@ -8,7 +8,11 @@ import httpx
 
 from occystrap.errors import RegistryError
 
-_ERROR_BODY_LIMIT = 64 * 1024
+ERROR_BODY_LIMIT = 64 * 1024
+# Plain-text bodies (a proxy's or web server's own answer) shown at most this long.
+_TEXT_DETAIL_LIMIT = 200
+# What Go's HTTP server (the CNCF registry, Harbor, ...) answers to plain HTTP on a TLS port.
+_PLAIN_HTTP_TO_TLS = "HTTP request to an HTTPS server"
 
 _ADVICE = {
     401: "check --username/--password (--src-creds/--dest-creds) or your login (--authfile)",
@@ -18,16 +22,30 @@ _ADVICE = {
 }
 
 
+def host_port(url: httpx.URL) -> str:
+    """`host:port` of a URL, the port always shown, so a message names the exact endpoint."""
+    host = f"[{url.host}]" if ":" in url.host else url.host
+    port = url.port or {"http": 80, "https": 443}.get(url.scheme)
+    return f"{host}:{port}" if port else host
+
+
 def registry_error(response: httpx.Response, what: str) -> RegistryError:
     """A RegistryError naming the registry, the thing asked for, the status and what to do.
 
-    Reads at most a small part of the body (OCI error JSON), and closes the response.
+    Works on a response already read (httpx's non-streaming calls, the chain's buffered reads)
+    as well as on an unread stream, of which it reads at most a small part. Closes it.
     """
-    detail = _error_detail(response)
+    body = error_body(response)
+    where = host_port(response.url)
+    if response.status_code == 400 and _PLAIN_HTTP_TO_TLS.encode() in body:
+        return RegistryError(
+            f"{where} speaks TLS (https) but was sent plain HTTP for {what}; drop --insecure"
+        )
+    detail = _error_detail(body)
     advice = _ADVICE.get(response.status_code)
     if advice is None and response.status_code >= 500:
         advice = "the registry failed; try again later or raise --retries"
-    message = f"{response.url.host} answered HTTP {response.status_code} for {what}"
+    message = f"{where} answered HTTP {response.status_code} for {what}"
     if detail:
         message += f" ({detail})"
     if advice:
@@ -35,24 +53,40 @@ def registry_error(response: httpx.Response, what: str) -> RegistryError:
     return RegistryError(message)
 
 
-def _error_detail(response: httpx.Response) -> str:
+def error_body(response: httpx.Response) -> bytes:
+    """Up to ERROR_BODY_LIMIT bytes of the body, whether or not it was read before; closes it."""
     try:
-        body = b""
+        return response.content[:ERROR_BODY_LIMIT]
+    except httpx.ResponseNotRead:
+        pass
+    body = bytearray()
+    try:
         for chunk in response.iter_raw():
             body += chunk
-            if len(body) >= _ERROR_BODY_LIMIT:
+            if len(body) >= ERROR_BODY_LIMIT:
                 break
-    except httpx.HTTPError:
-        body = b""
+    except (httpx.HTTPError, httpx.StreamError):
+        pass  # a body cut short or already streamed: the status alone still says enough
     finally:
         response.close()
+    return bytes(body[:ERROR_BODY_LIMIT])
+
+
+def _error_detail(body: bytes) -> str:
+    """The OCI error messages of the body, or a short plain-text body; "" if neither."""
     try:
-        errors = json.loads(body).get("errors") or []
-    except (ValueError, AttributeError):
-        return ""
+        document = json.loads(body)
+    except ValueError:
+        document = None
+    if document is None:
+        text = body.decode("utf-8", "replace").strip()
+        if not text or text.startswith("<") or not text.isprintable():
+            return ""
+        return " ".join(text.split())[:_TEXT_DETAIL_LIMIT]
+    errors = document.get("errors") if isinstance(document, dict) else None
     messages = []
-    for error in errors[:3]:
+    for error in errors[:3] if isinstance(errors, list) else []:
         if isinstance(error, dict):
             code, message = error.get("code", ""), error.get("message", "")
             messages.append(" ".join(str(part) for part in (code, message) if part))
-    return ", ".join(m for m in messages if m).replace("\n", " ")
+    return " ".join(", ".join(m for m in messages if m).split())

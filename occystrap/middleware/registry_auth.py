@@ -3,7 +3,9 @@
 Credentials are chosen from the URL of each request, so a redirect hop or a mirror
 never receives the origin's secrets. Tokens are cached per (realm, service, scopes)
 and sent pre-emptively once a host has challenged us, so a pull costs one token
-fetch per scope rather than one 401 round trip per request.
+fetch per scope rather than one 401 round trip per request. Cached tokens belong to the host
+(scheme, host, port) they were fetched for: a redirect target or mirror that names the same
+realm gets its own token, fetched with its own credentials (or none).
 """
 
 from __future__ import annotations
@@ -36,7 +38,7 @@ _CATALOG_SCOPE = "registry:catalog:*"
 _READ_METHODS = frozenset({"GET", "HEAD"})
 
 Origin = tuple[str, str, int | None]
-TokenKey = tuple[str, str, frozenset[str]]
+TokenKey = tuple[Origin, str, str, frozenset[str]]
 
 
 def request_with_header(request: httpx.Request, name: str, value: str) -> httpx.Request:
@@ -240,14 +242,15 @@ class RegistryAuth(Middleware):
         rejected_token: str | None = None,
     ) -> str:
         """A cached token covering `scopes`, or a fresh one fetched once however many ask."""
-        key = (bearer.realm, bearer.service, scopes)
-        cached = self._cached_token(bearer, scopes, rejected_token)
+        origin = _origin(request.url)
+        key = (origin, bearer.realm, bearer.service, scopes)
+        cached = self._cached_token(origin, bearer, scopes, rejected_token)
         if cached is not None:
             return cached
         with self._lock:
             fetch_lock = self._fetch_locks.setdefault(key, threading.Lock())
         with fetch_lock:
-            cached = self._cached_token(bearer, scopes, rejected_token)
+            cached = self._cached_token(origin, bearer, scopes, rejected_token)
             if cached is not None:
                 return cached
             token, expires_in = self._fetch_token(bearer, scopes, request)
@@ -257,17 +260,22 @@ class RegistryAuth(Middleware):
             return token
 
     def _cached_token(
-        self, bearer: _BearerRealm, scopes: frozenset[str], rejected_token: str | None
+        self,
+        origin: Origin,
+        bearer: _BearerRealm,
+        scopes: frozenset[str],
+        rejected_token: str | None,
     ) -> str | None:
-        """A live token from the same realm whose scopes include every action we need."""
+        """A live token fetched for this host from the same realm, covering every action."""
         needed = _expand(scopes)
         now = self._clock()
         with self._lock:
-            for (realm, service, held), cached in list(self._tokens.items()):
-                if (realm, service) != (bearer.realm, bearer.service):
+            for key, cached in list(self._tokens.items()):
+                held_origin, realm, service, held = key
+                if (held_origin, realm, service) != (origin, bearer.realm, bearer.service):
                     continue
                 if cached.usable_until <= now:
-                    del self._tokens[(realm, service, held)]
+                    del self._tokens[key]
                     continue
                 if cached.token != rejected_token and needed <= _expand(held):
                     return cached.token

@@ -6,7 +6,8 @@ from __future__ import annotations
 import pytest
 
 from tests.integration.cli import assert_one_line_error, run_occystrap
-from tests.integration.pull_checks import seed_image
+from tests.integration.fault_proxy import BlobHost, FaultProxy
+from tests.integration.pull_checks import pull_to_tar, seed_image
 
 pytestmark = pytest.mark.integration
 
@@ -54,3 +55,23 @@ def test_failed_upload_restarts_in_a_fresh_session(
     # Two blobs (config and one pushed layer at least) plus the restarted session.
     assert len(sessions) == len(puts)
     assert len(sessions) >= 3
+
+
+def test_origin_token_never_reaches_a_redirect_target_naming_the_same_realm(
+    registry_token, unique_repo, tmp_path
+):
+    """The blob host answers 401 with the origin's realm: it must get its own token (here: none,
+    as it has no credentials of its own), never the one fetched for the origin."""
+    seed_image(registry_token, unique_repo, tmp_path)
+    with FaultProxy(registry_token.url) as origin, BlobHost(registry_token.url) as cdn:
+        origin.redirect_blobs_to(cdn)
+        credentials = ["--username", registry_token.username, "--password", registry_token.password]
+        result = pull_to_tar(
+            ["--insecure", *credentials], origin.host, unique_repo, tmp_path / "x.tar", check=False
+        )
+        cdn_requests, origin_manifests = cdn.requests, origin.requests_matching(r"/manifests/")
+    assert cdn_requests, "blobs were not redirected"
+    assert [r.headers["authorization"] for r in cdn_requests if "authorization" in r.headers] == []
+    assert any("authorization" in r.headers for r in origin_manifests)
+    assert_one_line_error(result, "could not get a token")
+    assert not (tmp_path / "x.tar").exists()

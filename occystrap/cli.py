@@ -12,6 +12,8 @@ import httpx
 
 from occystrap import __version__, cancel
 from occystrap.errors import OccystrapError, filesystem_error
+from occystrap.middleware.retry import DEFAULT_DEADLINE
+from occystrap.middleware.transport import DEFAULT_CONNECT_TIMEOUT, DEFAULT_READ_TIMEOUT
 from occystrap.settings import RunSettings
 
 LOG_FORMAT = "occystrap: %(levelname)s %(name)s: %(message)s"
@@ -67,6 +69,33 @@ def _fail(message: str, status: int) -> None:
     show_default=True,
     envvar="OCCYSTRAP_RETRIES",
     help="Extra attempts per request, with backoff.",
+)
+@click.option(
+    "--timeout",
+    type=click.FloatRange(0.1, 3600),
+    default=DEFAULT_READ_TIMEOUT,
+    show_default=True,
+    envvar="OCCYSTRAP_TIMEOUT",
+    metavar="SECONDS",
+    help="Longest silence from a server before the attempt is retried.",
+)
+@click.option(
+    "--connect-timeout",
+    type=click.FloatRange(0.1, 3600),
+    default=DEFAULT_CONNECT_TIMEOUT,
+    show_default=True,
+    envvar="OCCYSTRAP_CONNECT_TIMEOUT",
+    metavar="SECONDS",
+    help="Longest wait for a connection (TCP and TLS).",
+)
+@click.option(
+    "--deadline",
+    type=click.FloatRange(1, 86400),
+    default=DEFAULT_DEADLINE,
+    show_default=True,
+    envvar="OCCYSTRAP_DEADLINE",
+    metavar="SECONDS",
+    help="Most time one request may take, retries included; layers must move while streaming.",
 )
 @click.option(
     "--rate-limit",

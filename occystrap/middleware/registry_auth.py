@@ -25,11 +25,13 @@ from occystrap.credentials import Credential, CredentialStore
 from occystrap.errors import RegistryError
 from occystrap.middleware.base import Middleware
 from occystrap.middleware.challenge import Challenge, parse_challenges
-from occystrap.middleware.extensions import REPLAYABLE, RETRY_UNSAFE, SCOPE
+from occystrap.middleware.extensions import BUFFER, REPLAYABLE, RETRY_UNSAFE, SCOPE
 
 logger = logging.getLogger(__name__)
 
 _DEFAULT_EXPIRES_IN = 60
+# A token answer is a small JSON document; an endless one must not grow memory.
+TOKEN_RESPONSE_LIMIT = 1024 * 1024
 # Stop using a token this long before the registry says it expires (never more than a quarter
 # of its life), so a request in flight does not carry a token that just died.
 _EXPIRY_MARGIN_SECONDS = 10
@@ -291,7 +293,7 @@ class RegistryAuth(Middleware):
             logger.debug("not sending credentials to plain-http realm %s", bearer.realm)
             credential = None
         sorted_scopes = sorted(scopes)
-        extensions = {}
+        extensions: dict[str, object] = {BUFFER: TOKEN_RESPONSE_LIMIT}
         if "timeout" in request.extensions:
             extensions["timeout"] = request.extensions["timeout"]
         if credential and credential.identity_token:
@@ -324,7 +326,7 @@ class RegistryAuth(Middleware):
                 extensions=extensions,
             )
         scope_text = " ".join(sorted_scopes) or "(no scope)"
-        response = self.next.handle_request(token_request)
+        response = self.next.handle_request(token_request)  # read by Retry (BUFFER)
         try:
             response.read()
         finally:

@@ -24,7 +24,21 @@ from occystrap.middleware.tls import (
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_TIMEOUT = httpx.Timeout(connect=15.0, read=120.0, write=120.0, pool=120.0)
+DEFAULT_CONNECT_TIMEOUT = 10.0
+# The longest silence tolerated while waiting for or reading an answer, or sending a body.
+DEFAULT_READ_TIMEOUT = 30.0
+# Waiting for a free pooled connection is our own queueing, not the server's silence.
+_POOL_TIMEOUT = 120.0
+
+
+def make_timeout(
+    read: float = DEFAULT_READ_TIMEOUT, connect: float = DEFAULT_CONNECT_TIMEOUT
+) -> httpx.Timeout:
+    """The per-operation timeouts of every request (--timeout, --connect-timeout)."""
+    return httpx.Timeout(connect=connect, read=read, write=read, pool=max(_POOL_TIMEOUT, read))
+
+
+DEFAULT_TIMEOUT = make_timeout()
 
 _DEFAULT_PORTS = {"http": 80, "https": 443}
 

@@ -61,15 +61,15 @@ class RegistryClient:
             if ":" not in reference
             else (f"manifest {repository}@{reference}")
         )
-        with self.http.stream(
-            "GET",
+        response = self.http.get(
             self._url(repository, "manifests", reference),
             headers={"Accept": ACCEPT_MANIFESTS},
-        ) as response:
-            if response.status_code != 200:
-                raise registry_error(response, what)
-            raw = _read_limited(response, MAX_MANIFEST_BYTES, what)
-            content_type = response.headers.get("Content-Type", "").split(";")[0].strip()
+            extensions={extensions.BUFFER: MAX_MANIFEST_BYTES},
+        )
+        if response.status_code != 200:
+            raise registry_error(response, what)
+        raw = response.content
+        content_type = response.headers.get("Content-Type", "").split(";")[0].strip()
         if ":" in reference:  # a digest; tags cannot contain ':'
             check_digest(raw, reference, what)
         return raw, content_type, "sha256:" + hashlib.sha256(raw).hexdigest()
@@ -89,10 +89,12 @@ class RegistryClient:
     def read_blob(self, repository: str, digest: str, limit: int = MAX_CONFIG_BYTES) -> bytes:
         """A small blob (an image config) in memory, verified."""
         what = f"blob {digest} of {repository}"
-        with self.http.stream("GET", self._url(repository, "blobs", digest)) as response:
-            if response.status_code != 200:
-                raise registry_error(response, what)
-            raw = _read_limited(response, limit, what)
+        response = self.http.get(
+            self._url(repository, "blobs", digest), extensions={extensions.BUFFER: limit}
+        )
+        if response.status_code != 200:
+            raise registry_error(response, what)
+        raw = response.content
         check_digest(raw, digest, what)
         return raw
 
@@ -218,15 +220,6 @@ class RegistryClient:
 
 class _NeedsChunks(Exception):
     """The registry refused a monolithic PUT."""
-
-
-def _read_limited(response: httpx.Response, limit: int, what: str) -> bytes:
-    body = bytearray()
-    for chunk in response.iter_raw():
-        body += chunk
-        if len(body) > limit:
-            raise RegistryError(f"{what} is larger than {limit} bytes; refusing it")
-    return bytes(body)
 
 
 @dataclass(frozen=True)

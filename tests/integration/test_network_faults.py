@@ -3,13 +3,19 @@ the exact image or one line naming what went wrong, never a traceback, leak or e
 
 from __future__ import annotations
 
+import re
+import time
+
 import pytest
 
 from tests.integration.cli import assert_one_line_error, run_occystrap
-from tests.integration.fault_proxy import BlobHost, FaultProxy
-from tests.integration.pull_checks import pull_to_tar, seed_image
+from tests.integration.fault_proxy import BlobHost, BodyFault, FaultProxy
+from tests.integration.images import random_layer, skopeo_inspect
+from tests.integration.pull_checks import assert_tar_is_image, pull_to_tar, seed_image
 
 pytestmark = pytest.mark.integration
+
+LAYER_SIZE = 3_000_000
 
 
 def _copy_through(proxy, registry, repo: str, *flags: str, check: bool = False):
@@ -75,3 +81,147 @@ def test_origin_token_never_reaches_a_redirect_target_naming_the_same_realm(
     assert any("authorization" in r.headers for r in origin_manifests)
     assert_one_line_error(result, "could not get a token")
     assert not (tmp_path / "x.tar").exists()
+
+
+# --- bodies: cut, stalled, trickled, oversized, corrupt ------------------------------------
+
+
+def _seed_with_config(registry, repo: str, tmp_path) -> tuple[str, str]:
+    """Seed REPO:v1; return (config digest, first layer digest)."""
+    seed_image(registry, repo, tmp_path, [random_layer(LAYER_SIZE, 3), {"etc/motd": b"hi\n"}])
+    manifest = skopeo_inspect(registry, f"{repo}:v1", raw=True)
+    return manifest["config"]["digest"], manifest["layers"][0]["digest"]
+
+
+def _blob(digest: str) -> str:
+    return rf"/blobs/{re.escape(digest)}"
+
+
+def test_manifest_and_config_cut_mid_body_are_fetched_again(
+    fault_proxy, registry_plain, unique_repo, tmp_path
+):
+    config, _ = _seed_with_config(registry_plain, unique_repo, tmp_path)
+    fault_proxy.cut_after(r"/manifests/", 20)
+    fault_proxy.cut_after(_blob(config), 10)
+    out = tmp_path / "image.tar"
+    pull_to_tar(["--insecure"], fault_proxy.host, unique_repo, out)
+    assert_tar_is_image(out, registry_plain, unique_repo)
+    manifest_gets = fault_proxy.requests_matching(r"/manifests/", method="GET")
+    assert [r.action for r in manifest_gets][:2] == ["cut", "forwarded"]
+    config_gets = fault_proxy.requests_matching(_blob(config), method="GET")
+    assert [r.action for r in config_gets] == ["cut", "forwarded"]
+
+
+def test_a_stalled_manifest_body_is_retried_after_the_read_timeout(
+    fault_proxy, registry_plain, unique_repo, tmp_path
+):
+    seed_image(registry_plain, unique_repo, tmp_path)
+    fault_proxy.spoil_body(r"/manifests/", BodyFault("stalled", cut_bytes=20, stall_seconds=60))
+    out = tmp_path / "image.tar"
+    started = time.monotonic()
+    pull_to_tar(["--insecure", "--timeout", "1"], fault_proxy.host, unique_repo, out)
+    assert time.monotonic() - started < 20
+    assert_tar_is_image(out, registry_plain, unique_repo)
+    actions = [r.action for r in fault_proxy.requests_matching(r"/manifests/", method="GET")]
+    assert actions[:2] == ["stalled", "forwarded"]
+
+
+def test_a_trickling_server_is_abandoned_at_the_deadline(
+    fault_proxy, registry_plain, unique_repo, tmp_path
+):
+    seed_image(registry_plain, unique_repo, tmp_path)
+    fault_proxy.spoil_body(r"/manifests/", BodyFault("trickled", trickle_seconds=0.2), times=50)
+    out = tmp_path / "image.tar"
+    started = time.monotonic()
+    result = pull_to_tar(
+        ["--insecure", "--timeout", "2", "--deadline", "3"],
+        fault_proxy.host,
+        unique_repo,
+        out,
+        check=False,
+    )
+    assert time.monotonic() - started < 20
+    assert_one_line_error(result, fault_proxy.host, "--deadline")
+    assert not out.exists()
+
+
+def test_a_trickling_layer_is_cut_and_resumed(fault_proxy, registry_plain, unique_repo, tmp_path):
+    _, layer = _seed_with_config(registry_plain, unique_repo, tmp_path)
+    fault_proxy.spoil_body(_blob(layer), BodyFault("trickled", trickle_seconds=0.1))
+    out = tmp_path / "image.tar"
+    started = time.monotonic()
+    pull_to_tar(["--insecure", "--timeout", "1"], fault_proxy.host, unique_repo, out)
+    assert time.monotonic() - started < 20
+    assert_tar_is_image(out, registry_plain, unique_repo)
+    gets = fault_proxy.requests_matching(_blob(layer), method="GET")
+    assert [r.action for r in gets] == ["trickled", "forwarded"]
+    assert gets[1].headers["range"].startswith("bytes=")
+
+
+@pytest.mark.parametrize("times", [1, 2], ids=["once", "always"])
+def test_a_layer_longer_than_declared_is_stopped_and_fetched_again_once(
+    times, fault_proxy, registry_plain, unique_repo, tmp_path
+):
+    _, layer = _seed_with_config(registry_plain, unique_repo, tmp_path)
+    extra = 200_000_000
+    fault_proxy.spoil_body(_blob(layer), BodyFault("overlong", extra_bytes=extra), times=times)
+    out = tmp_path / "image.tar"
+    result = pull_to_tar(["--insecure", "--debug"], fault_proxy.host, unique_repo, out, check=False)
+    gets = fault_proxy.requests_matching(_blob(layer), method="GET")
+    assert [r.action for r in gets] == ["overlong"] * times + ["forwarded"] * (2 - times)
+    received = [int(n) for n in re.findall(rf"{re.escape(layer)}.*? (\d+) bytes", result.stderr)]
+    assert received and max(received) < LAYER_SIZE + 4 * 1024 * 1024, received
+    if times == 1:
+        assert result.returncode == 0, result.stderr
+        assert_tar_is_image(out, registry_plain, unique_repo)
+    else:
+        assert result.returncode != 0
+        assert "more than the" in result.stderr.strip().splitlines()[-1]
+        assert not out.exists()
+
+
+def test_a_resume_answered_with_the_wrong_range_restarts_from_zero(
+    fault_proxy, registry_plain, unique_repo, tmp_path
+):
+    _, layer = _seed_with_config(registry_plain, unique_repo, tmp_path)
+    fault_proxy.cut_after(_blob(layer), LAYER_SIZE // 2)
+    fault_proxy.spoil_body(_blob(layer), BodyFault("misranged", content_range="bytes 0-9/10"))
+    out = tmp_path / "image.tar"
+    pull_to_tar(["--insecure"], fault_proxy.host, unique_repo, out)
+    assert_tar_is_image(out, registry_plain, unique_repo)
+    gets = fault_proxy.requests_matching(_blob(layer), method="GET")
+    assert [r.action for r in gets] == ["cut", "misranged", "forwarded"]
+    assert "range" in gets[1].headers and "range" not in gets[2].headers
+
+
+@pytest.mark.parametrize("times", [1, 2], ids=["once", "always"])
+def test_a_layer_corrupted_in_transit_is_fetched_again_once(
+    times, fault_proxy, registry_plain, unique_repo, tmp_path
+):
+    _, layer = _seed_with_config(registry_plain, unique_repo, tmp_path)
+    fault_proxy.spoil_body(_blob(layer), BodyFault("corrupted", flip_byte=1000), times=times)
+    out = tmp_path / "image.tar"
+    result = pull_to_tar(["--insecure"], fault_proxy.host, unique_repo, out, check=(times == 1))
+    gets = fault_proxy.requests_matching(_blob(layer), method="GET")
+    assert [r.action for r in gets] == ["corrupted"] * times + ["forwarded"] * (2 - times)
+    if times == 1:
+        assert_tar_is_image(out, registry_plain, unique_repo)
+    else:
+        assert_one_line_error(result, "hashes to")
+        assert not out.exists()
+
+
+def test_a_mirror_serving_a_corrupt_layer_falls_through_to_the_origin(
+    fault_proxy, registry_plain, unique_repo, tmp_path
+):
+    _, layer = _seed_with_config(registry_plain, unique_repo, tmp_path)
+    with FaultProxy(registry_plain.url) as mirror:
+        mirror.spoil_body(_blob(layer), BodyFault("corrupted", flip_byte=10), times=50)
+        out = tmp_path / "image.tar"
+        flags = ["--insecure", "--mirror", f"{fault_proxy.host}={mirror.url}"]
+        pull_to_tar(flags, fault_proxy.host, unique_repo, out)
+        mirror_gets = mirror.requests_matching(_blob(layer), method="GET")
+    assert_tar_is_image(out, registry_plain, unique_repo)
+    assert [r.action for r in mirror_gets] == ["corrupted"]
+    origin_gets = fault_proxy.requests_matching(_blob(layer), method="GET")
+    assert [r.action for r in origin_gets] == ["forwarded"]

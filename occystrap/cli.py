@@ -14,6 +14,7 @@ from occystrap import __version__, cancel
 from occystrap.errors import OccystrapError, filesystem_error
 from occystrap.middleware.retry import DEFAULT_DEADLINE
 from occystrap.middleware.transport import DEFAULT_CONNECT_TIMEOUT, DEFAULT_READ_TIMEOUT
+from occystrap.registry.errors import network_error_message
 from occystrap.settings import RunSettings
 
 LOG_FORMAT = "occystrap: %(levelname)s %(name)s: %(message)s"
@@ -44,13 +45,8 @@ class OneLineErrors(click.Group):
             return super().invoke(ctx)
         except OccystrapError as exc:
             raise click.ClickException(str(exc)) from None
-        except httpx.TransportError as exc:
-            url = getattr(getattr(exc, "request", None), "url", None)
-            where = f" talking to {url.host}" if url is not None else ""
-            raise click.ClickException(
-                f"network error{where}: {type(exc).__name__}: {exc or 'no detail'};"
-                " check the address, --insecure for plain-HTTP registries, or raise --retries"
-            ) from None
+        except httpx.RequestError as exc:  # connection failures, timeouts, redirect loops
+            raise click.ClickException(network_error_message(exc)) from None
         except OSError as exc:
             raise click.ClickException(str(filesystem_error(exc))) from None
 

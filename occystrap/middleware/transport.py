@@ -7,6 +7,7 @@ the proxy choice is made here, per request.
 import ipaddress
 import logging
 import os
+import socket
 import ssl
 import threading
 from collections.abc import Callable, Mapping, Sequence
@@ -109,12 +110,19 @@ class UntrustedCertificateError(httpx.ConnectError, OccystrapError):
     """
 
 
-def _is_certificate_failure(exc: BaseException) -> bool:
-    """Whether a certificate verification error is somewhere in `exc`'s chain of causes."""
+class HostNotFoundError(httpx.ConnectError, OccystrapError):
+    """The host name does not resolve: retrying will not help, the user must act.
+
+    Still a ConnectError, so a mirror whose name does not resolve falls through to the origin.
+    """
+
+
+def _caused_by(exc: BaseException, kind: type[BaseException]) -> bool:
+    """Whether an exception of `kind` is somewhere in `exc`'s chain of causes."""
     seen: set[int] = set()
     node: BaseException | None = exc
     while node is not None and id(node) not in seen:
-        if isinstance(node, ssl.SSLCertVerificationError):
+        if isinstance(node, kind):
             return True
         seen.add(id(node))
         node = node.__cause__ or node.__context__
@@ -154,7 +162,13 @@ class _TimedTransport(httpx.HTTPTransport):
                 return self._bulk.handle_request(request)
             return super().handle_request(request)
         except httpx.ConnectError as exc:
-            if not _is_certificate_failure(exc):
+            if _caused_by(exc, socket.gaierror):
+                raise HostNotFoundError(
+                    f"cannot resolve the host name {request.url.host}: check its spelling;"
+                    " offline, or does this network need a proxy (HTTPS_PROXY)?",
+                    request=request,
+                ) from exc
+            if not _caused_by(exc, ssl.SSLCertVerificationError):
                 raise
             raise UntrustedCertificateError(
                 f"the TLS certificate of {request.url.netloc.decode('ascii')} is not trusted:"

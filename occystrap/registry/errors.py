@@ -90,3 +90,30 @@ def _error_detail(body: bytes) -> str:
             code, message = error.get("code", ""), error.get("message", "")
             messages.append(" ".join(str(part) for part in (code, message) if part))
     return " ".join(", ".join(m for m in messages if m).split())
+
+
+def network_error_message(exc: httpx.RequestError) -> str:
+    """One line for a request that got no usable answer: the endpoint, what happened, what to do."""
+    try:
+        url: httpx.URL | None = exc.request.url
+    except RuntimeError:  # raised outside a request
+        url = None
+    where = f" talking to {host_port(url)}" if url is not None else ""
+    if isinstance(exc, httpx.TooManyRedirects):
+        return (
+            f"too many redirects{where} (a redirect loop?); check the registry address and any"
+            " proxy or mirror in between"
+        )
+    if isinstance(exc, httpx.ConnectTimeout | httpx.ConnectError):
+        advice = (
+            "check the address and that the server is up; --insecure for plain-HTTP registries,"
+            " raise --connect-timeout for slow links"
+        )
+    elif isinstance(exc, httpx.TimeoutException):
+        advice = "the server went silent; raise --timeout or --retries, or try again later"
+    elif isinstance(exc, httpx.RemoteProtocolError) and url is not None and url.scheme == "http":
+        advice = "if it is a TLS (https) server, drop --insecure; else raise --retries"
+    else:
+        advice = "try again or raise --retries"
+    detail = str(exc) or "no detail"
+    return f"network error{where}: {type(exc).__name__}: {detail}; {advice}"

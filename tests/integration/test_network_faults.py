@@ -225,3 +225,49 @@ def test_a_mirror_serving_a_corrupt_layer_falls_through_to_the_origin(
     assert [r.action for r in mirror_gets] == ["corrupted"]
     origin_gets = fault_proxy.requests_matching(_blob(layer), method="GET")
     assert [r.action for r in origin_gets] == ["forwarded"]
+
+
+# --- messages: redirect loops, plain HTTP to TLS, refused connections ------------------------
+
+
+def test_a_redirect_loop_is_a_one_line_error(fault_proxy, registry_plain, unique_repo, tmp_path):
+    seed_image(registry_plain, unique_repo, tmp_path)
+    fault_proxy.redirect_blobs_to(fault_proxy)
+    out = tmp_path / "image.tar"
+    result = pull_to_tar(["--insecure"], fault_proxy.host, unique_repo, out, check=False)
+    assert_one_line_error(result, "too many redirects", fault_proxy.host)
+    assert not out.exists()
+
+
+def test_insecure_against_a_tls_registry_says_drop_insecure(registry_tls, unique_repo, tmp_path):
+    result = run_occystrap(
+        "--insecure", "info", f"registry://{registry_tls.host}/{unique_repo}:v1", check=False
+    )
+    assert_one_line_error(result, registry_tls.host, "drop --insecure")
+
+
+def test_a_refused_connection_names_host_and_port(free_port, tmp_path):
+    result = run_occystrap(
+        "--insecure",
+        "--retries",
+        "0",
+        "info",
+        f"registry://127.0.0.1:{free_port}/a/b:v1",
+        check=False,
+    )
+    assert_one_line_error(result, f"127.0.0.1:{free_port}", "ConnectError")
+
+
+@pytest.mark.parametrize(
+    ("flags", "source", "said"),
+    [
+        (["--rate-limit", "1e-300"], "registry://127.0.0.1:5000/a/b:v1", "bad rate limit"),
+        (["--rate-limit", "inf"], "registry://127.0.0.1:5000/a/b:v1", "bad rate limit"),
+        ([], "registry://127.0.0.1:99999/a/b:v1", "invalid port 99999"),
+        (["--timeout", "0"], "registry://127.0.0.1:5000/a/b:v1", "--timeout"),
+        (["--deadline", "-1"], "registry://127.0.0.1:5000/a/b:v1", "--deadline"),
+    ],
+)
+def test_absurd_network_settings_are_one_line_usage_errors(flags, source, said):
+    result = run_occystrap(*flags, "info", source, check=False)
+    assert_one_line_error(result, said)

@@ -160,11 +160,14 @@ class Retry(Middleware):
     ) -> httpx.Response:
         """The response with its body read into memory when the caller asked (BUFFER) or it is
         an error answer (at most ERROR_BODY_LIMIT of it); otherwise left streaming."""
-        limit = request.extensions.get(BUFFER)
+        limit: int | None = request.extensions.get(BUFFER)
         is_error = response.status_code >= 400
-        if limit is None and not is_error:
+        if is_error:
+            cap = ERROR_BODY_LIMIT
+        elif limit is not None:
+            cap = limit
+        else:
             return response
-        cap = ERROR_BODY_LIMIT if is_error else limit
         body = bytearray()
         try:
             for chunk in response.iter_raw():

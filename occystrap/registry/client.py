@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import httpx
 
 from occystrap.digests import check_digest
-from occystrap.errors import RegistryError
+from occystrap.errors import DigestMismatchError, RegistryError
 from occystrap.middleware import extensions
 from occystrap.registry.blobs import (
     RemoteBlobReader,
@@ -87,16 +87,36 @@ class RegistryClient:
     # -- blobs -----------------------------------------------------------------------------
 
     def read_blob(self, repository: str, digest: str, limit: int = MAX_CONFIG_BYTES) -> bytes:
-        """A small blob (an image config) in memory, verified."""
+        """A small blob (an image config) in memory, verified.
+
+        Bytes failing the digest are fetched again: without the mirror that served them, or,
+        from the origin, once.
+        """
         what = f"blob {digest} of {repository}"
-        response = self.http.get(
-            self._url(repository, "blobs", digest), extensions={extensions.BUFFER: limit}
-        )
-        if response.status_code != 200:
-            raise registry_error(response, what)
-        raw = response.content
-        check_digest(raw, digest, what)
-        return raw
+        skip_mirrors: set[str] = set()
+        refetched_from_origin = False
+        while True:
+            response = self.http.get(
+                self._url(repository, "blobs", digest),
+                extensions={
+                    extensions.BUFFER: limit,
+                    extensions.SKIP_MIRRORS: frozenset(skip_mirrors),
+                },
+            )
+            if response.status_code != 200:
+                raise registry_error(response, what)
+            try:
+                check_digest(response.content, digest, what)
+                return response.content
+            except DigestMismatchError as exc:
+                served_by = response.extensions.get(extensions.SERVED_BY)
+                if served_by is None and refetched_from_origin:
+                    raise
+                LOG.info("%s; fetching it again", exc)
+                if served_by is None:
+                    refetched_from_origin = True
+                else:
+                    skip_mirrors.add(served_by)
 
     def open_blob(self, repository: str, digest: str) -> RemoteBlobReader:
         """A blob as a resumable stream; the caller verifies it (see `image.Layer`)."""

@@ -211,20 +211,34 @@ def test_a_layer_corrupted_in_transit_is_fetched_again_once(
         assert not out.exists()
 
 
-def test_a_mirror_serving_a_corrupt_layer_falls_through_to_the_origin(
+def test_a_config_corrupted_once_is_fetched_again(
     fault_proxy, registry_plain, unique_repo, tmp_path
 ):
-    _, layer = _seed_with_config(registry_plain, unique_repo, tmp_path)
+    config, _ = _seed_with_config(registry_plain, unique_repo, tmp_path)
+    fault_proxy.spoil_body(_blob(config), BodyFault("corrupted", flip_byte=3))
+    out = tmp_path / "image.tar"
+    pull_to_tar(["--insecure"], fault_proxy.host, unique_repo, out)
+    assert_tar_is_image(out, registry_plain, unique_repo)
+    gets = fault_proxy.requests_matching(_blob(config), method="GET")
+    assert [r.action for r in gets] == ["corrupted", "forwarded"]
+
+
+def test_a_mirror_serving_corrupt_blobs_falls_through_to_the_origin(
+    fault_proxy, registry_plain, unique_repo, tmp_path
+):
+    config, layer = _seed_with_config(registry_plain, unique_repo, tmp_path)
     with FaultProxy(registry_plain.url) as mirror:
-        mirror.spoil_body(_blob(layer), BodyFault("corrupted", flip_byte=10), times=50)
+        for blob in (config, layer):
+            mirror.spoil_body(_blob(blob), BodyFault("corrupted", flip_byte=10), times=50)
         out = tmp_path / "image.tar"
         flags = ["--insecure", "--mirror", f"{fault_proxy.host}={mirror.url}"]
         pull_to_tar(flags, fault_proxy.host, unique_repo, out)
-        mirror_gets = mirror.requests_matching(_blob(layer), method="GET")
+        mirror_gets = [mirror.requests_matching(_blob(b), method="GET") for b in (config, layer)]
     assert_tar_is_image(out, registry_plain, unique_repo)
-    assert [r.action for r in mirror_gets] == ["corrupted"]
-    origin_gets = fault_proxy.requests_matching(_blob(layer), method="GET")
-    assert [r.action for r in origin_gets] == ["forwarded"]
+    for blob, served in zip((config, layer), mirror_gets, strict=True):
+        assert [r.action for r in served] == ["corrupted"]
+        origin_gets = fault_proxy.requests_matching(_blob(blob), method="GET")
+        assert [r.action for r in origin_gets] == ["forwarded"]
 
 
 # --- messages: redirect loops, plain HTTP to TLS, refused connections ------------------------

@@ -11,6 +11,7 @@ its attempts, so a server trickling a byte a second cannot hold a run forever.
 """
 
 import logging
+import math
 import random
 import re
 import threading
@@ -32,6 +33,7 @@ from occystrap.middleware.extensions import (
     RETRY_UNSAFE,
 )
 from occystrap.middleware.logging import redact_url
+from occystrap.middleware.transport import is_bulk_transfer
 from occystrap.registry.errors import ERROR_BODY_LIMIT, host_port
 
 logger = logging.getLogger("occystrap.retry")
@@ -116,7 +118,9 @@ class Retry(Middleware):
 
     def handle_request(self, request: httpx.Request) -> httpx.Response:
         max_attempts = 1 + self.retries if _may_resend(request) else 1
-        deadline = self._clock() + self.deadline
+        # A layer may rightly take longer than any deadline; it is guarded by its progress
+        # (registry/blobs.py) and by upload restarts instead.
+        deadline = math.inf if is_bulk_transfer(request) else self._clock() + self.deadline
         attempt = 1
         while True:
             request.extensions[ATTEMPT] = attempt

@@ -159,3 +159,18 @@ def test_a_token_answer_cut_mid_body_is_fetched_again():
         )
         assert client.get(URL).content == MANIFEST
     assert tokens.call_count == 2
+
+
+def test_layer_transfers_are_not_cut_short_by_the_deadline():
+    """A layer PUT that took longer than the deadline is still retried after a 503."""
+    now = [0.0]
+    upload = "https://registry.test/v2/a/blobs/uploads/session?digest=sha256:aa"
+
+    def slow_503(request: httpx.Request) -> httpx.Response:
+        now[0] += 1000.0
+        return httpx.Response(503)
+
+    with respx.mock(using="httpcore") as mock, _client(deadline=30, clock=lambda: now[0]) as c:
+        route = mock.put(upload).mock(side_effect=[slow_503, httpx.Response(201)])
+        assert c.put(upload, content=b"layer").status_code == 201
+        assert route.call_count == 2

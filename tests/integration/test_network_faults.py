@@ -287,8 +287,8 @@ def test_a_refused_connection_names_host_and_port(free_port, tmp_path):
         (["--rate-limit", "1e-300"], "registry://127.0.0.1:5000/a/b:v1", "bad rate limit"),
         (["--rate-limit", "inf"], "registry://127.0.0.1:5000/a/b:v1", "bad rate limit"),
         ([], "registry://127.0.0.1:99999/a/b:v1", "invalid port 99999"),
-        (["--timeout", "0"], "registry://127.0.0.1:5000/a/b:v1", "--timeout"),
-        (["--deadline", "-1"], "registry://127.0.0.1:5000/a/b:v1", "--deadline"),
+        (["--timeout", "0"], "registry://127.0.0.1:5000/a/b:v1", "value for '--timeout'"),
+        (["--deadline", "-1"], "registry://127.0.0.1:5000/a/b:v1", "value for '--deadline'"),
     ],
 )
 def test_absurd_network_settings_are_one_line_usage_errors(flags, source, said):

@@ -13,6 +13,9 @@ import httpx
 
 from occystrap import __version__, cancel
 from occystrap.errors import OccystrapError, filesystem_error
+from occystrap.middleware.retry import DEFAULT_DEADLINE
+from occystrap.middleware.transport import DEFAULT_CONNECT_TIMEOUT, DEFAULT_READ_TIMEOUT
+from occystrap.registry.errors import network_error_message
 from occystrap.settings import RunSettings
 
 LOG_FORMAT = "occystrap: %(levelname)s %(name)s: %(message)s"
@@ -43,13 +46,8 @@ class OneLineErrors(click.Group):
             return super().invoke(ctx)
         except OccystrapError as exc:
             raise click.ClickException(str(exc)) from None
-        except httpx.TransportError as exc:
-            url = getattr(getattr(exc, "request", None), "url", None)
-            where = f" talking to {url.host}" if url is not None else ""
-            raise click.ClickException(
-                f"network error{where}: {type(exc).__name__}: {exc or 'no detail'};"
-                " check the address, --insecure for plain-HTTP registries, or raise --retries"
-            ) from None
+        except httpx.RequestError as exc:  # connection failures, timeouts, redirect loops
+            raise click.ClickException(network_error_message(exc)) from None
         except OSError as exc:
             raise click.ClickException(str(filesystem_error(exc))) from None
 
@@ -68,6 +66,33 @@ def _fail(message: str, status: int) -> None:
     show_default=True,
     envvar="OCCYSTRAP_RETRIES",
     help="Extra attempts per request, with backoff.",
+)
+@click.option(
+    "--timeout",
+    type=click.FloatRange(0.1, 3600),
+    default=DEFAULT_READ_TIMEOUT,
+    show_default=True,
+    envvar="OCCYSTRAP_TIMEOUT",
+    metavar="SECONDS",
+    help="Longest silence from a server before the attempt is retried.",
+)
+@click.option(
+    "--connect-timeout",
+    type=click.FloatRange(0.1, 3600),
+    default=DEFAULT_CONNECT_TIMEOUT,
+    show_default=True,
+    envvar="OCCYSTRAP_CONNECT_TIMEOUT",
+    metavar="SECONDS",
+    help="Longest wait for a connection (TCP and TLS).",
+)
+@click.option(
+    "--deadline",
+    type=click.FloatRange(1, 86400),
+    default=DEFAULT_DEADLINE,
+    show_default=True,
+    envvar="OCCYSTRAP_DEADLINE",
+    metavar="SECONDS",
+    help="Most time one request may take, retries included; layers must move while streaming.",
 )
 @click.option(
     "--rate-limit",

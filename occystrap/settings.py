@@ -17,6 +17,12 @@ from occystrap.credentials import (
 from occystrap.errors import UsageError
 from occystrap.middleware.builder import DEFAULT_QUAY_API, ChainSettings
 from occystrap.middleware.mirror import split_env_list
+from occystrap.middleware.retry import DEFAULT_DEADLINE
+from occystrap.middleware.transport import (
+    DEFAULT_CONNECT_TIMEOUT,
+    DEFAULT_READ_TIMEOUT,
+    make_timeout,
+)
 from occystrap.registry.manifest import Platform
 
 
@@ -46,6 +52,9 @@ class RunSettings:
     output_format: str = "text"
     debug: bool = False
     verbose: bool = False
+    timeout: float = DEFAULT_READ_TIMEOUT
+    connect_timeout: float = DEFAULT_CONNECT_TIMEOUT
+    deadline: float = DEFAULT_DEADLINE
 
     @classmethod
     def from_options(cls, options: Mapping[str, Any]) -> RunSettings:
@@ -77,6 +86,9 @@ class RunSettings:
             output_format=options["output_format"],
             debug=options["debug"],
             verbose=options["verbose"],
+            timeout=options.get("timeout", DEFAULT_READ_TIMEOUT),
+            connect_timeout=options.get("connect_timeout", DEFAULT_CONNECT_TIMEOUT),
+            deadline=options.get("deadline", DEFAULT_DEADLINE),
         )
 
     def chain_settings(
@@ -122,6 +134,8 @@ class RunSettings:
             tls_verify=self.tls_verify,
             certs_dirs=self.certs_dirs,
             middlewares=self.middlewares,
+            timeout=make_timeout(self.timeout, self.connect_timeout),
+            deadline=self.deadline,
         )
 
     def with_platform(self, os: str | None, arch: str | None, variant: str | None) -> RunSettings:

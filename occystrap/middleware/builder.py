@@ -32,7 +32,7 @@ from occystrap.middleware.plugins import apply_plugins, parse_middleware_spec
 from occystrap.middleware.quay_auth import QuayAuth
 from occystrap.middleware.ratelimit import RateLimit, parse_rate_limits
 from occystrap.middleware.registry_auth import RegistryAuth
-from occystrap.middleware.retry import Retry
+from occystrap.middleware.retry import DEFAULT_DEADLINE, Retry
 from occystrap.middleware.transport import DEFAULT_TIMEOUT, build_base_transport
 
 LOG = logging.getLogger("occystrap.chain")
@@ -58,6 +58,7 @@ class ChainSettings:
     certs_dirs: Sequence[Path] | None = None
     middlewares: Sequence[str] = ()
     timeout: httpx.Timeout = field(default_factory=lambda: DEFAULT_TIMEOUT)
+    deadline: float = DEFAULT_DEADLINE
 
 
 def build_transport(settings: ChainSettings) -> httpx.BaseTransport:
@@ -68,11 +69,14 @@ def build_transport(settings: ChainSettings) -> httpx.BaseTransport:
         ca_cert=settings.ca_cert,
         tls_verify=settings.tls_verify,
         certs_roots=settings.certs_dirs,
+        timeout=settings.timeout,
     )
     transport = Logging(transport)
     if settings.rate_limits:
         transport = RateLimit(transport, parse_rate_limits(list(settings.rate_limits)))
-    transport = Retry(transport, retries=settings.retries, sleep=cancel.sleep)
+    transport = Retry(
+        transport, retries=settings.retries, sleep=cancel.sleep, deadline=settings.deadline
+    )
     transport = QuayAuth(transport, api_base=settings.quay_api_base, token=settings.quay_token)
     transport = RegistryAuth(transport, settings.credentials)
     if settings.mirrors:

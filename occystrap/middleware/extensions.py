@@ -11,6 +11,11 @@ RETRY_UNSAFE = "occystrap.retry_unsafe"
 NO_RETRY = "occystrap.no_retry"
 # Request: extra registry token scopes, e.g. ["repository:other/repo:pull"] for a mount.
 SCOPE = "occystrap.scope"
+# Request: read the whole body (at most this many bytes) inside Retry's loop, so a body cut or
+# stalled mid-read is retried like a failed connection. Larger bodies are refused.
+BUFFER = "occystrap.buffer"
+# Request: mirror base URLs not to use for this read (they served bytes failing the digest).
+SKIP_MIRRORS = "occystrap.skip_mirrors"
 # Request, set by Retry: 1-based number of this network attempt.
 ATTEMPT = "occystrap.attempt"
 # Request, set by Mirror: the mirror base URL serving this attempt.

@@ -12,7 +12,7 @@ import httpx
 
 from occystrap.errors import UsageError
 from occystrap.middleware.base import Middleware
-from occystrap.middleware.extensions import MIRROR, NO_RETRY, SERVED_BY
+from occystrap.middleware.extensions import MIRROR, NO_RETRY, SERVED_BY, SKIP_MIRRORS
 from occystrap.registry.hosts import canonical_registry_host
 
 LOG = logging.getLogger(__name__)
@@ -161,8 +161,9 @@ class Mirror(Middleware):
         return []
 
     def handle_request(self, request: httpx.Request) -> httpx.Response:
+        skipped = request.extensions.get(SKIP_MIRRORS) or ()
         for base in self._mirrors_for(request):
-            if not self._health.usable(base):
+            if base in skipped or not self._health.usable(base):
                 continue
             response = self._try_mirror(request, base)
             if response is not None:

@@ -15,9 +15,13 @@ import httpx
 from occystrap.errors import UsageError
 from occystrap.middleware.base import Middleware
 
+# Slower than one request per 100 s would stall a run for hours; faster than a million per
+# second is no limit at all. Outside these, a value is a typo, not a wish.
+MIN_RATE = 0.01
+MAX_RATE = 1_000_000.0
 _EXPECTED_FORM = (
-    "expected R or HOST=R (comma-separated for several), R a positive number of requests "
-    "per second, e.g. 10 or registry.example.com=5"
+    f"expected R or HOST=R (comma-separated for several), R requests per second from {MIN_RATE}"
+    f" to {MAX_RATE:.0f}, e.g. 10 or registry.example.com=5"
 )
 
 
@@ -106,7 +110,7 @@ def _parse_rate(text: str, item: str) -> float:
         rate = float(text)
     except ValueError:
         rate = math.nan
-    if not (rate > 0 and math.isfinite(rate)):
+    if not MIN_RATE <= rate <= MAX_RATE:  # NaN fails too
         raise UsageError(f"bad rate limit {item!r}: {_EXPECTED_FORM}")
     return rate
 

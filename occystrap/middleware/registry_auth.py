@@ -3,7 +3,9 @@
 Credentials are chosen from the URL of each request, so a redirect hop or a mirror
 never receives the origin's secrets. Tokens are cached per (realm, service, scopes)
 and sent pre-emptively once a host has challenged us, so a pull costs one token
-fetch per scope rather than one 401 round trip per request.
+fetch per scope rather than one 401 round trip per request. Cached tokens belong to the host
+(scheme, host, port) they were fetched for: a redirect target or mirror that names the same
+realm gets its own token, fetched with its own credentials (or none).
 """
 
 from __future__ import annotations
@@ -23,11 +25,13 @@ from occystrap.credentials import Credential, CredentialStore
 from occystrap.errors import RegistryError
 from occystrap.middleware.base import Middleware
 from occystrap.middleware.challenge import Challenge, parse_challenges
-from occystrap.middleware.extensions import REPLAYABLE, RETRY_UNSAFE, SCOPE
+from occystrap.middleware.extensions import BUFFER, REPLAYABLE, RETRY_UNSAFE, SCOPE
 
 logger = logging.getLogger(__name__)
 
 _DEFAULT_EXPIRES_IN = 60
+# A token answer is a small JSON document; an endless one must not grow memory.
+TOKEN_RESPONSE_LIMIT = 1024 * 1024
 # Stop using a token this long before the registry says it expires (never more than a quarter
 # of its life), so a request in flight does not carry a token that just died.
 _EXPIRY_MARGIN_SECONDS = 10
@@ -36,7 +40,7 @@ _CATALOG_SCOPE = "registry:catalog:*"
 _READ_METHODS = frozenset({"GET", "HEAD"})
 
 Origin = tuple[str, str, int | None]
-TokenKey = tuple[str, str, frozenset[str]]
+TokenKey = tuple[Origin, str, str, frozenset[str]]
 
 
 def request_with_header(request: httpx.Request, name: str, value: str) -> httpx.Request:
@@ -240,14 +244,15 @@ class RegistryAuth(Middleware):
         rejected_token: str | None = None,
     ) -> str:
         """A cached token covering `scopes`, or a fresh one fetched once however many ask."""
-        key = (bearer.realm, bearer.service, scopes)
-        cached = self._cached_token(bearer, scopes, rejected_token)
+        origin = _origin(request.url)
+        key = (origin, bearer.realm, bearer.service, scopes)
+        cached = self._cached_token(origin, bearer, scopes, rejected_token)
         if cached is not None:
             return cached
         with self._lock:
             fetch_lock = self._fetch_locks.setdefault(key, threading.Lock())
         with fetch_lock:
-            cached = self._cached_token(bearer, scopes, rejected_token)
+            cached = self._cached_token(origin, bearer, scopes, rejected_token)
             if cached is not None:
                 return cached
             token, expires_in = self._fetch_token(bearer, scopes, request)
@@ -257,17 +262,22 @@ class RegistryAuth(Middleware):
             return token
 
     def _cached_token(
-        self, bearer: _BearerRealm, scopes: frozenset[str], rejected_token: str | None
+        self,
+        origin: Origin,
+        bearer: _BearerRealm,
+        scopes: frozenset[str],
+        rejected_token: str | None,
     ) -> str | None:
-        """A live token from the same realm whose scopes include every action we need."""
+        """A live token fetched for this host from the same realm, covering every action."""
         needed = _expand(scopes)
         now = self._clock()
         with self._lock:
-            for (realm, service, held), cached in list(self._tokens.items()):
-                if (realm, service) != (bearer.realm, bearer.service):
+            for key, cached in list(self._tokens.items()):
+                held_origin, realm, service, held = key
+                if (held_origin, realm, service) != (origin, bearer.realm, bearer.service):
                     continue
                 if cached.usable_until <= now:
-                    del self._tokens[(realm, service, held)]
+                    del self._tokens[key]
                     continue
                 if cached.token != rejected_token and needed <= _expand(held):
                     return cached.token
@@ -283,7 +293,7 @@ class RegistryAuth(Middleware):
             logger.debug("not sending credentials to plain-http realm %s", bearer.realm)
             credential = None
         sorted_scopes = sorted(scopes)
-        extensions = {}
+        extensions: dict[str, object] = {BUFFER: TOKEN_RESPONSE_LIMIT}
         if "timeout" in request.extensions:
             extensions["timeout"] = request.extensions["timeout"]
         if credential and credential.identity_token:
@@ -316,7 +326,7 @@ class RegistryAuth(Middleware):
                 extensions=extensions,
             )
         scope_text = " ".join(sorted_scopes) or "(no scope)"
-        response = self.next.handle_request(token_request)
+        response = self.next.handle_request(token_request)  # read by Retry (BUFFER)
         try:
             response.read()
         finally:

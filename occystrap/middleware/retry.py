@@ -2,9 +2,16 @@
 
 Only requests that are safe to send again are retried: idempotent methods (or a caller's
 explicit RETRY_UNSAFE) whose body can be replayed. A consumed stream is never re-sent.
+
+Bodies the caller wants in memory (the BUFFER extension: manifests, configs, tokens, API pages)
+and every error body are read here, inside the loop, so a connection cut or stalled while the
+body arrives is retried like one that failed before the headers. Layers stay streamed (their
+resume with Range lives in registry/blobs.py). Every request has an overall deadline across
+its attempts, so a server trickling a byte a second cannot hold a run forever.
 """
 
 import logging
+import math
 import random
 import re
 import threading
@@ -17,8 +24,17 @@ import httpx
 
 from occystrap.errors import OccystrapError
 from occystrap.middleware.base import Middleware
-from occystrap.middleware.extensions import ATTEMPT, ATTEMPTS, NO_RETRY, REPLAYABLE, RETRY_UNSAFE
+from occystrap.middleware.extensions import (
+    ATTEMPT,
+    ATTEMPTS,
+    BUFFER,
+    NO_RETRY,
+    REPLAYABLE,
+    RETRY_UNSAFE,
+)
 from occystrap.middleware.logging import redact_url
+from occystrap.middleware.transport import is_bulk_transfer
+from occystrap.registry.errors import ERROR_BODY_LIMIT, host_port
 
 logger = logging.getLogger("occystrap.retry")
 
@@ -26,6 +42,7 @@ RETRYABLE_STATUSES = frozenset({408, 429, 500, 502, 503, 504})
 # Timeouts, connect/read/write failures and a server hanging up mid-response.
 RETRYABLE_ERRORS = (httpx.TimeoutException, httpx.NetworkError, httpx.RemoteProtocolError)
 IDEMPOTENT_METHODS = frozenset({"GET", "HEAD", "PUT", "DELETE", "OPTIONS"})
+DEFAULT_DEADLINE = 300.0
 
 _DELTA_SECONDS = re.compile(r"\d+(\.\d+)?")
 
@@ -59,6 +76,15 @@ def parse_retry_after(value: str, now: float) -> float | None:
     return max(0.0, when.timestamp() - now)
 
 
+class DeadlineExceeded(httpx.TimeoutException, OccystrapError):
+    """A request (all its attempts) outlived --deadline. Still a TimeoutException, so a mirror
+    that is too slow falls through to the origin; an OccystrapError, so it is not retried."""
+
+
+class ResponseTooLarge(httpx.TransportError, OccystrapError):
+    """A buffered body grew past its limit: a hostile or broken server, never worth a retry."""
+
+
 class Retry(Middleware):
     """Re-sends a failed request up to `retries` more times, sleeping between attempts."""
 
@@ -71,9 +97,13 @@ class Retry(Middleware):
         retry_after_cap: float = 60.0,
         sleep: Callable[[float], None] = time.sleep,
         rng: random.Random | None = None,
+        deadline: float = DEFAULT_DEADLINE,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         if retries < 0:
             raise ValueError(f"retries must be 0 or more, not {retries}")
+        if not deadline > 0:
+            raise ValueError(f"deadline must be positive, not {deadline}")
         super().__init__(next_transport)
         self.retries = retries
         self.backoff_base = backoff_base
@@ -81,29 +111,40 @@ class Retry(Middleware):
         self.retry_after_cap = retry_after_cap
         self._sleep = sleep
         self._rng = rng or random.Random()
+        self.deadline = deadline
+        self._clock = clock
         self._count_lock = threading.Lock()
         self.retries_made = 0  # across all requests and threads, for the run's summary
 
     def handle_request(self, request: httpx.Request) -> httpx.Response:
         max_attempts = 1 + self.retries if _may_resend(request) else 1
+        # A layer may rightly take longer than any deadline; it is guarded by its progress
+        # (registry/blobs.py) and by upload restarts instead.
+        deadline = math.inf if is_bulk_transfer(request) else self._clock() + self.deadline
         attempt = 1
         while True:
             request.extensions[ATTEMPT] = attempt
             is_last = attempt >= max_attempts
             try:
-                response = self.next.handle_request(request)
+                response = self._buffered(request, self.next.handle_request(request), deadline)
             except RETRYABLE_ERRORS as exc:
-                # An OccystrapError (an untrusted certificate) needs the user, not another try.
-                if is_last or isinstance(exc, OccystrapError):
+                # An OccystrapError (an untrusted certificate, the deadline) needs the user,
+                # not another try.
+                if isinstance(exc, OccystrapError):
+                    raise
+                delay = self._backoff(attempt)
+                if is_last or self._clock() + delay >= deadline:
                     raise
                 failure = type(exc).__name__
-                delay = self._backoff(attempt)
             else:
                 if is_last or response.status_code not in RETRYABLE_STATUSES:
                     response.extensions[ATTEMPTS] = attempt
                     return response
-                failure = f"status {response.status_code}"
                 delay = self._delay_after(response, attempt)
+                if self._clock() + delay >= deadline:
+                    response.extensions[ATTEMPTS] = attempt
+                    return response
+                failure = f"status {response.status_code}"
                 response.close()
             logger.debug(
                 "%s %s attempt %d failed with %s; retrying in %.2fs",
@@ -117,6 +158,47 @@ class Retry(Middleware):
                 self.retries_made += 1
             self._sleep(delay)
             attempt += 1
+
+    def _buffered(
+        self, request: httpx.Request, response: httpx.Response, deadline: float
+    ) -> httpx.Response:
+        """The response with its body read into memory when the caller asked (BUFFER) or it is
+        an error answer (at most ERROR_BODY_LIMIT of it); otherwise left streaming."""
+        limit: int | None = request.extensions.get(BUFFER)
+        is_error = response.status_code >= 400
+        if is_error:
+            cap = ERROR_BODY_LIMIT
+        elif limit is not None:
+            cap = limit
+        else:
+            return response
+        body = bytearray()
+        try:
+            for chunk in response.iter_raw():
+                body += chunk
+                if len(body) > cap and not is_error:
+                    raise ResponseTooLarge(
+                        f"{host_port(request.url)} sent more than {cap} bytes for"
+                        f" {request.method} {redact_url(request.url)}; refusing it",
+                        request=request,
+                    )
+                if len(body) >= cap:
+                    break  # the start of an error answer is all anyone reads
+                if self._clock() > deadline:
+                    raise DeadlineExceeded(
+                        f"{host_port(request.url)} did not deliver {request.method}"
+                        f" {redact_url(request.url)} within {self.deadline:g} s"
+                        " (it sends too slowly); raise --deadline or try again later",
+                        request=request,
+                    )
+        finally:
+            response.close()
+        return httpx.Response(
+            response.status_code,
+            headers=response.headers,
+            stream=httpx.ByteStream(bytes(body[:cap])),
+            extensions=response.extensions,
+        )
 
     def _backoff(self, attempt: int) -> float:
         return backoff_delay(attempt, self.backoff_base, self.backoff_max, self._rng)

@@ -7,6 +7,7 @@ the proxy choice is made here, per request.
 import ipaddress
 import logging
 import os
+import socket
 import ssl
 import threading
 from collections.abc import Callable, Mapping, Sequence
@@ -24,7 +25,21 @@ from occystrap.middleware.tls import (
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_TIMEOUT = httpx.Timeout(connect=15.0, read=120.0, write=120.0, pool=120.0)
+DEFAULT_CONNECT_TIMEOUT = 10.0
+# The longest silence tolerated while waiting for or reading an answer, or sending a body.
+DEFAULT_READ_TIMEOUT = 30.0
+# Waiting for a free pooled connection is our own queueing, not the server's silence.
+_POOL_TIMEOUT = 120.0
+
+
+def make_timeout(
+    read: float = DEFAULT_READ_TIMEOUT, connect: float = DEFAULT_CONNECT_TIMEOUT
+) -> httpx.Timeout:
+    """The per-operation timeouts of every request (--timeout, --connect-timeout)."""
+    return httpx.Timeout(connect=connect, read=read, write=read, pool=max(_POOL_TIMEOUT, read))
+
+
+DEFAULT_TIMEOUT = make_timeout()
 
 _DEFAULT_PORTS = {"http": 80, "https": 443}
 
@@ -95,12 +110,19 @@ class UntrustedCertificateError(httpx.ConnectError, OccystrapError):
     """
 
 
-def _is_certificate_failure(exc: BaseException) -> bool:
-    """Whether a certificate verification error is somewhere in `exc`'s chain of causes."""
+class HostNotFoundError(httpx.ConnectError, OccystrapError):
+    """The host name does not resolve: retrying will not help, the user must act.
+
+    Still a ConnectError, so a mirror whose name does not resolve falls through to the origin.
+    """
+
+
+def _caused_by(exc: BaseException, kind: type[BaseException]) -> bool:
+    """Whether an exception of `kind` is somewhere in `exc`'s chain of causes."""
     seen: set[int] = set()
     node: BaseException | None = exc
     while node is not None and id(node) not in seen:
-        if isinstance(node, ssl.SSLCertVerificationError):
+        if isinstance(node, kind):
             return True
         seen.add(id(node))
         node = node.__cause__ or node.__context__
@@ -140,7 +162,13 @@ class _TimedTransport(httpx.HTTPTransport):
                 return self._bulk.handle_request(request)
             return super().handle_request(request)
         except httpx.ConnectError as exc:
-            if not _is_certificate_failure(exc):
+            if _caused_by(exc, socket.gaierror):
+                raise HostNotFoundError(
+                    f"cannot resolve the host name {request.url.host}: check its spelling;"
+                    " offline, or does this network need a proxy (HTTPS_PROXY)?",
+                    request=request,
+                ) from exc
+            if not _caused_by(exc, ssl.SSLCertVerificationError):
                 raise
             raise UntrustedCertificateError(
                 f"the TLS certificate of {request.url.netloc.decode('ascii')} is not trusted:"

@@ -17,6 +17,8 @@ import httpx
 
 from occystrap.endpoints.quay import QuayURI
 from occystrap.errors import OccystrapError
+from occystrap.middleware.extensions import BUFFER
+from occystrap.registry.errors import host_port
 from occystrap.registry.reference import ImageReference
 
 MAX_API_RESPONSE_BYTES = 8 * 1024 * 1024
@@ -77,21 +79,19 @@ class QuayClient:
 
     def _get_json(self, path: str, params: dict[str, str], what: str) -> dict | None:
         """The JSON object at `path`, or None on 404; other failures are one-line errors."""
-        with self.http.stream("GET", f"{self.base}{path}", params=params) as response:
-            if response.status_code == 404:
-                return None
-            if response.status_code != 200:
-                raise QuayAPIError(
-                    f"the Quay API at {response.url.host} answered HTTP {response.status_code}"
-                    f" for {what}; check the organisation name and try again later"
-                )
-            body = bytearray()
-            for chunk in response.iter_bytes():
-                body += chunk
-                if len(body) > MAX_API_RESPONSE_BYTES:
-                    raise QuayAPIError(f"the Quay API answer for {what} is implausibly large")
+        # Read whole inside the chain's retry loop: a page cut mid-body is fetched again.
+        response = self.http.get(
+            f"{self.base}{path}", params=params, extensions={BUFFER: MAX_API_RESPONSE_BYTES}
+        )
+        if response.status_code == 404:
+            return None
+        if response.status_code != 200:
+            raise QuayAPIError(
+                f"the Quay API at {host_port(response.url)} answered HTTP {response.status_code}"
+                f" for {what}; check the organisation name and try again later"
+            )
         try:
-            document = json.loads(body)
+            document = json.loads(response.content)
         except ValueError:
             document = None
         if not isinstance(document, dict):

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import time
 from collections.abc import Callable, Iterator
 
 import httpx
@@ -19,6 +20,9 @@ from occystrap.streams import Readable
 
 LOG = logging.getLogger("occystrap.blobs")
 CHUNK = 1024 * 1024
+
+# Slower than this over a whole --timeout window, a layer transfer counts as stalled and resumes.
+MIN_LAYER_SPEED = 1024
 
 # Errors raised while a body streams: the connection died, not the request.
 BODY_ERRORS = (httpx.ReadError, httpx.RemoteProtocolError, httpx.ReadTimeout)
@@ -95,7 +99,7 @@ class RemoteBlobReader:
         if not resumed and response.status_code != 200:
             raise registry_error(response, self.what)
         skip = 0 if resumed else self.offset
-        self._chunks = response.iter_raw(CHUNK)
+        self._chunks = self._paced_chunks(response)
         while skip:
             chunk = next(self._chunks, b"")
             if not chunk:
@@ -121,7 +125,8 @@ class RemoteBlobReader:
                 if self._resumes > self.max_resumes:
                     raise RegistryError(
                         f"{self.what}: the connection kept failing mid-download"
-                        f" ({self._resumes - 1} resumes, last: {type(exc).__name__}); try again"
+                        f" ({self._resumes - 1} resumes, last: {type(exc).__name__}: {exc});"
+                        " try again"
                     ) from None
                 LOG.info("%s: connection cut at %d bytes, resuming", self.what, self.offset)
         # Slice only what is asked for: re-slicing the rest of a 1 MiB chunk on every small
@@ -131,6 +136,33 @@ class RemoteBlobReader:
         self._position = end
         self.offset += len(data)
         return data
+
+    def _paced_chunks(self, response: httpx.Response) -> Iterator[bytes]:
+        """The raw body in CHUNK pieces, checking the pace as every network read arrives: a
+        body moving under MIN_LAYER_SPEED over a whole --timeout window (a trickle the read
+        timeout never sees) counts as stalled and resumes.
+
+        Bytes gathered here but not yet handed out are simply fetched again on a resume, since
+        only `read()` advances the offset.
+        """
+        window = self.http.timeout.read
+        pending = bytearray()
+        window_start, moved = time.monotonic(), 0
+        for piece in response.iter_raw():
+            pending += piece
+            moved += len(piece)
+            if window and time.monotonic() - window_start >= window:
+                if moved < MIN_LAYER_SPEED * window:
+                    raise httpx.ReadTimeout(
+                        f"under {MIN_LAYER_SPEED} bytes/s for {window:g} s",
+                        request=response.request,
+                    )
+                window_start, moved = time.monotonic(), 0
+            if len(pending) >= CHUNK:
+                yield bytes(pending)
+                pending.clear()
+        if pending:
+            yield bytes(pending)
 
     def _close_response(self) -> None:
         if self._response is not None:

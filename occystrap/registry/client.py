@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import httpx
 
 from occystrap.digests import check_digest
-from occystrap.errors import RegistryError
+from occystrap.errors import DigestMismatchError, RegistryError
 from occystrap.middleware import extensions
 from occystrap.registry.blobs import (
     RemoteBlobReader,
@@ -69,15 +69,15 @@ class RegistryClient:
     def get_manifest(self, repository: str, reference: str) -> tuple[bytes, str, str]:
         """(raw bytes, content type, digest) of a manifest; digest-pinned references are checked."""
         what = _manifest_what(repository, reference)
-        with self.http.stream(
-            "GET",
+        response = self.http.get(
             self._url(repository, "manifests", reference),
             headers={"Accept": ACCEPT_MANIFESTS},
-        ) as response:
-            if response.status_code != 200:
-                raise registry_error(response, what)
-            raw = _read_limited(response, MAX_MANIFEST_BYTES, what)
-            content_type = _content_type(response)
+            extensions={extensions.BUFFER: MAX_MANIFEST_BYTES},
+        )
+        if response.status_code != 200:
+            raise registry_error(response, what)
+        raw = response.content
+        content_type = _content_type(response)
         if ":" in reference:  # a digest; tags cannot contain ':'
             check_digest(raw, reference, what)
         return raw, content_type, "sha256:" + hashlib.sha256(raw).hexdigest()
@@ -145,12 +145,11 @@ class RegistryClient:
                     " the registry is broken"
                 )
             seen.add(str(url))
-            with self.http.stream("GET", url) as response:
-                if response.status_code != 200:
-                    raise registry_error(response, what)
-                page = _read_limited(response, MAX_TAG_PAGE_BYTES, what)
-                next_link = response.links.get("next", {}).get("url")
-            tags += _tags_of_page(page, self.registry, what)
+            response = self.http.get(url, extensions={extensions.BUFFER: MAX_TAG_PAGE_BYTES})
+            if response.status_code != 200:
+                raise registry_error(response, what)
+            next_link = response.links.get("next", {}).get("url")
+            tags += _tags_of_page(response.content, self.registry, what)
             url = httpx.URL(self._location(next_link)) if next_link else None
         return tags
 
@@ -174,14 +173,36 @@ class RegistryClient:
     # -- blobs -----------------------------------------------------------------------------
 
     def read_blob(self, repository: str, digest: str, limit: int = MAX_CONFIG_BYTES) -> bytes:
-        """A small blob (an image config) in memory, verified."""
+        """A small blob (an image config) in memory, verified.
+
+        Bytes failing the digest are fetched again: without the mirror that served them, or,
+        from the origin, once.
+        """
         what = f"blob {digest} of {repository}"
-        with self.http.stream("GET", self._url(repository, "blobs", digest)) as response:
+        skip_mirrors: set[str] = set()
+        refetched_from_origin = False
+        while True:
+            response = self.http.get(
+                self._url(repository, "blobs", digest),
+                extensions={
+                    extensions.BUFFER: limit,
+                    extensions.SKIP_MIRRORS: frozenset(skip_mirrors),
+                },
+            )
             if response.status_code != 200:
                 raise registry_error(response, what)
-            raw = _read_limited(response, limit, what)
-        check_digest(raw, digest, what)
-        return raw
+            try:
+                check_digest(response.content, digest, what)
+                return response.content
+            except DigestMismatchError as exc:
+                served_by = response.extensions.get(extensions.SERVED_BY)
+                if served_by is None and refetched_from_origin:
+                    raise
+                LOG.info("%s; fetching it again", exc)
+                if served_by is None:
+                    refetched_from_origin = True
+                else:
+                    skip_mirrors.add(served_by)
 
     def open_blob(self, repository: str, digest: str) -> RemoteBlobReader:
         """A blob as a resumable stream; the caller verifies it (see `image.Layer`)."""
@@ -328,15 +349,6 @@ def _tags_of_page(page: bytes, registry: str, what: str) -> list[str]:
     if not all(isinstance(tag, str) for tag in tags or []):
         raise RegistryError(f"{registry} answered {what} with a tag that is not a string")
     return tags or []
-
-
-def _read_limited(response: httpx.Response, limit: int, what: str) -> bytes:
-    body = bytearray()
-    for chunk in response.iter_raw():
-        body += chunk
-        if len(body) > limit:
-            raise RegistryError(f"{what} is larger than {limit} bytes; refusing it")
-    return bytes(body)
 
 
 @dataclass(frozen=True)

@@ -45,6 +45,13 @@ def validate_digest(digest: str, text: str) -> None:
         _check(known, encoded, f"{algorithm} digest", text, expected)
 
 
+def validate_port(host: str, text: str) -> None:
+    """A `host:port` whose port is a real TCP port (1-65535)."""
+    _, colon, port = host.rpartition(":")
+    if colon and port.isdigit() and not host.endswith("]") and not 0 < int(port) < 65536:
+        raise UsageError(f"invalid port {port} in {text!r}: expected a port from 1 to 65535")
+
+
 def validate_repository(repository: str, text: str) -> None:
     for component in repository.split("/"):
         _check(
@@ -100,6 +107,7 @@ def parse_reference(text: str) -> ImageReference:
     if not slash or not host or not path:
         raise UsageError(f"invalid image reference {text!r}: expected {EXPECTED_FORM}")
     _check(HOST_PATTERN, host, "registry host", text, "HOST, HOST:PORT or [IPv6]:PORT")
+    validate_port(host, text)
     last_slash = path.rfind("/")
     repository, colon, tag = path.rpartition(":")
     if not colon or repository.rfind("/") != last_slash:

@@ -43,9 +43,29 @@ class RecordedRequest:
     method: str
     path: str
     headers: dict[str, str]
-    action: str  # "forwarded", "failed", "cut" or "redirected"
+    action: str  # "forwarded", "failed", "redirected", or the body fault's name ("cut", ...)
     # When the request line arrived (time.monotonic), for rate and Retry-After checks.
     at: float = field(default_factory=time.monotonic)
+
+
+@dataclass
+class BodyFault:
+    """How to spoil a forwarded response body: the status line and headers stay real.
+
+    `cut_bytes`: hang up after that many body bytes. `stall_seconds`: after `cut_bytes` bytes
+    (0 if unset), go silent that long, then hang up. `trickle_seconds`: send the body a byte at
+    a time, this far apart. `extra_bytes`: append that much garbage past the real body (sent
+    chunked, with no Content-Length). `flip_byte`: invert the body byte at that offset.
+    `content_range`: replace the Content-Range header of a 206.
+    """
+
+    name: str
+    cut_bytes: int | None = None
+    stall_seconds: float = 0.0
+    trickle_seconds: float = 0.0
+    extra_bytes: int = 0
+    flip_byte: int | None = None
+    content_range: str | None = None
 
 
 @dataclass
@@ -55,7 +75,7 @@ class _Fault:
     remaining: int
     status: int = 0
     retry_after: str | None = None
-    cut_bytes: int | None = None
+    body: BodyFault | None = None
 
     def matches(self, method: str, path: str) -> bool:
         return (
@@ -209,7 +229,14 @@ class FaultProxy(ForwardingServer):
 
     def cut_after(self, path_regex: str, nbytes: int, times: int = 1, method: str = "GET") -> None:
         """For `times` matching requests send headers and `nbytes` of body, then hang up."""
-        fault = _Fault(re.compile(path_regex), method, times, cut_bytes=nbytes)
+        self.spoil_body(path_regex, BodyFault("cut", cut_bytes=nbytes), times, method)
+
+    def spoil_body(
+        self, path_regex: str, body: BodyFault, times: int = 1, method: str = "GET"
+    ) -> None:
+        """Forward the next `times` matching requests, spoiling their response body as `body`
+        says; the request is recorded with `body.name` as its action."""
+        fault = _Fault(re.compile(path_regex), method, times, body=body)
         with self._lock:
             self._faults.append(fault)
 
@@ -237,12 +264,12 @@ class FaultProxy(ForwardingServer):
         fault = self._take_fault(handler.command, handler.path)
         with self._lock:
             redirect_target = self._redirect_target
-        if fault is not None and fault.cut_bytes is None:
+        if fault is not None and fault.body is None:
             self._record(handler, "failed")
             handler.send_fault(fault.status, fault.retry_after)
         elif fault is not None:
-            self._record(handler, "cut")
-            handler.forward(cut_after=fault.cut_bytes)
+            self._record(handler, fault.body.name)
+            handler.forward(fault.body)
         elif (
             redirect_target is not None
             and handler.command in ("GET", "HEAD")
@@ -378,8 +405,8 @@ class _Handler(BaseHTTPRequestHandler):
         self.send_header("Content-Length", "0")
         self.end_headers()
 
-    def forward(self, cut_after: int | None = None) -> None:
-        """Relay to the upstream, streaming both ways; hang up after `cut_after` body bytes."""
+    def forward(self, fault: BodyFault | None = None) -> None:
+        """Relay to the upstream, streaming both ways; spoil the response body as `fault` says."""
         replaced = HOP_BY_HOP | {name.lower() for name in self.owner.upstream_headers}
         headers = {k: v for k, v in self.headers.items() if k.lower() not in replaced}
         headers.update(self.owner.upstream_headers)
@@ -389,16 +416,20 @@ class _Handler(BaseHTTPRequestHandler):
             # http.client re-chunks an iterable body unless a Content-Length was given.
             upstream.request(self.command, self.path, body=body, headers=headers)
             response = upstream.getresponse()
-            self._relay_response(response, cut_after)
+            self._relay_response(response, fault or BodyFault("forwarded"))
         finally:
             upstream.close()
 
-    def _relay_response(self, response: http.client.HTTPResponse, cut_after: int | None) -> None:
+    def _relay_response(self, response: http.client.HTTPResponse, fault: BodyFault) -> None:
         self.send_response_only(response.status, response.reason)
         for name, value in response.getheaders():
-            if name.lower() not in HOP_BY_HOP:
-                self.send_header(name, value)
-        has_length = response.getheader("Content-Length") is not None
+            lowered = name.lower()
+            if lowered in HOP_BY_HOP or (fault.extra_bytes and lowered == "content-length"):
+                continue
+            if lowered == "content-range" and fault.content_range is not None:
+                value = fault.content_range
+            self.send_header(name, value)
+        has_length = response.getheader("Content-Length") is not None and not fault.extra_bytes
         bodyless = self.command == "HEAD" or response.status in (204, 304)
         rechunk = not has_length and not bodyless
         if rechunk:
@@ -406,17 +437,34 @@ class _Handler(BaseHTTPRequestHandler):
         self.end_headers()
         if bodyless:
             return
-        budget = cut_after
-        while chunk := response.read(CHUNK_SIZE if budget is None else min(CHUNK_SIZE, budget)):
+
+        def send(chunk: bytes) -> None:
             self.wfile.write(f"{len(chunk):x}\r\n".encode() + chunk + b"\r\n" if rechunk else chunk)
+
+        hangs_up = fault.cut_bytes is not None or fault.stall_seconds > 0
+        budget = fault.cut_bytes if fault.cut_bytes is not None else (0 if hangs_up else None)
+        sent = 0
+        step = 1 if fault.trickle_seconds else CHUNK_SIZE
+        while budget != 0 and (
+            chunk := response.read(step if budget is None else min(step, budget))
+        ):
+            if fault.flip_byte is not None and sent <= fault.flip_byte < sent + len(chunk):
+                at = fault.flip_byte - sent
+                chunk = chunk[:at] + bytes([chunk[at] ^ 0xFF]) + chunk[at + 1 :]
+            send(chunk)
+            sent += len(chunk)
+            if fault.trickle_seconds:
+                self.wfile.flush()
+                time.sleep(fault.trickle_seconds)
             if budget is not None:
                 budget -= len(chunk)
-                if budget == 0:
-                    break
-        if cut_after is not None:
+        if hangs_up:
             self.wfile.flush()
+            time.sleep(fault.stall_seconds)
             self.close_connection = True  # finish() then closes the socket mid-body
             return
+        if fault.extra_bytes:
+            send(b"\0" * fault.extra_bytes)
         if rechunk:
             self.wfile.write(b"0\r\n\r\n")
 

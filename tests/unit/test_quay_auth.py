@@ -73,3 +73,14 @@ def test_registry_401_on_same_host_passes_through():
         with _client(token=TOKEN) as client:
             response = client.get("https://quay.io/v2/org/app/manifests/latest")
     assert response.status_code == 401
+
+
+def test_token_does_not_follow_a_redirect_off_the_api_base():
+    with respx.mock(using="httpcore") as mock:
+        mock.get("https://quay.io/api/v1/repository").respond(
+            302, headers={"Location": "https://cdn.test/api/v1/repository"}
+        )
+        elsewhere = mock.get("https://cdn.test/api/v1/repository").respond(200)
+        with _client(token=TOKEN) as client:
+            assert client.get("https://quay.io/api/v1/repository", follow_redirects=True).is_success
+        assert "authorization" not in elsewhere.calls.last.request.headers

@@ -207,3 +207,9 @@ def test_bad_limits_are_usage_errors_naming_the_value(bad):
 def test_limiter_refuses_impossible_rates(rate):
     with pytest.raises(ValueError):
         RateLimiter(rate)
+
+
+@pytest.mark.parametrize("value", ["1e-300", "0.001", "1e300", "5e6", "host=1e-9"])
+def test_absurd_rates_are_usage_errors(value):
+    with pytest.raises(UsageError, match="from 0.01 to 1000000"):
+        parse_rate_limits([value])

@@ -119,3 +119,13 @@ def test_arbitrary_text_only_raises_usage_error(text):
         assert "\n" not in str(error) or "\n" in text
         return
     assert parse_reference(str(reference)) == reference
+
+
+@pytest.mark.parametrize("host", ["127.0.0.1:99999", "registry.test:65536", "[::1]:0"])
+def test_a_port_outside_1_to_65535_is_a_usage_error(host):
+    with pytest.raises(UsageError, match="expected a port from 1 to 65535"):
+        parse_reference(f"{host}/a/b:v1")
+
+
+def test_the_highest_port_is_accepted():
+    assert parse_reference("registry.test:65535/a/b:v1").registry == "registry.test:65535"

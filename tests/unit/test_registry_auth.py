@@ -432,3 +432,24 @@ def test_repository_scoped_basic_credentials(fake):
         ("/v2/a/manifests/1", _basic("alice", PASSWORD)),
         ("/v2/b/manifests/1", None),
     ]
+
+
+def test_a_token_is_sent_only_to_the_host_it_was_fetched_for(fake):
+    """Another host naming the origin's realm (a redirect target, a mirror) gets its own token,
+    fetched with its own credentials: here none."""
+    fake.mock.route(host="mirror.test").mock(side_effect=fake.registry)
+    with _client(_store_with_password()) as client:
+        assert client.get(f"{REGISTRY}/v2/lib/app/manifests/latest").status_code == 200
+        assert client.get("https://mirror.test/v2/lib/app/blobs/sha256:aa").status_code == 200
+        assert client.get(f"{REGISTRY}/v2/lib/app/blobs/sha256:aa").status_code == 200
+    origin_fetch, mirror_fetch = fake.token_requests
+    assert origin_fetch.headers["authorization"] == _basic("alice", PASSWORD)
+    assert "authorization" not in mirror_fetch.headers
+    sent = [(r.url.host, r.headers.get("authorization")) for r in fake.registry_requests]
+    assert sent == [
+        ("registry.test", None),
+        ("registry.test", "Bearer tok1"),
+        ("mirror.test", None),
+        ("mirror.test", "Bearer tok2"),
+        ("registry.test", "Bearer tok1"),
+    ]

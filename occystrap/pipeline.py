@@ -12,17 +12,17 @@ import dataclasses
 import logging
 import shutil
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Protocol, TypeVar
 
 import httpx
 
 from occystrap import compression
 from occystrap.cancel import shutdown_pool
-from occystrap.errors import writing_to
+from occystrap.errors import DigestMismatchError, writing_to
 from occystrap.image import Image, ImageIndex, ImageLike, Layer
 from occystrap.registry.manifest import Platform, select_platform
 
@@ -31,6 +31,7 @@ if TYPE_CHECKING:
     from occystrap.settings import RunSettings
 
 LOG = logging.getLogger("occystrap")
+T = TypeVar("T")
 
 
 class ProgressSink(Protocol):
@@ -182,19 +183,37 @@ def _inflate_to_disk(
     key = f"fetch:{layer.digest}"
     progress.start(key, layer.size, layer.label)
     tar_path = directory / f"{layer.digest.replace(':', '-')}.tar"
-    size = 0
-    with (
-        writing_to(directory),
-        layer.open_tar(lambda n: progress.advance(key, n)) as tar,
-        open(tar_path, "wb") as out,
-    ):
-        while chunk := tar.read(compression.CHUNK_SIZE):
-            if budget is not None:
-                budget.charge(len(chunk))
-            out.write(chunk)
-            size += len(chunk)
+
+    def inflate() -> int:
+        progress.restart(key, 0)
+        size = 0
+        with (
+            writing_to(directory),
+            layer.open_tar(lambda n: progress.advance(key, n)) as tar,
+            open(tar_path, "wb") as out,
+        ):
+            while chunk := tar.read(compression.CHUNK_SIZE):
+                if budget is not None:
+                    budget.charge(len(chunk))
+                out.write(chunk)
+                size += len(chunk)
+        return size
+
+    size = again_if_corrupt(layer, inflate)
     progress.finish(key)
     return dataclasses.replace(layer, tar_path=tar_path, uncompressed_size=size)
+
+
+def again_if_corrupt(layer: Layer, action: Callable[[], T]) -> T:
+    """Run `action`, which reads `layer`; a remote blob that failed its digest (corrupted in
+    transit, or by a mirror, which is then skipped) gets one more try before the run fails."""
+    try:
+        return action()
+    except DigestMismatchError as error:
+        if getattr(layer.blob, "local", False):
+            raise
+        LOG.info("%s; fetching it again", error)
+        return action()
 
 
 def local_layers(

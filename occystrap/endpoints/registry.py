@@ -29,7 +29,7 @@ from occystrap.endpoints import (
 )
 from occystrap.errors import RegistryError, UsageError
 from occystrap.image import Blob, FileBlob, Image, ImageIndex, ImageLike, Layer, SourceName
-from occystrap.pipeline import RunContext
+from occystrap.pipeline import RunContext, again_if_corrupt
 from occystrap.registry.client import RegistryBlob, RegistryClient
 from occystrap.registry.hosts import DOCKER_HUB_HOST
 from occystrap.registry.manifest import (
@@ -216,7 +216,12 @@ class RegistryDestination:
     def _push_layer(self, layer: Layer) -> Layer:
         """Upload one layer (compressing it first if it is stored uncompressed)."""
         if layer.compression != compression.NONE:
-            self._push_blob(layer.digest, layer.size, layer.open_blob, layer.blob, layer.label)
+            again_if_corrupt(
+                layer,
+                lambda: self._push_blob(
+                    layer.digest, layer.size, layer.open_blob, layer.blob, layer.label
+                ),
+            )
             return layer
         compressed = self._compressed(layer)
         try:

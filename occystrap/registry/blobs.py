@@ -15,6 +15,7 @@ import httpx
 
 from occystrap import cancel
 from occystrap.errors import RegistryError
+from occystrap.middleware.extensions import SERVED_BY, SKIP_MIRRORS
 from occystrap.registry.errors import registry_error
 from occystrap.streams import Readable
 
@@ -64,9 +65,12 @@ class RemoteBlobReader:
         what: str,
         max_resumes: int = 5,
         on_bytes: Callable[[int], None] | None = None,
+        skip_mirrors: frozenset[str] = frozenset(),
     ) -> None:
         self.http, self.url, self.what, self.max_resumes = http, url, what, max_resumes
         self.on_bytes = on_bytes
+        self.skip_mirrors = skip_mirrors
+        self.served_by: str | None = None  # the mirror that sent the body, if one did
         self.offset = 0
         self._resumes = 0
         self._response: httpx.Response | None = None
@@ -77,9 +81,12 @@ class RemoteBlobReader:
 
     def _get(self, offset: int) -> httpx.Response:
         headers = {"Range": f"bytes={offset}-"} if offset else {}
-        return self.http.send(
-            self.http.build_request("GET", self.url, headers=headers), stream=True
+        request = self.http.build_request(
+            "GET", self.url, headers=headers, extensions={SKIP_MIRRORS: self.skip_mirrors}
         )
+        response = self.http.send(request, stream=True)
+        self.served_by = response.extensions.get(SERVED_BY)
+        return response
 
     def _connect(self) -> None:
         """(Re)open the body at `offset`: a 206 that continues there, or the whole blob

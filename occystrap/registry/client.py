@@ -8,6 +8,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import threading
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
@@ -59,6 +60,8 @@ class RegistryClient:
         self.http = http
         self.registry = registry
         self.on_download = on_download
+        self._distrusted: dict[str, set[str]] = {}  # digest -> mirrors that served it corrupt
+        self._lock = threading.Lock()
         self.base = f"{'http' if insecure else 'https'}://{registry}"
 
     def _url(self, repository: str, kind: str, reference: str = "") -> str:
@@ -208,7 +211,14 @@ class RegistryClient:
         """A blob as a resumable stream; the caller verifies it (see `image.Layer`)."""
         what = f"blob {digest} of {self.registry}/{repository}"
         url = self._url(repository, "blobs", digest)
-        return RemoteBlobReader(self.http, url, what, on_bytes=self.on_download)
+        with self._lock:
+            skip = frozenset(self._distrusted.get(digest, ()))
+        return RemoteBlobReader(self.http, url, what, on_bytes=self.on_download, skip_mirrors=skip)
+
+    def distrust(self, digest: str, mirror: str) -> None:
+        """`mirror` served `digest` corrupt: read it from elsewhere from now on."""
+        with self._lock:
+            self._distrusted.setdefault(digest, set()).add(mirror)
 
     def blob_exists(self, repository: str, digest: str) -> bool:
         response = self.http.head(self._url(repository, "blobs", digest))
@@ -373,5 +383,9 @@ class RegistryBlob:
         reader = self.client.open_blob(self.repository, self.digest)
         try:
             yield reader
+        except DigestMismatchError:
+            if reader.served_by is not None:
+                self.client.distrust(self.digest, reader.served_by)
+            raise
         finally:
             reader.close()

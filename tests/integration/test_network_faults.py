@@ -186,13 +186,6 @@ def test_a_resume_answered_with_the_wrong_range_restarts_from_zero(
     assert "range" in gets[1].headers and "range" not in gets[2].headers
 
 
-LAYER_REFETCH_GAP = pytest.mark.xfail(
-    strict=True,
-    reason="layers now stream into their consumer (pipeline._inflate_to_disk, the push): a refetch"
-    " after a digest failure, and skipping the mirror that served it, must happen there",
-)
-
-
 def test_a_layer_corrupted_in_every_transfer_fails_in_one_line(
     fault_proxy, registry_plain, unique_repo, tmp_path
 ):
@@ -204,7 +197,6 @@ def test_a_layer_corrupted_in_every_transfer_fails_in_one_line(
     assert not out.exists()
 
 
-@LAYER_REFETCH_GAP
 def test_a_layer_corrupted_once_in_transit_is_fetched_again(
     fault_proxy, registry_plain, unique_repo, tmp_path
 ):
@@ -231,7 +223,7 @@ def test_a_config_corrupted_once_is_fetched_again(
 
 @pytest.mark.parametrize(
     "which",
-    ["config", pytest.param("layer", marks=LAYER_REFETCH_GAP)],
+    ["config", "layer"],
 )
 def test_a_mirror_serving_a_corrupt_blob_falls_through_to_the_origin(
     which, fault_proxy, registry_plain, unique_repo, tmp_path

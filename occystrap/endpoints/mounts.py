@@ -1,0 +1,139 @@
+"""mounts://PATH: an image's layers laid out for overlayfs, and the command that mounts them.
+
+Each layer is expanded into its own directory, `PATH/layers/<n>-<diff_id hex12>/` (n from 0
+for the lowest), in overlayfs form: a whiteout is a 0:0 character device and an opaque
+directory carries `trusted.overlay.opaque=y`, so the kernel merges the layers exactly as a
+container runtime would. `PATH/lowerdir` holds the `lowerdir=` value (topmost layer first);
+`PATH/upper`, `PATH/work` and `PATH/merged` are the empty upper, work and mount directories
+that `PATH/mount.sh` (the command, also printed) uses. Everything is staged next to PATH and
+renamed into place only once complete; writing whiteouts and trusted attributes needs root.
+"""
+
+from __future__ import annotations
+
+import os
+import shlex
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+from occystrap.atomic import check_replaceable_directory, staged_directory
+from occystrap.endpoints import Endpoint, Scheme, path_of
+from occystrap.errors import OccystrapError, UsageError
+from occystrap.extract import apply_layer
+from occystrap.image import Image, ImageLike
+from occystrap.pipeline import RunContext, local_layers
+
+MOUNTS_KIND = "overlay-mounts"
+SCRIPT_NAME = "mount.sh"
+
+
+@dataclass
+class MountsURI(Endpoint):
+    path: Path
+
+    def open_output(self, ctx: RunContext) -> MountsOutput:
+        if os.geteuid() != 0:
+            raise OccystrapError(
+                f"{self.shown} needs root: overlayfs whiteouts are character devices and opaque"
+                " directories need trusted.* attributes; run occystrap as root"
+            )
+        path = Path(os.path.abspath(self.path))
+        check_replaceable_directory(path, MOUNTS_KIND)
+        refuse_if_mounted(path)
+        return MountsOutput(path, ctx)
+
+
+class MountsOutput:
+    """Writes one image's layers in overlayfs form (see the module docstring)."""
+
+    accepts_index = False
+
+    def __init__(self, path: Path, ctx: RunContext) -> None:
+        self.path, self.ctx = path, ctx
+        self.mount_command: str | None = None  # once written, for library callers
+
+    def write(self, item: ImageLike) -> None:
+        if not isinstance(item, Image):
+            raise OccystrapError(f"mounts://{self.path} holds one image, not an index")
+        if not item.layers:
+            raise OccystrapError("the image has no layers, so there is nothing to mount")
+        names = [
+            f"{position:03d}-{layer.diff_id.partition(':')[2][:12]}"
+            for position, layer in enumerate(item.layers)
+        ]
+        lowerdir = ":".join(
+            _overlay_escape(str(self.path / "layers" / name)) for name in reversed(names)
+        )
+        command = mount_command(self.path, lowerdir)
+        with staged_directory(self.path, MOUNTS_KIND) as staging:
+            for name in ("layers", "upper", "work", "merged"):
+                (staging / name).mkdir(mode=0o755)
+            for name, layer in zip(names, local_layers(item, self.ctx), strict=True):
+                directory = staging / "layers" / name
+                directory.mkdir(mode=0o755)
+                with layer.open_tar() as tar:
+                    apply_layer(tar, directory, overlay=True)
+            (staging / "lowerdir").write_text(lowerdir + "\n")
+            script = staging / SCRIPT_NAME
+            script.write_text(
+                f"#!/bin/sh\n# Mounts the layers of {item.source} at {self.path / 'merged'}"
+                f" (as root); unmount with: umount {shlex.quote(str(self.path / 'merged'))}\n"
+                f"exec {command}\n"
+            )
+            script.chmod(0o755)
+            refuse_if_mounted(self.path)  # the old output is about to be removed
+        self.mount_command = command
+        sys.stdout.write(command + "\n")
+        sys.stdout.flush()
+
+
+def _overlay_escape(path: str) -> str:
+    """A directory for `lowerdir=`: overlayfs reads a backslash-escaped ':' as part of it."""
+    if "," in path:
+        raise UsageError(
+            f"{path} contains ',', which mount options cannot carry; choose a path without it"
+        )
+    return path.replace("\\", "\\\\").replace(":", "\\:")
+
+
+def mount_command(path: Path, lowerdir: str) -> str:
+    """The shell command that assembles the layers under `path` at `path/merged`."""
+    options = (
+        f"lowerdir={lowerdir},upperdir={_overlay_escape(str(path / 'upper'))},"
+        f"workdir={_overlay_escape(str(path / 'work'))}"
+    )
+    return shlex.join(["mount", "-t", "overlay", "overlay", "-o", options, str(path / "merged")])
+
+
+def _unescape_mountinfo(field: str) -> str:
+    """/proc/self/mountinfo writes space, tab, newline and backslash as octal escapes."""
+    for escaped, plain in (("\\040", " "), ("\\011", "\t"), ("\\012", "\n"), ("\\134", "\\")):
+        field = field.replace(escaped, plain)
+    return field
+
+
+def refuse_if_mounted(path: Path) -> None:
+    """Refuse to replace layers an overlay mount still uses, or a directory mounted upon."""
+    try:
+        with open("/proc/self/mountinfo") as mountinfo:
+            lines = mountinfo.read().splitlines()
+    except OSError:
+        return
+    inside = str(path) + "/"
+    for line in lines:
+        fields, _, filesystem = line.partition(" - ")
+        mount_point = _unescape_mountinfo(fields.split(" ")[4])
+        if (mount_point + "/").startswith(inside) or inside in _unescape_mountinfo(filesystem):
+            raise OccystrapError(
+                f"{path} is in use by the mount at {mount_point}; unmount it first"
+                f" (umount {shlex.quote(mount_point)})"
+            )
+
+
+SCHEME = Scheme(
+    "mounts",
+    "mounts://PATH",
+    lambda text, rest: MountsURI(path_of(text, rest)),
+    source=False,
+)

@@ -39,6 +39,7 @@ class MountsURI(Endpoint):
                 " directories need trusted.* attributes; run occystrap as root"
             )
         path = Path(os.path.abspath(self.path))
+        _overlay_escape(str(path))  # a path mount options cannot carry fails before downloads
         check_replaceable_directory(path, MOUNTS_KIND)
         refuse_if_mounted(path)
         return MountsOutput(path, ctx)

@@ -9,6 +9,7 @@ bundle is staged next to PATH and renamed into place only once complete.
 
 from __future__ import annotations
 
+import copy
 import json
 import re
 from dataclasses import dataclass
@@ -211,35 +212,37 @@ def runtime_spec(
         process_user["additionalGids"] = list(user.additional_gids)
     granted = DEFAULT_CAPABILITIES if user.uid == 0 else []
     labels = settings.get("Labels")
-    return {
-        "ociVersion": RUNTIME_SPEC_VERSION,
-        "process": {
-            "terminal": False,
-            "user": process_user,
-            "args": args,
-            "env": env,
-            "cwd": cwd,
-            "capabilities": {
-                "bounding": DEFAULT_CAPABILITIES,
-                "effective": granted,
-                "permitted": granted,
+    return copy.deepcopy(
+        {  # the defaults are shared: callers may change what they get
+            "ociVersion": RUNTIME_SPEC_VERSION,
+            "process": {
+                "terminal": False,
+                "user": process_user,
+                "args": args,
+                "env": env,
+                "cwd": cwd,
+                "capabilities": {
+                    "bounding": DEFAULT_CAPABILITIES,
+                    "effective": granted,
+                    "permitted": granted,
+                },
+                "rlimits": [
+                    {"type": "RLIMIT_NOFILE", "hard": OPEN_FILES_LIMIT, "soft": OPEN_FILES_LIMIT}
+                ],
+                "noNewPrivileges": True,
             },
-            "rlimits": [
-                {"type": "RLIMIT_NOFILE", "hard": OPEN_FILES_LIMIT, "soft": OPEN_FILES_LIMIT}
-            ],
-            "noNewPrivileges": True,
-        },
-        "root": {"path": "rootfs", "readonly": False},
-        "hostname": hostname,
-        "mounts": DEFAULT_MOUNTS,
-        "linux": {
-            "resources": {"devices": [{"allow": False, "access": "rwm"}]},
-            "namespaces": [{"type": kind} for kind in NAMESPACES],
-            "maskedPaths": MASKED_PATHS,
-            "readonlyPaths": READONLY_PATHS,
-        },
-        "annotations": dict(labels) if isinstance(labels, dict) else {},
-    }
+            "root": {"path": "rootfs", "readonly": False},
+            "hostname": hostname,
+            "mounts": DEFAULT_MOUNTS,
+            "linux": {
+                "resources": {"devices": [{"allow": False, "access": "rwm"}]},
+                "namespaces": [{"type": kind} for kind in NAMESPACES],
+                "maskedPaths": MASKED_PATHS,
+                "readonlyPaths": READONLY_PATHS,
+            },
+            "annotations": dict(labels) if isinstance(labels, dict) else {},
+        }
+    )
 
 
 SCHEME = Scheme(

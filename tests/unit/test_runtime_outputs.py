@@ -239,3 +239,16 @@ def test_mount_command_escapes_colons_and_refuses_commas():
     assert "upperdir=/srv/a\\:b/upper" in command
     with pytest.raises(UsageError, match="','"):
         mount_command(Path("/srv/a,b"), "/l")
+
+
+def test_mounts_needs_root_and_refuses_foreign_directories(tmp_path, monkeypatch):
+    foreign = tmp_path / "foreign"
+    foreign.mkdir()
+    (foreign / "notes").write_text("mine")
+    uri = parse_uri(f"mounts://{foreign}")
+    with pytest.raises(OccystrapError, match="not an earlier occystrap overlay-mounts output"):
+        uri.open_output(context(tmp_path / "work"))
+    monkeypatch.setattr(os, "geteuid", lambda: 1000)
+    with pytest.raises(OccystrapError, match="needs root"):
+        parse_uri(f"mounts://{tmp_path / 'new'}").open_output(context(tmp_path / "work"))
+    assert os.listdir(foreign) == ["notes"]

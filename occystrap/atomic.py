@@ -90,6 +90,11 @@ def check_replaceable_directory(final: Path, kind: str) -> None:
         return
     if not final.is_dir() or final.is_symlink():
         raise OccystrapError(f"{final} exists and is not a directory; name a new directory")
+    if os.path.ismount(final):
+        raise OccystrapError(
+            f"{final} is a mount point, which cannot be replaced by renaming; name a directory"
+            f" inside it, e.g. {final / 'image'}"
+        )
     if not os.listdir(final) or _output_kind(final) == kind:
         return
     raise OccystrapError(

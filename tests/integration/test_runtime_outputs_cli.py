@@ -139,6 +139,23 @@ def unmount_afterwards() -> Iterator[list[Path]]:
         subprocess.run(["umount", str(point)], capture_output=True, check=False)
 
 
+def test_a_mount_point_is_refused_before_anything_is_written(tmp_path, unmount_afterwards):
+    tarball = busybox_tarball(tmp_path, Cmd=["/bin/true"])
+    point = tmp_path / "point"
+    point.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "tmpfs", str(point)], check=True)
+    unmount_afterwards.append(point)
+    for scheme in ("oci", "mounts"):
+        result = run_occystrap("process", f"tar://{tarball}", f"{scheme}://{point}", check=False)
+        assert_one_line_error(result, str(point), "mount point")
+    assert os.listdir(point) == []
+    assert sorted(os.listdir(tmp_path)) == sorted(["point", "image.tar", *_blobs(tmp_path)])
+
+
+def _blobs(directory: Path) -> list[str]:
+    return [name for name in os.listdir(directory) if name.startswith("blob-")]
+
+
 def test_mounts_layers_merge_with_overlayfs(tmp_path, unmount_afterwards):
     tarball = busybox_tarball(tmp_path, Cmd=["/bin/sh"])
     target = tmp_path / "mnt"

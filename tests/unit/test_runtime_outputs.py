@@ -252,3 +252,15 @@ def test_mounts_needs_root_and_refuses_foreign_directories(tmp_path, monkeypatch
     with pytest.raises(OccystrapError, match="needs root"):
         parse_uri(f"mounts://{tmp_path / 'new'}").open_output(context(tmp_path / "work"))
     assert os.listdir(foreign) == ["notes"]
+
+
+@pytest.mark.parametrize("output_class", [BundleOutput, MountsOutput])
+def test_a_corrupt_layer_leaves_nothing_behind(tmp_path, output_class):
+    image = make_image(tmp_path, LAYERS, settings=SETTINGS)
+    blob = image.layers[1].blob.path
+    blob.write_bytes(blob.read_bytes()[:-8] + bytes(8))
+    target = tmp_path / "out"
+    with pytest.raises(OccystrapError):
+        output_class(target, context(tmp_path / "work")).write(image)
+    assert not target.exists()
+    assert not [name for name in os.listdir(tmp_path) if name.startswith(".out")]

@@ -26,6 +26,7 @@ from occystrap.pipeline import RunContext, local_layers
 
 MOUNTS_KIND = "overlay-mounts"
 SCRIPT_NAME = "mount.sh"
+MOUNT_OPTIONS_LIMIT = 4095  # the kernel copies mount options into one page, NUL included
 
 
 @dataclass
@@ -63,10 +64,9 @@ class MountsOutput:
             f"{position:03d}-{layer.diff_id.partition(':')[2][:12]}"
             for position, layer in enumerate(item.layers)
         ]
-        lowerdir = ":".join(
-            _overlay_escape(str(self.path / "layers" / name)) for name in reversed(names)
-        )
-        command = mount_command(self.path, lowerdir)
+        topmost_first = names[::-1]
+        lowerdir = _lowerdir([str(self.path / "layers" / name) for name in topmost_first])
+        command = mount_command(self.path, topmost_first)
         with staged_directory(self.path, MOUNTS_KIND) as staging:
             for name in ("layers", "upper", "work", "merged"):
                 (staging / name).mkdir(mode=0o755)
@@ -80,7 +80,7 @@ class MountsOutput:
             script.write_text(
                 f"#!/bin/sh\n# Mounts the layers of {item.source} at {self.path / 'merged'}"
                 f" (as root); unmount with: umount {shlex.quote(str(self.path / 'merged'))}\n"
-                f"exec {command}\n"
+                f"{command}\n"
             )
             script.chmod(0o755)
             refuse_if_mounted(self.path)  # the old output is about to be removed
@@ -98,13 +98,39 @@ def _overlay_escape(path: str) -> str:
     return path.replace("\\", "\\\\").replace(":", "\\:")
 
 
-def mount_command(path: Path, lowerdir: str) -> str:
-    """The shell command that assembles the layers under `path` at `path/merged`."""
-    options = (
-        f"lowerdir={lowerdir},upperdir={_overlay_escape(str(path / 'upper'))},"
-        f"workdir={_overlay_escape(str(path / 'work'))}"
+def _lowerdir(directories: list[str]) -> str:
+    return ":".join(_overlay_escape(directory) for directory in directories)
+
+
+def _mount_options(lower: list[str], upper: str, work: str) -> str:
+    return (
+        f"lowerdir={_lowerdir(lower)},upperdir={_overlay_escape(upper)},"
+        f"workdir={_overlay_escape(work)}"
     )
-    return shlex.join(["mount", "-t", "overlay", "overlay", "-o", options, str(path / "merged")])
+
+
+def mount_command(path: Path, layers_topmost_first: list[str]) -> str:
+    """The shell command that merges the layers (directory names under `path/layers`) at
+    `path/merged`: with absolute paths when they fit in the one page the kernel takes mount
+    options in, else run from `path/layers` with the short names."""
+    layers = path / "layers"
+    options = _mount_options(
+        [str(layers / name) for name in layers_topmost_first],
+        str(path / "upper"),
+        str(path / "work"),
+    )
+    if len(options) <= MOUNT_OPTIONS_LIMIT:
+        return shlex.join(
+            ["mount", "-t", "overlay", "overlay", "-o", options, str(path / "merged")]
+        )
+    options = _mount_options(layers_topmost_first, "../upper", "../work")
+    if len(options) > MOUNT_OPTIONS_LIMIT:
+        raise OccystrapError(
+            f"the image has {len(layers_topmost_first)} layers, more than one overlay mount"
+            " can name; flatten the image first"
+        )
+    mount = shlex.join(["mount", "-t", "overlay", "overlay", "-o", options, "../merged"])
+    return f"cd {shlex.quote(str(layers))} && {mount}"
 
 
 def _unescape_mountinfo(field: str) -> str:

@@ -161,7 +161,7 @@ def test_mounts_layers_merge_with_overlayfs(tmp_path, unmount_afterwards):
     target = tmp_path / "mnt"
     result = run_occystrap("process", f"tar://{tarball}", f"mounts://{target}")
     command = result.stdout.strip()
-    assert command == (target / "mount.sh").read_text().splitlines()[-1].removeprefix("exec ")
+    assert command == (target / "mount.sh").read_text().splitlines()[-1]
     assert shlex.split(command)[:4] == ["mount", "-t", "overlay", "overlay"]
     merged = target / "merged"
     unmount_afterwards.append(merged)
@@ -181,3 +181,22 @@ def test_mounts_layers_merge_with_overlayfs(tmp_path, unmount_afterwards):
     subprocess.run(["umount", str(merged)], check=True)
     run_occystrap("process", f"tar://{tarball}", f"mounts://{target}")
     assert not (target / "upper/written").exists()
+
+
+def test_many_layers_under_a_long_path_still_mount(tmp_path, unmount_afterwards):
+    """Absolute lowerdir lists this long exceed the page of mount options the kernel takes."""
+    count = 80
+    layers: list[dict] = [{f"layer-{n}": b"", "top": str(n).encode()} for n in range(count)]
+    layers[-1][".wh.layer-0"] = b""
+    image = make_image(tmp_path, layers)
+    tarball = tmp_path / "many.tar"
+    save_tar(image, tarball)
+    target = tmp_path / ("long-directory-name-" * 4) / "mnt"
+    result = run_occystrap("process", f"tar://{tarball}", f"mounts://{target}")
+    assert len((target / "lowerdir").read_text()) > 4096
+    assert result.stdout.startswith(f"cd {target / 'layers'} && mount -t overlay")
+    merged = target / "merged"
+    unmount_afterwards.append(merged)
+    subprocess.run(["sh", str(target / "mount.sh")], check=True, capture_output=True)
+    assert (merged / "top").read_bytes() == str(count - 1).encode()
+    assert sorted(os.listdir(merged)) == sorted(["top", *(f"layer-{n}" for n in range(1, count))])

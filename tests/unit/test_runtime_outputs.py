@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import shlex
 import stat
 from pathlib import Path
 
@@ -225,7 +226,10 @@ def test_mounts_output_lays_layers_out_topmost_first(tmp_path, capsys):
     assert sorted(os.listdir(target / "layers")) == names
     lowerdir = ":".join(str(target / "layers" / name) for name in reversed(names))
     assert (target / "lowerdir").read_text() == lowerdir + "\n"
-    assert output.mount_command == mount_command(target, lowerdir)
+    assert output.mount_command == shlex.join(
+        ["mount", "-t", "overlay", "overlay", "-o",
+         f"lowerdir={lowerdir},upperdir={target}/upper,workdir={target}/work", f"{target}/merged"]
+    )  # fmt: skip
     assert capsys.readouterr().out == output.mount_command + "\n"
     assert output.mount_command in (target / "mount.sh").read_text()
     assert os.access(target / "mount.sh", os.X_OK)
@@ -235,10 +239,25 @@ def test_mounts_output_lays_layers_out_topmost_first(tmp_path, capsys):
 
 
 def test_mount_command_escapes_colons_and_refuses_commas():
-    command = mount_command(Path("/srv/a:b"), "/l")
+    command = mount_command(Path("/srv/a:b"), ["001-x", "000-y"])
+    assert "lowerdir=/srv/a\\:b/layers/001-x:/srv/a\\:b/layers/000-y," in command
     assert "upperdir=/srv/a\\:b/upper" in command
     with pytest.raises(UsageError, match="','"):
-        mount_command(Path("/srv/a,b"), "/l")
+        mount_command(Path("/srv/a,b"), ["000-y"])
+
+
+def test_a_long_lowerdir_list_mounts_from_the_layers_directory_with_short_names():
+    """The kernel takes mount options in one page: long absolute lists fail to mount."""
+    path = Path("/srv/" + "deep/" * 20)
+    names = [f"{n:03d}-0123456789ab" for n in range(99, -1, -1)]
+    command = mount_command(path, names)
+    cd, _, mount = command.partition(" && ")
+    assert cd == f"cd {path / 'layers'}"
+    options = shlex.split(mount)[5]
+    assert options == f"lowerdir={':'.join(names)},upperdir=../upper,workdir=../work"
+    assert shlex.split(mount)[6] == "../merged"
+    with pytest.raises(OccystrapError, match="300 layers"):
+        mount_command(path, [f"{n:03d}-0123456789ab" for n in range(300)])
 
 
 def test_mounts_needs_root_and_refuses_foreign_directories(tmp_path, monkeypatch):

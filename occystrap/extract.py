@@ -355,6 +355,19 @@ class _OverlayLayerWriter(_LayerApplier):
     def _clear_lower_layers(self, dir_fd: int, parts: tuple[str, ...]) -> None:
         os.setxattr(dir_fd, OVERLAY_OPAQUE_XATTR, b"y")
 
+    def _create(
+        self, archive: tarfile.TarFile, member: tarfile.TarInfo, parent_fd: int, base: str
+    ) -> None:
+        existing = _lstat_at(parent_fd, base)
+        super()._create(archive, member, parent_fd, base)
+        if member.isdir() and existing is not None and stat.S_ISCHR(existing.st_mode):
+            # Deleted, then made again by this layer: it must hide what lower layers had there.
+            dir_fd = os.open(base, _DIR_FLAGS, dir_fd=parent_fd)
+            try:
+                self._clear_lower_layers(dir_fd, ())
+            finally:
+                os.close(dir_fd)
+
 
 def apply_layer(
     tar_stream: BinaryIO,

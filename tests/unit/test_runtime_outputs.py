@@ -283,3 +283,12 @@ def test_a_corrupt_layer_leaves_nothing_behind(tmp_path, output_class):
         output_class(target, context(tmp_path / "work")).write(image)
     assert not target.exists()
     assert not [name for name in os.listdir(tmp_path) if name.startswith(".out")]
+
+
+def test_overlay_form_makes_a_directory_deleted_and_made_again_opaque(tmp_path):
+    """Without the opaque mark, the lower layers' entries would show through again."""
+    tar = layer_tar({".wh.d": b"", "d/": None, "d/f": b"new", ".wh.e": b"", "e": b"file"})
+    apply_layer(io.BytesIO(tar), tmp_path, overlay=True)
+    assert os.getxattr(tmp_path / "d", OVERLAY_OPAQUE_XATTR) == b"y"
+    assert (tmp_path / "d/f").read_bytes() == b"new"
+    assert (tmp_path / "e").read_bytes() == b"file"

@@ -147,7 +147,7 @@ def refuse_if_mounted(path: Path) -> None:
             lines = mountinfo.read().splitlines()
     except OSError:
         return
-    inside = str(path) + "/"
+    inside = os.path.realpath(path) + "/"  # mountinfo names real paths
     for line in lines:
         fields, _, filesystem = line.partition(" - ")
         mount_point = _unescape_mountinfo(fields.split(" ")[4])

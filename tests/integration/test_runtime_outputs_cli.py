@@ -15,7 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.integration.cli import assert_one_line_error, run_occystrap
+from tests.integration.cli import assert_one_line_error, registry_flags, run_occystrap
+from tests.integration.images import run_skopeo
 from tests.integration.servers import require_binary
 from tests.unit.image_builder import make_image, save_tar
 
@@ -91,6 +92,24 @@ def test_bundle_runs_with_runc(tmp_path, runc_run):
     result = runc_run(bundle)
     assert result.returncode == 0, result.stderr
     assert result.stdout == "hello from occystrap\n"
+
+
+def test_bundle_from_a_registry_runs_with_runc(tmp_path, runc_run, registry_plain, unique_repo):
+    """Layers streamed from a registry (pushed by skopeo) through the -j look-ahead."""
+    tarball = busybox_tarball(tmp_path, Cmd=["/bin/sh", "-c", "echo pulled; cat /keep"])
+    reference = f"{registry_plain.host}/{unique_repo}:1"
+    run_skopeo(
+        "copy", "--quiet", *registry_plain.skopeo_dest_args(),
+        f"docker-archive:{tarball}", f"docker://{reference}",
+    )  # fmt: skip
+    bundle = tmp_path / "bundle"
+    run_occystrap(
+        *registry_flags(registry_plain), "-j", "1", "process",
+        f"registry://{reference}", f"oci://{bundle}",
+    )  # fmt: skip
+    result = runc_run(bundle)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == "pulled\nupper"
 
 
 @pytest.mark.parametrize(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import os
@@ -202,9 +203,8 @@ def test_overlay_form_keeps_whiteouts_and_opaque_directories(tmp_path):
     layer.mkdir()
     (tmp_path / "outside").write_text("untouched")
     tar = layer_tar(
-        {"d/": None, "d/.wh..wh..opq": b"", "d/new": b"n", ".wh.gone": b"", ".wh..": b"",
-         ".wh...": b"", "e/.wh.x": b""}
-    )  # fmt: skip
+        {"d/": None, "d/.wh..wh..opq": b"", "d/new": b"n", ".wh.gone": b"", "e/.wh.x": b""}
+    )
     apply_layer(io.BytesIO(tar), layer, overlay=True)
     whiteout = os.lstat(layer / "gone")
     assert stat.S_ISCHR(whiteout.st_mode) and whiteout.st_rdev == os.makedev(0, 0)
@@ -292,3 +292,16 @@ def test_overlay_form_makes_a_directory_deleted_and_made_again_opaque(tmp_path):
     assert os.getxattr(tmp_path / "d", OVERLAY_OPAQUE_XATTR) == b"y"
     assert (tmp_path / "d/f").read_bytes() == b"new"
     assert (tmp_path / "e").read_bytes() == b"file"
+
+
+@pytest.mark.parametrize("name", ["sub/.wh..", "sub/.wh..."])
+def test_overlay_whiteouts_of_dot_and_dotdot_delete_nothing(tmp_path, name):
+    """Skipped or refused (a hostile layer), but never a deletion of the layer or its parent."""
+    layer = tmp_path / "layer"
+    layer.mkdir()
+    (tmp_path / "outside").write_text("untouched")
+    with contextlib.suppress(OccystrapError):
+        tar = layer_tar({"sub/": None, "sub/f": b"f", name: b""})
+        apply_layer(io.BytesIO(tar), layer, overlay=True)
+    assert (tmp_path / "outside").read_text() == "untouched"
+    assert (layer / "sub/f").read_bytes() == b"f"

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import secrets
 import shutil
@@ -11,7 +10,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import BinaryIO
 
-from occystrap.errors import FilesystemError, OccystrapError, writing_to
+from occystrap.errors import FilesystemError, writing_to
 
 CHUNK_SIZE = 1024 * 1024
 
@@ -77,47 +76,3 @@ def atomic_file(final: Path) -> Iterator[BinaryIO]:
     """Yield a binary file that appears at `final` only once written completely."""
     with atomic_path(final) as temporary, open(temporary, "wb") as handle:
         yield handle
-
-
-# A directory output (a runtime bundle, overlay layers) marks itself, so a later run may
-# replace it while anything else stays untouched.
-OUTPUT_MARKER = ".occystrap"
-
-
-def check_replaceable_directory(final: Path, kind: str) -> None:
-    """Refuse `final` unless it is absent, an empty directory, or an earlier `kind` output."""
-    if not os.path.lexists(final):
-        return
-    if not final.is_dir() or final.is_symlink():
-        raise OccystrapError(f"{final} exists and is not a directory; name a new directory")
-    if os.path.ismount(final):
-        raise OccystrapError(
-            f"{final} is a mount point, which cannot be replaced by renaming; name a directory"
-            f" inside it, e.g. {final / 'image'}"
-        )
-    if not os.listdir(final) or _output_kind(final) == kind:
-        return
-    raise OccystrapError(
-        f"{final} is not empty and is not an earlier occystrap {kind} output;"
-        " choose a new or empty directory"
-    )
-
-
-def _output_kind(directory: Path) -> str | None:
-    try:
-        marker = json.loads((directory / OUTPUT_MARKER).read_bytes())
-    except (OSError, ValueError):
-        return None
-    return marker.get("format") if isinstance(marker, dict) else None
-
-
-@contextmanager
-def staged_directory(final: Path, kind: str) -> Iterator[Path]:
-    """Yield an empty directory next to `final`, marked as a `kind` output; it replaces
-    `final` once the block completes, and vanishes if the block fails."""
-    check_replaceable_directory(final, kind)
-    final.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_path(final) as staging:
-        staging.mkdir()
-        (staging / OUTPUT_MARKER).write_text(json.dumps({"format": kind, "version": 1}))
-        yield staging

@@ -17,14 +17,23 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from occystrap.atomic import check_replaceable_directory, staged_directory
-from occystrap.endpoints import Endpoint, Scheme, path_of
+from occystrap.destinations import check_whole_directory_destination, staged_whole_directory
+from occystrap.endpoints import (
+    EXPAND_OPTIONS,
+    Endpoint,
+    Scheme,
+    expand_policy,
+    path_of,
+    query_options,
+    split_query,
+)
 from occystrap.errors import OccystrapError, UsageError
-from occystrap.extract import apply_layer
+from occystrap.extract import DEFAULT_POLICY, ExpandPolicy
 from occystrap.image import Image, ImageLike
-from occystrap.pipeline import RunContext, local_layers
+from occystrap.pipeline import RunContext
+from occystrap.rootfs import expand_layers
 
-MOUNTS_KIND = "overlay-mounts"
+SCHEME_NAME = "mounts"
 SCRIPT_NAME = "mount.sh"
 MOUNT_OPTIONS_LIMIT = 4095  # the kernel copies mount options into one page, NUL included
 
@@ -32,6 +41,7 @@ MOUNT_OPTIONS_LIMIT = 4095  # the kernel copies mount options into one page, NUL
 @dataclass
 class MountsURI(Endpoint):
     path: Path
+    policy: ExpandPolicy = DEFAULT_POLICY
 
     def open_output(self, ctx: RunContext) -> MountsOutput:
         if os.geteuid() != 0:
@@ -41,9 +51,9 @@ class MountsURI(Endpoint):
             )
         path = Path(os.path.abspath(self.path))
         _overlay_escape(str(path))  # a path mount options cannot carry fails before downloads
-        check_replaceable_directory(path, MOUNTS_KIND)
+        check_whole_directory_destination(path, SCHEME_NAME)
         refuse_if_mounted(path)
-        return MountsOutput(path, ctx)
+        return MountsOutput(path, ctx, self.policy)
 
 
 class MountsOutput:
@@ -51,8 +61,8 @@ class MountsOutput:
 
     accepts_index = False
 
-    def __init__(self, path: Path, ctx: RunContext) -> None:
-        self.path, self.ctx = path, ctx
+    def __init__(self, path: Path, ctx: RunContext, policy: ExpandPolicy = DEFAULT_POLICY) -> None:
+        self.path, self.ctx, self.policy = path, ctx, policy
         self.mount_command: str | None = None  # once written, for library callers
 
     def write(self, item: ImageLike) -> None:
@@ -67,14 +77,13 @@ class MountsOutput:
         topmost_first = names[::-1]
         lowerdir = _lowerdir([str(self.path / "layers" / name) for name in topmost_first])
         command = mount_command(self.path, topmost_first)
-        with staged_directory(self.path, MOUNTS_KIND) as staging:
+        with staged_whole_directory(self.path, SCHEME_NAME) as staging:
             for name in ("layers", "upper", "work", "merged"):
                 (staging / name).mkdir(mode=0o755)
-            for name, layer in zip(names, local_layers(item, self.ctx), strict=True):
-                directory = staging / "layers" / name
-                directory.mkdir(mode=0o755)
-                with layer.open_tar() as tar:
-                    apply_layer(tar, directory, overlay=True)
+            for name in names:
+                (staging / "layers" / name).mkdir(mode=0o755)
+            layers = staging / "layers"
+            expand_layers(item, self.ctx, self.policy, lambda n: layers / names[n], overlay=True)
             (staging / "lowerdir").write_text(lowerdir + "\n")
             script = staging / SCRIPT_NAME
             script.write_text(
@@ -158,9 +167,15 @@ def refuse_if_mounted(path: Path) -> None:
             )
 
 
+def _parse(text: str, rest: str) -> MountsURI:
+    body, query = split_query(rest)
+    options = query_options(text, query, EXPAND_OPTIONS)
+    return MountsURI(path=path_of(text, body), policy=expand_policy(text, options))
+
+
 SCHEME = Scheme(
-    "mounts",
-    "mounts://PATH",
-    lambda text, rest: MountsURI(path_of(text, rest)),
+    SCHEME_NAME,
+    "mounts://PATH[?devices=BOOL&setuid=BOOL&max_expand=SIZE]",
+    _parse,
     source=False,
 )

@@ -16,14 +16,23 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from occystrap.atomic import check_replaceable_directory, staged_directory
-from occystrap.endpoints import Endpoint, Scheme, path_of
+from occystrap.destinations import check_whole_directory_destination, staged_whole_directory
+from occystrap.endpoints import (
+    EXPAND_OPTIONS,
+    Endpoint,
+    Scheme,
+    expand_policy,
+    path_of,
+    query_options,
+    split_query,
+)
 from occystrap.errors import OccystrapError
-from occystrap.extract import apply_layer, read_file_in_root
+from occystrap.extract import DEFAULT_POLICY, ExpandPolicy, read_file_in_root
 from occystrap.image import Image, ImageLike
-from occystrap.pipeline import RunContext, local_layers
+from occystrap.pipeline import RunContext
+from occystrap.rootfs import expand_layers
 
-BUNDLE_KIND = "oci-bundle"
+SCHEME_NAME = "oci"
 RUNTIME_SPEC_VERSION = "1.0.2"
 DEFAULT_PATH = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 # What docker grants a container by default; a non-root user gets them only as a bound.
@@ -84,10 +93,11 @@ ACCOUNT_FILE_LIMIT = 16 * 1024 * 1024  # /etc/passwd and /etc/group are read up 
 @dataclass
 class OciURI(Endpoint):
     path: Path
+    policy: ExpandPolicy = DEFAULT_POLICY
 
     def open_output(self, ctx: RunContext) -> BundleOutput:
-        check_replaceable_directory(self.path, BUNDLE_KIND)
-        return BundleOutput(self.path, ctx)
+        check_whole_directory_destination(self.path, SCHEME_NAME)
+        return BundleOutput(self.path, ctx, self.policy)
 
 
 class BundleOutput:
@@ -95,20 +105,18 @@ class BundleOutput:
 
     accepts_index = False
 
-    def __init__(self, path: Path, ctx: RunContext) -> None:
-        self.path, self.ctx = Path(path), ctx
+    def __init__(self, path: Path, ctx: RunContext, policy: ExpandPolicy = DEFAULT_POLICY) -> None:
+        self.path, self.ctx, self.policy = Path(path), ctx, policy
 
     def write(self, item: ImageLike) -> None:
         if not isinstance(item, Image):
             raise OccystrapError(f"oci://{self.path} holds one image, not an index")
         settings = container_settings(item.config)
         args = process_args(settings)  # before any download: a bundle without a process is no use
-        with staged_directory(self.path, BUNDLE_KIND) as bundle:
+        with staged_whole_directory(self.path, SCHEME_NAME) as bundle:
             rootfs = bundle / "rootfs"
             rootfs.mkdir(mode=0o755)
-            for layer in local_layers(item, self.ctx):
-                with layer.open_tar() as tar:
-                    apply_layer(tar, rootfs)
+            expand_layers(item, self.ctx, self.policy, lambda _: rootfs)
             user = resolve_user(str(settings.get("User") or ""), rootfs)
             hostname = hostname_for(settings, item.source.repository)
             spec = runtime_spec(settings, args, user, hostname)
@@ -245,9 +253,15 @@ def runtime_spec(
     )
 
 
+def _parse(text: str, rest: str) -> OciURI:
+    body, query = split_query(rest)
+    options = query_options(text, query, EXPAND_OPTIONS)
+    return OciURI(path=path_of(text, body), policy=expand_policy(text, options))
+
+
 SCHEME = Scheme(
-    "oci",
-    "oci://PATH",
-    lambda text, rest: OciURI(path_of(text, rest)),
+    SCHEME_NAME,
+    "oci://PATH[?devices=BOOL&setuid=BOOL&max_expand=SIZE]",
+    _parse,
     source=False,
 )

@@ -172,7 +172,7 @@ def test_a_foreign_directory_is_refused_and_an_earlier_bundle_replaced(tmp_path)
     foreign = tmp_path / "foreign"
     foreign.mkdir()
     (foreign / "precious").write_text("mine")
-    with pytest.raises(OccystrapError, match="not an earlier occystrap oci-bundle output"):
+    with pytest.raises(OccystrapError, match="not an earlier occystrap oci:// output"):
         parse_uri(f"oci://{foreign}").open_output(context(tmp_path / "work"))
     assert os.listdir(foreign) == ["precious"]
 
@@ -265,7 +265,7 @@ def test_mounts_needs_root_and_refuses_foreign_directories(tmp_path, monkeypatch
     foreign.mkdir()
     (foreign / "notes").write_text("mine")
     uri = parse_uri(f"mounts://{foreign}")
-    with pytest.raises(OccystrapError, match="not an earlier occystrap overlay-mounts output"):
+    with pytest.raises(OccystrapError, match="not an earlier occystrap mounts:// output"):
         uri.open_output(context(tmp_path / "work"))
     monkeypatch.setattr(os, "geteuid", lambda: 1000)
     with pytest.raises(OccystrapError, match="needs root"):
@@ -305,3 +305,38 @@ def test_overlay_whiteouts_of_dot_and_dotdot_delete_nothing(tmp_path, name):
         apply_layer(io.BytesIO(tar), layer, overlay=True)
     assert (tmp_path / "outside").read_text() == "untouched"
     assert (layer / "sub/f").read_bytes() == b"f"
+
+
+SETUID_LAYERS: list[dict] = [{"bin/": None, "bin/su": (b"su", 0o4755), "dev/": None}]
+
+
+@pytest.mark.parametrize(("query", "mode"), [("", 0o755), ("?setuid=true", 0o4755)])
+def test_bundles_keep_setuid_bits_only_when_asked(tmp_path, query, mode):
+    image = make_image(tmp_path, SETUID_LAYERS, settings=SETTINGS)
+    bundle = tmp_path / "bundle"
+    parse_uri(f"oci://{bundle}{query}").open_output(context(tmp_path / "work")).write(image)
+    assert stat.S_IMODE((bundle / "rootfs/bin/su").stat().st_mode) == mode
+
+
+@pytest.mark.parametrize("scheme", ["oci", "mounts"])
+def test_the_expansion_budget_stops_a_bomb_and_leaves_nothing(tmp_path, scheme):
+    image = make_image(tmp_path, [{"big": bytes(4 * 1024 * 1024)}], settings=SETTINGS)
+    target = tmp_path / "out"
+    output = parse_uri(f"{scheme}://{target}?max_expand=1M").open_output(context(tmp_path / "w"))
+    with pytest.raises(OccystrapError, match="expansion budget"):
+        output.write(image)
+    assert not target.exists()
+    assert not [name for name in os.listdir(tmp_path) if name.startswith(".out")]
+
+
+@pytest.mark.parametrize(
+    ("uri", "fragment"),
+    [
+        ("oci:///b?devices=maybe", "not a boolean"),
+        ("mounts:///b?max_expand=lots", "max_expand"),
+        ("oci:///b?expand=true", "unknown option 'expand'"),
+    ],
+)
+def test_bad_options_are_usage_errors(uri, fragment):
+    with pytest.raises(UsageError, match=fragment):
+        parse_uri(uri)

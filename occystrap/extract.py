@@ -386,13 +386,12 @@ def apply_layer(
     directories stay writable by us so later layers can still be applied. Device nodes are
     created only with `devices` (and privilege), setuid/setgid bits kept only with `setuid`;
     either is otherwise skipped with one warning per layer. `budget` caps the bytes written.
-
-    Raises `OccystrapError` for a layer that is not a tar, is hostile, overruns the budget,
-    or cannot be written (disk full, read-only); the caller removes the partial tree.
-
     `overlay` writes the layer in overlayfs form into an empty `target` instead: a whiteout
     becomes a 0:0 character device and an opaque directory gets `trusted.overlay.opaque=y`
     (both need root).
+
+    Raises `OccystrapError` for a layer that is not a tar, is hostile, overruns the budget,
+    or cannot be written (disk full, read-only); the caller removes the partial tree.
     """
     if privileged is None:
         privileged = os.geteuid() == 0

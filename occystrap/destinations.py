@@ -6,7 +6,9 @@ A destination may only replace an earlier occystrap output of the same kind:
 - a directory destination (dir://) may be new, empty, or an earlier occystrap directory
   output, which it recognises by the marker file the directory output writes
   (`MARKER_NAME`); a catalogue shared by many images (unique_names) is only written with
-  unique_names again.
+  unique_names again;
+- a directory written whole and renamed into place (oci://, mounts://) may be new, empty,
+  or an earlier output of the same scheme, recognised by the same marker file.
 
 Problems with the parent (missing, a file, not writable, read-only) are reported in one line
 naming the path, before any network traffic.
@@ -16,9 +18,12 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
-from occystrap.atomic import atomic_file
+from occystrap.atomic import atomic_file, atomic_path
 from occystrap.errors import FilesystemError
 
 MARKER_NAME = ".occystrap"
@@ -34,13 +39,19 @@ def write_directory_marker(directory: Path, unique_names: bool) -> None:
         handle.write(json.dumps(document).encode())
 
 
-def earlier_output_kind(directory: Path) -> str | None:
-    """ "catalogue" or "single" if `directory` is an earlier occystrap directory output."""
+def _marker(directory: Path) -> dict[str, Any]:
+    """The marker an occystrap output left in `directory` (empty if none)."""
     try:
         marker = json.loads((directory / MARKER_NAME).read_bytes())
     except (OSError, ValueError):
-        marker = None
-    if isinstance(marker, dict) and marker.get("format") == MARKER_FORMAT:
+        return {}
+    return marker if isinstance(marker, dict) else {}
+
+
+def earlier_output_kind(directory: Path) -> str | None:
+    """ "catalogue" or "single" if `directory` is an earlier occystrap directory output."""
+    marker = _marker(directory)
+    if marker.get("format") == MARKER_FORMAT:
         return "catalogue" if marker.get("unique_names") else "single"
     if (directory / LEGACY_LOCK_NAME).is_file():
         try:
@@ -57,6 +68,16 @@ def _require_writable_directory(directory: Path, what: str) -> None:
         read_only = os.statvfs(directory).f_flag & os.ST_RDONLY
         reason = "is on a read-only filesystem" if read_only else "is not writable"
         raise FilesystemError(f"{directory}: {what} {reason}; choose another destination")
+
+
+def _require_creatable(path: Path) -> None:
+    """A missing `path` can be made: its nearest existing ancestor is a writable directory."""
+    ancestor = path.parent
+    while not ancestor.exists():
+        ancestor = ancestor.parent
+    if not ancestor.is_dir():
+        raise FilesystemError(f"{ancestor}: is a file, so {path} cannot be created")
+    _require_writable_directory(ancestor, "the directory to create the destination in")
 
 
 def check_file_destination(path: Path) -> None:
@@ -83,12 +104,7 @@ def check_directory_destination(path: Path, allow_catalogue: bool) -> None:
     """
     path = Path(os.path.abspath(path))
     if not path.exists():
-        ancestor = path.parent
-        while not ancestor.exists():
-            ancestor = ancestor.parent
-        if not ancestor.is_dir():
-            raise FilesystemError(f"{ancestor}: is a file, so {path} cannot be created")
-        _require_writable_directory(ancestor, "the directory to create the destination in")
+        _require_creatable(path)
         return
     if not path.is_dir():
         raise FilesystemError(f"{path}: is a file; dir:// needs a directory (or a new name)")
@@ -105,3 +121,42 @@ def check_directory_destination(path: Path, allow_catalogue: bool) -> None:
                 " this image to it"
             )
     _require_writable_directory(path, "the destination")
+
+
+def _whole_output_format(scheme: str) -> str:
+    return f"occystrap-{scheme}"
+
+
+def check_whole_directory_destination(path: Path, scheme: str) -> None:
+    """Refuse, before any download, a directory a `scheme` output would replace whole unless
+    it is new, empty, or an earlier output of that scheme (oci://, mounts://)."""
+    path = Path(os.path.abspath(path))
+    if not os.path.lexists(path):
+        _require_creatable(path)
+        return
+    if not path.is_dir() or path.is_symlink():
+        raise FilesystemError(f"{path}: is not a directory; {scheme}:// needs a new directory")
+    if os.path.ismount(path):
+        raise FilesystemError(
+            f"{path}: is a mount point, which cannot be replaced by renaming; name a directory"
+            f" inside it, e.g. {path / 'image'}"
+        )
+    if os.listdir(path) and _marker(path).get("format") != _whole_output_format(scheme):
+        raise FilesystemError(
+            f"{path}: is not empty and is not an earlier occystrap {scheme}:// output;"
+            " choose a new or empty directory"
+        )
+    _require_writable_directory(path.parent, "the destination's directory")
+
+
+@contextmanager
+def staged_whole_directory(path: Path, scheme: str) -> Iterator[Path]:
+    """An empty directory next to `path`, marked as a `scheme` output, that replaces `path`
+    once the block completes; if the block fails it vanishes and `path` is left as it was."""
+    check_whole_directory_destination(path, scheme)  # again: the place may have changed
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(path) as staging:
+        staging.mkdir()
+        marker = {"format": _whole_output_format(scheme), "version": 1}
+        (staging / MARKER_NAME).write_text(json.dumps(marker))
+        yield staging

@@ -32,6 +32,7 @@ log = logging.getLogger(__name__)
 
 WHITEOUT_PREFIX = ".wh."
 OPAQUE_MARKER = ".wh..wh..opq"
+OVERLAY_OPAQUE_XATTR = "trusted.overlay.opaque"
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 _NEW_FILE_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
 _CHUNK_SIZE = 1024 * 1024
@@ -252,10 +253,13 @@ class _LayerApplier:
                         " corrupt, refusing it"
                     )
                 if hidden and (*parent, hidden) not in self.written:
-                    _remove_at(parent_fd, hidden)
+                    self._white_out(parent_fd, hidden)
             else:
                 self._create(archive, member, parent_fd, base)
                 self.written.update(parts[:depth] for depth in range(1, len(parts) + 1))
+
+    def _white_out(self, dir_fd: int, name: str) -> None:
+        _remove_at(dir_fd, name)
 
     def _clear_lower_layers(self, dir_fd: int, parts: tuple[str, ...]) -> None:
         """Make a directory opaque: drop every entry below it not written by this layer."""
@@ -340,11 +344,37 @@ class _LayerApplier:
             os.utime(fd, (member.mtime, member.mtime))
 
 
+class _OverlayLayerWriter(_LayerApplier):
+    """Writes one layer in overlayfs form, into its own empty directory: deletions are kept
+    as overlayfs markers for the layers below rather than carried out."""
+
+    def _white_out(self, dir_fd: int, name: str) -> None:
+        # Nothing lower lives here, so nothing is removed: an existing entry is an error.
+        os.mknod(name, stat.S_IFCHR, os.makedev(0, 0), dir_fd=dir_fd)
+
+    def _clear_lower_layers(self, dir_fd: int, parts: tuple[str, ...]) -> None:
+        os.setxattr(dir_fd, OVERLAY_OPAQUE_XATTR, b"y")
+
+    def _create(
+        self, archive: tarfile.TarFile, member: tarfile.TarInfo, parent_fd: int, base: str
+    ) -> None:
+        existing = _lstat_at(parent_fd, base)
+        super()._create(archive, member, parent_fd, base)
+        if member.isdir() and existing is not None and stat.S_ISCHR(existing.st_mode):
+            # Deleted, then made again by this layer: it must hide what lower layers had there.
+            dir_fd = os.open(base, _DIR_FLAGS, dir_fd=parent_fd)
+            try:
+                self._clear_lower_layers(dir_fd, ())
+            finally:
+                os.close(dir_fd)
+
+
 def apply_layer(
     tar_stream: BinaryIO,
     target: Path,
     *,
     privileged: bool | None = None,
+    overlay: bool = False,
     devices: bool = False,
     setuid: bool = False,
     budget: ExpansionBudget | None = None,
@@ -356,13 +386,17 @@ def apply_layer(
     directories stay writable by us so later layers can still be applied. Device nodes are
     created only with `devices` (and privilege), setuid/setgid bits kept only with `setuid`;
     either is otherwise skipped with one warning per layer. `budget` caps the bytes written.
+    `overlay` writes the layer in overlayfs form into an empty `target` instead: a whiteout
+    becomes a 0:0 character device and an opaque directory gets `trusted.overlay.opaque=y`
+    (both need root).
 
     Raises `OccystrapError` for a layer that is not a tar, is hostile, overruns the budget,
     or cannot be written (disk full, read-only); the caller removes the partial tree.
     """
     if privileged is None:
         privileged = os.geteuid() == 0
-    applier = _LayerApplier(0, privileged, devices, setuid, budget)
+    writer = _OverlayLayerWriter if overlay else _LayerApplier
+    applier = writer(0, privileged, devices, setuid, budget)
     try:
         applier.root_fd = os.open(target, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
         try:
@@ -391,3 +425,24 @@ def _warn_once(report: ApplyReport, what: str) -> None:
             what,
             len(report.cleared_setuid),
         )
+
+
+def read_file_in_root(root: Path, name: str, limit: int) -> bytes | None:
+    """Up to `limit` bytes of the regular file `name` inside `root`, found without following
+    any symlink (so never a file of the host); None if there is no such regular file."""
+    try:
+        *parent, base = split_member_path(name)
+        root_fd = os.open(root, _DIR_FLAGS)
+        try:
+            with _open_directory(root_fd, tuple(parent), create=False) as dir_fd:
+                # O_NONBLOCK: opening a FIFO planted there must not hang us.
+                flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+                fd = os.open(base, flags, dir_fd=dir_fd)
+        finally:
+            os.close(root_fd)
+    except (UnsafeMember, ValueError, OSError):
+        return None
+    with os.fdopen(fd, "rb") as handle:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            return None
+        return handle.read(limit)

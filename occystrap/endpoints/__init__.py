@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING
 from urllib.parse import parse_qsl
 
 from occystrap.errors import UsageError
+from occystrap.extract import ExpandPolicy, parse_byte_size
 
 if TYPE_CHECKING:
     from occystrap.pipeline import ImageInput, ImageOutput, RunContext
@@ -140,6 +141,25 @@ def boolean_option(text: str, key: str, value: str | None, default: bool = False
         return False
     raise UsageError(
         f"option {key}={value!r} in {text!r} is not a boolean: expected true/false, 1/0 or yes/no"
+    )
+
+
+# The options of every output that expands layers (dir://?expand=true, oci://, mounts://).
+EXPAND_OPTIONS = ("devices", "setuid", "max_expand")
+
+
+def expand_policy(text: str, options: dict[str, str]) -> ExpandPolicy:
+    """What expanding layers may reproduce (`devices`, `setuid`) and write (`max_expand`)."""
+    max_bytes = None
+    if "max_expand" in options:
+        try:
+            max_bytes = parse_byte_size(options["max_expand"])
+        except ValueError as error:
+            raise UsageError(f"max_expand in {text!r}: {error}") from None
+    return ExpandPolicy(
+        devices=boolean_option(text, "devices", options.get("devices")),
+        setuid=boolean_option(text, "setuid", options.get("setuid")),
+        max_bytes=max_bytes,
     )
 
 

@@ -28,16 +28,18 @@ from occystrap.dockersave import (
     repo_tag_of,
 )
 from occystrap.endpoints import (
+    EXPAND_OPTIONS,
     Endpoint,
     Scheme,
     boolean_option,
+    expand_policy,
     non_empty_option,
     path_of,
     query_options,
     split_query,
 )
 from occystrap.errors import OccystrapError, UsageError, writing_to
-from occystrap.extract import DEFAULT_POLICY, ExpandPolicy, apply_layer, parse_byte_size
+from occystrap.extract import DEFAULT_POLICY, ExpandPolicy, apply_layer
 from occystrap.image import Image, ImageLike
 from occystrap.pipeline import RunContext, local_layers
 
@@ -255,29 +257,17 @@ class DirectoryOutput:
 
 def _parse(text: str, rest: str) -> DirURI:
     body, query = split_query(rest)
-    options = query_options(
-        text, query, ("unique_names", "expand", "image", "devices", "setuid", "max_expand")
-    )
+    options = query_options(text, query, ("unique_names", "expand", "image", *EXPAND_OPTIONS))
     expand = boolean_option(text, "expand", options.get("expand"))
-    expand_only = [key for key in ("devices", "setuid", "max_expand") if key in options]
+    expand_only = [key for key in EXPAND_OPTIONS if key in options]
     if expand_only and not expand:
         raise UsageError(f"{', '.join(expand_only)} in {text!r} only apply with expand=true")
-    max_bytes = None
-    if "max_expand" in options:
-        try:
-            max_bytes = parse_byte_size(options["max_expand"])
-        except ValueError as error:
-            raise UsageError(f"max_expand in {text!r}: {error}") from None
     return DirURI(
         path=path_of(text, body),
         unique_names=boolean_option(text, "unique_names", options.get("unique_names")),
         expand=expand,
         image=non_empty_option(text, "image", options.get("image")),
-        policy=ExpandPolicy(
-            devices=boolean_option(text, "devices", options.get("devices")),
-            setuid=boolean_option(text, "setuid", options.get("setuid")),
-            max_bytes=max_bytes,
-        ),
+        policy=expand_policy(text, options),
     )
 
 

@@ -21,14 +21,24 @@ def sha256(data: bytes) -> str:
     return f"sha256:{hashlib.sha256(data).hexdigest()}"
 
 
-def layer_tar(files: dict[str, bytes | str]) -> bytes:
-    """An uncompressed layer tar: bytes values are files, str values are symlink targets."""
+# A layer entry: bytes a file (mode 0644), (bytes, mode) a file with that mode, a str a
+# symlink to it, None a directory (mode 0755).
+Entry = bytes | str | tuple[bytes, int] | None
+
+
+def layer_tar(files: dict[str, Entry]) -> bytes:
+    """An uncompressed layer tar of `files` (see `Entry`), in the order given."""
     buffer = io.BytesIO()
     with tarfile.open(fileobj=buffer, mode="w", format=tarfile.PAX_FORMAT) as archive:
         for name, content in files.items():
             info = tarfile.TarInfo(name)
             info.mode = 0o644
-            if isinstance(content, str):
+            if isinstance(content, tuple):
+                content, info.mode = content
+            if content is None:
+                info.type, info.mode = tarfile.DIRTYPE, 0o755
+                archive.addfile(info)
+            elif isinstance(content, str):
                 info.type, info.linkname = tarfile.SYMTYPE, content
                 archive.addfile(info)
             else:
@@ -39,13 +49,15 @@ def layer_tar(files: dict[str, bytes | str]) -> bytes:
 
 def make_image(
     workdir: Path,
-    layer_files: list[dict[str, bytes | str]],
+    layer_files: list[dict[str, Entry]],
     kind: str = compression.GZIP,
     name: str = "library/busybox",
     tag: str | None = "latest",
     known_sizes: bool = True,
+    settings: dict | None = None,
 ) -> Image:
-    """An Image whose layers are stored compressed as `kind` under `workdir`."""
+    """An Image whose layers are stored compressed as `kind` under `workdir`; `settings` is
+    the config's `config` section (Env, Cmd, User...)."""
     layers = []
     for files in layer_files:
         raw = layer_tar(files)
@@ -66,7 +78,7 @@ def make_image(
         {
             "architecture": "amd64",
             "os": "linux",
-            "config": {},
+            "config": settings or {},
             "rootfs": {"type": "layers", "diff_ids": [layer.diff_id for layer in layers]},
             "history": [{"created_by": "test"} for _ in layers],
         }

@@ -14,7 +14,7 @@ import tarfile
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import BinaryIO
+from typing import IO
 
 from occystrap.filters import FilterKind, FilterOption
 from occystrap.filters.matching import Glob, compile_glob, normalize_path
@@ -33,7 +33,7 @@ class _Dropper:
     saved: dict[str, Path] = field(default_factory=dict)  # dropped file -> its content
     promoted: dict[str, str] = field(default_factory=dict)  # dropped file -> member now holding it
 
-    def edit(self, member: tarfile.TarInfo, data: BinaryIO | None) -> Written:
+    def edit(self, member: tarfile.TarInfo, data: IO[bytes] | None) -> Written:
         path = normalize_path(member.name)
         if excluded(self.globs, path):
             if path in self.needed and data is not None:

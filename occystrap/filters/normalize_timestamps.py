@@ -9,7 +9,7 @@ import tarfile
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import BinaryIO
+from typing import IO
 
 from occystrap.filters import FilterKind, FilterOption
 from occystrap.filters.rewrite import Written, rewrite_layers
@@ -25,10 +25,11 @@ _LAST_SECOND = 253402300799  # 9999-12-31T23:59:59Z, the last time the config ca
 class _SetTimes:
     timestamp: int
 
-    def edit(self, member: tarfile.TarInfo, data: BinaryIO | None) -> Written:
+    def edit(self, member: tarfile.TarInfo, data: IO[bytes] | None) -> Written:
         member.mtime = self.timestamp
-        for key in _TIME_KEYS:
-            member.pax_headers.pop(key, None)
+        member.pax_headers = {
+            key: value for key, value in member.pax_headers.items() if key not in _TIME_KEYS
+        }
         yield member, data
 
 

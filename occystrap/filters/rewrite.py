@@ -18,7 +18,7 @@ import tempfile
 from collections.abc import Callable, Iterator
 from dataclasses import replace
 from pathlib import Path
-from typing import BinaryIO, Protocol
+from typing import IO, BinaryIO, Protocol
 
 from occystrap import compression
 from occystrap.errors import OccystrapError
@@ -31,11 +31,11 @@ TAR_ERRORS = "surrogateescape"  # names that are not UTF-8 travel byte for byte
 _SPARSE_KEYS = "GNU.sparse."
 
 #: What to write for one source member: entries with their data (None for non-files).
-Written = Iterator[tuple[tarfile.TarInfo, BinaryIO | None]]
+Written = Iterator[tuple[tarfile.TarInfo, IO[bytes] | None]]
 
 
 class MemberEditor(Protocol):
-    def edit(self, member: tarfile.TarInfo, data: BinaryIO | None) -> Written:
+    def edit(self, member: tarfile.TarInfo, data: IO[bytes] | None) -> Written:
         """The entries to write for `member` (none drops it); `data` is a file's content."""
         ...
 
@@ -100,8 +100,8 @@ def rewrite_layer(layer: Layer, editor: MemberEditor, workdir: Path, oci: bool) 
             with (
                 layer.open_tar() as stream,
                 open_layer_tar(layer, stream) as reader,
-                tarfile.open(
-                    fileobj=out,  # type: ignore[arg-type]
+                tarfile.open(  # type: ignore[call-overload]
+                    fileobj=out,
                     mode="w|",
                     format=TAR_FORMAT,
                     encoding=TAR_ENCODING,

@@ -283,7 +283,7 @@ def _search_each(
     images = f"{len(endpoints)} images" if len(endpoints) != 1 else str(endpoints[0])
     click.echo(
         f"occystrap: {count} {'path matches' if count == 1 else 'paths match'} in {images}"
-        f" ({layers} layers searched)",
+        f" ({layers} {'layer' if layers == 1 else 'layers'} searched)",
         err=True,
     )
     return count

@@ -18,7 +18,13 @@ from typing import IO
 
 from occystrap.filters import FilterKind, FilterOption
 from occystrap.filters.matching import Glob, compile_glob, normalize_path
-from occystrap.filters.rewrite import Written, members, open_layer_tar, rewrite_layers
+from occystrap.filters.rewrite import (
+    Written,
+    members,
+    open_layer_tar,
+    rewrite_layers,
+    set_fields,
+)
 from occystrap.image import Image, Layer
 from occystrap.pipeline import RunContext
 
@@ -43,11 +49,11 @@ class _Dropper:
             return
         target = normalize_path(member.linkname) if member.islnk() else ""
         if target in self.promoted:
-            member.linkname = self.promoted[target]
+            set_fields(member, linkname=self.promoted[target])
         elif target in self.saved:
             self.promoted[target] = member.name
-            member.type, member.linkname = tarfile.REGTYPE, ""
-            member.size = self.saved[target].stat().st_size
+            size = self.saved[target].stat().st_size
+            set_fields(member, type=tarfile.REGTYPE, linkname="", size=size)
             with open(self.saved[target], "rb") as content:
                 yield member, content
             return

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import IO
 
 from occystrap.filters import FilterKind, FilterOption
-from occystrap.filters.rewrite import Written, rewrite_layers
+from occystrap.filters.rewrite import Written, rewrite_layers, set_fields
 from occystrap.image import Image, Layer
 from occystrap.pipeline import RunContext
 
@@ -26,10 +26,7 @@ class _SetTimes:
     timestamp: int
 
     def edit(self, member: tarfile.TarInfo, data: IO[bytes] | None) -> Written:
-        member.mtime = self.timestamp
-        member.pax_headers = {
-            key: value for key, value in member.pax_headers.items() if key not in _TIME_KEYS
-        }
+        set_fields(member, _TIME_KEYS, mtime=self.timestamp)
         yield member, data
 
 

@@ -78,15 +78,34 @@ def members(layer: Layer, reader: tarfile.TarFile) -> Iterator[tarfile.TarInfo]:
         raise OccystrapError(f"layer {layer.digest}: damaged tar archive: {error}") from None
 
 
+# Header fields a PAX record overrides when present (tarfile writes the record, not the field).
+_PAX_RECORD_OF = {
+    "name": "path",
+    "linkname": "linkpath",
+    "size": "size",
+    "mtime": "mtime",
+    "uid": "uid",
+    "gid": "gid",
+    "uname": "uname",
+    "gname": "gname",
+}
+
+
+def set_fields(member: tarfile.TarInfo, drop: tuple[str, ...] = (), **fields: object) -> None:
+    """Change `member`'s header fields, removing the PAX records that would override them
+    (and those named in `drop`)."""
+    gone = set(drop) | {_PAX_RECORD_OF[name] for name in fields if name in _PAX_RECORD_OF}
+    member.pax_headers = {k: v for k, v in member.pax_headers.items() if k not in gone}
+    for name, value in fields.items():
+        setattr(member, name, value)
+
+
 def _as_plain_file(member: tarfile.TarInfo) -> tarfile.TarInfo:
     """A sparse member becomes a plain file (the reader expands it; PAX writes no holes)."""
     if not member.issparse():
         return member
-    member.type = tarfile.REGTYPE
-    member.sparse = None
-    member.pax_headers = {
-        key: value for key, value in member.pax_headers.items() if not key.startswith(_SPARSE_KEYS)
-    }
+    sparse_records = tuple(key for key in member.pax_headers if key.startswith(_SPARSE_KEYS))
+    set_fields(member, sparse_records, type=tarfile.REGTYPE, sparse=None)
     return member
 
 

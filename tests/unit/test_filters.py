@@ -396,6 +396,21 @@ def test_exclude_keeps_hard_links_to_dropped_files_whole(tmp_path):
     assert (root / "usr/bin/second").stat().st_ino == (root / "usr/bin/first").stat().st_ino
 
 
+def test_exclude_rewrites_long_link_names_held_in_pax_records(tmp_path):
+    long_dir = "opt/" + "d" * 120
+    layer = tar_of(
+        entry(f"{long_dir}/target", b"payload"),
+        hardlink(f"keep/{'k' * 120}/first", f"{long_dir}/target"),
+        hardlink("keep/second", f"{long_dir}/target"),
+    )
+    image = image_of_tars(tmp_path, [layer])
+    result = parse_filter("exclude:pattern=/opt").apply(image, context(tmp_path / "work"))
+    (members,) = read_back(result)
+    (first, data), (second, _) = members
+    assert first.isreg() and data == b"payload" and first.linkname == ""
+    assert second.islnk() and second.linkname == first.name
+
+
 def test_a_layer_that_is_not_a_tar_is_one_line(tmp_path):
     image = image_of_tars(tmp_path, [b"not a tar at all" * 64])
     with pytest.raises(OccystrapError, match="is not a tar archive|damaged tar"):

@@ -20,7 +20,8 @@ from occystrap.filters import FilterKind, FilterOption, FilterOptions
 from occystrap.filters.matching import PathMatcher, compile_matcher, normalize_path
 from occystrap.filters.rewrite import members, open_layer_tar
 from occystrap.image import Image, Layer
-from occystrap.pipeline import RunContext
+from occystrap.pipeline import ProgressSink, RunContext
+from occystrap.progress import TerminalProgress
 
 _print_lock = threading.Lock()  # lines of one layer stay together when images run in parallel
 
@@ -99,16 +100,26 @@ def format_hits(
 
 
 def print_hits(
-    image: Image, matcher: PathMatcher, parallel: int, script_friendly: bool, out: TextIO
+    image: Image,
+    matcher: PathMatcher,
+    parallel: int,
+    script_friendly: bool,
+    out: TextIO,
+    progress: ProgressSink | None = None,
 ) -> int:
-    """Print every layer's hits; return how many there were."""
+    """Print every layer's hits (above a live progress display, if any); return how many."""
     count = 0
     for position, layer, hits in image_hits(image, matcher, parallel):
-        lines = format_hits(image, position, layer, hits, script_friendly)
-        if lines:
+        text = "".join(
+            f"{line}\n" for line in format_hits(image, position, layer, hits, script_friendly)
+        )
+        if text:
             with _print_lock:
-                out.write("".join(f"{line}\n" for line in lines))
-                out.flush()
+                if isinstance(progress, TerminalProgress):
+                    progress.write_above(text, out)
+                else:
+                    out.write(text)
+                    out.flush()
         count += len(hits)
     return count
 
@@ -119,7 +130,10 @@ class Search:
     script_friendly: bool = False
 
     def apply(self, image: Image, ctx: RunContext) -> Image:
-        print_hits(image, self.matcher, ctx.settings.parallel, self.script_friendly, sys.stdout)
+        settings = ctx.settings
+        print_hits(
+            image, self.matcher, settings.parallel, self.script_friendly, sys.stdout, ctx.progress
+        )
         return image
 
 

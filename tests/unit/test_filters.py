@@ -21,9 +21,10 @@ from occystrap.filters import filter_kinds, parse_filter, parse_filters
 from occystrap.filters.exclude import Exclude
 from occystrap.filters.matching import compile_glob, compile_matcher, normalize_path
 from occystrap.filters.normalize_timestamps import NormalizeTimestamps
-from occystrap.filters.search import Hit, format_hits, layer_hits
+from occystrap.filters.search import Hit, format_hits, layer_hits, print_hits
 from occystrap.image import Image
 from occystrap.middleware.plugins import parse_spec
+from occystrap.progress import TerminalProgress
 
 from .image_builder import context, image_of_tars, read_verified, save_tar
 from .plugin_install import REPO_ROOT, install_test_plugin
@@ -456,6 +457,21 @@ def test_search_filter_passes_the_image_through(tmp_path, image, capsys):
         out
         == f"library/busybox:latest layer 1/2 {image.layers[0].digest}:\n  /usr/lib/python/a.py\n"
     )
+
+
+def test_search_lines_are_not_overwritten_by_a_live_progress_display(image):
+    screen, out = io.StringIO(), io.StringIO()
+    progress = TerminalProgress(screen, live=True)
+    progress.start("fetch", 100, "layer")
+    progress._draw()  # the display: one layer line and the total line
+    drawn = screen.getvalue()
+    count = print_hits(image, compile_matcher("*.py"), 1, False, out, progress)
+    assert count == 1 and out.getvalue().endswith("  /usr/lib/python/a.py\n")
+    erased = drawn + "\x1b[1A\x1b[2K" * 2
+    assert screen.getvalue() == erased  # taken off before printing
+    progress._draw()
+    redrawn = screen.getvalue()[len(erased) :]
+    assert redrawn.startswith("  layer")  # drawn below the printed lines, erasing none of them
 
 
 # --- inspect -----------------------------------------------------------------------------------

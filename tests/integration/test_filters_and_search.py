@@ -19,8 +19,10 @@ import pytest
 
 from tests.integration.cli import assert_one_line_error, registry_flags, run_occystrap
 from tests.integration.images import (
+    build_multiarch_layout,
     build_oci_layout,
     pull_with_skopeo,
+    push_multiarch_with_skopeo,
     push_with_skopeo,
     random_layer,
     run_skopeo,
@@ -199,6 +201,39 @@ def test_search_reads_tarballs_too(registry_plain, unique_repo, tmp_path):
     result = run_occystrap("search", "--script-friendly", f"tar://{tarball}", "srv/*")
     hits = result.stdout.splitlines()
     assert len(hits) == 1 and hits[0].endswith(":/srv/data"), hits
+
+
+def test_filters_on_an_index_write_the_chosen_platform(registry_plain, unique_repo, tmp_path):
+    platforms = {("linux", "amd64"): [LAYERS[0]], ("linux", "arm64"): [{"arm": b"64"}]}
+    build_multiarch_layout(tmp_path / "multi", platforms)
+    push_multiarch_with_skopeo(tmp_path / "multi", registry_plain, unique_repo, "v1")
+    flags = registry_flags(registry_plain)
+    source = f"registry://{registry_plain.host}/{unique_repo}:v1"
+    target = f"registry://{registry_plain.host}/{unique_repo}:arm"
+    run_occystrap(*flags, "--architecture", "arm64", "process", source, target, *FILTERS)
+    pushed = skopeo_inspect(registry_plain, f"{unique_repo}:arm", raw=True)
+    assert "index" not in pushed["mediaType"] and "list" not in pushed["mediaType"]
+    pull_with_skopeo(registry_plain, f"{unique_repo}:arm", tmp_path / "pulled")
+    (tar,), config = _layers_of_oci_layout(tmp_path / "pulled")
+    assert config["architecture"] == "arm64"
+    assert [(m.name, m.mtime) for m in _members(tar)] == [("arm", TIMESTAMP)]
+
+
+def test_expanded_directory_lacks_excluded_paths_and_can_be_searched(
+    registry_plain, unique_repo, tmp_path
+):
+    source = _seed(registry_plain, unique_repo, tmp_path)
+    out = tmp_path / "tree"
+    run_occystrap(
+        *registry_flags(registry_plain), "process", source, f"dir://{out}?expand=true", *FILTERS
+    )
+    rootfs = out / "rootfs"
+    found = sorted(str(p.relative_to(rootfs)) for p in rootfs.rglob("*") if not p.is_dir())
+    assert found == ["srv/data", "usr/bin/tool", "usr/lib/app/a.py"]  # etc/hostname deleted
+    assert {p.stat().st_mtime for p in rootfs.rglob("*") if not p.is_dir()} == {TIMESTAMP}
+    result = run_occystrap("search", f"dir://{out}", "**")
+    listed = [line.strip() for line in result.stdout.splitlines() if line.startswith("  ")]
+    assert listed == [f"/{path}" for path in KEPT[0]] + ["/etc/hostname (deleted)", "/srv/data"]
 
 
 @pytest.mark.parametrize(

@@ -328,6 +328,27 @@ def test_rewriting_is_deterministic(tmp_path, image):
     assert first.layers[0].tar_path != second.layers[0].tar_path
 
 
+@pytest.mark.parametrize("tar_format", ["gnu", "pax"])
+def test_sparse_files_become_plain_files_with_their_holes_filled(tmp_path, tar_format):
+    tree = tmp_path / "tree"
+    tree.mkdir()
+    with open(tree / "sparse", "wb") as handle:
+        handle.write(b"head")
+        handle.seek(3 << 20)
+        handle.write(b"tail")
+    archive = tmp_path / "sparse.tar"
+    subprocess.run(
+        ["tar", "--sparse", f"--format={tar_format}", "-cf", str(archive), "-C", str(tree), "."],
+        check=True,
+    )
+    assert any(m.issparse() for m in members_of(archive.read_bytes()))
+    image = image_of_tars(tmp_path, [archive.read_bytes()])
+    (layer,) = read_back(NormalizeTimestamps().apply(image, context(tmp_path / "work")))
+    member, data = next((m, data) for m, data in layer if m.name == "./sparse")
+    assert member.type == tarfile.REGTYPE and not member.issparse()
+    assert data == (tree / "sparse").read_bytes()
+
+
 def test_oci_images_get_oci_layer_types(tmp_path):
     oci = image_of_tars(tmp_path, [BASE], kind=compression.ZSTD)
     oci = Image(

@@ -4,7 +4,8 @@ matches one of the globs (see `occystrap.filters.matching`). The layers are rewr
 
 A kept hard link whose target was dropped would point at nothing, so the first such link
 becomes a regular file holding the target's content and the others link to it. A glob that
-itself holds a comma or starts like `key=` can be given as its own `pattern=`.
+holds a `=` is given as its own `pattern=` (else it reads as another option); no glob can hold
+a comma, which separates them.
 """
 
 from __future__ import annotations

@@ -19,13 +19,7 @@ from typing import IO
 
 from occystrap.filters import FilterKind, FilterOption
 from occystrap.filters.matching import Glob, compile_glob, normalize_path
-from occystrap.filters.rewrite import (
-    Written,
-    members,
-    open_layer_tar,
-    rewrite_layers,
-    set_fields,
-)
+from occystrap.filters.rewrite import Written, layer_headers, rewrite_layers, set_fields
 from occystrap.image import Image, Layer
 from occystrap.pipeline import RunContext
 
@@ -69,8 +63,8 @@ def _links_into_dropped(layer: Layer, globs: Sequence[Glob]) -> set[str]:
     """The dropped files of `layer` that a kept hard link points at (a pass over headers)."""
     dropped: set[str] = set()
     needed: set[str] = set()
-    with layer.open_tar() as stream, open_layer_tar(layer, stream) as reader:
-        for member in members(layer, reader):
+    with layer_headers(layer) as headers:
+        for member in headers:
             path = normalize_path(member.name)
             if excluded(globs, path):
                 if member.isreg():

@@ -16,6 +16,7 @@ import shutil
 import tarfile
 import tempfile
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
 from typing import IO, BinaryIO, Protocol
@@ -76,6 +77,22 @@ def members(layer: Layer, reader: tarfile.TarFile) -> Iterator[tarfile.TarInfo]:
         yield from reader
     except tarfile.TarError as error:
         raise OccystrapError(f"layer {layer.digest}: damaged tar archive: {error}") from None
+
+
+@contextmanager
+def layer_headers(layer: Layer) -> Iterator[Iterator[tarfile.TarInfo]]:
+    """The layer's members, for reading headers only: a tar kept on disk (verified when it
+    was written) is read seeking from header to header; any other is streamed and verified."""
+    if layer.tar_path is None:
+        with layer.open_tar() as stream, open_layer_tar(layer, stream) as reader:
+            yield members(layer, reader)
+        return
+    try:  # opened apart from the `with` below, so only opening errors are caught here
+        kept = tarfile.open(layer.tar_path, "r:", encoding=TAR_ENCODING, errors=TAR_ERRORS)  # noqa: SIM115
+    except tarfile.TarError as error:
+        raise OccystrapError(f"layer {layer.digest} is not a tar archive: {error}") from None
+    with kept:
+        yield members(layer, kept)
 
 
 # Header fields a PAX record overrides when present (tarfile writes the record, not the field).

@@ -18,7 +18,7 @@ from typing import TextIO
 from occystrap.extract import OPAQUE_MARKER, WHITEOUT_PREFIX
 from occystrap.filters import FilterKind, FilterOption, FilterOptions
 from occystrap.filters.matching import PathMatcher, compile_matcher, normalize_path
-from occystrap.filters.rewrite import members, open_layer_tar
+from occystrap.filters.rewrite import layer_headers
 from occystrap.image import Image, Layer
 from occystrap.pipeline import ProgressSink, RunContext
 from occystrap.progress import TerminalProgress
@@ -45,10 +45,11 @@ def _hit_for(member: str) -> Hit:
 
 
 def layer_hits(layer: Layer, matcher: PathMatcher) -> list[Hit]:
-    """The matching entries of one layer, read through `open_tar` (verified, not kept)."""
+    """The matching entries of one layer (streamed and verified, not kept; a tar already on
+    disk is only read header by header)."""
     hits = []
-    with layer.open_tar() as stream, open_layer_tar(layer, stream) as reader:
-        for member in members(layer, reader):
+    with layer_headers(layer) as headers:
+        for member in headers:
             path = normalize_path(member.name)
             hit = _hit_for(path) if path else None
             if hit is not None and hit.path and matcher.matches(hit.path):

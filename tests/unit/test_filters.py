@@ -394,7 +394,8 @@ def test_exclude_drops_matching_paths_and_what_is_under_them(tmp_path, image):
     assert [layer.digest for layer in again.layers] == [layer.digest for layer in result.layers]
 
 
-def test_exclude_keeps_hard_links_to_dropped_files_whole(tmp_path):
+@pytest.mark.parametrize("kind", [compression.GZIP, compression.NONE])  # kept on disk, or not
+def test_exclude_keeps_hard_links_to_dropped_files_whole(tmp_path, kind):
     layer = tar_of(
         entry("opt/big.bin", b"payload"),
         hardlink("usr/bin/first", "opt/big.bin"),
@@ -402,7 +403,7 @@ def test_exclude_keeps_hard_links_to_dropped_files_whole(tmp_path):
         entry("opt/other", b"other"),
         hardlink("opt/link-to-other", "opt/other"),
     )
-    image = image_of_tars(tmp_path, [layer])
+    image = image_of_tars(tmp_path, [layer], kind)
     result = parse_filter("exclude:pattern=/opt").apply(image, context(tmp_path / "work"))
     (members,) = read_back(result)
     by_name = {m.name: (m, data) for m, data in members}

@@ -8,7 +8,8 @@ The library API, in a few names (see docs/library.md):
 
 `copy` moves one image (or a whole multi-platform index) between two URIs; `build_client`
 assembles the one HTTP client of a run; `schemes()` lists the endpoint registry; `parse_uri`
-turns a URI into an endpoint whose `open_input`/`open_output` give the pipeline's ends.
+turns a URI into an endpoint whose `open_input`/`open_output` give the pipeline's ends;
+`parse_filters` builds filters from `-f` specs for `copy(..., filters=...)`.
 """
 
 __version__ = "0.1.0"
@@ -23,6 +24,9 @@ _EXPORTS = {
     "DigestMismatchError": "occystrap.errors",
     "OccystrapError": "occystrap.errors",
     "RegistryError": "occystrap.errors",
+    "FilterKind": "occystrap.filters",
+    "filter_kinds": "occystrap.filters",
+    "parse_filters": "occystrap.filters",
     "Image": "occystrap.image",
     "ImageIndex": "occystrap.image",
     "Layer": "occystrap.image",

@@ -266,7 +266,8 @@ def main(ctx: click.Context, **options: object) -> None:
 
 
 class _UriFormsCommand(click.Command):
-    """A command whose help ends with the URI forms, read from the endpoint registry."""
+    """A command whose help ends with the URI forms, read from the endpoint registry (and,
+    for `process`, the filters installed, built-ins and plug-ins)."""
 
     def format_epilog(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
         from occystrap.endpoints import destination_forms, source_forms
@@ -274,8 +275,12 @@ class _UriFormsCommand(click.Command):
         with formatter.section("Sources"):
             formatter.write_dl([(form, "") for form in source_forms()])
         if self.name == "process":
+            from occystrap.filters import filter_kinds
+
             with formatter.section("Destinations"):
                 formatter.write_dl([(form, "") for form in destination_forms()])
+            with formatter.section("Filters (-f, applied in the order given)"):
+                formatter.write_dl([(kind.form, kind.summary) for kind in filter_kinds().values()])
 
 
 @main.command(cls=_UriFormsCommand)
@@ -286,8 +291,8 @@ class _UriFormsCommand(click.Command):
     "--filter",
     "filters",
     multiple=True,
-    metavar="FILTER",
-    help="Filter applied between source and destination (repeatable).",
+    metavar="NAME[:k=v,...]",
+    help="Filter applied between source and destination (repeatable); listed below.",
 )
 @click.option(
     "--platform",
@@ -323,17 +328,40 @@ def process(
     dir://PATH?unique_names=true or registry://HOST/PREFIX.
     """
     from occystrap.commands import process as run_process
+    from occystrap.filters import parse_filters
     from occystrap.registry.manifest import parse_platform
 
-    if filters:
-        raise OccystrapError("filters (-f) are not available yet; run without them")
     run_process(
         settings,
         source,
         destination,
+        filters=parse_filters(filters),
         platforms=[parse_platform(text) for text in platforms],
         image_parallel=image_parallel,
     )
+
+
+@main.command(cls=_UriFormsCommand)
+@click.argument("source")
+@click.argument("pattern")
+@click.option("--regex", is_flag=True, help="PATTERN is a regular expression, not a glob.")
+@click.option(
+    "--script-friendly",
+    is_flag=True,
+    help="Print one IMAGE:TAG:LAYER_DIGEST:PATH line per match.",
+)
+@click.pass_obj
+def search(
+    settings: RunSettings, source: str, pattern: str, regex: bool, script_friendly: bool
+) -> None:
+    """List the paths in every layer of SOURCE that match PATTERN (nothing is written).
+
+    PATTERN is a glob: * and ? stay within a directory, ** crosses directories; without a /
+    it matches a name at any depth. Whiteouts are shown as deletions.
+    """
+    from occystrap.commands import search as run_search
+
+    run_search(settings, source, pattern, regex, script_friendly)
 
 
 @main.command(cls=_UriFormsCommand)

@@ -11,6 +11,7 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
+from typing import TextIO
 
 import click
 
@@ -20,6 +21,8 @@ from occystrap.endpoints.dir import DirURI
 from occystrap.endpoints.quay import QuayURI
 from occystrap.endpoints.registry import RegistryURI
 from occystrap.errors import OccystrapError, UsageError
+from occystrap.filters.matching import PathMatcher, compile_matcher
+from occystrap.filters.search import print_hits
 from occystrap.image import Image, ImageIndex
 from occystrap.middleware.builder import ChainClient, build_client
 from occystrap.pipeline import (
@@ -118,7 +121,7 @@ def process(
 ) -> None:
     source_uri, destination_uri = parse_uri(source), parse_uri(destination)
     if isinstance(source_uri, QuayURI):
-        _process_quay(settings, source_uri, destination_uri, image_parallel)
+        _process_quay(settings, source_uri, destination_uri, image_parallel, filters)
         return
     with (
         open_copy_client(settings, source_uri, destination_uri) as http,
@@ -195,7 +198,11 @@ def _bulk_destination(uri: Endpoint, image: QuayImage) -> Endpoint:
 
 
 def _process_quay(
-    settings: RunSettings, uri: QuayURI, destination: Endpoint, image_parallel: int
+    settings: RunSettings,
+    uri: QuayURI,
+    destination: Endpoint,
+    image_parallel: int,
+    filters: Sequence[ImageFilter] = (),
 ) -> None:
     _check_bulk_destination(destination)
     stats = TransferStats()
@@ -207,7 +214,12 @@ def _process_quay(
         def copy_one(image: QuayImage, progress: ProgressSink) -> None:
             with _workdir(settings) as workdir:
                 ctx = RunContext(settings, http, workdir, progress, stats)
-                _copy_one(RegistryURI(image.reference), _bulk_destination(destination, image), ctx)
+                _copy_one(
+                    RegistryURI(image.reference),
+                    _bulk_destination(destination, image),
+                    ctx,
+                    filters,
+                )
 
         with TerminalProgress() as progress:
             outcome = run_each(images, copy_one, progress, image_parallel)
@@ -224,6 +236,57 @@ def _process_quay(
         raise OccystrapError(
             f"{len(outcome.failed)} of {len(images)} images failed; see the lines above"
         )
+
+
+# -- search -------------------------------------------------------------------------------
+
+
+def search(
+    settings: RunSettings,
+    source: str,
+    pattern: str,
+    regex: bool = False,
+    script_friendly: bool = False,
+    out: TextIO = sys.stdout,
+) -> int:
+    """Print the paths of every layer of `source` that match `pattern`; return how many.
+
+    Nothing is written: each layer is streamed through `open_tar` (verified) and dropped."""
+    matcher = compile_matcher(pattern, regex)
+    uri = parse_uri(source)
+    if isinstance(uri, QuayURI):
+        with _quay_images(settings, uri) as (http, found):
+            endpoints: list[Endpoint] = [RegistryURI(image.reference) for image in found]
+            return _search_each(settings, http, endpoints, matcher, script_friendly, out)
+    with open_client(settings, uri) as http:
+        return _search_each(settings, http, [uri], matcher, script_friendly, out)
+
+
+def _search_each(
+    settings: RunSettings,
+    http: ChainClient,
+    endpoints: Sequence[Endpoint],
+    matcher: PathMatcher,
+    script_friendly: bool,
+    out: TextIO,
+) -> int:
+    count = layers = 0
+    for endpoint in endpoints:
+        with _workdir(settings) as work:
+            ctx = RunContext(settings, http, work)
+            item = endpoint.open_input(ctx).read()
+            image = (
+                choose_platform(item, settings.platform) if isinstance(item, ImageIndex) else item
+            )
+            count += print_hits(image, matcher, settings.parallel, script_friendly, out)
+            layers += len(image.layers)
+    images = f"{len(endpoints)} images" if len(endpoints) != 1 else str(endpoints[0])
+    click.echo(
+        f"occystrap: {count} {'path matches' if count == 1 else 'paths match'} in {images}"
+        f" ({layers} {'layer' if layers == 1 else 'layers'} searched)",
+        err=True,
+    )
+    return count
 
 
 # -- info ---------------------------------------------------------------------------------

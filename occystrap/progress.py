@@ -96,11 +96,26 @@ class TerminalProgress:
             total = sum(t.total or 0 for t in self._tasks.values())
             lines = [self._line(t) for t in active[:8]]
             lines.append(self._total_line(total))
-        out = "\x1b[1A\x1b[2K" * self._drawn_lines
-        out += "".join(line + "\n" for line in ([] if final else lines))
-        self._drawn_lines = 0 if final else len(lines)
-        self.stream.write(out)
-        self.stream.flush()
+            out = self._erase()
+            out += "".join(line + "\n" for line in ([] if final else lines))
+            self._drawn_lines = 0 if final else len(lines)
+            self.stream.write(out)
+            self.stream.flush()
+
+    def _erase(self) -> str:
+        """What takes the display drawn last off the screen (call with the lock held)."""
+        return "\x1b[1A\x1b[2K" * self._drawn_lines
+
+    def write_above(self, text: str, stream: TextIO) -> None:
+        """Write `text` to `stream` (stdout) without the live display overwriting it: the
+        display is taken off first and redrawn below at the next refresh."""
+        with self._lock:
+            if self._drawn_lines:
+                self.stream.write(self._erase())
+                self.stream.flush()
+                self._drawn_lines = 0
+            stream.write(text)
+            stream.flush()
 
     def _line(self, task: _Task) -> str:
         size = human_bytes(task.total) if task.total else "?"

@@ -55,18 +55,33 @@ def available_middlewares() -> dict[str, MiddlewareFactory]:
     return {**factories, **_registered}
 
 
-def parse_middleware_spec(value: str) -> tuple[str, dict[str, str]]:
-    """Parse `NAME[:KEY=VALUE,...]`; a value may itself contain '='."""
+def parse_spec(
+    value: str, what: str, form: str, continuations: bool = False
+) -> tuple[str, list[tuple[str, str]]]:
+    """Parse `NAME[:KEY=VALUE,...]` into the name and its (key, value) pairs, in order.
+
+    A value may itself contain '='. With `continuations`, an item without '=' is one more
+    value of the key before it (`pattern=a,b` gives two `pattern` pairs); otherwise it is an
+    error. Shared by `--middleware` and `-f` so both read the same way."""
     name, sep, option_text = value.partition(":")
     if not _NAME_RE.fullmatch(name) or (sep and not option_text):
-        raise UsageError(f"bad middleware {value!r}: expected {SPEC_FORM}")
-    options: dict[str, str] = {}
+        raise UsageError(f"bad {what} {value!r}: expected {form}")
+    pairs: list[tuple[str, str]] = []
     for item in option_text.split(",") if sep else []:
         key, has_value, option_value = item.partition("=")
+        if not has_value and continuations and pairs and item:
+            pairs.append((pairs[-1][0], item))
+            continue
         if not has_value or not _KEY_RE.fullmatch(key):
-            raise UsageError(f"bad middleware option {item!r} in {value!r}: expected {SPEC_FORM}")
-        options[key] = option_value
-    return name, options
+            raise UsageError(f"bad {what} option {item!r} in {value!r}: expected {form}")
+        pairs.append((key, option_value))
+    return name, pairs
+
+
+def parse_middleware_spec(value: str) -> tuple[str, dict[str, str]]:
+    """Parse `NAME[:KEY=VALUE,...]`; a value may itself contain '='."""
+    name, pairs = parse_spec(value, "middleware", SPEC_FORM)
+    return name, dict(pairs)
 
 
 def _factory_named(name: str) -> MiddlewareFactory:

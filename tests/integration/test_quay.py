@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Iterator
 
 import pytest
@@ -174,6 +175,37 @@ def test_process_into_a_shared_directory(quay, tmp_path):
         for name in ("nova-api", "nova-compute", "nova-scheduler")
     )
     assert "3 images ok, 0 failed" in result.stderr
+
+
+def test_search_looks_through_every_image_it_names(quay):
+    result = run_occystrap(
+        "--insecure", "search", "--script-friendly", _uri(quay, f"{ORG}/*-api:2024.1"), "image"
+    )
+    hits = result.stdout.splitlines()
+    assert len(hits) == 2, hits
+    for line, name in zip(hits, ("nova-api", "glance-api"), strict=True):
+        layer = r"sha256:[0-9a-f]{64}"
+        assert re.fullmatch(rf"{quay.host}/{ORG}/{name}:2024\.1:{layer}:/etc/image", line), line
+    assert "2 paths match in 2 images (4 layers searched)" in result.stderr
+
+
+def test_filters_run_on_every_image_of_a_bulk_copy(quay, tmp_path):
+    record = tmp_path / "inspect.jsonl"
+    run_occystrap(
+        "--insecure",
+        "process",
+        _uri(quay, f"{ORG}/nova-*:2024.1"),
+        f"dir://{tmp_path / 'images'}?unique_names=true",
+        "-f",
+        "exclude:pattern=/etc/image",
+        "-f",
+        f"inspect:file={record}",
+    )
+    lines = [json.loads(line) for line in record.read_text().splitlines()]
+    assert sorted(line["image"] for line in lines) == [
+        f"{quay.host}/{ORG}/{name}" for name in ("nova-api", "nova-compute", "nova-scheduler")
+    ]
+    assert all(line["manifest_digest"] is None for line in lines)  # every image was rewritten
 
 
 def test_process_into_a_registry_keeps_org_under_the_prefix(quay, registry_plain, unique_repo):

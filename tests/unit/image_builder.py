@@ -58,9 +58,22 @@ def make_image(
 ) -> Image:
     """An Image whose layers are stored compressed as `kind` under `workdir`; `settings` is
     the config's `config` section (Env, Cmd, User...)."""
+    tars = [layer_tar(files) for files in layer_files]
+    return image_of_tars(workdir, tars, kind, name, tag, known_sizes, settings)
+
+
+def image_of_tars(
+    workdir: Path,
+    tars: list[bytes],
+    kind: str = compression.GZIP,
+    name: str = "library/busybox",
+    tag: str | None = "latest",
+    known_sizes: bool = True,
+    settings: dict | None = None,
+) -> Image:
+    """An Image over the given layer tars, stored compressed as `kind` under `workdir`."""
     layers = []
-    for files in layer_files:
-        raw = layer_tar(files)
+    for raw in tars:
         path = workdir / f"blob-{len(layers)}-{sha256(raw)[7:19]}"
         with open(path, "wb") as handle:
             digest, size = compression.compress_stream(io.BytesIO(raw), handle, kind)
@@ -72,15 +85,20 @@ def make_image(
                 diff_id=sha256(raw),
                 blob=FileBlob(path),
                 uncompressed_size=len(raw) if known_sizes else None,
+                created_by=f"test {len(layers)}",
             )
         )
     config = json.dumps(
         {
             "architecture": "amd64",
             "os": "linux",
+            "created": "2024-05-06T07:08:09Z",
             "config": settings or {},
             "rootfs": {"type": "layers", "diff_ids": [layer.diff_id for layer in layers]},
-            "history": [{"created_by": "test"} for _ in layers],
+            "history": [
+                {"created": "2024-05-06T07:08:09Z", "created_by": f"test {position}"}
+                for position in range(len(layers))
+            ],
         }
     ).encode()
     return Image(SourceName(name, tag), config, tuple(layers))

@@ -1,10 +1,8 @@
 """Plug-ins: spec parsing, registration, wrapping order, errors, the header plug-in, discovery."""
 
-import shutil
 import subprocess
 import sys
 import textwrap
-from pathlib import Path
 
 import httpx
 import pytest
@@ -23,8 +21,7 @@ from occystrap.middleware.plugins import (
     register_middleware,
 )
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
-PLUGIN_DIST = REPO_ROOT / "tests" / "plugin_dist"
+from .plugin_install import REPO_ROOT, install_test_plugin
 
 
 @pytest.fixture(autouse=True)
@@ -251,28 +248,7 @@ _DISCOVERY_SCRIPT = textwrap.dedent(
 
 
 def test_entry_point_of_installed_distribution_is_discovered(tmp_path):
-    source = tmp_path / "src"
-    shutil.copytree(PLUGIN_DIST, source, ignore=shutil.ignore_patterns("build", "*.egg-info"))
-    target = tmp_path / "site"
-    install = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "pip",
-            "install",
-            "--quiet",
-            "--no-deps",
-            "--no-build-isolation",
-            "--no-index",
-            "--target",
-            str(target),
-            str(source),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert install.returncode == 0, install.stderr
+    target = install_test_plugin(tmp_path)
     run = subprocess.run(
         [sys.executable, "-c", _DISCOVERY_SCRIPT],
         capture_output=True,

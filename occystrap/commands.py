@@ -6,7 +6,7 @@ import json
 import logging
 import sys
 import tempfile
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import replace
@@ -63,9 +63,16 @@ def _location(endpoint: Endpoint | None) -> str | None:
     return hosts[0] if hosts else None
 
 
-def open_copy_client(settings: RunSettings, source: Endpoint, destination: Endpoint) -> ChainClient:
-    """The client of a copy: --src-creds for the source, --dest-creds for the destination."""
-    return build_client(settings.copy_chain_settings(_location(source), _location(destination)))
+def open_copy_client(
+    settings: RunSettings,
+    source: Endpoint,
+    destination: Endpoint,
+    on_rate_wait: Callable[[str, float], None] | None = None,
+) -> ChainClient:
+    """The client of a copy: --src-creds for the source, --dest-creds for the destination;
+    `on_rate_wait` hears of requests the rate limiter holds (for the progress display)."""
+    chain = settings.copy_chain_settings(_location(source), _location(destination))
+    return build_client(replace(chain, on_rate_wait=on_rate_wait))
 
 
 @contextmanager
@@ -123,11 +130,12 @@ def process(
     if isinstance(source_uri, QuayURI):
         _process_quay(settings, source_uri, destination_uri, image_parallel, filters)
         return
+    progress = TerminalProgress(f"{source_uri} -> {destination_uri}")
     with (
-        open_copy_client(settings, source_uri, destination_uri) as http,
+        open_copy_client(settings, source_uri, destination_uri, progress.rate_limited) as http,
         _workdir(settings) as work,
     ):
-        with TerminalProgress() as progress:
+        with progress:
             ctx = RunContext(settings, http, work, progress)
             result = _copy_one(source_uri, destination_uri, ctx, filters, platforms)
         what = f"{source_uri} -> {destination_uri}: {result.layers} layers"
@@ -160,12 +168,17 @@ def _summary(
 
 @contextmanager
 def _quay_images(
-    settings: RunSettings, uri: QuayURI, *other: Endpoint
+    settings: RunSettings,
+    uri: QuayURI,
+    *other: Endpoint,
+    on_rate_wait: Callable[[str, float], None] | None = None,
 ) -> Iterator[tuple[ChainClient, list[QuayImage]]]:
     """The run's client, with the Quay API token for `uri`'s host, and the images it names."""
     base = api_base(uri.host, settings.insecure)
     destination = _location(other[0]) if other else None
-    chain = settings.copy_chain_settings(uri.host, destination, base)
+    chain = replace(
+        settings.copy_chain_settings(uri.host, destination, base), on_rate_wait=on_rate_wait
+    )
     if uri.token:
         chain = replace(chain, quay_token=uri.token)
     with build_client(chain) as http:
@@ -206,7 +219,11 @@ def _process_quay(
 ) -> None:
     _check_bulk_destination(destination)
     stats = TransferStats()
-    with _quay_images(settings, uri, destination) as (http, images):
+    progress = TerminalProgress(f"{uri.describe()} -> {destination}")
+    with _quay_images(settings, uri, destination, on_rate_wait=progress.rate_limited) as (
+        http,
+        images,
+    ):
         if not images:
             click.echo(f"occystrap: no image matches {uri.describe()}", err=True)
             return
@@ -221,7 +238,7 @@ def _process_quay(
                     filters,
                 )
 
-        with TerminalProgress() as progress:
+        with progress:
             outcome = run_each(images, copy_one, progress, image_parallel)
         for image, error in outcome.failed:
             click.echo(f"occystrap: {image} failed: {error}", err=True)

@@ -1,12 +1,40 @@
-"""Progress for people: a live per-layer and total display on a terminal, a summary line always."""
+"""Progress for people: on a terminal, a live display (drawn with rich) of the image being
+copied, one bar per layer in flight and the layers the rate limiter holds; nothing at all
+when stderr is not a terminal. The summary line is the CLI's (see `commands._summary`)."""
 
 from __future__ import annotations
 
+import logging
 import sys
 import threading
 import time
+from collections import Counter
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import TextIO
+
+from rich.console import Console, Group, RenderableType
+from rich.progress import (
+    BarColumn,
+    DownloadColumn,
+    Progress,
+    ProgressColumn,
+    Task,
+    TaskID,
+    TaskProgressColumn,
+    TextColumn,
+    TimeRemainingColumn,
+    TransferSpeedColumn,
+)
+from rich.text import Text
+
+LOG = logging.getLogger("occystrap.progress")
+
+# What a task does, by its key's prefix ("fetch:sha256:...", maybe behind a bulk "IMAGE|").
+PHASES = {"fetch": "downloading", "write": "writing", "push": "uploading"}
+WAITING = "waiting"
+REFRESH_SECONDS = 0.1
 
 
 def human_bytes(n: float) -> str:
@@ -19,113 +47,211 @@ def human_bytes(n: float) -> str:
     return f"{n / 1000:.1f} GB"
 
 
-@dataclass
-class _Task:
-    label: str
-    total: int | None
-    done: int = 0
-    finished: bool = False
+def phase_of(key: str) -> str:
+    """The phase a progress key names: "fetch:..." is downloading, "IMAGE|push:..." uploading."""
+    kind = key.rpartition("|")[2].partition(":")[0]
+    return PHASES.get(kind, kind)
 
 
 @dataclass
 class Tally:
-    """What a run moved: for the summary line and for tests."""
+    """When the run started, for the summary line."""
 
-    bytes: int = 0
-    tasks: int = 0
     started: float = field(default_factory=time.monotonic)
 
     def elapsed(self) -> float:
         return time.monotonic() - self.started
 
 
+def _is_held(task: Task) -> bool:
+    return float(task.fields.get("held_until", 0.0)) > time.monotonic()
+
+
+class _StateColumn(ProgressColumn):
+    """The task's phase, or "waiting" while the rate limiter holds its next request."""
+
+    def render(self, task: Task) -> Text:
+        if _is_held(task):
+            return Text(WAITING, style="yellow")
+        return Text(str(task.fields.get("phase", "")), style="cyan")
+
+
+class _Display(Progress):
+    """rich's Progress with a header (image and phases) above the bars."""
+
+    def __init__(self, header: Callable[[list[Task]], RenderableType], console: Console) -> None:
+        self.header = header
+        super().__init__(
+            TextColumn("  "),
+            _StateColumn(),
+            TextColumn("{task.description}"),
+            BarColumn(bar_width=24),
+            TaskProgressColumn(),
+            DownloadColumn(),
+            TransferSpeedColumn(),
+            TimeRemainingColumn(),
+            console=console,
+            auto_refresh=False,  # TerminalProgress draws, so a failed draw cannot escape
+            transient=True,  # the summary line replaces the display
+            redirect_stdout=False,  # stdout may be a pipe while stderr is the terminal
+            redirect_stderr=console.file is sys.stderr,  # log lines go above the display
+        )
+
+    def get_renderables(self) -> Iterator[RenderableType]:
+        tasks = self.tasks
+        yield self.header(tasks)
+        yield self.make_tasks_table(tasks)
+
+    def refresh(self) -> None:
+        """Nothing: rich redraws on add_task and reset, from worker threads; only `draw` does."""
+
+    def draw(self) -> None:
+        super().refresh()
+
+
 class TerminalProgress:
-    """A ProgressSink that redraws a small table on stderr while work runs (only on a tty)."""
+    """A ProgressSink drawing the run on a terminal; on anything else it draws nothing.
 
-    REFRESH = 0.2
+    Layers progress from worker threads, so every method is thread-safe, and none of them
+    lets a drawing failure reach the run: the display stops instead.
+    """
 
-    def __init__(self, stream: TextIO = sys.stderr, live: bool | None = None) -> None:
-        self.stream = stream
-        self.live = stream.isatty() if live is None else live
+    def __init__(self, title: str = "", console: Console | None = None) -> None:
+        self.title = title
+        self.console = console or Console(stderr=True)
+        self.live = self.console.is_terminal and not self.console.is_dumb_terminal
         self.tally = Tally()
-        self._tasks: dict[str, _Task] = {}
         self._lock = threading.Lock()
-        self._drawn_lines = 0
+        self._tasks: dict[str, TaskID] = {}
+        self._owner: dict[int, str] = {}  # thread -> the task it works on
+        self._held: dict[int, tuple[str, float]] = {}  # thread (no task) -> (host, until)
+        self._done = 0
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self._log_streams: list[tuple[logging.StreamHandler[TextIO], TextIO]] = []
+        self._display = _Display(self._header, self.console)
 
     def __enter__(self) -> TerminalProgress:
         if self.live:
-            self._thread = threading.Thread(target=self._redraw_loop, daemon=True)
-            self._thread.start()
+            with self._guard():
+                original = sys.stderr
+                self._display.start()
+                self._send_logging_to(original, sys.stderr)
+                self._thread = threading.Thread(
+                    target=self._keep_drawing, name="progress", daemon=True
+                )
+                self._thread.start()
         return self
 
     def __exit__(self, *exc_info: object) -> None:
         self._stop.set()
         if self._thread is not None:
             self._thread.join()
-            self._draw(final=True)
+        with self._guard():
+            self._display.stop()
+        for handler, stream in self._log_streams:
+            handler.setStream(stream)
+        self._log_streams.clear()
+
+    # -- the ProgressSink protocol ---------------------------------------------------------
 
     def start(self, key: str, total: int | None, label: str) -> None:
-        with self._lock:
-            self._tasks[key] = _Task(label, total)
+        if not self.live:
+            return
+        with self._guard(), self._lock:
+            task = self._tasks.get(key)
+            if task is None:
+                self._tasks[key] = self._display.add_task(
+                    label, total=total, phase=phase_of(key), held_until=0.0
+                )
+            else:  # the same blob again (fetched once more after a bad digest)
+                self._display.reset(task, total=total, description=label)
+            self._owner[threading.get_ident()] = key
 
     def advance(self, key: str, nbytes: int) -> None:
-        with self._lock:
-            self._tasks[key].done += nbytes
-            self.tally.bytes += nbytes
+        if not self.live:
+            return
+        with self._guard():
+            task = self._tasks.get(key)
+            if task is not None:
+                self._display.advance(task, nbytes)
 
     def restart(self, key: str, completed: int) -> None:
-        with self._lock:
-            task = self._tasks[key]
-            self.tally.bytes -= task.done - completed
-            task.done = completed
+        if not self.live:
+            return
+        with self._guard():
+            task = self._tasks.get(key)
+            if task is not None:
+                self._display.reset(task, completed=completed)
 
     def finish(self, key: str) -> None:
-        with self._lock:
-            self._tasks[key].finished = True
-            self.tally.tasks += 1
+        if not self.live:
+            return
+        with self._guard(), self._lock:
+            task = self._tasks.pop(key, None)
+            if task is None:
+                return
+            self._display.remove_task(task)
+            self._done += 1
+            thread = threading.get_ident()
+            if self._owner.get(thread) == key:
+                del self._owner[thread]
 
-    def _redraw_loop(self) -> None:
-        while not self._stop.wait(self.REFRESH):
-            self._draw()
+    # -- the rate limiter ------------------------------------------------------------------
 
-    def _draw(self, final: bool = False) -> None:
-        with self._lock:
-            active = [t for t in self._tasks.values() if not t.finished]
-            total = sum(t.total or 0 for t in self._tasks.values())
-            lines = [self._line(t) for t in active[:8]]
-            lines.append(self._total_line(total))
-            out = self._erase()
-            out += "".join(line + "\n" for line in ([] if final else lines))
-            self._drawn_lines = 0 if final else len(lines)
-            self.stream.write(out)
-            self.stream.flush()
+    def rate_limited(self, host: str, seconds: float) -> None:
+        """The rate limiter holds the calling thread's next request to `host` for `seconds`:
+        its layer shows "waiting" until then (a request outside any layer is counted)."""
+        if not self.live:
+            return
+        until = time.monotonic() + seconds
+        thread = threading.get_ident()
+        with self._guard(), self._lock:
+            task = self._tasks.get(self._owner.get(thread, ""))
+            if task is not None:
+                self._display.update(task, held_until=until)
+            else:
+                self._held[thread] = (host, until)
 
-    def _erase(self) -> str:
-        """What takes the display drawn last off the screen (call with the lock held)."""
-        return "\x1b[1A\x1b[2K" * self._drawn_lines
+    # -- drawing ---------------------------------------------------------------------------
 
-    def write_above(self, text: str, stream: TextIO) -> None:
-        """Write `text` to `stream` (stdout) without the live display overwriting it: the
-        display is taken off first and redrawn below at the next refresh."""
-        with self._lock:
-            if self._drawn_lines:
-                self.stream.write(self._erase())
-                self.stream.flush()
-                self._drawn_lines = 0
-            stream.write(text)
-            stream.flush()
+    def _header(self, tasks: list[Task]) -> RenderableType:
+        """The image, what its layers are doing, and the requests held outside any layer
+        (read without our lock: it runs under rich's, which workers never take)."""
+        now = time.monotonic()
+        phases = Counter(WAITING if _is_held(t) else str(t.fields["phase"]) for t in tasks)
+        held = [host for host, until in self._held.copy().values() if until > now]
+        parts = [f"{phase} {count}" for phase, count in sorted(phases.items())]
+        if self._done:
+            parts.append(f"{self._done} done")
+        if held:
+            hosts = ", ".join(sorted(set(held)))
+            requests = "request" if len(held) == 1 else "requests"
+            parts.append(f"{len(held)} {requests} held by the rate limit ({hosts})")
+        line = Text(self.title, style="bold")
+        line.append("  " + (" · ".join(parts) or "reading manifests"), style="dim")
+        return Group(line)
 
-    def _line(self, task: _Task) -> str:
-        size = human_bytes(task.total) if task.total else "?"
-        return f"  {task.label:<14} {human_bytes(task.done):>9} / {size:<9}"
+    def _keep_drawing(self) -> None:
+        while not self._stop.wait(REFRESH_SECONDS) and self.live:
+            with self._guard():
+                self._display.draw()
 
-    def _total_line(self, total: int) -> str:
-        elapsed = max(self.tally.elapsed(), 1e-6)
-        rate = self.tally.bytes / elapsed
-        eta = f"ETA {(total - self.tally.bytes) / rate:.0f}s" if rate and total else ""
-        return (
-            f"  total {human_bytes(self.tally.bytes)} / {human_bytes(total)}"
-            f"  {human_bytes(rate)}/s  {eta}"
-        )
+    @contextmanager
+    def _guard(self) -> Iterator[None]:
+        """Swallow any failure of the display (it then stops drawing); the run goes on."""
+        try:
+            yield
+        except Exception:  # noqa: BLE001 - a progress display must never fail a copy
+            self.live = False
+            LOG.debug("progress display stopped", exc_info=True)
+
+    def _send_logging_to(self, original: TextIO, replacement: TextIO) -> None:
+        """Route log handlers writing to the terminal through rich, so lines appear above the
+        display instead of through it."""
+        if replacement is original:
+            return
+        for handler in logging.getLogger().handlers:
+            if isinstance(handler, logging.StreamHandler) and handler.stream is original:
+                self._log_streams.append((handler, original))
+                handler.setStream(replacement)

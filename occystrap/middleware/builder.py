@@ -17,7 +17,7 @@ docs/middleware.md gives the reason for each position.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -59,6 +59,8 @@ class ChainSettings:
     middlewares: Sequence[str] = ()
     timeout: httpx.Timeout = field(default_factory=lambda: DEFAULT_TIMEOUT)
     deadline: float = DEFAULT_DEADLINE
+    # Told (host, seconds) before the rate limiter holds a request: the progress display.
+    on_rate_wait: Callable[[str, float], None] | None = None
 
 
 def build_transport(settings: ChainSettings) -> httpx.BaseTransport:
@@ -73,7 +75,9 @@ def build_transport(settings: ChainSettings) -> httpx.BaseTransport:
     )
     transport = Logging(transport)
     if settings.rate_limits:
-        transport = RateLimit(transport, parse_rate_limits(list(settings.rate_limits)))
+        transport = RateLimit(
+            transport, parse_rate_limits(list(settings.rate_limits)), settings.on_rate_wait
+        )
     transport = Retry(
         transport, retries=settings.retries, sleep=cancel.sleep, deadline=settings.deadline
     )

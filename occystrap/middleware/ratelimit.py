@@ -43,11 +43,15 @@ class RateLimiter:
         self._lock = threading.Lock()
         self._next_slot = -math.inf
 
-    def acquire(self) -> None:
-        """Block until this caller's turn; turns are granted in the order they were asked for."""
+    def acquire(self, on_wait: Callable[[float], None] | None = None) -> None:
+        """Block until this caller's turn; turns are granted in the order they were asked for.
+        `on_wait` hears how long the caller will wait, before it does (not when it need not)."""
         with self._lock:
-            slot = max(self._clock(), self._next_slot)
+            now = self._clock()
+            slot = max(now, self._next_slot)
             self._next_slot = slot + self._interval
+        if on_wait is not None and slot > now:
+            on_wait(slot - now)
         while (remaining := slot - self._clock()) > 0:
             self._sleep(remaining)
 
@@ -116,15 +120,27 @@ def _parse_rate(text: str, item: str) -> float:
 
 
 class RateLimit(Middleware):
-    """Waits for every applicable limiter before each request goes on down the chain."""
+    """Waits for every applicable limiter before each request goes on down the chain.
 
-    def __init__(self, next_transport: httpx.BaseTransport, policy: RateLimitPolicy) -> None:
+    `on_wait(host, seconds)`, if given, is told (in the waiting thread) before each wait, so
+    a display can show the request as held; the middleware knows nothing of displays.
+    """
+
+    def __init__(
+        self,
+        next_transport: httpx.BaseTransport,
+        policy: RateLimitPolicy,
+        on_wait: Callable[[str, float], None] | None = None,
+    ) -> None:
         super().__init__(next_transport)
         self.policy = policy
+        self.on_wait = on_wait
 
     def handle_request(self, request: httpx.Request) -> httpx.Response:
-        for limiter in self.policy.limiters_for(_host_and_port(request.url)):
-            limiter.acquire()
+        host = _host_and_port(request.url)
+        on_wait = self.on_wait
+        for limiter in self.policy.limiters_for(host):
+            limiter.acquire(None if on_wait is None else lambda seconds: on_wait(host, seconds))
         return self.next.handle_request(request)
 
 

@@ -123,11 +123,12 @@ class TerminalProgress:
         self.tally = Tally()
         self._lock = threading.Lock()
         self._tasks: dict[str, TaskID] = {}
-        self._owner: dict[int, str] = {}  # thread -> the task it works on
+        self._working_on = threading.local()  # .key: the task the thread works on
         self._held: dict[int, tuple[str, float]] = {}  # thread (no task) -> (host, until)
         self._done = 0
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self._started = False
         self._log_streams: list[tuple[logging.StreamHandler[TextIO], TextIO]] = []
         self._display = _Display(self._header, self.console)
 
@@ -136,6 +137,7 @@ class TerminalProgress:
             with self._guard():
                 original = sys.stderr
                 self._display.start()
+                self._started = True
                 self._send_logging_to(original, sys.stderr)
                 self._thread = threading.Thread(
                     target=self._keep_drawing, name="progress", daemon=True
@@ -147,11 +149,12 @@ class TerminalProgress:
         self._stop.set()
         if self._thread is not None:
             self._thread.join()
-        with self._guard():
-            self._display.stop()
         for handler, stream in self._log_streams:
             handler.setStream(stream)
         self._log_streams.clear()
+        if self._started:  # (unstarted, rich would still print an empty line off a terminal)
+            with self._guard():
+                self._display.stop()
 
     # -- the ProgressSink protocol ---------------------------------------------------------
 
@@ -166,7 +169,7 @@ class TerminalProgress:
                 )
             else:  # the same blob again (fetched once more after a bad digest)
                 self._display.reset(task, total=total, description=label)
-            self._owner[threading.get_ident()] = key
+            self._working_on.key = key
 
     def advance(self, key: str, nbytes: int) -> None:
         if not self.live:
@@ -193,9 +196,8 @@ class TerminalProgress:
                 return
             self._display.remove_task(task)
             self._done += 1
-            thread = threading.get_ident()
-            if self._owner.get(thread) == key:
-                del self._owner[thread]
+            if getattr(self._working_on, "key", None) == key:
+                del self._working_on.key
 
     # -- the rate limiter ------------------------------------------------------------------
 
@@ -205,13 +207,12 @@ class TerminalProgress:
         if not self.live:
             return
         until = time.monotonic() + seconds
-        thread = threading.get_ident()
         with self._guard(), self._lock:
-            task = self._tasks.get(self._owner.get(thread, ""))
+            task = self._tasks.get(getattr(self._working_on, "key", ""))
             if task is not None:
                 self._display.update(task, held_until=until)
             else:
-                self._held[thread] = (host, until)
+                self._held[threading.get_ident()] = (host, until)
 
     # -- drawing ---------------------------------------------------------------------------
 
@@ -231,6 +232,10 @@ class TerminalProgress:
         line = Text(self.title, style="bold")
         line.append("  " + (" · ".join(parts) or "reading manifests"), style="dim")
         return Group(line)
+
+    def frame(self) -> RenderableType:
+        """What the display shows now: the header, then one bar per layer in flight."""
+        return self._display.get_renderable()
 
     def _keep_drawing(self) -> None:
         while not self._stop.wait(REFRESH_SECONDS) and self.live:

@@ -12,6 +12,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from occystrap.errors import UsageError
+from occystrap.middleware.builder import ChainSettings, build_client
 from occystrap.middleware.ratelimit import (
     RateLimit,
     RateLimiter,
@@ -213,3 +214,38 @@ def test_limiter_refuses_impossible_rates(rate):
 def test_absurd_rates_are_usage_errors(value):
     with pytest.raises(UsageError, match="from 0.01 to 1000000"):
         parse_rate_limits([value])
+
+
+def test_on_wait_hears_the_host_and_the_wait_before_the_request_is_held():
+    time_source = SimulatedTime()
+    limiter = RateLimiter(4, clock=time_source.clock, sleep=time_source.sleep)
+    heard: list[tuple[str, float, float]] = []
+    client = httpx.Client(
+        transport=RateLimit(
+            httpx.HTTPTransport(),
+            RateLimitPolicy(limiter),
+            on_wait=lambda host, seconds: heard.append((host, seconds, time_source.now)),
+        )
+    )
+    with respx.mock(using="httpcore") as mock:
+        mock.get(host="registry.example").mock(return_value=httpx.Response(200))
+        for _ in range(3):
+            client.get("http://registry.example:5000/v2/")
+    # The first request goes at once; each later one hears of its wait before sleeping it.
+    assert heard == [
+        ("registry.example:5000", pytest.approx(0.25), pytest.approx(0.0)),
+        ("registry.example:5000", pytest.approx(0.25), pytest.approx(0.25)),
+    ]
+
+
+def test_the_builder_wires_on_rate_wait_into_the_chain():
+    heard: list[tuple[str, float]] = []
+    settings = ChainSettings(
+        rate_limits=["20"], on_rate_wait=lambda host, seconds: heard.append((host, seconds))
+    )
+    with respx.mock(using="httpcore") as mock, build_client(settings) as client:
+        mock.get(host="registry.example").mock(return_value=httpx.Response(200))
+        client.get("https://registry.example/v2/")
+        client.get("https://registry.example/v2/")
+    assert [host for host, _ in heard] == ["registry.example:443"]
+    assert 0 < heard[0][1] <= 0.05

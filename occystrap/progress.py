@@ -31,9 +31,16 @@ from rich.text import Text
 
 LOG = logging.getLogger("occystrap.progress")
 
-# What a task does, by its key's prefix ("fetch:sha256:...", maybe behind a bulk "IMAGE|").
-PHASES = {"fetch": "downloading", "write": "writing", "push": "uploading"}
+# What a task does, by its key's prefix ("fetch:sha256:...", maybe behind a bulk "IMAGE|"),
+# and what it did once finished; in the order the header lists them.
+PHASES = {
+    "fetch": ("downloading", "downloaded"),
+    "write": ("writing", "written"),
+    "push": ("uploading", "uploaded"),
+}
 WAITING = "waiting"
+_ORDER = {word: n for n, word in enumerate([*(doing for doing, _ in PHASES.values()), WAITING])}
+_DONE = dict(PHASES.values())
 REFRESH_SECONDS = 0.1
 
 
@@ -50,7 +57,7 @@ def human_bytes(n: float) -> str:
 def phase_of(key: str) -> str:
     """The phase a progress key names: "fetch:..." is downloading, "IMAGE|push:..." uploading."""
     kind = key.rpartition("|")[2].partition(":")[0]
-    return PHASES.get(kind, kind)
+    return PHASES.get(kind, (kind, ""))[0]
 
 
 @dataclass
@@ -125,7 +132,7 @@ class TerminalProgress:
         self._tasks: dict[str, TaskID] = {}
         self._working_on = threading.local()  # .key: the task the thread works on
         self._held: dict[int, tuple[str, float]] = {}  # thread (no task) -> (host, until)
-        self._done = 0
+        self._done: Counter[str] = Counter()  # phase -> tasks finished
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._started = False
@@ -195,7 +202,7 @@ class TerminalProgress:
             if task is None:
                 return
             self._display.remove_task(task)
-            self._done += 1
+            self._done[phase_of(key)] += 1
             if getattr(self._working_on, "key", None) == key:
                 del self._working_on.key
 
@@ -222,16 +229,22 @@ class TerminalProgress:
         now = time.monotonic()
         phases = Counter(WAITING if _is_held(t) else str(t.fields["phase"]) for t in tasks)
         held = [host for host, until in self._held.copy().values() if until > now]
-        parts = [f"{phase} {count}" for phase, count in sorted(phases.items())]
-        if self._done:
-            parts.append(f"{self._done} done")
+        parts = [
+            f"{phase} {count}"
+            for phase, count in sorted(phases.items(), key=lambda item: _ORDER.get(item[0], 99))
+        ]
+        parts += [
+            f"{count} {_DONE.get(phase, phase + ' done')}"
+            for phase, count in sorted(
+                self._done.copy().items(), key=lambda i: _ORDER.get(i[0], 99)
+            )
+        ]
         if held:
             hosts = ", ".join(sorted(set(held)))
             requests = "request" if len(held) == 1 else "requests"
             parts.append(f"{len(held)} {requests} held by the rate limit ({hosts})")
-        line = Text(self.title, style="bold")
-        line.append("  " + (" · ".join(parts) or "reading manifests"), style="dim")
-        return Group(line)
+        status = Text("  " + (" · ".join(parts) or "reading manifests"), style="dim")
+        return Group(Text(self.title, style="bold"), status)
 
     def frame(self) -> RenderableType:
         """What the display shows now: the header, then one bar per layer in flight."""

@@ -81,8 +81,9 @@ def test_layers_moving_in_several_threads_each_get_a_bar_and_finished_ones_go():
             thread.start()
         halfway.wait()
         text = shown(sink)
-        assert TITLE in text.splitlines()[0]
-        assert "downloading 2" in text and "uploading 1" in text and "writing 1" in text
+        title, status = text.splitlines()[:2]
+        assert title == TITLE
+        assert status.split() == ["downloading", "2", "·", "writing", "1", "·", "uploading", "1"]
         for index, kind in enumerate(kinds):
             line = row(text, f"layer{index}")
             assert "50%" in line and "2.0/4.0 kB" in line, line
@@ -94,7 +95,7 @@ def test_layers_moving_in_several_threads_each_get_a_bar_and_finished_ones_go():
         text = shown(sink)
         assert "layer0" not in text and "layer2" not in text  # finished: removed
         assert "layer1" in text and "layer3" in text
-        assert "2 done" in text.splitlines()[0]
+        assert "1 downloaded · 1 uploaded" in text.splitlines()[1]
     assert not errors
 
 
@@ -119,9 +120,9 @@ def test_a_layer_held_by_the_rate_limiter_shows_waiting_until_its_turn():
         assert "waiting" in row(text, "slowlayer")
         assert "waiting" not in row(text, "moving")
         assert "downloading" in row(text, "moving")
-        header = text.splitlines()[0]
-        assert "waiting 1" in header and "downloading 1" in header
-        assert "1 request held by the rate limit (127.0.0.1:5000)" in header
+        status = text.splitlines()[1]
+        assert "downloading 1 · waiting 1" in status
+        assert "1 request held by the rate limit (127.0.0.1:5000)" in status
         time.sleep(0.6)
         text = shown(sink)
         assert "waiting" not in text

@@ -224,8 +224,8 @@ class TerminalProgress:
     # -- drawing ---------------------------------------------------------------------------
 
     def _header(self, tasks: list[Task]) -> RenderableType:
-        """The image, what its layers are doing, and the requests held outside any layer
-        (read without our lock: it runs under rich's, which workers never take)."""
+        """The image, what its layers are doing, and the requests held outside any layer.
+        It reads copies, without our lock, so drawing never waits for the workers."""
         now = time.monotonic()
         phases = Counter(WAITING if _is_held(t) else str(t.fields["phase"]) for t in tasks)
         held = [host for host, until in self._held.copy().values() if until > now]

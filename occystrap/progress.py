@@ -246,6 +246,20 @@ class TerminalProgress:
         status = Text("  " + (" · ".join(parts) or "reading manifests"), style="dim")
         return Group(Text(self.title, style="bold"), status)
 
+    def write_above(self, text: str, stream: TextIO) -> None:
+        """Write `text` to `stream` (stdout) without the live display overwriting it: the
+        display is taken off first and drawn again below it at the next refresh."""
+        live = self._display.live
+        with live._lock:  # no refresh or log line between taking the display off and writing
+            if self.live and self._started:
+                with self._guard():
+                    # rich keeps what it drew last to move over it on the next refresh;
+                    # forgetting it makes that refresh draw below `text` instead of over it.
+                    self.console.control(live._live_render.position_cursor())
+                    live._live_render._shape = None
+            stream.write(text)
+            stream.flush()
+
     def frame(self) -> RenderableType:
         """What the display shows now: the header, then one bar per layer in flight."""
         return self._display.get_renderable()

@@ -9,11 +9,13 @@ import re
 import subprocess
 import sys
 import tarfile
+import time
 from pathlib import Path
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from rich.console import Console
 
 from occystrap import compression
 from occystrap.errors import OccystrapError, UsageError
@@ -482,18 +484,34 @@ def test_search_filter_passes_the_image_through(tmp_path, image, capsys):
 
 
 def test_search_lines_are_not_overwritten_by_a_live_progress_display(image):
-    screen, out = io.StringIO(), io.StringIO()
-    progress = TerminalProgress(screen, live=True)
-    progress.start("fetch", 100, "layer")
-    progress._draw()  # the display: one layer line and the total line
-    drawn = screen.getvalue()
-    count = print_hits(image, compile_matcher("*.py"), 1, False, out, progress)
-    assert count == 1 and out.getvalue().endswith("  /usr/lib/python/a.py\n")
-    erased = drawn + "\x1b[1A\x1b[2K" * 2
-    assert screen.getvalue() == erased  # taken off before printing
-    progress._draw()
-    redrawn = screen.getvalue()[len(erased) :]
-    assert redrawn.startswith("  layer")  # drawn below the printed lines, erasing none of them
+    screen = io.StringIO()
+    screen_when_printed: list[str] = []
+
+    class Stdout(io.StringIO):
+        def write(self, text: str) -> int:
+            screen_when_printed.append(screen.getvalue())
+            return super().write(text)
+
+    out = Stdout()
+    console = Console(file=screen, force_terminal=True, width=100)
+    with TerminalProgress("an image", console) as progress:
+        progress.start("fetch:sha256:1", 100, "layer")
+        _wait_for(lambda: "layer" in screen.getvalue())  # the display: title, status, one bar
+        count = print_hits(image, compile_matcher("*.py"), 1, False, out, progress)
+        assert count == 1 and out.getvalue().endswith("  /usr/lib/python/a.py\n")
+        (before,) = screen_when_printed
+        assert before.endswith("\r\x1b[2K" + "\x1b[1A\x1b[2K" * 2)  # taken off first
+        _wait_for(lambda: "layer" in screen.getvalue()[len(before) :])
+        redrawn = screen.getvalue()[len(before) :]
+        # drawn below the printed lines, moving up over (erasing) none of them
+        assert "\x1b[1A" not in redrawn[: redrawn.index("layer")]
+
+
+def _wait_for(condition, seconds: float = 5.0) -> None:
+    deadline = time.monotonic() + seconds
+    while not condition():
+        assert time.monotonic() < deadline, "the display was never drawn"
+        time.sleep(0.01)
 
 
 # --- inspect -----------------------------------------------------------------------------------

@@ -226,6 +226,20 @@ def _fail(message: str, status: int) -> None:
     help="Compression for layers that must be (re)compressed.",
 )
 @click.option(
+    "--compression-level",
+    type=int,
+    default=None,
+    envvar="OCCYSTRAP_COMPRESSION_LEVEL",
+    help="Level for --compression: gzip 0-3 with ISA-L (0-9 with zlib), zstd 1-22"
+    " (default: gzip 1, zstd 3; see docs/performance.md).",
+)
+@click.option(
+    "--no-cache",
+    is_flag=True,
+    envvar="OCCYSTRAP_NO_CACHE",
+    help="Neither read nor update the blob cache in $XDG_CACHE_HOME/occystrap.",
+)
+@click.option(
     "--temp-dir",
     type=click.Path(file_okay=False),
     envvar="OCCYSTRAP_TEMP_DIR",

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from occystrap import compression
 from occystrap.credentials import (
     AuthKey,
     Credential,
@@ -48,6 +49,8 @@ class RunSettings:
     platform: Platform = field(default_factory=lambda: Platform("linux", "amd64"))
     parallel: int = 4
     compression: str = "gzip"
+    compression_level: int | None = None  # None: the engine's default (compression.py)
+    use_cache: bool = True  # the blob cache (occystrap/blobcache.py); False for --no-cache
     temp_dir: Path | None = None
     output_format: str = "text"
     debug: bool = False
@@ -60,6 +63,7 @@ class RunSettings:
     def from_options(cls, options: Mapping[str, Any]) -> RunSettings:
         if (options.get("username") is None) != (options.get("password") is None):
             raise UsageError("--username and --password go together: give both or neither")
+        compression.check_level(options["compression"], options.get("compression_level"))
         mirrors = tuple(part for value in options["mirrors"] for part in split_env_list(value))
         certs_dirs = options.get("certs_dirs")
         authfile = options.get("authfile")
@@ -82,6 +86,8 @@ class RunSettings:
             platform=Platform(options["os_name"], options["architecture"], options["variant"]),
             parallel=options["parallel"],
             compression=options["compression"],
+            compression_level=options.get("compression_level"),
+            use_cache=not options.get("no_cache", False),
             temp_dir=options["temp_dir"],
             output_format=options["output_format"],
             debug=options["debug"],

@@ -7,6 +7,11 @@ import gzip
 import hashlib
 import io
 import os
+import random
+import subprocess
+import sys
+import threading
+import zlib
 
 import pytest
 import zstandard
@@ -15,7 +20,7 @@ from hypothesis import strategies as st
 
 from occystrap import compression
 from occystrap.compression import CorruptLayerError, Decompressor
-from occystrap.errors import OccystrapError
+from occystrap.errors import OccystrapError, UsageError
 
 KINDS = [compression.GZIP, compression.ZSTD, compression.NONE]
 
@@ -171,3 +176,186 @@ def test_media_type_for_is_inverse_of_from_media_type(kind, oci):
 def test_unknown_kind_is_rejected():
     with pytest.raises(OccystrapError, match="unknown compression"):
         compression.compress_stream(io.BytesIO(b""), io.BytesIO(), "lz4")
+
+
+def _layer_like(size: int, seed: int = 0) -> bytes:
+    """Bytes over 16 symbols (gzip halves them) with runs of text: deflate has real work."""
+    table = bytes(b"0123456789abcdef"[i % 16] for i in range(256))
+    noise = random.Random(seed).randbytes(size).translate(table)
+    mixed = b"".join(noise[i : i + 4096] + b"usr/lib/python3/ " * 8 for i in range(0, size, 4096))
+    return mixed[:size]
+
+
+class _ShortReads(io.RawIOBase):
+    """A source returning reads of random, small sizes, like a pipe or a socket."""
+
+    def __init__(self, data: bytes, seed: int) -> None:
+        self._data = memoryview(data)
+        self._random = random.Random(seed)
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, target) -> int:
+        count = min(len(target), self._random.randint(1, 300_000), len(self._data))
+        target[:count] = self._data[:count]
+        self._data = self._data[count:]
+        return count
+
+    def read(self, size: int = -1) -> bytes:
+        out = bytearray(size if size >= 0 else len(self._data))
+        return bytes(out[: self.readinto(out)])
+
+
+def _gzip_with(data: bytes, threads: int, level: int | None = None, src=None) -> bytes:
+    out = io.BytesIO()
+    compression.compress_stream(
+        src or io.BytesIO(data), out, compression.GZIP, level=level, threads=threads
+    )
+    return out.getvalue()
+
+
+@pytest.mark.parametrize(
+    "size",
+    [0, 1, compression.GZIP_BLOCK_SIZE, 3 * compression.GZIP_BLOCK_SIZE + 12345],
+)
+def test_gzip_output_is_the_same_whatever_the_thread_count(size):
+    data = _layer_like(size)
+    single = _gzip_with(data, threads=1)
+    assert _gzip_with(data, threads=2) == single
+    assert _gzip_with(data, threads=4) == single
+    assert _gzip_with(data, threads=3, src=_ShortReads(data, seed=size)) == single
+    assert gzip.decompress(single) == data
+    assert zlib.decompress(single, wbits=31) == data
+    assert _read_all(single, compression.GZIP, 1 << 20) == data
+
+
+def test_parallel_gzip_is_one_standard_member_gzip_accepts(tmp_path):
+    data = _layer_like(5 * compression.GZIP_BLOCK_SIZE + 7)
+    path = tmp_path / "layer.gz"
+    path.write_bytes(_gzip_with(data, threads=2))
+    subprocess.run(["gzip", "-t", str(path)], check=True)
+    restored = subprocess.run(["gzip", "-dc", str(path)], check=True, capture_output=True)
+    assert restored.stdout == data
+    blob = path.read_bytes()
+    assert blob[:4] == b"\x1f\x8b\x08\x00" and blob[4:8] == b"\0\0\0\0"  # no name, mtime 0
+    inflater = zlib.decompressobj(wbits=31)
+    assert inflater.decompress(blob) == data and inflater.eof and not inflater.unused_data
+
+
+def test_parallel_gzip_deflates_on_the_threads_it_is_given(monkeypatch):
+    deflating_threads = set()
+    deflate_block = compression._deflate_block
+
+    def recording(block, window, level):
+        deflating_threads.add(threading.current_thread().name)
+        return deflate_block(block, window, level)
+
+    monkeypatch.setattr(compression, "_deflate_block", recording)
+    _gzip_with(_layer_like(8 * compression.GZIP_BLOCK_SIZE), threads=2)
+    assert len(deflating_threads) == 2
+    assert threading.current_thread().name not in deflating_threads
+
+
+def test_parallel_gzip_holds_a_bounded_number_of_blocks():
+    """The reader never runs more than a few blocks per thread ahead of the writer."""
+    threads = 2
+    source = io.BytesIO(_layer_like(40 * compression.GZIP_BLOCK_SIZE))
+    blocks_read_at_each_write = []
+
+    class CountingSink(io.RawIOBase):
+        def writable(self) -> bool:
+            return True
+
+        def write(self, piece) -> int:
+            blocks_read_at_each_write.append(source.tell() // compression.GZIP_BLOCK_SIZE)
+            return len(piece)
+
+    compression.compress_stream(source, CountingSink(), compression.GZIP, threads=threads)
+    block_writes = blocks_read_at_each_write[1:-1]  # between the header and the trailer
+    assert len(block_writes) == 40
+    most_ahead = max(read - written for written, read in enumerate(block_writes))
+    assert most_ahead <= threads * compression._BLOCKS_AHEAD_PER_THREAD
+
+
+@pytest.mark.parametrize("engine_fixture", ["installed_engine", "zlib_engine"])
+def test_gzip_output_is_pinned_for_this_engine(engine_fixture, request):
+    """The digest of a fixed input must not change within one engine version: a change here
+    changes every layer digest occystrap pushes (and defeats caches keyed on them)."""
+    pinned = {
+        "isal-1.9.1": "42e4527c26b85072bd7871fc5d3c5826c61f702ab952a611c2e3938b44eb00df",
+        "zlib-1.2.13": "6179ba4bd68486d76ad5fdfa715dd9b2bd845749e081013022d3c956ce97a24d",
+    }
+    engine = request.getfixturevalue(engine_fixture).name
+    if engine not in pinned:
+        pytest.skip(f"no pinned digest for {engine}")
+    data = _layer_like(2 * compression.GZIP_BLOCK_SIZE + 99, seed=7)
+    assert hashlib.sha256(_gzip_with(data, threads=2)).hexdigest() == pinned[engine]
+
+
+@pytest.mark.parametrize("level", list(compression.GZIP_ENGINE.levels))
+def test_every_gzip_level_round_trips(level):
+    data = _layer_like(compression.GZIP_BLOCK_SIZE + 5000)
+    blob = _gzip_with(data, threads=2, level=level)
+    assert blob == _gzip_with(data, threads=1, level=level)
+    assert gzip.decompress(blob) == data
+
+
+@pytest.fixture
+def installed_engine():
+    return compression.GZIP_ENGINE
+
+
+@pytest.fixture
+def zlib_engine(monkeypatch):
+    """Force the zlib fallback, as on a machine where `isal` does not import."""
+    monkeypatch.setitem(sys.modules, "isal", None)
+    monkeypatch.setitem(sys.modules, "isal.isal_zlib", None)
+    engine = compression.load_gzip_engine()
+    monkeypatch.setattr(compression, "GZIP_ENGINE", engine)
+    return engine
+
+
+def test_fallback_to_zlib_when_isal_is_missing(zlib_engine):
+    assert zlib_engine.module is zlib
+    assert zlib_engine.name.startswith("zlib-")
+    assert compression.output_setting(compression.GZIP, None).startswith("gzip/zlib-")
+    data = _layer_like(2 * compression.GZIP_BLOCK_SIZE + 3)
+    blob = _gzip_with(data, threads=2)
+    assert blob == _gzip_with(data, threads=1)
+    assert gzip.decompress(blob) == data
+    assert _read_all(blob, compression.GZIP, 1 << 20) == data
+    with pytest.raises(CorruptLayerError, match="truncated"):
+        _read_all(blob[:-100], compression.GZIP)
+    compression.check_level(compression.GZIP, 9)
+
+
+def test_isal_is_used_when_installed():
+    isal_zlib = pytest.importorskip("isal.isal_zlib")
+    assert compression.GZIP_ENGINE.module is isal_zlib
+    assert compression.GZIP_ENGINE.name.startswith("isal-")
+
+
+@pytest.mark.parametrize(
+    ("kind", "level", "message"),
+    [
+        (compression.GZIP, compression.GZIP_ENGINE.levels.stop, "out of range for gzip"),
+        (compression.GZIP, -1, "out of range for gzip"),
+        (compression.ZSTD, 0, "out of range for zstd: use 1 to 22"),
+        (compression.ZSTD, 23, "out of range for zstd"),
+        (compression.NONE, 1, "has no levels"),
+    ],
+)
+def test_levels_out_of_range_are_one_line_usage_errors(kind, level, message):
+    with pytest.raises(UsageError, match=message):
+        compression.check_level(kind, level)
+    with pytest.raises(UsageError):
+        compression.compress_stream(io.BytesIO(b"x"), io.BytesIO(), kind, level=level)
+
+
+def test_output_setting_names_what_decides_the_bytes():
+    gzip_setting = compression.output_setting(compression.GZIP, None)
+    assert compression.GZIP_ENGINE.name in gzip_setting
+    assert f"level={compression.GZIP_ENGINE.default_level}" in gzip_setting
+    assert gzip_setting != compression.output_setting(compression.GZIP, 0)
+    assert compression.output_setting(compression.ZSTD, 5).startswith("zstd/")

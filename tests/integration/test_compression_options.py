@@ -1,0 +1,71 @@
+"""Compression settings on the command line, and skopeo reading the gzip occystrap writes."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import tarfile
+
+import pytest
+
+from tests.integration.cli import assert_one_line_error, registry_flags, run_occystrap
+from tests.integration.images import (
+    build_oci_layout,
+    push_with_skopeo,
+    random_layer,
+    run_skopeo,
+    skopeo_inspect,
+)
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.mark.parametrize(
+    ("args", "env", "fragment"),
+    [
+        (["--compression-level", "4"], {}, "out of range for gzip"),
+        (["--compression", "zstd", "--compression-level", "0"], {}, "zstd: use 1 to 22"),
+        (["--compression", "zstd"], {"OCCYSTRAP_COMPRESSION_LEVEL": "23"}, "out of range"),
+    ],
+)
+def test_compression_level_out_of_range_is_a_one_line_error(args, env, fragment, tmp_path):
+    result = run_occystrap(
+        *args,
+        "process",
+        f"tar://{tmp_path}/in.tar",
+        f"tar://{tmp_path}/out.tar",
+        env=env,
+        check=False,
+    )
+    assert_one_line_error(result, fragment)
+
+
+def test_gzip_layers_occystrap_writes_are_read_by_skopeo(registry_plain, unique_repo, tmp_path):
+    """A layer of several gzip blocks, pushed from a tarball, inflates in skopeo to the
+    exact tar the config's diff_id names."""
+    layout = tmp_path / "layout"
+    build_oci_layout(layout, [random_layer(3_500_000, 11), {"etc/motd": b"hello\n"}])
+    push_with_skopeo(layout, registry_plain, unique_repo, "v1")
+    flags = registry_flags(registry_plain)
+    source = f"registry://{registry_plain.host}/{unique_repo}"
+    run_occystrap(*flags, "process", f"{source}:v1", f"tar://{tmp_path / 'image.tar'}")
+    run_occystrap(*flags, "process", f"tar://{tmp_path / 'image.tar'}", f"{source}-gz:v1")
+    raw = skopeo_inspect(registry_plain, f"{unique_repo}-gz:v1", raw=True)
+    assert {layer["mediaType"] for layer in raw["layers"]} == {
+        "application/vnd.docker.image.rootfs.diff.tar.gzip"
+    }
+    archive = tmp_path / "skopeo.tar"
+    run_skopeo(
+        "copy",
+        *registry_plain.skopeo_src_args(),
+        f"docker://{registry_plain.host}/{unique_repo}-gz:v1",
+        f"docker-archive:{archive}",
+    )
+    config = skopeo_inspect(registry_plain, f"{unique_repo}-gz:v1", config=True)
+    with tarfile.open(archive) as tar:
+        (entry,) = json.load(tar.extractfile("manifest.json"))
+        layer_digests = [
+            "sha256:" + hashlib.sha256(tar.extractfile(name).read()).hexdigest()
+            for name in entry["Layers"]
+        ]
+    assert layer_digests == config["rootfs"]["diff_ids"]

@@ -279,7 +279,7 @@ def output_setting(kind: str, level: int | None) -> str:
         return f"gzip/{GZIP_ENGINE.name}/level={level}/block={GZIP_BLOCK_SIZE}"
     if kind == ZSTD:
         level = _DEFAULT_ZSTD_LEVEL if level is None else level
-        return f"zstd/{zstandard.ZSTD_VERSION}/level={level}/checksum"
+        return f"zstd/{zstandard.ZSTD_VERSION}/level={level}/checksum/multithreaded"
     return NONE
 
 
@@ -331,9 +331,13 @@ def _gzip_pieces(src: BinaryIO, level: int, threads: int) -> Iterator[bytes]:
     yield _FINAL_EMPTY_BLOCK + struct.pack("<II", crc, size & 0xFFFFFFFF)
 
 
-def _zstd_pieces(src: BinaryIO, level: int | None) -> Iterator[bytes]:
+def _zstd_pieces(src: BinaryIO, level: int | None, threads: int) -> Iterator[bytes]:
+    # zstd's multi-threaded mode (any worker count >= 1) writes the same frames whatever the
+    # count; its single-threaded mode (0 workers) would write different ones.
     compressor = zstandard.ZstdCompressor(
-        level=_DEFAULT_ZSTD_LEVEL if level is None else level, write_checksum=True
+        level=_DEFAULT_ZSTD_LEVEL if level is None else level,
+        write_checksum=True,
+        threads=threads,
     ).compressobj()
     while chunk := src.read(CHUNK_SIZE):
         yield compressor.compress(chunk)
@@ -344,7 +348,7 @@ def _pieces(src: BinaryIO, kind: str, level: int | None, threads: int) -> Iterat
     if kind == GZIP:
         return _gzip_pieces(src, GZIP_ENGINE.default_level if level is None else level, threads)
     if kind == ZSTD:
-        return _zstd_pieces(src, level)
+        return _zstd_pieces(src, level, threads)
     return iter(lambda: src.read(CHUNK_SIZE), b"")
 
 
@@ -354,9 +358,9 @@ def compress_stream(
     """Copy `src` to `dst` compressed as `kind`, returning (sha256 digest, size) of the output.
 
     Deterministic: the same input and `output_setting(kind, level)` always give the same
-    bytes, whatever `threads` (gzip carries mtime 0 and no file name). For gzip, up to
-    `threads` threads deflate blocks of the layer while this thread hashes and writes the
-    output; memory stays bounded (a few blocks per thread).
+    bytes, whatever `threads` (gzip carries mtime 0 and no file name). Up to `threads`
+    threads compress the layer (gzip: blocks deflated on a pool; zstd: its own workers) while
+    this thread reads, hashes and writes; memory stays bounded (a few blocks per thread).
     """
     _check_kind(kind)
     check_level(kind, level)

@@ -230,6 +230,26 @@ def test_gzip_output_is_the_same_whatever_the_thread_count(size):
     assert _read_all(single, compression.GZIP, 1 << 20) == data
 
 
+def test_zstd_uses_the_threads_it_is_given_with_the_same_output(monkeypatch):
+    workers_asked = []
+    real_compressor = zstandard.ZstdCompressor
+
+    def recording_compressor(**options):
+        workers_asked.append(options.get("threads", 0))
+        return real_compressor(**options)
+
+    monkeypatch.setattr(compression.zstandard, "ZstdCompressor", recording_compressor)
+    data = _layer_like(6 * 1024 * 1024, seed=3)
+    outputs = set()
+    for threads in (1, 2, 4):
+        out = io.BytesIO()
+        compression.compress_stream(io.BytesIO(data), out, compression.ZSTD, threads=threads)
+        outputs.add(out.getvalue())
+    assert workers_asked == [1, 2, 4]
+    (blob,) = outputs
+    assert zstandard.ZstdDecompressor().stream_reader(io.BytesIO(blob)).read() == data
+
+
 def test_parallel_gzip_is_one_standard_member_gzip_accepts(tmp_path):
     data = _layer_like(5 * compression.GZIP_BLOCK_SIZE + 7)
     path = tmp_path / "layer.gz"

@@ -8,7 +8,7 @@ import struct
 import zlib
 from collections import deque
 from collections.abc import Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Executor, Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
 from types import ModuleType
@@ -304,30 +304,37 @@ def _read_block(src: BinaryIO) -> bytes:
     return b"".join(parts)
 
 
-def _gzip_pieces(src: BinaryIO, level: int, threads: int) -> Iterator[bytes]:
-    """The gzip member for `src`, in order, deflating up to `threads` blocks at once."""
+def _gzip_pieces(
+    src: BinaryIO, level: int, threads: int, executor: Executor | None
+) -> Iterator[bytes]:
+    """The gzip member for `src`, in order, with up to `threads` blocks being deflated at
+    once: on `executor` when given, else on a pool of its own (inline for one thread)."""
     yield _GZIP_HEADER
     crc = 0
     size = 0
     window = b""
-    pool = ThreadPoolExecutor(threads, thread_name_prefix="deflate") if threads > 1 else None
+    owned = None
+    if executor is None and threads > 1:
+        owned = executor = ThreadPoolExecutor(threads, thread_name_prefix="deflate")
     in_flight: deque[Future[bytes]] = deque()
     try:
         while block := _read_block(src):
             crc = GZIP_ENGINE.module.crc32(block, crc)
             size += len(block)
-            if pool is None:
+            if executor is None:
                 yield _deflate_block(block, window, level)
             else:
-                in_flight.append(pool.submit(_deflate_block, block, window, level))
+                in_flight.append(executor.submit(_deflate_block, block, window, level))
                 while len(in_flight) >= threads * _BLOCKS_AHEAD_PER_THREAD:
                     yield in_flight.popleft().result()
             window = block[-_DEFLATE_WINDOW:]
         while in_flight:
             yield in_flight.popleft().result()
     finally:
-        if pool is not None:
-            pool.shutdown(cancel_futures=True)
+        for future in in_flight:  # stopped early: leave no work behind in a shared pool
+            future.cancel()
+        if owned is not None:
+            owned.shutdown(cancel_futures=True)
     yield _FINAL_EMPTY_BLOCK + struct.pack("<II", crc, size & 0xFFFFFFFF)
 
 
@@ -344,16 +351,24 @@ def _zstd_pieces(src: BinaryIO, level: int | None, threads: int) -> Iterator[byt
     yield compressor.flush()
 
 
-def _pieces(src: BinaryIO, kind: str, level: int | None, threads: int) -> Iterator[bytes]:
+def _pieces(
+    src: BinaryIO, kind: str, level: int | None, threads: int, executor: Executor | None
+) -> Iterator[bytes]:
     if kind == GZIP:
-        return _gzip_pieces(src, GZIP_ENGINE.default_level if level is None else level, threads)
+        level = GZIP_ENGINE.default_level if level is None else level
+        return _gzip_pieces(src, level, threads, executor)
     if kind == ZSTD:
         return _zstd_pieces(src, level, threads)
     return iter(lambda: src.read(CHUNK_SIZE), b"")
 
 
 def compress_stream(
-    src: BinaryIO, dst: BinaryIO, kind: str, level: int | None = None, threads: int = 1
+    src: BinaryIO,
+    dst: BinaryIO,
+    kind: str,
+    level: int | None = None,
+    threads: int = 1,
+    executor: Executor | None = None,
 ) -> tuple[str, int]:
     """Copy `src` to `dst` compressed as `kind`, returning (sha256 digest, size) of the output.
 
@@ -361,6 +376,10 @@ def compress_stream(
     bytes, whatever `threads` (gzip carries mtime 0 and no file name). Up to `threads`
     threads compress the layer (gzip: blocks deflated on a pool; zstd: its own workers) while
     this thread reads, hashes and writes; memory stays bounded (a few blocks per thread).
+
+    `executor`, a thread pool shared by the layers compressed at once (one per run, sized
+    to the -j budget), keeps their gzip threads together within its size: a lone big layer
+    gets all of them. `threads` then bounds this layer's blocks in flight.
     """
     _check_kind(kind)
     check_level(kind, level)
@@ -368,7 +387,7 @@ def compress_stream(
         raise ValueError(f"threads must be at least 1, not {threads}")
     digest = hashlib.sha256()
     size = 0
-    for piece in _pieces(src, kind, level, threads):
+    for piece in _pieces(src, kind, level, threads, executor):
         if piece:
             dst.write(piece)
             digest.update(piece)

@@ -12,6 +12,7 @@ import subprocess
 import sys
 import threading
 import zlib
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 import zstandard
@@ -275,6 +276,33 @@ def test_parallel_gzip_deflates_on_the_threads_it_is_given(monkeypatch):
     _gzip_with(_layer_like(8 * compression.GZIP_BLOCK_SIZE), threads=2)
     assert len(deflating_threads) == 2
     assert threading.current_thread().name not in deflating_threads
+
+
+def test_layers_compressed_at_once_share_one_deflate_pool(monkeypatch):
+    """With a run-wide executor, all deflating happens on its threads (the -j budget), and
+    each layer's bytes are those of a single-threaded run."""
+    deflating_threads = set()
+    deflate_block = compression._deflate_block
+
+    def recording(block, window, level):
+        deflating_threads.add(threading.current_thread().name)
+        return deflate_block(block, window, level)
+
+    layers = [_layer_like(4 * compression.GZIP_BLOCK_SIZE + n, seed=n) for n in range(3)]
+    expected = [_gzip_with(layer, threads=1) for layer in layers]
+    monkeypatch.setattr(compression, "_deflate_block", recording)
+    with ThreadPoolExecutor(2, thread_name_prefix="run-deflate") as shared:
+
+        def compress(layer: bytes) -> bytes:
+            out = io.BytesIO()
+            compression.compress_stream(
+                io.BytesIO(layer), out, compression.GZIP, threads=2, executor=shared
+            )
+            return out.getvalue()
+
+        with ThreadPoolExecutor(3) as layer_workers:
+            assert list(layer_workers.map(compress, layers)) == expected
+    assert deflating_threads and all(n.startswith("run-deflate") for n in deflating_threads)
 
 
 def test_parallel_gzip_holds_a_bounded_number_of_blocks():

@@ -5,10 +5,11 @@ from __future__ import annotations
 import hashlib
 import io
 import struct
+import threading
 import zlib
 from collections import deque
 from collections.abc import Iterator
-from concurrent.futures import Executor, Future, ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
 from types import ModuleType
@@ -304,38 +305,92 @@ def _read_block(src: BinaryIO) -> bytes:
     return b"".join(parts)
 
 
-def _gzip_pieces(
-    src: BinaryIO, level: int, threads: int, executor: Executor | None
-) -> Iterator[bytes]:
-    """The gzip member for `src`, in order, with up to `threads` blocks being deflated at
-    once: on `executor` when given, else on a pool of its own (inline for one thread)."""
-    yield _GZIP_HEADER
-    crc = 0
-    size = 0
-    window = b""
-    owned = None
-    if executor is None and threads > 1:
-        owned = executor = ThreadPoolExecutor(threads, thread_name_prefix="deflate")
-    in_flight: deque[Future[bytes]] = deque()
-    try:
-        while block := _read_block(src):
-            crc = GZIP_ENGINE.module.crc32(block, crc)
-            size += len(block)
-            if executor is None:
-                yield _deflate_block(block, window, level)
-            else:
-                in_flight.append(executor.submit(_deflate_block, block, window, level))
-                while len(in_flight) >= threads * _BLOCKS_AHEAD_PER_THREAD:
-                    yield in_flight.popleft().result()
+class DeflatePool:
+    """Threads that deflate gzip blocks, shared by the layers a run compresses at once.
+
+    At most `threads` threads deflate, and at most `2 * threads` blocks are in flight over
+    all layers together, whatever their number: a lone big layer gets every thread, many
+    layers never exceed the -j budget, and memory stays bounded.
+    """
+
+    def __init__(self, threads: int) -> None:
+        if threads < 1:
+            raise ValueError(f"threads must be at least 1, not {threads}")
+        self._executor = ThreadPoolExecutor(threads, thread_name_prefix="deflate")
+        self._slots = threading.BoundedSemaphore(threads * _BLOCKS_AHEAD_PER_THREAD)
+
+    def __enter__(self) -> DeflatePool:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self._executor.shutdown(cancel_futures=True)
+
+    def deflate(self, blocks: Iterator[tuple[bytes, bytes]], level: int) -> Iterator[bytes]:
+        """The deflated `blocks` ((block, window) pairs), in order, deflated on the pool."""
+        in_flight: deque[Future[bytes]] = deque()
+
+        def oldest() -> bytes:
+            try:
+                return in_flight.popleft().result()
+            finally:
+                self._slots.release()
+
+        try:
+            for block, window in blocks:
+                # Without a free slot, finish our own oldest block first; wait only when we
+                # have none in flight (others then hold every slot, and will free them).
+                while not self._slots.acquire(blocking=not in_flight):
+                    yield oldest()
+                in_flight.append(self._executor.submit(_deflate_block, block, window, level))
+            while in_flight:
+                yield oldest()
+        finally:
+            for future in in_flight:  # stopped early: leave no work behind
+                future.cancel()
+                self._slots.release()
+
+
+class _GzipMember:
+    """Reads a layer in blocks, keeping the CRC and size its gzip trailer needs."""
+
+    def __init__(self, src: BinaryIO) -> None:
+        self._src = src
+        self._crc = 0
+        self._size = 0
+
+    def blocks(self) -> Iterator[tuple[bytes, bytes]]:
+        """(block, the 32 KiB of input before it) for each block."""
+        window = b""
+        while block := _read_block(self._src):
+            self._crc = GZIP_ENGINE.module.crc32(block, self._crc)
+            self._size += len(block)
+            yield block, window
             window = block[-_DEFLATE_WINDOW:]
-        while in_flight:
-            yield in_flight.popleft().result()
-    finally:
-        for future in in_flight:  # stopped early: leave no work behind in a shared pool
-            future.cancel()
-        if owned is not None:
-            owned.shutdown(cancel_futures=True)
-    yield _FINAL_EMPTY_BLOCK + struct.pack("<II", crc, size & 0xFFFFFFFF)
+
+    def trailer(self) -> bytes:
+        return _FINAL_EMPTY_BLOCK + struct.pack("<II", self._crc, self._size & 0xFFFFFFFF)
+
+
+def _gzip_pieces(
+    src: BinaryIO, level: int, threads: int, pool: DeflatePool | None
+) -> Iterator[bytes]:
+    """The gzip member for `src`: blocks deflated on `pool`, on a pool of `threads` threads
+    of its own, or inline for one thread."""
+    if pool is None and threads > 1:
+        with DeflatePool(threads) as own:
+            yield from _gzip_pieces(src, level, threads, own)
+        return
+    member = _GzipMember(src)
+    yield _GZIP_HEADER
+    if pool is None:
+        for block, window in member.blocks():
+            yield _deflate_block(block, window, level)
+    else:
+        yield from pool.deflate(member.blocks(), level)
+    yield member.trailer()
 
 
 def _zstd_pieces(src: BinaryIO, level: int | None, threads: int) -> Iterator[bytes]:
@@ -352,11 +407,11 @@ def _zstd_pieces(src: BinaryIO, level: int | None, threads: int) -> Iterator[byt
 
 
 def _pieces(
-    src: BinaryIO, kind: str, level: int | None, threads: int, executor: Executor | None
+    src: BinaryIO, kind: str, level: int | None, threads: int, pool: DeflatePool | None
 ) -> Iterator[bytes]:
     if kind == GZIP:
         level = GZIP_ENGINE.default_level if level is None else level
-        return _gzip_pieces(src, level, threads, executor)
+        return _gzip_pieces(src, level, threads, pool)
     if kind == ZSTD:
         return _zstd_pieces(src, level, threads)
     return iter(lambda: src.read(CHUNK_SIZE), b"")
@@ -368,7 +423,7 @@ def compress_stream(
     kind: str,
     level: int | None = None,
     threads: int = 1,
-    executor: Executor | None = None,
+    pool: DeflatePool | None = None,
 ) -> tuple[str, int]:
     """Copy `src` to `dst` compressed as `kind`, returning (sha256 digest, size) of the output.
 
@@ -377,9 +432,8 @@ def compress_stream(
     threads compress the layer (gzip: blocks deflated on a pool; zstd: its own workers) while
     this thread reads, hashes and writes; memory stays bounded (a few blocks per thread).
 
-    `executor`, a thread pool shared by the layers compressed at once (one per run, sized
-    to the -j budget), keeps their gzip threads together within its size: a lone big layer
-    gets all of them. `threads` then bounds this layer's blocks in flight.
+    `pool`, shared by the layers compressed at once (one per run, sized to the -j budget),
+    deflates gzip blocks instead of a pool of this call's own; see `DeflatePool`.
     """
     _check_kind(kind)
     check_level(kind, level)
@@ -387,7 +441,7 @@ def compress_stream(
         raise ValueError(f"threads must be at least 1, not {threads}")
     digest = hashlib.sha256()
     size = 0
-    for piece in _pieces(src, kind, level, threads, executor):
+    for piece in _pieces(src, kind, level, threads, pool):
         if piece:
             dst.write(piece)
             digest.update(piece)

@@ -279,8 +279,8 @@ def test_parallel_gzip_deflates_on_the_threads_it_is_given(monkeypatch):
 
 
 def test_layers_compressed_at_once_share_one_deflate_pool(monkeypatch):
-    """With a run-wide executor, all deflating happens on its threads (the -j budget), and
-    each layer's bytes are those of a single-threaded run."""
+    """With a run-wide pool, all deflating happens on its threads (the -j budget), and each
+    layer's bytes are those of a single-threaded run."""
     deflating_threads = set()
     deflate_block = compression._deflate_block
 
@@ -291,18 +291,59 @@ def test_layers_compressed_at_once_share_one_deflate_pool(monkeypatch):
     layers = [_layer_like(4 * compression.GZIP_BLOCK_SIZE + n, seed=n) for n in range(3)]
     expected = [_gzip_with(layer, threads=1) for layer in layers]
     monkeypatch.setattr(compression, "_deflate_block", recording)
-    with ThreadPoolExecutor(2, thread_name_prefix="run-deflate") as shared:
+    with compression.DeflatePool(2) as pool:
 
         def compress(layer: bytes) -> bytes:
             out = io.BytesIO()
-            compression.compress_stream(
-                io.BytesIO(layer), out, compression.GZIP, threads=2, executor=shared
-            )
+            compression.compress_stream(io.BytesIO(layer), out, compression.GZIP, pool=pool)
             return out.getvalue()
 
-        with ThreadPoolExecutor(3) as layer_workers:
+        with ThreadPoolExecutor(3, thread_name_prefix="layer") as layer_workers:
             assert list(layer_workers.map(compress, layers)) == expected
-    assert deflating_threads and all(n.startswith("run-deflate") for n in deflating_threads)
+    assert len(deflating_threads) == 2
+    assert all(name.startswith("deflate") for name in deflating_threads)
+
+
+def test_a_shared_pool_bounds_the_blocks_held_over_all_layers():
+    """Blocks read but not yet written stay within the pool's bound plus one waiting block
+    per layer, however many layers share it."""
+    threads, layer_count = 2, 4
+    lock = threading.Lock()
+    held = 0
+    most_held = 0
+
+    class CountingSource(io.BytesIO):
+        def read(self, size: int = -1) -> bytes:
+            nonlocal held, most_held
+            data = super().read(size)
+            with lock:
+                held += len(data)
+                most_held = max(most_held, held)
+            return data
+
+    class CountingSink(io.RawIOBase):
+        def writable(self) -> bool:
+            return True
+
+        def write(self, piece) -> int:
+            nonlocal held
+            if len(piece) > 100:  # a block's output stands for a whole input block
+                with lock:
+                    held -= compression.GZIP_BLOCK_SIZE
+            return len(piece)
+
+    layers = [_layer_like(12 * compression.GZIP_BLOCK_SIZE, seed=n) for n in range(layer_count)]
+    with compression.DeflatePool(threads) as pool:
+
+        def compress(layer: bytes) -> None:
+            compression.compress_stream(
+                CountingSource(layer), CountingSink(), compression.GZIP, pool=pool
+            )
+
+        with ThreadPoolExecutor(layer_count) as layer_workers:
+            list(layer_workers.map(compress, layers))
+    bound = threads * compression._BLOCKS_AHEAD_PER_THREAD + layer_count
+    assert most_held <= bound * compression.GZIP_BLOCK_SIZE
 
 
 def test_parallel_gzip_holds_a_bounded_number_of_blocks():
@@ -323,7 +364,7 @@ def test_parallel_gzip_holds_a_bounded_number_of_blocks():
     block_writes = blocks_read_at_each_write[1:-1]  # between the header and the trailer
     assert len(block_writes) == 40
     most_ahead = max(read - written for written, read in enumerate(block_writes))
-    assert most_ahead <= threads * compression._BLOCKS_AHEAD_PER_THREAD
+    assert most_ahead <= threads * compression._BLOCKS_AHEAD_PER_THREAD + 1  # +1 waits a slot
 
 
 @pytest.mark.parametrize("engine_fixture", ["installed_engine", "zlib_engine"])

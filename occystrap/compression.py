@@ -68,8 +68,10 @@ def load_gzip_engine() -> GzipEngine:
         import isal
         from isal import isal_zlib
     except ImportError:
+        # Level 6, as occystrap always used with zlib (level 1 is 3x faster, up to 12 % larger).
         return GzipEngine(zlib, f"zlib-{zlib.ZLIB_RUNTIME_VERSION}", range(0, 10), 6)
-    # Level 1: measured fastest with the smallest or near-smallest output (docs/performance.md).
+    # Level 1: ISA-L's fastest on every input measured, 10-12x cheaper than zlib 6, its size
+    # within 3 % of ISA-L's best (docs/performance.md).
     return GzipEngine(isal_zlib, f"isal-{isal.__version__}", range(0, 4), 1)
 
 
@@ -280,7 +282,8 @@ def output_setting(kind: str, level: int | None) -> str:
         return f"gzip/{GZIP_ENGINE.name}/level={level}/block={GZIP_BLOCK_SIZE}"
     if kind == ZSTD:
         level = _DEFAULT_ZSTD_LEVEL if level is None else level
-        return f"zstd/{zstandard.ZSTD_VERSION}/level={level}/checksum/multithreaded"
+        version = ".".join(map(str, zstandard.ZSTD_VERSION))
+        return f"zstd/zstd-{version}/level={level}/checksum/multithreaded"
     return NONE
 
 

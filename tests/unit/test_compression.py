@@ -447,4 +447,6 @@ def test_output_setting_names_what_decides_the_bytes():
     assert compression.GZIP_ENGINE.name in gzip_setting
     assert f"level={compression.GZIP_ENGINE.default_level}" in gzip_setting
     assert gzip_setting != compression.output_setting(compression.GZIP, 0)
-    assert compression.output_setting(compression.ZSTD, 5).startswith("zstd/")
+    assert compression.output_setting(compression.ZSTD, 5) == (
+        f"zstd/zstd-{'.'.join(map(str, zstandard.ZSTD_VERSION))}/level=5/checksum/multithreaded"
+    )

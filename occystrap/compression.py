@@ -8,9 +8,9 @@ import struct
 import threading
 import zlib
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
-from contextlib import contextmanager
+from contextlib import closing, contextmanager
 from dataclasses import dataclass
 from types import ModuleType
 from typing import BinaryIO
@@ -411,13 +411,16 @@ def _zstd_pieces(src: BinaryIO, level: int | None, threads: int) -> Iterator[byt
 
 def _pieces(
     src: BinaryIO, kind: str, level: int | None, threads: int, pool: DeflatePool | None
-) -> Iterator[bytes]:
+) -> Generator[bytes, None, None]:
     if kind == GZIP:
-        level = GZIP_ENGINE.default_level if level is None else level
-        return _gzip_pieces(src, level, threads, pool)
-    if kind == ZSTD:
-        return _zstd_pieces(src, level, threads)
-    return iter(lambda: src.read(CHUNK_SIZE), b"")
+        yield from _gzip_pieces(
+            src, GZIP_ENGINE.default_level if level is None else level, threads, pool
+        )
+    elif kind == ZSTD:
+        yield from _zstd_pieces(src, level, threads)
+    else:
+        while chunk := src.read(CHUNK_SIZE):
+            yield chunk
 
 
 def compress_stream(
@@ -444,9 +447,11 @@ def compress_stream(
         raise ValueError(f"threads must be at least 1, not {threads}")
     digest = hashlib.sha256()
     size = 0
-    for piece in _pieces(src, kind, level, threads, pool):
-        if piece:
-            dst.write(piece)
-            digest.update(piece)
-            size += len(piece)
+    # closing: a failed write stops the deflate threads now, not when the traceback goes
+    with closing(_pieces(src, kind, level, threads, pool)) as pieces:
+        for piece in pieces:
+            if piece:
+                dst.write(piece)
+                digest.update(piece)
+                size += len(piece)
     return f"sha256:{digest.hexdigest()}", size

@@ -346,6 +346,24 @@ def test_a_shared_pool_bounds_the_blocks_held_over_all_layers():
     assert most_held <= bound * compression.GZIP_BLOCK_SIZE
 
 
+def test_a_failed_write_stops_the_deflate_threads_at_once():
+    class FullDisk(io.RawIOBase):
+        def writable(self) -> bool:
+            return True
+
+        def write(self, piece) -> int:
+            if len(piece) > 100:
+                raise OSError(28, "No space left on device")
+            return len(piece)
+
+    data = _layer_like(16 * compression.GZIP_BLOCK_SIZE)
+    with pytest.raises(OSError, match="No space") as failure:
+        compression.compress_stream(io.BytesIO(data), FullDisk(), compression.GZIP, threads=2)
+    # the traceback (which holds the compressing frame) is still alive here
+    assert failure.value.__traceback__ is not None
+    assert not [t for t in threading.enumerate() if t.name.startswith("deflate")]
+
+
 def test_parallel_gzip_holds_a_bounded_number_of_blocks():
     """The reader never runs more than a few blocks per thread ahead of the writer."""
     threads = 2

@@ -2,6 +2,7 @@
 
 import pytest
 
+from occystrap import cli
 from occystrap.credentials import Credential
 from occystrap.errors import UsageError
 from occystrap.settings import RunSettings, copy_credentials, parse_creds
@@ -82,3 +83,30 @@ def test_tls_settings_reach_the_chain(tmp_path):
     chain = RunSettings(tls_verify=False, certs_dirs=(tmp_path,)).chain_settings(["r.example"])
     assert chain.tls_verify is False
     assert chain.certs_dirs == (tmp_path,)
+
+
+def _parsed(*args: str) -> RunSettings:
+    """RunSettings from real command-line parsing (no command runs)."""
+    context = cli.main.make_context("occystrap", [*args, "info", "tar:///x.tar"])
+    return RunSettings.from_options(context.params)
+
+
+def test_compression_level_and_cache_default_to_the_engine_level_and_on():
+    settings = _parsed()
+    assert settings.compression_level is None
+    assert settings.use_cache is True
+
+
+def test_compression_level_and_no_cache_from_flags_and_environment(monkeypatch):
+    assert _parsed("--compression-level", "3").compression_level == 3
+    assert _parsed("--no-cache").use_cache is False
+    monkeypatch.setenv("OCCYSTRAP_COMPRESSION_LEVEL", "2")
+    monkeypatch.setenv("OCCYSTRAP_NO_CACHE", "1")
+    settings = _parsed()
+    assert (settings.compression_level, settings.use_cache) == (2, False)
+
+
+def test_compression_level_is_checked_against_the_chosen_kind():
+    assert _parsed("--compression", "zstd", "--compression-level", "19").compression_level == 19
+    with pytest.raises(UsageError, match="out of range for gzip"):
+        _parsed("--compression-level", "19")

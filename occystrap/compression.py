@@ -13,7 +13,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import closing, contextmanager
 from dataclasses import dataclass
 from types import ModuleType
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
 import zstandard
 
@@ -135,11 +135,12 @@ class Decompressor:
     def __init__(self, kind: str) -> None:
         _check_kind(kind)
         self.kind = kind
-        self._engine = None  # current member/frame decoder; None between members
+        # current member/frame decoder (zlib, ISA-L or zstd decompressobj); None between members
+        self._engine: Any = None
         self._seen_member = False
         self.pending_input = b""  # input a bounded `feed` left unconsumed; feed it again
 
-    def _new_engine(self):
+    def _new_engine(self) -> Any:
         if self.kind == GZIP:
             return GZIP_ENGINE.module.decompressobj(wbits=_GZIP_WBITS)
         return zstandard.ZstdDecompressor().decompressobj()

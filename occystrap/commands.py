@@ -15,6 +15,8 @@ from typing import TextIO
 
 import click
 
+from occystrap.blobcache import BlobCache, open_blob_cache
+from occystrap.compression import DeflatePool
 from occystrap.digests import sha256_digest
 from occystrap.endpoints import Endpoint, parse_uri
 from occystrap.endpoints.dir import DirURI
@@ -83,6 +85,13 @@ def _workdir(settings: RunSettings) -> Iterator[Path]:
         yield Path(path)
 
 
+@contextmanager
+def _shared_helpers(settings: RunSettings) -> Iterator[tuple[BlobCache, DeflatePool]]:
+    """The blob cache and the gzip threads every image of a run shares."""
+    with open_blob_cache(settings.use_cache) as cache, DeflatePool(settings.parallel) as pool:
+        yield cache, pool
+
+
 def _copy_one(
     source: Endpoint,
     destination: Endpoint,
@@ -111,8 +120,9 @@ def copy(
     with (
         open_copy_client(settings, source_uri, destination_uri) as http,
         _workdir(settings) as work,
+        _shared_helpers(settings) as (cache, pool),
     ):
-        ctx = RunContext(settings, http, work)
+        ctx = RunContext(settings, http, work, cache=cache, deflate_pool=pool)
         if progress is not None:
             ctx.progress = progress
         return _copy_one(source_uri, destination_uri, ctx, filters, platforms)
@@ -134,9 +144,10 @@ def process(
     with (
         open_copy_client(settings, source_uri, destination_uri, progress.rate_limited) as http,
         _workdir(settings) as work,
+        _shared_helpers(settings) as (cache, pool),
     ):
         with progress:
-            ctx = RunContext(settings, http, work, progress)
+            ctx = RunContext(settings, http, work, progress, cache=cache, deflate_pool=pool)
             result = _copy_one(source_uri, destination_uri, ctx, filters, platforms)
         what = f"{source_uri} -> {destination_uri}: {result.layers} layers"
         if result.digest:
@@ -220,9 +231,12 @@ def _process_quay(
     _check_bulk_destination(destination)
     stats = TransferStats()
     progress = TerminalProgress(f"{uri.describe()} -> {destination}")
-    with _quay_images(settings, uri, destination, on_rate_wait=progress.rate_limited) as (
-        http,
-        images,
+    with (
+        _quay_images(settings, uri, destination, on_rate_wait=progress.rate_limited) as (
+            http,
+            images,
+        ),
+        _shared_helpers(settings) as (cache, pool),
     ):
         if not images:
             click.echo(f"occystrap: no image matches {uri.describe()}", err=True)
@@ -230,7 +244,7 @@ def _process_quay(
 
         def copy_one(image: QuayImage, progress: ProgressSink) -> None:
             with _workdir(settings) as workdir:
-                ctx = RunContext(settings, http, workdir, progress, stats)
+                ctx = RunContext(settings, http, workdir, progress, stats, cache, pool)
                 _copy_one(
                     RegistryURI(image.reference),
                     _bulk_destination(destination, image),

@@ -21,7 +21,9 @@ from typing import TYPE_CHECKING, Protocol, TypeVar
 import httpx
 
 from occystrap import compression
+from occystrap.blobcache import BlobCache, NullBlobCache
 from occystrap.cancel import shutdown_pool
+from occystrap.compression import DeflatePool
 from occystrap.errors import DigestMismatchError, writing_to
 from occystrap.image import Image, ImageIndex, ImageLike, Layer
 from occystrap.registry.manifest import Platform, select_platform
@@ -85,6 +87,8 @@ class RunContext:
     workdir: Path
     progress: ProgressSink = field(default_factory=NullProgress)
     stats: TransferStats = field(default_factory=TransferStats)
+    cache: BlobCache = field(default_factory=NullBlobCache)  # what earlier runs learnt
+    deflate_pool: DeflatePool | None = None  # gzip threads shared by the run's layers
 
 
 class ImageInput(Protocol):

@@ -223,6 +223,9 @@ class RegistryDestination:
                 ),
             )
             return layer
+        remembered = self._remembered_compression(layer)
+        if remembered is not None:
+            return remembered
         compressed = self._compressed(layer)
         try:
             self._push_blob(
@@ -231,21 +234,69 @@ class RegistryDestination:
         finally:
             assert isinstance(compressed.blob, FileBlob)
             compressed.blob.path.unlink(missing_ok=True)
-        return compressed
+        return replace(
+            compressed, blob=RegistryBlob(self.client, self.repository, compressed.digest)
+        )
+
+    def _setting(self) -> str:
+        settings = self.ctx.settings
+        return compression.output_setting(settings.compression, settings.compression_level)
+
+    def _remembered_compression(self, layer: Layer) -> Layer | None:
+        """The layer as an earlier run compressed it, when the destination has (or can mount)
+        that blob: then nothing is compressed or uploaded. The cache only suggests; the
+        registry's HEAD or mount answer decides."""
+        known = self.ctx.cache.compressed_for(layer.diff_id, self._setting())
+        if known is None or not self._present_or_mounted(known.digest, None):
+            return None
+        blob = RegistryBlob(self.client, self.repository, known.digest)
+        return replace(
+            layer, digest=known.digest, size=known.size, media_type=known.media_type, blob=blob
+        )
 
     def _compressed(self, layer: Layer) -> Layer:
-        """The layer compressed deterministically into the work directory."""
-        kind = self.ctx.settings.compression
+        """The layer compressed deterministically into the work directory, on the run's
+        shared deflate threads (every core on a big layer, never more than -j in all)."""
+        settings = self.ctx.settings
+        kind, level = settings.compression, settings.compression_level
         path = self.ctx.workdir / f"{layer.diff_id.replace(':', '-')}.{kind}"
         with layer.open_tar() as source, open(path, "wb") as out:
-            digest, size = compression.compress_stream(source, out, kind)
-        return replace(
-            layer,
-            digest=digest,
-            size=size,
-            media_type=compression.media_type_for(kind, oci=kind == compression.ZSTD),
-            blob=FileBlob(path),
-        )
+            digest, size = compression.compress_stream(
+                source,
+                out,
+                kind,
+                level,
+                threads=settings.parallel,
+                pool=self.ctx.deflate_pool,
+            )
+        media_type = compression.media_type_for(kind, oci=kind == compression.ZSTD)
+        self.ctx.cache.record_compressed(layer.diff_id, self._setting(), digest, size, media_type)
+        return replace(layer, digest=digest, size=size, media_type=media_type, blob=FileBlob(path))
+
+    def _present_or_mounted(self, digest: str, blob: Blob | None) -> bool:
+        """Whether the destination repository has `digest` now without an upload: it is there
+        already, or a repository of the same registry lends it (the source's, or one the
+        blob cache remembers)."""
+        stats, cache, registry = self.ctx.stats, self.ctx.cache, self.client.registry
+        if self.client.blob_exists(self.repository, digest):
+            LOG.debug("%s already in %s", digest, self.repository)
+            stats.add(skipped=1)
+            cache.record_location(digest, registry, self.repository)
+            return True
+        candidates = []
+        if isinstance(blob, RegistryBlob) and blob.registry == registry:
+            candidates.append(blob.repository)
+        candidates += cache.locations(digest, registry)
+        for source in dict.fromkeys(candidates):
+            if source == self.repository:
+                continue
+            if self.client.mount_blob(self.repository, digest, source):
+                LOG.debug("mounted %s from %s", digest, source)
+                stats.add(mounted=1)
+                cache.record_location(digest, registry, self.repository)
+                return True
+            cache.forget_location(digest, registry, source)
+        return False
 
     def _push_blob(
         self,
@@ -255,20 +306,9 @@ class RegistryDestination:
         blob: Blob | None,
         label: str,
     ) -> None:
+        if self._present_or_mounted(digest, blob):
+            return
         stats = self.ctx.stats
-        if self.client.blob_exists(self.repository, digest):
-            LOG.debug("%s already in %s", digest, self.repository)
-            stats.add(skipped=1)
-            return
-        if (
-            isinstance(blob, RegistryBlob)
-            and blob.registry == self.client.registry
-            and blob.repository != self.repository
-            and self.client.mount_blob(self.repository, digest, blob.repository)
-        ):
-            LOG.debug("mounted %s from %s", digest, blob.repository)
-            stats.add(mounted=1)
-            return
         progress = self.ctx.progress
         key = "push:" + digest
         progress.start(key, size, label)
@@ -287,6 +327,7 @@ class RegistryDestination:
         )
         progress.finish(key)
         stats.add(uploaded=1)
+        self.ctx.cache.record_location(digest, self.client.registry, self.repository)
 
 
 def _parse(text: str, rest: str) -> RegistryURI:

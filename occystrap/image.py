@@ -22,7 +22,9 @@ from occystrap.digests import check_digest, hash_of, new_hasher, sha256_digest
 from occystrap.errors import DigestMismatchError, OccystrapError
 from occystrap.registry.manifest import (
     DOCKER_MANIFEST,
+    LAYER_TYPES,
     OCI_MANIFEST,
+    Descriptor,
     Manifest,
     Platform,
     PlatformDescriptor,
@@ -303,3 +305,59 @@ class ImageIndex:
 
 
 ImageLike = Image | ImageIndex
+
+
+def _layer_facts(config: bytes) -> tuple[list[str], list[str]]:
+    """(diff_ids, created_by of each non-empty layer) from a config, tolerating odd ones."""
+    try:
+        document = json.loads(config)
+    except ValueError:
+        return [], []
+    if not isinstance(document, dict):
+        return [], []
+    rootfs = document.get("rootfs")
+    diff_ids = rootfs.get("diff_ids") if isinstance(rootfs, dict) else None
+    history = document.get("history")
+    created = [
+        str(h.get("created_by", ""))
+        for h in (history if isinstance(history, list) else [])
+        if isinstance(h, dict) and not h.get("empty_layer")
+    ]
+    valid = isinstance(diff_ids, list) and all(isinstance(d, str) for d in diff_ids)
+    return (list(diff_ids) if valid else []), created  # type: ignore[arg-type]
+
+
+def image_from_manifest(
+    source: SourceName,
+    manifest: Manifest,
+    config: bytes,
+    blob_of: Callable[[Descriptor], Blob],
+    where: str,
+    error: type[OccystrapError] = OccystrapError,
+) -> Image:
+    """The image a manifest and its (verified) config describe, its layers' bytes found by
+    `blob_of`; for any source that stores blobs by digest (a registry, an OCI layout).
+
+    An artifact whose blobs are not image layers keeps them, named by their digests."""
+    diff_ids, history = _layer_facts(config)
+    descriptors = manifest.layers
+    if len(diff_ids) != len(descriptors):
+        if descriptors and all(d.media_type in LAYER_TYPES for d in descriptors):
+            raise error(
+                f"{where}: the manifest lists {len(descriptors)} layers but the"
+                f" config has {len(diff_ids)} diff_ids; the image is corrupt"
+            )
+        diff_ids = [d.digest for d in descriptors]  # an artifact, not a runnable image
+    history += [""] * (len(descriptors) - len(history))
+    layers = tuple(
+        Layer(
+            digest=d.digest,
+            size=d.size,
+            media_type=d.media_type,
+            diff_id=diff_id,
+            blob=blob_of(d),
+            created_by=created_by,
+        )
+        for d, diff_id, created_by in zip(descriptors, diff_ids, history, strict=False)
+    )
+    return Image(source, config, layers, manifest.raw, manifest.media_type)

@@ -10,7 +10,6 @@ whole: every platform's manifest, then the index byte for byte, so its digest is
 from __future__ import annotations
 
 import io
-import json
 import logging
 from collections.abc import Callable
 from contextlib import AbstractContextManager
@@ -28,14 +27,22 @@ from occystrap.endpoints import (
     split_query,
 )
 from occystrap.errors import RegistryError, UsageError
-from occystrap.image import Blob, FileBlob, Image, ImageIndex, ImageLike, Layer, SourceName
+from occystrap.image import (
+    Blob,
+    FileBlob,
+    Image,
+    ImageIndex,
+    ImageLike,
+    Layer,
+    SourceName,
+    image_from_manifest,
+)
 from occystrap.pipeline import RunContext, again_if_corrupt
 from occystrap.registry.client import RegistryBlob, RegistryClient
 from occystrap.registry.hosts import DOCKER_HUB_HOST
 from occystrap.registry.manifest import (
     DOCKER_CONFIG,
     DOCKER_MANIFEST,
-    LAYER_TYPES,
     OCI_MANIFEST,
     Descriptor,
     Manifest,
@@ -123,48 +130,14 @@ class RegistrySource:
     def image(self, manifest: Manifest) -> Image:
         repository = self.reference.repository
         config = self.client.read_blob(repository, manifest.config.digest)
-        diff_ids, history = _layer_facts(config)
-        descriptors = manifest.layers
-        if len(diff_ids) != len(descriptors):
-            if descriptors and all(d.media_type in LAYER_TYPES for d in descriptors):
-                raise RegistryError(
-                    f"{self.reference}: the manifest lists {len(descriptors)} layers but the"
-                    f" config has {len(diff_ids)} diff_ids; the image is corrupt"
-                )
-            diff_ids = [d.digest for d in descriptors]  # an artifact, not a runnable image
-        history += [""] * (len(descriptors) - len(history))
-        layers = tuple(
-            Layer(
-                digest=d.digest,
-                size=d.size,
-                media_type=d.media_type,
-                diff_id=diff_id,
-                blob=RegistryBlob(self.client, repository, d.digest),
-                created_by=created_by,
-            )
-            for d, diff_id, created_by in zip(descriptors, diff_ids, history, strict=False)
+        return image_from_manifest(
+            self.source,
+            manifest,
+            config,
+            lambda descriptor: RegistryBlob(self.client, repository, descriptor.digest),
+            str(self.reference),
+            RegistryError,
         )
-        return Image(self.source, config, layers, manifest.raw, manifest.media_type)
-
-
-def _layer_facts(config: bytes) -> tuple[list[str], list[str]]:
-    """(diff_ids, created_by of each non-empty layer) from a config, tolerating odd ones."""
-    try:
-        document = json.loads(config)
-    except ValueError:
-        return [], []
-    if not isinstance(document, dict):
-        return [], []
-    rootfs = document.get("rootfs")
-    diff_ids = rootfs.get("diff_ids") if isinstance(rootfs, dict) else None
-    history = document.get("history")
-    created = [
-        str(h.get("created_by", ""))
-        for h in (history if isinstance(history, list) else [])
-        if isinstance(h, dict) and not h.get("empty_layer")
-    ]
-    valid = isinstance(diff_ids, list) and all(isinstance(d, str) for d in diff_ids)
-    return (list(diff_ids) if valid else []), created  # type: ignore[arg-type]
 
 
 class RegistryDestination:

@@ -70,7 +70,13 @@ class UnsupportedManifestError(OccystrapError):
 
 
 class MalformedManifestError(OccystrapError):
-    """A manifest is not valid JSON or lacks a field the format requires."""
+    """A manifest is not valid JSON or lacks a field the format requires; `what` says which."""
+
+    def __init__(self, what: str) -> None:
+        super().__init__(
+            f"the manifest is malformed: {what}; the registry or image is broken, try another tag"
+        )
+        self.what = what
 
 
 @dataclass(frozen=True)
@@ -138,18 +144,12 @@ class ManifestIndex:
     raw: bytes
 
 
-def _malformed(what: str) -> MalformedManifestError:
-    return MalformedManifestError(
-        f"the manifest is malformed: {what}; the registry or image is broken, try another tag"
-    )
-
-
 def _field(document: dict, key: str, kind: type | tuple[type, ...], where: str) -> Any:
     value = document.get(key)
     if value is None:
-        raise _malformed(f"{where}{key} is missing")
+        raise MalformedManifestError(f"{where}{key} is missing")
     if not isinstance(value, kind) or isinstance(value, bool):
-        raise _malformed(f"{where}{key} has the wrong type")
+        raise MalformedManifestError(f"{where}{key} has the wrong type")
     return value
 
 
@@ -161,7 +161,7 @@ def _strings(values: Any, where: str) -> tuple[str, ...]:
     if values is None:
         return ()
     if not isinstance(values, list) or not all(isinstance(value, str) for value in values):
-        raise _malformed(f"{where} is not a list of strings")
+        raise MalformedManifestError(f"{where} is not a list of strings")
     return tuple(values)
 
 
@@ -169,21 +169,21 @@ def _string_map(values: Any, where: str) -> dict[str, str]:
     if values is None:
         return {}
     if not isinstance(values, dict) or not all(isinstance(v, str) for v in values.values()):
-        raise _malformed(f"{where} is not a map of strings")
+        raise MalformedManifestError(f"{where} is not a map of strings")
     return dict(values)
 
 
 def _descriptor_fields(document: Any, where: str) -> dict[str, Any]:
     if document is None:
-        raise _malformed(f"{where.rstrip('.')} is missing")
+        raise MalformedManifestError(f"{where.rstrip('.')} is missing")
     if not isinstance(document, dict):
-        raise _malformed(f"{where.rstrip('.')} is not an object")
+        raise MalformedManifestError(f"{where.rstrip('.')} is not an object")
     digest = _field(document, "digest", str, where)
     if not _DIGEST_PATTERN.fullmatch(digest):
-        raise _malformed(f"{where}digest {digest!r} is not a digest")
+        raise MalformedManifestError(f"{where}digest {digest!r} is not a digest")
     size = _field(document, "size", int, where)
     if size < 0:
-        raise _malformed(f"{where}size is negative")
+        raise MalformedManifestError(f"{where}size is negative")
     return {
         "media_type": _field(document, "mediaType", str, where),
         "digest": digest,
@@ -197,7 +197,7 @@ def _platform(document: Any, where: str) -> Platform | None:
     if document is None:
         return None
     if not isinstance(document, dict):
-        raise _malformed(f"{where}platform is not an object")
+        raise MalformedManifestError(f"{where}platform is not an object")
     inner = f"{where}platform."
     return Platform(
         os=_field(document, "os", str, inner),
@@ -224,7 +224,7 @@ def _media_type(document: dict, content_type: str | None) -> str:
     elif "config" in document or "layers" in document:
         media_type = OCI_MANIFEST
     else:
-        raise _malformed("it is neither an image manifest nor an index")
+        raise MalformedManifestError("it is neither an image manifest nor an index")
     if media_type in SCHEMA1_TYPES or document.get("schemaVersion") == 1:
         raise UnsupportedManifestError(
             "schema 1 manifests are not supported; ask the registry for schema 2 or re-push "
@@ -238,9 +238,9 @@ def parse_manifest(raw: bytes, content_type: str | None) -> Manifest | ManifestI
     try:
         document = json.loads(raw)
     except (ValueError, RecursionError):
-        raise _malformed("it is not valid JSON") from None
+        raise MalformedManifestError("it is not valid JSON") from None
     if not isinstance(document, dict):
-        raise _malformed("it is not a JSON object")
+        raise MalformedManifestError("it is not a JSON object")
     media_type = _media_type(document, content_type)
     if media_type in INDEX_TYPES:
         entries = _field(document, "manifests", list, "")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import fcntl
 import os
 import secrets
 import shutil
@@ -76,3 +77,15 @@ def atomic_file(final: Path) -> Iterator[BinaryIO]:
     """Yield a binary file that appears at `final` only once written completely."""
     with atomic_path(final) as temporary, open(temporary, "wb") as handle:
         yield handle
+
+
+@contextmanager
+def locked(lock_file: Path) -> Iterator[None]:
+    """Hold an exclusive lock on `lock_file` (created if missing) across processes, so a
+    shared catalogue is read, changed and replaced by one writer at a time."""
+    with open(lock_file, "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)

@@ -135,9 +135,12 @@ class DirectoryMembers:
         self.where = str(path)
 
     def _file(self, name: str) -> Path:
-        if name == ".." or name.startswith("../"):
+        file = self.path / name
+        # Names come from the tree's own JSON, and its directories may be symlinks: only a
+        # file that really lies inside the directory is read.
+        if not file.resolve().is_relative_to(self.path.resolve()):
             raise OccystrapError(f"{self.where}: {name!r} points outside the directory")
-        return self.path / name
+        return file
 
     def has(self, name: str) -> bool:
         file = self._file(name)

@@ -8,18 +8,15 @@ with the same docker-save reader as a tarball (`?image=NAME:TAG` picks one of se
 
 from __future__ import annotations
 
-import fcntl
 import json
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from occystrap.atomic import CHUNK_SIZE, atomic_file, replace_path
+from occystrap.atomic import CHUNK_SIZE, atomic_file, locked, replace_path
 from occystrap.destinations import check_directory_destination, write_directory_marker
 from occystrap.dockersave import (
     DirectoryMembers,
@@ -128,17 +125,6 @@ def _write_json(path: Path, document: Any) -> None:
         handle.write(json.dumps(document).encode())
 
 
-@contextmanager
-def _locked(directory: Path) -> Iterator[None]:
-    """Hold an exclusive lock on the directory's catalogue across processes."""
-    with open(directory / LOCK_NAME, "a") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(lock, fcntl.LOCK_UN)
-
-
 class DirectoryOutput:
     """Writes images into the directory `path` (see the module docstring)."""
 
@@ -225,7 +211,7 @@ class DirectoryOutput:
                     if not (self.path / entry.tar_name).is_file():
                         raise  # not merely another image storing the same layer meanwhile
         os.replace(staging / layout.config_name, self.path / layout.config_name)
-        with _locked(self.path):
+        with locked(self.path / LOCK_NAME):
             manifest = [layout.manifest_entry]
             repositories = layout.repositories
             if self.unique_names:

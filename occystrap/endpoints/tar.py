@@ -1,4 +1,8 @@
-"""tar://PATH: a `docker save` tarball (classic or OCI layout), read in place, written whole."""
+"""tar://PATH: a `docker save` tarball (classic or OCI layout), read in place, written whole.
+
+As a source it also takes an OCI image layout packed as a tarball (skopeo's `oci-archive:`,
+`podman save --format oci-archive`) holding one image or index.
+"""
 
 from __future__ import annotations
 
@@ -11,6 +15,7 @@ from occystrap.dockersave import DockerSaveReader, TarMembers, repo_tag_of, writ
 from occystrap.endpoints import Endpoint, Scheme, path_of
 from occystrap.errors import OccystrapError
 from occystrap.image import Image, ImageLike
+from occystrap.ocilayout import OciLayoutReader, is_oci_layout
 from occystrap.pipeline import RunContext, local_layers
 
 
@@ -30,8 +35,11 @@ class TarSource:
     def __init__(self, path: Path) -> None:
         self.path = path
 
-    def read(self) -> Image:
-        return DockerSaveReader(TarMembers(self.path)).read()
+    def read(self) -> ImageLike:
+        members = TarMembers(self.path)
+        if is_oci_layout(members) and not members.has("manifest.json"):
+            return OciLayoutReader(members).read()  # an OCI archive (skopeo's oci-archive:)
+        return DockerSaveReader(members).read()
 
 
 class TarDestination:

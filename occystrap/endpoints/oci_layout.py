@@ -1,0 +1,78 @@
+"""oci-layout://PATH[?tag=TAG]: an OCI image layout directory, read and written.
+
+The layout skopeo (`oci:PATH:TAG`), crane, regctl (`ocidir://`), buildah and umoci use. As a
+source, `tag` picks the `index.json` entry whose `org.opencontainers.image.ref.name` it is
+(needed only when the layout holds more than one); an index there is copied like a
+registry's. As a destination, the image or whole index is stored under `tag` (default: the
+source's tag, else `latest`), beside whatever else the layout holds.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from occystrap.dockersave import DirectoryMembers
+from occystrap.endpoints import (
+    Endpoint,
+    Scheme,
+    non_empty_option,
+    path_of,
+    query_options,
+    split_query,
+)
+from occystrap.errors import OccystrapError
+from occystrap.image import ImageLike
+from occystrap.ocilayout import LAYOUT_FILE, OciLayoutReader, OciLayoutWriter
+from occystrap.pipeline import RunContext
+
+DEFAULT_TAG = "latest"
+
+
+@dataclass
+class OciLayoutURI(Endpoint):
+    path: Path
+    tag: str | None = None
+
+    def open_input(self, ctx: RunContext) -> OciLayoutSource:
+        return OciLayoutSource(self.path, self.tag)
+
+    def open_output(self, ctx: RunContext) -> OciLayoutDestination:
+        destination = OciLayoutDestination(self.path, self.tag, ctx)
+        destination.writer.check()
+        return destination
+
+
+class OciLayoutSource:
+    def __init__(self, path: Path, tag: str | None) -> None:
+        self.path, self.tag = path, tag
+
+    def read(self) -> ImageLike:
+        if not (self.path / LAYOUT_FILE).is_file():
+            raise OccystrapError(
+                f"{self.path} is not an OCI image layout (no {LAYOUT_FILE} file); write one with"
+                f" `occystrap process SOURCE oci-layout://{self.path}` or `skopeo copy ... oci:`"
+            )
+        return OciLayoutReader(DirectoryMembers(self.path)).read(self.tag)
+
+
+class OciLayoutDestination:
+    accepts_index = True
+
+    def __init__(self, path: Path, tag: str | None, ctx: RunContext) -> None:
+        self.tag = tag
+        self.writer = OciLayoutWriter(path, ctx)
+
+    def write(self, item: ImageLike) -> str:
+        return self.writer.write(item, self.tag or item.source.tag or DEFAULT_TAG)
+
+
+def _parse(text: str, rest: str) -> OciLayoutURI:
+    body, query = split_query(rest)
+    options = query_options(text, query, ("tag",))
+    return OciLayoutURI(
+        path=path_of(text, body), tag=non_empty_option(text, "tag", options.get("tag"))
+    )
+
+
+SCHEME = Scheme("oci-layout", "oci-layout://PATH[?tag=TAG]", _parse)

@@ -1,0 +1,372 @@
+"""The OCI image layout (`oci-layout`, `index.json`, `blobs/<algorithm>/<hex>`), read and
+written in one place.
+
+Reading works over any `MemberSource`: a layout directory (skopeo's `oci:`, crane, regctl,
+buildah, umoci) or a tarball of one (skopeo's `oci-archive:`). `index.json` names images by
+their `org.opencontainers.image.ref.name` annotation; an entry may be an image manifest or
+an index, which becomes an `ImageIndex` like a registry's. Layers stay where they are, read
+and verified only when an output needs them.
+
+Writing stores blobs exactly as they come, so a manifest (or index) keeps its digest; blobs
+already present are not written again, so many images share one layout, and `index.json`
+is replaced atomically under a lock, last, once everything it points at is in place.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+from occystrap.atomic import CHUNK_SIZE, atomic_file, locked, partial_sibling
+from occystrap.digests import check_digest, sha256_digest
+from occystrap.dockersave import MemberSource, name_and_tag
+from occystrap.errors import DigestMismatchError, OccystrapError, UsageError
+from occystrap.image import (
+    Blob,
+    Image,
+    ImageIndex,
+    ImageLike,
+    Layer,
+    SourceName,
+    image_from_manifest,
+)
+from occystrap.pipeline import RunContext
+from occystrap.registry.manifest import (
+    OCI_CONFIG,
+    OCI_INDEX,
+    OCI_MANIFEST,
+    Descriptor,
+    MalformedManifestError,
+    Manifest,
+    ManifestIndex,
+    PlatformDescriptor,
+    build_manifest,
+    parse_manifest,
+)
+
+LAYOUT_FILE = "oci-layout"
+INDEX_FILE = "index.json"
+REF_NAME = "org.opencontainers.image.ref.name"
+LAYOUT_VERSION = "1.0.0"
+_METADATA_LIMIT = 16 * 1024 * 1024  # index.json, manifests and configs are small
+_BLOB_DIGEST = re.compile(r"(sha256):([0-9a-f]{64})|(sha512):([0-9a-f]{128})")
+# A ref.name that is only a tag (what skopeo and crane write), not a whole reference.
+_TAG = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}")
+
+
+def blob_name(digest: str) -> str | None:
+    """`blobs/<algorithm>/<hex>` for a well-formed sha256 or sha512 digest, else None."""
+    match = _BLOB_DIGEST.fullmatch(digest)
+    if match is None:
+        return None
+    algorithm, encoded = digest.split(":")
+    return f"blobs/{algorithm}/{encoded}"
+
+
+def is_oci_layout(members: MemberSource) -> bool:
+    return members.has(INDEX_FILE) and members.has(LAYOUT_FILE)
+
+
+def ref_name(descriptor: Descriptor) -> str | None:
+    return descriptor.annotations.get(REF_NAME)
+
+
+def source_name(ref: str | None) -> SourceName:
+    """The name outputs give the image: the tag alone, or the reference a ref.name spells."""
+    if ref is None:
+        return SourceName()
+    if _TAG.fullmatch(ref):
+        return SourceName(tag=ref)
+    try:
+        return name_and_tag(ref)
+    except UsageError:
+        return SourceName()
+
+
+def parse_index(raw: bytes, where: str) -> list[PlatformDescriptor]:
+    """The entries of an `index.json`; any defect is a one-line `OccystrapError`."""
+    try:
+        parsed = parse_manifest(raw, OCI_INDEX)
+    except MalformedManifestError as error:
+        raise OccystrapError(
+            f"{where}: {INDEX_FILE} is not a valid image index ({error.what}); the layout is"
+            " damaged, write it again"
+        ) from None
+    except OccystrapError as error:
+        raise OccystrapError(f"{where}: {INDEX_FILE}: {error}") from None
+    if not isinstance(parsed, ManifestIndex):
+        raise OccystrapError(f"{where}: {INDEX_FILE} is an image manifest, not an image index")
+    return parsed.manifests
+
+
+class OciLayoutReader:
+    """Reads the image (or index) one entry of a layout's `index.json` names."""
+
+    def __init__(self, members: MemberSource) -> None:
+        self.members = members
+        self.where = members.where
+
+    def _fail(self, what: str) -> OccystrapError:
+        return OccystrapError(f"{self.where}: {what}")
+
+    def _small(self, name: str, what: str) -> bytes:
+        if not self.members.has(name):
+            raise self._fail(f"{what} {name!r} is missing; the layout is incomplete")
+        if self.members.size(name) > _METADATA_LIMIT:
+            raise self._fail(f"{what} {name!r} is implausibly large")
+        return self.members.read(name)
+
+    def _blob_key(self, descriptor: Descriptor, what: str) -> str:
+        name = blob_name(descriptor.digest)
+        if name is None:
+            raise self._fail(
+                f"{what} digest {descriptor.digest!r} is not a sha256 or sha512 digest; the"
+                " layout is damaged"
+            )
+        if not self.members.has(name):
+            raise self._fail(
+                f"{what} {descriptor.digest} is missing from the layout; it is incomplete"
+            )
+        return name
+
+    def _small_blob(self, descriptor: Descriptor, what: str) -> bytes:
+        data = self._small(self._blob_key(descriptor, what), what)
+        if len(data) != descriptor.size:
+            raise DigestMismatchError(
+                f"{self.where}: {what} {descriptor.digest} is {len(data)} bytes, not the"
+                f" {descriptor.size} its descriptor says; the layout is corrupt"
+            )
+        check_digest(data, descriptor.digest, f"{self.where}: {what}")
+        return data
+
+    def _document(self, descriptor: Descriptor, what: str) -> Manifest | ManifestIndex:
+        raw = self._small_blob(descriptor, what)
+        try:
+            return parse_manifest(raw, descriptor.media_type)
+        except MalformedManifestError as error:
+            raise self._fail(f"{what} {descriptor.digest} is malformed: {error.what}") from None
+
+    def entries(self) -> list[PlatformDescriptor]:
+        """What `index.json` lists, after checking the `oci-layout` marker."""
+        try:
+            marker = json.loads(self._small(LAYOUT_FILE, "layout marker"))
+        except ValueError:
+            marker = None
+        version = marker.get("imageLayoutVersion") if isinstance(marker, dict) else None
+        if not isinstance(version, str) or not version.startswith("1."):
+            raise self._fail(
+                f"{LAYOUT_FILE} does not declare image layout version 1.x; this is not an OCI"
+                " image layout occystrap can read"
+            )
+        return parse_index(self._small(INDEX_FILE, "index"), self.where)
+
+    def select(self, tag: str | None) -> PlatformDescriptor:
+        """The entry tagged `tag`, or the only entry when no tag is asked for."""
+        entries = self.entries()
+        if not entries:
+            raise self._fail("the layout holds no image (index.json lists nothing)")
+        tags = [name for name in map(ref_name, entries) if name is not None]
+        untagged = len(entries) - len(tags)
+        listing = ", ".join(tags) + (f" and {untagged} untagged" if untagged else "")
+        if tag is None:
+            if len(entries) == 1:
+                return entries[0]
+            raise UsageError(
+                f"{self.where} holds {len(entries)} images; pick one with ?tag=TAG ({listing})"
+            )
+        matching = [entry for entry in entries if ref_name(entry) == tag]
+        if len(matching) == 1:
+            return matching[0]
+        if matching:
+            raise self._fail(f"{len(matching)} entries of index.json are tagged {tag!r}")
+        raise UsageError(f"{self.where} holds no image tagged {tag!r}; it has: {listing}")
+
+    def read(self, tag: str | None = None) -> ImageLike:
+        entry = self.select(tag)
+        source = source_name(ref_name(entry))
+        document = self._document(entry, "manifest")
+        if isinstance(document, Manifest):
+            return self._image(document, source)
+        return ImageIndex(
+            source,
+            document.raw,
+            document.media_type,
+            tuple(document.manifests),
+            lambda platform_entry: self._entry_image(platform_entry, source),
+        )
+
+    def _entry_image(self, entry: PlatformDescriptor, source: SourceName) -> Image:
+        document = self._document(entry, "manifest")
+        if isinstance(document, ManifestIndex):
+            raise self._fail(f"index entry {entry.digest} is itself an index; not supported")
+        return self._image(document, source)
+
+    def _image(self, manifest: Manifest, source: SourceName) -> Image:
+        config = self._small_blob(manifest.config, "config")
+        return image_from_manifest(source, manifest, config, self._layer_blob, self.where)
+
+    def _layer_blob(self, descriptor: Descriptor) -> Blob:
+        return self.members.blob(self._blob_key(descriptor, "layer"))
+
+
+# -- writing ------------------------------------------------------------------------------
+
+
+class OciLayoutWriter:
+    """Writes images and indexes into the layout directory `path`, each under a tag."""
+
+    def __init__(self, path: Path, ctx: RunContext) -> None:
+        self.path = Path(path)
+        self.ctx = ctx
+
+    def check(self) -> None:
+        """Refuse, before anything is read, a path that is not (and cannot become) a layout."""
+        if not self.path.exists():
+            return
+        if not self.path.is_dir():
+            raise OccystrapError(f"{self.path} exists and is not a directory")
+        if (self.path / LAYOUT_FILE).exists():
+            self._index_document()  # a damaged layout is refused, not overwritten
+            return
+        if any(self.path.iterdir()):
+            raise OccystrapError(
+                f"{self.path} is a non-empty directory but not an OCI image layout (no"
+                f" {LAYOUT_FILE}); choose a new or empty directory"
+            )
+
+    def write(self, item: ImageLike, tag: str) -> str:
+        """Store `item` and tag it; return its manifest (or index) digest."""
+        self.check()
+        self._create()
+        if isinstance(item, Image):
+            descriptor = self._write_image(item)
+        else:
+            for entry in item.manifests:
+                written = self._write_image(item.read_entry(entry))
+                if written.digest != entry.digest:
+                    raise OccystrapError(
+                        f"the manifest of {entry.platform or entry.digest} changed while copying"
+                        f" ({written.digest}); the source was modified, try again"
+                    )
+            self._store_bytes(item.raw)
+            descriptor = Descriptor(item.media_type, item.digest, len(item.raw))
+        self._tag(descriptor, tag)
+        return descriptor.digest
+
+    # Layout and index.json.
+
+    def _create(self) -> None:
+        """The directory and its `oci-layout` marker, created once and never replaced, so
+        it can be what writers lock."""
+        (self.path / "blobs").mkdir(parents=True, exist_ok=True)
+        marker = self.path / LAYOUT_FILE
+        if marker.exists():
+            return
+        temporary = partial_sibling(marker)
+        temporary.write_text(json.dumps({"imageLayoutVersion": LAYOUT_VERSION}))
+        try:
+            os.link(temporary, marker)
+        except FileExistsError:
+            pass  # another writer created it first
+        finally:
+            temporary.unlink()
+
+    def _index_document(self) -> dict[str, Any]:
+        """The current `index.json` (empty if none yet), checked before it is changed."""
+        path = self.path / INDEX_FILE
+        try:
+            raw = path.read_bytes()
+        except FileNotFoundError:
+            return {"schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": []}
+        except OSError as error:
+            raise OccystrapError(f"cannot read {path}: {error.strerror or error}") from None
+        parse_index(raw, str(self.path))
+        return json.loads(raw)
+
+    def _tag(self, descriptor: Descriptor, tag: str) -> None:
+        """Point `tag` at `descriptor` in `index.json`, replacing its previous entry."""
+        entry = {
+            "mediaType": descriptor.media_type,
+            "digest": descriptor.digest,
+            "size": descriptor.size,
+            "annotations": {REF_NAME: tag},
+        }
+        with locked(self.path / LAYOUT_FILE):
+            document = self._index_document()
+            document["manifests"] = [
+                old
+                for old in document["manifests"]
+                if (old.get("annotations") or {}).get(REF_NAME) != tag
+            ] + [entry]
+            with atomic_file(self.path / INDEX_FILE) as handle:
+                handle.write(json.dumps(document, separators=(",", ":")).encode())
+
+    # Blobs.
+
+    def _blob_path(self, digest: str) -> Path:
+        name = blob_name(digest)
+        if name is None:
+            raise OccystrapError(
+                f"cannot store blob {digest!r} in an OCI layout: only sha256 and sha512 digests"
+            )
+        path = self.path / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        return path
+
+    def _present(self, path: Path, size: int) -> bool:
+        """Already stored (blobs are named by digest; a wrong size is stored again)."""
+        try:
+            present = path.stat().st_size == size
+        except FileNotFoundError:
+            return False
+        if present:
+            self.ctx.stats.add(skipped=1)
+        return present
+
+    def _store_bytes(self, data: bytes) -> str:
+        digest = sha256_digest(data)
+        path = self._blob_path(digest)
+        if not self._present(path, len(data)):
+            with atomic_file(path) as handle:
+                handle.write(data)
+            self.ctx.stats.add(uploaded=1, bytes_uploaded=len(data))
+        return digest
+
+    def _store_layer(self, layer: Layer) -> None:
+        """Stream the layer's blob in as stored, verified before it takes its name."""
+        path = self._blob_path(layer.digest)
+        if self._present(path, layer.size):
+            return
+        progress, key = self.ctx.progress, f"store:{layer.digest}"
+        progress.start(key, layer.size, layer.label)
+
+        def stored(count: int) -> None:
+            progress.advance(key, count)
+            self.ctx.stats.add(bytes_uploaded=count)
+
+        with atomic_file(path) as out, layer.open_blob(stored) as blob:
+            shutil.copyfileobj(blob, out, CHUNK_SIZE)
+        progress.finish(key)
+        self.ctx.stats.add(uploaded=1)
+
+    def _write_image(self, image: Image) -> Descriptor:
+        """Store the image's layers, config and manifest; return the manifest's descriptor."""
+        distinct = list({layer.digest: layer for layer in image.layers}.values())
+        with ThreadPoolExecutor(self.ctx.settings.parallel, thread_name_prefix="store") as pool:
+            list(pool.map(self._store_layer, distinct))
+        self._store_bytes(image.config)
+        if image.manifest is not None:
+            raw, media_type = image.manifest, image.manifest_media_type
+        else:
+            raw = build_manifest(
+                Descriptor(OCI_CONFIG, image.config_digest, len(image.config)),
+                [Descriptor(layer.media_type, layer.digest, layer.size) for layer in image.layers],
+                oci=True,
+            )
+            media_type = OCI_MANIFEST
+        return Descriptor(media_type, self._store_bytes(raw), len(raw))

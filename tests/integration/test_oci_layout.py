@@ -193,7 +193,7 @@ def test_concurrent_writers_keep_every_tag(tmp_path):
     build_oci_layout(source, [SHARED])
     layout = tmp_path / "shared"
     environment = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
-    tags = [f"t{number}" for number in range(6)]
+    tags = [f"t{number}" for number in range(4)]
     writers = [
         subprocess.Popen(
             [

@@ -9,6 +9,8 @@ source's tag, else `latest`), beside whatever else the layout holds.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -29,6 +31,16 @@ from occystrap.pipeline import RunContext
 DEFAULT_TAG = "latest"
 
 
+@contextmanager
+def _file_errors(what: str) -> Iterator[None]:
+    """A file system failure (missing, not a directory, no permission, disk full) as one line."""
+    try:
+        yield
+    except OSError as error:
+        where = f" ({error.filename})" if error.filename else ""
+        raise OccystrapError(f"cannot {what}: {error.strerror or error}{where}") from None
+
+
 @dataclass
 class OciLayoutURI(Endpoint):
     path: Path
@@ -39,7 +51,8 @@ class OciLayoutURI(Endpoint):
 
     def open_output(self, ctx: RunContext) -> OciLayoutDestination:
         destination = OciLayoutDestination(self.path, self.tag, ctx)
-        destination.writer.check()
+        with _file_errors(f"write the OCI layout {self.path}"):
+            destination.writer.check()
         return destination
 
 
@@ -53,7 +66,8 @@ class OciLayoutSource:
                 f"{self.path} is not an OCI image layout (no {LAYOUT_FILE} file); write one with"
                 f" `occystrap process SOURCE oci-layout://{self.path}` or `skopeo copy ... oci:`"
             )
-        return OciLayoutReader(DirectoryMembers(self.path)).read(self.tag)
+        with _file_errors(f"read the OCI layout {self.path}"):
+            return OciLayoutReader(DirectoryMembers(self.path)).read(self.tag)
 
 
 class OciLayoutDestination:
@@ -64,7 +78,8 @@ class OciLayoutDestination:
         self.writer = OciLayoutWriter(path, ctx)
 
     def write(self, item: ImageLike) -> str:
-        return self.writer.write(item, self.tag or item.source.tag or DEFAULT_TAG)
+        with _file_errors(f"write the OCI layout {self.writer.path}"):
+            return self.writer.write(item, self.tag or item.source.tag or DEFAULT_TAG)
 
 
 def _parse(text: str, rest: str) -> OciLayoutURI:

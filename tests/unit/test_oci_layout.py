@@ -352,3 +352,6 @@ def test_destination_refuses_what_is_not_a_layout(tmp_path):
         OciLayoutURI(tmp_path / "other").open_output(ctx)
     OciLayoutURI(tmp_path / "new").open_output(ctx)  # created when written
     assert not (tmp_path / "new").exists()
+    under_a_file = OciLayoutURI(file / "layout").open_output(ctx)
+    with pytest.raises(OccystrapError, match="cannot write the OCI layout .*: Not a directory"):
+        under_a_file.write(make_image(tmp_path, LAYERS))

@@ -107,9 +107,12 @@ def parse_index(raw: bytes, where: str) -> list[PlatformDescriptor]:
 class OciLayoutReader:
     """Reads the image (or index) one entry of a layout's `index.json` names."""
 
-    def __init__(self, members: MemberSource) -> None:
+    def __init__(
+        self, members: MemberSource, how_to_choose: str = "pick one with ?tag=TAG"
+    ) -> None:
         self.members = members
         self.where = members.where
+        self.how_to_choose = how_to_choose  # said when the layout holds several images
 
     def _fail(self, what: str) -> OccystrapError:
         return OccystrapError(f"{self.where}: {what}")
@@ -150,6 +153,8 @@ class OciLayoutReader:
             return parse_manifest(raw, descriptor.media_type)
         except MalformedManifestError as error:
             raise self._fail(f"{what} {descriptor.digest} is malformed: {error.what}") from None
+        except OccystrapError as error:
+            raise self._fail(f"{what} {descriptor.digest}: {error}") from None
 
     def entries(self) -> list[PlatformDescriptor]:
         """What `index.json` lists, after checking the `oci-layout` marker."""
@@ -177,7 +182,7 @@ class OciLayoutReader:
             if len(entries) == 1:
                 return entries[0]
             raise UsageError(
-                f"{self.where} holds {len(entries)} images; pick one with ?tag=TAG ({listing})"
+                f"{self.where} holds {len(entries)} images; {self.how_to_choose} ({listing})"
             )
         matching = [entry for entry in entries if ref_name(entry) == tag]
         if len(matching) == 1:

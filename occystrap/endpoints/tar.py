@@ -38,7 +38,9 @@ class TarSource:
     def read(self) -> ImageLike:
         members = TarMembers(self.path)
         if is_oci_layout(members) and not members.has("manifest.json"):
-            return OciLayoutReader(members).read()  # an OCI archive (skopeo's oci-archive:)
+            # An OCI archive (skopeo's oci-archive:); tar:// has no options to pick an image.
+            unpack = "unpack it and read the directory with oci-layout://DIR?tag=TAG"
+            return OciLayoutReader(members, unpack).read()
         return DockerSaveReader(members).read()
 
 

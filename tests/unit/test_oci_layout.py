@@ -326,6 +326,11 @@ def test_oci_archive_through_tar_source(tmp_path):
     read = TarSource(archive).read()
     assert isinstance(read, Image) and read.config == image.config
     read_verified(read)
+    OciLayoutWriter(layout, context(tmp_path / "w")).write(make_image(tmp_path, LAYERS[:1]), "v2")
+    with tarfile.open(archive, "w") as tar:
+        tar.add(layout, arcname=".")
+    with pytest.raises(UsageError, match=r"holds 2 images; unpack it .*oci-layout://.* \(v1, v2\)"):
+        TarSource(archive).read()
 
 
 def test_uri_options():
@@ -355,3 +360,15 @@ def test_destination_refuses_what_is_not_a_layout(tmp_path):
     under_a_file = OciLayoutURI(file / "layout").open_output(ctx)
     with pytest.raises(OccystrapError, match="cannot write the OCI layout .*: Not a directory"):
         under_a_file.write(make_image(tmp_path, LAYERS))
+
+
+def test_a_schema1_manifest_in_a_layout_is_a_one_line_error(tmp_path):
+    layout = write_layout(tmp_path, make_image(tmp_path, LAYERS))
+    raw = json.dumps({"schemaVersion": 1, "fsLayers": []}).encode()
+    (layout / "blobs" / "sha256" / sha256(raw)[7:]).write_bytes(raw)
+    index = json.loads((layout / "index.json").read_bytes())
+    index["manifests"][0].update(digest=sha256(raw), size=len(raw))
+    (layout / "index.json").write_text(json.dumps(index))
+    with pytest.raises(OccystrapError, match=f"^{layout}: manifest sha256:.*schema 1") as raised:
+        OciLayoutReader(DirectoryMembers(layout)).read()
+    assert "\n" not in str(raised.value)

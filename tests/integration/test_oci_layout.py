@@ -137,6 +137,12 @@ def test_layout_written_by_skopeo_is_read(registry_plain, unique_repo, tmp_path)
     assert archive["Layers"] == config["rootfs"]["diff_ids"]
     written = json.loads(run_skopeo("inspect", "--config", f"docker-archive:{output}").stdout)
     assert written == config
+    details = json.loads(
+        run_occystrap("--output-format", "json", "info", f"oci-layout://{layout}?tag=mine").stdout
+    )
+    manifest = run_skopeo("inspect", "--raw", f"oci:{layout}:mine").stdout
+    assert details["manifest_digest"] == _sha256(manifest)
+    assert [layer["diff_id"] for layer in details["layers"]] == config["rootfs"]["diff_ids"]
 
 
 def test_oci_archive_tar_input(registry_plain, unique_repo, tmp_path):

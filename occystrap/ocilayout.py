@@ -323,29 +323,32 @@ class OciLayoutWriter:
         path.parent.mkdir(parents=True, exist_ok=True)
         return path
 
-    def _present(self, path: Path, size: int) -> bool:
+    @staticmethod
+    def _present(path: Path, size: int) -> bool:
         """Already stored (blobs are named by digest; a wrong size is stored again)."""
         try:
-            present = path.stat().st_size == size
+            return path.stat().st_size == size
         except FileNotFoundError:
             return False
-        if present:
-            self.ctx.stats.add(skipped=1)
-        return present
 
-    def _store_bytes(self, data: bytes) -> str:
+    def _store_bytes(self, data: bytes, counted: bool = False) -> str:
+        """Store a small blob; `counted` ones (configs) join the layers in the blob counts,
+        as in a registry copy's summary, where manifests are not blobs."""
         digest = sha256_digest(data)
         path = self._blob_path(digest)
-        if not self._present(path, len(data)):
-            with atomic_file(path) as handle:
-                handle.write(data)
-            self.ctx.stats.add(uploaded=1, bytes_uploaded=len(data))
+        if self._present(path, len(data)):
+            self.ctx.stats.add(skipped=int(counted))
+            return digest
+        with atomic_file(path) as handle:
+            handle.write(data)
+        self.ctx.stats.add(uploaded=int(counted), bytes_uploaded=len(data))
         return digest
 
     def _store_layer(self, layer: Layer) -> None:
         """Stream the layer's blob in as stored, verified before it takes its name."""
         path = self._blob_path(layer.digest)
         if self._present(path, layer.size):
+            self.ctx.stats.add(skipped=1)
             return
         progress, key = self.ctx.progress, f"store:{layer.digest}"
         progress.start(key, layer.size, layer.label)
@@ -364,7 +367,7 @@ class OciLayoutWriter:
         distinct = list({layer.digest: layer for layer in image.layers}.values())
         with ThreadPoolExecutor(self.ctx.settings.parallel, thread_name_prefix="store") as pool:
             list(pool.map(self._store_layer, distinct))
-        self._store_bytes(image.config)
+        self._store_bytes(image.config, counted=True)
         if image.manifest is not None:
             raw, media_type = image.manifest, image.manifest_media_type
         else:

@@ -79,6 +79,11 @@ def test_registry_to_layout_keeps_the_manifest_and_skopeo_verifies_it(
     expected = [manifest["config"]["digest"], _sha256(original)]
     expected += [layer["digest"] for layer in manifest["layers"]]
     assert stored == sorted(digest.partition(":")[2] for digest in expected)
+    again = run_occystrap(
+        *registry_flags(registry_plain), "process", source, f"oci-layout://{layout}?tag=v1"
+    )
+    summary = again.stderr.strip().splitlines()[-1]
+    assert "blobs 0 uploaded, 0 mounted, 4 already there; 0 B downloaded" in summary, summary
 
 
 def test_registry_layout_registry_round_trip_keeps_the_digest(

@@ -176,6 +176,21 @@ def test_oci_archive_tar_input(registry_plain, unique_repo, tmp_path):
     assert details["manifest_digest"] == _sha256(layout_manifest)
 
 
+def test_docker_save_tarball_into_a_layout_keeps_layers_uncompressed(tmp_path):
+    build_oci_layout(tmp_path / "seed", LAYERS)
+    tarball = tmp_path / "saved.tar"
+    run_skopeo("copy", "--quiet", f"oci:{tmp_path / 'seed'}:latest", f"docker-archive:{tarball}")
+    layout = tmp_path / "layout"
+    run_occystrap("process", f"tar://{tarball}", f"oci-layout://{layout}?tag=saved")
+    manifest = json.loads(run_skopeo("inspect", "--raw", f"oci:{layout}:saved").stdout)
+    assert {layer["mediaType"] for layer in manifest["layers"]} == {
+        "application/vnd.oci.image.layer.v1.tar"
+    }
+    run_skopeo("copy", "--quiet", f"oci:{layout}:saved", f"dir:{tmp_path / 'check'}")
+    original = run_skopeo("inspect", "--config", f"oci:{tmp_path / 'seed'}:latest").stdout
+    assert run_skopeo("inspect", "--config", f"oci:{layout}:saved").stdout == original
+
+
 def test_two_tags_share_one_layout(tmp_path):
     first, second = tmp_path / "first", tmp_path / "second"
     build_oci_layout(first, [SHARED, {"only": b"first"}])

@@ -97,17 +97,27 @@ def check_file_destination(path: Path) -> None:
     _require_writable_directory(parent, "the destination's directory")
 
 
+def check_directory(path: Path, scheme: str) -> bool:
+    """What every directory destination needs: a new one must be creatable (False is
+    returned), an existing one must be a writable directory (True is returned)."""
+    path = Path(os.path.abspath(path))
+    if not path.exists():
+        _require_creatable(path)
+        return False
+    if not path.is_dir():
+        raise FilesystemError(f"{path}: is a file; {scheme}:// needs a directory (or a new name)")
+    _require_writable_directory(path, "the destination")
+    return True
+
+
 def check_directory_destination(path: Path, allow_catalogue: bool) -> None:
     """Refuse, before any download, a directory destination that holds something else.
 
     `allow_catalogue` is the destination's unique_names: only then may it add to a catalogue.
     """
-    path = Path(os.path.abspath(path))
-    if not path.exists():
-        _require_creatable(path)
+    if not check_directory(path, "dir"):
         return
-    if not path.is_dir():
-        raise FilesystemError(f"{path}: is a file; dir:// needs a directory (or a new name)")
+    path = Path(os.path.abspath(path))
     if os.listdir(path):
         kind = earlier_output_kind(path)
         if kind is None:
@@ -120,7 +130,6 @@ def check_directory_destination(path: Path, allow_catalogue: bool) -> None:
                 f"{path}: holds a catalogue of several images; add ?unique_names=true to add"
                 " this image to it"
             )
-    _require_writable_directory(path, "the destination")
 
 
 def _whole_output_format(scheme: str) -> str:

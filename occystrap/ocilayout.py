@@ -18,14 +18,15 @@ import json
 import os
 import re
 import shutil
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 from occystrap.atomic import CHUNK_SIZE, atomic_file, locked, partial_sibling
+from occystrap.cancel import cancellable_pool
+from occystrap.destinations import check_directory
 from occystrap.digests import check_digest, sha256_digest
 from occystrap.dockersave import MemberSource, name_and_tag
-from occystrap.errors import DigestMismatchError, OccystrapError, UsageError
+from occystrap.errors import DigestMismatchError, FilesystemError, OccystrapError, UsageError
 from occystrap.image import (
     Blob,
     Image,
@@ -230,18 +231,16 @@ class OciLayoutWriter:
         self.ctx = ctx
 
     def check(self) -> None:
-        """Refuse, before anything is read, a path that is not (and cannot become) a layout."""
-        if not self.path.exists():
+        """Refuse, before anything is read, a path that is not (and cannot become) a layout:
+        a file, a directory holding something else, a damaged layout, no permission."""
+        if not check_directory(self.path, "oci-layout"):
             return
-        if not self.path.is_dir():
-            raise OccystrapError(f"{self.path} exists and is not a directory")
         if (self.path / LAYOUT_FILE).exists():
             self._index_document()  # a damaged layout is refused, not overwritten
-            return
-        if any(self.path.iterdir()):
-            raise OccystrapError(
-                f"{self.path} is a non-empty directory but not an OCI image layout (no"
-                f" {LAYOUT_FILE}); choose a new or empty directory"
+        elif any(self.path.iterdir()):
+            raise FilesystemError(
+                f"{self.path}: is not empty and is not an OCI image layout (no {LAYOUT_FILE});"
+                " choose a new or empty directory"
             )
 
     def write(self, item: ImageLike, tag: str) -> str:
@@ -365,7 +364,7 @@ class OciLayoutWriter:
     def _write_image(self, image: Image) -> Descriptor:
         """Store the image's layers, config and manifest; return the manifest's descriptor."""
         distinct = list({layer.digest: layer for layer in image.layers}.values())
-        with ThreadPoolExecutor(self.ctx.settings.parallel, thread_name_prefix="store") as pool:
+        with cancellable_pool(self.ctx.settings.parallel, "store") as pool:
             list(pool.map(self._store_layer, distinct))
         self._store_bytes(image.config, counted=True)
         if image.manifest is not None:

@@ -9,8 +9,6 @@ source's tag, else `latest`), beside whatever else the layout holds.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,22 +21,12 @@ from occystrap.endpoints import (
     query_options,
     split_query,
 )
-from occystrap.errors import OccystrapError
+from occystrap.errors import OccystrapError, writing_to
 from occystrap.image import ImageLike
 from occystrap.ocilayout import LAYOUT_FILE, OciLayoutReader, OciLayoutWriter
 from occystrap.pipeline import RunContext
 
 DEFAULT_TAG = "latest"
-
-
-@contextmanager
-def _file_errors(what: str) -> Iterator[None]:
-    """A file system failure (missing, not a directory, no permission, disk full) as one line."""
-    try:
-        yield
-    except OSError as error:
-        where = f" ({error.filename})" if error.filename else ""
-        raise OccystrapError(f"cannot {what}: {error.strerror or error}{where}") from None
 
 
 @dataclass
@@ -51,8 +39,7 @@ class OciLayoutURI(Endpoint):
 
     def open_output(self, ctx: RunContext) -> OciLayoutDestination:
         destination = OciLayoutDestination(self.path, self.tag, ctx)
-        with _file_errors(f"write the OCI layout {self.path}"):
-            destination.writer.check()
+        destination.writer.check()
         return destination
 
 
@@ -66,8 +53,7 @@ class OciLayoutSource:
                 f"{self.path} is not an OCI image layout (no {LAYOUT_FILE} file); write one with"
                 f" `occystrap process SOURCE oci-layout://{self.path}` or `skopeo copy ... oci:`"
             )
-        with _file_errors(f"read the OCI layout {self.path}"):
-            return OciLayoutReader(DirectoryMembers(self.path)).read(self.tag)
+        return OciLayoutReader(DirectoryMembers(self.path)).read(self.tag)
 
 
 class OciLayoutDestination:
@@ -78,7 +64,7 @@ class OciLayoutDestination:
         self.writer = OciLayoutWriter(path, ctx)
 
     def write(self, item: ImageLike) -> str:
-        with _file_errors(f"write the OCI layout {self.writer.path}"):
+        with writing_to(self.writer.path):
             return self.writer.write(item, self.tag or item.source.tag or DEFAULT_TAG)
 
 

@@ -36,7 +36,7 @@ from occystrap.image import (
     SourceName,
     image_from_manifest,
 )
-from occystrap.pipeline import RunContext
+from occystrap.pipeline import RunContext, again_if_corrupt
 from occystrap.registry.manifest import (
     OCI_CONFIG,
     OCI_INDEX,
@@ -356,8 +356,12 @@ class OciLayoutWriter:
             progress.advance(key, count)
             self.ctx.stats.add(bytes_uploaded=count)
 
-        with atomic_file(path) as out, layer.open_blob(stored) as blob:
-            shutil.copyfileobj(blob, out, CHUNK_SIZE)
+        def store() -> None:
+            progress.restart(key, 0)
+            with atomic_file(path) as out, layer.open_blob(stored) as blob:
+                shutil.copyfileobj(blob, out, CHUNK_SIZE)
+
+        again_if_corrupt(layer, store)
         progress.finish(key)
         self.ctx.stats.add(uploaded=1)
 

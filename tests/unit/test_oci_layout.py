@@ -4,6 +4,7 @@ blobs stored once and verified, index.json changed under the lock."""
 from __future__ import annotations
 
 import dataclasses
+import io
 import json
 import tarfile
 import threading
@@ -372,3 +373,29 @@ def test_a_schema1_manifest_in_a_layout_is_a_one_line_error(tmp_path):
     with pytest.raises(OccystrapError, match=f"^{layout}: manifest sha256:.*schema 1") as raised:
         OciLayoutReader(DirectoryMembers(layout)).read()
     assert "\n" not in str(raised.value)
+
+
+class FlakyRemoteBlob:
+    """A remote blob whose first transfer arrives corrupted."""
+
+    local = False
+
+    def __init__(self, path: Path) -> None:
+        self.path, self.opened = path, 0
+
+    def open(self):
+        self.opened += 1
+        data = self.path.read_bytes()
+        return io.BytesIO(data[:-1] + bytes([data[-1] ^ 1]) if self.opened == 1 else data)
+
+
+def test_a_remote_layer_corrupted_in_transit_is_fetched_once_more(tmp_path):
+    image = make_image(tmp_path, LAYERS)
+    flaky = FlakyRemoteBlob(image.layers[0].blob.path)  # type: ignore[attr-defined]
+    layers = [dataclasses.replace(image.layers[0], blob=flaky), image.layers[1]]
+    remote = Image(image.source, image.config, tuple(layers))
+    layout = write_layout(tmp_path, remote)
+    assert flaky.opened == 2
+    read = OciLayoutReader(DirectoryMembers(layout)).read("v1")
+    assert isinstance(read, Image)
+    read_verified(read)

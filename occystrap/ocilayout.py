@@ -349,7 +349,7 @@ class OciLayoutWriter:
         if self._present(path, layer.size):
             self.ctx.stats.add(skipped=1)
             return
-        progress, key = self.ctx.progress, f"store:{layer.digest}"
+        progress, key = self.ctx.progress, f"write:{layer.digest}"  # a "writing" phase
         progress.start(key, layer.size, layer.label)
 
         def stored(count: int) -> None:

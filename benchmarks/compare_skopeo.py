@@ -62,8 +62,14 @@ class Row:
 
 
 def layer_content(size: int, seed: int) -> bytes:
+    """Seeded bytes over 16 symbols. Made in 64 MiB pieces (randbytes overflows past ~256 MB);
+    the pieces join into exactly the bytes one call would give."""
     table = bytes(SYMBOLS[i % len(SYMBOLS)] for i in range(256))
-    return random.Random(seed).randbytes(size).translate(table)
+    rng = random.Random(seed)
+    piece = 64 * 1024 * 1024
+    return b"".join(
+        rng.randbytes(min(piece, size - done)).translate(table) for done in range(0, size, piece)
+    )
 
 
 def cached_layout(size_mb: int, layers: int) -> Path:
@@ -90,10 +96,16 @@ def skopeo_command(source: str, dest: str, src_args=(), dest_args=()) -> list[st
     return [require_binary(SKOPEO_BINARY), "copy", "--quiet", *src_args, *dest_args, source, dest]
 
 
-def measure(command: list[str], scratch: Path, code: Path) -> Measurement:
-    """Run `command` under /usr/bin/time (occystrap from `code`); wall time and peak RSS."""
+def measure(command: list[str], scratch: Path, code: Path, cache: Path) -> Measurement:
+    """Run `command` under /usr/bin/time (occystrap from `code`, its blob cache in `cache`);
+    wall time and peak RSS."""
     rss_file = scratch / "rss.txt"
-    env = {**os.environ, "PYTHONPATH": str(code), "TMPDIR": str(scratch)}
+    env = {
+        **os.environ,
+        "PYTHONPATH": str(code),
+        "TMPDIR": str(scratch),
+        "XDG_CACHE_HOME": str(cache),
+    }
     started = time.monotonic()
     result = subprocess.run(
         [TIME_BINARY, "-f", "%M", "-o", str(rss_file), *command],
@@ -158,6 +170,17 @@ def operations(source: RegistryServer, dest: RegistryServer, work: Path, archive
                 http2=http2,
             ),
         )
+        yield (
+            "repeat push",
+            tool,
+            occystrap_command(
+                bundle,
+                "process",
+                f"tar://{archive}",
+                f"registry://{dest.host}/again-{repo}:t",
+                http2=http2,
+            ),
+        )
     src_args, dest_args = source.skopeo_src_args(), dest.skopeo_dest_args()
     yield (
         "pull to tar",
@@ -176,6 +199,13 @@ def operations(source: RegistryServer, dest: RegistryServer, work: Path, archive
         "skopeo",
         skopeo_command(
             f"docker://{src_ref}", f"docker://{dest.host}/copy-sk:t", src_args, dest_args
+        ),
+    )
+    yield (
+        "repeat push",
+        "skopeo",
+        skopeo_command(
+            f"docker-archive:{archive}", f"docker://{dest.host}/again-sk:t", dest_args=dest_args
         ),
     )
 
@@ -218,19 +248,29 @@ def bench_transport(layout: Path, tls: bool, runs: int, only: set[str], code: Pa
 def _one_round(
     source: RegistryServer, work: Path, archive: Path, run: int, tls: bool, only, code: Path
 ):
-    """Each operation writes to its own fresh registry, so no tool finds blobs already there."""
-    for operation in ("pull to tar", "push from tar", "registry to registry"):
+    """Each operation writes to its own fresh registry, so no tool finds blobs already there.
+
+    "repeat push" is the push again into another repository of the same registry, right after
+    each tool's own (untimed) first push: what each tool's blob cache remembers is the point.
+    """
+    for operation in ("pull to tar", "push from tar", "registry to registry", "repeat push"):
         if only and operation.split()[0] not in only:
             continue
         dest_dir = work / "dest"
+        cache = work / f"cache-{run}-{operation.replace(' ', '-')}"
         with RegistryServer(dest_dir, tls=tls) as dest:
-            ops = [op for op in operations(source, dest, work, archive, tls) if op[0] == operation]
+            every = list(operations(source, dest, work, archive, tls))
+            ops = [op for op in every if op[0] == operation]
             if run % 2:  # alternate who goes first
                 ops.reverse()
             for _, tool, command in ops:
+                if operation == "repeat push":
+                    first = next(c for o, t, c in every if o == "push from tar" and t == tool)
+                    measure(first, work, code, cache)
                 (work / "out.tar").unlink(missing_ok=True)
-                yield operation, tool, measure(command, work, code)
+                yield operation, tool, measure(command, work, code, cache)
         shutil.rmtree(dest_dir, ignore_errors=True)
+        shutil.rmtree(cache, ignore_errors=True)
 
 
 def print_table(rows: list[Row]) -> None:
@@ -259,7 +299,10 @@ def main() -> None:
     which.add_argument("--tls", action="store_true", help="only the TLS registry (HTTP/2)")
     which.add_argument("--plain", action="store_true", help="only the plain HTTP registry")
     parser.add_argument(
-        "--only", action="append", choices=["pull", "push", "registry"], help="operations to time"
+        "--only",
+        action="append",
+        choices=["pull", "push", "registry", "repeat"],
+        help="operations to time",
     )
     parser.add_argument(
         "--code", type=Path, default=REPO_ROOT, help="occystrap source tree to time (default: here)"

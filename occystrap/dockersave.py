@@ -5,9 +5,9 @@ both the classic layout (`manifest.json`, `<id>/layer.tar`) and the OCI layout D
 writes (`index.json`, `blobs/sha256/...`). Layers are not copied: each becomes a `Layer`
 whose blob points into the source, verified whenever it is read.
 
-Writing streams to any file object: the small files first, then every distinct layer
-uncompressed as `<diff-id-hex>/layer.tar`, in the order an output's layer iterator hands
-them over, so a layer can be written while later ones are still being fetched.
+Writing streams to any file object, a pipe too: the small files first, then every distinct
+layer uncompressed as `<diff-id-hex>/layer.tar`, in the order an output's layer iterator
+hands them over, so a layer can be written while later ones are still being fetched.
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ import json
 import logging
 import posixpath
 import re
+import shutil
 import tarfile
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -31,11 +32,13 @@ from occystrap.pipeline import ProgressSink
 from occystrap.registry.hosts import DOCKER_HUB_HOST
 from occystrap.registry.manifest import DOCKER_MANIFEST, OCI_MANIFEST
 from occystrap.registry.reference import parse_reference
+from occystrap.streams import Readable
 
 LOG = logging.getLogger("occystrap.dockersave")
 
 _BLOB_NAME = re.compile(r"blobs/sha256/([0-9a-f]{64})")
 _METADATA_LIMIT = 16 * 1024 * 1024  # manifests, indexes and configs are small
+SPOOL_IN_MEMORY = 256 * 1024  # larger members of a tar stream are spooled to files
 _MAX_INDEX_DOCUMENTS = 64
 LAYER_DIR_VERSION = b"1.0"
 LEGACY_TIMESTAMP = "1970-01-01T00:00:00Z"
@@ -154,6 +157,76 @@ class DirectoryMembers:
 
     def blob(self, name: str) -> FileBlob:
         return FileBlob(self._file(name))
+
+
+class SpooledTarMembers:
+    """The regular files of a non-seekable tar stream (a daemon's export), spooled as they pass.
+
+    A docker-save stream names its image last (`manifest.json` follows the layers), so
+    nothing can be read before the stream has ended: small members are kept in memory, larger
+    ones (layers) written to files under `directory` as they arrive, never the whole stream
+    in memory. The files stay until the run's work directory is removed.
+    """
+
+    def __init__(
+        self, stream: Readable, directory: Path, where: str, small_limit: int = SPOOL_IN_MEMORY
+    ) -> None:
+        self.where = where
+        self._directory = directory
+        self._small: dict[str, bytes] = {}
+        self._files: dict[str, Path] = {}
+        self._count = 0
+        directory.mkdir(parents=True, exist_ok=True)
+        try:
+            with tarfile.open(fileobj=stream, mode="r|") as archive:  # type: ignore[call-overload]
+                for member in archive:
+                    if member.isfile():
+                        self._spool(archive, member, small_limit)
+        except tarfile.TarError as error:
+            raise OccystrapError(
+                f"{where}: the export is not a complete tar stream ({error}); try again, and"
+                " check the daemon's log if it keeps failing"
+            ) from None
+
+    def _new_file(self) -> Path:
+        self._count += 1
+        return self._directory / f"member-{self._count}"
+
+    def _spool(self, archive: tarfile.TarFile, member: tarfile.TarInfo, limit: int) -> None:
+        key = member_key(member.name)
+        source = archive.extractfile(member)
+        assert source is not None  # a regular file always has content
+        self._small.pop(key, None)  # a later member of the same name wins, as in tar
+        replaced = self._files.pop(key, None)
+        if replaced is not None:
+            replaced.unlink()
+        if member.size <= limit:
+            self._small[key] = source.read()
+            return
+        path = self._new_file()
+        with open(path, "wb") as spooled:
+            shutil.copyfileobj(source, spooled, compression.CHUNK_SIZE)
+        self._files[key] = path
+
+    def has(self, name: str) -> bool:
+        return name in self._small or name in self._files
+
+    def size(self, name: str) -> int:
+        if name in self._small:
+            return len(self._small[name])
+        return self._files[name].stat().st_size
+
+    def read(self, name: str) -> bytes:
+        if name in self._small:
+            return self._small[name]
+        return self._files[name].read_bytes()
+
+    def blob(self, name: str) -> FileBlob:
+        if name in self._small:  # a tiny layer: given a file of its own, as blobs are files
+            path = self._new_file()
+            path.write_bytes(self._small.pop(name))
+            self._files[name] = path
+        return FileBlob(self._files[name])
 
 
 def _hash_blob(blob: Blob) -> str:

@@ -1,0 +1,153 @@
+"""Launch real container daemons on private Unix sockets: Debian's dockerd and Podman's
+Docker-compatible API service, each with its own storage, so tests never touch the machine's.
+
+Both are stopped by their PID (SIGTERM, then SIGKILL); dockerd stops the containerd it
+started itself under its private exec root.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import subprocess
+import time
+from pathlib import Path
+
+import httpx
+
+from tests.integration.servers import require_binary
+
+DOCKERD_BINARY = "/usr/sbin/dockerd"
+PODMAN_BINARY = "/usr/bin/podman"
+START_DEADLINE_SECONDS = 60.0
+STOP_DEADLINE_SECONDS = 20.0
+
+
+class DaemonStartError(RuntimeError):
+    """The daemon exited or never answered /_ping."""
+
+
+class _Daemon:
+    """One daemon process answering the Docker Engine API on `socket`."""
+
+    name = ""
+
+    def __init__(self, workdir: Path) -> None:
+        self.workdir = Path(workdir)
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self.socket = self.workdir / "api.sock"
+        self._log_path = self.workdir / f"{self.name}.log"
+        self._process: subprocess.Popen | None = None
+
+    def command(self) -> list[str]:
+        raise NotImplementedError
+
+    def start(self) -> _Daemon:
+        if os.geteuid() != 0:
+            raise DaemonStartError(f"{self.name} needs root here: run the suite as root")
+        with open(self._log_path, "wb") as log:
+            self._process = subprocess.Popen(
+                self.command(),
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,  # a Ctrl-C of pytest reaches it only through stop()
+            )
+        try:
+            self._wait_ready()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def _wait_ready(self) -> None:
+        deadline = time.monotonic() + START_DEADLINE_SECONDS
+        transport = httpx.HTTPTransport(uds=str(self.socket))
+        with httpx.Client(transport=transport, base_url="http://daemon") as client:
+            while time.monotonic() < deadline:
+                assert self._process is not None
+                if self._process.poll() is not None:
+                    raise DaemonStartError(
+                        f"{self.name} exited with {self._process.returncode}: {self.log_text()}"
+                    )
+                with contextlib.suppress(httpx.TransportError):
+                    if client.get("/_ping", timeout=2.0).status_code == 200:
+                        return
+                time.sleep(0.1)
+        raise DaemonStartError(
+            f"{self.name} did not answer within {START_DEADLINE_SECONDS}s: {self.log_text()}"
+        )
+
+    def log_text(self) -> str:
+        """The daemon's output, trimmed to the end, where the reason it failed is."""
+        if not self._log_path.exists():
+            return ""
+        return self._log_path.read_text(errors="replace").strip()[-2000:]
+
+    def stop(self) -> None:
+        if self._process is None:
+            return
+        if self._process.poll() is None:
+            self._process.terminate()
+            try:
+                self._process.wait(timeout=STOP_DEADLINE_SECONDS)
+            except subprocess.TimeoutExpired:
+                self._process.kill()
+                self._process.wait()
+        self._process = None
+
+    def client(self) -> httpx.Client:
+        """A plain client on the socket, for checks outside occystrap."""
+        transport = httpx.HTTPTransport(uds=str(self.socket))
+        return httpx.Client(transport=transport, base_url="http://daemon", timeout=120)
+
+    def __enter__(self) -> _Daemon:
+        return self.start()
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop()
+
+
+class DockerDaemon(_Daemon):
+    """Debian's dockerd: vfs storage, no networking set-up, its own containerd."""
+
+    name = "dockerd"
+
+    def command(self) -> list[str]:
+        config = self.workdir / "daemon.json"
+        config.write_text(json.dumps({}))  # not /etc/docker/daemon.json
+        return [
+            require_binary(DOCKERD_BINARY),
+            f"--host=unix://{self.socket}",
+            f"--config-file={config}",
+            f"--data-root={self.workdir / 'data'}",
+            f"--exec-root={self.workdir / 'exec'}",
+            f"--pidfile={self.workdir / 'dockerd.pid'}",
+            "--iptables=false",
+            "--ip6tables=false",
+            "--ip-masq=false",
+            "--bridge=none",
+            "--storage-driver=vfs",
+        ]
+
+
+class PodmanService(_Daemon):
+    """`podman system service`: Podman's Docker-compatible API, with private storage."""
+
+    name = "podman"
+
+    def command(self) -> list[str]:
+        return [
+            require_binary(PODMAN_BINARY),
+            f"--root={self.workdir / 'root'}",
+            f"--runroot={self.workdir / 'run'}",
+            f"--tmpdir={self.workdir / 'tmp'}",
+            "--storage-driver=vfs",
+            "--events-backend=file",
+            "--cgroup-manager=cgroupfs",
+            "system",
+            "service",
+            "--time=0",
+            f"unix://{self.socket}",
+        ]

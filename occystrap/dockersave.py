@@ -184,8 +184,8 @@ class SpooledTarMembers:
                         self._spool(archive, member, small_limit)
         except tarfile.TarError as error:
             raise OccystrapError(
-                f"{where}: the export is not a complete tar stream ({error}); try again, and"
-                " check the daemon's log if it keeps failing"
+                f"{where}: not a complete tar stream ({error}); try again, and check the"
+                " daemon's log if it keeps failing"
             ) from None
 
     def _new_file(self) -> Path:

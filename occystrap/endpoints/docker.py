@@ -78,8 +78,11 @@ def default_sockets(environ: Mapping[str, str]) -> list[Path]:
     return sockets
 
 
-def find_socket(option: str | None, environ: Mapping[str, str]) -> DaemonSocket:
-    """The socket to use: `?socket=`, else DOCKER_HOST, else the first default that exists."""
+def find_socket(
+    option: str | None, environ: Mapping[str, str], defaults: list[Path] | None = None
+) -> DaemonSocket:
+    """The socket to use: `?socket=`, else DOCKER_HOST, else the first of `defaults` (those
+    of `default_sockets`) that exists."""
     if option:
         return DaemonSocket(Path(option), "?socket=")
     docker_host = environ.get("DOCKER_HOST", "").strip()
@@ -91,7 +94,7 @@ def find_socket(option: str | None, environ: Mapping[str, str]) -> DaemonSocket:
                 " over their Unix socket only; set DOCKER_HOST=unix://PATH or use ?socket=PATH"
             )
         return DaemonSocket(Path(path), "DOCKER_HOST")
-    candidates = default_sockets(environ)
+    candidates = default_sockets(environ) if defaults is None else defaults
     for candidate in candidates:
         if candidate.exists():
             return DaemonSocket(candidate, "the default")

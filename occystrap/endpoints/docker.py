@@ -180,7 +180,7 @@ class Daemon:
         if not isinstance(message, str):
             message = body[:300].decode(errors="replace") or f"HTTP {response.status_code}"
         return OccystrapError(
-            f"the daemon at {self._where()} failed to {doing}: {_one_line(message)}"
+            f"the daemon at {self.socket} failed to {doing}: {_one_line(message)}"
         )
 
     @contextmanager

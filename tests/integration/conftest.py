@@ -1,6 +1,7 @@
 """Fixtures for integration tests: real registries (one per auth/TLS mode), a token server,
-a fault proxy and a redirect target. Registries start once per session; tests isolate
-themselves with unique repository names (see `unique_repo`).
+a fault proxy, a redirect target, and container daemons (dockerd, Podman's API service).
+Servers start once per session, at first use; tests isolate themselves with unique
+repository and image names (see `unique_repo`).
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from collections.abc import Iterator
 
 import pytest
 
+from tests.integration.daemons import DockerDaemon, PodmanService
 from tests.integration.fault_proxy import BlobHost, FaultProxy
 from tests.integration.servers import (
     REGISTRY_BINARY,
@@ -100,3 +102,17 @@ def fault_proxy(registry_plain) -> Iterator[FaultProxy]:
     """A fresh programmable proxy in front of `registry_plain`."""
     with FaultProxy(registry_plain.url) as proxy:
         yield proxy
+
+
+@pytest.fixture(scope="session")
+def dockerd(tmp_path_factory) -> Iterator[DockerDaemon]:
+    """Debian's dockerd on a private socket and storage, started once, stopped by PID."""
+    with DockerDaemon(tmp_path_factory.mktemp("dockerd")) as daemon:
+        yield daemon
+
+
+@pytest.fixture(scope="session")
+def podman_service(tmp_path_factory) -> Iterator[PodmanService]:
+    """Podman's Docker-compatible API on a private socket and storage, stopped by PID."""
+    with PodmanService(tmp_path_factory.mktemp("podman")) as service:
+        yield service

@@ -43,12 +43,17 @@ class _Daemon:
     def command(self) -> list[str]:
         raise NotImplementedError
 
+    def environment(self) -> dict[str, str]:
+        """Variables added to the daemon's environment."""
+        return {}
+
     def start(self) -> _Daemon:
         if os.geteuid() != 0:
             raise DaemonStartError(f"{self.name} needs root here: run the suite as root")
         with open(self._log_path, "wb") as log:
             self._process = subprocess.Popen(
                 self.command(),
+                env={**os.environ, **self.environment()},
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,
@@ -136,6 +141,11 @@ class PodmanService(_Daemon):
     """`podman system service`: Podman's Docker-compatible API, with private storage."""
 
     name = "podman"
+
+    def environment(self) -> dict[str, str]:
+        tmp = self.workdir / "tmp"
+        tmp.mkdir(exist_ok=True)
+        return {"TMPDIR": str(tmp)}  # where it spools uploaded tarballs, not /var/tmp
 
     def command(self) -> list[str]:
         return [

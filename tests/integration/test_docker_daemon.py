@@ -1,0 +1,212 @@
+"""docker:// against real daemons: Debian's dockerd and Podman's Docker-compatible API, each
+on a private socket. Images are built here (nothing is downloaded) and checked with skopeo.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import os
+import socket
+import subprocess
+import sys
+import tarfile
+from pathlib import Path
+
+import pytest
+
+from tests.integration.cli import REPO_ROOT, assert_one_line_error, run_occystrap
+from tests.integration.daemons import DockerDaemon, PodmanService
+from tests.integration.images import build_oci_layout, random_layer, run_skopeo
+
+_seeds = itertools.count(1000)
+_names = itertools.count()
+
+
+def unique_name(prefix: str) -> str:
+    return f"occystrap-test/{prefix}-{next(_names)}"
+
+
+def source_tarball(tmp_path: Path, repo_tag: str, layers: int = 3) -> tuple[Path, str, list[str]]:
+    """A docker-archive written by skopeo (an independent tool) from gzip layers of random
+    bytes no other test uses; returns it with its config digest and diff_ids."""
+    layout = tmp_path / "layout"
+    build_oci_layout(layout, [random_layer(4096 * (i + 1), next(_seeds)) for i in range(layers)])
+    tarball = tmp_path / "source.tar"
+    run_skopeo("copy", "--quiet", f"oci:{layout}:latest", f"docker-archive:{tarball}:{repo_tag}")
+    return (tarball, *archive_facts(tarball))
+
+
+def archive_facts(tarball: Path) -> tuple[str, list[str]]:
+    """The config digest and layer diff_ids skopeo reads from a docker-archive."""
+    raw = json.loads(run_skopeo("inspect", "--raw", f"docker-archive:{tarball}").stdout)
+    config = json.loads(run_skopeo("inspect", "--config", f"docker-archive:{tarball}").stdout)
+    return raw["config"]["digest"], config["rootfs"]["diff_ids"]
+
+
+def repo_tags(tarball: Path) -> list[str]:
+    with tarfile.open(tarball) as archive:
+        member = archive.extractfile("manifest.json")
+        assert member is not None
+        return json.load(member)[0]["RepoTags"]
+
+
+def listed(daemon, name: str) -> dict:
+    """What the daemon itself says about NAME (through a plain client, not occystrap)."""
+    with daemon.client() as client:
+        response = client.get(f"/images/{name}/json")
+    assert response.status_code == 200, f"{name}: {response.text}"
+    return response.json()
+
+
+def uri(daemon, name: str) -> str:
+    return f"docker://{name}?socket={daemon.socket}"
+
+
+@pytest.fixture(params=["dockerd", "podman"])
+def daemon(request) -> DockerDaemon | PodmanService:
+    return request.getfixturevalue("dockerd" if request.param == "dockerd" else "podman_service")
+
+
+def test_round_trip_tar_daemon_daemon_tar_keeps_the_image(daemon, tmp_path):
+    first, second = unique_name("first") + ":v1", unique_name("second") + ":v2"
+    tarball, config_digest, diff_ids = source_tarball(tmp_path, "occystrap-test/source:v0")
+
+    loaded = run_occystrap("process", f"tar://{tarball}", uri(daemon, first))
+    assert config_digest in loaded.stderr  # the image ID the daemon gives it
+    assert listed(daemon, first)["RootFS"]["Layers"] == diff_ids
+
+    run_occystrap("process", uri(daemon, first), uri(daemon, second))
+    assert listed(daemon, second)["RootFS"]["Layers"] == diff_ids
+
+    out = tmp_path / "out.tar"
+    run_occystrap("process", uri(daemon, second), f"tar://{out}")
+    assert archive_facts(out) == (config_digest, diff_ids)
+    assert repo_tags(out) == [second]  # named as the source URI says, not as the daemon does
+    run_skopeo("copy", "--quiet", f"docker-archive:{out}", f"dir:{tmp_path / 'verified'}")
+
+
+def test_dockerd_to_podman_and_back(dockerd, podman_service, tmp_path):
+    name = unique_name("travel") + ":v1"
+    tarball, config_digest, diff_ids = source_tarball(tmp_path, name, layers=2)
+    run_occystrap("process", f"tar://{tarball}", uri(dockerd, name))
+    run_occystrap("process", uri(dockerd, name), uri(podman_service, name))
+    assert listed(podman_service, name)["RootFS"]["Layers"] == diff_ids
+    back = unique_name("back")  # no tag: latest
+    run_occystrap("process", uri(podman_service, name), uri(dockerd, back))
+    assert listed(dockerd, f"{back}:latest")["Id"] == config_digest
+
+
+def test_docker_host_names_the_socket(dockerd, tmp_path):
+    name = unique_name("env") + ":v1"
+    tarball, config_digest, _ = source_tarball(tmp_path, "occystrap-test/env-source:v1", 1)
+    env = {"DOCKER_HOST": f"unix://{dockerd.socket}"}
+    run_occystrap("process", f"tar://{tarball}", f"docker://{name}", env=env)
+    assert listed(dockerd, name)["Id"] == config_digest
+    out = tmp_path / "out.tar"
+    run_occystrap("process", f"docker://{name}", f"tar://{out}", env=env)
+    assert archive_facts(out)[0] == config_digest
+
+
+def test_info_reads_a_daemon_image(dockerd, tmp_path):
+    name = unique_name("info") + ":v1"
+    tarball, config_digest, diff_ids = source_tarball(tmp_path, name, layers=2)
+    run_occystrap("process", f"tar://{tarball}", uri(dockerd, name))
+    result = run_occystrap("--output-format", "json", "info", uri(dockerd, name))
+    info = json.loads(result.stdout)
+    assert info["config_digest"] == config_digest
+    assert [layer["diff_id"] for layer in info["layers"]] == diff_ids
+
+
+# -- one-line errors ------------------------------------------------------------------------
+
+
+def test_missing_image(daemon):
+    result = run_occystrap(
+        "process", uri(daemon, "occystrap-test/absent:v1"), "tar:///dev/null", check=False
+    )
+    assert_one_line_error(
+        result, f"no image occystrap-test/absent:v1 in the daemon at {daemon.socket}"
+    )
+
+
+def test_missing_socket(tmp_path):
+    result = run_occystrap(
+        "process", f"docker://busybox?socket={tmp_path}/none.sock", "tar:///dev/null", check=False
+    )
+    assert_one_line_error(result, f"no daemon socket at {tmp_path}/none.sock", "?socket=PATH")
+
+
+def test_docker_host_that_is_not_a_unix_socket(tmp_path):
+    env = {"DOCKER_HOST": "tcp://127.0.0.1:2375"}
+    result = run_occystrap(
+        "process", "docker://busybox", f"tar://{tmp_path}/x.tar", env=env, check=False
+    )
+    assert_one_line_error(result, "DOCKER_HOST='tcp://127.0.0.1:2375' is not a Unix socket")
+
+
+def test_socket_of_a_daemon_that_is_not_docker(dockerd):
+    """dockerd's own containerd answers gRPC on its socket: a real daemon, not Docker's API."""
+    containerd = dockerd.workdir / "exec" / "containerd" / "containerd.sock"
+    assert containerd.is_socket()
+    result = run_occystrap(
+        "process", f"docker://busybox?socket={containerd}", "tar:///dev/null", check=False
+    )
+    assert_one_line_error(result, f"{containerd} (from ?socket=) is not a Docker Engine API socket")
+
+
+def test_socket_without_permission(tmp_path):
+    """Without CAP_DAC_OVERRIDE, root may not connect to another user's private socket."""
+    path = tmp_path / "private.sock"
+    with socket.socket(socket.AF_UNIX) as listening:
+        listening.bind(str(path))
+        listening.listen()
+        os.chown(path, 65534, 65534)
+        os.chmod(path, 0o600)
+        result = subprocess.run(
+            [
+                "setpriv",
+                "--bounding-set=-dac_override,-dac_read_search",
+                sys.executable,
+                "-m",
+                "occystrap",
+                "process",
+                f"docker://busybox?socket={path}",
+                "tar:///dev/null",
+            ],
+            env={**os.environ, "PYTHONPATH": str(REPO_ROOT)},
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+    assert_one_line_error(result, f"permission denied on the daemon socket {path}")
+
+
+def test_daemon_refusing_the_load_is_one_line(dockerd, tmp_path):
+    """dockerd on Linux refuses a Windows image, in the JSON lines of its load response."""
+    layout = tmp_path / "layout"
+    build_oci_layout(layout, [random_layer(2048, next(_seeds))], platform=("windows", "amd64"))
+    tarball = tmp_path / "windows.tar"
+    run_skopeo("copy", "--quiet", f"oci:{layout}:latest", f"docker-archive:{tarball}:w/w:1")
+    name = unique_name("windows") + ":v1"
+    result = run_occystrap("process", f"tar://{tarball}", uri(dockerd, name), check=False)
+    assert_one_line_error(
+        result, f"the daemon at {dockerd.socket} failed to load {name}", "windows image on linux"
+    )
+
+
+def test_daemon_failing_an_export_gives_its_message(dockerd, tmp_path):
+    """A layer whose files vanished from dockerd's storage: it answers 500 and a JSON message."""
+    name = unique_name("broken") + ":v1"
+    tarball, _, diff_ids = source_tarball(tmp_path, name, layers=1)
+    run_occystrap("process", f"tar://{tarball}", uri(dockerd, name))
+    layerdb = dockerd.workdir / "data" / "image" / "vfs" / "layerdb" / "sha256"
+    (chain,) = [d for d in layerdb.iterdir() if (d / "diff").read_text() == diff_ids[0]]
+    storage = dockerd.workdir / "data" / "vfs" / "dir" / (chain / "cache-id").read_text()
+    (storage / "random.bin").unlink()
+    result = run_occystrap("process", uri(dockerd, name), f"tar://{tmp_path}/x.tar", check=False)
+    assert_one_line_error(
+        result, f"the daemon at {dockerd.socket} failed to export {name}:", "random.bin"
+    )
+    assert not (tmp_path / "x.tar").exists()

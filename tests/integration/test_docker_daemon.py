@@ -17,7 +17,12 @@ import pytest
 
 from tests.integration.cli import REPO_ROOT, assert_one_line_error, run_occystrap
 from tests.integration.daemons import DockerDaemon, PodmanService
-from tests.integration.images import build_oci_layout, random_layer, run_skopeo
+from tests.integration.images import (
+    build_oci_layout,
+    random_layer,
+    run_skopeo,
+    skopeo_inspect,
+)
 
 _seeds = itertools.count(1000)
 _names = itertools.count()
@@ -95,6 +100,24 @@ def test_dockerd_to_podman_and_back(dockerd, podman_service, tmp_path):
     back = unique_name("back")  # no tag: latest
     run_occystrap("process", uri(podman_service, name), uri(dockerd, back))
     assert listed(dockerd, f"{back}:latest")["Id"] == config_digest
+
+
+def test_daemon_to_registry_and_back(dockerd, registry_plain, unique_repo, tmp_path):
+    name = unique_name("pushed") + ":v1"
+    tarball, config_digest, diff_ids = source_tarball(tmp_path, name, layers=2)
+    run_occystrap("process", f"tar://{tarball}", uri(dockerd, name))
+    target = f"{registry_plain.host}/{unique_repo}:v1"
+    run_occystrap("--insecure", "process", uri(dockerd, name), f"registry://{target}")
+    pushed = skopeo_inspect(registry_plain, f"{unique_repo}:v1", config=True)
+    assert pushed["rootfs"]["diff_ids"] == diff_ids
+    raw = skopeo_inspect(registry_plain, f"{unique_repo}:v1", raw=True)
+    assert raw["config"]["digest"] == config_digest
+    assert {layer["mediaType"] for layer in raw["layers"]} == {
+        "application/vnd.docker.image.rootfs.diff.tar.gzip"
+    }
+    back = unique_name("pulled") + ":v1"
+    run_occystrap("--insecure", "process", f"registry://{target}", uri(dockerd, back))
+    assert listed(dockerd, back)["Id"] == config_digest
 
 
 def test_docker_host_names_the_socket(dockerd, tmp_path):

@@ -328,7 +328,10 @@ class _SaveStream:
             self._error = error
 
     def chunks(self) -> Iterator[bytes]:
-        """The tarball's bytes; the writer's failure, if any, is raised at the end."""
+        """The tarball's bytes; the writer's failure, if any, is raised at the end.
+
+        Raising aborts the request before its last (empty) chunk, so the daemon sees a cut
+        body and loads nothing, even when a layer failed its digest only at its end."""
         while chunk := self._reader.read(compression.CHUNK_SIZE):
             self.ctx.stats.add(bytes_uploaded=len(chunk))
             yield chunk

@@ -243,6 +243,24 @@ def test_socket_without_permission(tmp_path):
     assert_one_line_error(result, f"permission denied on the daemon socket {path}")
 
 
+def test_corrupt_layer_stops_the_load_and_the_daemon_keeps_nothing(daemon, tmp_path):
+    """A layer that fails its digest mid-stream ends the upload with our error; the daemon,
+    given a cut tarball, does not list the image."""
+    name = unique_name("corrupt") + ":v1"
+    tarball, _, diff_ids = source_tarball(tmp_path, "occystrap-test/corrupt-source:v1", 2)
+    with tarfile.open(tarball) as archive:
+        layer = archive.getmember(f"{diff_ids[1].partition(':')[2]}.tar")
+    with open(tarball, "r+b") as handle:
+        handle.seek(layer.offset_data + layer.size // 2)
+        byte = handle.read(1)
+        handle.seek(-1, os.SEEK_CUR)
+        handle.write(bytes([byte[0] ^ 0xFF]))
+    result = run_occystrap("process", f"tar://{tarball}", uri(daemon, name), check=False)
+    assert_one_line_error(result, f"layer {diff_ids[1]}", "hashes to")
+    with daemon.client() as client:
+        assert client.get(f"/images/{name}/json").status_code == 404
+
+
 def test_daemon_refusing_the_load_is_one_line(dockerd, tmp_path):
     """dockerd on Linux refuses a Windows image, in the JSON lines of its load response."""
     layout = tmp_path / "layout"

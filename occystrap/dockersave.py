@@ -5,9 +5,9 @@ both the classic layout (`manifest.json`, `<id>/layer.tar`) and the OCI layout D
 writes (`index.json`, `blobs/sha256/...`). Layers are not copied: each becomes a `Layer`
 whose blob points into the source, verified whenever it is read.
 
-Writing streams to any file object, a pipe too: the small files first, then every distinct
-layer uncompressed as `<diff-id-hex>/layer.tar`, in the order an output's layer iterator
-hands them over, so a layer can be written while later ones are still being fetched.
+Writing streams to any file object: the small files first, then every distinct layer
+uncompressed as `<diff-id-hex>/layer.tar`, in the order an output's layer iterator hands
+them over, so a layer can be written while later ones are still being fetched.
 """
 
 from __future__ import annotations

@@ -24,7 +24,7 @@ from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import httpx
 
@@ -253,21 +253,23 @@ class DockerURI(Endpoint):
 
 
 class _BodyReader:
-    """A streamed response body as a `read(size)` stream, counting bytes as they arrive."""
+    """A streamed response body as a `read(size)` stream, counting bytes as they arrive.
+
+    Each read slices only what it returns, so small reads of a large chunk stay linear."""
 
     def __init__(self, response: httpx.Response, on_bytes: Callable[[int], None]) -> None:
         self._chunks = response.iter_raw(compression.CHUNK_SIZE)
         self._on_bytes = on_bytes
-        self._buffer = b""
+        self._chunk = b""
+        self._offset = 0
 
     def read(self, size: int = -1) -> bytes:
-        if not self._buffer:
-            self._buffer = next(self._chunks, b"")
-            self._on_bytes(len(self._buffer))
-        if size < 0 or size >= len(self._buffer):
-            data, self._buffer = self._buffer, b""
-        else:
-            data, self._buffer = self._buffer[:size], self._buffer[size:]
+        if self._offset >= len(self._chunk):
+            self._chunk, self._offset = next(self._chunks, b""), 0
+            self._on_bytes(len(self._chunk))
+        end = len(self._chunk) if size < 0 else min(len(self._chunk), self._offset + size)
+        data = self._chunk[self._offset : end]
+        self._offset = end
         return data
 
 
@@ -302,6 +304,22 @@ class DockerSource:
         return replace(image, source=name_and_tag(self.name))
 
 
+class _PipeEnd:
+    """The pipe's writing end as tarfile's "w" mode wants a file: it asks `tell()` once, where
+    the archive starts (its streaming "w|" mode would not, but copies every block twice)."""
+
+    def __init__(self, raw: BinaryIO) -> None:
+        self.raw, self.position = raw, 0
+
+    def write(self, data: bytes) -> int:
+        self.raw.write(data)
+        self.position += len(data)
+        return len(data)
+
+    def tell(self) -> int:
+        return self.position
+
+
 class _SaveStream:
     """A docker-save tarball written by a thread into a pipe, read back as a request body.
 
@@ -320,10 +338,9 @@ class _SaveStream:
     def _write(self) -> None:
         try:
             with self._writer:
+                out: Any = _PipeEnd(self._writer)  # writes and tell(): all tarfile asks for
                 layers = local_layers(self.image, self.ctx)
-                write_docker_save(
-                    self._writer, self.image, self.repo_tag, layers, self.ctx.progress
-                )
+                write_docker_save(out, self.image, self.repo_tag, layers, self.ctx.progress)
         except BaseException as error:  # handed to the reading side, which raises it
             self._error = error
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import signal
 import subprocess
 import time
 from pathlib import Path
@@ -135,6 +136,34 @@ class DockerDaemon(_Daemon):
             "--bridge=none",
             "--storage-driver=vfs",
         ]
+
+    def stop(self) -> None:
+        """Stop dockerd, then the containerd it started, should it have outlived dockerd."""
+        containerd = self._containerd_pid()
+        super().stop()
+        if containerd is not None:
+            _stop_orphan(containerd)
+
+    def _containerd_pid(self) -> int | None:
+        """containerd's PID from its pid file, if that process is still the one we started."""
+        try:
+            pid = int((self.workdir / "exec" / "containerd" / "containerd.pid").read_text())
+            command_line = Path(f"/proc/{pid}/cmdline").read_bytes()
+        except (OSError, ValueError):
+            return None
+        return pid if str(self.workdir).encode() in command_line else None
+
+
+def _stop_orphan(pid: int) -> None:
+    """Stop a process that is not our child (so cannot be waited for) by its PID."""
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, sig)
+        deadline = time.monotonic() + STOP_DEADLINE_SECONDS / 2
+        while time.monotonic() < deadline:
+            if not Path(f"/proc/{pid}").exists():
+                return
+            time.sleep(0.1)
 
 
 class PodmanService(_Daemon):

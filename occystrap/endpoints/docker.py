@@ -56,6 +56,7 @@ FORM = "docker://NAME[:TAG][?socket=PATH]"
 # The daemon answers a load only once it has read the whole tarball and registers layers
 # meanwhile, so reads may wait long; connecting to a local socket must not.
 DAEMON_TIMEOUT = httpx.Timeout(connect=15.0, read=600.0, write=600.0, pool=60.0)
+PING_TIMEOUT = 15.0  # a daemon that cannot answer this is not worth waiting for
 _ERROR_BODY_LIMIT = 64 * 1024
 _HOW_TO_NAME = "name its socket with ?socket=PATH or DOCKER_HOST=unix://PATH"
 
@@ -169,7 +170,7 @@ class Daemon:
     def error(self, response: httpx.Response, doing: str) -> OccystrapError:
         """The daemon's refusal, with its JSON `message` (read from a streamed response too)."""
         body = b""
-        for chunk in response.iter_raw():
+        for chunk in response.iter_bytes():  # unlike iter_raw, also after a whole read
             body += chunk
             if len(body) > _ERROR_BODY_LIMIT:
                 break
@@ -201,7 +202,7 @@ class Daemon:
             raise self._transport_error(error) from None
 
     def _check(self, client: httpx.Client) -> None:
-        response = client.get("/_ping")
+        response = client.get("/_ping", timeout=PING_TIMEOUT)
         version = response.headers.get("Api-Version")
         if response.status_code != 200 or not version:
             raise self._not_docker(

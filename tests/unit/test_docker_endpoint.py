@@ -4,6 +4,7 @@ are missing, dead, or not a Docker Engine API (real Unix sockets, served in-proc
 from __future__ import annotations
 
 import http.server
+import json
 import socket
 import socketserver
 import threading
@@ -24,6 +25,8 @@ from occystrap.endpoints.docker import (
     find_socket,
 )
 from occystrap.errors import OccystrapError, UsageError
+
+from .image_builder import context
 
 
 @pytest.mark.parametrize(
@@ -162,6 +165,33 @@ class _NotHTTP(socketserver.BaseRequestHandler):
     def handle(self) -> None:
         self.request.recv(1024)
         self.request.sendall(b"\x00\x00\x12\x04\x00\x00\x00\x00\x00 not http at all\r\n\r\n")
+
+
+class _FailingDaemon(_PlainWebServer):
+    """Answers /_ping as a daemon does, then fails every request with a JSON message."""
+
+    def do_GET(self) -> None:
+        if self.path == "/_ping":
+            self.send_response(200)
+            self.send_header("Api-Version", "1.41")
+            body = b"OK"
+        else:
+            self.send_response(500)
+            body = json.dumps({"message": "disk on fire\nsecond line"}).encode()
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+
+def test_daemon_error_message_is_one_line(tmp_path):
+    path = tmp_path / "failing.sock"
+    with serving(path, _FailingDaemon):
+        source = DockerURI("team/app:v1", str(path)).open_input(context(tmp_path / "work"))
+        with pytest.raises(OccystrapError) as error:
+            source.read()
+    assert str(error.value) == (
+        f"the daemon at {path} failed to describe team/app:v1: disk on fire second line"
+    )
 
 
 def test_http_service_that_is_not_docker(tmp_path):

@@ -336,8 +336,8 @@ def process(
     """Copy the image(s) at SOURCE to DESTINATION.
 
     A multi-platform SOURCE is copied whole to a registry or an OCI layout (every platform,
-    same index digest); --platform narrows it; tar://, dir://, oci:// (a runtime bundle)
-    and mounts:// (overlayfs layers) take the --os/--architecture one.
+    same index digest); --platform narrows it; tar://, dir://, docker:// (a daemon), oci://
+    (a runtime bundle) and mounts:// (overlayfs layers) take the --os/--architecture one.
     A quay:// SOURCE names many images; DESTINATION must then hold many:
     dir://PATH?unique_names=true or registry://HOST/PREFIX.
     """

@@ -122,7 +122,8 @@ class DockerDaemon(_Daemon):
 
     def command(self) -> list[str]:
         config = self.workdir / "daemon.json"
-        config.write_text(json.dumps({}))  # not /etc/docker/daemon.json
+        # Not /etc/docker/daemon.json; and its trust key here, not in /etc/docker/key.json.
+        config.write_text(json.dumps({"deprecated-key-path": str(self.workdir / "key.json")}))
         return [
             require_binary(DOCKERD_BINARY),
             f"--host=unix://{self.socket}",

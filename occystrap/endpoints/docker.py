@@ -28,7 +28,7 @@ from typing import Any, BinaryIO
 
 import httpx
 
-from occystrap import compression
+from occystrap import cancel, compression
 from occystrap.dockersave import (
     DockerSaveReader,
     SpooledTarMembers,
@@ -363,7 +363,8 @@ class _SaveStream:
 
     def __exit__(self, *exc_info: object) -> None:
         self._reader.close()  # a writer still running gets BrokenPipeError and stops
-        self._thread.join()
+        # After Ctrl-C, the writer (a daemon thread) gets the grace every worker gets.
+        self._thread.join(cancel.GRACE_SECONDS if cancel.CANCELLED.is_set() else None)
 
 
 class DockerDestination:

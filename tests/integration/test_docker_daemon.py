@@ -189,9 +189,9 @@ def test_layers_stream_through_without_being_held_in_memory(dockerd, tmp_path):
 # -- one-line errors ------------------------------------------------------------------------
 
 
-def test_missing_image(daemon):
+def test_missing_image(daemon, tmp_path):
     result = run_occystrap(
-        "process", uri(daemon, "occystrap-test/absent:v1"), "tar:///dev/null", check=False
+        "process", uri(daemon, "occystrap-test/absent:v1"), f"tar://{tmp_path}/out.tar", check=False
     )
     assert_one_line_error(
         result, f"no image occystrap-test/absent:v1 in the daemon at {daemon.socket}"
@@ -200,17 +200,20 @@ def test_missing_image(daemon):
 
 def test_missing_socket(tmp_path):
     result = run_occystrap(
-        "process", f"docker://busybox?socket={tmp_path}/none.sock", "tar:///dev/null", check=False
+        "process",
+        f"docker://busybox?socket={tmp_path}/none.sock",
+        f"tar://{tmp_path}/out.tar",
+        check=False,
     )
     assert_one_line_error(result, f"no daemon socket at {tmp_path}/none.sock", "?socket=PATH")
 
 
-def test_socket_of_a_daemon_that_is_not_docker(dockerd):
+def test_socket_of_a_daemon_that_is_not_docker(dockerd, tmp_path):
     """dockerd's own containerd answers gRPC on its socket: a real daemon, not Docker's API."""
     containerd = dockerd.workdir / "exec" / "containerd" / "containerd.sock"
     assert containerd.is_socket()
     result = run_occystrap(
-        "process", f"docker://busybox?socket={containerd}", "tar:///dev/null", check=False
+        "process", f"docker://busybox?socket={containerd}", f"tar://{tmp_path}/out.tar", check=False
     )
     assert_one_line_error(result, f"{containerd} (from ?socket=) is not a Docker Engine API socket")
 
@@ -232,7 +235,7 @@ def test_socket_without_permission(tmp_path):
                 "occystrap",
                 "process",
                 f"docker://busybox?socket={path}",
-                "tar:///dev/null",
+                f"tar://{tmp_path}/out.tar",
             ],
             env={**os.environ, "PYTHONPATH": str(REPO_ROOT)},
             capture_output=True,

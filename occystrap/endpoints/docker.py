@@ -20,7 +20,7 @@ import json
 import logging
 import os
 import threading
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -367,6 +367,25 @@ class _SaveStream:
         self._thread.join(cancel.GRACE_SECONDS if cancel.CANCELLED.is_set() else None)
 
 
+def load_error(lines: Iterable[str]) -> str | None:
+    """The error (on one line) among a load's JSON lines of progress and "Loaded image"."""
+    for line in lines:
+        try:
+            message = json.loads(line) if line.strip() else None
+        except ValueError:
+            continue
+        if not isinstance(message, dict):
+            continue
+        detail = message.get("errorDetail")
+        error = message.get("error") or (
+            detail.get("message") if isinstance(detail, dict) else detail
+        )
+        if error:
+            return _one_line(str(error))
+        LOG.debug("daemon: %s", _one_line(str(message.get("stream") or message)))
+    return None
+
+
 class DockerDestination:
     """Loads one image into the daemon as NAME:TAG and checks that it is listed so."""
 
@@ -390,27 +409,15 @@ class DockerDestination:
                 try:
                     if response.status_code != 200:
                         raise self.daemon.error(response, f"load {self.name}")
-                    self._check_load_messages(response)
+                    error = load_error(response.iter_lines())
+                    if error is not None:
+                        raise OccystrapError(
+                            f"the daemon at {self.daemon.socket} failed to load {self.name}:"
+                            f" {error}"
+                        )
                 finally:
                     response.close()
             return self._confirm(client, item)
-
-    def _check_load_messages(self, response: httpx.Response) -> None:
-        """The load's JSON lines: progress and "Loaded image", or an error."""
-        for line in response.iter_lines():
-            try:
-                message = json.loads(line) if line.strip() else None
-            except ValueError:
-                continue
-            if not isinstance(message, dict):
-                continue
-            error = message.get("error") or (message.get("errorDetail") or {}).get("message")
-            if error:
-                raise OccystrapError(
-                    f"the daemon at {self.daemon.socket} failed to load {self.name}:"
-                    f" {_one_line(str(error))}"
-                )
-            LOG.debug("daemon: %s", _one_line(str(message.get("stream") or message)))
 
     def _confirm(self, client: httpx.Client, image: Image) -> str:
         """The image ID the daemon lists under NAME:TAG, checked to have this image's layers."""

@@ -13,6 +13,8 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from occystrap.endpoints import parse_uri
 from occystrap.endpoints.docker import (
@@ -23,6 +25,7 @@ from occystrap.endpoints.docker import (
     DockerURI,
     default_sockets,
     find_socket,
+    load_error,
 )
 from occystrap.errors import OccystrapError, UsageError
 
@@ -207,3 +210,34 @@ def test_service_that_does_not_speak_http(tmp_path):
     with serving(path, _NotHTTP):
         message = _check(path)
     assert "is not a Docker Engine API socket (it does not answer HTTP" in message
+
+
+# -- the load's response: JSON lines ---------------------------------------------------------
+
+_PROGRESS = st.one_of(
+    st.builds(lambda n: json.dumps({"stream": f"Loaded image: a/b:{n}\n"}), st.integers(0, 9)),
+    st.builds(
+        lambda n: json.dumps({"status": "Loading layer", "progressDetail": {"current": n}}),
+        st.integers(0, 1 << 40),
+    ),
+    st.just(""),
+    st.text(alphabet='{}[]"abc :,', max_size=20),  # not JSON, or not an object: ignored
+)
+
+
+@given(st.lists(_PROGRESS, max_size=20))
+def test_a_load_without_an_error_line_succeeds(lines):
+    assert load_error(lines) is None
+
+
+@given(
+    st.lists(_PROGRESS, max_size=10),
+    st.lists(_PROGRESS, max_size=10),
+    st.sampled_from(["error", "errorDetail", "both"]),
+    st.text(min_size=1, alphabet=st.characters(blacklist_categories=["Cs"])).filter(str.split),
+)
+def test_an_error_line_anywhere_is_the_error_on_one_line(before, after, shape, text):
+    error = {"error": text} if shape == "error" else {"errorDetail": {"message": text}}
+    if shape == "both":
+        error = {"error": text, "errorDetail": {"message": "other"}}
+    assert load_error([*before, json.dumps(error), *after]) == " ".join(text.split())

@@ -139,11 +139,15 @@ class DockerDaemon(_Daemon):
         ]
 
     def stop(self) -> None:
-        """Stop dockerd, then the containerd it started, should it have outlived dockerd."""
+        """Stop dockerd, then what a killed dockerd leaves: the containerd it started and the
+        private bind mount it puts on its data root."""
         containerd = self._containerd_pid()
         super().stop()
         if containerd is not None:
             _stop_orphan(containerd)
+        data_root = self.workdir / "data"
+        if _is_mount_point(data_root):
+            subprocess.run(["umount", str(data_root)], check=False, capture_output=True)
 
     def _containerd_pid(self) -> int | None:
         """containerd's PID from its pid file, if that process is still the one we started."""
@@ -153,6 +157,15 @@ class DockerDaemon(_Daemon):
         except (OSError, ValueError):
             return None
         return pid if str(self.workdir).encode() in command_line else None
+
+
+def _is_mount_point(path: Path) -> bool:
+    """Whether something is mounted on `path`: a bind mount of the same filesystem too, which
+    `os.path.ismount` cannot see."""
+    mount_points = (
+        line.split()[4] for line in Path("/proc/self/mountinfo").read_text().splitlines()
+    )
+    return str(path) in mount_points
 
 
 def _stop_orphan(pid: int) -> None:

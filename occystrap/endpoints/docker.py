@@ -58,6 +58,7 @@ FORM = "docker://NAME[:TAG][?socket=PATH]"
 DAEMON_TIMEOUT = httpx.Timeout(connect=15.0, read=600.0, write=600.0, pool=60.0)
 PING_TIMEOUT = 15.0  # a daemon that cannot answer this is not worth waiting for
 _ERROR_BODY_LIMIT = 64 * 1024
+_REGISTRY_HINT = "an image in a registry is registry://HOST/NAME[:TAG]"
 _HOW_TO_NAME = "name its socket with ?socket=PATH or DOCKER_HOST=unix://PATH"
 
 
@@ -101,7 +102,7 @@ def find_socket(
             return DaemonSocket(candidate, "the default")
     raise OccystrapError(
         f"no Docker or Podman socket found (tried {', '.join(map(str, candidates))}): start"
-        f" the daemon (or `podman system service`), or {_HOW_TO_NAME}"
+        f" the daemon (or `podman system service`), or {_HOW_TO_NAME}; {_REGISTRY_HINT}"
     )
 
 
@@ -293,7 +294,7 @@ class DockerSource:
             if self.daemon.inspect(client, self.name) is None:
                 raise OccystrapError(
                     f"no image {self.name} in the daemon at {self.daemon.socket}: check the"
-                    " name with `docker images` (or `podman images`), or pull it first"
+                    f" name with `docker images` (or `podman images`); {_REGISTRY_HINT}"
                 )
             self.ctx.progress.start(key, None, f"export {self.name}")
             with client.stream("GET", f"/images/{self.name}/get") as response:

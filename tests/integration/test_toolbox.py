@@ -444,8 +444,9 @@ def test_failures_are_one_line(command, registry_plain, unique_repo):
     target = unique_repo if command == "tags" else f"{unique_repo}:v1"
     missing = run_occystrap("--insecure", command, _uri(registry_plain, target), check=False)
     assert_one_line_error(missing, "HTTP 404")
+    # skopeo's spelling of a registry image: docker:// is a local daemon here.
     bad_uri = run_occystrap(command, f"docker://{registry_plain.host}/{target}", check=False)
-    assert_one_line_error(bad_uri, "unknown URI scheme")
+    assert_one_line_error(bad_uri, "is not a registry image: expected registry://HOST/NAME")
     with _refusing_port() as port:
         dead = run_occystrap(
             "--insecure",

@@ -63,6 +63,12 @@ def name_and_tag(repo_tag: str) -> SourceName:
     return SourceName(reference.repository, reference.tag, registry)
 
 
+def repo_tags(entry: dict) -> list[str]:
+    """The `RepoTags` of a manifest.json entry; anything but a list of strings counts as none."""
+    tags = entry.get("RepoTags")
+    return [tag for tag in tags if isinstance(tag, str)] if isinstance(tags, list) else []
+
+
 def repo_tag_of(source: SourceName) -> str | None:
     """The tag docker would show: `busybox:latest` for Hub library images, else `host/name:tag`."""
     if source.tag is None:
@@ -315,12 +321,12 @@ class DockerSaveReader:
             )
         )
         source = SourceName()
-        repo_tags = entry.get("RepoTags") or []
-        if repo_tags and isinstance(repo_tags[0], str):
+        tags = repo_tags(entry)
+        if tags:
             try:
-                source = name_and_tag(repo_tags[0])
+                source = name_and_tag(tags[0])
             except UsageError:
-                LOG.warning("ignoring unparseable RepoTag %r in %s", repo_tags[0], self.members)
+                LOG.warning("ignoring unparseable RepoTag %r in %s", tags[0], self.members.where)
         if oci:
             media_type = oci[1].get("mediaType", OCI_MANIFEST)
             return Image(source, config, layers, oci[0], media_type)
@@ -329,9 +335,9 @@ class DockerSaveReader:
 
     def _entry_tagged(self, entries: list[dict], wanted: str) -> dict:
         for entry in entries:
-            if wanted in (entry.get("RepoTags") or []):
+            if wanted in repo_tags(entry):
                 return entry
-        tags = [tag for entry in entries for tag in entry.get("RepoTags") or []]
+        tags = [tag for entry in entries for tag in repo_tags(entry)]
         raise UsageError(
             f"{self.members.where} holds no image tagged {wanted!r}; it has:"
             f" {', '.join(tags) or 'only untagged images'}"

@@ -23,6 +23,7 @@ from occystrap.dockersave import (
     DockerSaveLayout,
     DockerSaveReader,
     repo_tag_of,
+    repo_tags,
 )
 from occystrap.endpoints import (
     EXPAND_OPTIONS,
@@ -73,7 +74,7 @@ class DirectorySource:
         if self.image is None:
             entries = reader.entries()
             if len(entries) > 1:
-                tags = [tag for entry in entries for tag in entry.get("RepoTags") or []]
+                tags = [tag for entry in entries for tag in repo_tags(entry)]
                 raise OccystrapError(
                     f"{self.path} holds {len(entries)} images; pick one with ?image=NAME:TAG"
                     f" ({', '.join(tags)})"

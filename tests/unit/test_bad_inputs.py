@@ -124,7 +124,8 @@ def hostile_archives(draw) -> dict[str, bytes]:
     for field in draw(st.lists(FIELDS, min_size=1, max_size=3, unique=True)):
         value = draw(JSON_VALUES)
         if field in ("Config", "Layers", "RepoTags"):
-            manifest[0][field] = value
+            if isinstance(manifest, list) and manifest and isinstance(manifest[0], dict):
+                manifest[0][field] = value
         elif field == "manifest.json":
             manifest = value
         elif field == "c.json":

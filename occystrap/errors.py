@@ -6,6 +6,9 @@ import errno
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import TypeVar
+
+E = TypeVar("E", bound=BaseException)
 
 
 class OccystrapError(Exception):
@@ -96,3 +99,16 @@ def writing_to(place: str | os.PathLike[str]) -> Iterator[None]:
         if error.errno not in WRITE_FAILURES:
             raise
         raise filesystem_error(error, place) from None
+
+
+def find_cause(error: BaseException, kind: type[E]) -> E | None:
+    """The exception of `kind` somewhere in `error`'s chain of causes (httpx wraps socket
+    and TLS errors), or None."""
+    seen: set[int] = set()
+    node: BaseException | None = error
+    while node is not None and id(node) not in seen:
+        if isinstance(node, kind):
+            return node
+        seen.add(id(node))
+        node = node.__cause__ or node.__context__
+    return None

@@ -42,7 +42,7 @@ from occystrap.endpoints import (
     query_options,
     split_query,
 )
-from occystrap.errors import OccystrapError, UsageError
+from occystrap.errors import OccystrapError, UsageError, find_cause
 from occystrap.image import Image, ImageLike
 from occystrap.middleware.builder import USER_AGENT
 from occystrap.middleware.logging import Logging
@@ -106,18 +106,6 @@ def find_socket(
     )
 
 
-def _os_error(error: BaseException) -> OSError | None:
-    """The OSError somewhere in `error`'s chain of causes (httpx wraps the socket's)."""
-    seen: set[int] = set()
-    node: BaseException | None = error
-    while node is not None and id(node) not in seen:
-        if isinstance(node, OSError):
-            return node
-        seen.add(id(node))
-        node = node.__cause__ or node.__context__
-    return None
-
-
 def _one_line(text: str) -> str:
     return " ".join(text.split())
 
@@ -133,7 +121,7 @@ class Daemon:
         return f"{self.socket}{origin}"
 
     def _transport_error(self, error: httpx.TransportError) -> OccystrapError:
-        cause = _os_error(error)
+        cause = find_cause(error, OSError)
         code = cause.errno if cause is not None else None
         if code == errno.ENOENT:
             return OccystrapError(

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import httpx
 
-from occystrap.errors import OccystrapError, UsageError
+from occystrap.errors import OccystrapError, UsageError, find_cause
 from occystrap.middleware.tls import (
     TlsPolicy,
     default_certs_roots,
@@ -117,18 +117,6 @@ class HostNotFoundError(httpx.ConnectError, OccystrapError):
     """
 
 
-def _caused_by(exc: BaseException, kind: type[BaseException]) -> bool:
-    """Whether an exception of `kind` is somewhere in `exc`'s chain of causes."""
-    seen: set[int] = set()
-    node: BaseException | None = exc
-    while node is not None and id(node) not in seen:
-        if isinstance(node, kind):
-            return True
-        seen.add(id(node))
-        node = node.__cause__ or node.__context__
-    return False
-
-
 def is_bulk_transfer(request: httpx.Request) -> bool:
     """Whether `request` moves a blob body: a blob GET, or a PUT/PATCH into an upload session."""
     path = request.url.path
@@ -162,13 +150,13 @@ class _TimedTransport(httpx.HTTPTransport):
                 return self._bulk.handle_request(request)
             return super().handle_request(request)
         except httpx.ConnectError as exc:
-            if _caused_by(exc, socket.gaierror):
+            if find_cause(exc, socket.gaierror) is not None:
                 raise HostNotFoundError(
                     f"cannot resolve the host name {request.url.host}: check its spelling;"
                     " offline, or does this network need a proxy (HTTPS_PROXY)?",
                     request=request,
                 ) from exc
-            if not _caused_by(exc, ssl.SSLCertVerificationError):
+            if not find_cause(exc, ssl.SSLCertVerificationError) is not None:
                 raise
             raise UntrustedCertificateError(
                 f"the TLS certificate of {request.url.netloc.decode('ascii')} is not trusted:"

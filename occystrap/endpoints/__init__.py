@@ -163,6 +163,17 @@ def expand_policy(text: str, options: dict[str, str]) -> ExpandPolicy:
     )
 
 
+EXPAND_FORM = "devices=BOOL&setuid=BOOL&max_expand=SIZE"
+
+
+def path_and_expand_policy(text: str, rest: str) -> tuple[Path, ExpandPolicy]:
+    """`PATH[?devices=&setuid=&max_expand=]`, the URI of an output laying out a root
+    filesystem (oci://, mounts://)."""
+    body, query = split_query(rest)
+    options = query_options(text, query, EXPAND_OPTIONS)
+    return path_of(text, body), expand_policy(text, options)
+
+
 def non_empty_option(text: str, key: str, value: str | None) -> str | None:
     if value is not None and not value:
         raise UsageError(f"option {key!r} in {text!r} has no value: expected {key}=VALUE")

@@ -19,13 +19,10 @@ from pathlib import Path
 
 from occystrap.destinations import check_whole_directory_destination, staged_whole_directory
 from occystrap.endpoints import (
-    EXPAND_OPTIONS,
+    EXPAND_FORM,
     Endpoint,
     Scheme,
-    expand_policy,
-    path_of,
-    query_options,
-    split_query,
+    path_and_expand_policy,
 )
 from occystrap.errors import OccystrapError, UsageError
 from occystrap.extract import DEFAULT_POLICY, ExpandPolicy
@@ -168,14 +165,12 @@ def refuse_if_mounted(path: Path) -> None:
 
 
 def _parse(text: str, rest: str) -> MountsURI:
-    body, query = split_query(rest)
-    options = query_options(text, query, EXPAND_OPTIONS)
-    return MountsURI(path=path_of(text, body), policy=expand_policy(text, options))
+    return MountsURI(*path_and_expand_policy(text, rest))
 
 
 SCHEME = Scheme(
     SCHEME_NAME,
-    "mounts://PATH[?devices=BOOL&setuid=BOOL&max_expand=SIZE]",
+    f"mounts://PATH[?{EXPAND_FORM}]",
     _parse,
     source=False,
 )

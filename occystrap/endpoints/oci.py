@@ -18,13 +18,10 @@ from typing import Any
 
 from occystrap.destinations import check_whole_directory_destination, staged_whole_directory
 from occystrap.endpoints import (
-    EXPAND_OPTIONS,
+    EXPAND_FORM,
     Endpoint,
     Scheme,
-    expand_policy,
-    path_of,
-    query_options,
-    split_query,
+    path_and_expand_policy,
 )
 from occystrap.errors import OccystrapError
 from occystrap.extract import DEFAULT_POLICY, ExpandPolicy, read_file_in_root
@@ -254,14 +251,12 @@ def runtime_spec(
 
 
 def _parse(text: str, rest: str) -> OciURI:
-    body, query = split_query(rest)
-    options = query_options(text, query, EXPAND_OPTIONS)
-    return OciURI(path=path_of(text, body), policy=expand_policy(text, options))
+    return OciURI(*path_and_expand_policy(text, rest))
 
 
 SCHEME = Scheme(
     SCHEME_NAME,
-    "oci://PATH[?devices=BOOL&setuid=BOOL&max_expand=SIZE]",
+    f"oci://PATH[?{EXPAND_FORM}]",
     _parse,
     source=False,
 )

@@ -13,8 +13,6 @@ from typing import BinaryIO
 
 from occystrap.errors import FilesystemError, writing_to
 
-CHUNK_SIZE = 1024 * 1024
-
 
 def partial_sibling(final: Path) -> Path:
     """A fresh hidden name next to `final`, on the same filesystem so rename is atomic."""

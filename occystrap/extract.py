@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO
 
+from occystrap.compression import CHUNK_SIZE
 from occystrap.errors import WRITE_FAILURES, OccystrapError, filesystem_error
 
 log = logging.getLogger(__name__)
@@ -35,7 +36,6 @@ OPAQUE_MARKER = ".wh..wh..opq"
 OVERLAY_OPAQUE_XATTR = "trusted.overlay.opaque"
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 _NEW_FILE_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
-_CHUNK_SIZE = 1024 * 1024
 # Linux's PATH_MAX; no real image comes near either limit, and refusing longer names keeps
 # the walks (and the recursion of an opaque directory's clean-up) bounded.
 MAX_NAME_LENGTH = 4096
@@ -330,7 +330,7 @@ class _LayerApplier:
         source = archive.extractfile(member)
         file_fd = os.open(base, _NEW_FILE_FLAGS, 0o600, dir_fd=parent_fd)
         with os.fdopen(file_fd, "wb") as destination:
-            while source is not None and (chunk := source.read(_CHUNK_SIZE)):
+            while source is not None and (chunk := source.read(CHUNK_SIZE)):
                 self._charge(len(chunk))
                 destination.write(chunk)
             destination.flush()

@@ -21,8 +21,9 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from occystrap.atomic import CHUNK_SIZE, atomic_file, locked, partial_sibling
+from occystrap.atomic import atomic_file, locked, partial_sibling
 from occystrap.cancel import cancellable_pool
+from occystrap.compression import CHUNK_SIZE
 from occystrap.destinations import check_directory
 from occystrap.digests import check_digest, sha256_digest
 from occystrap.dockersave import MemberSource, name_and_tag

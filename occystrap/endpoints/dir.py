@@ -16,7 +16,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from occystrap.atomic import CHUNK_SIZE, atomic_file, locked, replace_path
+from occystrap.atomic import atomic_file, locked, replace_path
+from occystrap.compression import CHUNK_SIZE
 from occystrap.destinations import check_directory_destination, write_directory_marker
 from occystrap.dockersave import (
     DirectoryMembers,

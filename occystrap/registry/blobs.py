@@ -14,13 +14,13 @@ from collections.abc import Callable, Iterator
 import httpx
 
 from occystrap import cancel
+from occystrap.compression import CHUNK_SIZE
 from occystrap.errors import RegistryError
 from occystrap.middleware.extensions import SERVED_BY, SKIP_MIRRORS
 from occystrap.registry.errors import registry_error
 from occystrap.streams import Readable
 
 LOG = logging.getLogger("occystrap.blobs")
-CHUNK = 1024 * 1024
 
 # Slower than this over a whole --timeout window, a layer transfer counts as stalled and resumes.
 MIN_LAYER_SPEED = 1024
@@ -45,7 +45,7 @@ class ReopeningBody(httpx.SyncByteStream):
 
     def __iter__(self) -> Iterator[bytes]:
         with self.opener() as source:
-            while chunk := source.read(CHUNK):
+            while chunk := source.read(CHUNK_SIZE):
                 cancel.check()
                 self.on_bytes(len(chunk))
                 yield chunk
@@ -145,7 +145,7 @@ class RemoteBlobReader:
         return data
 
     def _paced_chunks(self, response: httpx.Response) -> Iterator[bytes]:
-        """The raw body in CHUNK pieces, checking the pace as every network read arrives: a
+        """The raw body in CHUNK_SIZE pieces, checking the pace as every network read arrives: a
         body moving under MIN_LAYER_SPEED over a whole --timeout window (a trickle the read
         timeout never sees) counts as stalled and resumes.
 
@@ -165,7 +165,7 @@ class RemoteBlobReader:
                         request=response.request,
                     )
                 window_start, moved = time.monotonic(), 0
-            if len(pending) >= CHUNK:
+            if len(pending) >= CHUNK_SIZE:
                 yield bytes(pending)
                 pending.clear()
         if pending:

@@ -77,6 +77,20 @@ def _check_registry(registry: str) -> None:
         raise ValueError(f"registry must be a host[:port], not {registry!r}")
 
 
+def _switch_to_wal(connection: sqlite3.Connection) -> None:
+    """WAL mode, waiting out another process that is creating the same file: sqlite answers
+    "database is locked" to this switch at once, without its busy handler."""
+    deadline = time.monotonic() + _BUSY_TIMEOUT_SECONDS
+    while True:
+        try:
+            connection.execute("PRAGMA journal_mode=WAL")
+            return
+        except sqlite3.OperationalError as error:
+            if "locked" not in str(error) or time.monotonic() > deadline:
+                raise
+            time.sleep(0.05)
+
+
 class BlobCache:
     """The sqlite cache; use `BlobCache.open()`, or `NullBlobCache()` for --no-cache."""
 
@@ -99,7 +113,7 @@ class BlobCache:
                 check_same_thread=False,
             )
             try:
-                connection.execute("PRAGMA journal_mode=WAL")
+                _switch_to_wal(connection)
                 connection.execute("PRAGMA synchronous=NORMAL")  # a cache may lose its tail
                 with connection:
                     connection.execute("BEGIN IMMEDIATE")

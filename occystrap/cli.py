@@ -5,8 +5,9 @@ from __future__ import annotations
 import json
 import logging
 import sys
+from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 import httpx
@@ -17,6 +18,9 @@ from occystrap.middleware.retry import DEFAULT_DEADLINE
 from occystrap.middleware.transport import DEFAULT_CONNECT_TIMEOUT, DEFAULT_READ_TIMEOUT
 from occystrap.registry.errors import network_error_message
 from occystrap.settings import RunSettings
+
+if TYPE_CHECKING:
+    from occystrap.registry.referrers import Referrer
 
 LOG_FORMAT = "occystrap: %(levelname)s %(name)s: %(message)s"
 
@@ -454,6 +458,38 @@ def config(settings: RunSettings, image: str, platform: str | None) -> None:
     from occystrap import toolbox
 
     _write_stdout(toolbox.config(settings, image, platform))
+
+
+@main.command()
+@click.argument("image")
+@click.option(
+    "--artifact-type",
+    metavar="TYPE",
+    help="List only referrers of this artifact type (their own referrers are all listed).",
+)
+@click.pass_obj
+def referrers(settings: RunSettings, image: str, artifact_type: str | None) -> None:
+    """List the tree of what refers to IMAGE: signatures, SBOMs, attestations, and what refers
+    to those (found by the referrers API, the referrers tag schema and cosign's tags)."""
+    from occystrap import toolbox
+
+    tree = toolbox.referrers(settings, image, artifact_type)
+    if settings.output_format == "json":
+        click.echo(json.dumps(tree.to_json(), indent=2, sort_keys=True))
+        return
+    click.echo(f"{tree.name}@{tree.subject.digest}")
+    for line in _tree_lines(tree.referrers, ""):
+        click.echo(line)
+
+
+def _tree_lines(referrers: Sequence[Referrer], indent: str) -> Iterator[str]:
+    """`oras discover`-style branches: TYPE DIGEST (how it was found)."""
+    for position, referrer in enumerate(referrers):
+        last = position == len(referrers) - 1
+        how = referrer.found_by + (f" {referrer.tag}" if referrer.tag else "")
+        kind = referrer.descriptor.artifact_type or referrer.descriptor.media_type
+        yield f"{indent}{'└── ' if last else '├── '}{kind} {referrer.digest} ({how})"
+        yield from _tree_lines(referrer.referrers, indent + ("    " if last else "│   "))
 
 
 @main.command()

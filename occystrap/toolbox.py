@@ -32,12 +32,14 @@ from occystrap.middleware.builder import build_client
 from occystrap.registry.client import RegistryClient
 from occystrap.registry.hosts import DOCKER_HUB_HOST, canonical_registry_host
 from occystrap.registry.manifest import (
+    Descriptor,
     Platform,
     normalise_architecture,
     parse_platform,
     select_platform,
 )
 from occystrap.registry.reference import HOST_PATTERN, ImageReference
+from occystrap.registry.referrers import ReferrerTree, RegistryReferrerStore, discover
 from occystrap.settings import RunSettings
 
 LOG = logging.getLogger("occystrap.toolbox")
@@ -202,6 +204,19 @@ def inspect_keys(client: RegistryClient, reference: ImageReference, picked: Pick
     if config.get("variant"):
         keys["Variant"] = config["variant"]
     return keys
+
+
+def referrers(settings: RunSettings, image: str, artifact_type: str | None = None) -> ReferrerTree:
+    """What refers to the manifest IMAGE names (an index's own digest for a multi-platform
+    image), recursively; `artifact_type` keeps only that type at the first level."""
+    uri = registry_uri(image)
+    reference = uri.reference
+    with registry_client(settings, uri) as client:
+        head = client.head_manifest(reference.repository, reference.reference)
+        store = RegistryReferrerStore(client, reference.repository)
+        found = discover(store, head.digest, artifact_type)
+    subject = Descriptor(head.media_type, head.digest, head.size or 0)
+    return ReferrerTree(str(reference), subject, found)
 
 
 # -- delete -------------------------------------------------------------------------------

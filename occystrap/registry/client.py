@@ -16,21 +16,27 @@ from dataclasses import dataclass
 import httpx
 
 from occystrap.digests import check_digest
-from occystrap.errors import DigestMismatchError, RegistryError
+from occystrap.errors import DigestMismatchError, OccystrapError, RegistryError
 from occystrap.middleware import extensions
 from occystrap.registry.blobs import (
     RemoteBlobReader,
     ReopeningBody,
 )
 from occystrap.registry.errors import registry_error
-from occystrap.registry.manifest import ACCEPT_MANIFESTS
+from occystrap.registry.manifest import (
+    ACCEPT_MANIFESTS,
+    OCI_INDEX,
+    Descriptor,
+    ManifestIndex,
+    parse_manifest,
+)
 from occystrap.streams import Readable
 
 LOG = logging.getLogger("occystrap.registry")
 
 MAX_MANIFEST_BYTES = 4 * 1024 * 1024
-MAX_TAG_PAGE_BYTES = 16 * 1024 * 1024
-MAX_TAG_PAGES = 10_000
+MAX_PAGE_BYTES = 16 * 1024 * 1024  # one page of tags or referrers
+MAX_PAGES = 10_000
 MAX_CONFIG_BYTES = 16 * 1024 * 1024
 UPLOAD_ATTEMPTS = 3
 PATCH_CHUNK = 16 * 1024 * 1024
@@ -43,6 +49,16 @@ class ManifestHead:
     digest: str
     media_type: str
     size: int | None
+
+
+@dataclass(frozen=True)
+class PushedManifest:
+    """What a registry answered to a manifest PUT."""
+
+    digest: str
+    # OCI-Subject was answered: the registry lists this manifest among its subject's
+    # referrers itself, so no referrers tag index is needed.
+    subject_indexed: bool
 
 
 class RegistryClient:
@@ -136,25 +152,57 @@ class RegistryClient:
         """
         what = f"tags of {repository}"
         first = httpx.URL(self._url(repository, "tags", "list"))
-        url: httpx.URL | None = (
-            first if page_size is None else first.copy_merge_params({"n": page_size})
-        )
+        url = first if page_size is None else first.copy_merge_params({"n": page_size})
         tags: list[str] = []
+        for page in self._pages(url, what):
+            tags += _tags_of_page(page.content, self.registry, what)
+        return tags
+
+    def list_referrers(
+        self, repository: str, digest: str, artifact_type: str | None = None
+    ) -> list[Descriptor] | None:
+        """What the OCI 1.1 referrers API lists for `digest` (every page), or None when the
+        registry has no such API (it answers 404: use the referrers tag schema instead).
+
+        `artifact_type` is asked of the registry and applied here too, since a registry may
+        ignore the filter."""
+        what = f"referrers of {repository}@{digest}"
+        url = httpx.URL(self._url(repository, "referrers", digest))
+        if artifact_type is not None:
+            url = url.copy_merge_params({"artifactType": artifact_type})
+        found: list[Descriptor] = []
+        try:
+            for page in self._pages(url, what, accept=OCI_INDEX):
+                found += _referrers_of_page(page, self.registry, what)
+        except RegistryError as error:
+            if error.status == 404 and not found:
+                return None
+            raise
+        return [d for d in found if artifact_type is None or d.artifact_type == artifact_type]
+
+    def _pages(
+        self, url: httpx.URL, what: str, accept: str | None = None
+    ) -> Iterator[httpx.Response]:
+        """Each page of a paginated listing, following `Link: <...>; rel="next"`."""
         seen: set[str] = set()
-        while url is not None:
-            if str(url) in seen or len(seen) >= MAX_TAG_PAGES:
+        next_url: httpx.URL | None = url
+        while next_url is not None:
+            if str(next_url) in seen or len(seen) >= MAX_PAGES:
                 raise RegistryError(
-                    f"{self.registry} sent a tag list whose pages never end ({what});"
+                    f"{self.registry} sent a listing whose pages never end ({what});"
                     " the registry is broken"
                 )
-            seen.add(str(url))
-            response = self.http.get(url, extensions={extensions.BUFFER: MAX_TAG_PAGE_BYTES})
+            seen.add(str(next_url))
+            response = self.http.get(
+                next_url,
+                headers={"Accept": accept} if accept else {},
+                extensions={extensions.BUFFER: MAX_PAGE_BYTES},
+            )
             if response.status_code != 200:
                 raise registry_error(response, what)
             next_link = response.links.get("next", {}).get("url")
-            tags += _tags_of_page(response.content, self.registry, what)
-            url = httpx.URL(self._location(next_link)) if next_link else None
-        return tags
+            yield response
+            next_url = httpx.URL(self._location(next_link)) if next_link else None
 
     def check_login(self) -> None:
         """GET /v2/ with whatever credentials the chain holds for this registry."""
@@ -163,15 +211,21 @@ class RegistryClient:
             raise registry_error(response, "the API version check (GET /v2/)")
         response.close()
 
-    def put_manifest(self, repository: str, reference: str, raw: bytes, media_type: str) -> str:
+    def put_manifest(
+        self, repository: str, reference: str, raw: bytes, media_type: str
+    ) -> PushedManifest:
+        """PUT a manifest as it is; the answer says whether the registry indexed its subject."""
         response = self.http.put(
             self._url(repository, "manifests", reference),
             content=raw,
             headers={"Content-Type": media_type},
         )
         if response.status_code not in (200, 201):
-            raise registry_error(response, f"pushing manifest {repository}:{reference}")
-        return response.headers.get("Docker-Content-Digest", "")
+            raise registry_error(response, f"pushing {_manifest_what(repository, reference)}")
+        return PushedManifest(
+            response.headers.get("Docker-Content-Digest", ""),
+            subject_indexed="OCI-Subject" in response.headers,
+        )
 
     # -- blobs -----------------------------------------------------------------------------
 
@@ -359,6 +413,17 @@ def _tags_of_page(page: bytes, registry: str, what: str) -> list[str]:
     if not all(isinstance(tag, str) for tag in tags or []):
         raise RegistryError(f"{registry} answered {what} with a tag that is not a string")
     return tags or []
+
+
+def _referrers_of_page(page: httpx.Response, registry: str, what: str) -> list[Descriptor]:
+    """The descriptors of one referrers API answer (an OCI image index)."""
+    try:
+        parsed = parse_manifest(page.content, OCI_INDEX)
+    except OccystrapError as error:
+        raise RegistryError(f"{registry} answered {what} with a broken index: {error}") from None
+    if not isinstance(parsed, ManifestIndex):
+        raise RegistryError(f"{registry} answered {what} with a manifest, not an index")
+    return list(parsed.manifests)
 
 
 @dataclass(frozen=True)

@@ -88,6 +88,7 @@ class Descriptor:
     size: int
     urls: tuple[str, ...] = ()
     annotations: dict[str, str] = field(default_factory=dict, hash=False)
+    artifact_type: str | None = None  # what an artifact manifest is, as referrer lists say
 
 
 @dataclass(frozen=True)
@@ -135,6 +136,9 @@ class Manifest:
     config: Descriptor
     layers: list[Descriptor]
     raw: bytes
+    artifact_type: str | None = None
+    subject: Descriptor | None = None  # the manifest this one refers to (a signature's image)
+    annotations: dict[str, str] = field(default_factory=dict, hash=False)
 
 
 @dataclass(frozen=True)
@@ -142,6 +146,9 @@ class ManifestIndex:
     media_type: str
     manifests: list[PlatformDescriptor]
     raw: bytes
+    artifact_type: str | None = None
+    subject: Descriptor | None = None
+    annotations: dict[str, str] = field(default_factory=dict, hash=False)
 
 
 def _field(document: dict, key: str, kind: type | tuple[type, ...], where: str) -> Any:
@@ -190,6 +197,19 @@ def _descriptor_fields(document: Any, where: str) -> dict[str, Any]:
         "size": size,
         "urls": _strings(document.get("urls"), f"{where}urls"),
         "annotations": _string_map(document.get("annotations"), f"{where}annotations"),
+        "artifact_type": _optional_field(document, "artifactType", str, where),
+    }
+
+
+def _referring_fields(document: dict) -> dict[str, Any]:
+    """What OCI 1.1 adds to a manifest or index: its artifactType, subject and annotations."""
+    subject = document.get("subject")
+    if subject is not None:
+        subject = Descriptor(**_descriptor_fields(subject, "subject."))
+    return {
+        "artifact_type": _optional_field(document, "artifactType", str, ""),
+        "subject": subject,
+        "annotations": _string_map(document.get("annotations"), "annotations"),
     }
 
 
@@ -254,6 +274,7 @@ def parse_manifest(raw: bytes, content_type: str | None) -> Manifest | ManifestI
                 for position, entry in enumerate(entries)
             ],
             raw=raw,
+            **_referring_fields(document),
         )
     layers = _field(document, "layers", list, "")
     return Manifest(
@@ -264,6 +285,7 @@ def parse_manifest(raw: bytes, content_type: str | None) -> Manifest | ManifestI
             for position, layer in enumerate(layers)
         ],
         raw=raw,
+        **_referring_fields(document),
     )
 
 
@@ -387,6 +409,8 @@ def _descriptor_json(descriptor: Descriptor, oci: bool) -> dict[str, Any]:
         document["urls"] = list(descriptor.urls)
     if descriptor.annotations:
         document["annotations"] = dict(descriptor.annotations)
+    if descriptor.artifact_type:
+        document["artifactType"] = descriptor.artifact_type
     return document
 
 

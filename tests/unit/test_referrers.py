@@ -1,0 +1,212 @@
+"""Referrer discovery through the real middleware chain, mocked at the httpcore level: the OCI
+1.1 referrers API (pages, the artifactType filter), the referrers tag schema a registry without
+the API falls back to, cosign's tags, and recursion."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+
+import httpx
+import pytest
+import respx
+
+from occystrap.errors import RegistryError
+from occystrap.middleware.builder import ChainSettings, build_client
+from occystrap.registry.client import RegistryClient
+from occystrap.registry.referrers import (
+    FOUND_BY_API,
+    FOUND_BY_COSIGN,
+    FOUND_BY_TAG,
+    REFERRERS_TAG,
+    RegistryReferrerStore,
+    cosign_tags,
+    count,
+    discover,
+    referrers_tag,
+)
+
+BASE = "https://registry.test"
+REPO = "team/app"
+OCI_INDEX = "application/vnd.oci.image.index.v1+json"
+OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
+SPDX = "application/spdx+json"
+SIGNATURE = "application/vnd.example.signature"
+
+
+def _digest(raw: bytes) -> str:
+    return "sha256:" + hashlib.sha256(raw).hexdigest()
+
+
+def _artifact(artifact_type: str, subject: str | None, salt: str) -> bytes:
+    document: dict = {
+        "schemaVersion": 2,
+        "mediaType": OCI_MANIFEST,
+        "artifactType": artifact_type,
+        "config": {
+            "mediaType": "application/vnd.oci.empty.v1+json",
+            "digest": _digest(b"{}"),
+            "size": 2,
+        },
+        "layers": [{"mediaType": "text/plain", "digest": _digest(salt.encode()), "size": 4}],
+    }
+    if subject is not None:
+        document["subject"] = {"mediaType": OCI_MANIFEST, "digest": subject, "size": 10}
+    return json.dumps(document).encode()
+
+
+def _entry(raw: bytes, artifact_type: str) -> dict:
+    return {
+        "mediaType": OCI_MANIFEST,
+        "digest": _digest(raw),
+        "size": len(raw),
+        "artifactType": artifact_type,
+    }
+
+
+def _index(entries: list[dict]) -> bytes:
+    return json.dumps({"schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": entries}).encode()
+
+
+class FakeRegistry:
+    """Answers referrers API pages and manifests by tag from dictionaries."""
+
+    def __init__(self, api: bool) -> None:
+        self.api = api
+        self.pages: dict[str, list[bytes]] = {}  # subject digest -> API pages
+        self.tags: dict[str, bytes] = {}
+        self.requests: list[httpx.Request] = []
+
+    def __call__(self, request: httpx.Request) -> httpx.Response:
+        self.requests.append(request)
+        path = request.url.path
+        if "/referrers/" in path:
+            if not self.api:
+                return httpx.Response(404, text="404 page not found")
+            subject = path.rsplit("/", 1)[1]
+            pages = self.pages.get(subject, [_index([])])
+            number = int(request.url.params.get("page", "0"))
+            headers = {"Content-Type": OCI_INDEX}
+            if number + 1 < len(pages):
+                headers["Link"] = f'</v2/{REPO}/referrers/{subject}?page={number + 1}>; rel="next"'
+            return httpx.Response(200, content=pages[number], headers=headers)
+        tag = path.rsplit("/", 1)[1]
+        if tag not in self.tags:
+            return httpx.Response(404, json={"errors": [{"code": "MANIFEST_UNKNOWN"}]})
+        raw = self.tags[tag]
+        media_type = json.loads(raw)["mediaType"]
+        return httpx.Response(200, content=raw, headers={"Content-Type": media_type})
+
+
+@pytest.fixture
+def client():
+    with build_client(ChainSettings(retries=0)) as http:
+        yield RegistryClient(http, "registry.test")
+
+
+def _serve(fake: FakeRegistry):
+    router = respx.mock(using="httpcore", assert_all_called=False)
+    router.route(host="registry.test").mock(side_effect=fake)
+    return router
+
+
+IMAGE = _digest(b"the image")
+
+
+def test_api_pages_are_followed_and_each_referrer_is_asked_for_its_own():
+    sbom = _artifact(SPDX, IMAGE, "sbom")
+    signature = _artifact(SIGNATURE, IMAGE, "sig1")
+    sbom_signature = _artifact(SIGNATURE, _digest(sbom), "sig2")
+    fake = FakeRegistry(api=True)
+    fake.pages[IMAGE] = [_index([_entry(sbom, SPDX)]), _index([_entry(signature, SIGNATURE)])]
+    fake.pages[_digest(sbom)] = [_index([_entry(sbom_signature, SIGNATURE)])]
+    with _serve(fake), build_client(ChainSettings(retries=0)) as http:
+        client = RegistryClient(http, "registry.test")
+        found = discover(RegistryReferrerStore(client, REPO), IMAGE)
+    assert [(r.digest, r.found_by) for r in found] == [
+        (_digest(sbom), FOUND_BY_API),
+        (_digest(signature), FOUND_BY_API),
+    ]
+    assert [r.digest for r in found[0].referrers] == [_digest(sbom_signature)]
+    assert found[0].descriptor.artifact_type == SPDX
+    assert count(found) == 3
+    # The API answered, so the referrers tag schema was never consulted.
+    assert not any(r.url.path.endswith(referrers_tag(IMAGE)) for r in fake.requests)
+
+
+def test_artifact_type_is_asked_for_and_applied_when_the_registry_ignores_it():
+    sbom = _artifact(SPDX, IMAGE, "sbom")
+    signature = _artifact(SIGNATURE, IMAGE, "sig1")
+    fake = FakeRegistry(api=True)
+    fake.pages[IMAGE] = [_index([_entry(sbom, SPDX), _entry(signature, SIGNATURE)])]
+    with _serve(fake), build_client(ChainSettings(retries=0)) as http:
+        client = RegistryClient(http, "registry.test")
+        found = discover(RegistryReferrerStore(client, REPO), IMAGE, artifact_type=SPDX)
+    assert [r.digest for r in found] == [_digest(sbom)]
+    first = next(r for r in fake.requests if "/referrers/" in r.url.path)
+    assert first.url.params["artifactType"] == SPDX
+    assert first.headers["Accept"] == OCI_INDEX
+
+
+def test_without_the_api_the_tag_index_and_cosign_tags_are_read_recursively():
+    sbom = _artifact(SPDX, IMAGE, "sbom")
+    signature = _artifact(SIGNATURE, None, "sig1")  # cosign's: no subject, found by its tag
+    sbom_signature = _artifact(SIGNATURE, None, "sig2")
+    fake = FakeRegistry(api=False)
+    fake.tags[referrers_tag(IMAGE)] = _index([_entry(sbom, SPDX)])
+    fake.tags[cosign_tags(IMAGE)[0]] = signature
+    fake.tags[cosign_tags(_digest(sbom))[0]] = sbom_signature
+    with _serve(fake), build_client(ChainSettings(retries=0)) as http:
+        client = RegistryClient(http, "registry.test")
+        found = discover(RegistryReferrerStore(client, REPO), IMAGE)
+    assert [(r.digest, r.found_by, r.tag) for r in found] == [
+        (_digest(sbom), FOUND_BY_TAG, None),
+        (_digest(signature), FOUND_BY_COSIGN, cosign_tags(IMAGE)[0]),
+    ]
+    assert [(r.digest, r.tag) for r in found[0].referrers] == [
+        (_digest(sbom_signature), cosign_tags(_digest(sbom))[0])
+    ]
+    assert found[1].descriptor.artifact_type == SIGNATURE
+    assert found[1].descriptor.size == len(signature)
+
+
+def test_a_cycle_of_referrers_ends():
+    first = _artifact(SIGNATURE, IMAGE, "one")
+    second = _artifact(SIGNATURE, _digest(first), "two")
+    fake = FakeRegistry(api=True)
+    fake.pages[IMAGE] = [_index([_entry(first, SIGNATURE)])]
+    fake.pages[_digest(first)] = [_index([_entry(second, SIGNATURE)])]
+    fake.pages[_digest(second)] = [_index([_entry(first, SIGNATURE)])]  # a broken store
+    with _serve(fake), build_client(ChainSettings(retries=0)) as http:
+        client = RegistryClient(http, "registry.test")
+        found = discover(RegistryReferrerStore(client, REPO), IMAGE)
+    assert count(found) == 3  # first, second, and first again as a leaf
+
+
+def test_an_api_error_other_than_404_is_an_error(client):
+    with respx.mock(using="httpcore") as router:
+        router.get(url__startswith=f"{BASE}/v2/{REPO}/referrers/").mock(
+            return_value=httpx.Response(401, json={"errors": [{"code": "UNAUTHORIZED"}]})
+        )
+        with pytest.raises(RegistryError):
+            client.list_referrers(REPO, IMAGE)
+
+
+def test_an_api_answer_that_is_not_an_index_is_refused(client):
+    with respx.mock(using="httpcore") as router:
+        router.get(url__startswith=f"{BASE}/v2/{REPO}/referrers/").mock(
+            return_value=httpx.Response(200, content=b"[1, 2]")
+        )
+        with pytest.raises(RegistryError, match="broken index"):
+            client.list_referrers(REPO, IMAGE)
+
+
+def test_referrer_tags():
+    digest = "sha256:" + "ab" * 32
+    assert referrers_tag(digest) == "sha256-" + "ab" * 32
+    assert cosign_tags(digest) == [f"sha256-{'ab' * 32}{s}" for s in (".sig", ".att", ".sbom")]
+    assert len(referrers_tag("sha512:" + "c" * 128)) == 128
+    assert all(
+        REFERRERS_TAG.fullmatch(tag) for tag in [referrers_tag(digest), *cosign_tags(digest)]
+    )
+    assert not REFERRERS_TAG.fullmatch("latest")

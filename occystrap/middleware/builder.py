@@ -2,7 +2,8 @@
 
 Outermost first (a request travels down this list, a response back up):
 
-    plug-ins      see every request, each redirect hop included
+    plug-ins      see every request, each redirect hop included; --middleware ones, then
+                  the automatic ones (cloud credentials) the user did not name
     Mirror        rewrites registry reads to mirrors, falls through to the origin
     RegistryAuth  bearer/basic auth for the host actually contacted (mirror or origin)
     QuayAuth      bearer token for the Quay API base only
@@ -28,7 +29,7 @@ from occystrap import __version__, cancel
 from occystrap.credentials import CredentialStore
 from occystrap.middleware.logging import Logging
 from occystrap.middleware.mirror import Mirror, parse_mirrors
-from occystrap.middleware.plugins import apply_plugins, parse_middleware_spec
+from occystrap.middleware.plugins import apply_plugins, automatic_specs, parse_middleware_spec
 from occystrap.middleware.quay_auth import QuayAuth
 from occystrap.middleware.ratelimit import RateLimit, parse_rate_limits
 from occystrap.middleware.registry_auth import RegistryAuth
@@ -86,7 +87,7 @@ def build_transport(settings: ChainSettings) -> httpx.BaseTransport:
     if settings.mirrors:
         transport = Mirror(transport, parse_mirrors(list(settings.mirrors)))
     specs = [parse_middleware_spec(spec) for spec in settings.middlewares]
-    return apply_plugins(transport, specs)
+    return apply_plugins(transport, specs + automatic_specs([name for name, _ in specs]))
 
 
 class ChainClient(httpx.Client):

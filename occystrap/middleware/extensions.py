@@ -16,6 +16,9 @@ SCOPE = "occystrap.scope"
 BUFFER = "occystrap.buffer"
 # Request: mirror base URLs not to use for this read (they served bytes failing the digest).
 SKIP_MIRRORS = "occystrap.skip_mirrors"
+# Request, set by a credential plug-in (`ProvidedCredentials`): a `HostCredential`, used by
+# RegistryAuth ahead of the auth files, for requests to that very host only.
+PROVIDED_CREDENTIAL = "occystrap.provided_credential"
 # Request, set by Retry: 1-based number of this network attempt.
 ATTEMPT = "occystrap.attempt"
 # Request, set by Mirror: the mirror base URL serving this attempt.

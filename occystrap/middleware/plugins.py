@@ -1,7 +1,11 @@
 """Third-party middlewares: found by entry point or registered from Python, wrapped by name.
 
 A plug-in is a factory `factory(next_transport, options) -> httpx.BaseTransport`, published in the
-entry-point group `occystrap.middleware` or passed to `register_middleware`.
+entry-point group `occystrap.middleware` or passed to `register_middleware`. A plug-in
+published in `occystrap.middleware.automatic` instead joins every chain, without options,
+unless named with `--middleware` (then with the options given): it must pass on untouched the
+requests it does not claim, and need nothing it lacks until it claims one (a cloud's
+credential plug-in).
 """
 
 import re
@@ -14,14 +18,15 @@ import httpx
 from occystrap.errors import UsageError
 
 ENTRY_POINT_GROUP = "occystrap.middleware"
+AUTOMATIC_GROUP = "occystrap.middleware.automatic"
 SPEC_FORM = "--middleware NAME[:KEY=VALUE,...], e.g. header:X-Pull-Through=yes"
 
 MiddlewareFactory = Callable[[httpx.BaseTransport, dict[str, str]], httpx.BaseTransport]
 
 _registered: dict[str, MiddlewareFactory] = {}
 _entry_point_lock = threading.Lock()
-_entry_point_factories: dict[str, MiddlewareFactory] | None = None
-_entry_point_errors: dict[str, str] = {}
+# Per entry-point group: the factories that loaded, and why the others did not.
+_loaded_groups: dict[str, tuple[dict[str, MiddlewareFactory], dict[str, str]]] = {}
 
 _NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
 _KEY_RE = re.compile(r"[^=,\s]+")
@@ -34,25 +39,35 @@ def register_middleware(name: str, factory: MiddlewareFactory) -> None:
     _registered[name] = factory
 
 
-def _load_entry_points() -> tuple[dict[str, MiddlewareFactory], dict[str, str]]:
-    """Import every entry point once, remembering failures to report only when asked by name."""
-    global _entry_point_factories
+def _load_entry_points(
+    group: str = ENTRY_POINT_GROUP,
+) -> tuple[dict[str, MiddlewareFactory], dict[str, str]]:
+    """Import every entry point of `group` once, remembering failures to report only when
+    asked by name."""
     with _entry_point_lock:
-        if _entry_point_factories is None:
+        if group not in _loaded_groups:
             factories: dict[str, MiddlewareFactory] = {}
-            for entry_point in entry_points(group=ENTRY_POINT_GROUP):
+            errors: dict[str, str] = {}
+            for entry_point in entry_points(group=group):
                 try:
                     factories[entry_point.name] = entry_point.load()
                 except Exception as exc:  # a broken plug-in must not break the others
-                    _entry_point_errors[entry_point.name] = f"{type(exc).__name__}: {exc}"
-            _entry_point_factories = factories
-        return _entry_point_factories, _entry_point_errors
+                    errors[entry_point.name] = f"{type(exc).__name__}: {exc}"
+            _loaded_groups[group] = (factories, errors)
+        return _loaded_groups[group]
+
+
+def automatic_specs(named: list[str]) -> list[tuple[str, dict[str, str]]]:
+    """The automatic plug-ins not already `named` with --middleware, without options."""
+    factories, _ = _load_entry_points(AUTOMATIC_GROUP)
+    return [(name, {}) for name in sorted(factories) if name not in named]
 
 
 def available_middlewares() -> dict[str, MiddlewareFactory]:
     """Every usable plug-in by name: entry points, overridden by registered ones."""
+    automatic, _ = _load_entry_points(AUTOMATIC_GROUP)
     factories, _ = _load_entry_points()
-    return {**factories, **_registered}
+    return {**automatic, **factories, **_registered}
 
 
 def parse_spec(
@@ -88,7 +103,7 @@ def _factory_named(name: str) -> MiddlewareFactory:
     available = available_middlewares()
     if name in available:
         return available[name]
-    _, errors = _load_entry_points()
+    errors = {**_load_entry_points(AUTOMATIC_GROUP)[1], **_load_entry_points()[1]}
     if name in errors:
         raise UsageError(f"middleware {name!r} could not be loaded: {errors[name]}")
     names = ", ".join(sorted(available)) or "none"

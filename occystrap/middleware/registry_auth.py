@@ -26,6 +26,7 @@ from occystrap.errors import RegistryError
 from occystrap.middleware.base import Middleware
 from occystrap.middleware.challenge import Challenge, parse_challenges
 from occystrap.middleware.extensions import BUFFER, REPLAYABLE, RETRY_UNSAFE, SCOPE
+from occystrap.middleware.provided import is_replayable, provided_credential
 
 logger = logging.getLogger(__name__)
 
@@ -119,16 +120,16 @@ def repository_of(url: httpx.URL) -> str:
     return match.group("name") if match else ""
 
 
-def _credential_for(store: CredentialStore, url: httpx.URL) -> Credential | None:
-    return store.for_host(url.netloc.decode("ascii"), repository_of(url))
+def _credential_for(store: CredentialStore, request: httpx.Request) -> Credential | None:
+    """A plug-in's credential for this very host (see `provided`), else the store's."""
+    provided = provided_credential(request)
+    if provided is not None:
+        return provided
+    return store.for_host(request.url.netloc.decode("ascii"), repository_of(request.url))
 
 
 def _origin(url: httpx.URL) -> Origin:
     return (url.scheme, url.host, url.port)
-
-
-def _is_replayable(request: httpx.Request) -> bool:
-    return isinstance(request.stream, httpx.ByteStream) or bool(request.extensions.get(REPLAYABLE))
 
 
 @dataclass(frozen=True)
@@ -185,7 +186,7 @@ class RegistryAuth(Middleware):
             sent_token = self._token(bearer, scopes, request)
             outgoing = request_with_header(request, "Authorization", f"Bearer {sent_token}")
         elif uses_basic:
-            basic = self._basic_for(request.url)
+            basic = self._basic_for(request)
             if basic:
                 outgoing = request_with_header(request, "Authorization", basic)
                 sent_basic = True
@@ -195,7 +196,7 @@ class RegistryAuth(Middleware):
             return response
         challenges = parse_challenges(", ".join(response.headers.get_list("www-authenticate")))
         retry_with = self._learn_challenge(challenges, origin)
-        if retry_with is None or not _is_replayable(request):
+        if retry_with is None or not is_replayable(request):
             return response
         if isinstance(retry_with, _BearerRealm):
             wanted = normalise_scopes([*retry_with.challenge_scope.split(" "), *scopes])
@@ -203,7 +204,7 @@ class RegistryAuth(Middleware):
         elif sent_basic:  # the host already refused our Basic credential
             return response
         else:
-            basic_header = self._basic_for(request.url)
+            basic_header = self._basic_for(request)
             if basic_header is None:
                 return response
             authorization = basic_header
@@ -232,8 +233,8 @@ class RegistryAuth(Middleware):
             return _BasicScheme()
         return None
 
-    def _basic_for(self, url: httpx.URL) -> str | None:
-        credential = _credential_for(self._credentials, url)
+    def _basic_for(self, request: httpx.Request) -> str | None:
+        credential = _credential_for(self._credentials, request)
         return basic_authorization(credential) if credential else None
 
     def _token(
@@ -287,7 +288,7 @@ class RegistryAuth(Middleware):
         self, bearer: _BearerRealm, scopes: frozenset[str], request: httpx.Request
     ) -> tuple[str, float]:
         """Ask the realm for a token with the registry host's credential (or anonymously)."""
-        credential = _credential_for(self._credentials, request.url)
+        credential = _credential_for(self._credentials, request)
         realm_url = httpx.URL(bearer.realm)
         if credential and realm_url.scheme == "http" and request.url.scheme == "https":
             logger.debug("not sending credentials to plain-http realm %s", bearer.realm)

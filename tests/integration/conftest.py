@@ -6,11 +6,14 @@ repository and image names (see `unique_repo`).
 
 from __future__ import annotations
 
+import base64
 import itertools
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
+from tests.integration.clouds import MotoServer, install_cloud_plugins
 from tests.integration.daemons import DockerDaemon, PodmanService
 from tests.integration.fault_proxy import BlobHost, FaultProxy
 from tests.integration.servers import (
@@ -116,3 +119,26 @@ def podman_service(tmp_path_factory) -> Iterator[PodmanService]:
     """Podman's Docker-compatible API on a private socket and storage, stopped by PID."""
     with PodmanService(tmp_path_factory.mktemp("podman")) as service:
         yield service
+
+
+@pytest.fixture(scope="session")
+def cloud_plugins(tmp_path_factory) -> Path:
+    """The cloud plug-in distributions installed as a user would; put it on PYTHONPATH."""
+    return install_cloud_plugins(tmp_path_factory.mktemp("cloud-plugins"))
+
+
+@pytest.fixture(scope="session")
+def moto(tmp_path_factory) -> Iterator[MotoServer]:
+    with MotoServer(tmp_path_factory.mktemp("moto")) as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def registry_ecr(tmp_path_factory, moto) -> Iterator[RegistryServer]:
+    """A registry that takes the password moto's ECR hands out, as ECR takes its tokens."""
+    token = moto.client("ecr").get_authorization_token()["authorizationData"][0]
+    username, _, password = base64.b64decode(token["authorizationToken"]).decode().partition(":")
+    with RegistryServer(
+        tmp_path_factory.mktemp("registry-ecr"), auth="basic", username=username, password=password
+    ) as server:
+        yield server

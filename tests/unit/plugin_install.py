@@ -14,8 +14,17 @@ PLUGIN_DIST = REPO_ROOT / "tests" / "plugin_dist"
 
 def install_test_plugin(tmp_path: Path) -> Path:
     """The directory the plug-in was installed into (put it on PYTHONPATH)."""
-    source = tmp_path / "plugin-src"
-    shutil.copytree(PLUGIN_DIST, source, ignore=shutil.ignore_patterns("build", "*.egg-info"))
+    return install_distributions(tmp_path, [PLUGIN_DIST])
+
+
+def install_distributions(tmp_path: Path, distributions: list[Path]) -> Path:
+    """Install plug-in distributions (without their dependencies, which the test environment
+    has) into one private directory, returned to be put on PYTHONPATH."""
+    sources = []
+    for distribution in distributions:
+        source = tmp_path / f"{distribution.name}-src"
+        shutil.copytree(distribution, source, ignore=shutil.ignore_patterns("build", "*.egg-info"))
+        sources.append(str(source))
     target = tmp_path / "plugin-site"
     install = subprocess.run(
         [
@@ -29,7 +38,7 @@ def install_test_plugin(tmp_path: Path) -> Path:
             "--no-index",
             "--target",
             str(target),
-            str(source),
+            *sources,
         ],
         capture_output=True,
         text=True,

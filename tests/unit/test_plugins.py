@@ -171,8 +171,17 @@ def test_factory_returning_non_transport_is_a_usage_error():
 
 
 def test_entry_point_that_fails_to_import_is_reported_only_by_name(monkeypatch):
-    monkeypatch.setattr(plugins, "_entry_point_factories", {"header": header_middleware})
-    monkeypatch.setattr(plugins, "_entry_point_errors", {"ghost": "ImportError: no module x"})
+    monkeypatch.setattr(
+        plugins,
+        "_loaded_groups",
+        {
+            plugins.ENTRY_POINT_GROUP: (
+                {"header": header_middleware},
+                {"ghost": "ImportError: no module x"},
+            ),
+            plugins.AUTOMATIC_GROUP: ({}, {}),
+        },
+    )
     assert "ghost" not in available_middlewares()
     apply_plugins(httpx.HTTPTransport(), [("header", {"X-A": "1"})])
     with pytest.raises(UsageError, match="'ghost' could not be loaded: ImportError: no module x"):

@@ -347,7 +347,7 @@ def process(
     """
     from occystrap.commands import process as run_process
     from occystrap.filters import parse_filters
-    from occystrap.registry.manifest import parse_platform
+    from occystrap.manifest import parse_platform
 
     run_process(
         settings,

@@ -26,6 +26,7 @@ from occystrap.errors import OccystrapError, UsageError
 from occystrap.filters.matching import PathMatcher, compile_matcher
 from occystrap.filters.search import print_hits
 from occystrap.image import Image, ImageIndex
+from occystrap.manifest import Descriptor, Manifest, Platform, image_info
 from occystrap.middleware.builder import ChainClient, build_client
 from occystrap.pipeline import (
     CopyResult,
@@ -39,7 +40,6 @@ from occystrap.pipeline import (
 from occystrap.progress import TerminalProgress, human_bytes
 from occystrap.quay.api import QuayClient, QuayImage, api_base, find_images
 from occystrap.quay.bulk import run_each
-from occystrap.registry.manifest import Descriptor, Manifest, Platform, image_info
 from occystrap.registry.reference import ImageReference, validate_repository
 from occystrap.settings import RunSettings
 from occystrap.toolbox import PickedImage, inspect_keys

@@ -18,10 +18,7 @@ from typing import Any, BinaryIO
 import zstandard
 
 from occystrap.errors import OccystrapError, UsageError
-
-GZIP = "gzip"
-ZSTD = "zstd"
-NONE = "none"
+from occystrap.mediatypes import GZIP, NONE, ZSTD, layer_type_for
 
 KINDS = (GZIP, ZSTD, NONE)
 
@@ -77,26 +74,9 @@ def load_gzip_engine() -> GzipEngine:
 
 GZIP_ENGINE = load_gzip_engine()
 
-_MEDIA_TYPES = {
-    (GZIP, False): "application/vnd.docker.image.rootfs.diff.tar.gzip",
-    (NONE, False): "application/vnd.docker.image.rootfs.diff.tar",
-    (GZIP, True): "application/vnd.oci.image.layer.v1.tar+gzip",
-    (ZSTD, True): "application/vnd.oci.image.layer.v1.tar+zstd",
-    (NONE, True): "application/vnd.oci.image.layer.v1.tar",
-}
-
 
 class CorruptLayerError(OccystrapError):
     """A compressed layer is truncated or not in the format its media type claims."""
-
-
-def from_media_type(media_type: str) -> str:
-    """The compression a layer media type declares (Docker and OCI spellings)."""
-    if media_type.endswith("gzip"):
-        return GZIP
-    if media_type.endswith("zstd"):
-        return ZSTD
-    return NONE
 
 
 def detect(first_bytes: bytes) -> str:
@@ -110,14 +90,14 @@ def detect(first_bytes: bytes) -> str:
 
 def media_type_for(kind: str, oci: bool) -> str:
     """The layer media type for `kind`; Docker schema 2 has no zstd layer type."""
-    try:
-        return _MEDIA_TYPES[(kind, oci)]
-    except KeyError:
+    media_type = layer_type_for(kind, oci)
+    if media_type is None:
         manifest_kind = "OCI" if oci else "Docker"
         raise OccystrapError(
             f"{manifest_kind} manifests have no layer type for {kind!r} compression; "
             "use gzip or none, or write an OCI image for zstd"
-        ) from None
+        )
+    return media_type
 
 
 def _check_kind(kind: str) -> None:

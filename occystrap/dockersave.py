@@ -28,9 +28,9 @@ from occystrap import compression
 from occystrap.digests import hash_of, new_hasher, sha256_digest
 from occystrap.errors import DigestMismatchError, OccystrapError, UsageError
 from occystrap.image import ArchiveMemberBlob, Blob, FileBlob, Image, Layer, SourceName
+from occystrap.mediatypes import DOCKER_MANIFEST, OCI_MANIFEST
 from occystrap.pipeline import ProgressSink
 from occystrap.registry.hosts import DOCKER_HUB_HOST
-from occystrap.registry.manifest import DOCKER_MANIFEST, OCI_MANIFEST
 from occystrap.registry.reference import parse_reference
 from occystrap.streams import Readable
 

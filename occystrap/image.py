@@ -20,16 +20,8 @@ from typing import BinaryIO, Protocol
 from occystrap import compression
 from occystrap.digests import check_digest, hash_of, new_hasher, sha256_digest
 from occystrap.errors import DigestMismatchError, OccystrapError
-from occystrap.registry.manifest import (
-    DOCKER_MANIFEST,
-    LAYER_TYPES,
-    OCI_MANIFEST,
-    Descriptor,
-    Manifest,
-    Platform,
-    PlatformDescriptor,
-    parse_manifest,
-)
+from occystrap.manifest import Descriptor, Manifest, Platform, PlatformDescriptor, parse_manifest
+from occystrap.mediatypes import DOCKER_MANIFEST, LAYER_TYPES, OCI_MANIFEST, compression_of
 from occystrap.streams import Readable
 
 
@@ -160,7 +152,7 @@ class Layer:
 
     @property
     def compression(self) -> str:
-        return compression.from_media_type(self.media_type)
+        return compression_of(self.media_type)
 
     @property
     def label(self) -> str:

@@ -37,11 +37,7 @@ from occystrap.image import (
     SourceName,
     image_from_manifest,
 )
-from occystrap.pipeline import RunContext, again_if_corrupt
-from occystrap.registry.manifest import (
-    OCI_CONFIG,
-    OCI_INDEX,
-    OCI_MANIFEST,
+from occystrap.manifest import (
     Descriptor,
     MalformedManifestError,
     Manifest,
@@ -50,6 +46,8 @@ from occystrap.registry.manifest import (
     build_manifest,
     parse_manifest,
 )
+from occystrap.mediatypes import OCI_CONFIG, OCI_INDEX, OCI_MANIFEST
+from occystrap.pipeline import RunContext, again_if_corrupt
 
 LAYOUT_FILE = "oci-layout"
 INDEX_FILE = "index.json"

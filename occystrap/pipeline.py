@@ -26,7 +26,7 @@ from occystrap.cancel import shutdown_pool
 from occystrap.compression import DeflatePool
 from occystrap.errors import DigestMismatchError, writing_to
 from occystrap.image import Image, ImageIndex, ImageLike, Layer
-from occystrap.registry.manifest import Platform, select_platform
+from occystrap.manifest import Platform, select_platform
 
 if TYPE_CHECKING:
     from occystrap.extract import ExpansionBudget

@@ -16,6 +16,7 @@ from occystrap.credentials import (
     parse_auth_key,
 )
 from occystrap.errors import UsageError
+from occystrap.manifest import Platform
 from occystrap.middleware.builder import DEFAULT_QUAY_API, ChainSettings
 from occystrap.middleware.mirror import split_env_list
 from occystrap.middleware.retry import DEFAULT_DEADLINE
@@ -24,7 +25,6 @@ from occystrap.middleware.transport import (
     DEFAULT_READ_TIMEOUT,
     make_timeout,
 )
-from occystrap.registry.manifest import Platform
 
 
 @dataclass

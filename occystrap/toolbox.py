@@ -28,16 +28,16 @@ from occystrap.endpoints import parse_uri, redact
 from occystrap.endpoints.registry import RegistrySource, RegistryURI
 from occystrap.errors import OccystrapError, RegistryError, UsageError
 from occystrap.image import Image, ImageIndex
-from occystrap.middleware.builder import build_client
-from occystrap.registry.client import RegistryClient
-from occystrap.registry.hosts import DOCKER_HUB_HOST, canonical_registry_host
-from occystrap.registry.manifest import (
+from occystrap.manifest import (
     Descriptor,
     Platform,
     normalise_architecture,
     parse_platform,
     select_platform,
 )
+from occystrap.middleware.builder import build_client
+from occystrap.registry.client import RegistryClient
+from occystrap.registry.hosts import DOCKER_HUB_HOST, canonical_registry_host
 from occystrap.registry.reference import HOST_PATTERN, ImageReference
 from occystrap.registry.referrers import ReferrerTree, RegistryReferrerStore, discover
 from occystrap.settings import RunSettings

@@ -37,13 +37,7 @@ from occystrap.image import (
     SourceName,
     image_from_manifest,
 )
-from occystrap.pipeline import RunContext, again_if_corrupt
-from occystrap.registry.client import RegistryBlob, RegistryClient
-from occystrap.registry.hosts import DOCKER_HUB_HOST
-from occystrap.registry.manifest import (
-    DOCKER_CONFIG,
-    DOCKER_MANIFEST,
-    OCI_MANIFEST,
+from occystrap.manifest import (
     Descriptor,
     Manifest,
     ManifestIndex,
@@ -52,6 +46,10 @@ from occystrap.registry.manifest import (
     build_manifest,
     parse_manifest,
 )
+from occystrap.mediatypes import DOCKER_CONFIG, DOCKER_MANIFEST, OCI_MANIFEST
+from occystrap.pipeline import RunContext, again_if_corrupt
+from occystrap.registry.client import RegistryBlob, RegistryClient
+from occystrap.registry.hosts import DOCKER_HUB_HOST
 from occystrap.registry.reference import ImageReference, parse_reference
 from occystrap.streams import Readable
 

@@ -17,19 +17,14 @@ import httpx
 
 from occystrap.digests import check_digest
 from occystrap.errors import DigestMismatchError, OccystrapError, RegistryError
+from occystrap.manifest import Descriptor, ManifestIndex, parse_manifest
+from occystrap.mediatypes import ACCEPT_MANIFESTS, OCI_INDEX
 from occystrap.middleware import extensions
 from occystrap.registry.blobs import (
     RemoteBlobReader,
     ReopeningBody,
 )
 from occystrap.registry.errors import registry_error
-from occystrap.registry.manifest import (
-    ACCEPT_MANIFESTS,
-    OCI_INDEX,
-    Descriptor,
-    ManifestIndex,
-    parse_manifest,
-)
 from occystrap.streams import Readable
 
 LOG = logging.getLogger("occystrap.registry")

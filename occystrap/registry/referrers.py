@@ -17,13 +17,14 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from occystrap.errors import OccystrapError, RegistryError
-from occystrap.registry.client import RegistryClient
-from occystrap.registry.manifest import (
+from occystrap.manifest import (
     Descriptor,
     Manifest,
     ManifestIndex,
     parse_manifest,
 )
+from occystrap.mediatypes import OCI_EMPTY
+from occystrap.registry.client import RegistryClient
 
 LOG = logging.getLogger("occystrap.referrers")
 
@@ -31,7 +32,6 @@ FOUND_BY_API = "referrers API"
 FOUND_BY_TAG = "referrers tag"
 FOUND_BY_COSIGN = "cosign tag"
 COSIGN_SUFFIXES = (".sig", ".att", ".sbom")
-EMPTY_CONFIG = "application/vnd.oci.empty.v1+json"
 MAX_DEPTH = 16  # referrers of referrers of ...: deeper than any real chain
 MAX_REFERRERS = 10_000  # in one tree, against a store that lists without end
 _TAG_LENGTH = 128
@@ -54,7 +54,7 @@ def artifact_type_of(document: Manifest | ManifestIndex) -> str | None:
     image manifest) its config's media type unless that is the empty config."""
     if document.artifact_type:
         return document.artifact_type
-    if isinstance(document, Manifest) and document.config.media_type != EMPTY_CONFIG:
+    if isinstance(document, Manifest) and document.config.media_type != OCI_EMPTY:
         return document.config.media_type
     return None
 

@@ -12,7 +12,8 @@ from hypothesis import strategies as st
 
 from occystrap.errors import DigestMismatchError
 from occystrap.image import Image, VerifyingReader
-from occystrap.registry.manifest import DOCKER_CONFIG, Descriptor, build_manifest
+from occystrap.manifest import Descriptor, build_manifest
+from occystrap.mediatypes import DOCKER_CONFIG
 
 from .image_builder import make_image, sha256
 

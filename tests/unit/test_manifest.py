@@ -9,9 +9,10 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from occystrap import manifest as m
+from occystrap import mediatypes as mt
 from occystrap.errors import OccystrapError
-from occystrap.registry import manifest as m
-from occystrap.registry.manifest import (
+from occystrap.manifest import (
     Descriptor,
     MalformedManifestError,
     Manifest,
@@ -30,37 +31,43 @@ def _digest(seed: int) -> str:
     return f"sha256:{seed:064x}"
 
 
-CONFIG = Descriptor(m.DOCKER_CONFIG, _digest(1), 1234)
+CONFIG = Descriptor(mt.DOCKER_CONFIG, _digest(1), 1234)
 LAYERS = [
-    Descriptor(m.DOCKER_LAYER_GZIP, _digest(2), 100),
-    Descriptor(m.DOCKER_LAYER_GZIP, _digest(3), 200),
+    Descriptor(mt.DOCKER_LAYER_GZIP, _digest(2), 100),
+    Descriptor(mt.DOCKER_LAYER_GZIP, _digest(3), 200),
 ]
 
 
 def _index(*platforms: dict | None, annotations: list[dict] | None = None) -> bytes:
     entries = []
     for position, platform in enumerate(platforms):
-        entry = {"mediaType": m.OCI_MANIFEST, "digest": _digest(100 + position), "size": 500}
+        entry = {
+            "mediaType": mt.OCI_MANIFEST,
+            "digest": _digest(100 + position),
+            "size": 500,
+        }
         if platform is not None:
             entry["platform"] = platform
         if annotations and annotations[position]:
             entry["annotations"] = annotations[position]
         entries.append(entry)
-    return json.dumps({"schemaVersion": 2, "mediaType": m.OCI_INDEX, "manifests": entries}).encode()
+    return json.dumps(
+        {"schemaVersion": 2, "mediaType": mt.OCI_INDEX, "manifests": entries}
+    ).encode()
 
 
 def test_docker_manifest_parses():
     raw = build_manifest(CONFIG, LAYERS, oci=False)
-    parsed = parse_manifest(raw, m.DOCKER_MANIFEST + "; charset=utf-8")
-    assert parsed == Manifest(m.DOCKER_MANIFEST, CONFIG, LAYERS, raw)
+    parsed = parse_manifest(raw, mt.DOCKER_MANIFEST + "; charset=utf-8")
+    assert parsed == Manifest(mt.DOCKER_MANIFEST, CONFIG, LAYERS, raw)
 
 
 def test_media_type_falls_back_to_json_then_structure():
     raw = build_manifest(CONFIG, LAYERS, oci=False)
-    assert parse_manifest(raw, "application/json").media_type == m.DOCKER_MANIFEST
+    assert parse_manifest(raw, "application/json").media_type == mt.DOCKER_MANIFEST
     bare = json.loads(raw)
     del bare["mediaType"]
-    assert parse_manifest(json.dumps(bare).encode(), None).media_type == m.OCI_MANIFEST
+    assert parse_manifest(json.dumps(bare).encode(), None).media_type == mt.OCI_MANIFEST
     index = json.loads(_index({"os": "linux", "architecture": "amd64"}))
     del index["mediaType"]
     assert isinstance(parse_manifest(json.dumps(index).encode(), "text/plain"), ManifestIndex)
@@ -68,7 +75,7 @@ def test_media_type_falls_back_to_json_then_structure():
 
 def test_content_type_wins_over_embedded_media_type():
     raw = build_manifest(CONFIG, LAYERS, oci=False)
-    assert parse_manifest(raw, m.OCI_MANIFEST).media_type == m.OCI_MANIFEST
+    assert parse_manifest(raw, mt.OCI_MANIFEST).media_type == mt.OCI_MANIFEST
 
 
 def test_index_parses_platforms_and_annotations():
@@ -82,7 +89,7 @@ def test_index_parses_platforms_and_annotations():
         None,
         annotations=[None, {"vnd.docker.reference.type": "attestation-manifest"}],
     )
-    parsed = parse_manifest(raw, m.OCI_INDEX)
+    parsed = parse_manifest(raw, mt.OCI_INDEX)
     assert isinstance(parsed, ManifestIndex)
     first, second = parsed.manifests
     assert first.platform == Platform("windows", "amd64", None, "10.0.17763.1", ("win32k",))
@@ -92,10 +99,10 @@ def test_index_parses_platforms_and_annotations():
 @pytest.mark.parametrize(
     ("raw", "content_type"),
     [
-        (b'{"schemaVersion": 1, "name": "x", "fsLayers": []}', m.DOCKER_SCHEMA1_SIGNED),
+        (b'{"schemaVersion": 1, "name": "x", "fsLayers": []}', mt.DOCKER_SCHEMA1_SIGNED),
         (b'{"schemaVersion": 1, "name": "x", "fsLayers": []}', "application/json"),
         (b'{"schemaVersion": 1, "name": "x", "fsLayers": []}', None),
-        (b"{}", m.DOCKER_SCHEMA1),
+        (b"{}", mt.DOCKER_SCHEMA1),
     ],
 )
 def test_schema1_is_unsupported(raw, content_type):
@@ -158,7 +165,7 @@ def test_deeply_nested_json_is_malformed_not_a_crash():
 
 @given(
     raw=st.binary(max_size=300),
-    content_type=st.none() | st.sampled_from(sorted(m.IMAGE_MANIFEST_TYPES | m.INDEX_TYPES)),
+    content_type=st.none() | st.sampled_from(sorted(mt.IMAGE_MANIFEST_TYPES | mt.INDEX_TYPES)),
 )
 def test_arbitrary_bytes_only_raise_occystrap_errors(raw, content_type):
     with contextlib.suppress(OccystrapError):
@@ -208,7 +215,7 @@ def test_arbitrary_json_shapes_only_raise_occystrap_errors(document):
 
 _descriptors = st.builds(
     Descriptor,
-    media_type=st.sampled_from([m.OCI_LAYER_GZIP, m.OCI_LAYER_ZSTD, m.OCI_LAYER]),
+    media_type=st.sampled_from([mt.OCI_LAYER_GZIP, mt.OCI_LAYER_ZSTD, mt.OCI_LAYER]),
     digest=st.integers(0, 2**256 - 1).map(_digest),
     size=st.integers(0, 2**40),
     urls=st.lists(st.text(max_size=10), max_size=2).map(tuple),
@@ -218,10 +225,10 @@ _descriptors = st.builds(
 
 @given(layers=st.lists(_descriptors, max_size=5))
 def test_build_then_parse_round_trips(layers):
-    config = Descriptor(m.OCI_CONFIG, _digest(9), 42)
+    config = Descriptor(mt.OCI_CONFIG, _digest(9), 42)
     raw = build_manifest(config, layers, oci=True)
-    parsed = parse_manifest(raw, m.OCI_MANIFEST)
-    assert parsed == Manifest(m.OCI_MANIFEST, config, layers, raw)
+    parsed = parse_manifest(raw, mt.OCI_MANIFEST)
+    assert parsed == Manifest(mt.OCI_MANIFEST, config, layers, raw)
     assert build_manifest(config, layers, oci=True) == raw
 
 
@@ -230,29 +237,29 @@ def test_build_is_canonical_and_relabels_family():
     assert raw == json.dumps(json.loads(raw), sort_keys=True, separators=(",", ":")).encode()
     document = json.loads(raw)
     assert document["schemaVersion"] == 2
-    assert document["mediaType"] == m.OCI_MANIFEST
-    assert document["config"]["mediaType"] == m.OCI_CONFIG
-    assert {layer["mediaType"] for layer in document["layers"]} == {m.OCI_LAYER_GZIP}
+    assert document["mediaType"] == mt.OCI_MANIFEST
+    assert document["config"]["mediaType"] == mt.OCI_CONFIG
+    assert {layer["mediaType"] for layer in document["layers"]} == {mt.OCI_LAYER_GZIP}
     back = json.loads(
         build_manifest(
-            Descriptor(m.OCI_CONFIG, _digest(1), 5),
-            [Descriptor(m.OCI_LAYER, _digest(2), 1)],
+            Descriptor(mt.OCI_CONFIG, _digest(1), 5),
+            [Descriptor(mt.OCI_LAYER, _digest(2), 1)],
             oci=False,
         )
     )
-    assert back["mediaType"] == m.DOCKER_MANIFEST
-    assert back["config"]["mediaType"] == m.DOCKER_CONFIG
-    assert back["layers"][0]["mediaType"] == m.DOCKER_LAYER
+    assert back["mediaType"] == mt.DOCKER_MANIFEST
+    assert back["config"]["mediaType"] == mt.DOCKER_CONFIG
+    assert back["layers"][0]["mediaType"] == mt.DOCKER_LAYER
 
 
 def test_zstd_layers_cannot_go_in_a_docker_manifest():
     with pytest.raises(OccystrapError, match="zstd"):
-        build_manifest(CONFIG, [Descriptor(m.OCI_LAYER_ZSTD, _digest(2), 1)], oci=False)
+        build_manifest(CONFIG, [Descriptor(mt.OCI_LAYER_ZSTD, _digest(2), 1)], oci=False)
 
 
 def test_accept_header_lists_every_supported_type_and_not_schema1():
-    accepted = {part.strip() for part in m.ACCEPT_MANIFESTS.split(",")}
-    assert accepted == m.IMAGE_MANIFEST_TYPES | m.INDEX_TYPES
+    accepted = {part.strip() for part in mt.ACCEPT_MANIFESTS.split(",")}
+    assert accepted == mt.IMAGE_MANIFEST_TYPES | mt.INDEX_TYPES
 
 
 MULTI = parse_manifest(
@@ -272,7 +279,7 @@ MULTI = parse_manifest(
             {"vnd.docker.reference.type": "attestation-manifest"},
         ],
     ),
-    m.OCI_INDEX,
+    mt.OCI_INDEX,
 )
 
 
@@ -393,13 +400,13 @@ def test_image_info_aligns_history_with_layers():
     info = image_info(manifest, config)
     assert info["platform"] == {"os": "linux", "architecture": "arm64", "variant": "v8"}
     assert info["config_digest"] == CONFIG.digest
-    assert info["media_type"] == m.DOCKER_MANIFEST
+    assert info["media_type"] == mt.DOCKER_MANIFEST
     assert [layer["created_by"] for layer in info["layers"]] == ["ADD rootfs", "RUN make"]
     assert [layer["diff_id"] for layer in info["layers"]] == [_digest(20), _digest(30)]
     assert info["layers"][0] == {
         "digest": _digest(2),
         "size": 100,
-        "media_type": m.DOCKER_LAYER_GZIP,
+        "media_type": mt.DOCKER_LAYER_GZIP,
         "compression": "gzip",
         "diff_id": _digest(20),
         "created_by": "ADD rootfs",

@@ -22,6 +22,7 @@ from occystrap.endpoints.oci_layout import OciLayoutDestination, OciLayoutURI
 from occystrap.endpoints.tar import TarSource
 from occystrap.errors import DigestMismatchError, FilesystemError, OccystrapError, UsageError
 from occystrap.image import FileBlob, Image, ImageIndex, SourceName
+from occystrap.mediatypes import OCI_INDEX, OCI_LAYER, OCI_LAYER_GZIP, OCI_MANIFEST
 from occystrap.ocilayout import (
     REF_NAME,
     OciLayoutReader,
@@ -29,7 +30,6 @@ from occystrap.ocilayout import (
     parse_index,
     source_name,
 )
-from occystrap.registry.manifest import OCI_INDEX, OCI_LAYER, OCI_LAYER_GZIP, OCI_MANIFEST
 
 from .image_builder import context, make_image, read_verified, sha256
 

@@ -21,9 +21,9 @@ from hypothesis import strategies as st
 from occystrap import toolbox
 from occystrap.errors import OccystrapError, RegistryError, UsageError
 from occystrap.image import FileBlob, Image, Layer, SourceName
+from occystrap.manifest import Platform, parse_platform
 from occystrap.middleware.builder import ChainSettings, build_client
 from occystrap.registry.client import RegistryClient
-from occystrap.registry.manifest import Platform, parse_platform
 from occystrap.registry.reference import ImageReference
 
 BASE = "https://registry.test"

@@ -8,56 +8,17 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from occystrap import compression
+from occystrap import compression, mediatypes
 from occystrap.errors import OccystrapError
-
-DOCKER_MANIFEST = "application/vnd.docker.distribution.manifest.v2+json"
-DOCKER_MANIFEST_LIST = "application/vnd.docker.distribution.manifest.list.v2+json"
-OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
-OCI_INDEX = "application/vnd.oci.image.index.v1+json"
-DOCKER_SCHEMA1 = "application/vnd.docker.distribution.manifest.v1+json"
-DOCKER_SCHEMA1_SIGNED = "application/vnd.docker.distribution.manifest.v1+prettyjws"
-
-DOCKER_CONFIG = "application/vnd.docker.container.image.v1+json"
-OCI_CONFIG = "application/vnd.oci.image.config.v1+json"
-
-DOCKER_LAYER = "application/vnd.docker.image.rootfs.diff.tar"
-DOCKER_LAYER_GZIP = "application/vnd.docker.image.rootfs.diff.tar.gzip"
-DOCKER_FOREIGN_LAYER_GZIP = "application/vnd.docker.image.rootfs.foreign.diff.tar.gzip"
-OCI_LAYER = "application/vnd.oci.image.layer.v1.tar"
-OCI_LAYER_GZIP = "application/vnd.oci.image.layer.v1.tar+gzip"
-OCI_LAYER_ZSTD = "application/vnd.oci.image.layer.v1.tar+zstd"
-OCI_NONDISTRIBUTABLE_LAYER = "application/vnd.oci.image.layer.nondistributable.v1.tar"
-OCI_NONDISTRIBUTABLE_LAYER_GZIP = "application/vnd.oci.image.layer.nondistributable.v1.tar+gzip"
-OCI_NONDISTRIBUTABLE_LAYER_ZSTD = "application/vnd.oci.image.layer.nondistributable.v1.tar+zstd"
-
-IMAGE_MANIFEST_TYPES = frozenset({DOCKER_MANIFEST, OCI_MANIFEST})
-INDEX_TYPES = frozenset({DOCKER_MANIFEST_LIST, OCI_INDEX})
-SCHEMA1_TYPES = frozenset({DOCKER_SCHEMA1, DOCKER_SCHEMA1_SIGNED})
-CONFIG_TYPES = frozenset({DOCKER_CONFIG, OCI_CONFIG})
-LAYER_TYPES = frozenset(
-    {
-        DOCKER_LAYER,
-        DOCKER_LAYER_GZIP,
-        DOCKER_FOREIGN_LAYER_GZIP,
-        OCI_LAYER,
-        OCI_LAYER_GZIP,
-        OCI_LAYER_ZSTD,
-        OCI_NONDISTRIBUTABLE_LAYER,
-        OCI_NONDISTRIBUTABLE_LAYER_GZIP,
-        OCI_NONDISTRIBUTABLE_LAYER_ZSTD,
-    }
-)
-# Layer types whose bytes are the same in both families, so a manifest may relabel them.
-_PORTABLE_LAYER_TYPES = frozenset(
-    {DOCKER_LAYER, DOCKER_LAYER_GZIP, OCI_LAYER, OCI_LAYER_GZIP, OCI_LAYER_ZSTD}
+from occystrap.mediatypes import (
+    ATTESTATION_TYPE,
+    ATTESTATION_TYPE_ANNOTATION,
+    DOCKER_MANIFEST,
+    DOCKER_SCHEMA1,
+    OCI_INDEX,
+    OCI_MANIFEST,
 )
 
-# Sent on manifest GETs: every type we can use, never schema 1.
-ACCEPT_MANIFESTS = ", ".join((OCI_INDEX, DOCKER_MANIFEST_LIST, OCI_MANIFEST, DOCKER_MANIFEST))
-
-ATTESTATION_ANNOTATION = "vnd.docker.reference.type"
-ATTESTATION_TYPE = "attestation-manifest"
 ARCHITECTURE_ALIASES = {"x86_64": "amd64", "x86-64": "amd64", "aarch64": "arm64", "i386": "386"}
 DEFAULT_VARIANTS = {"arm64": "v8", "arm": "v7"}
 PLATFORM_CHOICE_HINT = "choose one with --os/--architecture/--variant"
@@ -123,7 +84,7 @@ class PlatformDescriptor(Descriptor):
     @property
     def is_attestation(self) -> bool:
         """Build attestations (provenance, SBOM) sit in indexes but are not runnable images."""
-        if self.annotations.get(ATTESTATION_ANNOTATION) == ATTESTATION_TYPE:
+        if self.annotations.get(ATTESTATION_TYPE_ANNOTATION) == ATTESTATION_TYPE:
             return True
         return self.platform is not None and (
             self.platform.os == "unknown" and self.platform.architecture == "unknown"
@@ -232,7 +193,7 @@ def _media_type(document: dict, content_type: str | None) -> str:
     """The manifest's type: the Content-Type, else its mediaType field, else its shape."""
     declared = (content_type or "").split(";", 1)[0].strip().lower()
     embedded = document.get("mediaType")
-    known = IMAGE_MANIFEST_TYPES | INDEX_TYPES | SCHEMA1_TYPES
+    known = mediatypes.MANIFEST_TYPES | mediatypes.SCHEMA1_TYPES
     if declared in known:
         media_type = declared
     elif isinstance(embedded, str) and embedded in known:
@@ -245,7 +206,7 @@ def _media_type(document: dict, content_type: str | None) -> str:
         media_type = OCI_MANIFEST
     else:
         raise MalformedManifestError("it is neither an image manifest nor an index")
-    if media_type in SCHEMA1_TYPES or document.get("schemaVersion") == 1:
+    if media_type in mediatypes.SCHEMA1_TYPES or document.get("schemaVersion") == 1:
         raise UnsupportedManifestError(
             "schema 1 manifests are not supported; ask the registry for schema 2 or re-push "
             "the image"
@@ -262,7 +223,7 @@ def parse_manifest(raw: bytes, content_type: str | None) -> Manifest | ManifestI
     if not isinstance(document, dict):
         raise MalformedManifestError("it is not a JSON object")
     media_type = _media_type(document, content_type)
-    if media_type in INDEX_TYPES:
+    if mediatypes.is_index(media_type):
         entries = _field(document, "manifests", list, "")
         return ManifestIndex(
             media_type=media_type,
@@ -368,7 +329,7 @@ def image_info(manifest: Manifest, config: dict) -> dict:
                 "digest": layer.digest,
                 "size": layer.size,
                 "media_type": layer.media_type,
-                "compression": compression.from_media_type(layer.media_type),
+                "compression": mediatypes.compression_of(layer.media_type),
                 "diff_id": diff_ids[position] if position < len(diff_ids) else None,
                 "created_by": history.get("created_by", ""),
             }
@@ -392,10 +353,11 @@ def image_info(manifest: Manifest, config: dict) -> dict:
 
 def _relabel(media_type: str, oci: bool) -> str:
     """The same blob's media type in the target family (Docker or OCI), where one exists."""
-    if media_type in CONFIG_TYPES:
-        return OCI_CONFIG if oci else DOCKER_CONFIG
-    if media_type in _PORTABLE_LAYER_TYPES:
-        return compression.media_type_for(compression.from_media_type(media_type), oci)
+    kind = mediatypes.lookup(media_type)
+    if kind is not None and kind.is_config:
+        return mediatypes.OCI_CONFIG if oci else mediatypes.DOCKER_CONFIG
+    if kind is not None and kind.is_layer and kind.is_distributable:
+        return compression.media_type_for(mediatypes.compression_of(media_type), oci)
     return media_type
 
 

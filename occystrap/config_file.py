@@ -21,6 +21,7 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import NoReturn
 
 from occystrap.registries_conf import config_home
 from occystrap.tomlfile import ConfigFileError, line_of, read_toml
@@ -69,7 +70,7 @@ def load(explicit: Path | None) -> ConfigFile:
 def _table_as_list(path: Path, text: str, key: str, table: Mapping[str, object]) -> list[str]:
     """A [rate-limit], [mirror] or [middleware.NAME] table as the option's repeated values."""
 
-    def fail(message: str, inner: str = "") -> None:
+    def fail(message: str, inner: str = "") -> NoReturn:
         raise ConfigFileError(f"{path}:{line_of(text, inner, key)}: [{key}]: {message}")
 
     values: list[str] = []

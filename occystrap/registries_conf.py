@@ -15,7 +15,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 from occystrap.errors import UsageError
 from occystrap.registry.hosts import canonical_registry_host
@@ -294,7 +294,7 @@ class _Checker:
     def __init__(self, path: Path, text: str) -> None:
         self.path, self.text = path, text
 
-    def fail(self, message: str, key: str, table: str | None = None, index: int = 0) -> None:
+    def fail(self, message: str, key: str, table: str | None = None, index: int = 0) -> NoReturn:
         line = line_of(self.text, key, table, index)
         raise ConfigFileError(f"{self.path}:{line}: {message}")
 
@@ -374,15 +374,14 @@ def parse_document(document: Mapping[str, Any], text: str, path: Path) -> _FileS
 
 
 def _check_alias(check: _Checker, name: str, value: object) -> str:
-    def fail(message: str) -> None:
+    def fail(message: str) -> NoReturn:
         check.fail(f"alias {name!r}: {message}", name, "aliases")
 
     if not isinstance(value, str):
         fail(f"the value must be a string, not {value!r}")
-        return ""
     if split_name(name)[1] or ":" in name.partition("/")[0] or "." in name.partition("/")[0]:
         fail("an alias is a short name: no registry host, tag or digest")
-    validate_alias_name(name, check)
+    _validate_alias_name(name, check)
     if value:
         host = value.partition("/")[0]
         if "/" not in value or not ("." in host or ":" in host or host == "localhost"):
@@ -396,7 +395,7 @@ def _check_alias(check: _Checker, name: str, value: object) -> str:
     return value
 
 
-def validate_alias_name(name: str, check: _Checker) -> None:
+def _validate_alias_name(name: str, check: _Checker) -> None:
     try:
         validate_repository(name, name)
     except UsageError as exc:
@@ -422,7 +421,6 @@ def _location(check: _Checker, value: str, key: str, table: str, index: int) -> 
 def _parse_registry(check: _Checker, table: object, index: int, path: Path) -> RegistryEntry:
     if not isinstance(table, dict):
         check.fail("registry must be an array of tables: [[registry]]", "registry")
-        raise AssertionError  # fail() raised
     check.check_keys(table, _REGISTRY_KEYS, "[[registry]]", "registry", index)
     prefix = check.value(table, "prefix", str, "registry", index)
     location = check.value(table, "location", str, "registry", index)
@@ -475,12 +473,10 @@ def _parse_registry(check: _Checker, table: object, index: int, path: Path) -> R
 def _parse_mirror(
     check: _Checker, table: object, index: int, mirror_index: int, digest_only: bool
 ) -> MirrorEntry:
-    # A mirror's keys are found after its registry's header: close enough to name the line.
     if not isinstance(table, dict):
         check.fail(
             "mirror must be an array of tables: [[registry.mirror]]", "mirror", "registry", index
         )
-        raise AssertionError
     where = ("registry.mirror", _mirror_occurrence(check.text, index, mirror_index))
     check.check_keys(table, _MIRROR_KEYS, "[[registry.mirror]]", *where)
     location = check.value(table, "location", str, *where)

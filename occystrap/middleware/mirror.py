@@ -7,6 +7,8 @@ mirror's own credentials; the origin's Authorization header is never forwarded t
 import logging
 import re
 import threading
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 
 import httpx
 
@@ -102,6 +104,38 @@ def _source_keys(url: httpx.URL) -> list[str]:
     return keys
 
 
+# /v2/NAME/KIND/REFERENCE: NAME may hold slashes, KIND is what the registry API serves.
+_API_PATH = re.compile(r"^/v2/(?P<name>.+?)/(?P<kind>manifests|blobs|tags)/(?P<rest>.*)$")
+
+
+@dataclass(frozen=True)
+class MirrorRoute:
+    """One mirror of one origin: `base` (scheme://host[:port][/path], the URL /v2/ is put
+    under) and, for a registries.conf mirror, `namespace`: the repository path replacing the
+    origin prefix's path (`docker.io/library` mirrored at `m.example/hub` reads
+    `library/alpine` as `hub/alpine`). `pull` is registries.conf's pull-from-mirror."""
+
+    base: str
+    namespace: str | None = None
+    pull: str = "all"
+
+    @property
+    def name(self) -> str:
+        """How messages, SERVED_BY and SKIP_MIRRORS name this mirror."""
+        return self.base if self.namespace is None else f"{self.base}/{self.namespace}".rstrip("/")
+
+    def serves(self, kind: str, reference: str) -> bool:
+        """Whether pull-from-mirror lets this mirror serve a read of `kind` (manifests, blobs,
+        tags) for `reference`: digest-only never resolves a tag here; tag-only never serves a
+        manifest asked for by digest."""
+        by_digest = kind == "blobs" or (kind == "manifests" and ":" in reference)
+        if self.pull == "digest-only":
+            return by_digest
+        if self.pull == "tag-only":
+            return not (kind == "manifests" and by_digest)
+        return True
+
+
 class _MirrorHealth:
     """Circuit breaker shared by all threads: which mirrors are still worth a try."""
 
@@ -138,69 +172,100 @@ class _MirrorHealth:
 
 
 class Mirror(Middleware):
-    """Try each configured mirror of a registry for reads, then the registry itself."""
+    """Try each configured mirror of a registry for reads, then the registry itself.
+
+    `mirrors` maps an origin, "HOST[:PORT]" or "HOST[:PORT]/NAMESPACE" (a registries.conf
+    prefix), to its mirrors in order: base URLs (--mirror) or `MirrorRoute`s. A read goes to
+    the mirrors of the longest origin that holds its repository.
+    """
 
     def __init__(
         self,
         next_transport: httpx.BaseTransport,
-        mirrors: dict[str, list[str]],
+        mirrors: Mapping[str, Sequence[str | MirrorRoute]],
         failure_threshold: int = 3,
     ) -> None:
         super().__init__(next_transport)
-        self._mirrors = {
-            canonical_registry_host(source): list(bases) for source, bases in mirrors.items()
-        }
+        self._mirrors: dict[tuple[str, str], list[MirrorRoute]] = {}
+        for origin, routes in mirrors.items():
+            host, _, namespace = origin.partition("/")
+            self._mirrors[(canonical_registry_host(host), namespace.strip("/"))] = [
+                route if isinstance(route, MirrorRoute) else MirrorRoute(route) for route in routes
+            ]
         self._health = _MirrorHealth(failure_threshold)
 
-    def _mirrors_for(self, request: httpx.Request) -> list[str]:
+    def _mirrors_for(self, request: httpx.Request) -> list[tuple[MirrorRoute, httpx.URL]]:
+        """Each mirror that may serve this read, with the URL to ask it at."""
         if request.method not in _READ_METHODS or not request.url.raw_path.startswith(b"/v2/"):
             return []
+        match = _API_PATH.match(request.url.path)
+        name = match["name"] if match else ""
+        best: tuple[str, str] | None = None
         for key in _source_keys(request.url):
-            if key in self._mirrors:
-                return self._mirrors[key]
-        return []
+            for host, namespace in self._mirrors:
+                inside = not namespace or name == namespace or name.startswith(namespace + "/")
+                if host == key and inside and (best is None or len(namespace) > len(best[1])):
+                    best = (host, namespace)
+        if best is None:
+            return []
+        routes = []
+        for route in self._mirrors[best]:
+            if route.namespace is None:
+                routes.append((route, rewrite_url(request.url, route.base)))
+            elif match and route.serves(match["kind"], match["rest"]):
+                renamed = "/".join(
+                    part for part in (route.namespace, name[len(best[1]) :].strip("/")) if part
+                )
+                routes.append((route, _named_url(request.url, route.base, renamed, match)))
+        return routes
 
     def handle_request(self, request: httpx.Request) -> httpx.Response:
         skipped = request.extensions.get(SKIP_MIRRORS) or ()
-        for base in self._mirrors_for(request):
-            if base in skipped or not self._health.usable(base):
+        for route, url in self._mirrors_for(request):
+            if route.name in skipped or not self._health.usable(route.name):
                 continue
-            response = self._try_mirror(request, base)
+            response = self._try_mirror(request, route.name, url)
             if response is not None:
                 return response
         return self.next.handle_request(request)
 
-    def _try_mirror(self, request: httpx.Request, base: str) -> httpx.Response | None:
+    def _try_mirror(
+        self, request: httpx.Request, name: str, url: httpx.URL
+    ) -> httpx.Response | None:
         """The mirror's response if it can serve this read, else None (and the breaker updated)."""
-        attempt = _mirror_request(request, base)
+        attempt = _mirror_request(request, name, url)
         try:
             response = self.next.handle_request(attempt)
         except httpx.TransportError as exc:
-            LOG.debug("Mirror %s failed for %s %s: %r", base, request.method, request.url.path, exc)
-            self._health.unreachable(base, type(exc).__name__)
+            LOG.debug("Mirror %s failed for %s %s: %r", name, request.method, request.url.path, exc)
+            self._health.unreachable(name, type(exc).__name__)
             return None
         status = response.status_code
         if status >= 500 or status == 429 or status in _MISSING_STATUSES:
             response.close()
             LOG.debug(
-                "Mirror %s answered %d for %s %s", base, status, request.method, request.url.path
+                "Mirror %s answered %d for %s %s", name, status, request.method, request.url.path
             )
             if status not in _MISSING_STATUSES:
-                self._health.failed(base, status)
+                self._health.failed(name, status)
             return None
-        self._health.succeeded(base)
-        response.extensions[SERVED_BY] = base
+        self._health.succeeded(name)
+        response.extensions[SERVED_BY] = name
         return response
 
 
-def _mirror_request(request: httpx.Request, base: str) -> httpx.Request:
+def _named_url(url: httpx.URL, base: str, name: str, match: re.Match[str]) -> httpx.URL:
+    """`url` asked of the mirror at `base` for repository `name` (its query kept)."""
+    mirrored = httpx.URL(f"{base}/v2/{name}/{match['kind']}/{match['rest']}")
+    return mirrored.copy_with(query=url.query or None)
+
+
+def _mirror_request(request: httpx.Request, name: str, url: httpx.URL) -> httpx.Request:
     """A fresh read for the mirror: no origin Host or Authorization, never retried."""
     headers = [
         (name, value)
         for name, value in request.headers.multi_items()
         if name.lower() not in ("host", "authorization")
     ]
-    extensions = {**request.extensions, MIRROR: base, NO_RETRY: True}
-    return httpx.Request(
-        request.method, rewrite_url(request.url, base), headers=headers, extensions=extensions
-    )
+    extensions = {**request.extensions, MIRROR: name, NO_RETRY: True}
+    return httpx.Request(request.method, url, headers=headers, extensions=extensions)

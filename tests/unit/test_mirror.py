@@ -13,6 +13,7 @@ from occystrap.errors import UsageError
 from occystrap.middleware.extensions import MIRROR, NO_RETRY, SERVED_BY
 from occystrap.middleware.mirror import (
     Mirror,
+    MirrorRoute,
     origin_url,
     parse_mirror,
     parse_mirrors,
@@ -390,3 +391,57 @@ def test_dead_mirror_from_many_threads_is_tried_about_once_per_thread_at_most(re
     assert live.call_count == threads_count * per_thread
     # Each thread can have at most one attempt in flight when the mirror is found dead.
     assert 1 <= dead.call_count <= threads_count
+
+
+# --- registries.conf routes: namespaces and pull-from-mirror -----------------------------------
+
+DIGEST = "sha256:" + "d" * 64
+
+
+@respx.mock(using="httpcore")
+def test_route_replaces_the_origin_namespace_with_the_mirrors(respx_mock):
+    respx_mock.get(f"{M2}/v2/hub/busybox/manifests/latest").respond(200, text="hub")
+    client, recorder = make_client(
+        {"registry.example/library": [MirrorRoute("https://mirror-two.example", "hub")]}
+    )
+    response = client.get(f"{ORIGIN}{MANIFEST}?x=1")
+    assert response.text == "hub"
+    assert str(recorder.requests[0].url) == f"{M2}/v2/hub/busybox/manifests/latest?x=1"
+    assert response.extensions[SERVED_BY] == f"{M2}/hub"
+
+
+@respx.mock(using="httpcore")
+def test_longest_origin_prefix_wins_and_others_are_untouched(respx_mock):
+    respx_mock.get(f"{M2}/v2/busybox/manifests/latest").respond(200)
+    respx_mock.get(f"{ORIGIN}/v2/librarian/x/manifests/latest").respond(200, text="origin")
+    client, _ = make_client(
+        {
+            "registry.example": [M1],
+            "registry.example/library": [MirrorRoute("https://mirror-two.example", "")],
+            "registry.example/librarian/x/y": [M1],
+        }
+    )
+    assert client.get(f"{ORIGIN}{MANIFEST}").extensions[SERVED_BY] == M2
+    respx_mock.get(f"{M1}/v2/librarian/x/manifests/latest").respond(404)
+    assert client.get(f"{ORIGIN}/v2/librarian/x/manifests/latest").text == "origin"
+
+
+@pytest.mark.parametrize(
+    ("pull", "path", "mirrored"),
+    [
+        ("digest-only", "/v2/a/manifests/latest", False),
+        ("digest-only", f"/v2/a/manifests/{DIGEST}", True),
+        ("digest-only", f"/v2/a/blobs/{DIGEST}", True),
+        ("digest-only", "/v2/a/tags/list", False),
+        ("tag-only", "/v2/a/manifests/latest", True),
+        ("tag-only", f"/v2/a/manifests/{DIGEST}", False),
+        ("tag-only", f"/v2/a/blobs/{DIGEST}", True),
+        ("all", f"/v2/a/manifests/{DIGEST}", True),
+    ],
+)
+def test_pull_from_mirror(pull, path, mirrored):
+    with respx.mock(using="httpcore") as router:
+        router.get(f"{M2}{path}").respond(200, text="mirror")
+        router.get(f"{ORIGIN}{path}").respond(200, text="origin")
+        client, _ = make_client({"registry.example": [MirrorRoute(M2, "", pull)]})
+        assert client.get(f"{ORIGIN}{path}").text == ("mirror" if mirrored else "origin")

@@ -10,3 +10,18 @@ def _private_blob_cache(tmp_path_factory, monkeypatch) -> None:
     """Each test (and each occystrap it runs) gets an empty blob cache of its own, so what one
     test pushed never turns into another test's mount, and the user's cache is untouched."""
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path_factory.mktemp("cache")))
+
+
+@pytest.fixture(autouse=True)
+def _private_configuration(tmp_path_factory, monkeypatch) -> None:
+    """No test (nor any occystrap, skopeo or podman it runs) reads the machine's
+    /etc/containers/registries.conf(.d) or the user's ~/.config: podman's Debian package
+    installs search registries and short-name aliases there, which would turn a bare name
+    into a request to the Internet. A test wanting a configuration writes its own."""
+    home = tmp_path_factory.mktemp("config")
+    empty = home / "registries.conf"
+    empty.write_text("")
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(home))
+    monkeypatch.setenv("CONTAINERS_REGISTRIES_CONF", str(empty))
+    monkeypatch.setenv("OCCYSTRAP_REGISTRIES_CONF_D", "")
+    monkeypatch.delenv("OCCYSTRAP_CONFIG", raising=False)

@@ -15,7 +15,7 @@ from collections.abc import Callable
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, replace
 
-from occystrap import compression
+from occystrap import compression, registries_conf
 from occystrap.cancel import cancellable_pool
 from occystrap.digests import sha256_digest
 from occystrap.endpoints import (
@@ -309,15 +309,28 @@ def _parse(text: str, rest: str) -> RegistryURI:
             " --src-creds/--dest-creds or a login instead"
         )
     options = query_options(text, query, ("os", "arch", "variant", "insecure"))
+    reference, insecure = _configured_reference(text, body)
     return RegistryURI(
-        reference=parse_reference(body),
+        reference=reference,
         os=non_empty_option(text, "os", options.get("os")),
         arch=non_empty_option(text, "arch", options.get("arch")),
         variant=non_empty_option(text, "variant", options.get("variant")),
-        insecure=None
+        insecure=(True if insecure else None)
         if options.get("insecure") is None
         else boolean_option(text, "insecure", options["insecure"]),
     )
+
+
+def _configured_reference(text: str, body: str) -> tuple[ImageReference, bool]:
+    """The image `body` names once registries.conf has had its say: a short name resolved,
+    a blocked registry refused, a prefix rewritten to its location; and whether that
+    registry is configured insecure."""
+    conf = registries_conf.active()
+    if body and registries_conf.is_short_name(body, conf):
+        reference = conf.resolve_short_name(body)
+    else:
+        reference = parse_reference(body)
+    return conf.apply(reference, text)
 
 
 SCHEME = Scheme(

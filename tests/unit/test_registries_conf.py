@@ -266,3 +266,23 @@ def test_generated_entries_parse_or_fail_in_one_line(entries):
 )
 def test_split_name_round_trips(name, suffix):
     assert split_name(name + suffix) == (name, suffix)
+
+
+def test_registry_uris_are_resolved_with_the_active_configuration(tmp_path):
+    from occystrap.endpoints import parse_uri
+
+    conf = conf_of(tmp_path, EXAMPLE)
+    with registries_conf.activated(conf):
+        aliased = parse_uri("registry://app:v1")
+        rewritten = parse_uri("registry://old.example/team/x@sha256:" + "e" * 64)
+        explicit = parse_uri("registry://old.example/team/x?insecure=false")
+        with pytest.raises(UsageError, match="blocked by"):
+            parse_uri("registry://evil.example/a")
+        with pytest.raises(UsageError, match="ambiguous"):
+            parse_uri("registry://alpine")
+    assert str(aliased.reference) == "registry.example/apps/app:v1"
+    assert rewritten.reference.registry == "new.example:8443" and rewritten.insecure is True
+    assert explicit.insecure is False
+    assert registries_conf.active() == RegistriesConf()
+    with pytest.raises(UsageError, match="expected HOST"):
+        parse_uri("registry://app")

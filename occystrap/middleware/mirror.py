@@ -15,6 +15,7 @@ import httpx
 from occystrap.errors import UsageError
 from occystrap.middleware.base import Middleware
 from occystrap.middleware.extensions import MIRROR, NO_RETRY, SERVED_BY, SKIP_MIRRORS
+from occystrap.registries_conf import RegistriesConf
 from occystrap.registry.hosts import canonical_registry_host
 
 LOG = logging.getLogger(__name__)
@@ -134,6 +135,28 @@ class MirrorRoute:
         if self.pull == "tag-only":
             return not (kind == "manifests" and by_digest)
         return True
+
+
+def mirror_table(values: Sequence[str], conf: RegistriesConf) -> dict[str, list[str | MirrorRoute]]:
+    """Every mirror of a run, by origin: registries.conf's [[registry.mirror]] lists, each
+    preceded by the --mirror URLs given for its host, which come first."""
+    given = parse_mirrors(list(values))
+    table: dict[str, list[str | MirrorRoute]] = {
+        source: list(bases) for source, bases in given.items()
+    }
+    for entry in conf.registries:
+        if entry.blocked or not entry.mirrors:
+            continue
+        host = entry.location.partition("/")[0]
+        routes: list[str | MirrorRoute] = [*given.get(host, [])]
+        for mirror in entry.mirrors:
+            mirror_host, _, namespace = mirror.location.partition("/")
+            scheme = "http" if mirror.insecure else "https"
+            routes.append(
+                MirrorRoute(f"{scheme}://{mirror_host}", namespace, mirror.pull_from_mirror)
+            )
+        table[entry.location] = routes
+    return table
 
 
 class _MirrorHealth:

@@ -14,6 +14,7 @@ from occystrap.middleware.extensions import MIRROR, NO_RETRY, SERVED_BY
 from occystrap.middleware.mirror import (
     Mirror,
     MirrorRoute,
+    mirror_table,
     origin_url,
     parse_mirror,
     parse_mirrors,
@@ -445,3 +446,32 @@ def test_pull_from_mirror(pull, path, mirrored):
         router.get(f"{ORIGIN}{path}").respond(200, text="origin")
         client, _ = make_client({"registry.example": [MirrorRoute(M2, "", pull)]})
         assert client.get(f"{ORIGIN}{path}").text == ("mirror" if mirrored else "origin")
+
+
+def test_mirror_table_puts_command_line_mirrors_first():
+    from occystrap.registries_conf import MirrorEntry, RegistriesConf, RegistryEntry
+
+    conf = RegistriesConf(
+        registries=(
+            RegistryEntry(
+                "registry-1.docker.io",
+                "registry-1.docker.io",
+                mirrors=(
+                    MirrorEntry("m.example/hub"),
+                    MirrorEntry("p.example:5000", insecure=True, pull_from_mirror="digest-only"),
+                ),
+            ),
+            RegistryEntry(
+                "blocked.example", "blocked.example", blocked=True, mirrors=(MirrorEntry("x"),)
+            ),
+        )
+    )
+    table = mirror_table(["docker.io=https://first.example", "quay.io=https://q.example"], conf)
+    assert table == {
+        "registry-1.docker.io": [
+            "https://first.example",
+            MirrorRoute("https://m.example", "hub"),
+            MirrorRoute("http://p.example:5000", "", "digest-only"),
+        ],
+        "quay.io": ["https://q.example"],
+    }

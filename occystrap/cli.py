@@ -328,6 +328,12 @@ class _UriFormsCommand(click.Command):
     envvar="OCCYSTRAP_IMAGE_PARALLEL",
     help="Images moved at once when SOURCE is quay://.",
 )
+@click.option(
+    "--referrers",
+    is_flag=True,
+    help="Also copy what refers to the image (signatures, SBOMs, attestations), recursively;"
+    " registry:// and oci-layout:// only.",
+)
 @click.pass_obj
 def process(
     settings: RunSettings,
@@ -336,6 +342,7 @@ def process(
     filters: tuple[str, ...],
     platforms: tuple[str, ...],
     image_parallel: int,
+    referrers: bool,
 ) -> None:
     """Copy the image(s) at SOURCE to DESTINATION.
 
@@ -356,6 +363,7 @@ def process(
         filters=parse_filters(filters),
         platforms=[parse_platform(text) for text in platforms],
         image_parallel=image_parallel,
+        referrers=referrers,
     )
 
 

@@ -42,6 +42,7 @@ from occystrap.quay.api import QuayClient, QuayImage, api_base, find_images
 from occystrap.quay.bulk import run_each
 from occystrap.registry.reference import ImageReference, validate_repository
 from occystrap.settings import RunSettings
+from occystrap.stores import check_referrer_ends, copy_image_referrers
 from occystrap.toolbox import PickedImage, inspect_keys
 
 LOG = logging.getLogger("occystrap")
@@ -98,11 +99,17 @@ def _copy_one(
     ctx: RunContext,
     filters: Sequence[ImageFilter] = (),
     platforms: Sequence[Platform] = (),
+    referrers: bool = False,
 ) -> CopyResult:
-    """One image (or index) through the pipeline; the destination is opened (and checked)
-    before anything is read."""
+    """One image (or index) through the pipeline, then (with `referrers`) what refers to it;
+    the destination is opened (and checked) before anything is read."""
+    if referrers:
+        check_referrer_ends(source, destination, ctx)
     output = destination.open_output(ctx)
-    return run_pipeline(source.open_input(ctx), output, ctx, filters, platforms)
+    result = run_pipeline(source.open_input(ctx), output, ctx, filters, platforms)
+    if referrers:
+        result = replace(result, referrers=copy_image_referrers(source, destination, ctx))
+    return result
 
 
 def copy(
@@ -113,8 +120,10 @@ def copy(
     filters: Sequence[ImageFilter] = (),
     platforms: Sequence[Platform] = (),
     progress: ProgressSink | None = None,
+    referrers: bool = False,
 ) -> CopyResult:
-    """Copy the image at `source` to `destination` (URIs as the CLI takes them)."""
+    """Copy the image at `source` to `destination` (URIs as the CLI takes them); with
+    `referrers`, also what refers to it (signatures, SBOMs), recursively."""
     settings = settings or RunSettings()
     source_uri, destination_uri = parse_uri(source), parse_uri(destination)
     with (
@@ -125,7 +134,7 @@ def copy(
         ctx = RunContext(settings, http, work, cache=cache, deflate_pool=pool)
         if progress is not None:
             ctx.progress = progress
-        return _copy_one(source_uri, destination_uri, ctx, filters, platforms)
+        return _copy_one(source_uri, destination_uri, ctx, filters, platforms, referrers)
 
 
 def process(
@@ -135,10 +144,11 @@ def process(
     filters: Sequence[ImageFilter] = (),
     platforms: Sequence[Platform] = (),
     image_parallel: int = 3,
+    referrers: bool = False,
 ) -> None:
     source_uri, destination_uri = parse_uri(source), parse_uri(destination)
     if isinstance(source_uri, QuayURI):
-        _process_quay(settings, source_uri, destination_uri, image_parallel, filters)
+        _process_quay(settings, source_uri, destination_uri, image_parallel, filters, referrers)
         return
     progress = TerminalProgress(f"{source_uri} -> {destination_uri}")
     with (
@@ -148,8 +158,10 @@ def process(
     ):
         with progress:
             ctx = RunContext(settings, http, work, progress, cache=cache, deflate_pool=pool)
-            result = _copy_one(source_uri, destination_uri, ctx, filters, platforms)
+            result = _copy_one(source_uri, destination_uri, ctx, filters, platforms, referrers)
         what = f"{source_uri} -> {destination_uri}: {result.layers} layers"
+        if referrers:
+            what += f", {result.referrers} {'referrer' if result.referrers == 1 else 'referrers'}"
         if result.digest:
             what += f", {result.digest}"
         _summary(what, progress, http, result.stats)
@@ -227,6 +239,7 @@ def _process_quay(
     destination: Endpoint,
     image_parallel: int,
     filters: Sequence[ImageFilter] = (),
+    referrers: bool = False,
 ) -> None:
     _check_bulk_destination(destination)
     stats = TransferStats()
@@ -250,6 +263,7 @@ def _process_quay(
                     _bulk_destination(destination, image),
                     ctx,
                     filters,
+                    referrers=referrers,
                 )
 
         with progress:

@@ -18,6 +18,8 @@ import json
 import os
 import re
 import shutil
+from collections.abc import Callable
+from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import Any
 
@@ -48,6 +50,8 @@ from occystrap.manifest import (
 )
 from occystrap.mediatypes import OCI_CONFIG, OCI_INDEX, OCI_MANIFEST
 from occystrap.pipeline import RunContext, again_if_corrupt
+from occystrap.registry.referrers import REFERRERS_TAG
+from occystrap.streams import Readable
 
 LAYOUT_FILE = "oci-layout"
 INDEX_FILE = "index.json"
@@ -66,6 +70,12 @@ def blob_name(digest: str) -> str | None:
         return None
     algorithm, encoded = digest.split(":")
     return f"blobs/{algorithm}/{encoded}"
+
+
+def is_referrers_tag(name: str | None) -> bool:
+    """Whether a ref.name tags what refers to an image (a signature, an SBOM index), which
+    is kept beside the image but is not one to choose."""
+    return name is not None and REFERRERS_TAG.fullmatch(name) is not None
 
 
 def is_oci_layout(members: MemberSource) -> bool:
@@ -179,10 +189,11 @@ class OciLayoutReader:
         untagged = len(entries) - len(tags)
         listing = ", ".join(tags) + (f" and {untagged} untagged" if untagged else "")
         if tag is None:
-            if len(entries) == 1:
-                return entries[0]
+            images = [entry for entry in entries if not is_referrers_tag(ref_name(entry))]
+            if len(images) == 1:
+                return images[0]
             raise UsageError(
-                f"{self.where} holds {len(entries)} images; {self.how_to_choose} ({listing})"
+                f"{self.where} holds {len(images)} images; {self.how_to_choose} ({listing})"
             )
         matching = [entry for entry in entries if ref_name(entry) == tag]
         if len(matching) == 1:
@@ -260,6 +271,25 @@ class OciLayoutWriter:
             descriptor = Descriptor(item.media_type, item.digest, len(item.raw))
         self._tag(descriptor, tag)
         return descriptor.digest
+
+    def store_blob(
+        self, digest: str, size: int, opener: Callable[[], AbstractContextManager[Readable]]
+    ) -> bool:
+        """Stream a blob in as it is (the opener's reader verifies it); False when present."""
+        self._create()
+        path = self._blob_path(digest)
+        if self._present(path, size):
+            return False
+        with atomic_file(path) as out, opener() as source:
+            shutil.copyfileobj(source, out, CHUNK_SIZE)
+        return True
+
+    def store_manifest(self, raw: bytes, media_type: str, tag: str | None) -> None:
+        """Store a manifest's bytes, and point `tag` at it when one is given."""
+        self._create()
+        digest = self._store_bytes(raw)
+        if tag is not None:
+            self._tag(Descriptor(media_type, digest, len(raw)), tag)
 
     # Layout and index.json.
 

@@ -116,11 +116,13 @@ class ImageFilter(Protocol):
 
 @dataclass(frozen=True)
 class CopyResult:
-    """What `copy` did: the digest written (manifest or index), and the blob counts."""
+    """What `copy` did: the digest written (manifest or index), the blob counts, and how many
+    referrers went with it."""
 
     digest: str | None
     layers: int
     stats: TransferStats
+    referrers: int = 0  # signatures, SBOMs ... copied with it (process --referrers)
 
 
 def choose_platform(index: ImageIndex, platform: Platform) -> Image:

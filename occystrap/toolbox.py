@@ -39,8 +39,9 @@ from occystrap.middleware.builder import build_client
 from occystrap.registry.client import RegistryClient
 from occystrap.registry.hosts import DOCKER_HUB_HOST, canonical_registry_host
 from occystrap.registry.reference import HOST_PATTERN, ImageReference
-from occystrap.registry.referrers import ReferrerTree, RegistryReferrerStore, discover
+from occystrap.registry.referrers import ReferrerTree, discover
 from occystrap.settings import RunSettings
+from occystrap.stores import RegistryStore
 
 LOG = logging.getLogger("occystrap.toolbox")
 
@@ -213,7 +214,7 @@ def referrers(settings: RunSettings, image: str, artifact_type: str | None = Non
     reference = uri.reference
     with registry_client(settings, uri) as client:
         head = client.head_manifest(reference.repository, reference.reference)
-        store = RegistryReferrerStore(client, reference.repository)
+        store = RegistryStore(client, reference.repository)
         found = discover(store, head.digest, artifact_type)
     subject = Descriptor(head.media_type, head.digest, head.size or 0)
     return ReferrerTree(str(reference), subject, found)

@@ -10,21 +10,24 @@ Discovery is recursive (a signature of an SBOM is found under the SBOM) and read
 
 from __future__ import annotations
 
+import json
 import logging
 import re
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from occystrap.errors import OccystrapError, RegistryError
+from occystrap.errors import OccystrapError
+from occystrap.image import VerifyingReader
 from occystrap.manifest import (
     Descriptor,
     Manifest,
     ManifestIndex,
     parse_manifest,
 )
-from occystrap.mediatypes import OCI_EMPTY
-from occystrap.registry.client import RegistryClient
+from occystrap.mediatypes import OCI_EMPTY, OCI_INDEX
+from occystrap.streams import Readable
 
 LOG = logging.getLogger("occystrap.referrers")
 
@@ -72,33 +75,31 @@ def descriptor_of(raw: bytes, media_type: str, digest: str) -> Descriptor:
 
 
 class ReferrerStore(Protocol):
-    """Where discovery reads: a registry repository or an OCI layout."""
+    """A place that keeps manifests and blobs: a registry repository or an OCI layout."""
 
     def referrers_api(self, digest: str, artifact_type: str | None) -> list[Descriptor] | None:
         """The referrers API's answer, or None where there is no such API."""
         ...
 
-    def manifest_at(self, tag: str) -> tuple[bytes, str, str] | None:
-        """(raw, media type, digest) of the manifest `tag` names, None when there is none."""
+    def manifest_at(self, reference: str) -> tuple[bytes, str, str] | None:
+        """(raw, media type, digest) of the manifest a tag or digest names (a digest is
+        verified), None when there is none."""
         ...
 
+    def has_blob(self, descriptor: Descriptor) -> bool: ...
 
-class RegistryReferrerStore:
-    """One repository of a registry, read through the run's client."""
+    def open_blob(self, descriptor: Descriptor) -> AbstractContextManager[Readable]:
+        """The blob's bytes as stored; the caller verifies them."""
+        ...
 
-    def __init__(self, client: RegistryClient, repository: str) -> None:
-        self.client, self.repository = client, repository
+    def put_blob(
+        self, descriptor: Descriptor, opener: Callable[[], AbstractContextManager[Readable]]
+    ) -> None: ...
 
-    def referrers_api(self, digest: str, artifact_type: str | None) -> list[Descriptor] | None:
-        return self.client.list_referrers(self.repository, digest, artifact_type)
-
-    def manifest_at(self, tag: str) -> tuple[bytes, str, str] | None:
-        try:
-            return self.client.get_manifest(self.repository, tag)
-        except RegistryError as error:
-            if error.status == 404:
-                return None
-            raise
+    def put_manifest(self, reference: str, raw: bytes, media_type: str) -> bool:
+        """Store a manifest under a tag or its digest; True when the store itself now lists
+        it among its subject's referrers (a registry with the referrers API)."""
+        ...
 
 
 @dataclass(frozen=True)
@@ -227,3 +228,90 @@ def _subject_referrers(
         for entry in document.manifests
         if artifact_type is None or entry.artifact_type == artifact_type
     ]
+
+
+# -- copying ------------------------------------------------------------------------------
+
+
+def copy_referrers(
+    source: ReferrerStore, destination: ReferrerStore, subject: str, referrers: Sequence[Referrer]
+) -> int:
+    """Copy `referrers` of `subject` and what refers to them, byte for byte, so the destination
+    finds them as the source did; return how many were copied.
+
+    Each is pushed with its subject (and cosign's under its tag); where the destination does not
+    index subjects itself, the referrers tag index is created or merged, keeping every entry
+    already there."""
+    copied = 0
+    for referrer in referrers:
+        indexed = copy_manifest(source, destination, referrer.descriptor, referrer.tag)
+        if referrer.found_by != FOUND_BY_COSIGN and not indexed:
+            add_to_referrers_index(destination, subject, referrer.descriptor)
+        copied += 1 + copy_referrers(source, destination, referrer.digest, referrer.referrers)
+    return copied
+
+
+def copy_manifest(
+    source: ReferrerStore,
+    destination: ReferrerStore,
+    descriptor: Descriptor,
+    tag: str | None = None,
+) -> bool:
+    """Copy a manifest or index and every blob and manifest under it, byte for byte (under
+    `tag`, else its digest); True when the destination indexed its subject itself."""
+    answer = source.manifest_at(descriptor.digest)
+    if answer is None:
+        raise OccystrapError(f"{descriptor.digest} is listed but missing from the source")
+    raw, media_type, digest = answer
+    document = parse_manifest(raw, media_type)
+    if isinstance(document, ManifestIndex):
+        for entry in document.manifests:
+            copy_manifest(source, destination, entry)
+    else:
+        for blob in dict.fromkeys([document.config, *document.layers]):
+            _copy_blob(source, destination, blob)
+    return destination.put_manifest(tag or digest, raw, media_type)
+
+
+def _copy_blob(source: ReferrerStore, destination: ReferrerStore, descriptor: Descriptor) -> None:
+    if destination.has_blob(descriptor):
+        return
+
+    @contextmanager
+    def verified() -> Iterator[Readable]:
+        with source.open_blob(descriptor) as raw:
+            reader = VerifyingReader(
+                raw, descriptor.digest, descriptor.size, f"blob {descriptor.digest}"
+            )
+            yield reader
+            reader.drain()
+
+    destination.put_blob(descriptor, verified)
+
+
+def add_to_referrers_index(store: ReferrerStore, subject: str, referrer: Descriptor) -> None:
+    """List `referrer` in `subject`'s referrers tag index, creating it or adding to it; every
+    entry already there is kept as it is."""
+    tag = referrers_tag(subject)
+    answer = store.manifest_at(tag)
+    document: dict[str, Any] = {"schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": []}
+    if answer is not None:
+        if not isinstance(parse_manifest(answer[0], answer[1]), ManifestIndex):
+            raise OccystrapError(
+                f"tag {tag} is taken by something that is not a referrers index; it is left"
+                f" alone, so the copied referrers of {subject} cannot be listed there"
+            )
+        document = json.loads(answer[0])
+    if any(entry.get("digest") == referrer.digest for entry in document["manifests"]):
+        return
+    entry: dict[str, Any] = {
+        "mediaType": referrer.media_type,
+        "digest": referrer.digest,
+        "size": referrer.size,
+    }
+    if referrer.artifact_type:
+        entry["artifactType"] = referrer.artifact_type
+    if referrer.annotations:
+        entry["annotations"] = dict(referrer.annotations)
+    document["manifests"].append(entry)
+    store.put_manifest(tag, json.dumps(document, separators=(",", ":")).encode(), OCI_INDEX)

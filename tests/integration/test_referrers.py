@@ -6,9 +6,10 @@ from __future__ import annotations
 
 import json
 
-from tests.integration.cli import registry_flags, run_occystrap
+from tests.integration.cli import assert_one_line_error, registry_flags, run_occystrap
 from tests.integration.signing import (
     SPDX,
+    RegistryReader,
     RegistryWriter,
     signing_key,
     tag_for,
@@ -48,3 +49,116 @@ def test_referrers_lists_the_tree_found_by_tag_schema_and_cosign_tags(registry_p
         ).stdout
     )
     assert [entry["digest"] for entry in only_sboms["referrers"]] == [sbom.digest]
+
+
+def _signed_index(registry, repository: str, key) -> dict:
+    """The tests' writer pushes a two-platform index and, by tag schema and cosign's tags: a
+    signature of the index, an SBOM of the amd64 manifest, a signature of that SBOM, and a
+    signature of the arm64 manifest."""
+    identity = f"{registry.host}/{repository}"
+    with registry.client() as http:
+        writer = RegistryWriter(http, repository)
+        index, (amd64, arm64) = writer.index("signed", tag="v1")
+        sbom = writer.sbom(amd64)
+        writer.cosign_sign(index, key, identity)
+        writer.cosign_sign(sbom, key, identity)
+        writer.cosign_sign(arm64, key, identity)
+    return {"index": index, "amd64": amd64, "arm64": arm64, "sbom": sbom}
+
+
+def _check_signed_copy(http, repository: str, pushed: dict, key) -> RegistryReader:
+    """The tests' own reader, straight from the destination registry: every signature
+    verifies with the public key and the SBOM is listed as the amd64 manifest's referrer."""
+    reader = RegistryReader(http, repository)
+    public = key.public_key()
+    for name in ("index", "arm64", "sbom"):
+        assert reader.verify_cosign(pushed[name].digest, public) == 1, name
+    listed = reader.referrers(pushed["amd64"].digest)
+    assert {"digest": pushed["sbom"].digest, "artifactType": SPDX} in [
+        {"digest": entry["digest"], "artifactType": entry.get("artifactType")} for entry in listed
+    ]
+    assert reader.manifest(pushed["sbom"].digest) == pushed["sbom"].raw
+    return reader
+
+
+def test_process_referrers_copies_signatures_and_sboms_registry_to_registry(
+    registry_plain, registry_basic, unique_repo
+):
+    key = signing_key()
+    pushed = _signed_index(registry_plain, unique_repo, key)
+    auth = (registry_basic.username, registry_basic.password)
+    with registry_basic.client(auth=auth) as http:
+        # The destination already lists a referrer of the amd64 manifest: it must stay listed.
+        writer = RegistryWriter(http, unique_repo)
+        writer.image("signed-amd64", arch="amd64")  # the same bytes as the source's
+        other = writer.sbom(pushed["amd64"], name="other.spdx.json")
+
+    result = run_occystrap(
+        "--insecure",
+        "--dest-creds",
+        f"{registry_basic.username}:{registry_basic.password}",
+        "process",
+        "--referrers",
+        f"registry://{registry_plain.host}/{unique_repo}:v1",
+        f"registry://{registry_basic.host}/{unique_repo}:v1",
+    )
+    assert "4 referrers" in result.stderr.splitlines()[-1], result.stderr
+
+    with registry_basic.client(auth=auth) as http:
+        reader = _check_signed_copy(http, unique_repo, pushed, key)
+        kept = {entry["digest"] for entry in reader.referrers(pushed["amd64"].digest)}
+        assert kept == {pushed["sbom"].digest, other.digest}
+        assert reader.manifest("v1") == pushed["index"].raw
+
+
+def test_referrers_cross_an_air_gap_through_an_oci_layout(
+    registry_plain, registry_basic, unique_repo, tmp_path
+):
+    key = signing_key()
+    pushed = _signed_index(registry_plain, unique_repo, key)
+    layout = tmp_path / "layout"
+    run_occystrap(
+        "--insecure",
+        "process",
+        "--referrers",
+        f"registry://{registry_plain.host}/{unique_repo}:v1",
+        f"oci-layout://{layout}",
+    )
+    index_json = json.loads((layout / "index.json").read_text())
+    names = {
+        entry["annotations"]["org.opencontainers.image.ref.name"]
+        for entry in index_json["manifests"]
+    }
+    assert "v1" in names and tag_for(pushed["amd64"].digest) in names
+
+    result = run_occystrap(
+        "--insecure",
+        "--dest-creds",
+        f"{registry_basic.username}:{registry_basic.password}",
+        "process",
+        "--referrers",
+        f"oci-layout://{layout}",
+        f"registry://{registry_basic.host}/{unique_repo}-again:v1",
+    )
+    assert "4 referrers" in result.stderr.splitlines()[-1], result.stderr
+    auth = (registry_basic.username, registry_basic.password)
+    with registry_basic.client(auth=auth) as http:
+        _check_signed_copy(http, f"{unique_repo}-again", pushed, key)
+
+
+def test_referrers_to_a_place_that_keeps_none_is_refused_in_one_line(
+    registry_plain, unique_repo, tmp_path
+):
+    with registry_plain.client() as http:
+        RegistryWriter(http, unique_repo).image("lonely", tag="v1")
+    target = tmp_path / "image.tar"
+    result = run_occystrap(
+        "--insecure",
+        "process",
+        "--referrers",
+        f"registry://{registry_plain.host}/{unique_repo}:v1",
+        f"tar://{target}",
+        check=False,
+    )
+    assert_one_line_error(result, "--referrers needs registry:// or oci-layout://")
+    assert not target.exists()

@@ -19,12 +19,12 @@ from occystrap.registry.referrers import (
     FOUND_BY_COSIGN,
     FOUND_BY_TAG,
     REFERRERS_TAG,
-    RegistryReferrerStore,
     cosign_tags,
     count,
     discover,
     referrers_tag,
 )
+from occystrap.stores import RegistryStore
 
 BASE = "https://registry.test"
 REPO = "team/app"
@@ -122,7 +122,7 @@ def test_api_pages_are_followed_and_each_referrer_is_asked_for_its_own():
     fake.pages[_digest(sbom)] = [_index([_entry(sbom_signature, SIGNATURE)])]
     with _serve(fake), build_client(ChainSettings(retries=0)) as http:
         client = RegistryClient(http, "registry.test")
-        found = discover(RegistryReferrerStore(client, REPO), IMAGE)
+        found = discover(RegistryStore(client, REPO), IMAGE)
     assert [(r.digest, r.found_by) for r in found] == [
         (_digest(sbom), FOUND_BY_API),
         (_digest(signature), FOUND_BY_API),
@@ -141,7 +141,7 @@ def test_artifact_type_is_asked_for_and_applied_when_the_registry_ignores_it():
     fake.pages[IMAGE] = [_index([_entry(sbom, SPDX), _entry(signature, SIGNATURE)])]
     with _serve(fake), build_client(ChainSettings(retries=0)) as http:
         client = RegistryClient(http, "registry.test")
-        found = discover(RegistryReferrerStore(client, REPO), IMAGE, artifact_type=SPDX)
+        found = discover(RegistryStore(client, REPO), IMAGE, artifact_type=SPDX)
     assert [r.digest for r in found] == [_digest(sbom)]
     first = next(r for r in fake.requests if "/referrers/" in r.url.path)
     assert first.url.params["artifactType"] == SPDX
@@ -158,7 +158,7 @@ def test_without_the_api_the_tag_index_and_cosign_tags_are_read_recursively():
     fake.tags[cosign_tags(_digest(sbom))[0]] = sbom_signature
     with _serve(fake), build_client(ChainSettings(retries=0)) as http:
         client = RegistryClient(http, "registry.test")
-        found = discover(RegistryReferrerStore(client, REPO), IMAGE)
+        found = discover(RegistryStore(client, REPO), IMAGE)
     assert [(r.digest, r.found_by, r.tag) for r in found] == [
         (_digest(sbom), FOUND_BY_TAG, None),
         (_digest(signature), FOUND_BY_COSIGN, cosign_tags(IMAGE)[0]),
@@ -179,7 +179,7 @@ def test_a_cycle_of_referrers_ends():
     fake.pages[_digest(second)] = [_index([_entry(first, SIGNATURE)])]  # a broken store
     with _serve(fake), build_client(ChainSettings(retries=0)) as http:
         client = RegistryClient(http, "registry.test")
-        found = discover(RegistryReferrerStore(client, REPO), IMAGE)
+        found = discover(RegistryStore(client, REPO), IMAGE)
     assert count(found) == 3  # first, second, and first again as a leaf
 
 

@@ -1,0 +1,183 @@
+"""Registry repositories and OCI layouts as places that keep manifests and blobs as they are.
+
+Referrers (signatures, SBOMs) and artifacts are read and written through these two
+`ReferrerStore`s, so copying them registry -> registry, registry -> oci-layout and back is one
+piece of code. A registry is spoken to through the run's one client; a layout keeps referrers
+the way a registry without the referrers API does: referrers tag indexes and cosign's tags as
+`org.opencontainers.image.ref.name`s in `index.json`, so every manifest stays reachable.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from contextlib import AbstractContextManager
+from pathlib import Path
+
+from occystrap.cancel import cancellable_pool
+from occystrap.digests import check_digest, sha256_digest
+from occystrap.dockersave import DirectoryMembers
+from occystrap.endpoints import Endpoint
+from occystrap.endpoints.oci_layout import OciLayoutURI
+from occystrap.endpoints.registry import RegistryURI
+from occystrap.errors import RegistryError, UsageError
+from occystrap.manifest import Descriptor, ManifestIndex, parse_manifest
+from occystrap.ocilayout import (
+    INDEX_FILE,
+    OciLayoutReader,
+    OciLayoutWriter,
+    blob_name,
+    parse_index,
+    ref_name,
+)
+from occystrap.pipeline import RunContext
+from occystrap.registry.client import RegistryBlob, RegistryClient
+from occystrap.registry.referrers import ReferrerStore, copy_referrers, discover
+from occystrap.streams import Readable
+
+LOG = logging.getLogger("occystrap.stores")
+
+
+class RegistryStore:
+    """One repository of a registry, through the run's client."""
+
+    def __init__(self, client: RegistryClient, repository: str) -> None:
+        self.client, self.repository = client, repository
+
+    def __str__(self) -> str:
+        return f"{self.client.registry}/{self.repository}"
+
+    def referrers_api(self, digest: str, artifact_type: str | None) -> list[Descriptor] | None:
+        return self.client.list_referrers(self.repository, digest, artifact_type)
+
+    def manifest_at(self, reference: str) -> tuple[bytes, str, str] | None:
+        try:
+            return self.client.get_manifest(self.repository, reference)
+        except RegistryError as error:
+            if error.status == 404:
+                return None
+            raise
+
+    def has_blob(self, descriptor: Descriptor) -> bool:
+        return self.client.blob_exists(self.repository, descriptor.digest)
+
+    def open_blob(self, descriptor: Descriptor) -> AbstractContextManager[Readable]:
+        return RegistryBlob(self.client, self.repository, descriptor.digest).open()
+
+    def put_blob(
+        self, descriptor: Descriptor, opener: Callable[[], AbstractContextManager[Readable]]
+    ) -> None:
+        self.client.upload_blob(self.repository, descriptor.digest, opener, descriptor.size)
+
+    def put_manifest(self, reference: str, raw: bytes, media_type: str) -> bool:
+        return self.client.put_manifest(self.repository, reference, raw, media_type).subject_indexed
+
+
+class LayoutStore:
+    """An OCI image layout directory; tags are `index.json`'s ref.names."""
+
+    def __init__(self, path: Path, ctx: RunContext) -> None:
+        self.path = Path(path)
+        self.writer = OciLayoutWriter(self.path, ctx)
+
+    def __str__(self) -> str:
+        return str(self.path)
+
+    def referrers_api(self, digest: str, artifact_type: str | None) -> list[Descriptor] | None:
+        return None  # a layout lists referrers only in referrers tag indexes
+
+    def _blob_path(self, digest: str) -> Path | None:
+        name = blob_name(digest)
+        return None if name is None else self.path / name
+
+    def manifest_at(self, reference: str) -> tuple[bytes, str, str] | None:
+        if ":" in reference:  # a digest; tags cannot contain ':'
+            path = self._blob_path(reference)
+            if path is None or not path.is_file():
+                return None
+            raw = path.read_bytes()
+            check_digest(raw, reference, f"{self.path}: manifest {reference}")
+            return raw, parse_manifest(raw, None).media_type, reference
+        index = self.path / INDEX_FILE
+        if not index.is_file():
+            return None
+        entries = parse_index(index.read_bytes(), str(self.path))
+        tagged = [entry for entry in entries if ref_name(entry) == reference]
+        if not tagged:
+            return None
+        found = self.manifest_at(tagged[-1].digest)
+        return None if found is None else (found[0], tagged[-1].media_type, found[2])
+
+    def has_blob(self, descriptor: Descriptor) -> bool:
+        path = self._blob_path(descriptor.digest)
+        return path is not None and path.is_file() and path.stat().st_size == descriptor.size
+
+    def open_blob(self, descriptor: Descriptor) -> AbstractContextManager[Readable]:
+        path = self._blob_path(descriptor.digest)
+        if path is None or not path.is_file():
+            raise UsageError(f"{self.path}: blob {descriptor.digest} is missing from the layout")
+        return open(path, "rb")
+
+    def put_blob(
+        self, descriptor: Descriptor, opener: Callable[[], AbstractContextManager[Readable]]
+    ) -> None:
+        self.writer.store_blob(descriptor.digest, descriptor.size, opener)
+
+    def put_manifest(self, reference: str, raw: bytes, media_type: str) -> bool:
+        tag = None if reference == sha256_digest(raw) else reference
+        self.writer.store_manifest(raw, media_type, tag)
+        return False
+
+
+def store_of(endpoint: Endpoint, ctx: RunContext, what: str = "--referrers") -> ReferrerStore:
+    """The store a registry:// or oci-layout:// endpoint names; other places keep no
+    referrers or artifacts, and say so before anything is read."""
+    if isinstance(endpoint, RegistryURI):
+        return RegistryStore(endpoint.client(ctx), endpoint.reference.repository)
+    if isinstance(endpoint, OciLayoutURI):
+        return LayoutStore(endpoint.path, ctx)
+    raise UsageError(
+        f"{what} needs registry:// or oci-layout:// at both ends: {endpoint} keeps no"
+        " referrers (signatures, SBOMs)"
+    )
+
+
+def check_referrer_ends(source: Endpoint, destination: Endpoint, ctx: RunContext) -> None:
+    """Refuse `--referrers`, before anything is read, where an end keeps no referrers."""
+    store_of(source, ctx)
+    store_of(destination, ctx)
+
+
+def _subjects(endpoint: Endpoint, store: ReferrerStore) -> list[str]:
+    """The digests of the manifest `endpoint` names and, for an index, of its entries."""
+    if isinstance(endpoint, RegistryURI):
+        reference = endpoint.reference.reference
+    else:
+        assert isinstance(endpoint, OciLayoutURI)
+        reference = OciLayoutReader(DirectoryMembers(endpoint.path)).select(endpoint.tag).digest
+    answer = store.manifest_at(reference)
+    if answer is None:
+        raise UsageError(f"{endpoint} holds no manifest {reference}")
+    raw, media_type, digest = answer
+    document = parse_manifest(raw, media_type)
+    entries = document.manifests if isinstance(document, ManifestIndex) else []
+    return [digest, *dict.fromkeys(entry.digest for entry in entries)]
+
+
+def copy_image_referrers(source: Endpoint, destination: Endpoint, ctx: RunContext) -> int:
+    """Copy what refers to the image at `source` (the index and each platform manifest) to
+    `destination`, recursively; only manifests the destination holds byte for byte get theirs
+    (a rewritten image's signatures would not verify). Returns how many were copied."""
+    source_store, destination_store = store_of(source, ctx), store_of(destination, ctx)
+    subjects = [
+        subject
+        for subject in _subjects(source, source_store)
+        if destination_store.manifest_at(subject) is not None
+    ]
+    with cancellable_pool(ctx.settings.parallel, "referrers") as pool:
+        trees = list(pool.map(lambda subject: discover(source_store, subject), subjects))
+    copied = 0
+    for subject, tree in zip(subjects, trees, strict=True):
+        copied += copy_referrers(source_store, destination_store, subject, tree)
+    LOG.info("%d referrers copied from %s to %s", copied, source, destination)
+    return copied

@@ -318,20 +318,25 @@ class RegistryClient:
         A failed upload restarts in a fresh session: a half-written session cannot be trusted.
         """
         what = f"uploading blob {digest} to {repository}"
-        for attempt in range(1, UPLOAD_ATTEMPTS + 1):
+        chunked = False  # the registry refused a monolithic PUT: every session sends PATCHes
+        attempt = 1
+        while True:
             location = self._start_upload(repository, what)
             try:
-                self._put_whole(location, digest, opener, size, on_bytes, what)
+                if chunked:
+                    self._patch_chunks(location, digest, opener, on_bytes, what)
+                else:
+                    self._put_whole(location, digest, opener, size, on_bytes, what)
                 return
             except _NeedsChunks:
-                location = self._start_upload(repository, what)
-                self._patch_chunks(location, digest, opener, on_bytes, what)
-                return
+                chunked = True  # not a failure: the next session sends chunks
+                continue
             except (httpx.TransportError, RegistryError) as exc:
                 if attempt == UPLOAD_ATTEMPTS:
                     raise
                 LOG.info("%s failed (%s); restarting in a new session", what, exc)
                 on_restart()
+                attempt += 1
 
     def _start_upload(self, repository: str, what: str) -> str:
         response = self.http.post(

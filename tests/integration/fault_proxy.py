@@ -34,6 +34,7 @@ HOP_BY_HOP = frozenset(
     }
 )
 ERROR_CODES = {429: "TOOMANYREQUESTS", 503: "UNAVAILABLE"}
+HANG_UP = -1  # a fault's status meaning: close the connection without answering
 
 
 @dataclass(frozen=True)
@@ -213,6 +214,7 @@ class FaultProxy(ForwardingServer):
         super().__init__(upstream_url, upstream_ssl, upstream_headers)
         self._faults: list[_Fault] = []
         self._redirect_target: ForwardingServer | None = None
+        self._chunks_only = False
 
     def fail_next(
         self,
@@ -226,6 +228,10 @@ class FaultProxy(ForwardingServer):
         fault = _Fault(re.compile(path), method, n, status=status, retry_after=retry_after)
         with self._lock:
             self._faults.append(fault)
+
+    def hang_up_next(self, n: int, path: str = ".*", method: str | None = None) -> None:
+        """Read the next `n` matching requests, then close the connection with no answer."""
+        self.fail_next(n, status=HANG_UP, path=path, method=method)
 
     def cut_after(self, path_regex: str, nbytes: int, times: int = 1, method: str = "GET") -> None:
         """For `times` matching requests send headers and `nbytes` of body, then hang up."""
@@ -245,11 +251,18 @@ class FaultProxy(ForwardingServer):
         with self._lock:
             self._redirect_target = target
 
+    def refuse_monolithic_uploads(self, refuse: bool = True) -> None:
+        """Answer 405 to every upload PUT that carries the blob, as registries that take
+        only chunked (PATCH) uploads do; the closing PUT of a chunked upload is empty."""
+        with self._lock:
+            self._chunks_only = refuse
+
     def reset(self) -> None:
         """Forget recorded requests and every programmed fault."""
         with self._lock:
             self._faults.clear()
             self._redirect_target = None
+            self._chunks_only = False
         super().reset()
 
     def _take_fault(self, method: str, path: str) -> _Fault | None:
@@ -263,8 +276,19 @@ class FaultProxy(ForwardingServer):
     def handle(self, handler: _Handler) -> None:
         fault = self._take_fault(handler.command, handler.path)
         with self._lock:
-            redirect_target = self._redirect_target
-        if fault is not None and fault.body is None:
+            redirect_target, chunks_only = self._redirect_target, self._chunks_only
+        if (
+            chunks_only
+            and handler.command == "PUT"
+            and "/blobs/uploads/" in handler.path
+            and handler.carries_body()
+        ):
+            self._record(handler, "refused")
+            handler.send_fault(405, None)
+        elif fault is not None and fault.status == HANG_UP:
+            self._record(handler, "hung up")
+            handler.hang_up()
+        elif fault is not None and fault.body is None:
             self._record(handler, "failed")
             handler.send_fault(fault.status, fault.retry_after)
         elif fault is not None:
@@ -383,6 +407,12 @@ class _Handler(BaseHTTPRequestHandler):
     def _has_body(self) -> bool:
         return "Content-Length" in self.headers or "Transfer-Encoding" in self.headers
 
+    def carries_body(self) -> bool:
+        """Whether the request sends any body bytes (an empty Content-Length does not)."""
+        return (
+            "Transfer-Encoding" in self.headers or int(self.headers.get("Content-Length") or 0) > 0
+        )
+
     def send_fault(self, status: int, retry_after: str | None) -> None:
         for _ in self._body_chunks():
             pass  # drain so the connection stays usable
@@ -396,6 +426,11 @@ class _Handler(BaseHTTPRequestHandler):
         self.end_headers()
         if self.command != "HEAD":
             self.wfile.write(payload)
+
+    def hang_up(self) -> None:
+        for _ in self._body_chunks():
+            pass
+        self.close_connection = True  # finish() closes the socket: no status line at all
 
     def send_redirect(self, location: str) -> None:
         for _ in self._body_chunks():

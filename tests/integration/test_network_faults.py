@@ -63,6 +63,28 @@ def test_failed_upload_restarts_in_a_fresh_session(
     assert len(sessions) >= 3
 
 
+@pytest.mark.parametrize(
+    "fault",
+    ["patch-500", "patch-hang-up"],
+)
+def test_failed_chunked_upload_restarts_in_a_fresh_session(
+    fault, fault_proxy, registry_plain, unique_repo, tmp_path
+):
+    """A registry that takes only chunked uploads: one PATCH answering 500, or a connection
+    dropped mid-PATCH, restarts the upload in a new session as a monolithic upload would."""
+    seed_image(registry_plain, unique_repo, tmp_path)
+    fault_proxy.refuse_monolithic_uploads()
+    if fault == "patch-500":
+        fault_proxy.fail_next(1, status=500, path=r"/blobs/uploads/.+", method="PATCH")
+    else:
+        fault_proxy.hang_up_next(1, path=r"/blobs/uploads/.+", method="PATCH")
+    _copy_through(fault_proxy, registry_plain, unique_repo, "--retries", "0", check=True)
+    patches = fault_proxy.requests_matching(r"/blobs/uploads/.+", method="PATCH")
+    assert patches[0].action in ("failed", "hung up")
+    assert all(r.action == "forwarded" for r in patches[1:])
+    assert skopeo_inspect(registry_plain, f"{unique_repo}-copy:v1")["Layers"]
+
+
 def test_origin_token_never_reaches_a_redirect_target_naming_the_same_realm(
     registry_token, unique_repo, tmp_path
 ):

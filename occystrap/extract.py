@@ -191,6 +191,30 @@ def _open_directory(root_fd: int, parts: tuple[str, ...], create: bool) -> Itera
         os.close(current)
 
 
+# Owners are 32-bit on Linux; 2**32 - 1 means "leave unchanged" to chown, so it is refused too.
+_MAX_ID = 2**32 - 2
+# Device numbers in a 32-bit dev_t half; times that fit a 64-bit time_t in nanoseconds.
+_MAX_DEVICE_NUMBER = 2**31 - 1
+_MAX_MTIME = 2**33
+
+
+def _check_numbers(member: tarfile.TarInfo) -> None:
+    """Refuse a layer whose member has an owner, device number or time the kernel cannot take
+    (tar's base-256 header fields hold any size), rather than crash on it."""
+    for name, value, lowest, highest in (
+        ("uid", member.uid, 0, _MAX_ID),
+        ("gid", member.gid, 0, _MAX_ID),
+        ("device major", member.devmajor, 0, _MAX_DEVICE_NUMBER),
+        ("device minor", member.devminor, 0, _MAX_DEVICE_NUMBER),
+        ("mtime", member.mtime, -_MAX_MTIME, _MAX_MTIME),
+    ):
+        if not lowest <= value <= highest:
+            raise HostileLayerError(
+                f"layer entry {member.name!r} has {name} {value}, which no Linux system can"
+                " hold; the layer is hostile or corrupt, refusing it"
+            )
+
+
 class _LayerApplier:
     """State for one layer: the root, what this layer wrote, and what was refused."""
 
@@ -215,6 +239,7 @@ class _LayerApplier:
             self._charge(ENTRY_COST)
             try:
                 parts = split_member_path(member.name)
+                _check_numbers(member)
                 if parts:
                     self._apply_member(archive, member, parts)
             except UnsafeMember as reason:

@@ -123,3 +123,37 @@ def test_expansion_options_are_checked(tmp_path, query, fragment):
     )
     assert_one_line_error(result, fragment)
     assert os.listdir(tmp_path) == []
+
+
+def _owned_by(uid: int, gid: int) -> tarfile.TarInfo:
+    info = tarfile.TarInfo()
+    info.type, info.mode, info.uid, info.gid = tarfile.REGTYPE, 0o644, uid, gid
+    return info
+
+
+@pytest.mark.parametrize(
+    "destination",
+    [
+        "dir://{out}?expand=true",
+        "oci://{out}",
+        pytest.param(
+            "mounts://{out}",
+            marks=pytest.mark.skipif(os.geteuid() != 0, reason="mounts:// needs root"),
+        ),
+    ],
+)
+@pytest.mark.parametrize("owner", [(2**32, 0), (0, 2**40)], ids=["uid-2^32", "gid-2^40"])
+def test_an_owner_beyond_32_bits_is_refused_in_one_line(
+    registry_plain, unique_repo, tmp_path, destination, owner
+):
+    seed_image(registry_plain, unique_repo, tmp_path, [LOWER, {"big": _owned_by(*owner)}])
+    out = tmp_path / "out"
+    result = run_occystrap(
+        "--insecure",
+        "process",
+        f"registry://{registry_plain.host}/{unique_repo}:{TAG}",
+        destination.format(out=out),
+        check=False,
+    )
+    assert_one_line_error(result, "'big'", "no Linux system can hold", "refusing")
+    assert not out.exists() or os.listdir(out) in ([], [".occystrap"])

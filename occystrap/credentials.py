@@ -21,6 +21,7 @@ from typing import Any
 
 from occystrap.atomic import atomic_path
 from occystrap.errors import UsageError
+from occystrap.jsondoc import BadJSONError, parse_json
 
 logger = logging.getLogger(__name__)
 
@@ -173,11 +174,9 @@ def _read_document(path: Path) -> dict[str, Any] | None:
     except OSError as exc:
         raise UsageError(f"cannot read credentials file {path}: {exc.strerror}") from None
     try:
-        document = json.loads(text) if text.strip() else {}
-    except json.JSONDecodeError as exc:
-        raise UsageError(
-            f"credentials file {path} is not valid JSON (line {exc.lineno}); fix or remove it"
-        ) from None
+        document = parse_json(text, f"credentials file {path}") if text.strip() else {}
+    except BadJSONError as exc:
+        raise UsageError(f"{exc}; fix or remove it") from None
     if not isinstance(document, dict):
         raise UsageError(f"credentials file {path} is not a JSON object; fix or remove it")
     return document
@@ -329,7 +328,7 @@ class CredentialStore:
                 )
             return None
         try:
-            answer = json.loads(completed.stdout)
+            answer = parse_json(completed.stdout)
             username = answer.get("Username") or None
             secret = answer.get("Secret") or None
         except (ValueError, AttributeError):

@@ -25,6 +25,7 @@ from typing import Any
 
 from occystrap.atomic import atomic_file, atomic_path
 from occystrap.errors import FilesystemError
+from occystrap.jsondoc import parse_json
 
 MARKER_NAME = ".occystrap"
 # Directory outputs written before the marker existed always held this lock file.
@@ -42,7 +43,7 @@ def write_directory_marker(directory: Path, unique_names: bool) -> None:
 def _marker(directory: Path) -> dict[str, Any]:
     """The marker an occystrap output left in `directory` (empty if none)."""
     try:
-        marker = json.loads((directory / MARKER_NAME).read_bytes())
+        marker = parse_json((directory / MARKER_NAME).read_bytes())
     except (OSError, ValueError):
         return {}
     return marker if isinstance(marker, dict) else {}
@@ -55,7 +56,7 @@ def earlier_output_kind(directory: Path) -> str | None:
         return "catalogue" if marker.get("unique_names") else "single"
     if (directory / LEGACY_LOCK_NAME).is_file():
         try:
-            manifest = json.loads((directory / "manifest.json").read_bytes())
+            manifest = parse_json((directory / "manifest.json").read_bytes())
         except (OSError, ValueError):
             return None
         if isinstance(manifest, list):

@@ -28,6 +28,7 @@ from occystrap import compression
 from occystrap.digests import hash_of, new_hasher, sha256_digest
 from occystrap.errors import DigestMismatchError, OccystrapError, UsageError
 from occystrap.image import ArchiveMemberBlob, Blob, FileBlob, Image, Layer, SourceName
+from occystrap.jsondoc import BadJSONError, parse_json
 from occystrap.mediatypes import DOCKER_MANIFEST, OCI_MANIFEST
 from occystrap.pipeline import ProgressSink
 from occystrap.registry.hosts import DOCKER_HUB_HOST
@@ -271,10 +272,13 @@ class DockerSaveReader:
         return data
 
     def _json(self, name: Any, what: str) -> Any:
+        return self._parsed(self._small(name, what), f"{what} {name!r}")
+
+    def _parsed(self, data: bytes, what: str) -> Any:
         try:
-            return json.loads(self._small(name, what))
-        except ValueError as error:
-            raise self._fail(f"{what} {name!r} is not JSON ({error})") from None
+            return parse_json(data, what)
+        except BadJSONError as error:
+            raise self._fail(str(error)) from None
 
     def entries(self) -> list[dict]:
         """The images `manifest.json` lists."""
@@ -289,10 +293,13 @@ class DockerSaveReader:
         entries = self.entries()
         entry = entries[0] if wanted is None else self._entry_tagged(entries, wanted)
         config = self._small(entry.get("Config"), "config")
-        try:
-            diff_ids = json.loads(config)["rootfs"]["diff_ids"]
-        except (ValueError, KeyError, TypeError):
-            raise self._fail(f"config {entry.get('Config')!r} has no diff_ids") from None
+        document = self._parsed(config, f"config {entry.get('Config')!r}")
+        if not isinstance(document, dict):
+            raise self._fail(f"config {entry.get('Config')!r} is not a JSON object")
+        rootfs = document.get("rootfs")
+        diff_ids = rootfs.get("diff_ids") if isinstance(rootfs, dict) else None
+        if diff_ids is None:
+            raise self._fail(f"config {entry.get('Config')!r} has no diff_ids")
         layer_names = entry.get("Layers")
         if (
             not isinstance(diff_ids, list)
@@ -310,7 +317,7 @@ class DockerSaveReader:
         descriptors: list[Any] = oci[1]["layers"] if oci else [None] * len(layer_names)
         history = [
             h.get("created_by", "")
-            for h in (json.loads(config).get("history") or [])
+            for h in (document.get("history") or [])
             if isinstance(h, dict) and not h.get("empty_layer")
         ]
         history += [""] * (len(layer_names) - len(history))
@@ -361,7 +368,7 @@ class DockerSaveReader:
                 continue  # other platforms may be left out of the archive
             data = self._small(blob_name, "manifest")
             try:
-                document = json.loads(data)
+                document = parse_json(data)
             except ValueError:
                 raise self._fail(f"manifest {blob_name!r} is not JSON") from None
             if not isinstance(document, dict):

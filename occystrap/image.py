@@ -20,6 +20,7 @@ from typing import BinaryIO, Protocol
 from occystrap import compression
 from occystrap.digests import check_digest, hash_of, new_hasher, sha256_digest
 from occystrap.errors import DigestMismatchError, OccystrapError
+from occystrap.jsondoc import parse_json
 from occystrap.manifest import Descriptor, Manifest, Platform, PlatformDescriptor, parse_manifest
 from occystrap.mediatypes import DOCKER_MANIFEST, LAYER_TYPES, OCI_MANIFEST, compression_of
 from occystrap.streams import Readable
@@ -242,7 +243,7 @@ class Image:
 
     @property
     def config_json(self) -> dict:
-        document = json.loads(self.config)
+        document = parse_json(self.config, f"the config of {self.source}")
         if not isinstance(document, dict):
             raise OccystrapError(f"the config of {self.source} is not a JSON object")
         return document
@@ -289,7 +290,7 @@ class ImageIndex:
 
     def narrowed(self, keep: Sequence[PlatformDescriptor]) -> ImageIndex:
         """A new index holding only `keep` (so a new digest), entries as the source wrote them."""
-        document = json.loads(self.raw)
+        document = parse_json(self.raw, f"the index of {self.source}")
         wanted = {entry.digest for entry in keep}
         document["manifests"] = [m for m in document["manifests"] if m.get("digest") in wanted]
         raw = json.dumps(document, separators=(",", ":")).encode()
@@ -302,7 +303,7 @@ ImageLike = Image | ImageIndex
 def _layer_facts(config: bytes) -> tuple[list[str], list[str]]:
     """(diff_ids, created_by of each non-empty layer) from a config, tolerating odd ones."""
     try:
-        document = json.loads(config)
+        document = parse_json(config, "the config")
     except ValueError:
         return [], []
     if not isinstance(document, dict):

@@ -10,6 +10,7 @@ from typing import Any, Protocol
 
 from occystrap import compression, mediatypes
 from occystrap.errors import OccystrapError
+from occystrap.jsondoc import MAX_DEPTH, TooDeepJSONError, parse_json
 from occystrap.mediatypes import (
     ATTESTATION_TYPE,
     ATTESTATION_TYPE_ANNOTATION,
@@ -217,8 +218,10 @@ def _media_type(document: dict, content_type: str | None) -> str:
 def parse_manifest(raw: bytes, content_type: str | None) -> Manifest | ManifestIndex:
     """Parse a manifest or index as served; any defect raises an `OccystrapError`."""
     try:
-        document = json.loads(raw)
-    except (ValueError, RecursionError):
+        document = parse_json(raw)
+    except TooDeepJSONError:
+        raise MalformedManifestError(f"it nests deeper than {MAX_DEPTH} levels") from None
+    except ValueError:
         raise MalformedManifestError("it is not valid JSON") from None
     if not isinstance(document, dict):
         raise MalformedManifestError("it is not a JSON object")

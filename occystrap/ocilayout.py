@@ -39,6 +39,7 @@ from occystrap.image import (
     SourceName,
     image_from_manifest,
 )
+from occystrap.jsondoc import parse_json
 from occystrap.manifest import (
     Descriptor,
     MalformedManifestError,
@@ -169,7 +170,7 @@ class OciLayoutReader:
     def entries(self) -> list[PlatformDescriptor]:
         """What `index.json` lists, after checking the `oci-layout` marker."""
         try:
-            marker = json.loads(self._small(LAYOUT_FILE, "layout marker"))
+            marker = parse_json(self._small(LAYOUT_FILE, "layout marker"), LAYOUT_FILE)
         except ValueError:
             marker = None
         version = marker.get("imageLayoutVersion") if isinstance(marker, dict) else None
@@ -319,7 +320,7 @@ class OciLayoutWriter:
         except OSError as error:
             raise OccystrapError(f"cannot read {path}: {error.strerror or error}") from None
         parse_index(raw, str(self.path))
-        return json.loads(raw)
+        return parse_json(raw, str(path))
 
     def _tag(self, descriptor: Descriptor, tag: str) -> None:
         """Point `tag` at `descriptor` in `index.json`, replacing its previous entry."""

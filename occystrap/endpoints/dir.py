@@ -40,6 +40,7 @@ from occystrap.endpoints import (
 from occystrap.errors import OccystrapError, UsageError, writing_to
 from occystrap.extract import DEFAULT_POLICY, ExpandPolicy, apply_layer
 from occystrap.image import Image, ImageLike
+from occystrap.jsondoc import parse_json
 from occystrap.pipeline import RunContext, local_layers
 
 LOCK_NAME = ".occystrap.lock"
@@ -117,7 +118,7 @@ def merge_repositories(existing: dict, new: dict) -> dict:
 
 def _read_json(path: Path, empty: Any) -> Any:
     try:
-        return json.loads(path.read_bytes())
+        return parse_json(path.read_bytes(), str(path))
     except FileNotFoundError:
         return empty
 

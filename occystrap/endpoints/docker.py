@@ -16,7 +16,6 @@ under NAME:TAG with the same layers.
 from __future__ import annotations
 
 import errno
-import json
 import logging
 import os
 import threading
@@ -44,6 +43,7 @@ from occystrap.endpoints import (
 )
 from occystrap.errors import OccystrapError, UsageError, find_cause
 from occystrap.image import Image, ImageLike
+from occystrap.jsondoc import parse_json
 from occystrap.middleware.builder import USER_AGENT
 from occystrap.middleware.logging import Logging
 from occystrap.pipeline import RunContext, local_layers
@@ -164,7 +164,7 @@ class Daemon:
             if len(body) > _ERROR_BODY_LIMIT:
                 break
         try:
-            message = json.loads(body).get("message")
+            message = parse_json(body).get("message")
         except (ValueError, AttributeError):
             message = None
         if not isinstance(message, str):
@@ -213,7 +213,7 @@ class Daemon:
         if response.status_code != 200:
             raise self.error(response, f"describe {name}")
         try:
-            document = response.json()
+            document = parse_json(response.content)
         except ValueError:
             document = None
         if not isinstance(document, dict):
@@ -360,7 +360,7 @@ def load_error(lines: Iterable[str]) -> str | None:
     """The error (on one line) among a load's JSON lines of progress and "Loaded image"."""
     for line in lines:
         try:
-            message = json.loads(line) if line.strip() else None
+            message = parse_json(line) if line.strip() else None
         except ValueError:
             continue
         if not isinstance(message, dict):

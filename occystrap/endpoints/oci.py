@@ -26,6 +26,7 @@ from occystrap.endpoints import (
 from occystrap.errors import OccystrapError
 from occystrap.extract import DEFAULT_POLICY, ExpandPolicy, read_file_in_root
 from occystrap.image import Image, ImageLike
+from occystrap.jsondoc import parse_json
 from occystrap.pipeline import RunContext
 from occystrap.rootfs import expand_layers
 
@@ -122,7 +123,7 @@ class BundleOutput:
 
 def container_settings(config: bytes) -> dict[str, Any]:
     """The `config` section of an image config (Env, Cmd, User...), for a Linux image."""
-    document = json.loads(config)
+    document = parse_json(config, "the image config")
     operating_system = document.get("os", "linux")
     if operating_system != "linux":
         raise OccystrapError(

@@ -23,6 +23,7 @@ import httpx
 
 from occystrap.credentials import Credential, CredentialStore
 from occystrap.errors import RegistryError
+from occystrap.jsondoc import parse_json
 from occystrap.middleware.base import Middleware
 from occystrap.middleware.challenge import Challenge, parse_challenges
 from occystrap.middleware.extensions import BUFFER, REPLAYABLE, RETRY_UNSAFE, SCOPE
@@ -339,7 +340,7 @@ class RegistryAuth(Middleware):
                 "check --username/--password (--src-creds/--dest-creds) or your login"
             )
         try:
-            document = response.json()
+            document = parse_json(response.content, "the token answer")
             token = document.get("token") or document.get("access_token")
             expires_in = float(document.get("expires_in") or _DEFAULT_EXPIRES_IN)
         except (ValueError, AttributeError, TypeError):

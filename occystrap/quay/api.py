@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import datetime
 import fnmatch
-import json
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -17,6 +16,7 @@ import httpx
 
 from occystrap.endpoints.quay import QuayURI
 from occystrap.errors import OccystrapError
+from occystrap.jsondoc import parse_json
 from occystrap.middleware.extensions import BUFFER
 from occystrap.registry.errors import host_port
 from occystrap.registry.reference import ImageReference
@@ -91,7 +91,7 @@ class QuayClient:
                 f" for {what}; check the organisation name and try again later"
             )
         try:
-            document = json.loads(response.content)
+            document = parse_json(response.content, what)
         except ValueError:
             document = None
         if not isinstance(document, dict):

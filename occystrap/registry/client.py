@@ -6,7 +6,6 @@ Nothing here handles auth, retries, mirrors or rate limits: the chain does.
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 import threading
 from collections.abc import Callable, Iterator
@@ -17,6 +16,7 @@ import httpx
 
 from occystrap.digests import check_digest
 from occystrap.errors import DigestMismatchError, OccystrapError, RegistryError
+from occystrap.jsondoc import parse_json
 from occystrap.manifest import Descriptor, ManifestIndex, parse_manifest
 from occystrap.mediatypes import ACCEPT_MANIFESTS, OCI_INDEX
 from occystrap.middleware import extensions
@@ -404,7 +404,7 @@ def _content_type(response: httpx.Response) -> str:
 def _tags_of_page(page: bytes, registry: str, what: str) -> list[str]:
     """The `tags` of one tags/list answer; `null` (an empty repository) is no tags."""
     try:
-        document = json.loads(page)
+        document = parse_json(page)
     except ValueError:
         document = None
     tags = document.get("tags") if isinstance(document, dict) else []

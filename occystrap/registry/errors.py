@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import json
-
 import httpx
 
 from occystrap.errors import RegistryError
+from occystrap.jsondoc import parse_json
 
 ERROR_BODY_LIMIT = 64 * 1024
 # Plain-text bodies (a proxy's or web server's own answer) shown at most this long.
@@ -79,7 +78,7 @@ def error_body(response: httpx.Response) -> bytes:
 def _oci_errors(body: bytes) -> list[dict] | None:
     """The `errors` objects of an OCI error body; None when the body is not JSON."""
     try:
-        document = json.loads(body)
+        document = parse_json(body)
     except ValueError:
         return None
     errors = document.get("errors") if isinstance(document, dict) else None

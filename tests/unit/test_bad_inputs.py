@@ -6,6 +6,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import shutil
 import tarfile
 from pathlib import Path
 
@@ -33,6 +34,20 @@ def _valid_members() -> dict[str, bytes]:
     config = json.dumps({"rootfs": {"type": "layers", "diff_ids": [sha256(layer)]}}).encode()
     manifest = [{"Config": "c.json", "RepoTags": ["a:b"], "Layers": ["l/layer.tar"]}]
     return {"manifest.json": json.dumps(manifest).encode(), "c.json": config, "l/layer.tar": layer}
+
+
+NESTED = b"[" * 100_000
+
+
+def _write_nested_inputs(where: Path) -> None:
+    """Every file kind occystrap parses as JSON, nested far past any recursion limit."""
+    _archive(where / "NESTED-MANIFEST.tar", {**_valid_members(), "manifest.json": NESTED})
+    _archive(where / "NESTED-CONFIG.tar", {**_valid_members(), "c.json": NESTED})
+    (where / "NESTED.json").write_bytes(NESTED)
+    layout = where / "NESTED-LAYOUT"
+    layout.mkdir()
+    (layout / "oci-layout").write_text('{"imageLayoutVersion": "1.0.0"}')
+    (layout / "index.json").write_bytes(b'{"manifests": ' + NESTED)
 
 
 BATTERY = [
@@ -77,6 +92,12 @@ BATTERY = [
     (["info", "dir://EMPTYDIR"], "EMPTYDIR"),
     (["--authfile", "JUNK.tar", "info", f"registry://{DEAD}/a"], "JUNK.tar"),
     (["no-such-command"], "no-such-command"),
+    # Nesting deep enough to overflow Python's recursive parser, wherever JSON is read.
+    (["info", "tar://NESTED-MANIFEST.tar"], "nests deeper than 100 levels"),
+    (["info", "tar://NESTED-CONFIG.tar"], "nests deeper than 100 levels"),
+    (["process", "tar://NESTED-CONFIG.tar", "tar://x.tar"], "nests deeper than 100 levels"),
+    (["--authfile", "NESTED.json", "info", f"registry://{DEAD}/a"], "nests deeper"),
+    (["info", "oci-layout://NESTED-LAYOUT"], "nests deeper"),
 ]
 
 
@@ -91,6 +112,7 @@ def test_bad_input_is_one_line_and_leaves_nothing(tmp_path, monkeypatch, argumen
     (tmp_path / "FOREIGN").mkdir()
     (tmp_path / "FOREIGN" / "notes.txt").write_text("someone else's")
     (tmp_path / "EMPTYDIR").mkdir()
+    _write_nested_inputs(tmp_path)
     before = sorted(os.listdir(tmp_path))
     outcome = run_cli("--retries", "0", "--timeout", "5", *arguments)
     outcome.assert_one_line_error(fragment)
@@ -112,7 +134,25 @@ JSON_VALUES = st.recursive(
     max_leaves=8,
 )
 FIELDS = st.sampled_from(["Config", "Layers", "RepoTags", "manifest.json", "c.json", "diff_ids",
-                          "index.json", "layer"])  # fmt: skip
+                          "index.json", "layer", "nested", "owner"])  # fmt: skip
+# Nesting past any recursion limit, as a whole document or inside a valid-looking one.
+NESTED_JSON = st.builds(
+    lambda depth, opening, prefix: prefix + opening * depth,
+    st.integers(200, 60_000),
+    st.sampled_from([b"[", b'{"a":', b'[{"k":']),
+    st.sampled_from([b"", b'{"rootfs": {"diff_ids": ', b'[{"Config": "c.json", "Layers": ']),
+)
+# Owners a tar header can hold but no kernel can: 2**32 and past, or negative.
+OVERFLOWING_IDS = st.integers(2**32 - 1, 2**63) | st.integers(-(2**40), -1)
+
+
+def _owned_layer(uid: int, gid: int) -> bytes:
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w", format=tarfile.PAX_FORMAT) as archive:
+        info = tarfile.TarInfo("etc/hosts")
+        info.size, info.uid, info.gid = 4, uid, gid
+        archive.addfile(info, io.BytesIO(b"host"))
+    return buffer.getvalue()
 
 
 @st.composite
@@ -121,7 +161,8 @@ def hostile_archives(draw) -> dict[str, bytes]:
     members = _valid_members()
     manifest = json.loads(members["manifest.json"])
     config = json.loads(members["c.json"])
-    for field in draw(st.lists(FIELDS, min_size=1, max_size=3, unique=True)):
+    fields = draw(st.lists(FIELDS, min_size=1, max_size=3, unique=True))
+    for field in fields:
         value = draw(JSON_VALUES)
         if field in ("Config", "Layers", "RepoTags"):
             if isinstance(manifest, list) and manifest and isinstance(manifest[0], dict):
@@ -134,25 +175,37 @@ def hostile_archives(draw) -> dict[str, bytes]:
             config = {"rootfs": {"diff_ids": value}}
         elif field == "index.json":
             members["index.json"] = json.dumps(value).encode()
+        elif field == "nested":
+            nested_member = draw(st.sampled_from(["manifest.json", "c.json", "index.json"]))
+        elif field == "owner":
+            uid = draw(OVERFLOWING_IDS | st.just(0))
+            members["l/layer.tar"] = _owned_layer(uid, draw(OVERFLOWING_IDS | st.just(0)))
         else:
             members["l/layer.tar"] = draw(st.binary(max_size=600))
     members["manifest.json"] = json.dumps(manifest).encode()
     members["c.json"] = (
         json.dumps(config).encode() if draw(st.booleans()) else draw(st.binary(max_size=40))
     )
+    if "nested" in fields:
+        members[nested_member] = draw(NESTED_JSON)
     return members
 
 
 @settings(
     max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
 )
-@given(members=hostile_archives(), command=st.sampled_from(["process", "info"]))
+@given(members=hostile_archives(), command=st.sampled_from(["process", "expand", "info"]))
 def test_hostile_docker_save_archives_never_raise_a_traceback(tmp_path, members, command):
     source = _archive(tmp_path / "hostile.tar", members)
-    out = tmp_path / "out.tar"
+    out = tmp_path / "out"
+    if out.is_dir():
+        shutil.rmtree(out)
     out.unlink(missing_ok=True)
-    args = ["process", f"tar://{source}", f"tar://{out}"] if command == "process" else [
-        "info", f"tar://{source}"]  # fmt: skip
+    args = {
+        "process": ["process", f"tar://{source}", f"tar://{out}"],
+        "expand": ["process", f"tar://{source}", f"dir://{out}?expand=true"],
+        "info": ["info", f"tar://{source}"],
+    }[command]
     outcome = run_cli(*args)
     assert "Traceback" not in outcome.stderr
     if outcome.status != 0:

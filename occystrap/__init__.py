@@ -12,7 +12,14 @@ turns a URI into an endpoint whose `open_input`/`open_output` give the pipeline'
 `parse_filters` builds filters from `-f` specs for `copy(..., filters=...)`.
 """
 
+import sys
+
 __version__ = "0.1.0"
+
+# httpx imports its own command-line client (rich and pygments, about half of httpx's import
+# time) whenever rich is installed; occystrap never runs it. A None entry makes that import
+# fail, and httpx then defines a stub `httpx.main` instead. Set only if httpx has not loaded.
+sys.modules.setdefault("httpx._main", None)  # type: ignore[arg-type]
 
 # Where each exported name lives; loaded on first use so `occystrap --help` stays quick.
 _EXPORTS = {

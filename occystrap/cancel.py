@@ -21,15 +21,20 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
-import socket
 import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
 from types import FrameType
+from typing import TYPE_CHECKING
 
-import httpx
+# Installing the interrupt handler is all `occystrap --version` does here: sockets, pools
+# and httpx (only named in types) load when a run uses them.
+if TYPE_CHECKING:
+    import socket
+    from concurrent.futures import ThreadPoolExecutor
+
+    import httpx
 
 CANCELLED = threading.Event()
 # How long an interrupted pool, and the process at exit, wait for workers to notice.
@@ -67,6 +72,8 @@ def cancel() -> None:
 
 
 def _socket_of(response: httpx.Response) -> socket.socket | None:
+    import socket
+
     stream = response.extensions.get("network_stream")
     if stream is None:
         return None
@@ -80,6 +87,8 @@ def watch(response: httpx.Response) -> None:
     `socket.shutdown` (not close) is what wakes another thread blocked on the socket; the
     base method is called so that a TLS socket's state is left to the reading thread.
     """
+    import socket
+
     sock = _socket_of(response)
     if sock is not None:
         with _abort_lock:
@@ -97,6 +106,8 @@ def unwatch(response: httpx.Response) -> None:
 def cancellable_pool(max_workers: int, thread_name_prefix: str) -> Iterator[ThreadPoolExecutor]:
     """A ThreadPoolExecutor that, when its block is left by an interrupt (or any error),
     starts nothing more, and waits for running workers only `GRACE_SECONDS` if interrupted."""
+    from concurrent.futures import ThreadPoolExecutor
+
     pool = ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix=thread_name_prefix)
     try:
         yield pool

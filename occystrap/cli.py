@@ -2,25 +2,29 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import sys
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeGuard
 
 import click
-import httpx
 
 from occystrap import __version__, cancel
 from occystrap.errors import OccystrapError, filesystem_error
-from occystrap.middleware.retry import DEFAULT_DEADLINE
-from occystrap.middleware.transport import DEFAULT_CONNECT_TIMEOUT, DEFAULT_READ_TIMEOUT
-from occystrap.registry.errors import network_error_message
-from occystrap.settings import RunSettings
+from occystrap.middleware.defaults import (
+    DEFAULT_CONNECT_TIMEOUT,
+    DEFAULT_DEADLINE,
+    DEFAULT_READ_TIMEOUT,
+)
 
+# Only what `--version` and `--help` need is imported up here: settings, httpx and the
+# rest load when a command runs (docs/performance.md, "Start-up").
 if TYPE_CHECKING:
+    import httpx
+
     from occystrap.registry.referrers import Referrer
+    from occystrap.settings import RunSettings
 
 LOG_FORMAT = "occystrap: %(levelname)s %(name)s: %(message)s"
 
@@ -29,6 +33,8 @@ class OneLineErrors(click.Group):
     """Turns every expected failure, usage errors included, into one line and a non-zero exit."""
 
     def main(self, *args: Any, **kwargs: Any) -> Any:
+        if not args and "args" not in kwargs:  # run as the program: arguments from sys.argv
+            _leave_out_async_backends()
         kwargs["standalone_mode"] = False
         cancel.install_interrupt_handler()
         try:
@@ -50,10 +56,33 @@ class OneLineErrors(click.Group):
             return super().invoke(ctx)
         except OccystrapError as exc:
             raise click.ClickException(str(exc)) from None
-        except httpx.RequestError as exc:  # connection failures, timeouts, redirect loops
-            raise click.ClickException(network_error_message(exc)) from None
         except OSError as exc:
             raise click.ClickException(str(filesystem_error(exc))) from None
+        except Exception as exc:
+            if not _is_network_error(exc):
+                raise
+            from occystrap.registry.errors import network_error_message
+
+            raise click.ClickException(network_error_message(exc)) from None
+
+
+def _is_network_error(exc: Exception) -> TypeGuard[httpx.RequestError]:
+    """An httpx.RequestError (connection failure, timeout, redirect loop), without importing
+    httpx: a run that raised one has loaded it already."""
+    loaded = sys.modules.get("httpx")
+    return loaded is not None and isinstance(exc, loaded.RequestError)
+
+
+# httpcore imports these, when installed, for its async API, which occystrap never uses:
+# with trio installed that is about 100 ms of every command's start-up.
+ASYNC_BACKENDS = ("trio", "anyio")
+
+
+def _leave_out_async_backends() -> None:
+    """Make httpcore find no async backend. Only in the occystrap program itself, whose
+    process is ours: a library caller may well use them."""
+    for name in ASYNC_BACKENDS:
+        sys.modules.setdefault(name, None)  # type: ignore[arg-type]
 
 
 def _fail(message: str, status: int) -> None:
@@ -280,6 +309,8 @@ def main(ctx: click.Context, **options: object) -> None:
     for library in ("httpx", "httpcore", "h2", "hpack"):
         logging.getLogger(library).setLevel(logging.WARNING)
     options["temp_dir"] = Path(str(options["temp_dir"])) if options["temp_dir"] else None
+    from occystrap.settings import RunSettings
+
     ctx.obj = RunSettings.from_options(options)
 
 
@@ -428,6 +459,8 @@ PLATFORM_OPTION = click.option(
 @click.pass_obj
 def tags(settings: RunSettings, repository: str, page_size: int | None) -> None:
     """List the tags of REPOSITORY (registry://HOST/NAME), one a line; -O json for a list."""
+    import json
+
     from occystrap import toolbox
 
     found = toolbox.tags(settings, repository, page_size)

@@ -12,7 +12,6 @@ import binascii
 import json
 import logging
 import os
-import subprocess
 import threading
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -293,6 +292,8 @@ class CredentialStore:
         return self._helper_answers[(name, host)]
 
     def _ask_helper(self, name: str, host: str, named_in: Path) -> Credential | None:
+        import subprocess  # helpers are rare: not loaded by every run
+
         program = f"docker-credential-{name}"
         try:
             completed = subprocess.run(

@@ -5,29 +5,21 @@ when stderr is not a terminal. The summary line is the CLI's (see `commands._sum
 from __future__ import annotations
 
 import logging
+import os
 import sys
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import TextIO
+from typing import TYPE_CHECKING, TextIO
 
-from rich.console import Console, Group, RenderableType
-from rich.progress import (
-    BarColumn,
-    DownloadColumn,
-    Progress,
-    ProgressColumn,
-    Task,
-    TaskID,
-    TaskProgressColumn,
-    TextColumn,
-    TimeRemainingColumn,
-    TransferSpeedColumn,
-)
-from rich.text import Text
+if TYPE_CHECKING:
+    from rich.console import Console, RenderableType
+    from rich.progress import Task, TaskID
+
+    from occystrap.live_display import Display
 
 LOG = logging.getLogger("occystrap.progress")
 
@@ -39,8 +31,8 @@ PHASES = {
     "push": ("uploading", "uploaded"),
 }
 WAITING = "waiting"
-_ORDER = {word: n for n, word in enumerate([*(doing for doing, _ in PHASES.values()), WAITING])}
-_DONE = dict(PHASES.values())
+ORDER = {word: n for n, word in enumerate([*(doing for doing, _ in PHASES.values()), WAITING])}
+DONE = dict(PHASES.values())
 REFRESH_SECONDS = 0.1
 
 
@@ -70,52 +62,6 @@ class Tally:
         return time.monotonic() - self.started
 
 
-def _is_held(task: Task) -> bool:
-    return float(task.fields.get("held_until", 0.0)) > time.monotonic()
-
-
-class _StateColumn(ProgressColumn):
-    """The task's phase, or "waiting" while the rate limiter holds its next request."""
-
-    def render(self, task: Task) -> Text:
-        if _is_held(task):
-            return Text(WAITING, style="yellow")
-        return Text(str(task.fields.get("phase", "")), style="cyan")
-
-
-class _Display(Progress):
-    """rich's Progress with a header (image and phases) above the bars."""
-
-    def __init__(self, header: Callable[[list[Task]], RenderableType], console: Console) -> None:
-        self.header = header
-        super().__init__(
-            TextColumn("  "),
-            _StateColumn(),
-            TextColumn("{task.description}"),
-            BarColumn(bar_width=24),
-            TaskProgressColumn(),
-            DownloadColumn(),
-            TransferSpeedColumn(),
-            TimeRemainingColumn(),
-            console=console,
-            auto_refresh=False,  # TerminalProgress draws, so a failed draw cannot escape
-            transient=True,  # the summary line replaces the display
-            redirect_stdout=False,  # stdout may be a pipe while stderr is the terminal
-            redirect_stderr=console.file is sys.stderr,  # log lines go above the display
-        )
-
-    def get_renderables(self) -> Iterator[RenderableType]:
-        tasks = self.tasks
-        yield self.header(tasks)
-        yield self.make_tasks_table(tasks)
-
-    def refresh(self) -> None:
-        """Nothing: rich redraws on add_task and reset, from worker threads; only `draw` does."""
-
-    def draw(self) -> None:
-        super().refresh()
-
-
 class TerminalProgress:
     """A ProgressSink drawing the run on a terminal; on anything else it draws nothing.
 
@@ -125,8 +71,6 @@ class TerminalProgress:
 
     def __init__(self, title: str = "", console: Console | None = None) -> None:
         self.title = title
-        self.console = console or Console(stderr=True)
-        self.live = self.console.is_terminal and not self.console.is_dumb_terminal
         self.tally = Tally()
         self._lock = threading.Lock()
         self._tasks: dict[str, TaskID] = {}
@@ -137,13 +81,31 @@ class TerminalProgress:
         self._thread: threading.Thread | None = None
         self._started = False
         self._log_streams: list[tuple[logging.StreamHandler[TextIO], TextIO]] = []
-        self._display = _Display(self._header, self.console)
+        self.console = console
+        self._display: Display | None = None
+        if console is not None or _stderr_may_be_a_terminal():
+            from rich.console import Console
+
+            from occystrap.live_display import Display
+
+            self.console = console or Console(stderr=True)
+            self._display = Display(self._header, self.console)
+        self.live = (
+            self.console is not None
+            and self.console.is_terminal
+            and not self.console.is_dumb_terminal
+        )
+
+    def _live_display(self) -> Display | None:
+        """The display while it is drawn: None off a terminal, or once drawing failed."""
+        return self._display if self.live else None
 
     def __enter__(self) -> TerminalProgress:
-        if self.live:
+        display = self._live_display()
+        if display is not None:
             with self._guard():
                 original = sys.stderr
-                self._display.start()
+                display.start()
                 self._started = True
                 self._send_logging_to(original, sys.stderr)
                 self._thread = threading.Thread(
@@ -159,49 +121,54 @@ class TerminalProgress:
         for handler, stream in self._log_streams:
             handler.setStream(stream)
         self._log_streams.clear()
-        if self._started:  # (unstarted, rich would still print an empty line off a terminal)
+        if self._started and self._display is not None:
+            # (unstarted, rich would still print an empty line off a terminal)
             with self._guard():
                 self._display.stop()
 
     # -- the ProgressSink protocol ---------------------------------------------------------
 
     def start(self, key: str, total: int | None, label: str) -> None:
-        if not self.live:
+        display = self._live_display()
+        if display is None:
             return
         with self._guard(), self._lock:
             task = self._tasks.get(key)
             if task is None:
-                self._tasks[key] = self._display.add_task(
+                self._tasks[key] = display.add_task(
                     label, total=total, phase=phase_of(key), held_until=0.0
                 )
             else:  # the same blob again (fetched once more after a bad digest)
-                self._display.reset(task, total=total, description=label)
+                display.reset(task, total=total, description=label)
             self._working_on.key = key
 
     def advance(self, key: str, nbytes: int) -> None:
-        if not self.live:
+        display = self._live_display()
+        if display is None:
             return
         with self._guard():
             task = self._tasks.get(key)
             if task is not None:
-                self._display.advance(task, nbytes)
+                display.advance(task, nbytes)
 
     def restart(self, key: str, completed: int) -> None:
-        if not self.live:
+        display = self._live_display()
+        if display is None:
             return
         with self._guard():
             task = self._tasks.get(key)
             if task is not None:
-                self._display.reset(task, completed=completed)
+                display.reset(task, completed=completed)
 
     def finish(self, key: str) -> None:
-        if not self.live:
+        display = self._live_display()
+        if display is None:
             return
         with self._guard(), self._lock:
             task = self._tasks.pop(key, None)
             if task is None:
                 return
-            self._display.remove_task(task)
+            display.remove_task(task)
             self._done[phase_of(key)] += 1
             if getattr(self._working_on, "key", None) == key:
                 del self._working_on.key
@@ -211,13 +178,14 @@ class TerminalProgress:
     def rate_limited(self, host: str, seconds: float) -> None:
         """The rate limiter holds the calling thread's next request to `host` for `seconds`:
         its layer shows "waiting" until then (a request outside any layer is counted)."""
-        if not self.live:
+        display = self._live_display()
+        if display is None:
             return
         until = time.monotonic() + seconds
         with self._guard(), self._lock:
             task = self._tasks.get(getattr(self._working_on, "key", ""))
             if task is not None:
-                self._display.update(task, held_until=until)
+                display.update(task, held_until=until)
             else:
                 self._held[threading.get_ident()] = (host, until)
 
@@ -226,29 +194,17 @@ class TerminalProgress:
     def _header(self, tasks: list[Task]) -> RenderableType:
         """The image, what its layers are doing, and the requests held outside any layer.
         It reads copies, without our lock, so drawing never waits for the workers."""
-        now = time.monotonic()
-        phases = Counter(WAITING if _is_held(t) else str(t.fields["phase"]) for t in tasks)
-        held = [host for host, until in self._held.copy().values() if until > now]
-        parts = [
-            f"{phase} {count}"
-            for phase, count in sorted(phases.items(), key=lambda item: _ORDER.get(item[0], 99))
-        ]
-        parts += [
-            f"{count} {_DONE.get(phase, phase + ' done')}"
-            for phase, count in sorted(
-                self._done.copy().items(), key=lambda i: _ORDER.get(i[0], 99)
-            )
-        ]
-        if held:
-            hosts = ", ".join(sorted(set(held)))
-            requests = "request" if len(held) == 1 else "requests"
-            parts.append(f"{len(held)} {requests} held by the rate limit ({hosts})")
-        status = Text("  " + (" · ".join(parts) or "reading manifests"), style="dim")
-        return Group(Text(self.title, style="bold"), status)
+        from occystrap.live_display import header
+
+        return header(self.title, tasks, self._held.copy().values(), self._done.copy())
 
     def write_above(self, text: str, stream: TextIO) -> None:
         """Write `text` to `stream` (stdout) without the live display overwriting it: the
         display is taken off first and drawn again below it at the next refresh."""
+        if self._display is None or self.console is None:
+            stream.write(text)
+            stream.flush()
+            return
         live = self._display.live
         with live._lock:  # no refresh or log line between taking the display off and writing
             if self.live and self._started:
@@ -262,12 +218,17 @@ class TerminalProgress:
 
     def frame(self) -> RenderableType:
         """What the display shows now: the header, then one bar per layer in flight."""
+        if self._display is None:
+            raise RuntimeError("no display: stderr is not a terminal")
         return self._display.get_renderable()
 
     def _keep_drawing(self) -> None:
-        while not self._stop.wait(REFRESH_SECONDS) and self.live:
+        while not self._stop.wait(REFRESH_SECONDS):
+            display = self._live_display()
+            if display is None:
+                return
             with self._guard():
-                self._display.draw()
+                display.draw()
 
     @contextmanager
     def _guard(self) -> Iterator[None]:
@@ -287,3 +248,14 @@ class TerminalProgress:
             if isinstance(handler, logging.StreamHandler) and handler.stream is original:
                 self._log_streams.append((handler, original))
                 handler.setStream(replacement)
+
+
+def _stderr_may_be_a_terminal() -> bool:
+    """Whether rich could find a terminal on stderr: a tty, or the variables that force one
+    (FORCE_COLOR, TTY_COMPATIBLE). Otherwise nothing is drawn and rich is never imported."""
+    if os.environ.get("FORCE_COLOR") or os.environ.get("TTY_COMPATIBLE"):
+        return True
+    try:
+        return sys.stderr is not None and sys.stderr.isatty()
+    except (AttributeError, ValueError):  # replaced by an object without isatty, or closed
+        return False

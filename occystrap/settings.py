@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from occystrap import compression
 from occystrap.credentials import (
@@ -17,14 +17,16 @@ from occystrap.credentials import (
 )
 from occystrap.errors import UsageError
 from occystrap.manifest import Platform
-from occystrap.middleware.builder import DEFAULT_QUAY_API, ChainSettings
-from occystrap.middleware.mirror import split_env_list
-from occystrap.middleware.retry import DEFAULT_DEADLINE
-from occystrap.middleware.transport import (
+from occystrap.middleware.defaults import (
     DEFAULT_CONNECT_TIMEOUT,
+    DEFAULT_DEADLINE,
+    DEFAULT_QUAY_API,
     DEFAULT_READ_TIMEOUT,
-    make_timeout,
 )
+
+# The chain (httpx) loads when a command builds it, not for a file-to-file copy.
+if TYPE_CHECKING:
+    from occystrap.middleware.builder import ChainSettings
 
 
 @dataclass
@@ -64,7 +66,11 @@ class RunSettings:
         if (options.get("username") is None) != (options.get("password") is None):
             raise UsageError("--username and --password go together: give both or neither")
         compression.check_level(options["compression"], options.get("compression_level"))
-        mirrors = tuple(part for value in options["mirrors"] for part in split_env_list(value))
+        mirrors: tuple[str, ...] = ()
+        if options["mirrors"]:
+            from occystrap.middleware.mirror import split_env_list
+
+            mirrors = tuple(part for value in options["mirrors"] for part in split_env_list(value))
         certs_dirs = options.get("certs_dirs")
         authfile = options.get("authfile")
         return cls(
@@ -127,6 +133,9 @@ class RunSettings:
     def _chain_settings(
         self, explicit: Mapping[str, Credential], quay_api_base: str
     ) -> ChainSettings:
+        from occystrap.middleware.builder import ChainSettings
+        from occystrap.middleware.transport import make_timeout
+
         return ChainSettings(
             retries=self.retries,
             rate_limits=self.rate_limits,

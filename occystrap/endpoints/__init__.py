@@ -13,7 +13,6 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cache
-from importlib.metadata import entry_points
 from pathlib import Path
 from typing import TYPE_CHECKING
 from urllib.parse import parse_qsl
@@ -74,15 +73,33 @@ class Scheme:
 def schemes() -> dict[str, Scheme]:
     """Every scheme: this package's modules, then plug-ins' entry points."""
     found: dict[str, Scheme] = {}
-    for module in pkgutil.iter_modules(__path__):
-        scheme = getattr(importlib.import_module(f"{__name__}.{module.name}"), "SCHEME", None)
+    for module_name in sorted(_builtin_module_names()):
+        scheme = getattr(importlib.import_module(f"{__name__}.{module_name}"), "SCHEME", None)
         if isinstance(scheme, Scheme):
             found[scheme.name] = scheme
+    from importlib.metadata import entry_points  # only when a name is not built in
+
     for entry in entry_points(group=ENTRY_POINT_GROUP):
         scheme = entry.load()
         if isinstance(scheme, Scheme):
             found.setdefault(scheme.name, scheme)
     return dict(sorted(found.items()))
+
+
+def scheme_named(name: str) -> Scheme | None:
+    """The scheme called `name`, importing only its module when it is built in (a built-in
+    wins over a plug-in of the same name, so no other module or entry point need load)."""
+    module_name = name.replace("-", "_")
+    if module_name.isidentifier() and module_name in _builtin_module_names():
+        scheme = getattr(importlib.import_module(f"{__name__}.{module_name}"), "SCHEME", None)
+        if isinstance(scheme, Scheme) and scheme.name == name:
+            return scheme
+    return schemes().get(name)
+
+
+@cache
+def _builtin_module_names() -> frozenset[str]:
+    return frozenset(module.name for module in pkgutil.iter_modules(__path__))
 
 
 def source_forms() -> list[str]:
@@ -97,12 +114,15 @@ def parse_uri(text: str) -> Endpoint:
     """Parse a SOURCE or DESTINATION argument; any problem is a one-line `UsageError`."""
     shown = redact(text)
     scheme, separator, rest = text.partition("://")
-    known = ", ".join(f"{name}://" for name in schemes())
-    if not separator:
-        raise UsageError(f"{shown!r} is not a URI: expected one of {known} followed by a location")
-    if scheme not in schemes():
+    found = scheme_named(scheme) if separator else None
+    if found is None:
+        known = ", ".join(f"{name}://" for name in schemes())
+        if not separator:
+            raise UsageError(
+                f"{shown!r} is not a URI: expected one of {known} followed by a location"
+            )
         raise UsageError(f"unknown URI scheme {scheme!r} in {shown!r}: expected one of {known}")
-    endpoint = schemes()[scheme].parse(shown, rest)
+    endpoint = found.parse(shown, rest)
     endpoint.scheme, endpoint.shown = scheme, shown
     return endpoint
 

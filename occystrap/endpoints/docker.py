@@ -176,12 +176,15 @@ class Daemon:
     @contextmanager
     def session(self) -> Iterator[httpx.Client]:
         """A client on the socket, its API checked; transport failures become one-line errors."""
-        transport = Logging(httpx.HTTPTransport(uds=str(self.socket.path)))
+        # A Unix socket: no TLS context (httpx would load certifi's for nothing) and no
+        # environment proxies.
+        transport = Logging(httpx.HTTPTransport(uds=str(self.socket.path), verify=False))
         client = httpx.Client(
             transport=transport,
             base_url="http://docker",
             headers={"User-Agent": USER_AGENT},
             timeout=DAEMON_TIMEOUT,
+            trust_env=False,
         )
         try:
             with client:

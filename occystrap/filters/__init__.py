@@ -14,7 +14,6 @@ import pkgutil
 import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from importlib.metadata import entry_points
 from typing import TYPE_CHECKING
 
 from occystrap.endpoints import boolean_option
@@ -113,6 +112,8 @@ def filter_kinds() -> dict[str, FilterKind]:
                 kind = getattr(importlib.import_module(f"{__name__}.{module.name}"), "FILTER", None)
                 if isinstance(kind, FilterKind):
                     found[kind.name] = kind
+            from importlib.metadata import entry_points  # scanning installs: only when asked
+
             for entry in entry_points(group=ENTRY_POINT_GROUP):
                 try:
                     loaded = entry.load()

@@ -27,18 +27,18 @@ import httpx
 
 from occystrap import __version__, cancel
 from occystrap.credentials import CredentialStore
+from occystrap.middleware.defaults import DEFAULT_DEADLINE, DEFAULT_QUAY_API
 from occystrap.middleware.logging import Logging
 from occystrap.middleware.mirror import Mirror, parse_mirrors
 from occystrap.middleware.plugins import apply_plugins, automatic_specs, parse_middleware_spec
 from occystrap.middleware.quay_auth import QuayAuth
 from occystrap.middleware.ratelimit import RateLimit, parse_rate_limits
 from occystrap.middleware.registry_auth import RegistryAuth
-from occystrap.middleware.retry import DEFAULT_DEADLINE, Retry
+from occystrap.middleware.retry import Retry
 from occystrap.middleware.transport import DEFAULT_TIMEOUT, build_base_transport
 
 LOG = logging.getLogger("occystrap.chain")
 USER_AGENT = f"occystrap/{__version__}"
-DEFAULT_QUAY_API = "https://quay.io/api/v1"
 
 
 @dataclass

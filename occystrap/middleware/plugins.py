@@ -11,7 +11,6 @@ credential plug-in).
 import re
 import threading
 from collections.abc import Callable
-from importlib.metadata import entry_points
 
 import httpx
 
@@ -46,6 +45,8 @@ def _load_entry_points(
     asked by name."""
     with _entry_point_lock:
         if group not in _loaded_groups:
+            from importlib.metadata import entry_points  # scanning installs: only when asked
+
             factories: dict[str, MiddlewareFactory] = {}
             errors: dict[str, str] = {}
             for entry_point in entry_points(group=group):

@@ -24,6 +24,7 @@ import httpx
 
 from occystrap.errors import OccystrapError
 from occystrap.middleware.base import Middleware
+from occystrap.middleware.defaults import DEFAULT_DEADLINE
 from occystrap.middleware.extensions import (
     ATTEMPT,
     ATTEMPTS,
@@ -42,7 +43,6 @@ RETRYABLE_STATUSES = frozenset({408, 429, 500, 502, 503, 504})
 # Timeouts, connect/read/write failures and a server hanging up mid-response.
 RETRYABLE_ERRORS = (httpx.TimeoutException, httpx.NetworkError, httpx.RemoteProtocolError)
 IDEMPOTENT_METHODS = frozenset({"GET", "HEAD", "PUT", "DELETE", "OPTIONS"})
-DEFAULT_DEADLINE = 300.0
 
 _DELTA_SECONDS = re.compile(r"\d+(\.\d+)?")
 

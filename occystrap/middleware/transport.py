@@ -16,6 +16,7 @@ from pathlib import Path
 import httpx
 
 from occystrap.errors import OccystrapError, UsageError, find_cause
+from occystrap.middleware.defaults import DEFAULT_CONNECT_TIMEOUT, DEFAULT_READ_TIMEOUT
 from occystrap.middleware.tls import (
     TlsPolicy,
     default_certs_roots,
@@ -25,9 +26,6 @@ from occystrap.middleware.tls import (
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_CONNECT_TIMEOUT = 10.0
-# The longest silence tolerated while waiting for or reading an answer, or sending a body.
-DEFAULT_READ_TIMEOUT = 30.0
 # Waiting for a free pooled connection is our own queueing, not the server's silence.
 _POOL_TIMEOUT = 120.0
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import sys
 from collections.abc import Iterator, Sequence
@@ -459,8 +460,6 @@ PLATFORM_OPTION = click.option(
 @click.pass_obj
 def tags(settings: RunSettings, repository: str, page_size: int | None) -> None:
     """List the tags of REPOSITORY (registry://HOST/NAME), one a line; -O json for a list."""
-    import json
-
     from occystrap import toolbox
 
     found = toolbox.tags(settings, repository, page_size)

@@ -19,6 +19,9 @@ SKIP_MIRRORS = "occystrap.skip_mirrors"
 # Request, set by a credential plug-in (`ProvidedCredentials`): a `HostCredential`, used by
 # RegistryAuth ahead of the auth files, for requests to that very host only.
 PROVIDED_CREDENTIAL = "occystrap.provided_credential"
+# Request, set by a credential plug-in probing a registry: RegistryAuth neither authenticates
+# it nor answers its challenge, so the plug-in sees the registry's 401 as it was sent.
+NO_AUTH = "occystrap.no_auth"
 # Request, set by Retry: 1-based number of this network attempt.
 ATTEMPT = "occystrap.attempt"
 # Request, set by Mirror: the mirror base URL serving this attempt.

@@ -21,7 +21,7 @@ import httpx
 
 from occystrap.credentials import Credential
 from occystrap.middleware.base import Middleware
-from occystrap.middleware.extensions import PROVIDED_CREDENTIAL, REPLAYABLE
+from occystrap.middleware.extensions import BUFFER, PROVIDED_CREDENTIAL, REPLAYABLE
 
 # Stop using a credential this long before it expires (at most a quarter of its life).
 EXPIRY_MARGIN_SECONDS = 300.0
@@ -33,6 +33,30 @@ class HostCredential:
 
     host: str
     credential: Credential = field(repr=False)
+
+
+def hosts_option(options: dict[str, str], also: tuple[str, ...] = ()) -> frozenset[str]:
+    """The `hosts=HOST;HOST` option every credential plug-in takes (registries under names
+    its cloud's pattern does not match), refusing options it does not know."""
+    unknown = sorted(set(options) - {"hosts", *also})
+    if unknown:
+        known = ", ".join(f"{key}=" for key in ("hosts", *also))
+        raise ValueError(f"unknown option(s) {', '.join(unknown)}: expected {known}")
+    return frozenset(host for host in options.get("hosts", "").split(";") if host)
+
+
+def send_small(
+    transport: httpx.BaseTransport, request: httpx.Request, limit: int = 1024 * 1024
+) -> httpx.Response:
+    """Send a token-service request down the chain and read its (small) answer whole,
+    inside Retry's loop."""
+    request.extensions = {**request.extensions, BUFFER: limit}
+    response = transport.handle_request(request)
+    try:
+        response.read()
+    finally:
+        response.close()
+    return response
 
 
 def is_replayable(request: httpx.Request) -> bool:
@@ -71,12 +95,15 @@ class ProvidedCredentials(Middleware):
         """Whether this plug-in supplies the credential of registry `host` ("host[:port]")."""
 
     @abstractmethod
-    def fetch(self, host: str) -> tuple[Credential, float]:
-        """A fresh credential for `host` and how many seconds it lives. Requests it makes
-        itself go to `self.next`, the rest of the chain. Raise `OccystrapError` with one
-        line naming the missing extra or setting when it cannot."""
+    def fetch(self, host: str, url: httpx.URL) -> tuple[Credential, float]:
+        """A fresh credential for `host` (first needed by a request for `url`) and how many
+        seconds it lives. Requests it makes itself go to `self.next`, the rest of the chain.
+        Raise `OccystrapError` with one line naming the missing extra or setting when it
+        cannot."""
 
-    def credential(self, host: str, rejected: Credential | None = None) -> Credential:
+    def credential(
+        self, host: str, url: httpx.URL, rejected: Credential | None = None
+    ) -> Credential:
         """The cached credential for `host`, fetched once however many threads ask; a
         `rejected` one is replaced."""
         with self._lock:
@@ -90,7 +117,7 @@ class ProvidedCredentials(Middleware):
                 and cached.credential != rejected
             ):
                 return cached.credential
-            credential, lifetime = self.fetch(host)
+            credential, lifetime = self.fetch(host, url)
             margin = min(EXPIRY_MARGIN_SECONDS, lifetime / 4)
             with self._lock:
                 self._cache[host] = _Cached(credential, self._clock() + lifetime - margin)
@@ -100,12 +127,12 @@ class ProvidedCredentials(Middleware):
         host = request.url.netloc.decode()
         if not self.claims(host):
             return self.next.handle_request(request)
-        credential = self.credential(host)
+        credential = self.credential(host, request.url)
         response = self.next.handle_request(self._with(request, host, credential))
         if response.status_code != 401 or not is_replayable(request):
             return response
         response.close()
-        fresh = self.credential(host, rejected=credential)
+        fresh = self.credential(host, request.url, rejected=credential)
         return self.next.handle_request(self._with(request, host, fresh))
 
     @staticmethod

@@ -26,7 +26,7 @@ from occystrap.errors import RegistryError
 from occystrap.jsondoc import parse_json
 from occystrap.middleware.base import Middleware
 from occystrap.middleware.challenge import Challenge, parse_challenges
-from occystrap.middleware.extensions import BUFFER, REPLAYABLE, RETRY_UNSAFE, SCOPE
+from occystrap.middleware.extensions import BUFFER, NO_AUTH, REPLAYABLE, RETRY_UNSAFE, SCOPE
 from occystrap.middleware.provided import is_replayable, provided_credential
 
 logger = logging.getLogger(__name__)
@@ -174,8 +174,8 @@ class RegistryAuth(Middleware):
         self._fetch_locks: dict[TokenKey, threading.Lock] = {}
 
     def handle_request(self, request: httpx.Request) -> httpx.Response:
-        if "authorization" in request.headers:  # the caller authenticates this one itself
-            return self.next.handle_request(request)
+        if "authorization" in request.headers or request.extensions.get(NO_AUTH):
+            return self.next.handle_request(request)  # authenticated by the caller, or a probe
         origin = _origin(request.url)
         scopes = scopes_for_request(request)
         sent_token, sent_basic = None, False

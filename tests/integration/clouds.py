@@ -155,3 +155,144 @@ class MotoServer(ServerProcess):
 
     def __exit__(self, *exc_info) -> None:
         self.stop()
+
+
+class OAuthTokenEndpoint:
+    """A cloud's OAuth2 token endpoint in miniature (Google's token_uri, Azure AD's v2.0
+    token endpoint and its OpenID configuration): hands out `access_token` to callers whose
+    grant `accepts` approves, and records each grant."""
+
+    def __init__(self, access_token: str, accepts, ssl_context=None) -> None:
+        self.access_token = access_token
+        self.accepts = accepts
+        self.grants: list[dict[str, str]] = []
+        self._ssl_context = ssl_context
+        self._httpd = None
+
+    @property
+    def url(self) -> str:
+        scheme = "https" if self._ssl_context else "http"
+        return f"{scheme}://127.0.0.1:{self._httpd.server_address[1]}"
+
+    def start(self) -> OAuthTokenEndpoint:
+        import threading
+        from http.server import ThreadingHTTPServer
+
+        self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), _oauth_handler(self))
+        self._httpd.daemon_threads = True
+        if self._ssl_context is not None:
+            self._httpd.socket = self._ssl_context.wrap_socket(self._httpd.socket, server_side=True)
+        threading.Thread(target=self._httpd.serve_forever, daemon=True).start()
+        return self
+
+    def stop(self) -> None:
+        if self._httpd is not None:
+            self._httpd.shutdown()
+            self._httpd.server_close()
+            self._httpd = None
+
+    def __enter__(self) -> OAuthTokenEndpoint:
+        return self.start()
+
+    def __exit__(self, *exc_info) -> None:
+        self.stop()
+
+
+def _oauth_handler(endpoint: OAuthTokenEndpoint):
+    import json
+    from http.server import BaseHTTPRequestHandler
+    from urllib.parse import parse_qs, urlsplit
+
+    class Handler(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def log_message(self, format, *args) -> None:  # noqa: A002
+            """Tests read `endpoint.grants` instead."""
+
+        def _send(self, status: int, body: dict) -> None:
+            payload = json.dumps(body).encode()
+            self.send_response(status)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(payload)))
+            self.end_headers()
+            self.wfile.write(payload)
+
+        def do_GET(self) -> None:  # Azure AD's OpenID configuration of a tenant
+            tenant = urlsplit(self.path).path.strip("/").split("/")[0]
+            base = f"{endpoint.url}/{tenant}"
+            self._send(
+                200,
+                {
+                    "token_endpoint": f"{base}/oauth2/v2.0/token",
+                    "authorization_endpoint": f"{base}/oauth2/v2.0/authorize",
+                    "device_authorization_endpoint": f"{base}/oauth2/v2.0/devicecode",
+                    "issuer": f"{base}/v2.0",
+                },
+            )
+
+        def do_POST(self) -> None:
+            length = int(self.headers.get("Content-Length") or 0)
+            form = {k: v[0] for k, v in parse_qs(self.rfile.read(length).decode()).items()}
+            endpoint.grants.append(form)
+            if not endpoint.accepts(form):
+                self._send(400, {"error": "invalid_grant"})
+                return
+            self._send(
+                200,
+                {"access_token": endpoint.access_token, "expires_in": 3600, "token_type": "Bearer"},
+            )
+
+    return Handler
+
+
+class GoogleServiceAccount:
+    """A service account key (as `gcloud iam service-accounts keys create` writes it) whose
+    token_uri is a test endpoint; the endpoint checks the signed JWT grant with its key."""
+
+    EMAIL = "occystrap-test@test-project.iam.gserviceaccount.com"
+
+    def __init__(self) -> None:
+        from cryptography.hazmat.primitives import serialization
+        from cryptography.hazmat.primitives.asymmetric import rsa
+
+        key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+        self.private_pem = key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        ).decode()
+        self.public_key = key.public_key()
+
+    def accepts(self, form: dict[str, str]) -> bool:
+        import jwt
+
+        if form.get("grant_type") != "urn:ietf:params:oauth:grant-type:jwt-bearer":
+            return False
+        try:
+            claims = jwt.decode(
+                form.get("assertion", ""),
+                self.public_key,
+                algorithms=["RS256"],
+                options={"verify_aud": False},
+            )
+        except jwt.PyJWTError:
+            return False
+        return claims.get("iss") == self.EMAIL
+
+    def key_file(self, path: Path, token_uri: str) -> Path:
+        import json
+
+        path.write_text(
+            json.dumps(
+                {
+                    "type": "service_account",
+                    "project_id": "test-project",
+                    "private_key_id": "test-key",
+                    "private_key": self.private_pem,
+                    "client_email": self.EMAIL,
+                    "client_id": "1234567890",
+                    "token_uri": token_uri,
+                }
+            )
+        )
+        return path

@@ -8,12 +8,19 @@ from __future__ import annotations
 
 import base64
 import itertools
+import ssl
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import trustme
 
-from tests.integration.clouds import MotoServer, install_cloud_plugins
+from tests.integration.clouds import (
+    GoogleServiceAccount,
+    MotoServer,
+    OAuthTokenEndpoint,
+    install_cloud_plugins,
+)
 from tests.integration.daemons import DockerDaemon, PodmanService
 from tests.integration.fault_proxy import BlobHost, FaultProxy
 from tests.integration.servers import (
@@ -141,4 +148,64 @@ def registry_ecr(tmp_path_factory, moto) -> Iterator[RegistryServer]:
     with RegistryServer(
         tmp_path_factory.mktemp("registry-ecr"), auth="basic", username=username, password=password
     ) as server:
+        yield server
+
+
+GOOGLE_ACCESS_TOKEN = "ya29.occystrap-test-access-token"
+
+
+@pytest.fixture(scope="session")
+def google_account() -> GoogleServiceAccount:
+    return GoogleServiceAccount()
+
+
+@pytest.fixture(scope="session")
+def google_oauth(google_account) -> Iterator[OAuthTokenEndpoint]:
+    with OAuthTokenEndpoint(GOOGLE_ACCESS_TOKEN, google_account.accepts) as endpoint:
+        yield endpoint
+
+
+@pytest.fixture(scope="session")
+def registry_google(tmp_path_factory) -> Iterator[RegistryServer]:
+    """A token-auth registry whose token service takes a Google access token as the password
+    of `oauth2accesstoken`, as Artifact Registry's does."""
+    workdir = tmp_path_factory.mktemp("registry-google")
+    with (
+        TokenServer(workdir / "token", "oauth2accesstoken", GOOGLE_ACCESS_TOKEN) as tokens,
+        RegistryServer(workdir, auth="token", token_server=tokens) as server,
+    ):
+        yield server
+
+
+AZURE_AD_TOKEN = (
+    "eyJhbGciOiJub25lIn0.eyJhcHBpZCI6Im9jY3lzdHJhcC10ZXN0In0.c2lnbmF0dXJl"  # JWT-shaped
+)
+AZURE_CLIENT_SECRET = "azure-client-secret"
+
+
+@pytest.fixture(scope="session")
+def azure_ad(tmp_path_factory) -> Iterator[OAuthTokenEndpoint]:
+    """Azure AD in miniature, over TLS (MSAL takes only https authorities); its CA is in
+    `azure_ad.ca_file`."""
+    ca = trustme.CA()
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ca.issue_cert("127.0.0.1").configure_cert(context)
+    ca_file = tmp_path_factory.mktemp("azure-ad") / "ca.pem"
+    ca.cert_pem.write_to_path(str(ca_file))
+    accepts = lambda form: form.get("client_secret") == AZURE_CLIENT_SECRET  # noqa: E731
+    with OAuthTokenEndpoint(AZURE_AD_TOKEN, accepts, context) as endpoint:
+        endpoint.ca_file = ca_file
+        yield endpoint
+
+
+@pytest.fixture(scope="session")
+def registry_azure(tmp_path_factory) -> Iterator[RegistryServer]:
+    """A token-auth registry whose token service exchanges the Azure AD token at
+    /oauth2/exchange for a refresh token, as ACR's does."""
+    workdir = tmp_path_factory.mktemp("registry-azure")
+    with (
+        TokenServer(workdir / "token") as tokens,
+        RegistryServer(workdir, auth="token", token_server=tokens) as server,
+    ):
+        tokens.exchange_access_token = AZURE_AD_TOKEN
         yield server

@@ -95,6 +95,9 @@ class TokenServer:
         self.cert_path = self.workdir / "token-signer.pem"
         self.cert_path.write_bytes(self._cert.public_bytes(serialization.Encoding.PEM))
         self._refresh_tokens: set[str] = set()
+        # The Azure AD token `/oauth2/exchange` trades for a refresh token, as ACR's does.
+        self.exchange_access_token: str | None = None
+        self.exchanges = 0
         self._lock = threading.Lock()
         self.requests: list[TokenRequest] = []
         self._httpd: ThreadingHTTPServer | None = None
@@ -212,6 +215,9 @@ def _make_handler(server: TokenServer) -> type[BaseHTTPRequestHandler]:
         def do_POST(self) -> None:
             length = int(self.headers.get("Content-Length") or 0)
             form = parse_qs(self.rfile.read(length).decode())
+            if urlsplit(self.path).path == "/oauth2/exchange":
+                self._exchange(form)
+                return
             grant_type = form.get("grant_type", [""])[0]
             scopes = [s for value in form.get("scope", []) for s in value.split(" ") if s]
             if grant_type == "password":
@@ -223,6 +229,14 @@ def _make_handler(server: TokenServer) -> type[BaseHTTPRequestHandler]:
                 granted = False
             offline = grant_type == "password" and form.get("access_type") == ["offline"]
             self._finish(grant_type, scopes, granted, offline=offline)
+
+        def _exchange(self, form: dict[str, list[str]]) -> None:
+            expected = server.exchange_access_token
+            if expected is None or form.get("access_token") != [expected]:
+                self._send_json(401, {"errors": [{"code": "UNAUTHORIZED"}]})
+                return
+            server.exchanges += 1
+            self._send_json(200, {"refresh_token": server.new_refresh_token()})
 
         def _finish(self, grant_type: str, scopes: list[str], granted: bool, offline: bool) -> None:
             headers = dict(self.headers)

@@ -26,7 +26,7 @@ class Counting(ProvidedCredentials):
     def claims(self, host: str) -> bool:
         return host == HOST
 
-    def fetch(self, host: str) -> tuple[Credential, float]:
+    def fetch(self, host: str, url: httpx.URL) -> tuple[Credential, float]:
         self.fetches += 1
         return Credential("AWS", f"token-{self.fetches}"), self.lifetime
 

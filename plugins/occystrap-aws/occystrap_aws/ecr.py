@@ -22,15 +22,14 @@ import httpx
 
 from occystrap.credentials import Credential
 from occystrap.errors import OccystrapError
-from occystrap.middleware.extensions import BUFFER, RETRY_UNSAFE
-from occystrap.middleware.provided import ProvidedCredentials
+from occystrap.middleware.extensions import RETRY_UNSAFE
+from occystrap.middleware.provided import ProvidedCredentials, hosts_option, send_small
 from occystrap_aws.signing import AwsSigner
 
 ECR_HOST = re.compile(
     r"(?P<account>[0-9]{12})\.dkr\.ecr(?:-fips)?\.(?P<region>[a-z0-9-]+)\.amazonaws\.com(?:\.cn)?"
 )
 _TARGET = "AmazonEC2ContainerRegistry_V20150921.GetAuthorizationToken"
-_ANSWER_LIMIT = 1024 * 1024
 # An expiry already past by our clock (skew) is trusted for this long rather than never.
 _MINIMUM_LIFETIME = 60.0
 
@@ -49,7 +48,7 @@ class EcrCredentials(ProvidedCredentials):
     def claims(self, host: str) -> bool:
         return host in self.hosts or ECR_HOST.fullmatch(host) is not None
 
-    def fetch(self, host: str) -> tuple[Credential, float]:
+    def fetch(self, host: str, url: httpx.URL) -> tuple[Credential, float]:
         match = ECR_HOST.fullmatch(host)
         region = self.region or (match.group("region") if match else None)
         if region not in self._signers:
@@ -61,13 +60,9 @@ class EcrCredentials(ProvidedCredentials):
             signer.endpoint_url + "/",
             {"X-Amz-Target": _TARGET, "Content-Type": "application/x-amz-json-1.1"},
             body,
-            {BUFFER: _ANSWER_LIMIT, RETRY_UNSAFE: True},
+            {RETRY_UNSAFE: True},
         )
-        response = self.next.handle_request(request)
-        try:
-            response.read()
-        finally:
-            response.close()
+        response = send_small(self.next, request)
         if response.status_code != 200:
             raise OccystrapError(
                 f"ECR refused an authorization token for {host}: HTTP {response.status_code}"
@@ -101,8 +96,5 @@ def _parse_token(response: httpx.Response, host: str) -> tuple[Credential, float
 
 def ecr_middleware(next_transport: httpx.BaseTransport, options: dict[str, str]) -> EcrCredentials:
     """Plug-in factory: `ecr[:hosts=HOST;HOST,region=REGION]`."""
-    unknown = set(options) - {"hosts", "region"}
-    if unknown:
-        raise ValueError(f"unknown option(s) {', '.join(sorted(unknown))}: use hosts=, region=")
-    hosts = frozenset(host for host in options.get("hosts", "").split(";") if host)
+    hosts = hosts_option(options, also=("region",))
     return EcrCredentials(next_transport, hosts, options.get("region") or None)

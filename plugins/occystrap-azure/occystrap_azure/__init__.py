@@ -1,0 +1,1 @@
+"""occystrap's Azure plug-in: Azure Container Registry credentials (`acr`)."""

@@ -1,0 +1,1 @@
+"""occystrap's Google Cloud plug-in: Artifact Registry and GCR credentials (`gcr`)."""

@@ -532,6 +532,71 @@ def _tree_lines(referrers: Sequence[Referrer], indent: str) -> Iterator[str]:
         yield from _tree_lines(referrer.referrers, indent + ("    " if last else "│   "))
 
 
+@main.group()
+def artifact() -> None:
+    """Push files as an OCI artifact, or pull an artifact's files, as oras does."""
+
+
+@artifact.command("push")
+@click.argument("destination")
+@click.argument("files", nargs=-1, required=True)
+@click.option("--artifact-type", required=True, metavar="TYPE", help="The manifest's artifactType.")
+@click.option(
+    "--subject",
+    metavar="IMAGE",
+    help="The image this artifact refers to (a URI, tag or digest in the same repository).",
+)
+@click.option(
+    "--annotation",
+    "annotations",
+    multiple=True,
+    metavar="KEY=VALUE",
+    help="A manifest annotation (repeatable).",
+)
+@click.pass_obj
+def artifact_push(
+    settings: RunSettings,
+    destination: str,
+    files: tuple[str, ...],
+    artifact_type: str,
+    subject: str | None,
+    annotations: tuple[str, ...],
+) -> None:
+    """Push FILE[:MEDIATYPE]... as one artifact to DESTINATION (registry:// or oci-layout://),
+    each file a blob titled by its name; prints the manifest digest."""
+    from occystrap import artifacts
+
+    pushed = artifacts.push_artifact(
+        settings,
+        destination,
+        [artifacts.parse_file_argument(text) for text in files],
+        artifact_type,
+        subject,
+        dict(artifacts.parse_annotation(text) for text in annotations),
+    )
+    click.echo(pushed.digest)
+    refers = f", referring to {pushed.subject}" if pushed.subject else ""
+    click.echo(f"occystrap: pushed {pushed.files} files to {destination}{refers}", err=True)
+
+
+@artifact.command("pull")
+@click.argument("source")
+@click.argument("directory", type=click.Path(file_okay=False))
+@click.pass_obj
+def artifact_pull(settings: RunSettings, source: str, directory: str) -> None:
+    """Write the files of the artifact SOURCE into DIRECTORY, each named by its title and
+    verified; an existing file is never replaced."""
+    from occystrap import artifacts
+
+    pulled = artifacts.pull_artifact(settings, source, Path(directory))
+    for path in pulled.files:
+        click.echo(str(path))
+    click.echo(
+        f"occystrap: pulled {len(pulled.files)} files ({pulled.bytes} bytes) of {pulled.digest}",
+        err=True,
+    )
+
+
 @main.command()
 @click.argument("image")
 @click.pass_obj

@@ -137,8 +137,8 @@ def store_of(endpoint: Endpoint, ctx: RunContext, what: str = "--referrers") -> 
     if isinstance(endpoint, OciLayoutURI):
         return LayoutStore(endpoint.path, ctx)
     raise UsageError(
-        f"{what} needs registry:// or oci-layout:// at both ends: {endpoint} keeps no"
-        " referrers (signatures, SBOMs)"
+        f"{what} needs registry:// or oci-layout://: {endpoint} keeps no referrers or"
+        " artifacts (signatures, SBOMs)"
     )
 
 

@@ -20,7 +20,7 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from functools import partial
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 from typing import Any
 
 from occystrap.atomic import partial_sibling
@@ -245,19 +245,13 @@ def _verified_file(file: ArtifactFile, layer: Descriptor) -> Iterator[VerifyingR
 
 
 def safe_title(title: str, directory: Path) -> Path:
-    """Where a layer titled `title` goes under `directory`; a title that is absolute, climbs
-    out with '..', or is empty is refused."""
-    parts = PurePosixPath(title).parts
-    if (
-        not title
-        or "\0" in title
-        or "\\" in title
-        or PurePosixPath(title).is_absolute()
-        or any(part in ("..", ".") for part in parts)
-    ):
+    """Where a layer titled `title` goes under `directory`: a relative path of plain names.
+    A title that is absolute, climbs out with '..', or has an empty or '.' part is refused."""
+    parts = title.split("/")
+    if "\0" in title or "\\" in title or any(part in ("", ".", "..") for part in parts):
         raise OccystrapError(
-            f"artifact file title {title!r} would be written outside {directory}; refusing to"
-            " pull it (the artifact is malformed or hostile)"
+            f"artifact file title {title!r} would be written outside {directory} or onto it;"
+            " refusing to pull it (the artifact is malformed or hostile)"
         )
     return directory.joinpath(*parts)
 

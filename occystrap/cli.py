@@ -637,3 +637,72 @@ def logout(settings: RunSettings, host: str) -> None:
     path, removed = toolbox.logout(settings, host)
     what = "logged out of" if removed else "was not logged in to"
     click.echo(f"occystrap: {what} {host} ({path})", err=True)
+
+
+# -- sync and the catalog -------------------------------------------------------------------
+
+
+@main.command()
+@click.argument("file", type=click.Path(dir_okay=False, exists=True))
+@click.option("--dest", metavar="URI", help="Destination of a skopeo sync file (registry://...).")
+@click.option("--scoped", is_flag=True, help="Skopeo file: name targets DEST/HOST/REPOSITORY.")
+@click.option("--dry-run", is_flag=True, help="Print the plan; copy nothing (-O json for JSON).")
+@click.option("--prune", is_flag=True, help="Delete target tags the source no longer has.")
+@click.option("--keep-going", is_flag=True, help="Start further images after one fails.")
+@click.option(
+    "--report",
+    type=click.Path(dir_okay=False),
+    help="Write every image's result as JSON to this file.",
+)
+@click.option(
+    "-J",
+    "--image-parallel",
+    type=click.IntRange(1, 64),
+    default=3,
+    show_default=True,
+    envvar="OCCYSTRAP_IMAGE_PARALLEL",
+    help="Images copied at once.",
+)
+@click.pass_obj
+def sync(
+    settings: RunSettings,
+    file: str,
+    dest: str | None,
+    scoped: bool,
+    dry_run: bool,
+    prune: bool,
+    keep_going: bool,
+    report: str | None,
+    image_parallel: int,
+) -> None:
+    """Keep the repositories FILE names in step: plan, then copy only what differs.
+
+    FILE is occystrap's sync YAML (a `sync:` list of source/target rules) or a skopeo sync
+    YAML (with --dest). See docs/sync.md.
+    """
+    from occystrap.sync.report import run_sync_command
+
+    run_sync_command(
+        settings,
+        Path(file),
+        dest=dest,
+        scoped=scoped,
+        dry_run=dry_run,
+        prune=prune,
+        keep_going=keep_going,
+        report=Path(report) if report else None,
+        image_parallel=image_parallel,
+    )
+
+
+@main.command()
+@click.argument("registry")
+@click.option("--glob", "pattern", metavar="GLOB", help="Only repositories matching GLOB.")
+@click.pass_obj
+def catalog(settings: RunSettings, registry: str, pattern: str | None) -> None:
+    """List the repositories of REGISTRY (registry://HOST[/PREFIX]), one a line; -O json."""
+    from occystrap import toolbox
+
+    found = toolbox.catalog(settings, registry, pattern)
+    for line in [json.dumps(found)] if settings.output_format == "json" else found:
+        click.echo(line)

@@ -27,6 +27,7 @@ from occystrap.compression import DeflatePool
 from occystrap.errors import DigestMismatchError, writing_to
 from occystrap.image import Image, ImageIndex, ImageLike, Layer
 from occystrap.manifest import Platform, select_platform
+from occystrap.registry.ledger import UploadLedger
 
 if TYPE_CHECKING:
     from occystrap.extract import ExpansionBudget
@@ -89,6 +90,7 @@ class RunContext:
     stats: TransferStats = field(default_factory=TransferStats)
     cache: BlobCache = field(default_factory=NullBlobCache)  # what earlier runs learnt
     deflate_pool: DeflatePool | None = None  # gzip threads shared by the run's layers
+    uploads: UploadLedger = field(default_factory=UploadLedger)  # one upload per blob
 
 
 class ImageInput(Protocol):

@@ -124,11 +124,23 @@ class RunSettings:
         repository prefix for a bulk copy), or None for a file end: --src-creds go to the
         source, --dest-creds to the destination, --username/--password to either lacking its
         own."""
+        return self.ends_chain_settings([source], [destination], quay_api_base)
+
+    def ends_chain_settings(
+        self,
+        sources: Iterable[str | None],
+        destinations: Iterable[str | None],
+        quay_api_base: str = DEFAULT_QUAY_API,
+        extra: Mapping[str, Credential] | None = None,
+    ) -> ChainSettings:
+        """`copy_chain_settings` for a run with many sources and destinations (a sync);
+        `extra` (a sync file's own credentials, by host) yield to the command line's."""
         default = Credential(self.username, self.password) if self.username is not None else None
         explicit = copy_credentials(
-            (source, self.src_creds or default), (destination, self.dest_creds or default)
+            *((source, self.src_creds or default) for source in sources),
+            *((destination, self.dest_creds or default) for destination in destinations),
         )
-        return self._chain_settings(explicit, quay_api_base)
+        return self._chain_settings({**(extra or {}), **explicit}, quay_api_base)
 
     def _chain_settings(
         self, explicit: Mapping[str, Credential], quay_api_base: str

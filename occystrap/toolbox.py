@@ -7,6 +7,7 @@ mirrors for reads) and returns what the CLI prints, so library callers get the s
 from __future__ import annotations
 
 import dataclasses
+import fnmatch
 import logging
 import sys
 from collections.abc import Iterator
@@ -122,6 +123,28 @@ def tags(settings: RunSettings, repository: str, page_size: int | None = None) -
     uri = repository_uri(repository)
     with registry_client(settings, uri) as client:
         return client.list_tags(uri.reference.repository, page_size)
+
+
+def catalog(settings: RunSettings, registry: str, pattern: str | None = None) -> list[str]:
+    """Every repository REGISTRY (registry://HOST[/PREFIX]) lists in its catalog, all pages;
+    only those under PREFIX, and matching the glob `pattern` when given."""
+    scheme, _, rest = registry.partition("://")
+    body, _, query = rest.partition("?")
+    host, _, prefix = body.partition("/")
+    if scheme != "registry" or not HOST_PATTERN.fullmatch(host):
+        raise UsageError(
+            f"{redact(registry)!r} is not a registry: expected registry://HOST[/PREFIX]"
+        )
+    uri = registry_uri(f"registry://{host}/catalog{'?' + query if query else ''}")
+    prefix = prefix.strip("/")
+    with registry_client(settings, uri) as client:
+        names = client.list_repositories()
+    return [
+        name
+        for name in names
+        if (not prefix or name == prefix or name.startswith(prefix + "/"))
+        and (pattern is None or fnmatch.fnmatchcase(name, pattern))
+    ]
 
 
 def digest(settings: RunSettings, image: str, platform: str | None = None) -> str:

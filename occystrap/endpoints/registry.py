@@ -257,6 +257,7 @@ class RegistryDestination:
         candidates = []
         if isinstance(blob, RegistryBlob) and blob.registry == registry:
             candidates.append(blob.repository)
+        candidates += self.ctx.uploads.repositories(registry, digest)
         candidates += cache.locations(digest, registry)
         for source in dict.fromkeys(candidates):
             if source == self.repository:
@@ -265,6 +266,7 @@ class RegistryDestination:
                 LOG.debug("mounted %s from %s", digest, source)
                 stats.add(mounted=1)
                 cache.record_location(digest, registry, self.repository)
+                self.ctx.uploads.record(registry, digest, self.repository)
                 return True
             cache.forget_location(digest, registry, source)
         return False
@@ -277,8 +279,21 @@ class RegistryDestination:
         blob: Blob | None,
         label: str,
     ) -> None:
-        if self._present_or_mounted(digest, blob):
-            return
+        # One push of a digest to a registry at a time: images sharing a blob mount it from
+        # wherever the first one put it.
+        with self.ctx.uploads.turn(self.client.registry, digest):
+            if self._present_or_mounted(digest, blob):
+                return
+            self._upload(digest, size, opener, label)
+            self.ctx.uploads.record(self.client.registry, digest, self.repository)
+
+    def _upload(
+        self,
+        digest: str,
+        size: int,
+        opener: Callable[[], AbstractContextManager[Readable]],
+        label: str,
+    ) -> None:
         stats = self.ctx.stats
         progress = self.ctx.progress
         key = "push:" + digest

@@ -145,13 +145,21 @@ class RegistryClient:
 
         `page_size` is sent as `?n=`; registries may answer with fewer (or ignore it).
         """
-        what = f"tags of {repository}"
-        first = httpx.URL(self._url(repository, "tags", "list"))
+        url = httpx.URL(self._url(repository, "tags", "list"))
+        return self._names(url, "tags", f"tags of {repository}", page_size)
+
+    def list_repositories(self, page_size: int | None = None) -> list[str]:
+        """Every repository the registry's catalog (`/v2/_catalog`) lists, all pages."""
+        url = httpx.URL(f"{self.base}/v2/_catalog")
+        return self._names(url, "repositories", "the repository catalog", page_size)
+
+    def _names(self, first: httpx.URL, key: str, what: str, page_size: int | None) -> list[str]:
+        """The `key` lists (tags, repositories) of every page of a listing, joined."""
         url = first if page_size is None else first.copy_merge_params({"n": page_size})
-        tags: list[str] = []
+        names: list[str] = []
         for page in self._pages(url, what):
-            tags += _tags_of_page(page.content, self.registry, what)
-        return tags
+            names += _names_of_page(page.content, key, self.registry, what)
+        return names
 
     def list_referrers(
         self, repository: str, digest: str, artifact_type: str | None = None
@@ -401,18 +409,18 @@ def _content_type(response: httpx.Response) -> str:
     return response.headers.get("Content-Type", "").split(";")[0].strip()
 
 
-def _tags_of_page(page: bytes, registry: str, what: str) -> list[str]:
-    """The `tags` of one tags/list answer; `null` (an empty repository) is no tags."""
+def _names_of_page(page: bytes, key: str, registry: str, what: str) -> list[str]:
+    """The `key` list (`tags`, `repositories`) of one page; `null` (nothing yet) is empty."""
     try:
         document = parse_json(page)
     except ValueError:
         document = None
-    tags = document.get("tags") if isinstance(document, dict) else []
-    if not isinstance(document, dict) or not isinstance(tags, list | None):
-        raise RegistryError(f"{registry} answered {what} with something that is not a tag list")
-    if not all(isinstance(tag, str) for tag in tags or []):
-        raise RegistryError(f"{registry} answered {what} with a tag that is not a string")
-    return tags or []
+    names = document.get(key) if isinstance(document, dict) else []
+    if not isinstance(document, dict) or not isinstance(names, list | None):
+        raise RegistryError(f"{registry} answered {what} with something that is not a {key} list")
+    if not all(isinstance(name, str) for name in names or []):
+        raise RegistryError(f"{registry} answered {what} with a name that is not a string")
+    return names or []
 
 
 def _referrers_of_page(page: httpx.Response, registry: str, what: str) -> list[Descriptor]:

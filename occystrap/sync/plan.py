@@ -1,0 +1,374 @@
+"""Planning a sync: every source tag resolved to its digest and compared with the target's.
+
+Nothing moves here. A source repository is listed (paginated tags), its tags filtered, and
+each kept tag costs one request at each end: HEAD at the source (free of Docker Hub's pull
+quota) and HEAD at the target (or a look at an OCI layout's index.json). Only images whose
+digests differ are planned as copies, so a sync with nothing to do moves no blob.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import json
+import logging
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import httpx
+
+from occystrap.endpoints import parse_uri, split_query
+from occystrap.endpoints.oci_layout import OciLayoutURI
+from occystrap.endpoints.quay import QuayURI
+from occystrap.endpoints.registry import RegistrySource, RegistryURI
+from occystrap.errors import OccystrapError, RegistryError, UsageError
+from occystrap.image import ImageIndex
+from occystrap.ocilayout import INDEX_FILE, REF_NAME
+from occystrap.pipeline import narrow_index
+from occystrap.quay.api import QuayClient, api_base
+from occystrap.quay.bulk import describe_failure
+from occystrap.registry.client import RegistryClient
+from occystrap.registry.hosts import canonical_registry_host
+from occystrap.manifest import Platform
+from occystrap.registry.reference import HOST_PATTERN, validate_repository
+from occystrap.sync.config import SyncRule, SyncSpec
+
+LOG = logging.getLogger("occystrap.sync")
+GLOB_CHARACTERS = frozenset("*?[")
+# Requests in flight while planning: each is a small HEAD, so more than -j helps.
+PLAN_PARALLEL = 8
+
+COPY, UNCHANGED, PRUNE, FAILED = "copy", "unchanged", "prune", "failed"
+
+
+@dataclass(frozen=True)
+class Repository:
+    """A repository of a registry; `insecure` is the URI's own ?insecure= (None: the run's)."""
+
+    registry: str
+    name: str
+    insecure: bool | None = None
+
+    def uri(self, reference: str) -> str:
+        """registry://HOST/NAME:TAG, or @DIGEST (tags cannot hold ':')."""
+        separator = "@" if ":" in reference else ":"
+        query = "" if self.insecure is None else f"?insecure={str(self.insecure).lower()}"
+        return f"registry://{self.registry}/{self.name}{separator}{reference}{query}"
+
+    def __str__(self) -> str:
+        return f"{self.registry}/{self.name}"
+
+
+@dataclass(frozen=True)
+class Layout:
+    """An OCI image layout directory holding one repository's tags."""
+
+    path: Path
+
+    def uri(self, reference: str) -> str:
+        return f"oci-layout://{self.path}?tag={reference}"
+
+    def __str__(self) -> str:
+        return str(self.path)
+
+
+Target = Repository | Layout
+
+
+@dataclass(frozen=True)
+class PlannedImage:
+    """One image of the plan: what it is at each end and what the run will do with it."""
+
+    source: str  # the source image's URI, at its tag
+    target: str  # the target image's URI, at its tag
+    action: str  # copy, unchanged, prune or failed
+    digest: str | None = None  # the source's digest (for prune: the target's)
+    target_digest: str | None = None  # what the target holds now (None: nothing)
+    error: str | None = None
+    source_registry: str = ""
+    platforms: tuple[Platform, ...] = ()
+    referrers: bool = False
+    pinned: str | None = None  # the source's URI pinned by digest: what is copied
+
+    def as_json(self) -> dict:
+        document = asdict(self)
+        document["platforms"] = [str(platform) for platform in self.platforms]
+        return document
+
+
+@dataclass
+class SyncPlan:
+    images: list[PlannedImage] = field(default_factory=list)
+
+    def count(self, action: str) -> int:
+        return sum(1 for image in self.images if image.action == action)
+
+
+@dataclass(frozen=True)
+class _Pair:
+    """One source repository (with the tags the rule wants) and where it goes."""
+
+    source: Repository
+    target: Target
+    rule: SyncRule
+    tags: tuple[str, ...] = ()
+
+
+class Planner:
+    """Plans a `SyncSpec` over the run's one client."""
+
+    def __init__(self, http: httpx.Client, insecure: bool, prune: bool = False) -> None:
+        self.http, self.insecure, self.prune = http, insecure, prune
+        self._clients: dict[tuple[str, bool], RegistryClient] = {}
+
+    def client(self, repository: Repository) -> RegistryClient:
+        insecure = self.insecure if repository.insecure is None else repository.insecure
+        key = (repository.registry, insecure)
+        if key not in self._clients:
+            self._clients[key] = RegistryClient(self.http, repository.registry, insecure=insecure)
+        return self._clients[key]
+
+    def plan(self, spec: SyncSpec) -> SyncPlan:
+        pairs = [pair for rule in spec.rules for pair in self._pairs(rule)]
+        with ThreadPoolExecutor(PLAN_PARALLEL, thread_name_prefix="plan") as pool:
+            listed = list(pool.map(self._with_tags, pairs))
+            jobs = [(pair, tag) for pair, _ in listed for tag in pair.tags]
+            images = list(pool.map(lambda job: self._plan_image(*job), jobs))
+            images += [failure for _, failure in listed if failure is not None]
+            if self.prune:
+                images += self._prunes([pair for pair, _ in listed], images, pool)
+        return SyncPlan(images)
+
+    # -- expanding a rule into repositories ----------------------------------------------
+
+    def _pairs(self, rule: SyncRule) -> list[_Pair]:
+        """The repositories a rule's source names, each with its target."""
+        if rule.source.startswith("quay://"):
+            return self._quay_pairs(rule)
+        if not rule.source.startswith("registry://"):
+            raise UsageError(
+                f"sync source {rule.source!r} is not registry://HOST/REPO[/GLOB] or quay://ORG/GLOB"
+            )
+        body, query = split_query(rule.source.partition("://")[2])
+        host, _, path = body.partition("/")
+        if not GLOB_CHARACTERS & set(path):
+            uri = parse_uri(rule.source)
+            assert isinstance(uri, RegistryURI)
+            reference = uri.reference
+            source = Repository(reference.registry, reference.repository, uri.insecure)
+            named_tag = ":" in path.rpartition("/")[2] or reference.digest is not None
+            tags = (reference.reference,) if named_tag else ()
+            return [_Pair(source, _target(rule.target, ""), rule, tags)]
+        uri = parse_uri(f"registry://{host}/glob{'?' + query if query else ''}")
+        assert isinstance(uri, RegistryURI)
+        if not HOST_PATTERN.fullmatch(host):
+            raise UsageError(f"invalid registry host {host!r} in {rule.source!r}")
+        registry = uri.reference.registry
+        catalog = self.client(Repository(registry, "", uri.insecure)).list_repositories()
+        fixed = _fixed_prefix(path)
+        return [
+            _Pair(
+                Repository(registry, name, uri.insecure),
+                _target(rule.target, _relative(name, fixed)),
+                rule,
+            )
+            for name in catalog
+            if fnmatch.fnmatchcase(name, path)
+        ]
+
+    def _quay_pairs(self, rule: SyncRule) -> list[_Pair]:
+        uri = parse_uri(rule.source)
+        assert isinstance(uri, QuayURI)
+        named_tag = ":" in split_query(rule.source.partition("://")[2])[0]
+        quay = QuayClient(self.http, api_base(uri.host, self.insecure))
+        fixed = _fixed_prefix(f"{uri.org}/{uri.glob}")
+        return [
+            _Pair(
+                Repository(uri.host, f"{uri.org}/{name}"),
+                _target(rule.target, _relative(f"{uri.org}/{name}", fixed)),
+                rule,
+                (uri.tag,) if named_tag else (),
+            )
+            for name in quay.repositories(uri.org, uri.since)
+            if fnmatch.fnmatchcase(name, uri.glob)
+        ]
+
+    # -- tags and digests ----------------------------------------------------------------
+
+    def _with_tags(self, pair: _Pair) -> tuple[_Pair, PlannedImage | None]:
+        """The pair with the tags its rule keeps (listing the repository when it must)."""
+        if pair.tags:
+            return pair, None
+        tag_filter = pair.rule.tags
+        try:
+            listed = self.client(pair.source).list_tags(pair.source.name)
+        except OccystrapError as exc:
+            if not tag_filter.needs_listing:
+                listed = []
+            else:
+                failure = PlannedImage(
+                    pair.source.uri("*").replace(":*", ""),
+                    str(pair.target),
+                    FAILED,
+                    error=describe_failure(exc),
+                    source_registry=pair.source.registry,
+                )
+                return _Pair(pair.source, pair.target, pair.rule), failure
+        return _Pair(pair.source, pair.target, pair.rule, tuple(tag_filter.select(listed))), None
+
+    def _plan_image(self, pair: _Pair, tag: str) -> PlannedImage:
+        rule, source = pair.rule, pair.source
+        target_uri = pair.target.uri(tag)
+        planned = PlannedImage(
+            source.uri(tag),
+            target_uri,
+            FAILED,
+            source_registry=source.registry,
+            platforms=rule.platforms,
+            referrers=rule.referrers,
+        )
+        try:
+            digest = self._source_digest(source, tag, rule.platforms)
+        except OccystrapError as exc:
+            return _replace(planned, error=describe_failure(exc))
+        try:
+            held = self._target_digest(pair.target, tag)
+        except OccystrapError as exc:
+            return _replace(planned, digest=digest, error=describe_failure(exc))
+        action = UNCHANGED if held == digest else COPY
+        return _replace(
+            planned, action=action, digest=digest, target_digest=held, pinned=source.uri(digest)
+        )
+
+    def _source_digest(self, source: Repository, tag: str, platforms: Sequence[Platform]) -> str:
+        """The digest the target will hold: the source's, or its index narrowed to
+        `platforms` (that needs the index itself: a GET instead of a HEAD)."""
+        client = self.client(source)
+        if not platforms:
+            return client.head_manifest(source.name, tag).digest
+        reference = parse_uri(source.uri(tag))
+        assert isinstance(reference, RegistryURI)
+        item = RegistrySource(client, reference.reference, None).read()
+        if isinstance(item, ImageIndex):
+            return narrow_index(item, platforms).digest
+        return client.head_manifest(source.name, tag).digest
+
+    def _target_digest(self, target: Target, tag: str) -> str | None:
+        if isinstance(target, Layout):
+            return layout_digest(target.path, tag)
+        try:
+            return self.client(target).head_manifest(target.name, tag).digest
+        except RegistryError as exc:
+            if exc.status == 404:
+                return None
+            raise
+
+    # -- pruning -------------------------------------------------------------------------
+
+    def _prunes(
+        self, pairs: Sequence[_Pair], planned: Sequence[PlannedImage], pool: ThreadPoolExecutor
+    ) -> list[PlannedImage]:
+        """Target tags no rule keeps, in registry targets the plan writes to."""
+        kept: dict[Repository, set[str]] = {}
+        for pair in pairs:
+            if isinstance(pair.target, Repository):
+                kept.setdefault(pair.target, set()).update(pair.tags)
+        kept_digests = {image.digest for image in planned if image.digest}
+
+        def stale(target: Repository) -> list[PlannedImage]:
+            try:
+                tags = self.client(target).list_tags(target.name)
+            except RegistryError as exc:
+                if exc.status == 404:
+                    return []
+                raise
+            found = []
+            for tag in tags:
+                if tag in kept[target]:
+                    continue
+                digest = self.client(target).head_manifest(target.name, tag).digest
+                error = None
+                if digest in kept_digests:
+                    error = "its manifest is also under a kept tag; deleting it would drop both"
+                found.append(
+                    PlannedImage(
+                        "",
+                        target.uri(tag),
+                        PRUNE if error is None else FAILED,
+                        digest,
+                        digest,
+                        error,
+                    )
+                )
+            return found
+
+        return [image for images in pool.map(stale, list(kept)) for image in images]
+
+
+def _replace(image: PlannedImage, **changes: object) -> PlannedImage:
+    return PlannedImage(**{**asdict(image), "platforms": image.platforms, **changes})
+
+
+def _fixed_prefix(path: str) -> str:
+    """The directories of a glob before its first wildcard: `team/*` -> `team`."""
+    fixed: list[str] = []
+    for component in path.split("/"):
+        if GLOB_CHARACTERS & set(component):
+            break
+        fixed.append(component)
+    return "/".join(fixed)
+
+
+def _relative(name: str, fixed: str) -> str:
+    """`name` below the glob's fixed directories (which the target stands for)."""
+    return name[len(fixed) + 1 :] if fixed else name
+
+
+def _target(text: str, relative: str) -> Target:
+    """The target of one source repository: the rule's target, or under it for a glob."""
+    uri = parse_uri(text)
+    if isinstance(uri, OciLayoutURI):
+        return Layout(uri.path / relative if relative else uri.path)
+    if not isinstance(uri, RegistryURI):
+        raise UsageError(f"sync target {text!r} is not registry://HOST/PREFIX or oci-layout://PATH")
+    last = text.partition("://")[2].partition("?")[0].rpartition("/")[2]
+    if ":" in last or uri.reference.digest is not None:
+        raise UsageError(
+            f"sync target {text!r} names a tag; a target is a repository (or prefix): the"
+            " source's tags are kept"
+        )
+    name = f"{uri.reference.repository}/{relative}" if relative else uri.reference.repository
+    validate_repository(name, text)
+    return Repository(uri.reference.registry, name, uri.insecure)
+
+
+def layout_digest(path: Path, tag: str) -> str | None:
+    """The digest an OCI layout holds under `tag` (None: no such tag, or no layout yet)."""
+    try:
+        index = json.loads((path / INDEX_FILE).read_bytes())
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError) as exc:
+        raise OccystrapError(f"cannot read {path / INDEX_FILE}: {exc}") from None
+    for entry in index.get("manifests") or []:
+        if (entry.get("annotations") or {}).get(REF_NAME) == tag:
+            return entry.get("digest")
+    return None
+
+
+def split_host(uri: str) -> str | None:
+    """HOST[/PATH] of a registry:// or quay:// URI, for its credentials; None for files."""
+    scheme, _, rest = uri.partition("://")
+    if scheme not in ("registry", "quay"):
+        return None
+    location = rest.partition("?")[0]
+    if scheme == "quay":
+        return parse_uri(uri).registry_hosts()[0]
+    host, _, path = location.partition("/")
+    path = path.partition("@")[0]
+    if ":" in path.rpartition("/")[2]:
+        path = path.rpartition(":")[0]
+    if GLOB_CHARACTERS & set(path):
+        path = _fixed_prefix(path)
+    return f"{canonical_registry_host(host)}/{path}" if path else canonical_registry_host(host)

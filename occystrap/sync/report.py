@@ -1,0 +1,103 @@
+"""What `occystrap sync` prints: one line per image, a summary, a JSON report."""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+
+import click
+
+from occystrap.atomic import atomic_file
+from occystrap.errors import OccystrapError
+from occystrap.progress import human_bytes
+from occystrap.settings import RunSettings
+from occystrap.sync.config import load_spec
+from occystrap.sync.engine import SyncOptions, sync
+from occystrap.sync.plan import PlannedImage, SyncPlan
+from occystrap.sync.run import FAILED, ImageResult, summarise
+
+
+def image_line(result: ImageResult) -> str:
+    line = f"{result.status:<9} "
+    line += f"{result.source} -> {result.target}" if result.source else result.target
+    if result.digest:
+        line += f" {result.digest}"
+    if result.bytes:
+        line += f" ({human_bytes(result.bytes)})"
+    if result.error:
+        line += f": {result.error}"
+    return line
+
+
+def plan_line(image: PlannedImage) -> str:
+    line = f"{image.action:<9} {image.source or image.target}"
+    if image.source:
+        line += f" -> {image.target}"
+    if image.digest:
+        line += f" {image.digest}"
+    if image.error:
+        line += f": {image.error}"
+    return line
+
+
+def print_plan(plan: SyncPlan, output_format: str) -> None:
+    if output_format == "json":
+        click.echo(json.dumps([image.as_json() for image in plan.images], indent=2))
+        return
+    for image in plan.images:
+        click.echo(plan_line(image))
+    counts = {action: plan.count(action) for action in ("copy", "unchanged", "prune", "failed")}
+    click.echo(
+        "occystrap: plan: " + ", ".join(f"{n} {action}" for action, n in counts.items()),
+        err=True,
+    )
+
+
+def run_sync_command(
+    settings: RunSettings,
+    file: Path,
+    *,
+    dest: str | None,
+    scoped: bool,
+    dry_run: bool,
+    prune: bool,
+    keep_going: bool,
+    report: Path | None,
+    image_parallel: int,
+) -> None:
+    spec = load_spec(file, dest, scoped)
+    options = SyncOptions(dry_run, prune, keep_going, image_parallel)
+    text = settings.output_format != "json"
+    started = time.monotonic()
+
+    def on_result(result: ImageResult) -> None:
+        if text:
+            click.echo(image_line(result))
+            sys.stdout.flush()
+
+    outcome = sync(settings, spec, options, on_result)
+    if dry_run:
+        print_plan(outcome.plan, settings.output_format)
+        return
+    documents = [result.as_json() for result in outcome.results]
+    if not text:
+        click.echo(json.dumps(documents, indent=2))
+    if report is not None:
+        with atomic_file(report) as out:
+            out.write(json.dumps(documents, indent=2).encode() + b"\n")
+    counts = summarise(outcome.results)
+    uploaded = sum(result.bytes for result in outcome.results)
+    blobs_up = sum(result.uploaded for result in outcome.results)
+    blobs_mounted = sum(result.mounted for result in outcome.results)
+    click.echo(
+        "occystrap: sync: "
+        + ", ".join(f"{n} {status}" for status, n in counts.items())
+        + f"; blobs {blobs_up} uploaded, {blobs_mounted} mounted; {human_bytes(uploaded)}"
+        f" uploaded in {time.monotonic() - started:.1f} s, {outcome.retries}"
+        f" {'retry' if outcome.retries == 1 else 'retries'}",
+        err=True,
+    )
+    if counts[FAILED]:
+        raise OccystrapError(f"{counts[FAILED]} images failed; see the lines above")

@@ -1,0 +1,290 @@
+"""Carrying out a sync plan: copy what differs, prune if asked, report every image.
+
+`copy_image` is the one function that copies an image of a sync, wherever it runs: in this
+process (`-J` images at once) or as a task on a Dask worker (occystrap.sync.cluster). The
+loop here decides which image starts next: none after a failure unless --keep-going, none
+from a registry whose pull quota is down to the floor, none once the retry budget is spent;
+those are reported `deferred`.
+"""
+
+from __future__ import annotations
+
+import logging
+import tempfile
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+from occystrap.blobcache import BlobCache, open_blob_cache
+from occystrap.compression import DeflatePool
+from occystrap.endpoints import parse_uri
+from occystrap.endpoints.registry import RegistryURI
+from occystrap.errors import OccystrapError
+from occystrap.middleware.builder import ChainClient, build_client
+from occystrap.pipeline import RunContext, TransferStats
+from occystrap.quay.bulk import describe_failure
+from occystrap.registry.ledger import UploadLedger
+from occystrap.manifest import Platform
+from occystrap.settings import RunSettings
+from occystrap.sync.plan import COPY, FAILED, PRUNE, UNCHANGED, PlannedImage, SyncPlan
+
+LOG = logging.getLogger("occystrap.sync")
+
+COPIED, PRUNED, DEFERRED = "copied", "pruned", "deferred"
+STATUSES = (COPIED, UNCHANGED, FAILED, PRUNED, DEFERRED)
+
+
+@dataclass(frozen=True)
+class CopyTask:
+    """One image to copy: URIs and options only, never a credential (it may travel to
+    another machine)."""
+
+    source: str  # pinned by digest: exactly what was planned is copied
+    target: str
+    expected: str | None  # the digest the target must end with
+    platforms: tuple[Platform, ...] = ()
+    referrers: bool = False
+    shown: str = ""  # the source as the plan names it (at its tag), for the result
+
+
+@dataclass
+class ImageResult:
+    """What happened to one image: a line of output and an entry of --report."""
+
+    source: str
+    target: str
+    status: str
+    digest: str | None = None
+    bytes: int = 0
+    error: str | None = None
+    uploaded: int = 0  # blobs uploaded, mounted
+    mounted: int = 0
+    retries: int = 0
+
+    def as_json(self) -> dict:
+        return {
+            "source": self.source,
+            "target": self.target,
+            "status": self.status,
+            "digest": self.digest,
+            "bytes": self.bytes,
+            "error": self.error,
+        }
+
+
+@dataclass
+class CopySession:
+    """What every image copied in one process shares: the one client, the blob cache, the
+    gzip threads, scratch space and the upload ledger."""
+
+    settings: RunSettings
+    http: ChainClient
+    workdir: Path
+    cache: BlobCache
+    deflate_pool: DeflatePool
+    uploads: UploadLedger = field(default_factory=UploadLedger)
+
+    def context(self, stats: TransferStats) -> RunContext:
+        return RunContext(
+            self.settings,
+            self.http,
+            self.workdir,
+            stats=stats,
+            cache=self.cache,
+            deflate_pool=self.deflate_pool,
+            uploads=self.uploads,
+        )
+
+
+@contextmanager
+def open_session(settings: RunSettings, http: ChainClient | None = None) -> Iterator[CopySession]:
+    """A session over `http` (the run's client), or over a client of its own built from
+    `settings` (a Dask worker: credentials from its own files and environment)."""
+    with ExitStack() as stack:
+        if http is None:
+            http = stack.enter_context(build_client(settings.chain_settings()))
+        if settings.temp_dir is not None:
+            settings.temp_dir.mkdir(parents=True, exist_ok=True)
+        work = stack.enter_context(
+            tempfile.TemporaryDirectory(prefix="occystrap-sync-", dir=settings.temp_dir)
+        )
+        cache = stack.enter_context(open_blob_cache(settings.use_cache))
+        pool = stack.enter_context(DeflatePool(settings.parallel))
+        yield CopySession(settings, http, Path(work), cache, pool)
+
+
+def copy_image(task: CopyTask, session: CopySession) -> ImageResult:
+    """Copy one image and check the target then holds the digest planned; any failure is
+    this image's result, never raised."""
+    from occystrap.commands import _copy_one
+
+    stats = TransferStats()
+    retries_before = session.http.retries_made()
+    result = ImageResult(task.shown or task.source, task.target, FAILED)
+    try:
+        source, target = parse_uri(task.source), parse_uri(task.target)
+        copied = _copy_one(source, target, session.context(stats), (), task.platforms)
+        _verify(task, target, copied.digest, session)
+        result.status, result.digest = COPIED, copied.digest
+    except Exception as exc:  # noqa: BLE001 - a failure belongs to this image only
+        LOG.debug("%s failed", task.source, exc_info=True)
+        result.error = describe_failure(exc)
+    result.bytes, result.uploaded, result.mounted = (
+        stats.bytes_uploaded,
+        stats.uploaded,
+        stats.mounted,
+    )
+    result.retries = session.http.retries_made() - retries_before
+    return result
+
+
+def _verify(task: CopyTask, target: Any, written: str | None, session: CopySession) -> None:
+    """The target answers with the planned digest (a registry is asked again, by HEAD)."""
+    if task.expected is not None and written != task.expected:
+        raise OccystrapError(
+            f"{task.target} was written as {written}, not the planned {task.expected};"
+            " the source changed during the run: run the sync again"
+        )
+    if isinstance(target, RegistryURI):
+        from occystrap.registry.client import RegistryClient
+
+        insecure = session.settings.insecure if target.insecure is None else target.insecure
+        client = RegistryClient(session.http, target.reference.registry, insecure=insecure)
+        held = client.head_manifest(target.reference.repository, target.reference.reference)
+        if held.digest != written:
+            raise OccystrapError(
+                f"{task.target} answers {held.digest} after the copy wrote {written};"
+                " something else writes there: run the sync again"
+            )
+
+
+class ImageRunner(Protocol):
+    """Where copies run: threads of this process, or tasks of a Dask cluster."""
+
+    slots: int
+
+    def submit(self, task: CopyTask) -> Any: ...
+    def wait_any(self, running: Sequence[Any]) -> list[Any]: ...
+    def result(self, running: Any) -> ImageResult: ...
+
+
+class ThreadRunner:
+    """The embedded default: `slots` images at once in this process, one session shared."""
+
+    def __init__(self, session: CopySession, slots: int, pool: ThreadPoolExecutor) -> None:
+        self.session, self.slots, self.pool = session, slots, pool
+
+    def submit(self, task: CopyTask) -> Future[ImageResult]:
+        return self.pool.submit(copy_image, task, self.session)
+
+    def wait_any(self, running: Sequence[Future[ImageResult]]) -> list[Future[ImageResult]]:
+        done, _ = wait(running, return_when=FIRST_COMPLETED)
+        return list(done)
+
+    def result(self, running: Future[ImageResult]) -> ImageResult:
+        return running.result()
+
+
+class Gate(Protocol):
+    """Why an image may not start now (None: it may); the quota book and retry budget."""
+
+    def holds(self, image: PlannedImage) -> str | None: ...
+
+
+@dataclass
+class RunOptions:
+    keep_going: bool = False
+    gates: Sequence[Gate] = ()
+    on_result: Callable[[ImageResult], None] = lambda result: None
+
+
+def run_copies(plan: SyncPlan, runner: ImageRunner, options: RunOptions) -> list[ImageResult]:
+    """Every planned copy through `runner`, `runner.slots` at once; results in plan order."""
+    results: dict[int, ImageResult] = {}
+    running: dict[Any, int] = {}
+    stopped: str | None = None
+
+    def finish(position: int, result: ImageResult) -> None:
+        results[position] = result
+        options.on_result(result)
+
+    for position, image in enumerate(plan.images):
+        if image.action == COPY:
+            continue
+        status = {UNCHANGED: UNCHANGED, FAILED: FAILED}.get(image.action)
+        if status is not None:
+            finish(position, _result_of(image, status))
+    queue = [
+        (position, image) for position, image in enumerate(plan.images) if image.action == COPY
+    ]
+    for position, image in queue:
+        while len(running) >= runner.slots:
+            stopped = _collect(runner, running, finish, options) or stopped
+        reason = stopped or next(
+            (why for gate in options.gates if (why := gate.holds(image)) is not None), None
+        )
+        if reason is not None:
+            finish(position, _result_of(image, DEFERRED, reason))
+            continue
+        task = CopyTask(
+            image.pinned or image.source,
+            image.target,
+            image.digest,
+            image.platforms,
+            image.referrers,
+            image.source,
+        )
+        running[runner.submit(task)] = position
+    while running:
+        _collect(runner, running, finish, options)
+    return [results[position] for position in sorted(results)]
+
+
+def _collect(
+    runner: ImageRunner,
+    running: dict[Any, int],
+    finish: Callable[[int, ImageResult], None],
+    options: RunOptions,
+) -> str | None:
+    """Wait for at least one copy; say why nothing more may start, if a failure stops the run."""
+    stop = None
+    for done in runner.wait_any(list(running)):
+        result = runner.result(done)
+        finish(running.pop(done), result)
+        if result.status == FAILED and not options.keep_going:
+            stop = f"not started: {result.source} failed (--keep-going carries on past failures)"
+    return stop
+
+
+def _result_of(image: PlannedImage, status: str, error: str | None = None) -> ImageResult:
+    return ImageResult(image.source, image.target, status, image.digest, 0, error or image.error)
+
+
+def prune(plan: SyncPlan, http: ChainClient, settings: RunSettings) -> list[ImageResult]:
+    """Delete the target tags the plan found stale (by digest, as registries delete)."""
+    from occystrap.registry.client import RegistryClient
+
+    results = []
+    for image in plan.images:
+        if image.action != PRUNE:
+            continue
+        uri = parse_uri(image.target)
+        assert isinstance(uri, RegistryURI) and image.digest is not None
+        insecure = settings.insecure if uri.insecure is None else uri.insecure
+        client = RegistryClient(http, uri.reference.registry, insecure=insecure)
+        try:
+            client.delete_manifest(uri.reference.repository, image.digest)
+            results.append(_result_of(image, PRUNED))
+        except OccystrapError as exc:
+            results.append(_result_of(image, FAILED, describe_failure(exc)))
+    return results
+
+
+def summarise(results: Sequence[ImageResult]) -> dict[str, int]:
+    counts = {status: 0 for status in STATUSES}
+    for result in results:
+        counts[result.status] += 1
+    return counts

@@ -1,0 +1,322 @@
+"""`occystrap sync` end to end: two real registries, skopeo as the judge of every digest."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from tests.integration.cli import run_occystrap
+from tests.integration.fault_proxy import FaultProxy
+from tests.integration.images import (
+    build_oci_layout,
+    push_with_skopeo,
+    random_layer,
+    run_skopeo,
+    skopeo_inspect,
+)
+from tests.integration.servers import RegistryServer
+
+pytestmark = pytest.mark.integration
+
+# repository -> tags; every image shares one base layer and has one of its own.
+SEEDED = {
+    "alpha": ["1.0.0", "1.1.0", "2.0.0-rc1", "latest"],
+    "beta": ["3.18.0", "3.19.1", "3.20.0", "edge"],
+    "team/gamma": ["1.0"],
+    "team/delta": ["0.1", "0.2"],
+}
+
+
+@dataclass
+class Seeded:
+    registry: RegistryServer
+    prefix: str  # unique per module: the seeded repositories are PREFIX/NAME
+
+    def digest(self, repository: str, tag: str) -> str:
+        return skopeo_inspect(self.registry, f"{self.prefix}/{repository}:{tag}")["Digest"]
+
+
+@pytest.fixture(scope="module")
+def seeded(registry_plain, tmp_path_factory) -> Seeded:
+    workdir = tmp_path_factory.mktemp("sync-layouts")
+    prefix = f"sync-{uuid.uuid4().hex[:8]}"
+    base = random_layer(150_000, 11)
+    for repository, tags in SEEDED.items():
+        for tag in tags:
+            layout = workdir / f"{repository.replace('/', '_')}-{tag}"
+            build_oci_layout(layout, [base, {"etc/image": f"{repository}:{tag}".encode()}])
+            push_with_skopeo(layout, registry_plain, f"{prefix}/{repository}", tag)
+    return Seeded(registry_plain, prefix)
+
+
+@pytest.fixture(scope="module")
+def mirror(tmp_path_factory) -> Iterator[RegistryServer]:
+    with RegistryServer(tmp_path_factory.mktemp("sync-mirror")) as server:
+        yield server
+
+
+def write_yaml(path: Path, document: dict) -> Path:
+    path.write_text(json.dumps(document))  # JSON is YAML
+    return path
+
+
+def sync(*args: str, check: bool = True):
+    return run_occystrap("--insecure", "sync", *args, check=check, timeout=300)
+
+
+def result_lines(stdout: str) -> dict[str, str]:
+    """target URI -> status, from the one line per image."""
+    found = {}
+    for line in stdout.splitlines():
+        status, _, rest = line.partition(" ")
+        target = rest.strip().split(" -> ")[-1].split(" ")[0].rstrip(":")
+        found[target] = status
+    return found
+
+
+def test_sync_filters_copies_and_a_second_run_moves_nothing(seeded, mirror, tmp_path):
+    src, dst, prefix = seeded.registry.host, mirror.host, seeded.prefix
+    target = f"{dst}/{prefix}-a"
+    spec = write_yaml(
+        tmp_path / "sync.yaml",
+        {
+            "sync": [
+                {
+                    "source": f"registry://{src}/{prefix}/alpha",
+                    "target": f"registry://{target}/alpha",
+                    "tags": {"deny": ["-rc"], "allow": ["^[0-9]"]},
+                },
+                {
+                    "source": f"registry://{src}/{prefix}/beta",
+                    "target": f"registry://{target}/beta",
+                    "tags": {"semver": ">=3.19", "latest": 1},
+                },
+                {
+                    "source": f"registry://{src}/{prefix}/team/*",
+                    "target": f"registry://{target}/team",
+                },
+            ]
+        },
+    )
+    report = tmp_path / "report.json"
+    first = sync(str(spec), "--report", str(report))
+    wanted = {
+        ("alpha", "1.0.0"),
+        ("alpha", "1.1.0"),
+        ("beta", "3.20.0"),
+        ("team/gamma", "1.0"),
+        ("team/delta", "0.1"),
+        ("team/delta", "0.2"),
+    }
+    expected = {f"registry://{target}/{repo}:{tag}": "copied" for repo, tag in wanted}
+    assert result_lines(first.stdout) == expected, first.stdout
+    for repository, tag in wanted:
+        held = skopeo_inspect(mirror, f"{prefix}-a/{repository}:{tag}")["Digest"]
+        assert held == seeded.digest(repository, tag)
+    # Filtered tags never reached the mirror.
+    listed = run_occystrap("--insecure", "-O", "json", "tags", f"registry://{target}/alpha")
+    assert sorted(json.loads(listed.stdout)) == ["1.0.0", "1.1.0"]
+    entries = json.loads(report.read_text())
+    assert {entry["status"] for entry in entries} == {"copied"}
+    assert all(entry["digest"].startswith("sha256:") for entry in entries)
+    assert set(entries[0]) == {"source", "target", "status", "digest", "bytes", "error"}
+    assert sum(entry["bytes"] for entry in entries) < 2 * 150_000 + 6 * 10_000
+
+    # The second run, with the source behind a recording proxy: one HEAD per tag, no blob.
+    with FaultProxy(seeded.registry.url) as proxy:
+        text = spec.read_text().replace(src, proxy.host)
+        spec.write_text(text)
+        second = sync(str(spec), "--report", str(report))
+        assert set(result_lines(second.stdout).values()) == {"unchanged"}, second.stdout
+        assert not proxy.requests_matching(r"/blobs/"), proxy.requests
+        heads = proxy.requests_matching(r"/manifests/", "HEAD")
+        assert len(heads) == len(wanted)
+        assert not proxy.requests_matching(r"/manifests/", "GET")
+    assert {entry["status"] for entry in json.loads(report.read_text())} == {"unchanged"}
+
+
+def test_shared_base_layer_is_uploaded_once(seeded, mirror, tmp_path):
+    """Eight images share one base layer: one upload, then mounts (cache off, so the run's
+    own ledger is what finds it)."""
+    src, dst, prefix = seeded.registry.host, mirror.host, seeded.prefix
+    spec = write_yaml(
+        tmp_path / "sync.yaml",
+        {
+            "sync": [
+                {
+                    "source": f"registry://{src}/{prefix}/*",
+                    "target": f"registry://{dst}/{prefix}-b",
+                    "tags": {"deny": ["-rc", "edge", "latest"]},
+                }
+            ]
+        },
+    )
+    result = run_occystrap("--insecure", "--no-cache", "-O", "json", "sync", "-J", "4", str(spec))
+    entries = json.loads(result.stdout)
+    assert len(entries) == 8 and {entry["status"] for entry in entries} == {"copied"}
+    # 8 own layers + 8 configs + 1 base: 17 uploads; the base is mounted into the three
+    # other repositories (and found already there for each repository's further tags).
+    assert "blobs 17 uploaded, 3 mounted" in result.stderr, result.stderr
+    assert 150_000 < sum(entry["bytes"] for entry in entries) < 2 * 150_000
+
+
+def test_dry_run_prints_the_plan_and_copies_nothing(seeded, mirror, tmp_path):
+    src, dst, prefix = seeded.registry.host, mirror.host, seeded.prefix
+    spec = write_yaml(
+        tmp_path / "sync.yaml",
+        {
+            "sync": [
+                {
+                    "source": f"registry://{src}/{prefix}/beta",
+                    "target": f"registry://{dst}/{prefix}-c/beta",
+                }
+            ]
+        },
+    )
+    result = run_occystrap("--insecure", "-O", "json", "sync", "--dry-run", str(spec))
+    plan = json.loads(result.stdout)
+    assert sorted(image["target"].rpartition(":")[2] for image in plan) == sorted(SEEDED["beta"])
+    assert {image["action"] for image in plan} == {"copy"}
+    assert all(image["target_digest"] is None for image in plan)
+    for image in plan:
+        tag = image["target"].rpartition(":")[2]
+        assert image["digest"] == seeded.digest("beta", tag)
+    text = sync("--dry-run", str(spec))
+    assert text.stdout.count("copy ") == 4
+    tags = run_occystrap("--insecure", "tags", f"registry://{dst}/{prefix}-c/beta", check=False)
+    assert tags.returncode != 0  # nothing was written
+
+
+def test_prune_deletes_tags_the_source_no_longer_has(seeded, mirror, tmp_path):
+    src, dst, prefix = seeded.registry.host, mirror.host, seeded.prefix
+    rule = {
+        "source": f"registry://{src}/{prefix}/team/delta",
+        "target": f"registry://{dst}/{prefix}-d/delta",
+    }
+    spec = write_yaml(tmp_path / "sync.yaml", {"sync": [rule]})
+    sync(str(spec))
+    narrowed = {**rule, "tags": {"allow": ["^0\\.2$"]}}
+    write_yaml(spec, {"sync": [narrowed]})
+    without = sync(str(spec))
+    assert "pruned" not in without.stdout  # prune is opt-in
+    pruned = sync(str(spec), "--prune")
+    lines = result_lines(pruned.stdout)
+    assert lines == {
+        f"registry://{dst}/{prefix}-d/delta:0.2": "unchanged",
+        f"registry://{dst}/{prefix}-d/delta:0.1": "pruned",
+    }, pruned.stdout
+    listed = run_occystrap("--insecure", "-O", "json", "tags", f"registry://{dst}/{prefix}-d/delta")
+    assert json.loads(listed.stdout) == ["0.2"]
+
+
+def test_keep_going_past_a_broken_image(seeded, mirror, tmp_path):
+    """A tag whose manifest names a config blob the registry lacks fails; --keep-going
+    copies the rest, and the exit status still says something failed."""
+    src, dst, prefix = seeded.registry.host, mirror.host, seeded.prefix
+    broken = f"{prefix}/broken"
+    layout = tmp_path / "broken"
+    build_oci_layout(layout, [random_layer(1000, 3)])
+    push_with_skopeo(layout, seeded.registry, broken, "1")
+    push_with_skopeo(layout, seeded.registry, broken, "2")
+    manifest = skopeo_inspect(seeded.registry, f"{broken}:1", raw=True)
+    layer = manifest["layers"][0]["digest"]
+    # Delete the layer blob: tag 1 and 2 now name a blob that is gone.
+    with seeded.registry.client() as http:
+        assert http.delete(f"{seeded.registry.url}/v2/{broken}/blobs/{layer}").status_code == 202
+    build_oci_layout(tmp_path / "fine", [random_layer(1000, 4)])
+    push_with_skopeo(tmp_path / "fine", seeded.registry, broken, "3")
+    spec = write_yaml(
+        tmp_path / "sync.yaml",
+        {
+            "sync": [
+                {
+                    "source": f"registry://{src}/{broken}",
+                    "target": f"registry://{dst}/{prefix}-e/broken",
+                }
+            ]
+        },
+    )
+    report = tmp_path / "report.json"
+    stopped = sync(str(spec), "-J", "1", "--report", str(report), check=False)
+    assert stopped.returncode != 0
+    entries = json.loads(report.read_text())
+    statuses = [entry["status"] for entry in entries]
+    # One at a time: the first broken image fails, nothing starts after it.
+    assert statuses.count("failed") == 1 and "deferred" in statuses, entries
+    failed = statuses.index("failed")
+    assert entries[failed]["error"] and set(statuses[failed + 1 :]) == {"deferred"}
+    carried = sync(str(spec), "-J", "1", "--keep-going", "--report", str(report), check=False)
+    assert carried.returncode != 0
+    statuses = {e["target"].rpartition(":")[2]: e["status"] for e in json.loads(report.read_text())}
+    assert statuses.pop("3") in ("copied", "unchanged")  # the first run may have copied it
+    assert statuses == {"1": "failed", "2": "failed"}
+    assert skopeo_inspect(mirror, f"{prefix}-e/broken:3")["Digest"] == seeded.digest("broken", "3")
+
+
+def test_skopeo_sync_yaml_gives_what_skopeo_sync_gives(seeded, mirror, tmp_path):
+    src, dst, prefix = seeded.registry.host, mirror.host, seeded.prefix
+    document = {
+        src: {
+            "tls-verify": False,
+            "images": {f"{prefix}/alpha": ["1.0.0", "latest"], f"{prefix}/team/gamma": []},
+            # (skopeo 1.9 predates images-by-semver: tests/unit/test_sync_config.py has it.)
+            "images-by-tag-regex": {f"{prefix}/team/delta": "^0\\.2", f"{prefix}/beta": "^3"},
+        }
+    }
+    spec = write_yaml(tmp_path / "skopeo.yaml", document)
+    run_skopeo(
+        "sync",
+        "--src",
+        "yaml",
+        "--dest",
+        "docker",
+        "--dest-tls-verify=false",
+        str(spec),
+        f"{dst}/{prefix}-skopeo",
+    )
+    ours = sync(str(spec), "--dest", f"registry://{dst}/{prefix}-ours")
+    assert set(result_lines(ours.stdout).values()) == {"copied"}
+    catalog = run_occystrap("--insecure", "-O", "json", "catalog", f"registry://{dst}")
+    names = json.loads(catalog.stdout)
+    theirs = sorted(
+        n.removeprefix(f"{prefix}-skopeo/") for n in names if n.startswith(f"{prefix}-skopeo/")
+    )
+    mine = sorted(
+        n.removeprefix(f"{prefix}-ours/") for n in names if n.startswith(f"{prefix}-ours/")
+    )
+    assert mine == theirs == ["alpha", "beta", "delta", "gamma"]
+    for name in mine:
+        their_tags = run_occystrap(
+            "--insecure", "-O", "json", "tags", f"registry://{dst}/{prefix}-skopeo/{name}"
+        )
+        my_tags = run_occystrap(
+            "--insecure", "-O", "json", "tags", f"registry://{dst}/{prefix}-ours/{name}"
+        )
+        assert sorted(json.loads(my_tags.stdout)) == sorted(json.loads(their_tags.stdout))
+        for tag in json.loads(my_tags.stdout):
+            theirs_digest = skopeo_inspect(mirror, f"{prefix}-skopeo/{name}:{tag}")["Digest"]
+            assert skopeo_inspect(mirror, f"{prefix}-ours/{name}:{tag}")["Digest"] == theirs_digest
+
+
+def test_catalog_lists_repositories_under_a_prefix(seeded):
+    found = run_occystrap(
+        "--insecure", "catalog", f"registry://{seeded.registry.host}/{seeded.prefix}/team"
+    )
+    assert found.stdout.split() == [f"{seeded.prefix}/team/delta", f"{seeded.prefix}/team/gamma"]
+    globbed = run_occystrap(
+        "--insecure",
+        "catalog",
+        f"registry://{seeded.registry.host}",
+        "--glob",
+        f"{seeded.prefix}/*ta",
+    )
+    # As in shell-style globs of repository names elsewhere (quay://), * crosses '/'.
+    assert globbed.stdout.split() == [
+        f"{seeded.prefix}/beta",
+        f"{seeded.prefix}/team/delta",
+    ]

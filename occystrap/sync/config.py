@@ -24,8 +24,8 @@ import yaml
 
 from occystrap.credentials import Credential
 from occystrap.errors import UsageError
-from occystrap.registry.hosts import DOCKER_HUB_HOST, canonical_registry_host
 from occystrap.manifest import Platform, parse_platform
+from occystrap.registry.hosts import DOCKER_HUB_HOST, canonical_registry_host
 from occystrap.sync.tags import TagFilter
 
 _RULE_KEYS = frozenset({"source", "target", "tags", "referrers", "platforms"})

@@ -24,13 +24,13 @@ from occystrap.endpoints.quay import QuayURI
 from occystrap.endpoints.registry import RegistrySource, RegistryURI
 from occystrap.errors import OccystrapError, RegistryError, UsageError
 from occystrap.image import ImageIndex
+from occystrap.manifest import Platform
 from occystrap.ocilayout import INDEX_FILE, REF_NAME
 from occystrap.pipeline import narrow_index
 from occystrap.quay.api import QuayClient, api_base
 from occystrap.quay.bulk import describe_failure
 from occystrap.registry.client import RegistryClient
 from occystrap.registry.hosts import canonical_registry_host
-from occystrap.manifest import Platform
 from occystrap.registry.reference import HOST_PATTERN, validate_repository
 from occystrap.sync.config import SyncRule, SyncSpec
 

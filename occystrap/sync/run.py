@@ -23,11 +23,11 @@ from occystrap.compression import DeflatePool
 from occystrap.endpoints import parse_uri
 from occystrap.endpoints.registry import RegistryURI
 from occystrap.errors import OccystrapError
+from occystrap.manifest import Platform
 from occystrap.middleware.builder import ChainClient, build_client
 from occystrap.pipeline import RunContext, TransferStats
 from occystrap.quay.bulk import describe_failure
 from occystrap.registry.ledger import UploadLedger
-from occystrap.manifest import Platform
 from occystrap.settings import RunSettings
 from occystrap.sync.plan import COPY, FAILED, PRUNE, UNCHANGED, PlannedImage, SyncPlan
 
@@ -126,7 +126,9 @@ def copy_image(task: CopyTask, session: CopySession) -> ImageResult:
     result = ImageResult(task.shown or task.source, task.target, FAILED)
     try:
         source, target = parse_uri(task.source), parse_uri(task.target)
-        copied = _copy_one(source, target, session.context(stats), (), task.platforms)
+        copied = _copy_one(
+            source, target, session.context(stats), (), task.platforms, task.referrers
+        )
         _verify(task, target, copied.digest, session)
         result.status, result.digest = COPIED, copied.digest
     except Exception as exc:  # noqa: BLE001 - a failure belongs to this image only

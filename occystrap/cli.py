@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import sys
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -12,18 +13,22 @@ from typing import TYPE_CHECKING, Any, TypeGuard
 import click
 
 from occystrap import __version__, cancel
+from occystrap.config_file import CONFIG_ENV
 from occystrap.errors import OccystrapError, filesystem_error
 from occystrap.middleware.defaults import (
     DEFAULT_CONNECT_TIMEOUT,
     DEFAULT_DEADLINE,
     DEFAULT_READ_TIMEOUT,
 )
+from occystrap.registries_conf import REGISTRIES_CONF_ENV
 
 # Only what `--version` and `--help` need is imported up here: settings, httpx and the
 # rest load when a command runs (docs/performance.md, "Start-up").
 if TYPE_CHECKING:
     import httpx
 
+    from occystrap.config_file import ConfigFile
+    from occystrap.registries_conf import RegistriesConf
     from occystrap.registry.referrers import Referrer
     from occystrap.settings import RunSettings
 
@@ -93,6 +98,24 @@ def _fail(message: str, status: int) -> None:
 
 @click.group(cls=OneLineErrors, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="occystrap")
+@click.option(
+    "--config",
+    type=click.Path(dir_okay=False),
+    envvar=CONFIG_ENV,
+    is_eager=True,
+    callback=lambda ctx, _param, value: _read_config_file(ctx, value),
+    metavar="FILE",
+    help="Take option defaults from this TOML file (default:"
+    " $XDG_CONFIG_HOME/occystrap/config.toml); see docs/configuration.md.",
+)
+@click.option(
+    "--registries-conf",
+    type=click.Path(dir_okay=False),
+    envvar=REGISTRIES_CONF_ENV,
+    metavar="FILE",
+    help="Read this registries.conf (with the drop-ins) instead of the user's or"
+    " /etc/containers/registries.conf.",
+)
 @click.option(
     "--retries",
     type=click.IntRange(0, 100),
@@ -310,9 +333,155 @@ def main(ctx: click.Context, **options: object) -> None:
     for library in ("httpx", "httpcore", "h2", "hpack"):
         logging.getLogger(library).setLevel(logging.WARNING)
     options["temp_dir"] = Path(str(options["temp_dir"])) if options["temp_dir"] else None
+    from occystrap import registries_conf
     from occystrap.settings import RunSettings
 
+    del options["config"]  # read before the other options, by _read_config_file
+    named = options.pop("registries_conf")
+    conf = registries_conf.load(Path(str(named)) if named else None)
+    registries_conf.activate(conf)
+    ctx.meta[_REGISTRIES_CONF] = conf
     ctx.obj = RunSettings.from_options(options)
+
+
+# -- the configuration file and `occystrap config` -------------------------------------------
+
+_CONFIG_FILE = "occystrap.config_file"
+_REGISTRIES_CONF = "occystrap.registries_conf"
+
+
+def _option_key(param: click.Parameter) -> str | None:
+    """An option's name in the config file: its long name without the dashes."""
+    return next((opt[2:] for opt in param.opts if opt.startswith("--")), None)
+
+
+def _read_config_file(ctx: click.Context, named: str | None) -> None:
+    """--config, $OCCYSTRAP_CONFIG or the default file: its values become the global options'
+    defaults, so the command line and the environment still win. Each value is checked
+    against its option here, so a bad one is a line naming the file and the line."""
+    from occystrap import config_file
+    from occystrap.tomlfile import ConfigFileError
+
+    try:
+        loaded = config_file.load(Path(named) if named else None)
+        options = {_option_key(param): param for param in ctx.command.params}
+        defaults: dict[str, object] = {}
+        for key, entry in loaded.values.items():
+            param = options.get(key)
+            if not isinstance(param, click.Option) or key == "config":
+                raise ConfigFileError(
+                    f"{loaded.where(key)}: unknown option {key!r}: the keys are the long names"
+                    " of the global options (occystrap --help)"
+                )
+            defaults[str(param.name)] = _checked_value(ctx, param, key, entry.value, loaded)
+    except ConfigFileError as exc:
+        raise click.ClickException(str(exc)) from None
+    ctx.default_map = defaults
+    ctx.meta[_CONFIG_FILE] = loaded
+
+
+def _checked_value(
+    ctx: click.Context, param: click.Option, key: str, value: object, loaded: ConfigFile
+) -> object:
+    from occystrap.tomlfile import ConfigFileError
+
+    where = loaded.where(key)
+    if param.multiple:
+        value = [value] if isinstance(value, str) else value
+        if not isinstance(value, list):
+            raise ConfigFileError(f"{where}: {key} takes a list (it may be repeated)")
+    elif param.is_flag and not isinstance(value, bool):
+        raise ConfigFileError(f"{where}: {key} takes true or false, not {value!r}")
+    elif isinstance(value, (list, dict)):
+        raise ConfigFileError(f"{where}: {key} takes one value, not {value!r}")
+    try:
+        param.type_cast_value(ctx, value)
+    except click.BadParameter as exc:
+        raise ConfigFileError(f"{where}: {key}: {exc.format_message()}") from None
+    return value
+
+
+def _source(root: click.Context, param: click.Parameter, key: str) -> str:
+    """Where an option's value came from, for `occystrap config`."""
+    source = root.get_parameter_source(str(param.name))
+    if source is click.core.ParameterSource.COMMANDLINE:
+        return "command line"
+    if source is click.core.ParameterSource.ENVIRONMENT:
+        names = [param.envvar] if isinstance(param.envvar, str) else list(param.envvar or ())
+        return f"environment ({next((n for n in names if os.environ.get(n)), names[0])})"
+    if source is click.core.ParameterSource.DEFAULT_MAP:
+        return f"config file ({root.meta[_CONFIG_FILE].where(key)})"
+    return "default"
+
+
+def effective_configuration(ctx: click.Context) -> dict[str, Any]:
+    """Every global option's value (secrets masked) and source, and the files read."""
+    root = ctx.find_root()
+    loaded: ConfigFile = root.meta[_CONFIG_FILE]
+    from occystrap import config_file
+
+    conf: RegistriesConf = root.meta[_REGISTRIES_CONF]
+    options = {}
+    for param in root.command.params:
+        key = _option_key(param)
+        if key is None or param.name not in root.params or key == "config":
+            continue
+        value = config_file.mask(key, root.params[param.name])
+        if isinstance(value, tuple):
+            value = list(value)
+        options[key] = {"value": value, "source": _source(root, param, key)}
+    return {
+        "options": options,
+        "config_file": str(loaded.path) if loaded.path else None,
+        "registries_conf": [str(path) for path in conf.files],
+        "registries": [
+            {
+                "prefix": entry.prefix,
+                "location": entry.location,
+                "insecure": entry.insecure,
+                "blocked": entry.blocked,
+                "mirrors": [
+                    {"location": m.location, "insecure": m.insecure, "pull": m.pull_from_mirror}
+                    for m in entry.mirrors
+                ],
+                "from": entry.origin,
+            }
+            for entry in conf.registries
+        ],
+        "unqualified_search_registries": list(conf.unqualified_search_registries),
+        "aliases": len(conf.aliases),
+    }
+
+
+def _print_configuration(shown: dict[str, Any]) -> None:
+    def text(value: object) -> str:
+        if value is None:
+            return "-"
+        if isinstance(value, list):
+            return ", ".join(str(item) for item in value) or "-"
+        return str(value)
+
+    for key, entry in shown["options"].items():
+        click.echo(f"{key:<20} {text(entry['value']):<30} {entry['source']}")
+    click.echo(f"{'config file':<20} {text(shown['config_file'])}")
+    click.echo(f"{'registries.conf':<20} {text(shown['registries_conf'])}")
+    click.echo(f"{'search registries':<20} {text(shown['unqualified_search_registries'])}")
+    click.echo(f"{'short-name aliases':<20} {shown['aliases']}")
+    for entry in shown["registries"]:
+        flags = [word for word in ("insecure", "blocked") if entry[word]]
+        mirrors = [
+            f"{m['location']}{' (insecure)' if m['insecure'] else ''}"
+            f"{'' if m['pull'] == 'all' else ' (' + m['pull'] + ')'}"
+            for m in entry["mirrors"]
+        ]
+        line = f"registry {entry['prefix']}"
+        if entry["location"] != entry["prefix"]:
+            line += f" -> {entry['location']}"
+        if flags:
+            line += f" [{', '.join(flags)}]"
+        if mirrors:
+            line += f"; mirrors {', '.join(mirrors)}"
+        click.echo(f"{line}  ({entry['from']})")
 
 
 class _UriFormsCommand(click.Command):
@@ -490,11 +659,24 @@ def manifest(settings: RunSettings, image: str, platform: str | None) -> None:
 
 
 @main.command()
-@click.argument("image")
+@click.argument("image", required=False)
 @PLATFORM_OPTION
-@click.pass_obj
-def config(settings: RunSettings, image: str, platform: str | None) -> None:
-    """Write IMAGE's config JSON to stdout (one platform's: --platform or --os/--architecture)."""
+@click.pass_context
+def config(ctx: click.Context, image: str | None, platform: str | None) -> None:
+    """Write IMAGE's config JSON to stdout (one platform's: --platform or --os/--architecture).
+
+    Without IMAGE: print occystrap's effective configuration, each option's value and where
+    it came from (command line, environment, config file, default), secrets masked, and the
+    registries.conf files read.
+    """
+    settings: RunSettings = ctx.obj
+    if image is None:
+        shown = effective_configuration(ctx)
+        if settings.output_format == "json":
+            click.echo(json.dumps(shown, indent=2))
+        else:
+            _print_configuration(shown)
+        return
     from occystrap import toolbox
 
     _write_stdout(toolbox.config(settings, image, platform))

@@ -18,6 +18,7 @@ each takes is the command line's business (cli.py checks them against its option
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -60,11 +61,19 @@ def load(explicit: Path | None) -> ConfigFile:
     document, text = read_toml(path)
     values: dict[str, ConfigValue] = {}
     for key, value in document.items():
-        line = line_of(text, key) if not isinstance(value, dict) else line_of(text, "", key)
+        line = line_of(text, key)
         if isinstance(value, dict):
+            line = _table_line(text, key)
             value = _table_as_list(path, text, key, value)
         values[key] = ConfigValue(value, line)
     return ConfigFile(path, values)
+
+
+def _table_line(text: str, key: str) -> int:
+    """The line of the first `[key]` or `[key.NAME]` header."""
+    header = re.compile(rf"""^\s*\[\s*(?:"{re.escape(key)}"|{re.escape(key)})\s*[.\]]""")
+    lines = text.splitlines()
+    return next((n + 1 for n, line in enumerate(lines) if header.match(line)), 1)
 
 
 def _table_as_list(path: Path, text: str, key: str, table: Mapping[str, object]) -> list[str]:

@@ -37,6 +37,7 @@ from occystrap.manifest import (
     select_platform,
 )
 from occystrap.middleware.builder import build_client
+from occystrap.registries_conf import RegistriesConf
 from occystrap.registry.client import RegistryClient
 from occystrap.registry.hosts import DOCKER_HUB_HOST, canonical_registry_host
 from occystrap.registry.reference import HOST_PATTERN, ImageReference
@@ -87,7 +88,7 @@ def registry_client(
     registry = uri.reference.registry
     chain = settings.chain_settings([registry])
     if not use_mirrors:
-        chain = dataclasses.replace(chain, mirrors=())
+        chain = dataclasses.replace(chain, mirrors=(), registries=RegistriesConf())
     insecure = settings.insecure if uri.insecure is None else uri.insecure
     with build_client(chain) as http:
         yield RegistryClient(http, registry, insecure=insecure)
@@ -321,6 +322,7 @@ def _verify(settings: RunSettings, host: str, credential: Credential) -> None:
     chain = dataclasses.replace(
         settings.chain_settings([host]),
         mirrors=(),
+        registries=RegistriesConf(),
         credentials=CredentialStore({host: credential}, []),
     )
     with build_client(chain) as http:

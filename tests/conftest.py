@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import pytest
+
+from occystrap import registries_conf
 
 
 @pytest.fixture(autouse=True)
@@ -13,7 +17,7 @@ def _private_blob_cache(tmp_path_factory, monkeypatch) -> None:
 
 
 @pytest.fixture(autouse=True)
-def _private_configuration(tmp_path_factory, monkeypatch) -> None:
+def _private_configuration(tmp_path_factory, monkeypatch) -> Iterator[None]:
     """No test (nor any occystrap, skopeo or podman it runs) reads the machine's
     /etc/containers/registries.conf(.d) or the user's ~/.config: podman's Debian package
     installs search registries and short-name aliases there, which would turn a bare name
@@ -25,3 +29,5 @@ def _private_configuration(tmp_path_factory, monkeypatch) -> None:
     monkeypatch.setenv("CONTAINERS_REGISTRIES_CONF", str(empty))
     monkeypatch.setenv("OCCYSTRAP_REGISTRIES_CONF_D", "")
     monkeypatch.delenv("OCCYSTRAP_CONFIG", raising=False)
+    yield
+    registries_conf.activate(registries_conf.RegistriesConf())  # the CLI, run in-process, set it

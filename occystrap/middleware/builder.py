@@ -25,17 +25,18 @@ from typing import Any
 
 import httpx
 
-from occystrap import __version__, cancel
+from occystrap import __version__, cancel, registries_conf
 from occystrap.credentials import CredentialStore
 from occystrap.middleware.defaults import DEFAULT_DEADLINE, DEFAULT_QUAY_API
 from occystrap.middleware.logging import Logging
-from occystrap.middleware.mirror import Mirror, parse_mirrors
+from occystrap.middleware.mirror import Mirror, mirror_table
 from occystrap.middleware.plugins import apply_plugins, automatic_specs, parse_middleware_spec
 from occystrap.middleware.quay_auth import QuayAuth
 from occystrap.middleware.ratelimit import RateLimit, parse_rate_limits
 from occystrap.middleware.registry_auth import RegistryAuth
 from occystrap.middleware.retry import Retry
 from occystrap.middleware.transport import DEFAULT_TIMEOUT, build_base_transport
+from occystrap.registries_conf import RegistriesConf
 
 LOG = logging.getLogger("occystrap.chain")
 USER_AGENT = f"occystrap/{__version__}"
@@ -48,6 +49,8 @@ class ChainSettings:
     retries: int = 3
     rate_limits: Sequence[str] = ()
     mirrors: Sequence[str] = ()
+    # Its [[registry.mirror]] lists join `mirrors`: the configuration in effect by default.
+    registries: RegistriesConf = field(default_factory=registries_conf.active)
     credentials: CredentialStore = field(default_factory=CredentialStore.empty)
     quay_api_base: str = DEFAULT_QUAY_API
     quay_token: str | None = None
@@ -84,8 +87,9 @@ def build_transport(settings: ChainSettings) -> httpx.BaseTransport:
     )
     transport = QuayAuth(transport, api_base=settings.quay_api_base, token=settings.quay_token)
     transport = RegistryAuth(transport, settings.credentials)
-    if settings.mirrors:
-        transport = Mirror(transport, parse_mirrors(list(settings.mirrors)))
+    mirrors = mirror_table(settings.mirrors, settings.registries)
+    if mirrors:
+        transport = Mirror(transport, mirrors)
     specs = [parse_middleware_spec(spec) for spec in settings.middlewares]
     return apply_plugins(transport, specs + automatic_specs([name for name, _ in specs]))
 

@@ -13,6 +13,7 @@ from occystrap.cli import main
 class Outcome:
     status: int
     stderr: str
+    stdout: str = ""
 
     def assert_one_line_error(self, *fragments: str) -> None:
         lines = self.stderr.strip().splitlines()
@@ -32,4 +33,4 @@ def run_cli(*args: str) -> Outcome:
             main.main(args=list(args), prog_name="occystrap")
         except SystemExit as exit_:
             status = exit_.code if isinstance(exit_.code, int) else 1
-    return Outcome(status, err.getvalue())
+    return Outcome(status, err.getvalue(), out.getvalue())

@@ -1,0 +1,211 @@
+"""registries.conf and the config file against real registries, skopeo as the reference:
+mirrors read first (the proxies' logs say so) with fallthrough, insecure, blocked, location
+rewrites, digest-only mirrors, short names, each precedence level, one-line errors."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from tests.integration.cli import assert_one_line_error, run_occystrap
+from tests.integration.fault_proxy import FaultProxy
+from tests.integration.images import run_skopeo, skopeo_inspect
+from tests.integration.pull_checks import TAG, assert_tar_is_image, seed_image
+
+pytestmark = pytest.mark.integration
+
+MANIFEST_BY_TAG = rf"/manifests/{TAG}$"
+
+
+@pytest.fixture
+def origin(registry_plain):
+    """The origin registry, behind a proxy that logs every request."""
+    with FaultProxy(registry_plain.url) as proxy:
+        yield proxy
+
+
+@pytest.fixture
+def mirror(registry_no_delete):
+    """A second loopback registry as the mirror, behind its own logging proxy."""
+    with FaultProxy(registry_no_delete.url) as proxy:
+        yield proxy
+
+
+def write_conf(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "registries.conf"
+    path.write_text(text)
+    return path
+
+
+def mirrored(origin_host: str, mirror_host: str, pull: str = "all") -> str:
+    return f"""
+[[registry]]
+prefix = "{origin_host}"
+location = "{origin_host}"
+insecure = true
+
+[[registry.mirror]]
+location = "{mirror_host}"
+insecure = true
+pull-from-mirror = "{pull}"
+"""
+
+
+def pull(conf: Path, reference: str, out: Path, *flags: str, check: bool = True):
+    return run_occystrap(
+        "--registries-conf", str(conf), *flags, "process", f"registry://{reference}",
+        f"tar://{out}", check=check,
+    )  # fmt: skip
+
+
+def skopeo_digest(conf: Path, reference: str) -> str:
+    inspected = run_skopeo(
+        "--registries-conf",
+        str(conf),
+        "inspect",
+        "--no-creds",
+        "--no-tags",
+        f"docker://{reference}",
+    )
+    return json.loads(inspected.stdout)["Digest"]
+
+
+def test_mirror_is_read_first_and_the_origin_serves_what_it_lacks(
+    origin, mirror, registry_plain, registry_no_delete, unique_repo, tmp_path
+):
+    on_both, only_origin = f"{unique_repo}-both", f"{unique_repo}-origin"
+    seed_image(registry_plain, on_both, tmp_path)
+    seed_image(registry_no_delete, on_both, tmp_path)
+    seed_image(registry_plain, only_origin, tmp_path)
+    conf = write_conf(tmp_path, mirrored(origin.host, mirror.host))
+
+    pull(conf, f"{origin.host}/{on_both}:{TAG}", tmp_path / "both.tar")  # no --insecure
+    assert_tar_is_image(tmp_path / "both.tar", registry_plain, on_both)
+    assert mirror.requests_matching(MANIFEST_BY_TAG, "GET")
+    assert mirror.requests_matching(r"/blobs/sha256:", "GET")
+    assert origin.requests_matching(r"/manifests/|/blobs/") == []
+
+    pull(conf, f"{origin.host}/{only_origin}:{TAG}", tmp_path / "origin.tar")
+    assert_tar_is_image(tmp_path / "origin.tar", registry_plain, only_origin)
+    asked = [r for r in mirror.requests if only_origin in r.path]
+    assert asked and asked[0].path.endswith(f"/manifests/{TAG}")  # the mirror first ...
+    assert origin.requests_matching(rf"{only_origin}/manifests/{TAG}$")  # ... then the origin
+
+
+def test_skopeo_reads_the_same_file_to_the_same_image(
+    registry_plain, registry_no_delete, unique_repo, tmp_path
+):
+    """An image only the mirror holds: both tools find it, so both went to the mirror, and
+    agree on its digest. (Without the logging proxies: they pass on one Accept header of
+    skopeo's several, which makes the registry answer skopeo in schema 1.)"""
+    seed_image(registry_no_delete, unique_repo, tmp_path)
+    conf = write_conf(tmp_path, mirrored(registry_plain.host, registry_no_delete.host))
+    reference = f"{registry_plain.host}/{unique_repo}:{TAG}"
+    ours = run_occystrap("--registries-conf", str(conf), "digest", f"registry://{reference}")
+    theirs = skopeo_digest(conf, reference)
+    assert (
+        ours.stdout.strip()
+        == theirs
+        == skopeo_inspect(registry_no_delete, unique_repo + ":" + TAG)["Digest"]
+    )
+    pull(conf, reference, tmp_path / "image.tar")
+    assert_tar_is_image(tmp_path / "image.tar", registry_no_delete, unique_repo)
+
+
+def test_digest_only_mirror_is_not_asked_for_tags(
+    origin, mirror, registry_plain, registry_no_delete, unique_repo, tmp_path
+):
+    seed_image(registry_plain, unique_repo, tmp_path)
+    seed_image(registry_no_delete, unique_repo, tmp_path)
+    conf = write_conf(tmp_path, mirrored(origin.host, mirror.host, "digest-only"))
+    pull(conf, f"{origin.host}/{unique_repo}:{TAG}", tmp_path / "image.tar")
+    assert_tar_is_image(tmp_path / "image.tar", registry_plain, unique_repo)
+    assert mirror.requests_matching(r"/manifests/") == []
+    assert origin.requests_matching(MANIFEST_BY_TAG)
+    assert mirror.requests_matching(r"/blobs/sha256:", "GET")  # digests may come from it
+
+
+def test_insecure_lets_plain_http_work_without_the_flag(registry_plain, unique_repo, tmp_path):
+    seed_image(registry_plain, unique_repo, tmp_path)
+    image = f"registry://{registry_plain.host}/{unique_repo}:{TAG}"
+    empty = write_conf(tmp_path, "")
+    refused = run_occystrap("--registries-conf", str(empty), "digest", image, check=False)
+    assert refused.returncode != 0
+    conf = write_conf(
+        tmp_path, f'[[registry]]\nlocation = "{registry_plain.host}"\ninsecure = true\n'
+    )
+    digest = run_occystrap("--registries-conf", str(conf), "digest", image).stdout.strip()
+    assert digest == skopeo_digest(conf, f"{registry_plain.host}/{unique_repo}:{TAG}")
+
+
+def test_blocked_is_refused_before_any_request(origin, unique_repo, tmp_path):
+    conf = write_conf(tmp_path, f'\n[[registry]]\nprefix = "{origin.host}/test"\nblocked = true\n')
+    out = tmp_path / "image.tar"
+    result = pull(conf, f"{origin.host}/{unique_repo}:{TAG}", out, "--insecure", check=False)
+    assert_one_line_error(result, "blocked by", f"{conf}:2", f"prefix '{origin.host}/test'")
+    assert origin.requests == [] and not out.exists()
+
+
+def test_location_rewrite_lands_on_the_rewritten_host(
+    origin, registry_plain, unique_repo, tmp_path
+):
+    seed_image(registry_plain, unique_repo, tmp_path)
+    conf = write_conf(
+        tmp_path,
+        f'[[registry]]\nprefix = "images.example/team"\nlocation = "{origin.host}/test"\n'
+        "insecure = true\n",
+    )
+    name = unique_repo.removeprefix("test/")
+    pull(conf, f"images.example/team/{name}:{TAG}", tmp_path / "image.tar")
+    assert_tar_is_image(tmp_path / "image.tar", registry_plain, unique_repo)
+    assert origin.requests_matching(rf"/v2/{unique_repo}/manifests/{TAG}$")
+
+
+def test_short_names(registry_plain, unique_repo, tmp_path):
+    seed_image(registry_plain, unique_repo, tmp_path)
+    conf = write_conf(
+        tmp_path,
+        'unqualified-search-registries = ["one.invalid", "two.invalid"]\n'
+        f'[[registry]]\nlocation = "{registry_plain.host}"\ninsecure = true\n'
+        f'[aliases]\n"myapp" = "{registry_plain.host}/{unique_repo}"\n',
+    )
+    pull(conf, f"myapp:{TAG}", tmp_path / "image.tar")
+    assert_tar_is_image(tmp_path / "image.tar", registry_plain, unique_repo)
+    ambiguous = pull(conf, "alpine", tmp_path / "alpine.tar", check=False)
+    assert_one_line_error(ambiguous, "ambiguous", "one.invalid/alpine, two.invalid/alpine")
+
+
+def test_config_file_environment_and_command_line_each_win(registry_plain, unique_repo, tmp_path):
+    """`insecure` decides whether a plain-HTTP registry answers: each level overrides the one
+    below it, and `occystrap config` names the level that won."""
+    seed_image(registry_plain, unique_repo, tmp_path)
+    config = tmp_path / "config.toml"
+    config.write_text("retries = 0\ninsecure = true\n")
+    image = f"registry://{registry_plain.host}/{unique_repo}:{TAG}"
+    file_only = {"OCCYSTRAP_CONFIG": str(config)}
+    env_off = {**file_only, "OCCYSTRAP_INSECURE": "false"}
+
+    def insecure_source(env: dict[str, str], *flags: str) -> str:
+        shown = json.loads(run_occystrap(*flags, "-O", "json", "config", env=env).stdout)
+        return shown["options"]["insecure"]["source"]
+
+    assert run_occystrap("digest", image, env=file_only).stdout.startswith("sha256:")
+    assert insecure_source(file_only) == f"config file ({config}:2)"
+    assert run_occystrap("digest", image, env=env_off, check=False).returncode != 0
+    assert insecure_source(env_off) == "environment (OCCYSTRAP_INSECURE)"
+    assert run_occystrap("--insecure", "digest", image, env=env_off).stdout.startswith("sha256:")
+    assert insecure_source(env_off, "--insecure") == "command line"
+    assert insecure_source({}) == "default"
+
+
+def test_malformed_files_are_one_line(registry_plain, tmp_path):
+    image = f"registry://{registry_plain.host}/a/b:{TAG}"
+    config = tmp_path / "config.toml"
+    config.write_text("retries = 2\nparallel = = 3\n")
+    result = run_occystrap("--config", str(config), "digest", image, check=False)
+    assert_one_line_error(result, f"{config}:2:", "not valid TOML")
+    conf = write_conf(tmp_path, '[[registry]]\nlocation = "x.example"\n[[registry.mirror]]\n')
+    result = run_occystrap("--registries-conf", str(conf), "digest", image, check=False)
+    assert_one_line_error(result, f"{conf}:3:", "needs a location")

@@ -845,6 +845,21 @@ def logout(settings: RunSettings, host: str) -> None:
     envvar="OCCYSTRAP_IMAGE_PARALLEL",
     help="Images copied at once.",
 )
+@click.option(
+    "--quota-floor",
+    type=click.IntRange(0, 1_000_000),
+    default=5,
+    show_default=True,
+    help="Start no image from a registry whose stated pull quota (RateLimit-Remaining) is"
+    " down to this; report the rest deferred.",
+)
+@click.option(
+    "--retry-budget",
+    type=click.IntRange(0, 1_000_000),
+    default=None,
+    help="Retries allowed in all for the run; then it fails fast (default: only --retries"
+    " per request).",
+)
 @click.pass_obj
 def sync(
     settings: RunSettings,
@@ -856,12 +871,15 @@ def sync(
     keep_going: bool,
     report: str | None,
     image_parallel: int,
+    quota_floor: int,
+    retry_budget: int | None,
 ) -> None:
     """Keep the repositories FILE names in step: plan, then copy only what differs.
 
     FILE is occystrap's sync YAML (a `sync:` list of source/target rules) or a skopeo sync
     YAML (with --dest). See docs/sync.md.
     """
+    from occystrap.sync.engine import SyncOptions
     from occystrap.sync.report import run_sync_command
 
     run_sync_command(
@@ -869,11 +887,8 @@ def sync(
         Path(file),
         dest=dest,
         scoped=scoped,
-        dry_run=dry_run,
-        prune=prune,
-        keep_going=keep_going,
+        options=SyncOptions(dry_run, prune, keep_going, image_parallel, quota_floor, retry_budget),
         report=Path(report) if report else None,
-        image_parallel=image_parallel,
     )
 
 
@@ -888,3 +903,23 @@ def catalog(settings: RunSettings, registry: str, pattern: str | None) -> None:
     found = toolbox.catalog(settings, registry, pattern)
     for line in [json.dumps(found)] if settings.output_format == "json" else found:
         click.echo(line)
+
+
+@main.command()
+@click.argument("image")
+@click.pass_obj
+def ratelimit(settings: RunSettings, image: str) -> None:
+    """Print the pull quota IMAGE's registry states (limit, remaining, window), as a HEAD of
+    its manifest (free on Docker Hub) answers it; -O json for JSON."""
+    from occystrap import toolbox
+
+    reading = toolbox.ratelimit(settings, image)
+    if settings.output_format == "json":
+        click.echo(json.dumps(reading))
+        return
+    if reading["remaining"] is None:
+        click.echo(f"{reading['registry']} states no pull quota")
+        return
+    for key in ("registry", "limit", "remaining", "window"):
+        value = "-" if reading[key] is None else str(reading[key])
+        click.echo(f"{key}: {value}{' s' if key == 'window' and value != '-' else ''}")

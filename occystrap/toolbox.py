@@ -37,6 +37,7 @@ from occystrap.manifest import (
     select_platform,
 )
 from occystrap.middleware.builder import build_client
+from occystrap.middleware.quota import QuotaBook
 from occystrap.registries_conf import RegistriesConf
 from occystrap.registry.client import RegistryClient
 from occystrap.registry.hosts import DOCKER_HUB_HOST, canonical_registry_host
@@ -146,6 +147,26 @@ def catalog(settings: RunSettings, registry: str, pattern: str | None = None) ->
         if (not prefix or name == prefix or name.startswith(prefix + "/"))
         and (pattern is None or fnmatch.fnmatchcase(name, pattern))
     ]
+
+
+def ratelimit(settings: RunSettings, image: str) -> dict:
+    """The pull quota IMAGE's registry states on a HEAD of its manifest (which Docker Hub
+    does not count): limit, remaining, window in seconds; None where it states none."""
+    uri = registry_uri(image)
+    reference = uri.reference
+    book = QuotaBook()
+    chain = dataclasses.replace(settings.chain_settings([reference.registry]), quota=book)
+    insecure = settings.insecure if uri.insecure is None else uri.insecure
+    with build_client(chain) as http:
+        client = RegistryClient(http, reference.registry, insecure=insecure)
+        client.head_manifest(reference.repository, reference.reference)
+    reading = book.reading(reference.registry)
+    return {
+        "registry": reference.registry,
+        "limit": reading.limit if reading else None,
+        "remaining": reading.remaining if reading else None,
+        "window": reading.window if reading else None,
+    }
 
 
 def digest(settings: RunSettings, image: str, platform: str | None = None) -> str:

@@ -9,6 +9,7 @@ Outermost first (a request travels down this list, a response back up):
     QuayAuth      bearer token for the Quay API base only
     Retry         backoff and Retry-After; token fetches and mirror misses pass through it
     RateLimit     every attempt that reaches the network counts
+    QuotaObserver reads a registry's pull quota (RateLimit-Remaining) from every answer
     Logging       one line per network attempt
     base          HTTP/2-capable httpx.HTTPTransport (TLS per host from certs.d, proxies, limits)
 
@@ -32,9 +33,10 @@ from occystrap.middleware.logging import Logging
 from occystrap.middleware.mirror import Mirror, mirror_table
 from occystrap.middleware.plugins import apply_plugins, automatic_specs, parse_middleware_spec
 from occystrap.middleware.quay_auth import QuayAuth
+from occystrap.middleware.quota import QuotaBook, QuotaObserver
 from occystrap.middleware.ratelimit import RateLimit, parse_rate_limits
 from occystrap.middleware.registry_auth import RegistryAuth
-from occystrap.middleware.retry import Retry
+from occystrap.middleware.retry import Retry, RetryBudget
 from occystrap.middleware.transport import DEFAULT_TIMEOUT, build_base_transport
 from occystrap.registries_conf import RegistriesConf
 
@@ -65,6 +67,10 @@ class ChainSettings:
     deadline: float = DEFAULT_DEADLINE
     # Told (host, seconds) before the rate limiter holds a request: the progress display.
     on_rate_wait: Callable[[str, float], None] | None = None
+    # Where registries' stated pull quotas are recorded (sync); None: not observed.
+    quota: QuotaBook | None = None
+    # Retries allowed in all, shared by every request of the run; None: only --retries each.
+    retry_budget: RetryBudget | None = None
 
 
 def build_transport(settings: ChainSettings) -> httpx.BaseTransport:
@@ -78,12 +84,18 @@ def build_transport(settings: ChainSettings) -> httpx.BaseTransport:
         timeout=settings.timeout,
     )
     transport = Logging(transport)
+    if settings.quota is not None:
+        transport = QuotaObserver(transport, settings.quota)
     if settings.rate_limits:
         transport = RateLimit(
             transport, parse_rate_limits(list(settings.rate_limits)), settings.on_rate_wait
         )
     transport = Retry(
-        transport, retries=settings.retries, sleep=cancel.sleep, deadline=settings.deadline
+        transport,
+        retries=settings.retries,
+        sleep=cancel.sleep,
+        deadline=settings.deadline,
+        budget=settings.retry_budget,
     )
     transport = QuayAuth(transport, api_base=settings.quay_api_base, token=settings.quay_token)
     transport = RegistryAuth(transport, settings.credentials)

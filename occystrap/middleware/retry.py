@@ -85,6 +85,31 @@ class ResponseTooLarge(httpx.TransportError, OccystrapError):
     """A buffered body grew past its limit: a hostile or broken server, never worth a retry."""
 
 
+class RetryBudget:
+    """Retries a whole run may make (--retry-budget): when a registry keeps failing, the run
+    stops retrying and fails fast instead of retrying every request of every image."""
+
+    def __init__(self, limit: int) -> None:
+        if limit < 0:
+            raise ValueError(f"a retry budget is 0 or more, not {limit}")
+        self.limit = limit
+        self.spent = 0
+        self._lock = threading.Lock()
+
+    def spend(self) -> bool:
+        """Take one retry; False when none is left."""
+        with self._lock:
+            if self.spent >= self.limit:
+                return False
+            self.spent += 1
+            return True
+
+    @property
+    def exhausted(self) -> bool:
+        with self._lock:
+            return self.spent >= self.limit
+
+
 class Retry(Middleware):
     """Re-sends a failed request up to `retries` more times, sleeping between attempts."""
 
@@ -99,6 +124,7 @@ class Retry(Middleware):
         rng: random.Random | None = None,
         deadline: float = DEFAULT_DEADLINE,
         clock: Callable[[], float] = time.monotonic,
+        budget: RetryBudget | None = None,
     ) -> None:
         if retries < 0:
             raise ValueError(f"retries must be 0 or more, not {retries}")
@@ -113,6 +139,7 @@ class Retry(Middleware):
         self._rng = rng or random.Random()
         self.deadline = deadline
         self._clock = clock
+        self.budget = budget
         self._count_lock = threading.Lock()
         self.retries_made = 0  # across all requests and threads, for the run's summary
 
@@ -133,7 +160,7 @@ class Retry(Middleware):
                 if isinstance(exc, OccystrapError):
                     raise
                 delay = self._backoff(attempt)
-                if is_last or self._clock() + delay >= deadline:
+                if is_last or self._clock() + delay >= deadline or not self._spend():
                     raise
                 failure = type(exc).__name__
             else:
@@ -141,7 +168,7 @@ class Retry(Middleware):
                     response.extensions[ATTEMPTS] = attempt
                     return response
                 delay = self._delay_after(response, attempt)
-                if self._clock() + delay >= deadline:
+                if self._clock() + delay >= deadline or not self._spend():
                     response.extensions[ATTEMPTS] = attempt
                     return response
                 failure = f"status {response.status_code}"
@@ -199,6 +226,10 @@ class Retry(Middleware):
             stream=httpx.ByteStream(bytes(body[:cap])),
             extensions=response.extensions,
         )
+
+    def _spend(self) -> bool:
+        """Whether the run's retry budget (if any) allows one more retry; takes it."""
+        return self.budget is None or self.budget.spend()
 
     def _backoff(self, attempt: int) -> float:
         return backoff_delay(attempt, self.backoff_base, self.backoff_max, self._rng)

@@ -2,18 +2,22 @@
 
 from __future__ import annotations
 
+import datetime
 import logging
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from occystrap.cancel import cancellable_pool
 from occystrap.middleware.builder import ChainClient, build_client
+from occystrap.middleware.quota import QuotaBook
+from occystrap.middleware.retry import RetryBudget
 from occystrap.settings import RunSettings
 from occystrap.sync.config import SyncSpec
-from occystrap.sync.plan import FAILED, Planner, SyncPlan, split_host
+from occystrap.sync.plan import FAILED, PlannedImage, Planner, SyncPlan, split_host
 from occystrap.sync.run import (
     DEFERRED,
+    Gate,
     ImageResult,
     RunOptions,
     ThreadRunner,
@@ -31,6 +35,8 @@ class SyncOptions:
     prune: bool = False
     keep_going: bool = False
     image_parallel: int = 3  # images at once (embedded runner)
+    quota_floor: int = 5  # start no image from a registry with this few pulls left
+    retry_budget: int | None = None  # retries in all for the run; None: no limit
 
 
 @dataclass
@@ -48,14 +54,51 @@ class SyncOutcome:
         return any(result.status == DEFERRED for result in self.results)
 
 
+class QuotaGate:
+    """No new image from a registry whose stated pull quota is down to the floor."""
+
+    def __init__(self, book: QuotaBook, floor: int) -> None:
+        self.book, self.floor = book, floor
+
+    def holds(self, image: PlannedImage) -> str | None:
+        reading = self.book.reading(image.source_registry)
+        if reading is None or reading.remaining > self.floor:
+            return None
+        when = ""
+        if reading.resets is not None:
+            stamp = datetime.datetime.fromtimestamp(reading.resets, datetime.UTC)
+            when = f"; its window resets by {stamp.isoformat(timespec='seconds')}"
+        return (
+            f"{reading.host} has {reading.remaining} pulls left (--quota-floor"
+            f" {self.floor}){when}: run again then"
+        )
+
+
+class BudgetGate:
+    """No new image once the run's retry budget is spent: the registry is failing."""
+
+    def __init__(self, budget: RetryBudget) -> None:
+        self.budget = budget
+
+    def holds(self, image: PlannedImage) -> str | None:
+        if not self.budget.exhausted:
+            return None
+        return f"the retry budget ({self.budget.limit} retries) is spent; run again later"
+
+
 @contextmanager
-def sync_client(settings: RunSettings, spec: SyncSpec) -> Iterator[ChainClient]:
+def sync_client(
+    settings: RunSettings,
+    spec: SyncSpec,
+    quota: QuotaBook | None = None,
+    budget: RetryBudget | None = None,
+) -> Iterator[ChainClient]:
     """The run's one client, with --src-creds for every source host and --dest-creds for
     every target host (and a skopeo file's credentials for its hosts)."""
     sources = [split_host(rule.source) for rule in spec.rules]
     targets = [split_host(rule.target) for rule in spec.rules]
     chain = settings.ends_chain_settings(sources, targets, extra=spec.credentials)
-    with build_client(chain) as http:
+    with build_client(replace(chain, quota=quota, retry_budget=budget)) as http:
         yield http
 
 
@@ -71,12 +114,17 @@ def sync(
     on_result: Callable[[ImageResult], None] = lambda result: None,
 ) -> SyncOutcome:
     """Plan `spec`, copy what differs (`image_parallel` at once), prune if asked."""
-    with sync_client(settings, spec) as http:
+    quota = QuotaBook()
+    budget = RetryBudget(options.retry_budget) if options.retry_budget is not None else None
+    with sync_client(settings, spec, quota, budget) as http:
         plan = Planner(http, settings.insecure, options.prune).plan(spec)
         outcome = SyncOutcome(plan)
         if options.dry_run:
             return outcome
-        run_options = RunOptions(options.keep_going, on_result=on_result)
+        gates: list[Gate] = [QuotaGate(quota, options.quota_floor)]
+        if budget is not None:
+            gates.append(BudgetGate(budget))
+        run_options = RunOptions(options.keep_going, gates, on_result)
         with (
             open_session(settings, http) as session,
             cancellable_pool(options.image_parallel, "sync") as pool,

@@ -61,14 +61,11 @@ def run_sync_command(
     *,
     dest: str | None,
     scoped: bool,
-    dry_run: bool,
-    prune: bool,
-    keep_going: bool,
+    options: SyncOptions,
     report: Path | None,
-    image_parallel: int,
 ) -> None:
     spec = load_spec(file, dest, scoped)
-    options = SyncOptions(dry_run, prune, keep_going, image_parallel)
+    dry_run = options.dry_run
     text = settings.output_format != "json"
     started = time.monotonic()
 

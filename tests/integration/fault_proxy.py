@@ -86,6 +86,15 @@ class _Fault:
         )
 
 
+@dataclass
+class _Quota:
+    path: re.Pattern[str]
+    method: str
+    limit: int
+    window: int
+    remaining: int
+
+
 class _QuietHTTPServer(ThreadingHTTPServer):
     """Clients hanging up mid-response is normal in fault tests, not worth a traceback."""
 
@@ -214,6 +223,7 @@ class FaultProxy(ForwardingServer):
         super().__init__(upstream_url, upstream_ssl, upstream_headers)
         self._faults: list[_Fault] = []
         self._redirect_target: ForwardingServer | None = None
+        self._quota: _Quota | None = None
         self._chunks_only = False
 
     def fail_next(
@@ -257,11 +267,21 @@ class FaultProxy(ForwardingServer):
         with self._lock:
             self._chunks_only = refuse
 
+    def count_down_quota(
+        self, limit: int, window: int = 21600, path: str = r"/manifests/", method: str = "GET"
+    ) -> None:
+        """Act as Docker Hub does: every answer states `RateLimit-Limit: LIMIT;w=WINDOW` and
+        `RateLimit-Remaining`; each matching request spends a pull, and with none left a
+        matching request is answered 429 (recorded as "rate-limited")."""
+        with self._lock:
+            self._quota = _Quota(re.compile(path), method, limit, window, limit)
+
     def reset(self) -> None:
         """Forget recorded requests and every programmed fault."""
         with self._lock:
             self._faults.clear()
             self._redirect_target = None
+            self._quota = None
             self._chunks_only = False
         super().reset()
 
@@ -273,7 +293,27 @@ class FaultProxy(ForwardingServer):
                     return fault
         return None
 
+    def _spend_quota(self, handler: _Handler) -> bool:
+        """Charge a pull to the quota (if one is set); False when none is left."""
+        with self._lock:
+            quota = self._quota
+            if quota is None:
+                return True
+            spends = quota.path.search(handler.path) and handler.command == quota.method
+            allowed = not spends or quota.remaining > 0
+            if spends and allowed:
+                quota.remaining -= 1
+            handler.extra_headers = {
+                "RateLimit-Limit": f"{quota.limit};w={quota.window}",
+                "RateLimit-Remaining": f"{quota.remaining};w={quota.window}",
+            }
+            return allowed
+
     def handle(self, handler: _Handler) -> None:
+        if not self._spend_quota(handler):
+            self._record(handler, "rate-limited")
+            handler.send_fault(429, None)
+            return
         fault = self._take_fault(handler.command, handler.path)
         with self._lock:
             redirect_target, chunks_only = self._redirect_target, self._chunks_only
@@ -374,6 +414,8 @@ class _Handler(BaseHTTPRequestHandler):
         super().finish()
 
     def do_request(self) -> None:
+        # Headers the proxy adds to this answer (a stated quota), whatever it relays.
+        self.extra_headers: dict[str, str] = {}
         self.owner.handle(self)
 
     do_GET = do_HEAD = do_POST = do_PUT = do_PATCH = do_DELETE = do_request
@@ -419,6 +461,8 @@ class _Handler(BaseHTTPRequestHandler):
         code = ERROR_CODES.get(status, "UNKNOWN")
         payload = f'{{"errors":[{{"code":"{code}","message":"injected fault"}}]}}'.encode()
         self.send_response(status)
+        for name, value in self.extra_headers.items():
+            self.send_header(name, value)
         if retry_after is not None:
             self.send_header("Retry-After", retry_after)
         self.send_header("Content-Type", "application/json")
@@ -463,6 +507,8 @@ class _Handler(BaseHTTPRequestHandler):
                 continue
             if lowered == "content-range" and fault.content_range is not None:
                 value = fault.content_range
+            self.send_header(name, value)
+        for name, value in self.extra_headers.items():
             self.send_header(name, value)
         has_length = response.getheader("Content-Length") is not None and not fault.extra_bytes
         bodyless = self.command == "HEAD" or response.status in (204, 304)

@@ -320,3 +320,55 @@ def test_catalog_lists_repositories_under_a_prefix(seeded):
         f"{seeded.prefix}/beta",
         f"{seeded.prefix}/team/delta",
     ]
+
+
+def test_quota_floor_defers_the_rest_without_a_single_429(seeded, mirror, tmp_path):
+    """The source states a pull quota counting down with each manifest GET (HEADs are
+    free, as on Docker Hub); the run stops starting images at the floor."""
+    prefix = seeded.prefix
+    with FaultProxy(seeded.registry.url) as proxy:
+        proxy.count_down_quota(limit=8, window=3600)
+        spec = write_yaml(
+            tmp_path / "sync.yaml",
+            {
+                "sync": [
+                    {
+                        "source": f"registry://{proxy.host}/{prefix}/*",
+                        "target": f"registry://{mirror.host}/{prefix}-q",
+                        "tags": {"deny": ["-rc", "edge", "latest"]},
+                    }
+                ]
+            },
+        )
+        report = tmp_path / "report.json"
+        result = sync(str(spec), "-J", "2", "--report", str(report))
+        assert all(r.action != "rate-limited" for r in proxy.requests)
+        spent = len(proxy.requests_matching(r"/manifests/", "GET"))
+    entries = json.loads(report.read_text())
+    statuses = [entry["status"] for entry in entries]
+    # 8 pulls, floor 5: images start while more than 5 are left, each spending one.
+    assert spent == statuses.count("copied") and 3 <= spent <= 8 - 1
+    assert statuses.count("deferred") == len(entries) - spent > 0
+    deferred = next(entry for entry in entries if entry["status"] == "deferred")
+    assert "pulls left" in deferred["error"] and "resets by" in deferred["error"]
+    assert result.returncode == 0
+
+
+def test_ratelimit_prints_the_stated_quota(seeded):
+    with FaultProxy(seeded.registry.url) as proxy:
+        proxy.count_down_quota(limit=100, window=21600)
+        shown = run_occystrap(
+            "--insecure",
+            "-O",
+            "json",
+            "ratelimit",
+            f"registry://{proxy.host}/{seeded.prefix}/alpha:1.0.0",
+        )
+        assert not proxy.requests_matching(r"/manifests/", "GET")  # a HEAD: no pull spent
+        host = proxy.host
+    assert json.loads(shown.stdout) == {
+        "registry": host,
+        "limit": 100,
+        "remaining": 100,
+        "window": 21600,
+    }

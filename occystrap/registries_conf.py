@@ -14,6 +14,7 @@ import re
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
+from functools import cached_property
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -115,22 +116,40 @@ class RegistriesConf:
                 best, length = entry, matched
         return best
 
-    def apply(self, reference: ImageReference, shown: str) -> tuple[ImageReference, bool]:
-        """Where `reference` really is (its prefix rewritten to the entry's location) and
-        whether that registry is insecure; a blocked registry is refused here, before any
-        request."""
+    def apply(self, reference: ImageReference, shown: str) -> ImageReference:
+        """Where `reference` really is: its prefix rewritten to the entry's location. A blocked
+        registry is refused here, before any request. (Whether it is insecure is the
+        transport's business: `insecure_host`.)"""
         entry = self.entry_for(reference)
         if entry is None:
-            return reference, False
+            return reference
         if entry.blocked:
             raise UsageError(
                 f"{shown}: registry {entry.prefix} is blocked by {entry.origin};"
                 " remove blocked = true there to use it"
             )
         if entry.prefix.startswith("*.") or entry.location == entry.prefix:
-            return reference, entry.insecure
-        rest = str(reference)[len(entry.prefix) :]
-        return parse_reference(entry.location + rest), entry.insecure
+            return reference
+        return parse_reference(entry.location + str(reference)[len(entry.prefix) :])
+
+    @cached_property
+    def _insecure_hosts(self) -> tuple[frozenset[str], tuple[str, ...]]:
+        """Insecure HOST[:PORT]s (registries' locations and mirrors) and wildcard domains."""
+        hosts, domains = set(), []
+        for entry in self.registries:
+            if entry.insecure and entry.prefix.startswith("*."):
+                domains.append(entry.prefix[1:])
+            elif entry.insecure:
+                hosts.add(entry.location.partition("/")[0])
+            hosts.update(m.location.partition("/")[0] for m in entry.mirrors if m.insecure)
+        return frozenset(hosts), tuple(domains)
+
+    def insecure_host(self, netloc: str) -> bool:
+        """Whether HOST[:PORT] may be spoken to without verified TLS, or in plain HTTP."""
+        hosts, domains = self._insecure_hosts
+        netloc = canonical_registry_host(netloc)
+        host = netloc.partition(":")[0] if not netloc.startswith("[") else netloc
+        return netloc in hosts or any(host.endswith(domain) for domain in domains)
 
     def resolve_short_name(self, text: str) -> ImageReference:
         """`NAME[:TAG|@DIGEST]` through [aliases], else the one unqualified-search registry;

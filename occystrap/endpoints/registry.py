@@ -324,22 +324,20 @@ def _parse(text: str, rest: str) -> RegistryURI:
             " --src-creds/--dest-creds or a login instead"
         )
     options = query_options(text, query, ("os", "arch", "variant", "insecure"))
-    reference, insecure = _configured_reference(text, body)
     return RegistryURI(
-        reference=reference,
+        reference=_configured_reference(text, body),
         os=non_empty_option(text, "os", options.get("os")),
         arch=non_empty_option(text, "arch", options.get("arch")),
         variant=non_empty_option(text, "variant", options.get("variant")),
-        insecure=(True if insecure else None)
+        insecure=None
         if options.get("insecure") is None
         else boolean_option(text, "insecure", options["insecure"]),
     )
 
 
-def _configured_reference(text: str, body: str) -> tuple[ImageReference, bool]:
+def _configured_reference(text: str, body: str) -> ImageReference:
     """The image `body` names once registries.conf has had its say: a short name resolved,
-    a blocked registry refused, a prefix rewritten to its location; and whether that
-    registry is configured insecure."""
+    a blocked registry refused, a prefix rewritten to its location."""
     conf = registries_conf.active()
     if body and registries_conf.is_short_name(body, conf):
         reference = conf.resolve_short_name(body)

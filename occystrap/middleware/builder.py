@@ -82,6 +82,7 @@ def build_transport(settings: ChainSettings) -> httpx.BaseTransport:
         tls_verify=settings.tls_verify,
         certs_roots=settings.certs_dirs,
         timeout=settings.timeout,
+        insecure_host=settings.registries.insecure_host if settings.registries.registries else None,
     )
     transport = Logging(transport)
     if settings.quota is not None:

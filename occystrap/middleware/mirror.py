@@ -150,11 +150,9 @@ def mirror_table(values: Sequence[str], conf: RegistriesConf) -> dict[str, list[
         host = entry.location.partition("/")[0]
         routes: list[str | MirrorRoute] = [*given.get(host, [])]
         for mirror in entry.mirrors:
+            # Insecure or not, HTTPS: the transport falls back to plain HTTP for insecure ones.
             mirror_host, _, namespace = mirror.location.partition("/")
-            scheme = "http" if mirror.insecure else "https"
-            routes.append(
-                MirrorRoute(f"{scheme}://{mirror_host}", namespace, mirror.pull_from_mirror)
-            )
+            routes.append(MirrorRoute(f"https://{mirror_host}", namespace, mirror.pull_from_mirror))
         table[entry.location] = routes
     return table
 

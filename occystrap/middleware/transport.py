@@ -171,7 +171,12 @@ class _TimedTransport(httpx.HTTPTransport):
 
 class TransportRouter(httpx.BaseTransport):
     """Send each request direct or through the proxy the environment names for its URL, with
-    the TLS context of its host's certs.d directory: one pool per (proxy, directory) in use."""
+    the TLS context of its host's certs.d directory: one pool per (proxy, directory,
+    verification) in use.
+
+    A host registries.conf calls insecure is spoken to as podman does: TLS without verifying
+    its certificate, and plain HTTP if it does not speak TLS at all (remembered for the run).
+    """
 
     def __init__(
         self,
@@ -179,32 +184,40 @@ class TransportRouter(httpx.BaseTransport):
         environ: Mapping[str, str],
         tls: TlsPolicy,
         make: Callable[[str | None, ssl.SSLContext | None], httpx.BaseTransport],
+        insecure_host: Callable[[str], bool] = lambda _netloc: False,
     ) -> None:
         self._direct = direct
         self._environ = dict(environ)
         self._tls = tls
         self._make = make
-        self._routes: dict[tuple[str | None, Path | None], httpx.BaseTransport] = {}
+        self._insecure_host = insecure_host
+        self._routes: dict[tuple[str | None, Path | None, bool], httpx.BaseTransport] = {}
+        self._plain_http: set[str] = set()  # insecure hosts found not to speak TLS
         self._lock = threading.Lock()
 
     def _transport_for(self, url: httpx.URL) -> httpx.BaseTransport:
         proxy = proxy_for(url, self._environ)
-        directory = None
+        directory, unverified = None, False
         if url.scheme == "https":
-            directory = self._tls.directory_for(url.netloc.decode("ascii"))
-        if proxy is None and directory is None:
+            netloc = url.netloc.decode("ascii")
+            directory = self._tls.directory_for(netloc)
+            unverified = self._tls.verify and self._insecure_host(netloc)
+        if proxy is None and directory is None and not unverified:
             return self._direct
+        key = (proxy, directory, unverified)
         with self._lock:
-            if (proxy, directory) not in self._routes:
-                self._routes[(proxy, directory)] = self._new_route(url, proxy, directory)
-            return self._routes[(proxy, directory)]
+            if key not in self._routes:
+                self._routes[key] = self._new_route(url, proxy, directory, unverified)
+            return self._routes[key]
 
     def _new_route(
-        self, url: httpx.URL, proxy: str | None, directory: Path | None
+        self, url: httpx.URL, proxy: str | None, directory: Path | None, unverified: bool
     ) -> httpx.BaseTransport:
         context = None
-        if directory is not None:
-            context = make_ssl_context(self._tls.ca_cert, self._tls.verify, directory)
+        if directory is not None or unverified:
+            context = make_ssl_context(
+                self._tls.ca_cert, self._tls.verify and not unverified, directory
+            )
             logger.debug("TLS for %s from %s", url.netloc.decode("ascii"), directory)
         try:
             return self._make(proxy, context)
@@ -215,6 +228,19 @@ class TransportRouter(httpx.BaseTransport):
             ) from exc
 
     def handle_request(self, request: httpx.Request) -> httpx.Response:
+        netloc = request.url.netloc.decode("ascii")
+        if request.url.scheme != "https" or not self._insecure_host(netloc):
+            return self._transport_for(request.url).handle_request(request)
+        if netloc not in self._plain_http:
+            try:
+                return self._transport_for(request.url).handle_request(request)
+            except httpx.ConnectError as exc:
+                if find_cause(exc, ssl.SSLError) is None:
+                    raise
+                logger.info("%s does not speak TLS; plain HTTP, as it is insecure", netloc)
+                with self._lock:
+                    self._plain_http.add(netloc)
+        request.url = request.url.copy_with(scheme="http")
         return self._transport_for(request.url).handle_request(request)
 
     def close(self) -> None:
@@ -248,11 +274,13 @@ def build_base_transport(
     certs_roots: Sequence[Path] | None = None,
     environ: Mapping[str, str] = os.environ,
     timeout: httpx.Timeout | None = None,
+    insecure_host: Callable[[str], bool] | None = None,
 ) -> httpx.BaseTransport:
     """The transport at the bottom of the middleware chain, sized for `parallel` workers.
 
     `certs_roots`: where HOST[:PORT] certificate directories are looked up (default:
-    `default_certs_roots`, which $OCCYSTRAP_CERTS_DIRS overrides).
+    `default_certs_roots`, which $OCCYSTRAP_CERTS_DIRS overrides). `insecure_host` tells
+    which HOST[:PORT] may be spoken to without verified TLS (registries.conf's insecure).
     """
     connections = max(10, 4 * parallel)
     roots = certs_roots if certs_roots is not None else default_certs_roots(environ)
@@ -277,6 +305,6 @@ def build_base_transport(
         )
 
     direct = make()
-    if not _any_proxy_configured(environ) and not tls.host_dirs:
+    if not _any_proxy_configured(environ) and not tls.host_dirs and insecure_host is None:
         return direct
-    return TransportRouter(direct, environ, tls, make)
+    return TransportRouter(direct, environ, tls, make, insecure_host or (lambda _netloc: False))

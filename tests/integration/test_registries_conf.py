@@ -140,6 +140,21 @@ def test_insecure_lets_plain_http_work_without_the_flag(registry_plain, unique_r
     assert digest == skopeo_digest(conf, f"{registry_plain.host}/{unique_repo}:{TAG}")
 
 
+def test_insecure_tls_registry_is_not_verified(registry_tls, unique_repo, tmp_path):
+    """As podman: TLS first, its certificate (signed by a CA nobody gave us) not checked."""
+    seed_image(registry_tls, unique_repo, tmp_path)
+    image = f"registry://{registry_tls.host}/{unique_repo}:{TAG}"
+    refused = run_occystrap(
+        "--registries-conf", str(write_conf(tmp_path, "")), "digest", image, check=False
+    )
+    assert_one_line_error(refused, "not trusted")
+    conf = write_conf(
+        tmp_path, f'[[registry]]\nlocation = "{registry_tls.host}"\ninsecure = true\n'
+    )
+    digest = run_occystrap("--registries-conf", str(conf), "digest", image).stdout.strip()
+    assert digest == skopeo_inspect(registry_tls, f"{unique_repo}:{TAG}")["Digest"]
+
+
 def test_blocked_is_refused_before_any_request(origin, unique_repo, tmp_path):
     conf = write_conf(tmp_path, f'\n[[registry]]\nprefix = "{origin.host}/test"\nblocked = true\n')
     out = tmp_path / "image.tar"

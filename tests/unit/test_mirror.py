@@ -471,7 +471,7 @@ def test_mirror_table_puts_command_line_mirrors_first():
         "registry-1.docker.io": [
             "https://first.example",
             MirrorRoute("https://m.example", "hub"),
-            MirrorRoute("http://p.example:5000", "", "digest-only"),
+            MirrorRoute("https://p.example:5000", "", "digest-only"),
         ],
         "quay.io": ["https://q.example"],
     }

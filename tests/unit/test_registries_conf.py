@@ -73,13 +73,25 @@ def test_example_parses(tmp_path):
     )
 
 
-def test_location_rewrite_keeps_the_rest_and_insecure(tmp_path):
+def test_location_rewrite_keeps_the_rest(tmp_path):
     conf = conf_of(tmp_path, EXAMPLE)
-    reference, insecure = conf.apply(parse_reference("old.example/team/app:v1"), "x")
+    reference = conf.apply(parse_reference("old.example/team/app:v1"), "x")
     assert str(reference) == "new.example:8443/team/app:v1"
-    assert insecure is True
-    untouched, insecure = conf.apply(parse_reference("old.example/teamster/app"), "x")
-    assert str(untouched) == "old.example/teamster/app:latest" and insecure is False
+    untouched = conf.apply(parse_reference("old.example/teamster/app"), "x")
+    assert str(untouched) == "old.example/teamster/app:latest"
+
+
+def test_insecure_hosts_are_locations_and_mirrors(tmp_path):
+    conf = conf_of(tmp_path, EXAMPLE)
+    assert conf.insecure_host("new.example:8443") and conf.insecure_host("plain.local:5001")
+    assert not conf.insecure_host("old.example") and not conf.insecure_host("mirror.local:5000")
+    assert not conf.insecure_host("new.example") and not conf.insecure_host("docker.io")
+    wildcard = RegistriesConf(
+        registries=(registries_conf.RegistryEntry("*.lab.example", "*.lab.example", True),)
+    )
+    assert wildcard.insecure_host("a.lab.example:5000") and not wildcard.insecure_host(
+        "lab.example"
+    )
 
 
 def test_blocked_names_file_and_entry(tmp_path):
@@ -106,7 +118,8 @@ def test_longest_prefix_wins_and_port_is_another_registry():
 def test_wildcard_prefix_matches_subdomains():
     entry = registries_conf.RegistryEntry("*.example.com", "*.example.com", insecure=True)
     conf = RegistriesConf(registries=(entry,))
-    assert conf.apply(parse_reference("a.b.example.com:5000/x"), "x")[1] is True
+    assert conf.apply(parse_reference("a.b.example.com:5000/x"), "x").registry.endswith(".com:5000")
+    assert conf.insecure_host("a.b.example.com:5000")
     assert conf.entry_for(parse_reference("example.com/x")) is None
 
 
@@ -281,8 +294,8 @@ def test_registry_uris_are_resolved_with_the_active_configuration(tmp_path):
         with pytest.raises(UsageError, match="ambiguous"):
             parse_uri("registry://alpine")
     assert str(aliased.reference) == "registry.example/apps/app:v1"
-    assert rewritten.reference.registry == "new.example:8443" and rewritten.insecure is True
-    assert explicit.insecure is False
+    assert rewritten.reference.registry == "new.example:8443"
+    assert rewritten.insecure is None and explicit.insecure is False
     assert registries_conf.active() == RegistriesConf()
     with pytest.raises(UsageError, match="expected HOST"):
         parse_uri("registry://app")

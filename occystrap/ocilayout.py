@@ -14,6 +14,7 @@ is replaced atomically under a lock, last, once everything it points at is in pl
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import re
@@ -21,7 +22,7 @@ import shutil
 from collections.abc import Callable
 from contextlib import AbstractContextManager
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from occystrap.atomic import atomic_file, locked, partial_sibling
 from occystrap.cancel import cancellable_pool
@@ -234,25 +235,127 @@ class OciLayoutReader:
 # -- writing ------------------------------------------------------------------------------
 
 
-class OciLayoutWriter:
-    """Writes images and indexes into the layout directory `path`, each under a tag."""
+class LayoutStorage(Protocol):
+    """Where a layout's files are kept: a directory, or a bucket (`occystrap.buckets`).
 
-    def __init__(self, path: Path, ctx: RunContext) -> None:
+    Names are relative to the layout (`oci-layout`, `index.json`, `blobs/sha256/...`). A
+    blob appears under its name only once written completely; `index.json` is changed by one
+    writer at a time, so two writers never lose each other's entries."""
+
+    where: str  # for messages
+
+    def holds_layout(self) -> bool:
+        """Whether a layout is already there; refuse (one-line error) a place that is not,
+        and cannot become, a layout."""
+        ...
+
+    def create_once(self, name: str, data: bytes) -> None:
+        """Store `data` under `name` unless something already is there."""
+        ...
+
+    def present(self, name: str, size: int) -> bool:
+        """Whether `name` is stored with `size` bytes (a wrong size is stored again)."""
+        ...
+
+    def store(
+        self, name: str, size: int, opener: Callable[[], AbstractContextManager[Readable]]
+    ) -> None:
+        """Stream `opener()`'s bytes in under `name`; nothing appears if reading fails."""
+        ...
+
+    def read_index(self) -> bytes | None:
+        """`index.json` as it is now, None when there is none yet."""
+        ...
+
+    def change_index(self, change: Callable[[bytes | None], bytes]) -> None:
+        """Replace `index.json` with `change(current)`, with no other writer in between."""
+        ...
+
+
+class DirectoryStorage:
+    """A layout directory on this machine: files renamed into place, `index.json` under a
+    lock on the `oci-layout` marker."""
+
+    def __init__(self, path: Path) -> None:
         self.path = Path(path)
-        self.ctx = ctx
+        self.where = str(path)
 
-    def check(self) -> None:
-        """Refuse, before anything is read, a path that is not (and cannot become) a layout:
-        a file, a directory holding something else, a damaged layout, no permission."""
+    def holds_layout(self) -> bool:
         if not check_directory(self.path, "oci-layout"):
-            return
+            return False
         if (self.path / LAYOUT_FILE).exists():
-            self._index_document()  # a damaged layout is refused, not overwritten
-        elif any(self.path.iterdir()):
+            return True
+        if any(self.path.iterdir()):
             raise FilesystemError(
                 f"{self.path}: is not empty and is not an OCI image layout (no {LAYOUT_FILE});"
                 " choose a new or empty directory"
             )
+        return False
+
+    def create_once(self, name: str, data: bytes) -> None:
+        """Created by a hard link, so a marker another writer made first is kept (it is
+        what writers lock)."""
+        (self.path / "blobs").mkdir(parents=True, exist_ok=True)
+        final = self.path / name
+        if final.exists():
+            return
+        temporary = partial_sibling(final)
+        temporary.write_bytes(data)
+        try:
+            os.link(temporary, final)
+        except FileExistsError:
+            pass  # another writer created it first
+        finally:
+            temporary.unlink()
+
+    def present(self, name: str, size: int) -> bool:
+        try:
+            return (self.path / name).stat().st_size == size
+        except FileNotFoundError:
+            return False
+
+    def store(
+        self, name: str, size: int, opener: Callable[[], AbstractContextManager[Readable]]
+    ) -> None:
+        path = self.path / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with atomic_file(path) as out, opener() as source:
+            shutil.copyfileobj(source, out, CHUNK_SIZE)
+
+    def read_index(self) -> bytes | None:
+        path = self.path / INDEX_FILE
+        try:
+            return path.read_bytes()
+        except FileNotFoundError:
+            return None
+        except OSError as error:
+            raise OccystrapError(f"cannot read {path}: {error.strerror or error}") from None
+
+    def change_index(self, change: Callable[[bytes | None], bytes]) -> None:
+        with locked(self.path / LAYOUT_FILE):
+            replacement = change(self.read_index())
+            with atomic_file(self.path / INDEX_FILE) as handle:
+                handle.write(replacement)
+
+
+def empty_index() -> dict[str, Any]:
+    return {"schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": []}
+
+
+class OciLayoutWriter:
+    """Writes images and indexes into a layout (a directory path, or any `LayoutStorage`),
+    each under a tag."""
+
+    def __init__(self, storage: LayoutStorage | Path, ctx: RunContext) -> None:
+        self.storage = storage if not isinstance(storage, Path) else DirectoryStorage(storage)
+        self.where = self.storage.where
+        self.ctx = ctx
+
+    def check(self) -> None:
+        """Refuse, before anything is read, a place that is not (and cannot become) a layout:
+        a file, a directory holding something else, a damaged layout, no permission."""
+        if self.storage.holds_layout():
+            self._index_document(self.storage.read_index())  # damaged: refused, not replaced
 
     def write(self, item: ImageLike, tag: str) -> str:
         """Store `item` and tag it; return its manifest (or index) digest."""
@@ -278,11 +381,10 @@ class OciLayoutWriter:
     ) -> bool:
         """Stream a blob in as it is (the opener's reader verifies it); False when present."""
         self._create()
-        path = self._blob_path(digest)
-        if self._present(path, size):
+        name = self._blob_name(digest)
+        if self.storage.present(name, size):
             return False
-        with atomic_file(path) as out, opener() as source:
-            shutil.copyfileobj(source, out, CHUNK_SIZE)
+        self.storage.store(name, size, opener)
         return True
 
     def store_manifest(self, raw: bytes, media_type: str, tag: str | None) -> None:
@@ -295,32 +397,16 @@ class OciLayoutWriter:
     # Layout and index.json.
 
     def _create(self) -> None:
-        """The directory and its `oci-layout` marker, created once and never replaced, so
-        it can be what writers lock."""
-        (self.path / "blobs").mkdir(parents=True, exist_ok=True)
-        marker = self.path / LAYOUT_FILE
-        if marker.exists():
-            return
-        temporary = partial_sibling(marker)
-        temporary.write_text(json.dumps({"imageLayoutVersion": LAYOUT_VERSION}))
-        try:
-            os.link(temporary, marker)
-        except FileExistsError:
-            pass  # another writer created it first
-        finally:
-            temporary.unlink()
+        """The `oci-layout` marker, created once and never replaced."""
+        marker = json.dumps({"imageLayoutVersion": LAYOUT_VERSION}).encode()
+        self.storage.create_once(LAYOUT_FILE, marker)
 
-    def _index_document(self) -> dict[str, Any]:
-        """The current `index.json` (empty if none yet), checked before it is changed."""
-        path = self.path / INDEX_FILE
-        try:
-            raw = path.read_bytes()
-        except FileNotFoundError:
-            return {"schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": []}
-        except OSError as error:
-            raise OccystrapError(f"cannot read {path}: {error.strerror or error}") from None
-        parse_index(raw, str(self.path))
-        return parse_json(raw, str(path))
+    def _index_document(self, raw: bytes | None) -> dict[str, Any]:
+        """`index.json`'s document (empty if none yet), checked before it is changed."""
+        if raw is None:
+            return empty_index()
+        parse_index(raw, self.where)
+        return parse_json(raw, f"{self.where}/{INDEX_FILE}")
 
     def _tag(self, descriptor: Descriptor, tag: str) -> None:
         """Point `tag` at `descriptor` in `index.json`, replacing its previous entry."""
@@ -330,53 +416,45 @@ class OciLayoutWriter:
             "size": descriptor.size,
             "annotations": {REF_NAME: tag},
         }
-        with locked(self.path / LAYOUT_FILE):
-            document = self._index_document()
+
+        def change(raw: bytes | None) -> bytes:
+            document = self._index_document(raw)
             document["manifests"] = [
                 old
                 for old in document["manifests"]
                 if (old.get("annotations") or {}).get(REF_NAME) != tag
             ] + [entry]
-            with atomic_file(self.path / INDEX_FILE) as handle:
-                handle.write(json.dumps(document, separators=(",", ":")).encode())
+            return json.dumps(document, separators=(",", ":")).encode()
+
+        self.storage.change_index(change)
 
     # Blobs.
 
-    def _blob_path(self, digest: str) -> Path:
+    @staticmethod
+    def _blob_name(digest: str) -> str:
         name = blob_name(digest)
         if name is None:
             raise OccystrapError(
                 f"cannot store blob {digest!r} in an OCI layout: only sha256 and sha512 digests"
             )
-        path = self.path / name
-        path.parent.mkdir(parents=True, exist_ok=True)
-        return path
-
-    @staticmethod
-    def _present(path: Path, size: int) -> bool:
-        """Already stored (blobs are named by digest; a wrong size is stored again)."""
-        try:
-            return path.stat().st_size == size
-        except FileNotFoundError:
-            return False
+        return name
 
     def _store_bytes(self, data: bytes, counted: bool = False) -> str:
         """Store a small blob; `counted` ones (configs) join the layers in the blob counts,
         as in a registry copy's summary, where manifests are not blobs."""
         digest = sha256_digest(data)
-        path = self._blob_path(digest)
-        if self._present(path, len(data)):
+        name = self._blob_name(digest)
+        if self.storage.present(name, len(data)):
             self.ctx.stats.add(skipped=int(counted))
             return digest
-        with atomic_file(path) as handle:
-            handle.write(data)
+        self.storage.store(name, len(data), lambda: io.BytesIO(data))
         self.ctx.stats.add(uploaded=int(counted), bytes_uploaded=len(data))
         return digest
 
     def _store_layer(self, layer: Layer) -> None:
         """Stream the layer's blob in as stored, verified before it takes its name."""
-        path = self._blob_path(layer.digest)
-        if self._present(path, layer.size):
+        name = self._blob_name(layer.digest)
+        if self.storage.present(name, layer.size):
             self.ctx.stats.add(skipped=1)
             return
         progress, key = self.ctx.progress, f"write:{layer.digest}"  # a "writing" phase
@@ -388,8 +466,7 @@ class OciLayoutWriter:
 
         def store() -> None:
             progress.restart(key, 0)
-            with atomic_file(path) as out, layer.open_blob(stored) as blob:
-                shutil.copyfileobj(blob, out, CHUNK_SIZE)
+            self.storage.store(name, layer.size, lambda: layer.open_blob(stored))
 
         again_if_corrupt(layer, store)
         progress.finish(key)

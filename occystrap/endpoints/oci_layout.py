@@ -64,7 +64,7 @@ class OciLayoutDestination:
         self.writer = OciLayoutWriter(path, ctx)
 
     def write(self, item: ImageLike) -> str:
-        with writing_to(self.writer.path):
+        with writing_to(self.writer.where):
             return self.writer.write(item, self.tag or item.source.tag or DEFAULT_TAG)
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 
 import httpx
 
@@ -66,8 +66,10 @@ class RemoteBlobReader:
         max_resumes: int = 5,
         on_bytes: Callable[[int], None] | None = None,
         skip_mirrors: frozenset[str] = frozenset(),
+        extensions: Mapping[str, object] | None = None,
     ) -> None:
         self.http, self.url, self.what, self.max_resumes = http, url, what, max_resumes
+        self.extensions = dict(extensions or {})  # what the chain needs, e.g. a signer's
         self.on_bytes = on_bytes
         self.skip_mirrors = skip_mirrors
         self.served_by: str | None = None  # the mirror that sent the body, if one did
@@ -82,7 +84,10 @@ class RemoteBlobReader:
     def _get(self, offset: int) -> httpx.Response:
         headers = {"Range": f"bytes={offset}-"} if offset else {}
         request = self.http.build_request(
-            "GET", self.url, headers=headers, extensions={SKIP_MIRRORS: self.skip_mirrors}
+            "GET",
+            self.url,
+            headers=headers,
+            extensions={**self.extensions, SKIP_MIRRORS: self.skip_mirrors},
         )
         response = self.http.send(request, stream=True)
         self.served_by = response.extensions.get(SERVED_BY)

@@ -1,0 +1,222 @@
+"""OCI image layouts kept in object storage buckets (`s3://`, `gs://`), read and written by
+the same layout code as a directory (`occystrap.ocilayout`).
+
+A cloud supplies an `ObjectStore` (a handful of object operations spoken through the run's
+one client, signed by its plug-in in the chain); `BucketLayout` turns it into both the
+`MemberSource` the layout reader reads and the `LayoutStorage` the layout writer writes, so
+the layout logic is written once for every place. Blobs are named by digest, so one already
+in the bucket is never uploaded again; `index.json` is written last and conditionally
+(on the version read), so two writers never lose each other's entries.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from contextlib import AbstractContextManager
+from dataclasses import dataclass
+from typing import Protocol
+
+from occystrap.endpoints import Endpoint, non_empty_option, query_options, split_query
+from occystrap.errors import OccystrapError, UsageError
+from occystrap.extract import parse_byte_size
+from occystrap.image import ImageLike
+from occystrap.ocilayout import INDEX_FILE, LAYOUT_FILE, OciLayoutReader, OciLayoutWriter
+from occystrap.pipeline import RunContext
+from occystrap.streams import Readable
+
+DEFAULT_TAG = "latest"
+# Attempts at replacing index.json while other writers keep changing it.
+_INDEX_ATTEMPTS = 10
+# Blobs larger than this go up in parts of this size (clouds' own defaults are close).
+DEFAULT_PART_SIZE = 16 * 1024 * 1024
+MIN_PART_SIZE = 5 * 1024 * 1024  # S3 refuses smaller parts but the last
+BUCKET_OPTIONS = ("tag", "part_size")
+
+
+@dataclass(frozen=True)
+class ObjectInfo:
+    size: int
+    version: str  # what a conditional write names: S3's ETag, GCS's generation
+
+
+class ObjectStore(Protocol):
+    """One bucket, through the run's client. Keys are whole object names."""
+
+    where: str  # "s3://bucket/prefix", for messages
+
+    def stat(self, key: str) -> ObjectInfo | None: ...
+
+    def get(self, key: str) -> tuple[bytes, str] | None:
+        """A small object's bytes and version, None when absent."""
+        ...
+
+    def open(self, key: str) -> AbstractContextManager[Readable]:
+        """A large object as a stream that resumes with Range when the connection is cut."""
+        ...
+
+    def put(self, key: str, data: bytes, *, version: str | None, absent: bool) -> bool:
+        """Write a small object only if it still has `version` (or, `absent`, does not
+        exist yet); False when another writer got there first."""
+        ...
+
+    def put_stream(
+        self, key: str, size: int, opener: Callable[[], AbstractContextManager[Readable]]
+    ) -> None:
+        """Stream an object in (in parts when large); nothing appears if reading fails."""
+        ...
+
+
+@dataclass(frozen=True)
+class BucketBlob:
+    """A layer blob kept in a bucket, streamed when an output reads it."""
+
+    store: ObjectStore
+    key: str
+    local = False
+
+    def __str__(self) -> str:
+        return f"{self.store.where}: {self.key}"
+
+    def open(self) -> AbstractContextManager[Readable]:
+        return self.store.open(self.key)
+
+
+class BucketLayout:
+    """An OCI layout under a bucket prefix: a `MemberSource` and a `LayoutStorage`."""
+
+    def __init__(self, store: ObjectStore, prefix: str) -> None:
+        self.objects = store
+        self.prefix = prefix.strip("/")
+        self.where = store.where
+
+    def _key(self, name: str) -> str:
+        return f"{self.prefix}/{name}" if self.prefix else name
+
+    # MemberSource: what the layout reader needs.
+
+    def has(self, name: str) -> bool:
+        return self.objects.stat(self._key(name)) is not None
+
+    def size(self, name: str) -> int:
+        info = self.objects.stat(self._key(name))
+        if info is None:
+            raise OccystrapError(f"{self.where}: {name} is missing")
+        return info.size
+
+    def read(self, name: str) -> bytes:
+        found = self.objects.get(self._key(name))
+        if found is None:
+            raise OccystrapError(f"{self.where}: {name} is missing")
+        return found[0]
+
+    def blob(self, name: str) -> BucketBlob:
+        return BucketBlob(self.objects, self._key(name))
+
+    # LayoutStorage: what the layout writer needs.
+
+    def holds_layout(self) -> bool:
+        return self.has(LAYOUT_FILE)
+
+    def create_once(self, name: str, data: bytes) -> None:
+        self.objects.put(self._key(name), data, version=None, absent=True)
+
+    def present(self, name: str, size: int) -> bool:
+        info = self.objects.stat(self._key(name))
+        return info is not None and info.size == size
+
+    def store(
+        self, name: str, size: int, opener: Callable[[], AbstractContextManager[Readable]]
+    ) -> None:
+        self.objects.put_stream(self._key(name), size, opener)
+
+    def read_index(self) -> bytes | None:
+        found = self.objects.get(self._key(INDEX_FILE))
+        return None if found is None else found[0]
+
+    def change_index(self, change: Callable[[bytes | None], bytes]) -> None:
+        """Read, change and write back `index.json` on the condition that nobody wrote it
+        in between; start again from what they wrote when somebody did."""
+        key = self._key(INDEX_FILE)
+        for _ in range(_INDEX_ATTEMPTS):
+            found = self.objects.get(key)
+            current, version = (None, None) if found is None else found
+            if self.objects.put(key, change(current), version=version, absent=found is None):
+                return
+        raise OccystrapError(
+            f"{self.where}: {INDEX_FILE} kept changing under other writers"
+            f" ({_INDEX_ATTEMPTS} attempts); try again"
+        )
+
+
+# The endpoint of a bucket scheme.
+
+
+@dataclass
+class BucketURI(Endpoint):
+    """SCHEME://BUCKET[/PREFIX][?tag=TAG&part_size=SIZE]: an OCI layout in a bucket."""
+
+    bucket: str
+    prefix: str
+    tag: str | None
+    part_size: int
+    open_store: Callable[[BucketURI, RunContext], ObjectStore]
+
+    def layout(self, ctx: RunContext) -> BucketLayout:
+        return BucketLayout(self.open_store(self, ctx), self.prefix)
+
+    def open_input(self, ctx: RunContext) -> BucketSource:
+        return BucketSource(self.layout(ctx), self.tag, self.shown)
+
+    def open_output(self, ctx: RunContext) -> BucketDestination:
+        destination = BucketDestination(OciLayoutWriter(self.layout(ctx), ctx), self.tag)
+        destination.writer.check()
+        return destination
+
+
+class BucketSource:
+    def __init__(self, layout: BucketLayout, tag: str | None, shown: str) -> None:
+        self.layout, self.tag, self.shown = layout, tag, shown
+
+    def read(self) -> ImageLike:
+        if not self.layout.holds_layout():
+            raise OccystrapError(
+                f"{self.shown} is not an OCI image layout (no {LAYOUT_FILE}); write one with"
+                f" `occystrap process SOURCE {self.shown}`"
+            )
+        return OciLayoutReader(self.layout).read(self.tag)
+
+
+class BucketDestination:
+    accepts_index = True
+
+    def __init__(self, writer: OciLayoutWriter, tag: str | None) -> None:
+        self.writer, self.tag = writer, tag
+
+    def write(self, item: ImageLike) -> str:
+        return self.writer.write(item, self.tag or item.source.tag or DEFAULT_TAG)
+
+
+def parse_bucket_uri(
+    text: str, rest: str, open_store: Callable[[BucketURI, RunContext], ObjectStore]
+) -> BucketURI:
+    """`BUCKET[/PREFIX][?tag=TAG&part_size=SIZE]`, for a cloud plug-in's scheme."""
+    body, query = split_query(rest)
+    options = query_options(text, query, BUCKET_OPTIONS)
+    bucket, _, prefix = body.partition("/")
+    if not bucket:
+        raise UsageError(f"no bucket in {text!r}: expected SCHEME://BUCKET[/PREFIX]")
+    part_size = DEFAULT_PART_SIZE
+    if "part_size" in options:
+        try:
+            part_size = parse_byte_size(options["part_size"])
+        except ValueError as error:
+            raise UsageError(f"part_size in {text!r}: {error}") from None
+        if part_size < MIN_PART_SIZE:
+            raise UsageError(f"part_size in {text!r} is under the 5 MiB clouds accept")
+    return BucketURI(
+        bucket=bucket,
+        prefix=prefix.strip("/"),
+        tag=non_empty_option(text, "tag", options.get("tag")),
+        part_size=part_size,
+        open_store=open_store,
+    )

@@ -1,0 +1,154 @@
+"""OCI layouts in buckets: s3:// against moto's server (every request SigV4-checked), through
+the installed occystrap-aws plug-in. Registry -> bucket -> registry keeps every digest, and
+skopeo reads the layout the bucket holds."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+from pathlib import Path
+
+import pytest
+
+from tests.integration.cli import REPO_ROOT, assert_one_line_error, run_occystrap
+from tests.integration.images import (
+    build_oci_layout,
+    push_with_skopeo,
+    random_layer,
+    run_skopeo,
+    skopeo_inspect,
+)
+
+MIB = 1024 * 1024
+PART = 5 * MIB
+
+
+@pytest.fixture
+def s3_env(moto, cloud_plugins) -> dict[str, str]:
+    return {**moto.env(), "PYTHONPATH": f"{cloud_plugins}{os.pathsep}{REPO_ROOT}"}
+
+
+@pytest.fixture
+def bucket(moto, request) -> str:
+    name = re.sub(r"[^a-z0-9-]", "-", request.node.name.lower())[:50].strip("-")
+    moto.client("s3").create_bucket(
+        Bucket=name, CreateBucketConfiguration={"LocationConstraint": "eu-west-1"}
+    )
+    return name
+
+
+def _download_prefix(moto, bucket: str, prefix: str, target: Path) -> None:
+    """The bucket's layout as a directory, read with boto3, for skopeo to judge."""
+    s3 = moto.client("s3")
+    for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
+        for item in page.get("Contents", []):
+            path = target / item["Key"][len(prefix) + 1 :]
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_bytes(s3.get_object(Bucket=bucket, Key=item["Key"])["Body"].read())
+
+
+def _seed(registry, repo: str, tmp_path: Path, big: int) -> dict:
+    layout = tmp_path / "seed"
+    descriptor = build_oci_layout(
+        layout, [random_layer(big, seed=30), random_layer(4096, seed=31, name="small.bin")]
+    )
+    push_with_skopeo(layout, registry, repo, "v1", manifest_format="oci")
+    return descriptor
+
+
+def test_registry_to_s3_and_back_keeps_every_digest(
+    moto, s3_env, bucket, registry_plain, unique_repo, tmp_path
+):
+    _seed(registry_plain, unique_repo, tmp_path, big=PART + MIB)  # over the part size
+    original = skopeo_inspect(registry_plain, f"{unique_repo}:v1", raw=True)
+    original_digest = skopeo_inspect(registry_plain, f"{unique_repo}:v1")["Digest"]
+    destination = f"s3://{bucket}/images?part_size=5MiB"
+
+    first = run_occystrap(
+        "--insecure",
+        "--debug",
+        "process",
+        f"registry://{registry_plain.host}/{unique_repo}:v1",
+        destination,
+        env=s3_env,
+    )
+    assert "SigV4Signing" in first.stderr
+    assert "partNumber=2" in first.stderr  # the big layer went up in parts
+    assert moto.secret_key not in first.stderr
+
+    local = tmp_path / "from-bucket"
+    _download_prefix(moto, bucket, "images", local)
+    inspected = run_skopeo("inspect", f"oci:{local}:v1").stdout
+    assert original_digest in inspected
+
+    again = run_occystrap(
+        "--insecure",
+        "--debug",
+        "process",
+        f"registry://{registry_plain.host}/{unique_repo}:v1",
+        destination,
+        env=s3_env,
+    )
+    blob_puts = [line for line in again.stderr.splitlines() if "PUT " in line and "/blobs/" in line]
+    assert blob_puts == []  # a second copy uploads nothing
+
+    back = f"{unique_repo}-back"
+    run_occystrap(
+        "--insecure",
+        "process",
+        f"s3://{bucket}/images?tag=v1",
+        f"registry://{registry_plain.host}/{back}:v1",
+        env=s3_env,
+    )
+    assert skopeo_inspect(registry_plain, f"{back}:v1")["Digest"] == original_digest
+    assert skopeo_inspect(registry_plain, f"{back}:v1", raw=True) == original
+
+
+def test_cut_multipart_upload_resumes_with_the_missing_parts(moto, s3_env, bucket, tmp_path):
+    """An earlier run died after uploading the first part: the next one finds the unfinished
+    upload, keeps that part and sends only the rest."""
+    layout = tmp_path / "layout"
+    descriptor = build_oci_layout(layout, [random_layer(PART + MIB, seed=32)], compression="none")
+    manifest = (layout / "blobs" / "sha256" / descriptor["digest"].split(":")[1]).read_bytes()
+    layer = json.loads(manifest)["layers"][0]
+    blob = (layout / "blobs" / "sha256" / layer["digest"].split(":")[1]).read_bytes()
+    key = f"cut/blobs/sha256/{layer['digest'].split(':')[1]}"
+    s3 = moto.client("s3")
+    upload = s3.create_multipart_upload(Bucket=bucket, Key=key)["UploadId"]
+    s3.upload_part(Bucket=bucket, Key=key, UploadId=upload, PartNumber=1, Body=blob[:PART])
+
+    result = run_occystrap(
+        "--debug",
+        "process",
+        f"oci-layout://{layout}",
+        f"s3://{bucket}/cut?part_size=5MiB",
+        env=s3_env,
+    )
+    assert "resuming the upload" in result.stderr
+    assert "partNumber=1&" not in result.stderr
+    assert "partNumber=2&" in result.stderr
+    stored = s3.get_object(Bucket=bucket, Key=key)["Body"].read()
+    assert hashlib.sha256(stored).hexdigest() == layer["digest"].split(":")[1]
+    assert s3.list_multipart_uploads(Bucket=bucket).get("Uploads", []) == []
+
+
+def test_missing_bucket_is_one_line(s3_env, tmp_path):
+    layout = tmp_path / "layout"
+    build_oci_layout(layout, [random_layer(1024, seed=33)])
+    result = run_occystrap(
+        "process", f"oci-layout://{layout}", "s3://no-such-bucket/x", env=s3_env, check=False
+    )
+    assert_one_line_error(result, "s3://no-such-bucket/x", "NoSuchBucket")
+
+
+def test_wrong_secret_is_refused_by_moto(moto, s3_env, bucket, tmp_path):
+    layout = tmp_path / "layout"
+    build_oci_layout(layout, [random_layer(1024, seed=34)])
+    env = {**s3_env, "AWS_SECRET_ACCESS_KEY": "Zq9NotTheSecret"}
+    result = run_occystrap(
+        "process", f"oci-layout://{layout}", f"s3://{bucket}/x", env=env, check=False
+    )
+    assert_one_line_error(result, f"s3://{bucket}/x", "HTTP 403")
+    assert "Zq9NotTheSecret" not in result.stderr

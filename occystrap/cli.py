@@ -28,7 +28,6 @@ if TYPE_CHECKING:
     import httpx
 
     from occystrap.config_file import ConfigFile
-    from occystrap.registries_conf import RegistriesConf
     from occystrap.registry.referrers import Referrer
     from occystrap.settings import RunSettings
 
@@ -338,16 +337,13 @@ def main(ctx: click.Context, **options: object) -> None:
 
     del options["config"]  # read before the other options, by _read_config_file
     named = options.pop("registries_conf")
-    conf = registries_conf.load(Path(str(named)) if named else None)
-    registries_conf.activate(conf)
-    ctx.meta[_REGISTRIES_CONF] = conf
+    registries_conf.activate(lambda: registries_conf.load(Path(str(named)) if named else None))
     ctx.obj = RunSettings.from_options(options)
 
 
 # -- the configuration file and `occystrap config` -------------------------------------------
 
 _CONFIG_FILE = "occystrap.config_file"
-_REGISTRIES_CONF = "occystrap.registries_conf"
 
 
 def _option_key(param: click.Parameter) -> str | None:
@@ -418,9 +414,9 @@ def effective_configuration(ctx: click.Context) -> dict[str, Any]:
     """Every global option's value (secrets masked) and source, and the files read."""
     root = ctx.find_root()
     loaded: ConfigFile = root.meta[_CONFIG_FILE]
-    from occystrap import config_file
+    from occystrap import config_file, registries_conf
 
-    conf: RegistriesConf = root.meta[_REGISTRIES_CONF]
+    conf = registries_conf.active()
     options = {}
     for param in root.command.params:
         key = _option_key(param)

@@ -11,7 +11,8 @@ from __future__ import annotations
 import logging
 import os
 import re
-from collections.abc import Iterator, Mapping, Sequence
+import threading
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from functools import cached_property
@@ -535,19 +536,28 @@ def _mirror_occurrence(text: str, registry_index: int, mirror_index: int) -> int
 
 # -- the configuration in effect for a run -----------------------------------------------------
 
-_active = RegistriesConf()
+# The configuration, or how to load it: a run that names no registry never reads the files.
+_active: RegistriesConf | Callable[[], RegistriesConf] = RegistriesConf()
+_lock = threading.Lock()
 
 
 def active() -> RegistriesConf:
     """The registries configuration `registry://` references are resolved with (empty until
-    the CLI, or a library caller, activates one)."""
-    return _active
-
-
-def activate(conf: RegistriesConf) -> None:
-    """Make `conf` the configuration for the rest of this process (the CLI does, once)."""
+    the CLI, or a library caller, activates one); loaded here, at first use, if it was
+    activated as a loader."""
     global _active
-    _active = conf
+    with _lock:
+        if callable(_active):
+            _active = _active()
+        return _active
+
+
+def activate(conf: RegistriesConf | Callable[[], RegistriesConf]) -> None:
+    """Make `conf` (or what the loader `conf` returns, when first asked) the configuration for
+    the rest of this process: the CLI does, once."""
+    global _active
+    with _lock:
+        _active = conf
 
 
 @contextmanager

@@ -51,8 +51,9 @@ class ChainSettings:
     retries: int = 3
     rate_limits: Sequence[str] = ()
     mirrors: Sequence[str] = ()
-    # Its [[registry.mirror]] lists join `mirrors`: the configuration in effect by default.
-    registries: RegistriesConf = field(default_factory=registries_conf.active)
+    # Its [[registry.mirror]] lists join `mirrors`; None: the configuration in effect
+    # (registries_conf.active(), read when the chain is built).
+    registries: RegistriesConf | None = None
     credentials: CredentialStore = field(default_factory=CredentialStore.empty)
     quay_api_base: str = DEFAULT_QUAY_API
     quay_token: str | None = None
@@ -75,6 +76,7 @@ class ChainSettings:
 
 def build_transport(settings: ChainSettings) -> httpx.BaseTransport:
     """The chain itself, innermost first so the code reads bottom-up like the diagram above."""
+    registries = registries_conf.active() if settings.registries is None else settings.registries
     transport: httpx.BaseTransport = build_base_transport(
         http2=settings.http2,
         parallel=settings.parallel,
@@ -82,7 +84,7 @@ def build_transport(settings: ChainSettings) -> httpx.BaseTransport:
         tls_verify=settings.tls_verify,
         certs_roots=settings.certs_dirs,
         timeout=settings.timeout,
-        insecure_host=settings.registries.insecure_host if settings.registries.registries else None,
+        insecure_host=registries.insecure_host if registries.registries else None,
     )
     transport = Logging(transport)
     if settings.quota is not None:
@@ -100,7 +102,7 @@ def build_transport(settings: ChainSettings) -> httpx.BaseTransport:
     )
     transport = QuayAuth(transport, api_base=settings.quay_api_base, token=settings.quay_token)
     transport = RegistryAuth(transport, settings.credentials)
-    mirrors = mirror_table(settings.mirrors, settings.registries)
+    mirrors = mirror_table(settings.mirrors, registries)
     if mirrors:
         transport = Mirror(transport, mirrors)
     specs = [parse_middleware_spec(spec) for spec in settings.middlewares]

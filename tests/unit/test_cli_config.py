@@ -143,3 +143,11 @@ def test_malformed_registries_conf_is_one_line(tmp_path):
     run_cli("--registries-conf", str(path), "config").assert_one_line_error(
         f"{path}:3:", "insecure must be a bool"
     )
+
+
+def test_registries_conf_is_read_when_a_registry_is_named(tmp_path):
+    broken = tmp_path / "registries.conf"
+    broken.write_text("[[registry]\n")
+    run_cli(
+        "--registries-conf", str(broken), "info", "registry://h.example/a"
+    ).assert_one_line_error(f"{broken}:1:", "not valid TOML")

@@ -20,11 +20,17 @@ from occystrap.endpoints import Endpoint, non_empty_option, query_options, split
 from occystrap.errors import OccystrapError, UsageError
 from occystrap.extract import parse_byte_size
 from occystrap.image import ImageLike
-from occystrap.ocilayout import INDEX_FILE, LAYOUT_FILE, OciLayoutReader, OciLayoutWriter
+from occystrap.ocilayout import (
+    INDEX_FILE,
+    LAYOUT_FILE,
+    LayoutDestination,
+    LayoutManifests,
+    OciLayoutReader,
+    OciLayoutWriter,
+)
 from occystrap.pipeline import RunContext
 from occystrap.streams import Readable
 
-DEFAULT_TAG = "latest"
 # Attempts at replacing index.json while other writers keep changing it.
 _INDEX_ATTEMPTS = 10
 # Blobs larger than this go up in parts of this size (clouds' own defaults are close).
@@ -167,8 +173,8 @@ class BucketURI(Endpoint):
     def open_input(self, ctx: RunContext) -> BucketSource:
         return BucketSource(self.layout(ctx), self.tag, self.shown)
 
-    def open_output(self, ctx: RunContext) -> BucketDestination:
-        destination = BucketDestination(OciLayoutWriter(self.layout(ctx), ctx), self.tag)
+    def open_output(self, ctx: RunContext) -> LayoutDestination:
+        destination = LayoutDestination(OciLayoutWriter(self.layout(ctx), ctx), self.tag)
         destination.writer.check()
         return destination
 
@@ -177,23 +183,19 @@ class BucketSource:
     def __init__(self, layout: BucketLayout, tag: str | None, shown: str) -> None:
         self.layout, self.tag, self.shown = layout, tag, shown
 
-    def read(self) -> ImageLike:
+    def _reader(self) -> OciLayoutReader:
         if not self.layout.holds_layout():
             raise OccystrapError(
                 f"{self.shown} is not an OCI image layout (no {LAYOUT_FILE}); write one with"
                 f" `occystrap process SOURCE {self.shown}`"
             )
-        return OciLayoutReader(self.layout).read(self.tag)
+        return OciLayoutReader(self.layout)
 
+    def read(self) -> ImageLike:
+        return self._reader().read(self.tag)
 
-class BucketDestination:
-    accepts_index = True
-
-    def __init__(self, writer: OciLayoutWriter, tag: str | None) -> None:
-        self.writer, self.tag = writer, tag
-
-    def write(self, item: ImageLike) -> str:
-        return self.writer.write(item, self.tag or item.source.tag or DEFAULT_TAG)
+    def manifest_source(self) -> LayoutManifests:
+        return self._reader().manifests(self.tag)
 
 
 def parse_bucket_uri(

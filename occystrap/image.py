@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO, Protocol
 
@@ -22,7 +22,7 @@ from occystrap.digests import check_digest, hash_of, new_hasher, sha256_digest
 from occystrap.errors import DigestMismatchError, OccystrapError
 from occystrap.jsondoc import parse_json
 from occystrap.manifest import Descriptor, Manifest, Platform, PlatformDescriptor, parse_manifest
-from occystrap.mediatypes import DOCKER_MANIFEST, LAYER_TYPES, OCI_MANIFEST, compression_of
+from occystrap.mediatypes import DOCKER_MANIFEST, OCI_MANIFEST, compression_of, is_config, is_layer
 from occystrap.streams import Readable
 
 
@@ -288,14 +288,6 @@ class ImageIndex:
     def digest(self) -> str:
         return sha256_digest(self.raw)
 
-    def narrowed(self, keep: Sequence[PlatformDescriptor]) -> ImageIndex:
-        """A new index holding only `keep` (so a new digest), entries as the source wrote them."""
-        document = parse_json(self.raw, f"the index of {self.source}")
-        wanted = {entry.digest for entry in keep}
-        document["manifests"] = [m for m in document["manifests"] if m.get("digest") in wanted]
-        raw = json.dumps(document, separators=(",", ":")).encode()
-        return replace(self, raw=raw, manifests=tuple(keep))
-
 
 ImageLike = Image | ImageIndex
 
@@ -320,6 +312,33 @@ def _layer_facts(config: bytes) -> tuple[list[str], list[str]]:
     return (list(diff_ids) if valid else []), created  # type: ignore[arg-type]
 
 
+class NotAnImageError(OccystrapError):
+    """A manifest that is an artifact (an SBOM, a signature, a chart...) where an image is
+    needed: an output that lays out a filesystem, or a filter."""
+
+
+def artifact_type(manifest: Manifest) -> str | None:
+    """What a manifest holds when it is not an image (None for an image): its artifactType,
+    else the config or layer media type that is not an image's."""
+    if manifest.artifact_type:
+        return manifest.artifact_type
+    if not is_config(manifest.config.media_type):
+        return manifest.config.media_type
+    for layer in manifest.layers:
+        if not is_layer(layer.media_type):
+            return layer.media_type
+    return None
+
+
+def require_image(manifest: Manifest, where: str) -> None:
+    kind = artifact_type(manifest)
+    if kind is not None:
+        raise NotAnImageError(
+            f"{where} is not an image but an artifact ({kind}); copy it to registry:// or"
+            " oci-layout:// without filters, which keep it byte for byte"
+        )
+
+
 def image_from_manifest(
     source: SourceName,
     manifest: Manifest,
@@ -330,17 +349,15 @@ def image_from_manifest(
 ) -> Image:
     """The image a manifest and its (verified) config describe, its layers' bytes found by
     `blob_of`; for any source that stores blobs by digest (a registry, an OCI layout).
-
-    An artifact whose blobs are not image layers keeps them, named by their digests."""
+    An artifact is refused: image semantics would misread its blobs."""
+    require_image(manifest, where)
     diff_ids, history = _layer_facts(config)
     descriptors = manifest.layers
     if len(diff_ids) != len(descriptors):
-        if descriptors and all(d.media_type in LAYER_TYPES for d in descriptors):
-            raise error(
-                f"{where}: the manifest lists {len(descriptors)} layers but the"
-                f" config has {len(diff_ids)} diff_ids; the image is corrupt"
-            )
-        diff_ids = [d.digest for d in descriptors]  # an artifact, not a runnable image
+        raise error(
+            f"{where}: the manifest lists {len(descriptors)} layers but the"
+            f" config has {len(diff_ids)} diff_ids; the image is corrupt"
+        )
     history += [""] * (len(descriptors) - len(history))
     layers = tuple(
         Layer(

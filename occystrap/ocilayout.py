@@ -19,7 +19,7 @@ import json
 import os
 import re
 import shutil
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import Any, Protocol
@@ -30,7 +30,14 @@ from occystrap.compression import CHUNK_SIZE
 from occystrap.destinations import check_directory
 from occystrap.digests import check_digest, sha256_digest
 from occystrap.dockersave import MemberSource, name_and_tag
-from occystrap.errors import DigestMismatchError, FilesystemError, OccystrapError, UsageError
+from occystrap.errors import (
+    DigestMismatchError,
+    FilesystemError,
+    OccystrapError,
+    UsageError,
+    writing_to,
+)
+from occystrap.graph import Node
 from occystrap.image import (
     Blob,
     Image,
@@ -59,6 +66,7 @@ LAYOUT_FILE = "oci-layout"
 INDEX_FILE = "index.json"
 REF_NAME = "org.opencontainers.image.ref.name"
 LAYOUT_VERSION = "1.0.0"
+DEFAULT_TAG = "latest"
 _METADATA_LIMIT = 16 * 1024 * 1024  # index.json, manifests and configs are small
 _BLOB_DIGEST = re.compile(r"(sha256):([0-9a-f]{64})|(sha512):([0-9a-f]{128})")
 # A ref.name that is only a tag (what skopeo and crane write), not a whole reference.
@@ -231,6 +239,30 @@ class OciLayoutReader:
     def _layer_blob(self, descriptor: Descriptor) -> Blob:
         return self.members.blob(self._blob_key(descriptor, "layer"))
 
+    def manifests(self, tag: str | None = None) -> LayoutManifests:
+        """The graph copy's view of the entry tagged `tag`: manifests and blobs as stored."""
+        return LayoutManifests(self, self.select(tag))
+
+
+class LayoutManifests:
+    """The graph copy's reading side (occystrap.graph.ManifestSource) over a layout."""
+
+    pinned = None  # a layout's URI names no platform
+
+    def __init__(self, reader: OciLayoutReader, entry: PlatformDescriptor) -> None:
+        self.reader, self.entry = reader, entry
+        self.source = source_name(ref_name(entry))
+
+    def root(self) -> Node:
+        return self.manifest(self.entry)
+
+    def manifest(self, descriptor: Descriptor) -> Node:
+        document = self.reader._document(descriptor, "manifest")
+        return Node(document.raw, document.media_type)
+
+    def blob(self, descriptor: Descriptor) -> Blob:
+        return self.reader.members.blob(self.reader._blob_key(descriptor, "blob"))
+
 
 # -- writing ------------------------------------------------------------------------------
 
@@ -357,22 +389,11 @@ class OciLayoutWriter:
         if self.storage.holds_layout():
             self._index_document(self.storage.read_index())  # damaged: refused, not replaced
 
-    def write(self, item: ImageLike, tag: str) -> str:
-        """Store `item` and tag it; return its manifest (or index) digest."""
+    def write(self, image: Image, tag: str) -> str:
+        """Store `image` and tag it; return its manifest digest."""
         self.check()
         self._create()
-        if isinstance(item, Image):
-            descriptor = self._write_image(item)
-        else:
-            for entry in item.manifests:
-                written = self._write_image(item.read_entry(entry))
-                if written.digest != entry.digest:
-                    raise OccystrapError(
-                        f"the manifest of {entry.platform or entry.digest} changed while copying"
-                        f" ({written.digest}); the source was modified, try again"
-                    )
-            self._store_bytes(item.raw)
-            descriptor = Descriptor(item.media_type, item.digest, len(item.raw))
+        descriptor = self._write_image(image)
         self._tag(descriptor, tag)
         return descriptor.digest
 
@@ -393,6 +414,12 @@ class OciLayoutWriter:
         digest = self._store_bytes(raw)
         if tag is not None:
             self._tag(Descriptor(media_type, digest, len(raw)), tag)
+
+    def store_blobs(self, blobs: Sequence[Layer]) -> None:
+        """Store blobs as they are (the graph copy's), each verified as it streams in."""
+        self._create()
+        with cancellable_pool(self.ctx.settings.parallel, "store") as pool:
+            list(pool.map(self._store_layer, blobs))
 
     # Layout and index.json.
 
@@ -474,9 +501,7 @@ class OciLayoutWriter:
 
     def _write_image(self, image: Image) -> Descriptor:
         """Store the image's layers, config and manifest; return the manifest's descriptor."""
-        distinct = list({layer.digest: layer for layer in image.layers}.values())
-        with cancellable_pool(self.ctx.settings.parallel, "store") as pool:
-            list(pool.map(self._store_layer, distinct))
+        self.store_blobs(list({layer.digest: layer for layer in image.layers}.values()))
         self._store_bytes(image.config, counted=True)
         if image.manifest is not None:
             raw, media_type = image.manifest, image.manifest_media_type
@@ -488,3 +513,31 @@ class OciLayoutWriter:
             )
             media_type = OCI_MANIFEST
         return Descriptor(media_type, self._store_bytes(raw), len(raw))
+
+
+class LayoutDestination:
+    """An output into a layout (a directory or a bucket): one image an input or a filter
+    made (`write`), or a graph copied byte for byte (`put_blobs`, `put_manifest`). What it
+    stores is tagged as its URI says, else by the source's tag, else `latest`."""
+
+    def __init__(self, writer: OciLayoutWriter, tag: str | None) -> None:
+        self.writer, self.tag = writer, tag
+
+    def _tag_for(self, source: SourceName) -> str:
+        return self.tag or source.tag or DEFAULT_TAG
+
+    def write(self, item: Image) -> str:
+        with writing_to(self.writer.where):
+            return self.writer.write(item, self._tag_for(item.source))
+
+    def manifest_sink(self) -> LayoutDestination:
+        return self
+
+    def put_blobs(self, blobs: Sequence[Layer]) -> None:
+        with writing_to(self.writer.where):
+            self.writer.store_blobs(blobs)
+
+    def put_manifest(self, node: Node, name: SourceName | None) -> None:
+        tag = None if name is None else self._tag_for(name)
+        with writing_to(self.writer.where):
+            self.writer.store_manifest(node.raw, node.media_type, tag)

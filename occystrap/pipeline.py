@@ -24,7 +24,8 @@ from occystrap import compression
 from occystrap.blobcache import BlobCache, NullBlobCache
 from occystrap.cancel import shutdown_pool
 from occystrap.compression import DeflatePool
-from occystrap.errors import DigestMismatchError, writing_to
+from occystrap.errors import DigestMismatchError, UsageError, writing_to
+from occystrap.graph import ManifestInput, ManifestOutput, copy_graph
 from occystrap.image import Image, ImageIndex, ImageLike, Layer
 from occystrap.manifest import Platform, select_platform
 from occystrap.registry.ledger import UploadLedger
@@ -100,10 +101,7 @@ class ImageInput(Protocol):
 
 
 class ImageOutput(Protocol):
-    #: True when the destination can hold a whole multi-platform index (a registry).
-    accepts_index: bool
-
-    def write(self, item: ImageLike) -> str | None:
+    def write(self, item: Image) -> str | None:
         """Write the image; return the digest it is known by there (None if it has none).
 
         On failure leave nothing half-written."""
@@ -127,30 +125,28 @@ class CopyResult:
     referrers: int = 0  # signatures, SBOMs ... copied with it (process --referrers)
 
 
-def choose_platform(index: ImageIndex, platform: Platform) -> Image:
-    """The one image a single-image destination takes from an index, said aloud."""
-    platform = index.pinned or platform
+def choose_platform(
+    index: ImageIndex, default: Platform, platforms: Sequence[Platform] = ()
+) -> Image:
+    """The one image a single-image destination (or a filter) takes from an index: the one
+    --platform asked for, else the source URI's, else `default`; said aloud when it was a
+    choice among several."""
+    if len(platforms) > 1:
+        raise UsageError(
+            f"{len(platforms)} platforms asked for, but only one image can be written here;"
+            " give one --platform"
+        )
+    platform = platforms[0] if platforms else index.pinned or default
     chosen = select_platform(index, platform.os, platform.architecture, platform.variant)
     runnable = [entry for entry in index.manifests if not entry.is_attestation]
-    if len(runnable) > 1 and index.pinned is None:
+    if len(runnable) > 1 and not platforms and index.pinned is None:
         LOG.warning(
-            "%s has %d platforms; writing %s (choose with --os/--architecture/--variant)",
+            "%s has %d platforms; writing %s (choose with --platform)",
             index.source,
             len(runnable),
             chosen.platform,
         )
     return index.read_entry(chosen)
-
-
-def narrow_index(index: ImageIndex, platforms: Sequence[Platform]) -> ImageIndex:
-    """A new index of only the `platforms` asked for (each must exist)."""
-    keep = [select_platform(index, p.os, p.architecture, p.variant) for p in platforms]
-    unique = list({entry.digest: entry for entry in keep}.values())
-    return index.narrowed(unique)
-
-
-def _layer_count(item: ImageLike) -> int:
-    return len(item.layers) if isinstance(item, Image) else len(item.manifests)
 
 
 def run_pipeline(
@@ -160,18 +156,27 @@ def run_pipeline(
     filters: Sequence[ImageFilter] = (),
     platforms: Sequence[Platform] = (),
 ) -> CopyResult:
-    """Read, filter and write one image or index."""
+    """Read, filter and write one image or index.
+
+    Between two places that store manifests, with no filter, the descriptor graph is copied
+    byte for byte whatever it holds (`occystrap.graph`); otherwise the image is read as an
+    image (refusing what is not one) for an output that needs a filesystem or a filter."""
+    if (
+        not filters
+        and isinstance(output, ManifestOutput)
+        and isinstance(image_input, ManifestInput)
+    ):
+        source = image_input.manifest_source()
+        if source is not None:
+            copied = copy_graph(source, output.manifest_sink(), platforms)
+            return CopyResult(copied.digest, copied.entries, ctx.stats)
     item = image_input.read()
     if isinstance(item, ImageIndex):
-        if platforms:
-            item = narrow_index(item, platforms)
-        if filters or not output.accepts_index or item.pinned is not None:
-            item = choose_platform(item, ctx.settings.platform)
+        item = choose_platform(item, ctx.settings.platform, platforms)
     for image_filter in filters:
-        assert isinstance(item, Image)
         item = image_filter.apply(item, ctx)
     digest = output.write(item)
-    return CopyResult(digest, _layer_count(item), ctx.stats)
+    return CopyResult(digest, len(item.layers), ctx.stats)
 
 
 # -- fetching layers ahead of an output that writes tars in order ---------------------------

@@ -131,8 +131,6 @@ def _write_json(path: Path, document: Any) -> None:
 class DirectoryOutput:
     """Writes images into the directory `path` (see the module docstring)."""
 
-    accepts_index = False
-
     def __init__(
         self,
         path: Path,

@@ -381,8 +381,6 @@ def load_error(lines: Iterable[str]) -> str | None:
 class DockerDestination:
     """Loads one image into the daemon as NAME:TAG and checks that it is listed so."""
 
-    accepts_index = False
-
     def __init__(self, daemon: Daemon, name: str, ctx: RunContext) -> None:
         self.daemon, self.name, self.ctx = daemon, name, ctx
 

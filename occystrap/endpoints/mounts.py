@@ -56,8 +56,6 @@ class MountsURI(Endpoint):
 class MountsOutput:
     """Writes one image's layers in overlayfs form (see the module docstring)."""
 
-    accepts_index = False
-
     def __init__(self, path: Path, ctx: RunContext, policy: ExpandPolicy = DEFAULT_POLICY) -> None:
         self.path, self.ctx, self.policy = path, ctx, policy
         self.mount_command: str | None = None  # once written, for library callers

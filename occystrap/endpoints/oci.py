@@ -101,8 +101,6 @@ class OciURI(Endpoint):
 class BundleOutput:
     """Writes one image as an OCI runtime bundle (see the module docstring)."""
 
-    accepts_index = False
-
     def __init__(self, path: Path, ctx: RunContext, policy: ExpandPolicy = DEFAULT_POLICY) -> None:
         self.path, self.ctx, self.policy = Path(path), ctx, policy
 

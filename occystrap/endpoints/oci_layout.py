@@ -21,12 +21,16 @@ from occystrap.endpoints import (
     query_options,
     split_query,
 )
-from occystrap.errors import OccystrapError, writing_to
+from occystrap.errors import OccystrapError
 from occystrap.image import ImageLike
-from occystrap.ocilayout import LAYOUT_FILE, OciLayoutReader, OciLayoutWriter
+from occystrap.ocilayout import (
+    LAYOUT_FILE,
+    LayoutDestination,
+    LayoutManifests,
+    OciLayoutReader,
+    OciLayoutWriter,
+)
 from occystrap.pipeline import RunContext
-
-DEFAULT_TAG = "latest"
 
 
 @dataclass
@@ -37,8 +41,8 @@ class OciLayoutURI(Endpoint):
     def open_input(self, ctx: RunContext) -> OciLayoutSource:
         return OciLayoutSource(self.path, self.tag)
 
-    def open_output(self, ctx: RunContext) -> OciLayoutDestination:
-        destination = OciLayoutDestination(self.path, self.tag, ctx)
+    def open_output(self, ctx: RunContext) -> LayoutDestination:
+        destination = LayoutDestination(OciLayoutWriter(self.path, ctx), self.tag)
         destination.writer.check()
         return destination
 
@@ -47,25 +51,19 @@ class OciLayoutSource:
     def __init__(self, path: Path, tag: str | None) -> None:
         self.path, self.tag = path, tag
 
-    def read(self) -> ImageLike:
+    def _reader(self) -> OciLayoutReader:
         if not (self.path / LAYOUT_FILE).is_file():
             raise OccystrapError(
                 f"{self.path} is not an OCI image layout (no {LAYOUT_FILE} file); write one with"
                 f" `occystrap process SOURCE oci-layout://{self.path}` or `skopeo copy ... oci:`"
             )
-        return OciLayoutReader(DirectoryMembers(self.path)).read(self.tag)
+        return OciLayoutReader(DirectoryMembers(self.path))
 
+    def read(self) -> ImageLike:
+        return self._reader().read(self.tag)
 
-class OciLayoutDestination:
-    accepts_index = True
-
-    def __init__(self, path: Path, tag: str | None, ctx: RunContext) -> None:
-        self.tag = tag
-        self.writer = OciLayoutWriter(path, ctx)
-
-    def write(self, item: ImageLike) -> str:
-        with writing_to(self.writer.where):
-            return self.writer.write(item, self.tag or item.source.tag or DEFAULT_TAG)
+    def manifest_source(self) -> LayoutManifests:
+        return self._reader().manifests(self.tag)
 
 
 def _parse(text: str, rest: str) -> OciLayoutURI:

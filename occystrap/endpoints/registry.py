@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import io
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, replace
 
@@ -27,6 +27,7 @@ from occystrap.endpoints import (
     split_query,
 )
 from occystrap.errors import RegistryError, UsageError
+from occystrap.graph import Node
 from occystrap.image import (
     Blob,
     FileBlob,
@@ -95,32 +96,47 @@ class RegistryURI(Endpoint):
 
 class RegistrySource:
     def __init__(
-        self, client: RegistryClient, reference: ImageReference, platform: Platform | None
+        self, client: RegistryClient, reference: ImageReference, pinned: Platform | None
     ) -> None:
-        self.client, self.reference, self.platform = client, reference, platform
+        self.client, self.reference, self.pinned = client, reference, pinned
         registry = None if reference.registry == DOCKER_HUB_HOST else reference.registry
         self.source = SourceName(reference.repository, reference.tag, registry)
 
     def read(self) -> ImageLike:
         """The image, or the index when the reference names one."""
-        raw, content_type, digest = self.client.get_manifest(
-            self.reference.repository, self.reference.reference
-        )
-        parsed = parse_manifest(raw, content_type)
+        parsed = self.root().parsed()
         if isinstance(parsed, Manifest):
             return self.image(parsed)
         return ImageIndex(
             self.source,
-            raw,
+            parsed.raw,
             parsed.media_type,
             tuple(parsed.manifests),
             self._read_entry,
-            self.platform,
+            self.pinned,
         )
 
+    # The graph copy's reading side (occystrap.graph.ManifestSource).
+
+    def manifest_source(self) -> RegistrySource:
+        return self
+
+    def root(self) -> Node:
+        return self._node(self.reference.reference)
+
+    def manifest(self, descriptor: Descriptor) -> Node:
+        return self._node(descriptor.digest)
+
+    def _node(self, reference: str) -> Node:
+        """A manifest as served (digest-pinned ones verified), with the type it is served as."""
+        raw, content_type, _ = self.client.get_manifest(self.reference.repository, reference)
+        return Node(raw, parse_manifest(raw, content_type).media_type)
+
+    def blob(self, descriptor: Descriptor) -> RegistryBlob:
+        return RegistryBlob(self.client, self.reference.repository, descriptor.digest)
+
     def _read_entry(self, entry: PlatformDescriptor) -> Image:
-        raw, content_type, _ = self.client.get_manifest(self.reference.repository, entry.digest)
-        parsed = parse_manifest(raw, content_type)
+        parsed = self.manifest(entry).parsed()
         if isinstance(parsed, ManifestIndex):
             raise RegistryError(f"{self.reference}: an index inside an index is not supported")
         return self.image(parsed)
@@ -132,29 +148,34 @@ class RegistrySource:
             self.source,
             manifest,
             config,
-            lambda descriptor: RegistryBlob(self.client, repository, descriptor.digest),
+            self.blob,
             str(self.reference),
             RegistryError,
         )
 
 
 class RegistryDestination:
-    accepts_index = True
-
     def __init__(self, client: RegistryClient, reference: ImageReference, ctx: RunContext) -> None:
         self.client, self.reference, self.ctx = client, reference, ctx
         self.repository = reference.repository
 
-    def write(self, item: ImageLike) -> str:
-        if isinstance(item, Image):
-            return self._write_image(item, self.reference.reference)
-        for entry in item.manifests:
-            self._write_image(item.read_entry(entry), entry.digest)
-        self.client.put_manifest(
-            self.repository, self.reference.reference, item.raw, item.media_type
-        )
-        LOG.info("pushed %s (%s)", self.reference, item.digest)
-        return item.digest
+    # The graph copy's writing side (occystrap.graph.ManifestSink).
+
+    def manifest_sink(self) -> RegistryDestination:
+        return self
+
+    def put_blobs(self, blobs: Sequence[Layer]) -> None:
+        with cancellable_pool(self.ctx.settings.parallel, "push") as pool:
+            list(pool.map(self._push_stored, blobs))
+
+    def put_manifest(self, node: Node, name: SourceName | None) -> None:
+        reference = node.digest if name is None else self.reference.reference
+        self.client.put_manifest(self.repository, reference, node.raw, node.media_type)
+        LOG.info("pushed %s@%s", self.repository, node.digest)
+
+    def write(self, item: Image) -> str:
+        """One image an input or a filter made (an index comes as a graph, above)."""
+        return self._write_image(item, self.reference.reference)
 
     def _write_image(self, image: Image, reference: str) -> str:
         distinct = {layer.digest: layer for layer in image.layers}
@@ -187,13 +208,7 @@ class RegistryDestination:
     def _push_layer(self, layer: Layer) -> Layer:
         """Upload one layer (compressing it first if it is stored uncompressed)."""
         if layer.compression != compression.NONE:
-            again_if_corrupt(
-                layer,
-                lambda: self._push_blob(
-                    layer.digest, layer.size, layer.open_blob, layer.blob, layer.label
-                ),
-            )
-            return layer
+            return self._push_stored(layer)
         remembered = self._remembered_compression(layer)
         if remembered is not None:
             return remembered
@@ -208,6 +223,16 @@ class RegistryDestination:
         return replace(
             compressed, blob=RegistryBlob(self.client, self.repository, compressed.digest)
         )
+
+    def _push_stored(self, layer: Layer) -> Layer:
+        """Upload the blob as it is stored."""
+        again_if_corrupt(
+            layer,
+            lambda: self._push_blob(
+                layer.digest, layer.size, layer.open_blob, layer.blob, layer.label
+            ),
+        )
+        return layer
 
     def _setting(self) -> str:
         settings = self.ctx.settings

@@ -7,6 +7,7 @@ As a source it also takes an OCI image layout packed as a tarball (skopeo's `oci
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 
 from occystrap.atomic import atomic_file
@@ -15,7 +16,7 @@ from occystrap.dockersave import DockerSaveReader, TarMembers, repo_tag_of, writ
 from occystrap.endpoints import Endpoint, Scheme, path_of
 from occystrap.errors import OccystrapError
 from occystrap.image import Image, ImageLike
-from occystrap.ocilayout import OciLayoutReader, is_oci_layout
+from occystrap.ocilayout import LayoutManifests, OciLayoutReader, is_oci_layout
 from occystrap.pipeline import RunContext, local_layers
 
 
@@ -35,19 +36,34 @@ class TarSource:
     def __init__(self, path: Path) -> None:
         self.path = path
 
+    @cached_property
+    def _members(self) -> TarMembers:
+        return TarMembers(self.path)
+
+    def _oci_archive(self) -> OciLayoutReader | None:
+        """A reader when the tarball is an OCI archive (skopeo's oci-archive:) and not a
+        docker save; tar:// has no options to pick an image, so it must hold one."""
+        members = self._members
+        if not is_oci_layout(members) or members.has("manifest.json"):
+            return None
+        return OciLayoutReader(
+            members, "unpack it and read the directory with oci-layout://DIR?tag=TAG"
+        )
+
     def read(self) -> ImageLike:
-        members = TarMembers(self.path)
-        if is_oci_layout(members) and not members.has("manifest.json"):
-            # An OCI archive (skopeo's oci-archive:); tar:// has no options to pick an image.
-            unpack = "unpack it and read the directory with oci-layout://DIR?tag=TAG"
-            return OciLayoutReader(members, unpack).read()
-        return DockerSaveReader(members).read()
+        archive = self._oci_archive()
+        if archive is not None:
+            return archive.read()
+        return DockerSaveReader(self._members).read()
+
+    def manifest_source(self) -> LayoutManifests | None:
+        """An OCI archive stores manifests, so it is copied byte for byte where it can be."""
+        archive = self._oci_archive()
+        return None if archive is None else archive.manifests()
 
 
 class TarDestination:
     """Writes one image as a tarball that `docker load`, podman and skopeo accept."""
-
-    accepts_index = False
 
     def __init__(self, path: Path, ctx: RunContext) -> None:
         self.path, self.ctx = path, ctx

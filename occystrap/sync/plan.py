@@ -23,10 +23,9 @@ from occystrap.endpoints.oci_layout import OciLayoutURI
 from occystrap.endpoints.quay import QuayURI
 from occystrap.endpoints.registry import RegistrySource, RegistryURI
 from occystrap.errors import OccystrapError, RegistryError, UsageError
-from occystrap.image import ImageIndex
+from occystrap.graph import platform_root
 from occystrap.manifest import Platform
 from occystrap.ocilayout import INDEX_FILE, REF_NAME
-from occystrap.pipeline import narrow_index
 from occystrap.quay.api import QuayClient, api_base
 from occystrap.quay.bulk import describe_failure
 from occystrap.registry.client import RegistryClient
@@ -249,10 +248,7 @@ class Planner:
             return client.head_manifest(source.name, tag).digest
         reference = parse_uri(source.uri(tag))
         assert isinstance(reference, RegistryURI)
-        item = RegistrySource(client, reference.reference, None).read()
-        if isinstance(item, ImageIndex):
-            return narrow_index(item, platforms).digest
-        return client.head_manifest(source.name, tag).digest
+        return platform_root(RegistrySource(client, reference.reference, None), platforms).digest
 
     def _target_digest(self, target: Target, tag: str) -> str | None:
         if isinstance(target, Layout):

@@ -23,7 +23,7 @@ sys.modules.setdefault("httpx._main", None)  # type: ignore[arg-type]
 
 # Where each exported name lives; loaded on first use so `occystrap --help` stays quick.
 _EXPORTS = {
-    "copy": "occystrap.commands",
+    "copy": "occystrap.library",
     "Endpoint": "occystrap.endpoints",
     "Scheme": "occystrap.endpoints",
     "parse_uri": "occystrap.endpoints",

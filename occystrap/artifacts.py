@@ -88,7 +88,7 @@ class PulledArtifact:
 def _store(settings: RunSettings, endpoint: Endpoint, what: str) -> Iterator[ReferrerStore]:
     """A store for `endpoint` over the run's one client."""
     with (
-        build_client(settings.chain_settings(list(endpoint.registry_hosts()))) as http,
+        build_client(settings.copy_chain_settings(endpoint.credential_scope(), None)) as http,
         tempfile.TemporaryDirectory(prefix="occystrap-", dir=settings.temp_dir) as work,
     ):
         yield store_of(endpoint, RunContext(settings, http, Path(work)), what)

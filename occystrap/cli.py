@@ -1,4 +1,5 @@
-"""The command line: parses flags and hands a `RunSettings` to occystrap.commands."""
+"""The command line: parses flags into a `RunSettings`, calls occystrap.library (or the
+toolbox) and renders what it returns. The only module that imports click."""
 
 from __future__ import annotations
 
@@ -28,6 +29,8 @@ if TYPE_CHECKING:
     import httpx
 
     from occystrap.config_file import ConfigFile
+    from occystrap.pipeline import TransferStats
+    from occystrap.progress import TerminalProgress
     from occystrap.registry.referrers import Referrer
     from occystrap.settings import RunSettings
 
@@ -549,18 +552,80 @@ def process(
     A quay:// SOURCE names many images; DESTINATION must then hold many:
     dir://PATH?unique_names=true or registry://HOST/PREFIX.
     """
-    from occystrap.commands import process as run_process
+    from occystrap import library
+    from occystrap.endpoints import parse_uri
     from occystrap.filters import parse_filters
     from occystrap.manifest import parse_platform
+    from occystrap.progress import TerminalProgress
 
-    run_process(
-        settings,
-        source,
-        destination,
-        filters=parse_filters(filters),
-        platforms=[parse_platform(text) for text in platforms],
-        image_parallel=image_parallel,
-        referrers=referrers,
+    parsed_filters = parse_filters(filters)
+    wanted = [parse_platform(text) for text in platforms]
+    source_uri, destination_uri = parse_uri(source), parse_uri(destination)
+    if source_uri.holds_many_images:
+        library.check_many_destination(destination_uri)
+        progress = TerminalProgress(f"{source_uri.describe()} -> {destination_uri}")
+        with progress:
+            bulk = library.copy_many(
+                source,
+                destination,
+                settings,
+                filters=parsed_filters,
+                image_parallel=image_parallel,
+                referrers=referrers,
+                progress=progress,
+                on_rate_wait=progress.rate_limited,
+            )
+        if not bulk.images:
+            click.echo(f"occystrap: no image matches {bulk.source}", err=True)
+            return
+        for failed in bulk.failed:
+            click.echo(f"occystrap: {failed.source} failed: {failed.error}", err=True)
+        what = (
+            f"{bulk.source} -> {bulk.destination}: {len(bulk.succeeded)} images ok,"
+            f" {len(bulk.failed)} failed"
+        )
+        _summary(what, progress, bulk.stats)
+        if bulk.failed:
+            raise OccystrapError(
+                f"{len(bulk.failed)} of {len(bulk.images)} images failed; see the lines above"
+            )
+        return
+    progress = TerminalProgress(f"{source_uri} -> {destination_uri}")
+    with progress:
+        result = library.copy(
+            source,
+            destination,
+            settings,
+            filters=parsed_filters,
+            platforms=wanted,
+            referrers=referrers,
+            progress=progress,
+            on_rate_wait=progress.rate_limited,
+        )
+    what = f"{source_uri} -> {destination_uri}: {result.layers} layers"
+    if referrers:
+        what += f", {result.referrers} {'referrer' if result.referrers == 1 else 'referrers'}"
+    if result.digest:
+        what += f", {result.digest}"
+    _summary(what, progress, result.stats)
+
+
+def _summary(what: str, progress: TerminalProgress, stats: TransferStats) -> None:
+    """The run's last line on stderr: what was written, what moved, how long, how many retries."""
+    from occystrap.progress import human_bytes
+
+    blobs = ""
+    if stats.uploaded or stats.mounted or stats.skipped:
+        blobs = (
+            f", blobs {stats.uploaded} uploaded, {stats.mounted} mounted,"
+            f" {stats.skipped} already there"
+        )
+    retries = stats.retries
+    click.echo(
+        f"occystrap: {what}{blobs}; {human_bytes(stats.bytes_downloaded)} downloaded,"
+        f" {human_bytes(stats.bytes_uploaded)} uploaded in {progress.tally.elapsed():.1f} s,"
+        f" {retries} {'retry' if retries == 1 else 'retries'}",
+        err=True,
     )
 
 
@@ -582,9 +647,20 @@ def search(
     PATTERN is a glob: * and ? stay within a directory, ** crosses directories; without a /
     it matches a name at any depth. Whiteouts are shown as deletions.
     """
-    from occystrap.commands import search as run_search
+    from occystrap import library
 
-    run_search(settings, source, pattern, regex, script_friendly)
+    def show(layer: library.LayerHits) -> None:
+        sys.stdout.write("".join(f"{line}\n" for line in layer.lines(script_friendly)))
+        sys.stdout.flush()
+
+    result = library.search(source, pattern, settings, regex=regex, on_layer=show)
+    count, layers = result.count, result.layers
+    images = f"{len(result.images)} images" if len(result.images) != 1 else result.images[0]
+    click.echo(
+        f"occystrap: {count} {'path matches' if count == 1 else 'paths match'} in {images}"
+        f" ({layers} {'layer' if layers == 1 else 'layers'} searched)",
+        err=True,
+    )
 
 
 @main.command(cls=_UriFormsCommand)
@@ -592,9 +668,57 @@ def search(
 @click.pass_obj
 def info(settings: RunSettings, source: str) -> None:
     """Print image metadata without downloading layers (every match, for quay://)."""
-    from occystrap.commands import info as run_info
+    from occystrap import library
+    from occystrap.endpoints import parse_uri
 
-    run_info(settings, source)
+    uri = parse_uri(source)
+    found = library.inspect(source, settings)
+    if settings.output_format == "json":
+        documents = [image.as_json() for image in found]
+        shown = documents if uri.holds_many_images else documents[0]
+        click.echo(json.dumps(shown, indent=2, sort_keys=True))
+        return
+    if not found:
+        click.echo(f"no image matches {uri.describe()}")
+    for index, image in enumerate(found):
+        if index:
+            sys.stdout.write("\n")
+        _print_info(image.as_json())
+
+
+def _print_info(details: dict) -> None:
+    from occystrap.progress import human_bytes
+
+    out = sys.stdout
+    platform = details.get("platform") or {}
+    details = {**details, "platform": "/".join(v for v in platform.values() if v)}
+    for key in (
+        "image",
+        "media_type",
+        "platform",
+        "manifest_digest",
+        "index_digest",
+        "config_digest",
+        "created",
+    ):
+        if details.get(key):
+            out.write(f"{key + ':':<17}{details[key]}\n")
+    for key in ("entrypoint", "cmd"):
+        if details.get(key) is not None:
+            out.write(f"{key + ':':<17}{json.dumps(details[key])}\n")
+    for name in details.get("env") or []:
+        out.write(f"{'env:':<17}{name}\n")
+    for name, value in sorted((details.get("labels") or {}).items()):
+        out.write(f"{'label:':<17}{name}={value}\n")
+    layers = details.get("layers", [])
+    out.write(f"layers ({len(layers)}):\n")
+    for layer in layers:
+        out.write(
+            f"  {layer['digest']}  {human_bytes(layer['size']):>9}  {layer['compression']:<5}"
+            f"  diff_id {layer['diff_id']}\n"
+        )
+        if layer.get("created_by"):
+            out.write(f"      {layer['created_by'][:160]}\n")
 
 
 # -- the registry toolbox -------------------------------------------------------------------
@@ -800,7 +924,12 @@ def login(
     """
     from occystrap import toolbox
 
-    credential = toolbox.ask_credential(settings, login_username, password_stdin)
+    credential = toolbox.ask_credential(
+        settings,
+        login_username,
+        password_stdin,
+        lambda text, hide: str(click.prompt(text, hide_input=hide)),
+    )
     path = toolbox.login(settings, host, credential)
     click.echo(f"occystrap: logged in to {host} as {credential.username} ({path})", err=True)
 

@@ -72,6 +72,7 @@ class TransferStats:
     skipped: int = 0  # already at the destination
     bytes_downloaded: int = 0
     bytes_uploaded: int = 0
+    retries: int = 0  # requests the chain retried
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
 
     def add(self, **counts: int) -> None:
@@ -80,18 +81,47 @@ class TransferStats:
                 setattr(self, name, getattr(self, name) + value)
 
 
+class OnDemandClient:
+    """The run's one client, built by `build` when an endpoint first asks for it: a run
+    between files builds none (and reads no credentials). Thread-safe; closed by the run."""
+
+    def __init__(self, build: Callable[[], httpx.Client]) -> None:
+        self._build = build
+        self._lock = threading.Lock()
+        self.built: httpx.Client | None = None
+
+    def get(self) -> httpx.Client:
+        with self._lock:
+            if self.built is None:
+                self.built = self._build()
+            return self.built
+
+    def close(self) -> None:
+        with self._lock:
+            if self.built is not None:
+                self.built.close()
+
+
 @dataclass
 class RunContext:
-    """What every endpoint and filter of a run shares: settings, the one client, scratch space."""
+    """What every endpoint and filter of a run shares: settings, the one client (or how to
+    build it when first needed), scratch space."""
 
     settings: RunSettings
-    http: httpx.Client
+    client: httpx.Client | OnDemandClient
     workdir: Path
     progress: ProgressSink = field(default_factory=NullProgress)
     stats: TransferStats = field(default_factory=TransferStats)
     cache: BlobCache = field(default_factory=NullBlobCache)  # what earlier runs learnt
     deflate_pool: DeflatePool | None = None  # gzip threads shared by the run's layers
     uploads: UploadLedger = field(default_factory=UploadLedger)  # one upload per blob
+
+    @property
+    def http(self) -> httpx.Client:
+        """The run's one client, built now if this is the first call that needs it."""
+        if isinstance(self.client, OnDemandClient):
+            return self.client.get()
+        return self.client
 
 
 class ImageInput(Protocol):

@@ -1,6 +1,6 @@
 """Progress for people: on a terminal, a live display (drawn with rich) of the image being
 copied, one bar per layer in flight and the layers the rate limiter holds; nothing at all
-when stderr is not a terminal. The summary line is the CLI's (see `commands._summary`)."""
+when stderr is not a terminal. The summary line is the CLI's (see `cli._summary`)."""
 
 from __future__ import annotations
 

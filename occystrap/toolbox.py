@@ -10,12 +10,10 @@ import dataclasses
 import fnmatch
 import logging
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-
-import click
 
 from occystrap.credentials import (
     Credential,
@@ -313,15 +311,24 @@ def logout(settings: RunSettings, host: str) -> tuple[Path, bool]:
     return path, remove_credential(path, login_host(host))
 
 
-def ask_credential(settings: RunSettings, username: str | None, password_stdin: bool) -> Credential:
-    """The login's user (-u, else --username, else a prompt on a terminal) and password
-    (--password-stdin, else --password, else a prompt without echo on a terminal, else a line
+# Asks the user for a value on the terminal: (what, whether to hide the answer) -> the answer.
+Prompt = Callable[[str, bool], str]
+
+
+def ask_credential(
+    settings: RunSettings,
+    username: str | None,
+    password_stdin: bool,
+    prompt: Prompt | None = None,
+) -> Credential:
+    """The login's user (-u, else --username, else `prompt` on a terminal) and password
+    (--password-stdin, else --password, else `prompt` without echo on a terminal, else a line
     of stdin). The password is never echoed."""
     username = username or settings.username
     if not username:
-        if not sys.stdin.isatty() or password_stdin:
+        if not sys.stdin.isatty() or password_stdin or prompt is None:
             raise UsageError("no username: give -u USER")
-        username = click.prompt("Username")
+        username = prompt("Username", False)
     if password_stdin:
         password = sys.stdin.read().rstrip("\r\n")
     elif settings.password is not None:
@@ -329,8 +336,8 @@ def ask_credential(settings: RunSettings, username: str | None, password_stdin: 
             "a password on the command line is visible to other users; use --password-stdin"
         )
         password = settings.password
-    elif sys.stdin.isatty():
-        password = click.prompt("Password", hide_input=True)
+    elif sys.stdin.isatty() and prompt is not None:
+        password = prompt("Password", True)
     else:
         password = sys.stdin.readline().rstrip("\r\n")
     if not password:

@@ -21,7 +21,11 @@ from occystrap.errors import UsageError
 from occystrap.extract import ExpandPolicy, parse_byte_size
 
 if TYPE_CHECKING:
+    from occystrap.image import Image
+    from occystrap.middleware.builder import ChainSettings
     from occystrap.pipeline import ImageInput, ImageOutput, RunContext
+    from occystrap.registry.reference import ImageReference
+    from occystrap.settings import RunSettings
 
 ENTRY_POINT_GROUP = "occystrap.endpoints"
 _TRUE_WORDS = frozenset({"true", "1", "yes"})
@@ -36,14 +40,48 @@ def redact(text: str) -> str:
 
 
 class Endpoint:
-    """A parsed SOURCE or DESTINATION. Subclasses override what their scheme can do."""
+    """A parsed SOURCE or DESTINATION. Subclasses override what their scheme can do; the
+    library asks an endpoint what it is (never which class it is)."""
 
     scheme: str = ""
     shown: str = ""  # the URI as given, secrets redacted: for messages
+    #: True when the endpoint names many images (quay://): `images()` lists them.
+    holds_many_images: bool = False
 
-    def registry_hosts(self) -> tuple[str, ...]:
-        """Registries this endpoint talks to (their credentials join the run's client)."""
-        return ()
+    def credential_scope(self) -> str | None:
+        """Where this end's credentials apply: "HOST/REPOSITORY" for one registry image,
+        "HOST" for other registry endpoints, None when it talks to no registry."""
+        return None
+
+    @property
+    def image_reference(self) -> ImageReference | None:
+        """The registry image this endpoint names, if it names one."""
+        return None
+
+    def describe(self) -> str:
+        """What messages call this endpoint (the URI, secrets masked)."""
+        return str(self)
+
+    def chain_settings(self, chain: ChainSettings, settings: RunSettings) -> ChainSettings:
+        """The run's chain settings with what this endpoint needs added (quay://: its API)."""
+        return chain
+
+    def images(self, ctx: RunContext) -> list[Endpoint]:
+        """The single images this endpoint names, each an endpoint of its own."""
+        return [self]
+
+    def accepts_many_images(self) -> bool:
+        """Whether, as a destination, it can take every image of a many-image source."""
+        return False
+
+    def destination_for(self, image: Endpoint) -> Endpoint:
+        """Where `image`, one of a many-image source's, goes (see `accepts_many_images`)."""
+        return self
+
+    def inspect_keys(self, ctx: RunContext, image: Image, index_digest: str | None) -> dict:
+        """Extra keys `inspect` reports for `image`, read from where it lives (a registry:
+        `skopeo inspect`'s)."""
+        return {}
 
     def open_input(self, ctx: RunContext) -> ImageInput:
         raise UsageError(

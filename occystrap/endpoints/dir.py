@@ -54,6 +54,10 @@ class DirURI(Endpoint):
     image: str | None = None  # as a source: which NAME:TAG of a shared directory
     policy: ExpandPolicy = DEFAULT_POLICY
 
+    def accepts_many_images(self) -> bool:
+        """A shared catalogue (unique_names) holds every image of a many-image source."""
+        return self.unique_names
+
     def open_input(self, ctx: RunContext) -> DirectorySource:
         return DirectorySource(self.path, self.image)
 

@@ -1,18 +1,25 @@
 """quay://ORG[/GLOB[:TAG]]: every repository of a Quay organisation matching GLOB, at TAG.
 
-It names many images, so `process` copies each (see occystrap.quay.bulk) and `info` lists
-them; it is never a destination.
+It names many images (`images()` finds them through the Quay API), so `process` copies each
+and `info` lists them; it is never a destination.
 """
 
 from __future__ import annotations
 
 import datetime
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING
 
 from occystrap.endpoints import Endpoint, Scheme, non_empty_option, query_options, split_query
 from occystrap.errors import UsageError
+from occystrap.quay.api import QuayClient, api_base, find_images
 from occystrap.registry.reference import HOST_PATTERN, PATH_COMPONENT_PATTERN, validate_tag
+
+if TYPE_CHECKING:
+    from occystrap.middleware.builder import ChainSettings
+    from occystrap.pipeline import RunContext
+    from occystrap.settings import RunSettings
 
 DEFAULT_QUAY_HOST = "quay.io"
 _DATE_PATTERN = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}")
@@ -31,8 +38,24 @@ class QuayURI(Endpoint):
     token: str | None = None
     host: str = DEFAULT_QUAY_HOST
 
-    def registry_hosts(self) -> tuple[str, ...]:
-        return (self.host,)
+    holds_many_images = True
+
+    def credential_scope(self) -> str:
+        return self.host
+
+    def chain_settings(self, chain: ChainSettings, settings: RunSettings) -> ChainSettings:
+        """The Quay API of `host` joins the chain, with this URI's token if it has one."""
+        base = api_base(self.host, settings.insecure)
+        return replace(chain, quay_api_base=base, quay_token=self.token or chain.quay_token)
+
+    def images(self, ctx: RunContext) -> list[Endpoint]:
+        """Each repository's image, found through the Quay API (then read over the registry
+        API like any other)."""
+        from occystrap.endpoints.registry import RegistryURI
+
+        client = QuayClient(ctx.http, api_base(self.host, ctx.settings.insecure))
+        found = find_images(client, self, ctx.settings.parallel)
+        return [RegistryURI(image.reference) for image in found]
 
     def describe(self) -> str:
         """The selection without its token, for messages."""

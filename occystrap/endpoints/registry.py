@@ -13,7 +13,7 @@ import io
 import logging
 from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 
 from occystrap import compression, registries_conf
 from occystrap.cancel import cancellable_pool
@@ -51,7 +51,7 @@ from occystrap.mediatypes import DOCKER_CONFIG, DOCKER_MANIFEST, OCI_MANIFEST
 from occystrap.pipeline import RunContext, again_if_corrupt
 from occystrap.registry.client import RegistryBlob, RegistryClient
 from occystrap.registry.hosts import DOCKER_HUB_HOST
-from occystrap.registry.reference import ImageReference, parse_reference
+from occystrap.registry.reference import ImageReference, parse_reference, validate_repository
 from occystrap.streams import Readable
 
 LOG = logging.getLogger("occystrap.registry")
@@ -64,9 +64,38 @@ class RegistryURI(Endpoint):
     arch: str | None = None
     variant: str | None = None
     insecure: bool | None = None
+    # False for registry://HOST/PREFIX (no :TAG or @DIGEST given): a prefix for many images.
+    # How the URI was written, not what it names, so equal URIs may differ in it.
+    names_tag: bool = field(default=True, compare=False)
 
-    def registry_hosts(self) -> tuple[str, ...]:
-        return (self.reference.registry,)
+    def credential_scope(self) -> str:
+        return f"{self.reference.registry}/{self.reference.repository}"
+
+    @property
+    def image_reference(self) -> ImageReference:
+        return self.reference
+
+    def describe(self) -> str:
+        return str(self.reference)
+
+    def accepts_many_images(self) -> bool:
+        return not self.names_tag and self.reference.digest is None
+
+    def destination_for(self, image: Endpoint) -> RegistryURI:
+        """HOST/PREFIX/ORG/REPO:TAG for the image ORG/REPO:TAG of a many-image source."""
+        source = image.image_reference
+        if source is None:
+            raise UsageError(f"{image} is not a registry image, so {self} cannot name it")
+        prefix = self.reference
+        repository = f"{prefix.repository}/{source.repository}"
+        validate_repository(repository, repository)
+        reference = ImageReference(prefix.registry, repository, source.tag, source.digest)
+        return replace(self, reference=reference, names_tag=True)
+
+    def inspect_keys(self, ctx: RunContext, image: Image, index_digest: str | None) -> dict:
+        from occystrap.toolbox import PickedImage, inspect_keys
+
+        return inspect_keys(self.client(ctx), self.reference, PickedImage(image, index_digest))
 
     def __str__(self) -> str:
         return self.shown or f"registry://{self.reference}"
@@ -357,6 +386,7 @@ def _parse(text: str, rest: str) -> RegistryURI:
         insecure=None
         if options.get("insecure") is None
         else boolean_option(text, "insecure", options["insecure"]),
+        names_tag=":" in body.rpartition("/")[2],
     )
 
 

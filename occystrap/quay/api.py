@@ -11,15 +11,18 @@ import fnmatch
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import httpx
 
-from occystrap.endpoints.quay import QuayURI
 from occystrap.errors import OccystrapError
 from occystrap.jsondoc import parse_json
 from occystrap.middleware.extensions import BUFFER
 from occystrap.registry.errors import host_port
 from occystrap.registry.reference import ImageReference
+
+if TYPE_CHECKING:
+    from occystrap.endpoints.quay import QuayURI
 
 MAX_API_RESPONSE_BYTES = 8 * 1024 * 1024
 

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import httpx
 
+from occystrap.bulk import describe_failure
 from occystrap.endpoints import parse_uri, split_query
 from occystrap.endpoints.oci_layout import OciLayoutURI
 from occystrap.endpoints.quay import QuayURI
@@ -27,7 +28,6 @@ from occystrap.graph import platform_root
 from occystrap.manifest import Platform
 from occystrap.ocilayout import INDEX_FILE, REF_NAME
 from occystrap.quay.api import QuayClient, api_base
-from occystrap.quay.bulk import describe_failure
 from occystrap.registry.client import RegistryClient
 from occystrap.registry.hosts import canonical_registry_host
 from occystrap.registry.reference import HOST_PATTERN, validate_repository
@@ -360,7 +360,7 @@ def split_host(uri: str) -> str | None:
         return None
     location = rest.partition("?")[0]
     if scheme == "quay":
-        return parse_uri(uri).registry_hosts()[0]
+        return parse_uri(uri).credential_scope()
     host, _, path = location.partition("/")
     path = path.partition("@")[0]
     if ":" in path.rpartition("/")[2]:

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from occystrap.blobcache import BlobCache, open_blob_cache
+from occystrap.bulk import describe_failure
 from occystrap.compression import DeflatePool
 from occystrap.endpoints import parse_uri
 from occystrap.endpoints.registry import RegistryURI
@@ -26,7 +27,6 @@ from occystrap.errors import OccystrapError
 from occystrap.manifest import Platform
 from occystrap.middleware.builder import ChainClient, build_client
 from occystrap.pipeline import RunContext, TransferStats
-from occystrap.quay.bulk import describe_failure
 from occystrap.registry.ledger import UploadLedger
 from occystrap.settings import RunSettings
 from occystrap.sync.plan import COPY, FAILED, PRUNE, UNCHANGED, PlannedImage, SyncPlan
@@ -119,14 +119,14 @@ def open_session(settings: RunSettings, http: ChainClient | None = None) -> Iter
 def copy_image(task: CopyTask, session: CopySession) -> ImageResult:
     """Copy one image and check the target then holds the digest planned; any failure is
     this image's result, never raised."""
-    from occystrap.commands import _copy_one
+    from occystrap.library import copy_in_context
 
     stats = TransferStats()
     retries_before = session.http.retries_made()
     result = ImageResult(task.shown or task.source, task.target, FAILED)
     try:
         source, target = parse_uri(task.source), parse_uri(task.target)
-        copied = _copy_one(
+        copied = copy_in_context(
             source, target, session.context(stats), (), task.platforms, task.referrers
         )
         _verify(task, target, copied.digest, session)

@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from occystrap.commands import copy
 from occystrap.endpoints import parse_uri
 from occystrap.image import Image, Layer
+from occystrap.library import copy
 from occystrap.middleware.builder import build_client
 from occystrap.pipeline import RunContext, run_pipeline
 from occystrap.settings import RunSettings

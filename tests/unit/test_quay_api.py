@@ -11,11 +11,12 @@ import respx
 from hypothesis import given
 from hypothesis import strategies as st
 
-from occystrap.commands import _bulk_destination, _check_bulk_destination
+from occystrap.bulk import ImageProgress, run_each
 from occystrap.endpoints import parse_uri
+from occystrap.endpoints.registry import RegistryURI
 from occystrap.errors import OccystrapError, QuayAuthError, UsageError
+from occystrap.library import check_many_destination
 from occystrap.middleware.builder import ChainSettings, build_client
-from occystrap.pipeline import NullProgress
 from occystrap.quay.api import (
     QuayAPIError,
     QuayClient,
@@ -26,7 +27,6 @@ from occystrap.quay.api import (
     matches_glob,
     since_timestamp,
 )
-from occystrap.quay.bulk import ImageProgress, run_each
 
 BASE = "https://quay.test/api/v1"
 TOKEN = "quay-secret"
@@ -242,7 +242,7 @@ def _image(name: str) -> QuayImage:
 def test_one_failure_does_not_stop_the_others():
     done = []
 
-    def job(image: QuayImage, progress) -> None:
+    def job(image: QuayImage) -> None:
         if image.repository == "bad":
             raise OccystrapError("manifest unknown")
         if image.repository == "bug":
@@ -250,10 +250,11 @@ def test_one_failure_does_not_stop_the_others():
         done.append(image.repository)
 
     images = [_image(name) for name in ("a", "bad", "b", "bug", "c")]
-    outcome = run_each(images, job, NullProgress(), parallel=2)
+    errors = run_each(images, job, parallel=2)
     assert sorted(done) == ["a", "b", "c"]
-    assert [image.repository for image in outcome.succeeded] == ["a", "b", "c"]
-    assert [(image.repository, error) for image, error in outcome.failed] == [
+    outcome = list(zip(images, errors, strict=True))
+    assert [image.repository for image, error in outcome if error is None] == ["a", "b", "c"]
+    assert [(image.repository, error) for image, error in outcome if error is not None] == [
         ("bad", "manifest unknown"),
         ("bug", "KeyError: 'x'"),
     ]
@@ -276,7 +277,7 @@ def test_image_progress_keeps_images_apart():
             calls.append(("finish", key))
 
     for name in ("nova-api", "glance-api"):
-        progress = ImageProgress(Recorder(), _image(name))
+        progress = ImageProgress(Recorder(), RegistryURI(_image(name).reference))
         progress.start("sha256:abc", 10, "abc")
         progress.finish("sha256:abc")
     keys = {call[1] for call in calls}
@@ -291,14 +292,14 @@ def test_image_progress_keeps_images_apart():
 
 def test_registry_destination_keeps_org_under_the_prefix():
     destination = parse_uri("registry://mirror.example:5000/team/mirror?insecure=true")
-    target = _bulk_destination(destination, _image("nova-api"))
+    target = destination.destination_for(RegistryURI(_image("nova-api").reference))
     assert str(target.reference) == "mirror.example:5000/team/mirror/kolla/nova-api:2024.1"
     assert target.insecure is True
 
 
 def test_shared_directory_destination_is_used_as_is():
     destination = parse_uri("dir:///tmp/images?unique_names=true")
-    assert _bulk_destination(destination, _image("nova-api")) is destination
+    assert destination.destination_for(RegistryURI(_image("nova-api").reference)) is destination
 
 
 @pytest.mark.parametrize(
@@ -314,11 +315,11 @@ def test_shared_directory_destination_is_used_as_is():
 )
 def test_single_image_destinations_are_refused(text):
     with pytest.raises(UsageError, match="unique_names=true"):
-        _check_bulk_destination(parse_uri(text))
+        check_many_destination(parse_uri(text))
 
 
 @pytest.mark.parametrize(
     "text", ["dir:///tmp/many?unique_names=true", "registry://mirror.example:5000/prefix"]
 )
 def test_many_image_destinations_are_accepted(text):
-    _check_bulk_destination(parse_uri(text))
+    check_many_destination(parse_uri(text))

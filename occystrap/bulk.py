@@ -4,23 +4,26 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from typing import TypeVar
 
 from occystrap.cancel import cancellable_pool
+from occystrap.endpoints import Endpoint
 from occystrap.errors import OccystrapError
 from occystrap.pipeline import ProgressSink
-from occystrap.quay.api import QuayImage
 
 LOG = logging.getLogger("occystrap.bulk")
+T = TypeVar("T")
 
 
 class ImageProgress:
     """Keys one image's progress apart from the others' (images share layer digests)."""
 
-    def __init__(self, sink: ProgressSink, image: QuayImage) -> None:
+    def __init__(self, sink: ProgressSink, image: Endpoint) -> None:
         self.sink = sink
-        self.prefix = f"{image}|"
-        self.label = image.repository[:8]
+        self.prefix = f"{image.describe()}|"
+        reference = image.image_reference
+        name = reference.repository.rpartition("/")[2] if reference is not None else str(image)
+        self.label = name[:8]
 
     def start(self, key: str, total: int | None, label: str) -> None:
         self.sink.start(self.prefix + key, total, f"{self.label} {label}")
@@ -42,35 +45,17 @@ def describe_failure(exc: Exception) -> str:
     return f"{type(exc).__name__}: {exc or 'no detail'}"
 
 
-@dataclass
-class BulkOutcome:
-    """Which images went through and which failed, with the reason for each failure."""
+def run_each(items: Sequence[T], job: Callable[[T], None], parallel: int) -> list[str | None]:
+    """Run `job` for every item, `parallel` at once; returns each item's failure (one line),
+    or None where it succeeded: a failure is recorded, not raised."""
 
-    succeeded: list[QuayImage] = field(default_factory=list)
-    failed: list[tuple[QuayImage, str]] = field(default_factory=list)
-
-
-def run_each(
-    images: Sequence[QuayImage],
-    job: Callable[[QuayImage, ProgressSink], None],
-    progress: ProgressSink,
-    parallel: int,
-) -> BulkOutcome:
-    """Run `job` for every image, `parallel` at once; a failure is recorded, not raised."""
-
-    def attempt(image: QuayImage) -> str | None:
+    def attempt(item: T) -> str | None:
         try:
-            job(image, ImageProgress(progress, image))
-        except Exception as exc:  # noqa: BLE001 - any failure belongs to this image only
-            LOG.debug("%s failed", image, exc_info=True)
+            job(item)
+        except Exception as exc:  # noqa: BLE001 - any failure belongs to this item only
+            LOG.debug("%s failed", item, exc_info=True)
             return describe_failure(exc)
         return None
 
-    outcome = BulkOutcome()
     with cancellable_pool(parallel, "image") as pool:
-        for image, error in zip(images, pool.map(attempt, images), strict=True):
-            if error is None:
-                outcome.succeeded.append(image)
-            else:
-                outcome.failed.append((image, error))
-    return outcome
+        return list(pool.map(attempt, items))

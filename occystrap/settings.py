@@ -16,7 +16,7 @@ from occystrap.credentials import (
     parse_auth_key,
 )
 from occystrap.errors import UsageError
-from occystrap.manifest import Platform
+from occystrap.manifest import Platform, parse_platform
 from occystrap.middleware.defaults import (
     DEFAULT_CONNECT_TIMEOUT,
     DEFAULT_DEADLINE,
@@ -61,11 +61,38 @@ class RunSettings:
     connect_timeout: float = DEFAULT_CONNECT_TIMEOUT
     deadline: float = DEFAULT_DEADLINE
 
+    def __post_init__(self) -> None:
+        """Check what a caller gave, so a bad value is one line now, not a traceback later;
+        a path given as a string becomes a `Path`, a platform as OS/ARCH[/VARIANT] a
+        `Platform`."""
+        if (self.username is None) != (self.password is None):
+            raise UsageError("--username and --password go together: give both or neither")
+        self.authfile = _optional_path(self.authfile, "authfile")
+        self.temp_dir = _optional_path(self.temp_dir, "temp_dir")
+        if self.certs_dirs is not None:
+            self.certs_dirs = tuple(
+                _path(part, "certs_dirs") for part in _sequence(self.certs_dirs, "certs_dirs")
+            )
+        for name in ("rate_limits", "mirrors", "middlewares"):
+            setattr(self, name, tuple(_sequence(getattr(self, name), name)))
+        if isinstance(self.platform, str):
+            self.platform = parse_platform(self.platform)
+        if not isinstance(self.platform, Platform):
+            raise UsageError(
+                f"platform takes OS/ARCH[/VARIANT] or a Platform; got {self.platform!r}"
+            )
+        for name, lowest in (("retries", 0), ("parallel", 1)):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < lowest:
+                raise UsageError(f"{name} takes a whole number from {lowest}; got {value!r}")
+        if self.compression not in (compression.GZIP, compression.ZSTD):
+            raise UsageError(f"compression takes gzip or zstd; got {self.compression!r}")
+        compression.check_level(self.compression, self.compression_level)
+        if self.output_format not in ("text", "json"):
+            raise UsageError(f"output_format takes text or json; got {self.output_format!r}")
+
     @classmethod
     def from_options(cls, options: Mapping[str, Any]) -> RunSettings:
-        if (options.get("username") is None) != (options.get("password") is None):
-            raise UsageError("--username and --password go together: give both or neither")
-        compression.check_level(options["compression"], options.get("compression_level"))
         mirrors: tuple[str, ...] = ()
         if options["mirrors"]:
             from occystrap.middleware.mirror import split_env_list
@@ -172,6 +199,25 @@ class RunSettings:
             variant if variant is not None else self.platform.variant,
         )
         return replace(self, platform=platform)
+
+
+def _path(value: object, name: str) -> Path:
+    if isinstance(value, Path):
+        return value
+    if isinstance(value, str) and value:
+        return Path(value)
+    raise UsageError(f"{name} takes a path (str or Path); got {value!r}")
+
+
+def _optional_path(value: object, name: str) -> Path | None:
+    return None if value is None else _path(value, name)
+
+
+def _sequence(value: object, name: str) -> tuple[Any, ...]:
+    """A list or tuple option; a lone string is refused (it would be read letter by letter)."""
+    if isinstance(value, (list, tuple)):
+        return tuple(value)
+    raise UsageError(f"{name} takes a list or tuple; got {value!r}")
 
 
 def _paths(value: object) -> tuple[Path, ...] | None:

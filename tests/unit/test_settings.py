@@ -110,3 +110,38 @@ def test_compression_level_is_checked_against_the_chosen_kind():
     assert _parsed("--compression", "zstd", "--compression-level", "19").compression_level == 19
     with pytest.raises(UsageError, match="out of range for gzip"):
         _parsed("--compression-level", "19")
+
+
+def test_paths_given_as_strings_become_paths(tmp_path):
+    settings = RunSettings(
+        authfile=str(tmp_path / "auth.json"),  # type: ignore[arg-type]
+        temp_dir=str(tmp_path),  # type: ignore[arg-type]
+        certs_dirs=[str(tmp_path)],  # type: ignore[arg-type]
+        platform="linux/arm64/v8",  # type: ignore[arg-type]
+    )
+    assert settings.authfile == tmp_path / "auth.json"
+    assert settings.temp_dir == tmp_path
+    assert settings.certs_dirs == (tmp_path,)
+    assert (settings.platform.architecture, settings.platform.variant) == ("arm64", "v8")
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"authfile": 3}, "authfile takes a path"),
+        ({"temp_dir": ""}, "temp_dir takes a path"),
+        ({"mirrors": "docker.io=http://m"}, "mirrors takes a list or tuple"),
+        ({"certs_dirs": "/etc/certs"}, "certs_dirs takes a list or tuple"),
+        ({"parallel": 0}, "parallel takes a whole number from 1"),
+        ({"retries": -1}, "retries takes a whole number from 0"),
+        ({"compression": "xz"}, "compression takes gzip or zstd"),
+        ({"compression": "zstd", "compression_level": 99}, "out of range for zstd"),
+        ({"output_format": "yaml"}, "output_format takes text or json"),
+        ({"platform": 7}, "platform takes OS/ARCH"),
+        ({"username": "alone"}, "--username and --password go together"),
+    ],
+)
+def test_bad_settings_are_one_line_errors_when_built(options, message):
+    with pytest.raises(UsageError, match=message) as caught:
+        RunSettings(**options)
+    assert "\n" not in str(caught.value)

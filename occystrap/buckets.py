@@ -16,8 +16,9 @@ from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import Protocol
 
+from occystrap.compression import CHUNK_SIZE
 from occystrap.endpoints import Endpoint, non_empty_option, query_options, split_query
-from occystrap.errors import OccystrapError, UsageError
+from occystrap.errors import DigestMismatchError, OccystrapError, UsageError
 from occystrap.extract import parse_byte_size
 from occystrap.image import ImageLike
 from occystrap.ocilayout import (
@@ -49,6 +50,7 @@ class ObjectStore(Protocol):
     """One bucket, through the run's client. Keys are whole object names."""
 
     where: str  # "s3://bucket/prefix", for messages
+    part_size: int  # objects larger than this go up with `put_stream`, in parts
 
     def stat(self, key: str) -> ObjectInfo | None: ...
 
@@ -68,8 +70,28 @@ class ObjectStore(Protocol):
     def put_stream(
         self, key: str, size: int, opener: Callable[[], AbstractContextManager[Readable]]
     ) -> None:
-        """Stream an object in (in parts when large); nothing appears if reading fails."""
+        """Stream an object larger than `part_size` in, part by part; nothing appears
+        under `key` if reading fails."""
         ...
+
+
+def read_part(source: Readable, size: int, key: str) -> bytes:
+    """The next `size` bytes of `source` (one part of an upload, or a whole small object)."""
+    chunks, wanted = [], size
+    while wanted:
+        chunk = source.read(min(wanted, CHUNK_SIZE))
+        if not chunk:
+            raise DigestMismatchError(f"{key}: the source ended {wanted} bytes early")
+        chunks.append(chunk)
+        wanted -= len(chunk)
+    return b"".join(chunks)
+
+
+def expect_end(source: Readable, key: str) -> None:
+    """Read past the last byte, so a verifying reader checks the digest before the last
+    part is sent and the object takes its name."""
+    if source.read(1):
+        raise DigestMismatchError(f"{key}: the source holds more bytes than its size says")
 
 
 @dataclass(frozen=True)
@@ -124,7 +146,9 @@ class BucketLayout:
         return self.has(LAYOUT_FILE)
 
     def create_once(self, name: str, data: bytes) -> None:
-        self.objects.put(self._key(name), data, version=None, absent=True)
+        key = self._key(name)
+        if self.objects.stat(key) is None:  # a look costs less than a refused write
+            self.objects.put(key, data, version=None, absent=True)
 
     def present(self, name: str, size: int) -> bool:
         info = self.objects.stat(self._key(name))
@@ -133,7 +157,14 @@ class BucketLayout:
     def store(
         self, name: str, size: int, opener: Callable[[], AbstractContextManager[Readable]]
     ) -> None:
-        self.objects.put_stream(self._key(name), size, opener)
+        key = self._key(name)
+        if size > self.objects.part_size:
+            self.objects.put_stream(key, size, opener)
+            return
+        with opener() as source:
+            data = read_part(source, size, key)
+            expect_end(source, key)
+        self.objects.put(key, data, version=None, absent=False)
 
     def read_index(self) -> bytes | None:
         found = self.objects.get(self._key(INDEX_FILE))

@@ -9,6 +9,7 @@ import signal
 import subprocess
 import time
 from pathlib import Path
+from urllib.parse import quote
 
 import httpx
 
@@ -296,3 +297,43 @@ class GoogleServiceAccount:
             )
         )
         return path
+
+
+class GcsEmulator(ServerProcess):
+    """gcp-storage-emulator (Cloud Storage's JSON API), in memory."""
+
+    def __init__(self, workdir: Path) -> None:
+        super().__init__(workdir, "gcs-emulator")
+
+    def start(self) -> GcsEmulator:
+        binary = shutil.which("gcp-storage-emulator")
+        if binary is None:
+            raise RuntimeError("gcp-storage-emulator is not installed: pip install it")
+        self.start_process(
+            [binary, "start", "--host", "127.0.0.1", "--port", str(self.port), "--in-memory"],
+            {},
+        )
+        return self
+
+    def create_bucket(self, name: str) -> None:
+        httpx.post(
+            f"{self.url}/storage/v1/b", params={"project": "test"}, json={"name": name}
+        ).raise_for_status()
+
+    def objects(self, bucket: str, prefix: str) -> dict[str, bytes]:
+        """Every object under `prefix`, read straight from the emulator."""
+        listing = httpx.get(f"{self.url}/storage/v1/b/{bucket}/o", params={"prefix": prefix}).json()
+        found = {}
+        for item in listing.get("items", []):
+            name = item["name"]
+            found[name] = httpx.get(
+                f"{self.url}/download/storage/v1/b/{bucket}/o/{quote(name, safe='')}",
+                params={"alt": "media"},
+            ).content
+        return found
+
+    def __enter__(self) -> GcsEmulator:
+        return self.start()
+
+    def __exit__(self, *exc_info) -> None:
+        self.stop()

@@ -16,6 +16,7 @@ import pytest
 import trustme
 
 from tests.integration.clouds import (
+    GcsEmulator,
     GoogleServiceAccount,
     MotoServer,
     OAuthTokenEndpoint,
@@ -208,4 +209,10 @@ def registry_azure(tmp_path_factory) -> Iterator[RegistryServer]:
         RegistryServer(workdir, auth="token", token_server=tokens) as server,
     ):
         tokens.exchange_access_token = AZURE_AD_TOKEN
+        yield server
+
+
+@pytest.fixture(scope="session")
+def gcs(tmp_path_factory) -> Iterator[GcsEmulator]:
+    with GcsEmulator(tmp_path_factory.mktemp("gcs")) as server:
         yield server

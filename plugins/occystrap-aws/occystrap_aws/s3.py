@@ -21,7 +21,7 @@ from urllib.parse import quote
 
 import httpx
 
-from occystrap.buckets import BucketURI, ObjectInfo, parse_bucket_uri
+from occystrap.buckets import BucketURI, ObjectInfo, expect_end, parse_bucket_uri, read_part
 from occystrap.endpoints import Scheme
 from occystrap.errors import DigestMismatchError, OccystrapError
 from occystrap.middleware.base import Middleware
@@ -163,22 +163,16 @@ class S3Objects:
     def put_stream(
         self, key: str, size: int, opener: Callable[[], AbstractContextManager[Readable]]
     ) -> None:
-        if size <= self.part_size:
-            with opener() as source:
-                data = _read_exactly(source, size, key)
-                _expect_end(source, key)
-            self.put(key, data, version=None, absent=False)
-            return
         upload_id, done = self._resumable_upload(key)
         etags: list[str] = []
         offset = 0
         try:
             with opener() as source:
                 while offset < size:
-                    part = _read_exactly(source, min(self.part_size, size - offset), key)
+                    part = read_part(source, min(self.part_size, size - offset), key)
                     offset += len(part)
                     if offset == size:
-                        _expect_end(source, key)  # the reader checks the digest here
+                        expect_end(source, key)  # the reader checks the digest here
                     number = len(etags) + 1
                     etags.append(self._put_part(key, upload_id, number, part, done.get(number)))
         except DigestMismatchError:
@@ -242,23 +236,6 @@ class S3Objects:
         )
         if response.status_code != 200 or b"<Error>" in response.content:
             raise self._fail(response, f"cannot complete the upload of {key}")
-
-
-def _read_exactly(source: Readable, size: int, key: str) -> bytes:
-    chunks, wanted = [], size
-    while wanted:
-        chunk = source.read(min(wanted, 1024 * 1024))
-        if not chunk:
-            raise DigestMismatchError(f"{key}: the source ended {wanted} bytes early")
-        chunks.append(chunk)
-        wanted -= len(chunk)
-    return b"".join(chunks)
-
-
-def _expect_end(source: Readable, key: str) -> None:
-    """Read past the end, so a verifying reader checks the digest before anything is kept."""
-    if source.read(1):
-        raise DigestMismatchError(f"{key}: the source holds more bytes than its size says")
 
 
 def _open_store(uri: BucketURI, ctx: RunContext) -> S3Objects:

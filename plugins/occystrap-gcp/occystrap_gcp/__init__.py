@@ -1,1 +1,2 @@
-"""occystrap's Google Cloud plug-in: Artifact Registry and GCR credentials (`gcr`)."""
+"""occystrap's Google Cloud plug-ins: Artifact Registry and GCR credentials (`gcr`), gs://
+OCI layouts (`gcs-auth`)."""

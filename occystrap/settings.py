@@ -190,6 +190,7 @@ class RunSettings:
             middlewares=self.middlewares,
             timeout=make_timeout(self.timeout, self.connect_timeout),
             deadline=self.deadline,
+            insecure=self.insecure,
         )
 
     def with_platform(self, os: str | None, arch: str | None, variant: str | None) -> RunSettings:

@@ -2,6 +2,8 @@
 
 Outermost first (a request travels down this list, a response back up):
 
+    OciArtifacts  answers oci://HOST/REPO:TAG/NAME with that artifact file, its own requests
+                  sent down the rest of the chain
     plug-ins      see every request, each redirect hop included; --middleware ones, then
                   the automatic ones (cloud credentials) the user did not name
     Mirror        rewrites registry reads to mirrors, falls through to the origin
@@ -31,6 +33,7 @@ from occystrap.credentials import CredentialStore
 from occystrap.middleware.defaults import DEFAULT_DEADLINE, DEFAULT_QUAY_API
 from occystrap.middleware.logging import Logging
 from occystrap.middleware.mirror import Mirror, mirror_table
+from occystrap.middleware.oci import OciArtifacts
 from occystrap.middleware.plugins import apply_plugins, automatic_specs, parse_middleware_spec
 from occystrap.middleware.quay_auth import QuayAuth
 from occystrap.middleware.quota import QuotaBook, QuotaObserver
@@ -72,6 +75,7 @@ class ChainSettings:
     quota: QuotaBook | None = None
     # Retries allowed in all, shared by every request of the run; None: only --retries each.
     retry_budget: RetryBudget | None = None
+    insecure: bool = False  # plain HTTP to the registries oci:// URLs name
 
 
 def build_transport(settings: ChainSettings) -> httpx.BaseTransport:
@@ -106,7 +110,8 @@ def build_transport(settings: ChainSettings) -> httpx.BaseTransport:
     if mirrors:
         transport = Mirror(transport, mirrors)
     specs = [parse_middleware_spec(spec) for spec in settings.middlewares]
-    return apply_plugins(transport, specs + automatic_specs([name for name, _ in specs]))
+    transport = apply_plugins(transport, specs + automatic_specs([name for name, _ in specs]))
+    return OciArtifacts(transport, insecure=settings.insecure)
 
 
 class ChainClient(httpx.Client):

@@ -4,14 +4,16 @@ the API falls back to, cosign's tags, and recursion."""
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import io
 import json
 
 import httpx
 import pytest
 import respx
 
-from occystrap.errors import RegistryError
+from occystrap.errors import OccystrapError, RegistryError
 from occystrap.middleware.builder import ChainSettings, build_client
 from occystrap.registry.client import RegistryClient
 from occystrap.registry.referrers import (
@@ -19,8 +21,11 @@ from occystrap.registry.referrers import (
     FOUND_BY_COSIGN,
     FOUND_BY_TAG,
     REFERRERS_TAG,
+    add_to_referrers_index,
+    copy_referrers,
     cosign_tags,
     count,
+    descriptor_of,
     discover,
     referrers_tag,
 )
@@ -210,3 +215,110 @@ def test_referrer_tags():
         REFERRERS_TAG.fullmatch(tag) for tag in [referrers_tag(digest), *cosign_tags(digest)]
     )
     assert not REFERRERS_TAG.fullmatch("latest")
+
+
+# -- writing -------------------------------------------------------------------------------
+
+
+class MemoryStore:
+    """A ReferrerStore in memory; `api` says whether it indexes subjects itself."""
+
+    def __init__(self, api: bool) -> None:
+        self.api = api
+        self.manifests: dict[str, tuple[bytes, str]] = {}  # digest -> (raw, media type)
+        self.tags: dict[str, str] = {}
+        self.blobs: dict[str, bytes] = {}
+
+    def referrers_api(self, digest, artifact_type):
+        if not self.api:
+            return None
+        found = []
+        for raw, media_type in self.manifests.values():
+            document = json.loads(raw)
+            if document.get("subject", {}).get("digest") == digest:
+                found.append(descriptor_of(raw, media_type, _digest(raw)))
+        return found
+
+    def manifest_at(self, reference):
+        digest = self.tags.get(reference, reference)
+        if digest not in self.manifests:
+            return None
+        raw, media_type = self.manifests[digest]
+        return raw, media_type, digest
+
+    def has_blob(self, descriptor):
+        return descriptor.digest in self.blobs
+
+    def open_blob(self, descriptor):
+        return contextlib.nullcontext(io.BytesIO(self.blobs[descriptor.digest]))
+
+    def put_blob(self, descriptor, opener):
+        with opener() as source:
+            self.blobs[descriptor.digest] = source.read()
+            assert source.read() == b""
+
+    def put_manifest(self, reference, raw, media_type):
+        self.manifests[_digest(raw)] = (raw, media_type)
+        if ":" not in reference:
+            self.tags[reference] = _digest(raw)
+        return self.api and "subject" in json.loads(raw)
+
+    def add_artifact(self, artifact_type: str, subject: str | None, salt: str) -> bytes:
+        raw = _artifact(artifact_type, subject, salt)
+        for data in (b"{}", salt.encode()):
+            self.blobs[_digest(data)] = data
+        self.put_manifest(_digest(raw), raw, OCI_MANIFEST)
+        return raw
+
+
+def _referrers_index(store: MemoryStore, subject: str) -> list[str]:
+    found = store.manifest_at(referrers_tag(subject))
+    return [] if found is None else [e["digest"] for e in json.loads(found[0])["manifests"]]
+
+
+def test_a_destination_with_the_api_gets_no_referrers_tag():
+    source, destination = MemoryStore(api=True), MemoryStore(api=True)
+    sbom = source.add_artifact(SPDX, IMAGE, "sbom")
+    found = discover(source, IMAGE)
+    assert copy_referrers(source, destination, IMAGE, found) == 1
+    assert destination.manifest_at(_digest(sbom))[0] == sbom
+    assert destination.manifest_at(referrers_tag(IMAGE)) is None
+    assert [r.digest for r in discover(destination, IMAGE)] == [_digest(sbom)]
+
+
+def test_a_destination_without_the_api_gets_a_merged_referrers_tag_index():
+    source, destination = MemoryStore(api=True), MemoryStore(api=False)
+    sbom = source.add_artifact(SPDX, IMAGE, "sbom")
+    signature = source.add_artifact(SIGNATURE, _digest(sbom), "sig1")
+    already = destination.add_artifact(SIGNATURE, IMAGE, "theirs")
+    add_to_referrers_index(
+        destination, IMAGE, descriptor_of(already, OCI_MANIFEST, _digest(already))
+    )
+
+    for _ in range(2):  # a second copy adds nothing twice
+        assert copy_referrers(source, destination, IMAGE, discover(source, IMAGE)) == 2
+    assert _referrers_index(destination, IMAGE) == [_digest(already), _digest(sbom)]
+    assert _referrers_index(destination, _digest(sbom)) == [_digest(signature)]
+    entry = json.loads(destination.manifest_at(referrers_tag(IMAGE))[0])["manifests"][1]
+    assert entry["artifactType"] == SPDX
+    assert destination.blobs[_digest(b"sbom")] == b"sbom"
+
+
+def test_a_referrers_tag_that_is_not_an_index_is_left_alone():
+    source, destination = MemoryStore(api=True), MemoryStore(api=False)
+    source.add_artifact(SPDX, IMAGE, "sbom")
+    squatter = destination.add_artifact(SIGNATURE, None, "squat")
+    destination.tags[referrers_tag(IMAGE)] = _digest(squatter)
+    with pytest.raises(OccystrapError, match="not a referrers index"):
+        copy_referrers(source, destination, IMAGE, discover(source, IMAGE))
+    assert destination.manifest_at(referrers_tag(IMAGE))[0] == squatter
+
+
+def test_put_manifest_reports_whether_the_registry_indexed_the_subject(client):
+    with respx.mock(using="httpcore") as router:
+        router.put(f"{BASE}/v2/{REPO}/manifests/a").mock(
+            return_value=httpx.Response(201, headers={"OCI-Subject": IMAGE})
+        )
+        router.put(f"{BASE}/v2/{REPO}/manifests/b").mock(return_value=httpx.Response(201))
+        assert client.put_manifest(REPO, "a", b"{}", OCI_MANIFEST).subject_indexed
+        assert not client.put_manifest(REPO, "b", b"{}", OCI_MANIFEST).subject_indexed

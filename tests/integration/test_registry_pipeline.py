@@ -247,8 +247,8 @@ def test_debug_shows_the_chain_and_never_a_secret(registry_token, unique_repo, t
     # Installed automatic plug-ins (the cloud credentials) sit between the named ones and
     # the core links.
     assert re.search(
-        r"middleware chain: HeaderMiddleware -> (\w+ -> )*RegistryAuth -> QuayAuth -> Retry"
-        r" -> Logging ->",
+        r"middleware chain: OciArtifacts -> HeaderMiddleware -> (\w+ -> )*RegistryAuth"
+        r" -> QuayAuth -> Retry -> Logging ->",
         log,
     ), log
     assert f"GET http://{registry_token.host}/v2/{unique_repo}/manifests/v1 -> 200" in log

@@ -3,7 +3,8 @@ with an ordinary `client.get`.
 
 The middleware resolves the manifest, picks the layer titled NAME
 (`org.opencontainers.image.title`, as oras names files) and answers with that blob's bytes,
-streamed and verified against its digest (a mismatch raises while the body is read). Its own
+streamed and verified against its digest (a mismatch raises while the body is read).
+registries.conf applies as to registry:// references (location rewrites, insecure, blocked). Its own
 requests go down the rest of the chain, so mirrors, auth, retries, rate limits and logging
 apply to them as to any registry read. Not to be confused with the CLI's `oci://PATH`
 destination, a runtime bundle.
@@ -16,10 +17,11 @@ from collections.abc import Iterator
 
 import httpx
 
-from occystrap.errors import OccystrapError, RegistryError
+from occystrap.errors import OccystrapError, RegistryError, UsageError
 from occystrap.image import VerifyingReader
 from occystrap.manifest import Manifest, parse_manifest
 from occystrap.middleware.base import Middleware
+from occystrap.registries_conf import RegistriesConf
 from occystrap.registry.blobs import RemoteBlobReader
 from occystrap.registry.client import RegistryClient
 from occystrap.registry.reference import ImageReference, parse_reference
@@ -93,9 +95,15 @@ def _answer(status: int, message: str, request: httpx.Request) -> httpx.Response
 class OciArtifacts(Middleware):
     """Answers `oci://` requests with an artifact's file; passes every other request on."""
 
-    def __init__(self, next_transport: httpx.BaseTransport, insecure: bool = False) -> None:
+    def __init__(
+        self,
+        next_transport: httpx.BaseTransport,
+        insecure: bool = False,
+        registries: RegistriesConf | None = None,
+    ) -> None:
         super().__init__(next_transport)
         self.insecure = insecure  # plain HTTP to the registries oci:// URLs name
+        self.registries = registries or RegistriesConf()  # rewrites, insecure, blocked
 
     def handle_request(self, request: httpx.Request) -> httpx.Response:
         if request.url.scheme != SCHEME:
@@ -106,6 +114,10 @@ class OciArtifacts(Middleware):
             reference, name = parse_oci_url(request.url)
         except OciUrlError as error:
             return _answer(400, str(error), request)
+        try:
+            reference, insecure = self.registries.apply(reference, str(request.url))
+        except UsageError as error:  # a blocked registry
+            return _answer(403, str(error), request)
         timeout = request.extensions.get("timeout")
         inner = httpx.Client(
             transport=_Borrowed(self.next),
@@ -114,7 +126,7 @@ class OciArtifacts(Middleware):
             timeout=httpx.Timeout(**timeout) if timeout else None,
             headers={k: v for k, v in request.headers.items() if k.title() in _FORWARDED_HEADERS},
         )
-        registry = RegistryClient(inner, reference.registry, insecure=self.insecure)
+        registry = RegistryClient(inner, reference.registry, insecure=self.insecure or insecure)
         try:
             raw, media_type, _ = registry.get_manifest(reference.repository, reference.reference)
             document = parse_manifest(raw, media_type)

@@ -13,6 +13,7 @@ import respx
 from occystrap.errors import DigestMismatchError
 from occystrap.middleware.builder import ChainSettings, build_client
 from occystrap.middleware.oci import OciUrlError, parse_oci_url
+from occystrap.registries_conf import RegistriesConf, RegistryEntry
 
 OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
 OCI_INDEX = "application/vnd.oci.image.index.v1+json"
@@ -124,3 +125,24 @@ def test_other_schemes_pass_through(client):
         route = router.get("https://registry.test/v2/").mock(return_value=httpx.Response(200))
         assert client.get("https://registry.test/v2/").status_code == 200
     assert route.called
+
+
+def test_registries_conf_rewrites_and_blocks():
+    moved = RegistryEntry(prefix="registry.test/team", location="registry.test/moved")
+    blocked = RegistryEntry(prefix="blocked.test", location="blocked.test", blocked=True)
+    conf = RegistriesConf(registries=(moved, blocked))
+    with (
+        build_client(ChainSettings(retries=0, registries=conf)) as http,
+        respx.mock(using="httpcore") as router,
+    ):
+        router.get("https://registry.test/v2/moved/app/manifests/1.0").mock(
+            return_value=httpx.Response(
+                200, content=_manifest(), headers={"Content-Type": OCI_MANIFEST}
+            )
+        )
+        router.get(url__startswith="https://registry.test/v2/moved/app/blobs/").mock(
+            return_value=httpx.Response(200, content=CONTENT)
+        )
+        assert http.get("oci://registry.test/team/app:1.0/a/b.txt").content == CONTENT
+        refused = http.get("oci://blocked.test/app:1.0/a/b.txt")
+    assert refused.status_code == 403 and "blocked" in refused.text

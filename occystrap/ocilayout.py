@@ -304,6 +304,12 @@ class LayoutStorage(Protocol):
         ...
 
 
+def _being_created(entry: Path) -> bool:
+    """What another writer creating the same layout at this moment has made so far (blobs/,
+    the marker under its temporary name): not a foreign directory."""
+    return entry.name == "blobs" or entry.name.startswith(f".{LAYOUT_FILE}.partial-")
+
+
 class DirectoryStorage:
     """A layout directory on this machine: files renamed into place, `index.json` under a
     lock on the `oci-layout` marker."""
@@ -317,7 +323,7 @@ class DirectoryStorage:
             return False
         if (self.path / LAYOUT_FILE).exists():
             return True
-        if any(self.path.iterdir()):
+        if any(not _being_created(entry) for entry in self.path.iterdir()):
             raise FilesystemError(
                 f"{self.path}: is not empty and is not an OCI image layout (no {LAYOUT_FILE});"
                 " choose a new or empty directory"

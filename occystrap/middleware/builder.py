@@ -111,7 +111,7 @@ def build_transport(settings: ChainSettings) -> httpx.BaseTransport:
         transport = Mirror(transport, mirrors)
     specs = [parse_middleware_spec(spec) for spec in settings.middlewares]
     transport = apply_plugins(transport, specs + automatic_specs([name for name, _ in specs]))
-    return OciArtifacts(transport, insecure=settings.insecure, registries=settings.registries)
+    return OciArtifacts(transport, insecure=settings.insecure, registries=registries)
 
 
 class ChainClient(httpx.Client):

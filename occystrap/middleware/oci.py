@@ -4,7 +4,8 @@ with an ordinary `client.get`.
 The middleware resolves the manifest, picks the layer titled NAME
 (`org.opencontainers.image.title`, as oras names files) and answers with that blob's bytes,
 streamed and verified against its digest (a mismatch raises while the body is read).
-registries.conf applies as to registry:// references (location rewrites, insecure, blocked). Its own
+registries.conf applies as to registry:// references (location rewrites, blocked; its
+insecure registries are spoken to in plain HTTP by the base transport). Its own
 requests go down the rest of the chain, so mirrors, auth, retries, rate limits and logging
 apply to them as to any registry read. Not to be confused with the CLI's `oci://PATH`
 destination, a runtime bundle.
@@ -103,7 +104,7 @@ class OciArtifacts(Middleware):
     ) -> None:
         super().__init__(next_transport)
         self.insecure = insecure  # plain HTTP to the registries oci:// URLs name
-        self.registries = registries or RegistriesConf()  # rewrites, insecure, blocked
+        self.registries = registries or RegistriesConf()  # location rewrites, blocked
 
     def handle_request(self, request: httpx.Request) -> httpx.Response:
         if request.url.scheme != SCHEME:
@@ -115,7 +116,7 @@ class OciArtifacts(Middleware):
         except OciUrlError as error:
             return _answer(400, str(error), request)
         try:
-            reference, insecure = self.registries.apply(reference, str(request.url))
+            reference = self.registries.apply(reference, str(request.url))
         except UsageError as error:  # a blocked registry
             return _answer(403, str(error), request)
         timeout = request.extensions.get("timeout")
@@ -126,7 +127,7 @@ class OciArtifacts(Middleware):
             timeout=httpx.Timeout(**timeout) if timeout else None,
             headers={k: v for k, v in request.headers.items() if k.title() in _FORWARDED_HEADERS},
         )
-        registry = RegistryClient(inner, reference.registry, insecure=self.insecure or insecure)
+        registry = RegistryClient(inner, reference.registry, insecure=self.insecure)
         try:
             raw, media_type, _ = registry.get_manifest(reference.repository, reference.reference)
             document = parse_manifest(raw, media_type)

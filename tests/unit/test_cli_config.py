@@ -7,6 +7,8 @@ import json
 import os
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from tests.unit.cli_runner import run_cli
 
@@ -151,3 +153,33 @@ def test_registries_conf_is_read_when_a_registry_is_named(tmp_path):
     run_cli(
         "--registries-conf", str(broken), "info", "registry://h.example/a"
     ).assert_one_line_error(f"{broken}:1:", "not valid TOML")
+
+
+@settings(
+    max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(
+    levels=st.fixed_dictionaries(
+        {},
+        optional={
+            "command line": st.integers(0, 100),
+            "environment": st.integers(0, 100),
+            "config file": st.integers(0, 100),
+        },
+    )
+)
+def test_the_highest_level_given_wins(config_home, monkeypatch, levels):
+    config_home.write_text(
+        f"retries = {levels['config file']}\n" if "config file" in levels else ""
+    )
+    if "environment" in levels:
+        monkeypatch.setenv("OCCYSTRAP_RETRIES", str(levels["environment"]))
+    else:
+        monkeypatch.delenv("OCCYSTRAP_RETRIES", raising=False)
+    flags = ["--retries", str(levels["command line"])] if "command line" in levels else []
+    value, source = option(shown(*flags), "retries")
+    winner = next(
+        (level for level in ("command line", "environment", "config file") if level in levels), None
+    )
+    assert value == (levels[winner] if winner else 3)
+    assert source.startswith(winner or "default")

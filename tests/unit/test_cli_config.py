@@ -183,3 +183,12 @@ def test_the_highest_level_given_wins(config_home, monkeypatch, levels):
     )
     assert value == (levels[winner] if winner else 3)
     assert source.startswith(winner or "default")
+
+
+def test_a_run_between_files_never_reads_registries_conf(tmp_path):
+    """No registry, no client: a broken registries.conf does not stop a tar:// run."""
+    broken = tmp_path / "registries.conf"
+    broken.write_text("[[registry]\n")
+    run_cli(
+        "--registries-conf", str(broken), "info", f"tar://{tmp_path / 'missing.tar'}"
+    ).assert_one_line_error("missing.tar")

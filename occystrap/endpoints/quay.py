@@ -14,7 +14,12 @@ from typing import TYPE_CHECKING
 from occystrap.endpoints import Endpoint, Scheme, non_empty_option, query_options, split_query
 from occystrap.errors import UsageError
 from occystrap.quay.api import QuayClient, api_base, find_images
-from occystrap.registry.reference import HOST_PATTERN, PATH_COMPONENT_PATTERN, validate_tag
+from occystrap.registry.reference import (
+    HOST_PATTERN,
+    PATH_COMPONENT_PATTERN,
+    ImageReference,
+    validate_tag,
+)
 
 if TYPE_CHECKING:
     from occystrap.middleware.builder import ChainSettings
@@ -51,11 +56,16 @@ class QuayURI(Endpoint):
     def images(self, ctx: RunContext) -> list[Endpoint]:
         """Each repository's image, found through the Quay API (then read over the registry
         API like any other)."""
+        from occystrap import registries_conf
         from occystrap.endpoints.registry import RegistryURI
 
+        # registries.conf applies as to registry:// images: a blocked organisation is refused
+        # before the API is asked, and each image found is rewritten (or refused) in turn.
+        conf = registries_conf.active()
+        conf.apply(ImageReference(self.host, self.org), self.shown)
         client = QuayClient(ctx.http, api_base(self.host, ctx.settings.insecure))
         found = find_images(client, self, ctx.settings.parallel)
-        return [RegistryURI(image.reference) for image in found]
+        return [RegistryURI(conf.apply(image.reference, self.shown)) for image in found]
 
     def describe(self) -> str:
         """The selection without its token, for messages."""

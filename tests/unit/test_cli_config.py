@@ -192,3 +192,16 @@ def test_a_run_between_files_never_reads_registries_conf(tmp_path):
     run_cli(
         "--registries-conf", str(broken), "info", f"tar://{tmp_path / 'missing.tar'}"
     ).assert_one_line_error("missing.tar")
+
+
+def test_quay_organisation_blocked_before_the_api_is_asked(tmp_path):
+    path = tmp_path / "registries.conf"
+    path.write_text('[[registry]]\nprefix = "quay.invalid/badorg"\nblocked = true\n')
+    run_cli(
+        "--registries-conf",
+        str(path),
+        "process",
+        "quay://badorg?host=quay.invalid",
+        f"dir://{tmp_path / 'out'}?unique_names=true",
+    ).assert_one_line_error("blocked by", f"{path}:1")
+    assert not (tmp_path / "out").exists()

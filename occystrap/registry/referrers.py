@@ -14,16 +14,18 @@ import json
 import logging
 import re
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import AbstractContextManager, contextmanager
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from occystrap.errors import OccystrapError
-from occystrap.image import VerifyingReader
+from occystrap.graph import Node, copy_graph
+from occystrap.image import Layer, SourceName
 from occystrap.manifest import (
     Descriptor,
     Manifest,
     ManifestIndex,
+    Platform,
     parse_manifest,
 )
 from occystrap.mediatypes import OCI_EMPTY, OCI_INDEX
@@ -257,36 +259,71 @@ def copy_manifest(
     descriptor: Descriptor,
     tag: str | None = None,
 ) -> bool:
-    """Copy a manifest or index and every blob and manifest under it, byte for byte (under
-    `tag`, else its digest); True when the destination indexed its subject itself."""
-    answer = source.manifest_at(descriptor.digest)
-    if answer is None:
-        raise OccystrapError(f"{descriptor.digest} is listed but missing from the source")
-    raw, media_type, digest = answer
-    document = parse_manifest(raw, media_type)
-    if isinstance(document, ManifestIndex):
-        for entry in document.manifests:
-            copy_manifest(source, destination, entry)
-    else:
-        for blob in dict.fromkeys([document.config, *document.layers]):
-            _copy_blob(source, destination, blob)
-    return destination.put_manifest(tag or digest, raw, media_type)
+    """Copy a manifest or index and every blob and manifest under it, byte for byte (the
+    graph copy's walk), under `tag`, else its digest; True when the destination indexed its
+    subject itself."""
+    sink = _StoreSink(destination, tag)
+    copy_graph(_StoreSource(source, descriptor), sink)
+    return sink.subject_indexed
 
 
-def _copy_blob(source: ReferrerStore, destination: ReferrerStore, descriptor: Descriptor) -> None:
-    if destination.has_blob(descriptor):
-        return
+@dataclass(frozen=True)
+class _StoreBlob:
+    """A blob of a store, for the graph copy (the Layer wrapping it verifies what it reads)."""
 
-    @contextmanager
-    def verified() -> Iterator[Readable]:
-        with source.open_blob(descriptor) as raw:
-            reader = VerifyingReader(
-                raw, descriptor.digest, descriptor.size, f"blob {descriptor.digest}"
-            )
-            yield reader
-            reader.drain()
+    store: ReferrerStore
+    descriptor: Descriptor
+    local = False
 
-    destination.put_blob(descriptor, verified)
+    def __str__(self) -> str:
+        return f"{self.store}"
+
+    def open(self) -> AbstractContextManager[Readable]:
+        return self.store.open_blob(self.descriptor)
+
+
+class _StoreSource:
+    """A store as the graph copy's source, rooted at one referrer's manifest."""
+
+    source = SourceName()
+    pinned: Platform | None = None
+
+    def __init__(self, store: ReferrerStore, root: Descriptor) -> None:
+        self.store, self.root_descriptor = store, root
+
+    def root(self) -> Node:
+        return self.manifest(self.root_descriptor)
+
+    def manifest(self, descriptor: Descriptor) -> Node:
+        answer = self.store.manifest_at(descriptor.digest)
+        if answer is None:
+            raise OccystrapError(f"{descriptor.digest} is listed but missing from {self.store}")
+        return Node(answer[0], answer[1])
+
+    def blob(self, descriptor: Descriptor) -> _StoreBlob:
+        return _StoreBlob(self.store, descriptor)
+
+
+class _StoreSink:
+    """A store as the graph copy's sink: the root under `tag` (a cosign tag), else its
+    digest, like everything under it."""
+
+    def __init__(self, store: ReferrerStore, tag: str | None) -> None:
+        self.store, self.tag = store, tag
+        self.subject_indexed = False
+
+    def put_blobs(self, blobs: Sequence[Layer]) -> None:
+        for layer in blobs:
+            descriptor = Descriptor(layer.media_type, layer.digest, layer.size)
+            if not self.store.has_blob(descriptor):
+                self.store.put_blob(descriptor, layer.open_blob)
+
+    def put_manifest(self, node: Node, name: SourceName | None) -> None:
+        is_root = name is not None
+        reference = self.tag if is_root and self.tag else node.digest
+        indexed = self.store.put_manifest(reference, node.raw, node.media_type)
+        if is_root:
+            self.subject_indexed = indexed
 
 
 def add_to_referrers_index(store: ReferrerStore, subject: str, referrer: Descriptor) -> None:

@@ -26,8 +26,6 @@ GZIP_MAGIC = b"\x1f\x8b"
 ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
 
 CHUNK_SIZE = 1024 * 1024
-# Compressed bytes fed per step when reading: keeps each step's output bounded.
-_READ_STEP = 64 * 1024
 _GZIP_WBITS = 31  # gzip container, for inflating
 _DEFAULT_ZSTD_LEVEL = 3
 ZSTD_LEVELS = range(1, zstandard.MAX_COMPRESSION_LEVEL + 1)
@@ -197,23 +195,25 @@ class _DecompressingReader(io.RawIOBase):
         return True
 
     def _refill(self) -> None:
+        """Read and inflate in CHUNK_SIZE steps: few, large system calls and Python steps,
+        and at most a chunk of output at a time however well the input compresses."""
         pending = self._decompressor.pending_input
         if pending:
-            self._buffer = self._decompressor.feed(pending, _READ_STEP)
+            self._buffer = self._decompressor.feed(pending, CHUNK_SIZE)
             return
-        chunk = self._raw.read(_READ_STEP)
+        chunk = self._raw.read(CHUNK_SIZE)
         if not chunk:
             self._buffer = self._decompressor.flush()
             self._finished = True
             return
-        self._buffer = self._decompressor.feed(chunk, _READ_STEP)
+        self._buffer = self._decompressor.feed(chunk, CHUNK_SIZE)
 
     def readinto(self, target) -> int:
         while not self._buffer and not self._finished:
             self._refill()
         count = min(len(target), len(self._buffer))
-        target[:count] = self._buffer[:count]
-        self._buffer = self._buffer[count:]
+        target[:count] = memoryview(self._buffer)[:count]
+        self._buffer = self._buffer[count:] if count < len(self._buffer) else b""
         return count
 
 

@@ -12,14 +12,13 @@ them over, so a layer can be written while later ones are still being fetched.
 
 from __future__ import annotations
 
-import io
 import json
 import logging
 import posixpath
 import re
 import shutil
 import tarfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO, Protocol
@@ -30,7 +29,8 @@ from occystrap.errors import DigestMismatchError, OccystrapError, UsageError
 from occystrap.image import ArchiveMemberBlob, Blob, FileBlob, Image, Layer, SourceName
 from occystrap.jsondoc import BadJSONError, parse_json
 from occystrap.mediatypes import DOCKER_MANIFEST, OCI_MANIFEST
-from occystrap.pipeline import ProgressSink
+from occystrap.pipeline import ProgressSink, again_if_corrupt
+from occystrap.prefetch import ReadAhead, unspooled
 from occystrap.registry.hosts import DOCKER_HUB_HOST
 from occystrap.registry.reference import parse_reference
 from occystrap.streams import Readable
@@ -505,20 +505,6 @@ def _tar_info(name: str, size: int, directory: bool = False) -> tarfile.TarInfo:
     return info
 
 
-class _CountingReader:
-    """Reads through `source`, reporting bytes to the progress sink."""
-
-    def __init__(self, source: BinaryIO, progress: ProgressSink, key: str) -> None:
-        self.source, self.progress, self.key = source, progress, key
-        self.count = 0
-
-    def read(self, size: int = -1) -> bytes:
-        data = self.source.read(size)
-        self.count += len(data)
-        self.progress.advance(self.key, len(data))
-        return data
-
-
 def write_docker_save(
     out: BinaryIO,
     image: Image,
@@ -528,42 +514,63 @@ def write_docker_save(
 ) -> None:
     """Stream `image` as a docker-save tarball into `out`.
 
-    `layers` yields the image's layers in order, each with a known `uncompressed_size`
-    (see `pipeline.local_layers`); each distinct layer is written once, as it arrives.
+    `layers` yields the image's layers in order; each distinct layer is written once, as it
+    arrives. On a seekable `out` a layer streams straight in (its member's size is filled in
+    afterwards), so it may come from anywhere (see `prefetch.prefetched_layers`); otherwise
+    each must know its `uncompressed_size` (see `pipeline.local_layers`).
     """
     layout = DockerSaveLayout.of(image, repo_tag)
-    with tarfile.TarFile(
-        fileobj=out, mode="w", format=tarfile.PAX_FORMAT, copybufsize=compression.CHUNK_SIZE
-    ) as archive:
-        for entry in layout.layers.values():
-            archive.addfile(_tar_info(entry.directory, 0, directory=True))
-        for name, data in layout.metadata_files():
-            archive.addfile(_tar_info(name, len(data)), io.BytesIO(data))
-        written: set[str] = set()
-        for layer in layers:
-            if layer.diff_id in written:
-                continue
-            written.add(layer.diff_id)
-            _add_layer(archive, layout.layers[layer.diff_id].tar_name, layer, progress)
+    archive = _TarWriter(out)
+    for entry in layout.layers.values():
+        archive.add(_tar_info(entry.directory, 0, directory=True))
+    for name, data in layout.metadata_files():
+        archive.add(_tar_info(name, len(data)), data)
+    written: set[str] = set()
+    for layer in layers:
+        if layer.diff_id in written:
+            continue
+        written.add(layer.diff_id)
+        _add_layer(archive, layout.layers[layer.diff_id].tar_name, layer, progress)
+    archive.close()
 
 
-def _add_layer(archive: tarfile.TarFile, name: str, layer: Layer, progress: ProgressSink) -> None:
-    size = layer.uncompressed_size
-    if size is None:
-        raise ValueError("write_docker_save needs each layer's uncompressed size")
+def _add_layer(archive: _TarWriter, name: str, layer: Layer, progress: ProgressSink) -> None:
     key = f"write:{layer.diff_id}"
+    size = layer.uncompressed_size
     progress.start(key, size, _hex(layer.diff_id)[:12])
-    with layer.open_tar() as stream:
-        counted = _CountingReader(stream, progress, key)
-        try:
-            archive.addfile(_tar_info(name, size), counted)
-        except OSError as error:
-            if counted.count >= size or error.errno is not None:
-                raise  # a system error (disk full...), not a short layer
-            raise _size_changed(layer, size) from error
-        if stream.read(1):
-            raise _size_changed(layer, size)
+    if not archive.seekable:
+        if size is None:
+            raise ValueError("write_docker_save needs each layer's uncompressed size")
+        _copy_layer(archive, name, layer, progress, key)
+    else:
+        # A layer that failed its digest on the way gets one more try, fetched directly.
+        attempts = iter([layer, unspooled(layer)])
+        start = archive.position
+        again_if_corrupt(
+            layer,
+            lambda: _copy_layer(archive.rewind(start), name, next(attempts), progress, key),
+        )
     progress.finish(key)
+
+
+def _copy_layer(
+    archive: _TarWriter, name: str, layer: Layer, progress: ProgressSink, key: str
+) -> None:
+    progress.restart(key, 0)
+    with layer.open_tar() as tar:
+        # Inflating and hashing (in the read-ahead thread) overlap writing (here).
+        stream = ReadAhead(tar)
+        try:
+            archive.add_stream(
+                _tar_info(name, 0),
+                stream,
+                layer.uncompressed_size,
+                lambda n: progress.advance(key, n),
+            )
+        except _SizeChanged:
+            raise _size_changed(layer, layer.uncompressed_size or 0) from None
+        finally:
+            stream.close()
 
 
 def _size_changed(layer: Layer, size: int) -> OccystrapError:
@@ -571,3 +578,98 @@ def _size_changed(layer: Layer, size: int) -> OccystrapError:
         f"layer {layer.digest} is not {size} bytes uncompressed as expected: its source changed"
         " or is corrupt; fetch the image again"
     )
+
+
+class _SizeChanged(Exception):
+    pass
+
+
+class _TarWriter:
+    """Writes a tar archive member by member, as `tarfile` writes it in PAX format (same
+    bytes), with one addition: on a seekable output a member of unknown size streams in and
+    its header's size is filled in once the data has ended."""
+
+    def __init__(self, out: BinaryIO) -> None:
+        self._out = out
+        try:
+            self.position = out.tell()
+            self.seekable = out.seekable()
+        except (AttributeError, OSError):
+            self.position, self.seekable = 0, False
+
+    def _write(self, data: bytes) -> None:
+        self._out.write(data)
+        self.position += len(data)
+
+    def _pad(self, size: int) -> None:
+        if size % tarfile.BLOCKSIZE:
+            self._write(tarfile.NUL * (tarfile.BLOCKSIZE - size % tarfile.BLOCKSIZE))
+
+    def _header(self, info: tarfile.TarInfo) -> bytes:
+        """Write `info`'s header blocks; return the last, the ustar header proper."""
+        blocks = info.tobuf(tarfile.PAX_FORMAT, tarfile.ENCODING, "surrogateescape")
+        self._write(blocks)
+        return blocks[-tarfile.BLOCKSIZE :]
+
+    def add(self, info: tarfile.TarInfo, data: bytes = b"") -> None:
+        info.size = len(data)
+        self._header(info)
+        self._write(data)
+        self._pad(len(data))
+
+    def rewind(self, position: int) -> _TarWriter:
+        """Drop everything written from `position` on (a member being written again)."""
+        if position != self.position:
+            self._out.seek(position)
+            self._out.truncate()
+            self.position = position
+        return self
+
+    def add_stream(
+        self,
+        info: tarfile.TarInfo,
+        source: Readable,
+        size: int | None,
+        on_bytes: Callable[[int], None],
+    ) -> None:
+        """A member whose data is `source` to its end: `size` bytes, or when None (on a
+        seekable output only) however many there are."""
+        if size is None and not self.seekable:
+            raise ValueError("a tar member of unknown size needs a seekable output")
+        info.size = size or 0
+        header = self._header(info)
+        header_at = self.position - tarfile.BLOCKSIZE
+        count = 0
+        while chunk := source.read(compression.CHUNK_SIZE):
+            count += len(chunk)
+            if size is not None and count > size:
+                raise _SizeChanged()
+            self._write(chunk)
+            on_bytes(len(chunk))
+        if size is not None and count != size:
+            raise _SizeChanged()
+        self._pad(count)
+        if size is None:
+            self._fill_in_size(header_at, header, count)
+
+    def _fill_in_size(self, header_at: int, written: bytes, size: int) -> None:
+        """Rewrite the size field (and checksum) of the ustar header at `header_at`; past
+        ustar's 8 GiB the base-256 form tarfile, GNU tar and Go read (PAX would need a
+        header before this one)."""
+        if size < 8**11:
+            field = b"%011o" % size + tarfile.NUL
+        else:
+            field = b"\x80" + size.to_bytes(11, "big")
+        header = bytearray(written)
+        header[124:136] = field
+        header[148:156] = b" " * 8
+        header[148:156] = b"%06o" % sum(header) + tarfile.NUL + b" "
+        self._out.seek(header_at)
+        self._out.write(header)
+        self._out.seek(self.position)
+
+    def close(self) -> None:
+        """The end-of-archive blocks, padded to tarfile's record size."""
+        self._write(tarfile.NUL * (tarfile.BLOCKSIZE * 2))
+        if self.position % tarfile.RECORDSIZE:
+            self._write(tarfile.NUL * (tarfile.RECORDSIZE - self.position % tarfile.RECORDSIZE))

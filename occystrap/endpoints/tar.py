@@ -17,7 +17,8 @@ from occystrap.endpoints import Endpoint, Scheme, path_of
 from occystrap.errors import OccystrapError
 from occystrap.image import Image, ImageLike
 from occystrap.ocilayout import LayoutManifests, OciLayoutReader, is_oci_layout
-from occystrap.pipeline import RunContext, local_layers
+from occystrap.pipeline import RunContext
+from occystrap.prefetch import prefetched_layers
 
 
 @dataclass
@@ -76,7 +77,7 @@ class TarDestination:
                 handle,
                 item,
                 repo_tag_of(item.source),
-                local_layers(item, self.ctx),
+                prefetched_layers(item.layers, self.ctx),
                 self.ctx.progress,
             )
 

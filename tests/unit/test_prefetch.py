@@ -1,0 +1,144 @@
+"""Pull plumbing: spools read while they grow, read-ahead threads, and the docker-save writer
+that streams a layer of unknown size and fills its size in afterwards."""
+
+from __future__ import annotations
+
+import io
+import tarfile
+import threading
+from pathlib import Path
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from occystrap import compression
+from occystrap.dockersave import _SizeChanged, _TarWriter
+from occystrap.errors import DigestMismatchError
+from occystrap.prefetch import ReadAhead, Spool
+
+
+class Trickle:
+    """A source handing out its bytes in the given piece sizes, then failing if asked to."""
+
+    def __init__(self, data: bytes, pieces: list[int], error: Exception | None = None) -> None:
+        self.data, self.pieces, self.error = data, list(pieces), error
+
+    def read(self, size: int = -1) -> bytes:
+        if not self.data:
+            if self.error is not None:
+                raise self.error
+            return b""
+        step = self.pieces.pop(0) if self.pieces else len(self.data)
+        piece, self.data = self.data[: max(1, step)], self.data[max(1, step) :]
+        return piece
+
+
+def read_all(source, size: int = 1000) -> bytes:
+    out = bytearray()
+    while chunk := source.read(size):
+        out += chunk
+    return bytes(out)
+
+
+@given(data=st.binary(max_size=5000), pieces=st.lists(st.integers(1, 3000), max_size=8))
+@settings(max_examples=30, deadline=None)
+def test_a_spool_read_while_it_is_written_gives_every_byte(tmp_path_factory, data, pieces):
+    spool = Spool(tmp_path_factory.mktemp("spool") / "blob")
+    writer = threading.Thread(target=spool.fill, args=(Trickle(data, pieces),))
+    writer.start()
+    with spool.reader() as reader:
+        assert read_all(reader, 700) == data
+    writer.join()
+
+
+def test_a_spool_reader_gets_the_writers_failure(tmp_path):
+    spool = Spool(tmp_path / "blob")
+    failure = DigestMismatchError("layer sha256:x: content hashes to sha256:y")
+    writer = threading.Thread(
+        target=lambda: pytest.raises(
+            DigestMismatchError, spool.fill, Trickle(b"ab" * 10, [5], failure)
+        )
+    )
+    writer.start()
+    # (the failure may come before the reader has opened the spool, or while it reads)
+    with pytest.raises(DigestMismatchError, match="hashes to"), spool.reader() as reader:
+        read_all(reader)
+    writer.join()
+
+
+@given(data=st.binary(max_size=3 * compression.CHUNK_SIZE // 1000), size=st.integers(1, 5000))
+@settings(max_examples=30, deadline=None)
+def test_read_ahead_passes_every_byte_in_order(data, size):
+    ahead = ReadAhead(io.BytesIO(data), depth=2)
+    try:
+        assert read_all(ahead, size) == data
+        assert ahead.read() == b""  # the end stays the end
+    finally:
+        ahead.close()
+
+
+def test_read_ahead_raises_the_sources_error_where_it_happened():
+    ahead = ReadAhead(Trickle(b"x" * 10, [4], OSError(5, "Input/output error")))
+    try:
+        assert read_all(ahead, 3) == b"x" * 10
+    except OSError as error:
+        assert error.errno == 5
+    else:
+        pytest.fail("the error was lost")
+    finally:
+        ahead.close()
+
+
+def stream_member(out, data: bytes, size: int | None) -> None:
+    archive = _TarWriter(out)
+    archive.add(tarfile.TarInfo("before"), b"1234")
+    archive.add_stream(tarfile.TarInfo("layer.tar"), io.BytesIO(data), size, lambda n: None)
+    archive.close()
+
+
+@pytest.mark.parametrize("length", [0, 1, 511, 512, 513, 100_000])
+def test_a_member_of_unknown_size_gets_the_bytes_tarfile_would_write(tmp_path, length):
+    data = bytes(range(256)) * (length // 256) + b"z" * (length % 256)
+    with open(tmp_path / "streamed.tar", "wb") as out:
+        stream_member(out, data, None)
+    with tarfile.open(tmp_path / "reference.tar", "w", format=tarfile.PAX_FORMAT) as reference:
+        for name, content in (("before", b"1234"), ("layer.tar", data)):
+            info = tarfile.TarInfo(name)
+            info.size = len(content)
+            reference.addfile(info, io.BytesIO(content))
+    assert (tmp_path / "streamed.tar").read_bytes() == (tmp_path / "reference.tar").read_bytes()
+
+
+def test_sizes_past_8_gib_are_filled_in_base_256(tmp_path):
+    """tarfile (like GNU tar and Go) reads the base-256 size of a member past ustar's range."""
+    archive = _TarWriter(io.BytesIO())
+    header = tarfile.TarInfo("layer.tar").tobuf(tarfile.PAX_FORMAT)
+    out = io.BytesIO(header)
+    archive._out = out
+    archive.position = len(header)
+    archive._fill_in_size(0, header, 9 * 1024**3 + 7)
+    parsed = tarfile.TarInfo.frombuf(out.getvalue()[:512], tarfile.ENCODING, "surrogateescape")
+    assert parsed.size == 9 * 1024**3 + 7
+
+
+def test_a_non_seekable_output_needs_known_sizes():
+    class Pipe(io.RawIOBase):
+        def writable(self) -> bool:
+            return True
+
+        def write(self, data) -> int:
+            self.count = getattr(self, "count", 0) + len(data)
+            return len(data)
+
+    with pytest.raises(ValueError, match="unknown size needs a seekable output"):
+        stream_member(Pipe(), b"abc", None)
+    pipe = Pipe()
+    stream_member(pipe, b"abc", 3)
+    assert pipe.count == tarfile.RECORDSIZE
+
+
+@pytest.mark.parametrize("data", [b"ab", b"abcd"])
+def test_a_known_size_that_is_wrong_is_refused(tmp_path: Path, data):
+    with open(tmp_path / "out.tar", "wb") as out, pytest.raises(_SizeChanged):
+        stream_member(out, data, 3)

@@ -15,7 +15,6 @@ import io
 import json
 import os
 import shutil
-import tempfile
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -25,7 +24,6 @@ from typing import Any
 
 from occystrap.atomic import partial_sibling
 from occystrap.digests import hash_of, new_hasher, sha256_digest
-from occystrap.dockersave import DirectoryMembers
 from occystrap.endpoints import Endpoint, parse_uri
 from occystrap.endpoints.oci_layout import OciLayoutURI
 from occystrap.endpoints.registry import RegistryURI
@@ -33,12 +31,9 @@ from occystrap.errors import FilesystemError, OccystrapError, UsageError
 from occystrap.image import VerifyingReader
 from occystrap.manifest import Descriptor, Manifest, parse_manifest
 from occystrap.mediatypes import OCI_EMPTY, OCI_EMPTY_DIGEST, OCI_MANIFEST
-from occystrap.middleware.builder import build_client
-from occystrap.ocilayout import OciLayoutReader
-from occystrap.pipeline import RunContext
 from occystrap.registry.referrers import ReferrerStore, add_to_referrers_index
 from occystrap.settings import RunSettings
-from occystrap.stores import store_of
+from occystrap.stores import open_store, reference_of, root_of
 
 TITLE = "org.opencontainers.image.title"
 DEFAULT_FILE_TYPE = "application/octet-stream"
@@ -82,26 +77,6 @@ class PulledArtifact:
     digest: str
     files: list[Path] = field(default_factory=list)
     bytes: int = 0
-
-
-@contextmanager
-def _store(settings: RunSettings, endpoint: Endpoint, what: str) -> Iterator[ReferrerStore]:
-    """A store for `endpoint` over the run's one client."""
-    with (
-        build_client(settings.copy_chain_settings(endpoint.credential_scope(), None)) as http,
-        tempfile.TemporaryDirectory(prefix="occystrap-", dir=settings.temp_dir) as work,
-    ):
-        yield store_of(endpoint, RunContext(settings, http, Path(work)), what)
-
-
-def _reference(endpoint: Endpoint) -> str:
-    """The tag or digest an artifact URI names (an OCI layout's `?tag=`, else `latest`)."""
-    if isinstance(endpoint, RegistryURI):
-        return endpoint.reference.reference
-    assert isinstance(endpoint, OciLayoutURI)
-    if endpoint.tag is None:
-        return OciLayoutReader(DirectoryMembers(endpoint.path)).select(None).digest
-    return endpoint.tag
 
 
 def _file_descriptor(file: ArtifactFile) -> Descriptor:
@@ -149,7 +124,7 @@ def push_artifact(
         raise UsageError(
             f"two files share a name ({', '.join(titles)}); pull could not tell them apart"
         )
-    with _store(settings, endpoint, "artifact push") as store:
+    with open_store(settings, endpoint, "artifact push", writing=True) as store:
         subject_descriptor = None if subject is None else _subject(store, endpoint, subject)
         document: dict[str, Any] = {
             "schemaVersion": 2,
@@ -217,7 +192,7 @@ def _subject(store: ReferrerStore, endpoint: Endpoint, subject: str) -> Descript
                 f"--subject {subject} is not in {endpoint}'s repository; an artifact can only"
                 " refer to a manifest beside it"
             )
-        reference = _reference(subject_uri)
+        reference = reference_of(subject_uri)
     answer = store.manifest_at(reference)
     if answer is None:
         raise UsageError(f"--subject {subject}: no such manifest at {endpoint}")
@@ -261,12 +236,8 @@ def pull_artifact(settings: RunSettings, source: str, directory: Path) -> Pulled
     is written unless every blob is complete and every title is safe and free."""
     endpoint = parse_uri(source)
     directory = Path(directory)
-    with _store(settings, endpoint, "artifact pull") as store:
-        reference = _reference(endpoint)
-        answer = store.manifest_at(reference)
-        if answer is None:
-            raise UsageError(f"{endpoint}: no such artifact")
-        raw, media_type, digest = answer
+    with open_store(settings, endpoint, "artifact pull") as store:
+        raw, media_type, digest = root_of(endpoint, store)
         document = parse_manifest(raw, media_type)
         if not isinstance(document, Manifest):
             raise UsageError(

@@ -10,8 +10,9 @@ the way a registry without the referrers API does: referrers tag indexes and cos
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
-from contextlib import AbstractContextManager
+import tempfile
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
 
 from occystrap.cancel import cancellable_pool
@@ -22,6 +23,7 @@ from occystrap.endpoints.oci_layout import OciLayoutURI
 from occystrap.endpoints.registry import RegistryURI
 from occystrap.errors import RegistryError, UsageError
 from occystrap.manifest import Descriptor, ManifestIndex, parse_manifest
+from occystrap.middleware.builder import build_client
 from occystrap.ocilayout import (
     INDEX_FILE,
     OciLayoutReader,
@@ -33,6 +35,7 @@ from occystrap.ocilayout import (
 from occystrap.pipeline import RunContext
 from occystrap.registry.client import RegistryBlob, RegistryClient
 from occystrap.registry.referrers import ReferrerStore, copy_referrers, discover
+from occystrap.settings import RunSettings
 from occystrap.streams import Readable
 
 LOG = logging.getLogger("occystrap.stores")
@@ -148,17 +151,49 @@ def check_referrer_ends(source: Endpoint, destination: Endpoint, ctx: RunContext
     store_of(destination, ctx)
 
 
-def _subjects(endpoint: Endpoint, store: ReferrerStore) -> list[str]:
-    """The digests of the manifest `endpoint` names and, for an index, of its entries."""
+@contextmanager
+def open_store(
+    settings: RunSettings, endpoint: Endpoint, what: str, writing: bool = False
+) -> Iterator[ReferrerStore]:
+    """The store `endpoint` names, over a client of its own (for commands that are not a
+    copy: referrers, artifact push and pull); `writing` gives it a destination's credentials
+    (--dest-creds), else a source's."""
+    scope = endpoint.credential_scope()
+    chain = (
+        settings.copy_chain_settings(None, scope)
+        if writing
+        else settings.copy_chain_settings(scope, None)
+    )
+    with (
+        build_client(chain) as http,
+        tempfile.TemporaryDirectory(prefix="occystrap-", dir=settings.temp_dir) as work,
+    ):
+        yield store_of(endpoint, RunContext(settings, http, Path(work)), what)
+
+
+def reference_of(endpoint: Endpoint) -> str:
+    """The tag or digest a registry:// or oci-layout:// URI names (a layout without ?tag=:
+    its only image)."""
     if isinstance(endpoint, RegistryURI):
-        reference = endpoint.reference.reference
-    else:
-        assert isinstance(endpoint, OciLayoutURI)
-        reference = OciLayoutReader(DirectoryMembers(endpoint.path)).select(endpoint.tag).digest
+        return endpoint.reference.reference
+    assert isinstance(endpoint, OciLayoutURI)
+    if endpoint.tag is not None:
+        return endpoint.tag
+    return OciLayoutReader(DirectoryMembers(endpoint.path)).select(None).digest
+
+
+def root_of(endpoint: Endpoint, store: ReferrerStore) -> tuple[bytes, str, str]:
+    """(raw, media type, digest) of the manifest `endpoint` names."""
+    reference = reference_of(endpoint)
     answer = store.manifest_at(reference)
     if answer is None:
         raise UsageError(f"{endpoint} holds no manifest {reference}")
-    raw, media_type, digest = answer
+    return answer
+
+
+def _subjects(endpoint: Endpoint, store: ReferrerStore) -> list[str]:
+    """The digests of the manifest `endpoint` names and, for an index, of its entries."""
+    raw, media_type, digest = root_of(endpoint, store)
     document = parse_manifest(raw, media_type)
     entries = document.manifests if isinstance(document, ManifestIndex) else []
     return [digest, *dict.fromkeys(entry.digest for entry in entries)]

@@ -42,7 +42,7 @@ from occystrap.registry.hosts import DOCKER_HUB_HOST, canonical_registry_host
 from occystrap.registry.reference import HOST_PATTERN, ImageReference
 from occystrap.registry.referrers import ReferrerTree, discover
 from occystrap.settings import RunSettings
-from occystrap.stores import RegistryStore
+from occystrap.stores import open_store, root_of
 
 LOG = logging.getLogger("occystrap.toolbox")
 
@@ -251,16 +251,15 @@ def inspect_keys(client: RegistryClient, reference: ImageReference, picked: Pick
 
 
 def referrers(settings: RunSettings, image: str, artifact_type: str | None = None) -> ReferrerTree:
-    """What refers to the manifest IMAGE names (an index's own digest for a multi-platform
-    image), recursively; `artifact_type` keeps only that type at the first level."""
-    uri = registry_uri(image)
-    reference = uri.reference
-    with registry_client(settings, uri) as client:
-        head = client.head_manifest(reference.repository, reference.reference)
-        store = RegistryStore(client, reference.repository)
-        found = discover(store, head.digest, artifact_type)
-    subject = Descriptor(head.media_type, head.digest, head.size or 0)
-    return ReferrerTree(str(reference), subject, found)
+    """What refers to the manifest IMAGE (registry:// or oci-layout://) names (an index's own
+    digest for a multi-platform image), recursively; `artifact_type` keeps only that type at
+    the first level."""
+    endpoint = parse_uri(image)
+    with open_store(settings, endpoint, "referrers") as store:
+        raw, media_type, digest = root_of(endpoint, store)
+        found = discover(store, digest, artifact_type)
+    name = str(endpoint.reference) if isinstance(endpoint, RegistryURI) else str(endpoint)
+    return ReferrerTree(name, Descriptor(media_type, digest, len(raw)), found)
 
 
 # -- delete -------------------------------------------------------------------------------

@@ -130,6 +130,12 @@ def test_referrers_cross_an_air_gap_through_an_oci_layout(
         for entry in index_json["manifests"]
     }
     assert "v1" in names and tag_for(pushed["amd64"].digest) in names
+    in_layout = json.loads(
+        run_occystrap("-O", "json", "referrers", f"oci-layout://{layout}?tag=v1").stdout
+    )
+    assert in_layout["digest"] == pushed["index"].digest
+    [signature] = in_layout["referrers"]
+    assert signature["tag"] == tag_for(pushed["index"].digest, ".sig")
 
     result = run_occystrap(
         "--insecure",

@@ -6,10 +6,13 @@ import logging
 from collections.abc import Callable, Sequence
 from typing import TypeVar
 
+import httpx
+
 from occystrap.cancel import cancellable_pool
 from occystrap.endpoints import Endpoint
 from occystrap.errors import OccystrapError
 from occystrap.pipeline import ProgressSink
+from occystrap.registry.errors import network_error_message
 
 LOG = logging.getLogger("occystrap.bulk")
 T = TypeVar("T")
@@ -39,9 +42,12 @@ class ImageProgress:
 
 
 def describe_failure(exc: Exception) -> str:
-    """One line for a failed image: our errors speak for themselves, others name their type."""
+    """One line for a failed image: our errors speak for themselves, network failures say
+    where and what to check, others name their type."""
     if isinstance(exc, OccystrapError):
         return str(exc)
+    if isinstance(exc, httpx.RequestError):
+        return network_error_message(exc)
     return f"{type(exc).__name__}: {exc or 'no detail'}"
 
 

@@ -985,6 +985,13 @@ def logout(settings: RunSettings, host: str) -> None:
     help="Retries allowed in all for the run; then it fails fast (default: only --retries"
     " per request).",
 )
+@click.option(
+    "--cluster",
+    metavar="tcp://HOST:PORT|local:N",
+    envvar="OCCYSTRAP_CLUSTER",
+    help="Copy each image as a task on this Dask cluster (local:N starts N worker"
+    " processes); needs occystrap[dask].",
+)
 @click.pass_obj
 def sync(
     settings: RunSettings,
@@ -998,6 +1005,7 @@ def sync(
     image_parallel: int,
     quota_floor: int,
     retry_budget: int | None,
+    cluster: str | None,
 ) -> None:
     """Keep the repositories FILE names in step: plan, then copy only what differs.
 
@@ -1012,7 +1020,9 @@ def sync(
         Path(file),
         dest=dest,
         scoped=scoped,
-        options=SyncOptions(dry_run, prune, keep_going, image_parallel, quota_floor, retry_budget),
+        options=SyncOptions(
+            dry_run, prune, keep_going, image_parallel, quota_floor, retry_budget, cluster
+        ),
         report=Path(report) if report else None,
     )
 

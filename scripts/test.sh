@@ -10,7 +10,7 @@ $SUDO apt-get update -qq
 $SUDO apt-get install -y -qq --no-install-recommends \
     docker-registry skopeo podman docker.io runc busybox-static >/dev/null
 
-python3 -m pip install -q --disable-pip-version-check -e '.[test,aws,gcp,azure]' \
+python3 -m pip install -q --disable-pip-version-check -e '.[test,aws,gcp,azure,dask]' \
     -e ./plugins/occystrap-aws -e ./plugins/occystrap-gcp -e ./plugins/occystrap-azure
 
 ruff check .

@@ -37,7 +37,7 @@ from occystrap.middleware.oci import OciArtifacts
 from occystrap.middleware.plugins import apply_plugins, automatic_specs, parse_middleware_spec
 from occystrap.middleware.quay_auth import QuayAuth
 from occystrap.middleware.quota import QuotaBook, QuotaObserver
-from occystrap.middleware.ratelimit import RateLimit, parse_rate_limits
+from occystrap.middleware.ratelimit import RateLimit, RateLimitPolicy, parse_rate_limits
 from occystrap.middleware.registry_auth import RegistryAuth
 from occystrap.middleware.retry import Retry, RetryBudget
 from occystrap.middleware.transport import DEFAULT_TIMEOUT, build_base_transport
@@ -71,6 +71,8 @@ class ChainSettings:
     deadline: float = DEFAULT_DEADLINE
     # Told (host, seconds) before the rate limiter holds a request: the progress display.
     on_rate_wait: Callable[[str, float], None] | None = None
+    # Limiters standing for rate_limits (a cluster's shared ones); None: from rate_limits.
+    rate_policy: RateLimitPolicy | None = None
     # Where registries' stated pull quotas are recorded (sync); None: not observed.
     quota: QuotaBook | None = None
     # Retries allowed in all, shared by every request of the run; None: only --retries each.
@@ -93,10 +95,11 @@ def build_transport(settings: ChainSettings) -> httpx.BaseTransport:
     transport = Logging(transport)
     if settings.quota is not None:
         transport = QuotaObserver(transport, settings.quota)
-    if settings.rate_limits:
-        transport = RateLimit(
-            transport, parse_rate_limits(list(settings.rate_limits)), settings.on_rate_wait
-        )
+    policy = settings.rate_policy
+    if policy is None and settings.rate_limits:
+        policy = parse_rate_limits(list(settings.rate_limits))
+    if policy is not None:
+        transport = RateLimit(transport, policy, settings.on_rate_wait)
     transport = Retry(
         transport,
         retries=settings.retries,

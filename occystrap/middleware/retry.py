@@ -104,6 +104,11 @@ class RetryBudget:
             self.spent += 1
             return True
 
+    def charge(self, retries: int) -> None:
+        """Count retries made elsewhere (a cluster's workers report theirs)."""
+        with self._lock:
+            self.spent += retries
+
     @property
     def exhausted(self) -> bool:
         with self._lock:

@@ -13,6 +13,7 @@ from occystrap.middleware.builder import ChainClient, build_client
 from occystrap.middleware.quota import QuotaBook
 from occystrap.middleware.retry import RetryBudget
 from occystrap.settings import RunSettings
+from occystrap.sync.cluster import DaskRunner, open_cluster
 from occystrap.sync.config import SyncSpec
 from occystrap.sync.plan import FAILED, PlannedImage, Planner, SyncPlan, split_host
 from occystrap.sync.run import (
@@ -37,6 +38,7 @@ class SyncOptions:
     image_parallel: int = 3  # images at once (embedded runner)
     quota_floor: int = 5  # start no image from a registry with this few pulls left
     retry_budget: int | None = None  # retries in all for the run; None: no limit
+    cluster: str | None = None  # tcp://SCHEDULER:PORT or local:N; None: this process
 
 
 @dataclass
@@ -125,15 +127,25 @@ def sync(
         if budget is not None:
             gates.append(BudgetGate(budget))
         run_options = RunOptions(options.keep_going, gates, on_result)
-        with (
-            open_session(settings, http) as session,
-            cancellable_pool(options.image_parallel, "sync") as pool,
-        ):
-            runner = ThreadRunner(session, options.image_parallel, pool)
-            outcome.results = run_copies(plan, runner, run_options)
+        if options.cluster is not None:
+            with open_cluster(options.cluster) as client:
+                on_cluster = DaskRunner(client, settings, quota, budget)
+                try:
+                    outcome.results = run_copies(plan, on_cluster, run_options)
+                finally:
+                    on_cluster.close()
+        else:
+            with (
+                open_session(settings, http) as session,
+                cancellable_pool(options.image_parallel, "sync") as pool,
+            ):
+                runner = ThreadRunner(session, options.image_parallel, pool)
+                outcome.results = run_copies(plan, runner, run_options)
         if options.prune:
             for result in prune(plan, http, settings):
                 on_result(result)
                 outcome.results.append(result)
         outcome.retries = http.retries_made()
+        if options.cluster is not None:  # the workers' own clients retried these
+            outcome.retries += sum(result.retries for result in outcome.results)
     return outcome

@@ -202,7 +202,7 @@ class Planner:
         tag_filter = pair.rule.tags
         try:
             listed = self.client(pair.source).list_tags(pair.source.name)
-        except OccystrapError as exc:
+        except (OccystrapError, httpx.RequestError) as exc:
             if not tag_filter.needs_listing:
                 listed = []
             else:
@@ -229,11 +229,11 @@ class Planner:
         )
         try:
             digest = self._source_digest(source, tag, rule.platforms)
-        except OccystrapError as exc:
+        except (OccystrapError, httpx.RequestError) as exc:
             return _replace(planned, error=describe_failure(exc))
         try:
             held = self._target_digest(pair.target, tag)
-        except OccystrapError as exc:
+        except (OccystrapError, httpx.RequestError) as exc:
             return _replace(planned, digest=digest, error=describe_failure(exc))
         action = UNCHANGED if held == digest else COPY
         return _replace(

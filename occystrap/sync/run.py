@@ -26,10 +26,18 @@ from occystrap.endpoints.registry import RegistryURI
 from occystrap.errors import OccystrapError
 from occystrap.manifest import Platform
 from occystrap.middleware.builder import ChainClient, build_client
+from occystrap.middleware.quota import QuotaReading
 from occystrap.pipeline import RunContext, TransferStats
 from occystrap.registry.ledger import UploadLedger
 from occystrap.settings import RunSettings
-from occystrap.sync.plan import COPY, FAILED, PRUNE, UNCHANGED, PlannedImage, SyncPlan
+from occystrap.sync.plan import (
+    COPY,
+    FAILED,
+    PRUNE,
+    UNCHANGED,
+    PlannedImage,
+    SyncPlan,
+)
 
 LOG = logging.getLogger("occystrap.sync")
 
@@ -63,6 +71,7 @@ class ImageResult:
     uploaded: int = 0  # blobs uploaded, mounted
     mounted: int = 0
     retries: int = 0
+    quota: list[QuotaReading] = field(default_factory=list)  # what a worker saw
 
     def as_json(self) -> dict:
         return {

@@ -23,6 +23,7 @@ from tests.integration.clouds import (
     install_cloud_plugins,
 )
 from tests.integration.daemons import DockerDaemon, PodmanService
+from tests.integration.dask_cluster import DaskCluster
 from tests.integration.fault_proxy import BlobHost, FaultProxy
 from tests.integration.servers import (
     REGISTRY_BINARY,
@@ -216,3 +217,10 @@ def registry_azure(tmp_path_factory) -> Iterator[RegistryServer]:
 def gcs(tmp_path_factory) -> Iterator[GcsEmulator]:
     with GcsEmulator(tmp_path_factory.mktemp("gcs")) as server:
         yield server
+
+
+@pytest.fixture(scope="session")
+def dask_cluster(tmp_path_factory) -> Iterator[DaskCluster]:
+    """`dask scheduler` and two `dask worker` processes on loopback, stopped by PID."""
+    with DaskCluster(tmp_path_factory.mktemp("dask")) as cluster:
+        yield cluster

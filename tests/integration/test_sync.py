@@ -3,6 +3,11 @@
 from __future__ import annotations
 
 import json
+import os
+import signal
+import subprocess
+import sys
+import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -10,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.integration.cli import run_occystrap
+from tests.integration.cli import REPO_ROOT, run_occystrap
 from tests.integration.fault_proxy import FaultProxy
 from tests.integration.images import (
     build_oci_layout,
@@ -371,4 +376,95 @@ def test_ratelimit_prints_the_stated_quota(seeded):
         "limit": 100,
         "remaining": 100,
         "window": 21600,
+    }
+
+
+# -- on a Dask cluster -------------------------------------------------------------------
+
+
+def _copied_digests(registry, prefix: str, wanted) -> dict[tuple[str, str], str]:
+    return {
+        (repo, tag): skopeo_inspect(registry, f"{prefix}/{repo}:{tag}")["Digest"]
+        for repo, tag in wanted
+    }
+
+
+ALL_TAGS = [(repo, tag) for repo, tags in SEEDED.items() for tag in tags]
+
+
+def test_a_sync_over_a_dask_cluster_matches_the_embedded_run(
+    seeded, mirror, dask_cluster, tmp_path
+):
+    src, dst, prefix = seeded.registry.host, mirror.host, seeded.prefix
+
+    def spec_for(target: str) -> Path:
+        rule = {"source": f"registry://{src}/{prefix}/*", "target": f"registry://{dst}/{target}"}
+        return write_yaml(tmp_path / f"{target.replace('/', '_')}.yaml", {"sync": [rule]})
+
+    embedded = sync(str(spec_for(f"{prefix}-embedded")), "--report", str(tmp_path / "e.json"))
+    clustered = sync(
+        str(spec_for(f"{prefix}-cluster")),
+        "--cluster",
+        dask_cluster.address,
+        "--report",
+        str(tmp_path / "c.json"),
+    )
+    assert "failed" not in embedded.stdout + clustered.stdout
+    ran = json.loads((tmp_path / "c.json").read_text())
+    assert {entry["status"] for entry in ran} == {"copied"} and len(ran) == len(ALL_TAGS)
+    wanted = ALL_TAGS
+    on_cluster = _copied_digests(mirror, f"{prefix}-cluster", wanted)
+    assert on_cluster == _copied_digests(mirror, f"{prefix}-embedded", wanted)
+    assert on_cluster == {key: seeded.digest(*key) for key in wanted}
+    # The copies ran on the workers, each with a session of its own, closed at the end.
+    logs = "".join(p.read_text() for p in dask_cluster.workdir.glob("worker-*.log"))
+    assert "Traceback" not in logs
+    assert logs.count("Run out-of-band function 'close_worker_run'") >= 2
+    again = sync(str(spec_for(f"{prefix}-cluster")), "--cluster", dask_cluster.address)
+    assert set(result_lines(again.stdout).values()) == {"unchanged"}
+
+
+def test_a_worker_killed_mid_sync_and_the_sync_still_completes(
+    seeded, mirror, dask_cluster, tmp_path
+):
+    """A third worker joins, then a worker is SIGKILLed while it copies; its task runs again
+    on another worker and every image ends at the target, verified by skopeo. (The cluster
+    keeps two workers for the tests after this one.)"""
+    src, dst, prefix = seeded.registry.host, mirror.host, seeded.prefix
+    dask_cluster.add_worker()
+    dask_cluster.wait_for_workers(3)
+    pids = dask_cluster.worker_pids()
+    rule = {"source": f"registry://{src}/{prefix}/*", "target": f"registry://{dst}/{prefix}-k"}
+    spec = write_yaml(tmp_path / "sync.yaml", {"sync": [rule]})
+    report = tmp_path / "report.json"
+    command = [
+        sys.executable, "-m", "occystrap", "--insecure", "--rate-limit", "40", "sync",
+        str(spec), "--cluster", dask_cluster.address, "--report", str(report),
+    ]  # fmt: skip
+    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
+    with dask_cluster.client() as watcher:
+        running = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        deadline = time.monotonic() + 60
+        busy: str | None = None
+        while busy is None and time.monotonic() < deadline:
+            assert running.poll() is None, running.communicate()
+            busy = next(
+                (
+                    address
+                    for address, keys in watcher.processing().items()
+                    if any(str(key).startswith("occystrap-copy-") for key in keys)
+                ),
+                None,
+            )
+            time.sleep(0.01)
+        assert busy is not None, "no copy ever ran"
+        victim = next(worker for worker in dask_cluster.workers if worker.pid == pids[busy])
+        os.kill(victim.pid, signal.SIGKILL)
+        victim.wait(10)
+        out, err = running.communicate(timeout=240)
+    assert running.returncode == 0, err.decode()
+    entries = json.loads(report.read_text())
+    assert {entry["status"] for entry in entries} == {"copied"}, entries
+    assert _copied_digests(mirror, f"{prefix}-k", ALL_TAGS) == {
+        key: seeded.digest(*key) for key in ALL_TAGS
     }

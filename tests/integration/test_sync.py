@@ -154,7 +154,7 @@ def test_shared_base_layer_is_uploaded_once(seeded, mirror, tmp_path):
         {
             "sync": [
                 {
-                    "source": f"registry://{src}/{prefix}/*",
+                    "source": f"registry://{src}/{prefix}/*a",
                     "target": f"registry://{dst}/{prefix}-b",
                     "tags": {"deny": ["-rc", "edge", "latest"]},
                 }
@@ -338,7 +338,7 @@ def test_quota_floor_defers_the_rest_without_a_single_429(seeded, mirror, tmp_pa
             {
                 "sync": [
                     {
-                        "source": f"registry://{proxy.host}/{prefix}/*",
+                        "source": f"registry://{proxy.host}/{prefix}/*a",
                         "target": f"registry://{mirror.host}/{prefix}-q",
                         "tags": {"deny": ["-rc", "edge", "latest"]},
                     }
@@ -398,7 +398,7 @@ def test_a_sync_over_a_dask_cluster_matches_the_embedded_run(
     src, dst, prefix = seeded.registry.host, mirror.host, seeded.prefix
 
     def spec_for(target: str) -> Path:
-        rule = {"source": f"registry://{src}/{prefix}/*", "target": f"registry://{dst}/{target}"}
+        rule = {"source": f"registry://{src}/{prefix}/*a", "target": f"registry://{dst}/{target}"}
         return write_yaml(tmp_path / f"{target.replace('/', '_')}.yaml", {"sync": [rule]})
 
     embedded = sync(str(spec_for(f"{prefix}-embedded")), "--report", str(tmp_path / "e.json"))
@@ -434,7 +434,7 @@ def test_a_worker_killed_mid_sync_and_the_sync_still_completes(
     dask_cluster.add_worker()
     dask_cluster.wait_for_workers(3)
     pids = dask_cluster.worker_pids()
-    rule = {"source": f"registry://{src}/{prefix}/*", "target": f"registry://{dst}/{prefix}-k"}
+    rule = {"source": f"registry://{src}/{prefix}/*a", "target": f"registry://{dst}/{prefix}-k"}
     spec = write_yaml(tmp_path / "sync.yaml", {"sync": [rule]})
     report = tmp_path / "report.json"
     command = [

@@ -168,3 +168,24 @@ def test_referrers_to_a_place_that_keeps_none_is_refused_in_one_line(
     )
     assert_one_line_error(result, "--referrers needs registry:// or oci-layout://")
     assert not target.exists()
+
+
+def test_only_the_platforms_copied_bring_their_referrers(registry_plain, unique_repo):
+    key = signing_key()
+    pushed = _signed_index(registry_plain, unique_repo, key)
+    result = run_occystrap(
+        "--insecure",
+        "process",
+        "--referrers",
+        "--platform",
+        "linux/arm64",
+        f"registry://{registry_plain.host}/{unique_repo}:v1",
+        f"registry://{registry_plain.host}/{unique_repo}-arm64:v1",
+    )
+    assert "1 referrer," in result.stderr.splitlines()[-1], result.stderr
+    with registry_plain.client() as http:
+        reader = RegistryReader(http, f"{unique_repo}-arm64")
+        assert reader.manifest("v1") == pushed["arm64"].raw
+        assert reader.verify_cosign(pushed["arm64"].digest, key.public_key()) == 1
+        assert reader.manifest(tag_for(pushed["index"].digest, ".sig")) is None
+        assert reader.referrers(pushed["amd64"].digest) == []

@@ -21,6 +21,7 @@ from typing import Any, Protocol
 from occystrap.errors import OccystrapError
 from occystrap.graph import Node, copy_graph
 from occystrap.image import Layer, SourceName
+from occystrap.jsondoc import parse_json
 from occystrap.manifest import (
     Descriptor,
     Manifest,
@@ -338,7 +339,7 @@ def add_to_referrers_index(store: ReferrerStore, subject: str, referrer: Descrip
                 f"tag {tag} is taken by something that is not a referrers index; it is left"
                 f" alone, so the copied referrers of {subject} cannot be listed there"
             )
-        document = json.loads(answer[0])
+        document = parse_json(answer[0], f"tag {tag}")
     if any(entry.get("digest") == referrer.digest for entry in document["manifests"]):
         return
     entry: dict[str, Any] = {

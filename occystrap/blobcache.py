@@ -193,6 +193,14 @@ class BlobCache:
             (diff_id, setting, digest, size, media_type, time.time()),
         )
 
+    def forget_compressed(self, diff_id: str, setting: str) -> None:
+        """What was remembered for `diff_id` and `setting` proved wrong."""
+        self._write(
+            "compressed",
+            "DELETE FROM compressed WHERE diff_id = ? AND setting = ?",
+            (diff_id, setting),
+        )
+
     def compressed_for(self, diff_id: str, setting: str) -> CompressedBlob | None:
         """The blob an earlier run made from `diff_id` with `setting`, if one is known."""
         rows = self._read(

@@ -267,13 +267,40 @@ class RegistryDestination:
         settings = self.ctx.settings
         return compression.output_setting(settings.compression, settings.compression_level)
 
+    def _compressed_media_type(self) -> str:
+        kind = self.ctx.settings.compression
+        return compression.media_type_for(kind, oci=kind == compression.ZSTD)
+
     def _remembered_compression(self, layer: Layer) -> Layer | None:
         """The layer as an earlier run compressed it, when the destination has (or can mount)
-        that blob: then nothing is compressed or uploaded. The cache only suggests; the
-        registry's HEAD or mount answer decides."""
-        known = self.ctx.cache.compressed_for(layer.diff_id, self._setting())
-        if known is None or not self._present_or_mounted(known.digest, None):
+        that blob: then nothing is compressed or uploaded. The cache only suggests: the
+        registry's HEAD or mount answer decides, and the size the registry reports must be
+        the size the manifest will declare."""
+        cache = self.ctx.cache
+        known = cache.compressed_for(layer.diff_id, self._setting())
+        if known is None:
             return None
+        if known.media_type != self._compressed_media_type():
+            cache.forget_compressed(layer.diff_id, self._setting())
+            return None
+        reported = self.client.blob_size(self.repository, known.digest)
+        present = reported is not None
+        if not present:
+            if not self._mounted(known.digest, None):
+                return None
+            reported = self.client.blob_size(self.repository, known.digest)
+        if reported != known.size:
+            # The manifest would name the blob with a size it does not have: a stale or
+            # poisoned entry. Forget it; the layer is compressed afresh.
+            LOG.warning(
+                "blob cache: %s is %s bytes in %s, not the %d remembered for %s; compressing"
+                " the layer again",
+                known.digest, reported, self.repository, known.size, layer.diff_id,
+            )  # fmt: skip
+            cache.forget_compressed(layer.diff_id, self._setting())
+            return None
+        if present:
+            self._count_present(known.digest)
         blob = RegistryBlob(self.client, self.repository, known.digest)
         return replace(
             layer, digest=known.digest, size=known.size, media_type=known.media_type, blob=blob
@@ -294,7 +321,7 @@ class RegistryDestination:
                 threads=settings.parallel,
                 pool=self.ctx.deflate_pool,
             )
-        media_type = compression.media_type_for(kind, oci=kind == compression.ZSTD)
+        media_type = self._compressed_media_type()
         self.ctx.cache.record_compressed(layer.diff_id, self._setting(), digest, size, media_type)
         return replace(layer, digest=digest, size=size, media_type=media_type, blob=FileBlob(path))
 
@@ -302,12 +329,20 @@ class RegistryDestination:
         """Whether the destination repository has `digest` now without an upload: it is there
         already, or a repository of the same registry lends it (the source's, or one the
         blob cache remembers)."""
-        stats, cache, registry = self.ctx.stats, self.ctx.cache, self.client.registry
         if self.client.blob_exists(self.repository, digest):
-            LOG.debug("%s already in %s", digest, self.repository)
-            stats.add(skipped=1)
-            cache.record_location(digest, registry, self.repository)
+            self._count_present(digest)
             return True
+        return self._mounted(digest, blob)
+
+    def _count_present(self, digest: str) -> None:
+        LOG.debug("%s already in %s", digest, self.repository)
+        self.ctx.stats.add(skipped=1)
+        self.ctx.cache.record_location(digest, self.client.registry, self.repository)
+
+    def _mounted(self, digest: str, blob: Blob | None) -> bool:
+        """Whether a repository of the same registry (the source's, or one the blob cache
+        remembers) lent `digest` to the destination repository."""
+        stats, cache, registry = self.ctx.stats, self.ctx.cache, self.client.registry
         candidates = []
         if isinstance(blob, RegistryBlob) and blob.registry == registry:
             candidates.append(blob.repository)

@@ -278,12 +278,18 @@ class RegistryClient:
             self._distrusted.setdefault(digest, set()).add(mirror)
 
     def blob_exists(self, repository: str, digest: str) -> bool:
+        return self.blob_size(repository, digest) is not None
+
+    def blob_size(self, repository: str, digest: str) -> int | None:
+        """The size the registry reports for `digest` in `repository` (-1 when it gives
+        none); None when the repository does not hold it."""
         response = self.http.head(self._url(repository, "blobs", digest))
-        if response.status_code == 200:
-            return True
         if response.status_code == 404:
-            return False
-        raise registry_error(response, f"checking blob {digest} in {repository}")
+            return None
+        if response.status_code != 200:
+            raise registry_error(response, f"checking blob {digest} in {repository}")
+        length = response.headers.get("Content-Length", "")
+        return int(length) if length.isdigit() else -1
 
     # -- uploads ---------------------------------------------------------------------------
 

@@ -84,3 +84,34 @@ def test_a_cache_entry_the_registry_denies_is_not_trusted(registry_plain, unique
     line = _summary(again.stderr)
     assert "blobs 3 uploaded, 0 mounted" in line, line
     skopeo_inspect(registry_plain, f"{unique_repo}-d:1")
+
+
+def test_a_poisoned_compressed_entry_is_checked_and_forgotten(
+    registry_plain, unique_repo, tmp_path
+):
+    """The cache says each layer compresses to another blob the registry has (the config): the
+    size the registry reports disagrees, so the layers are compressed again and the pushed
+    manifest is the right one; the bad entries are forgotten."""
+    from occystrap.blobcache import BlobCache
+
+    tar = _tarball(tmp_path)
+    flags = registry_flags(registry_plain)
+    destination = f"registry://{registry_plain.host}/{unique_repo}:1"
+    run_occystrap(*flags, "process", f"tar://{tar}", destination)
+    config_digest = skopeo_inspect(registry_plain, f"{unique_repo}:1", raw=True)["config"]["digest"]
+    with BlobCache.open() as cache:
+        rows = cache._read("SELECT diff_id, setting, size, media_type FROM compressed", ())
+        assert len(rows) == 2
+        for diff_id, setting, size, media_type in rows:
+            cache.record_compressed(diff_id, setting, config_digest, size, media_type)
+    again = run_occystrap(
+        *flags, "process", f"tar://{tar}", f"registry://{registry_plain.host}/{unique_repo}-b:1"
+    )
+    assert again.stderr.count("blob cache:") == 2, again.stderr
+    manifest = skopeo_inspect(registry_plain, f"{unique_repo}-b:1", raw=True)
+    assert manifest == skopeo_inspect(registry_plain, f"{unique_repo}:1", raw=True)
+    copied = f"docker://{registry_plain.host}/{unique_repo}-b:1"
+    run_skopeo("copy", "--quiet", "--src-tls-verify=false", copied, f"oci:{tmp_path / 'check'}:x")
+    with BlobCache.open() as cache:
+        remembered = cache._read("SELECT digest FROM compressed", ())
+    assert (config_digest,) not in remembered

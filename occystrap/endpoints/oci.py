@@ -122,6 +122,8 @@ class BundleOutput:
 def container_settings(config: bytes) -> dict[str, Any]:
     """The `config` section of an image config (Env, Cmd, User...), for a Linux image."""
     document = parse_json(config, "the image config")
+    if not isinstance(document, dict):
+        raise _malformed("document", document, "an object")
     operating_system = document.get("os", "linux")
     if operating_system != "linux":
         raise OccystrapError(
@@ -129,7 +131,38 @@ def container_settings(config: bytes) -> dict[str, Any]:
             " (choose one with --os linux)"
         )
     settings = document.get("config") or {}
-    return settings if isinstance(settings, dict) else {}
+    if not isinstance(settings, dict):
+        raise _malformed("config", settings, "an object")
+    for key in ("Entrypoint", "Cmd", "Env"):
+        value = settings.get(key)
+        if value is not None and not _strings(value):
+            raise _malformed(key, value, "a list of strings")
+    for key in ("User", "WorkingDir", "Hostname"):
+        value = settings.get(key)
+        if value is not None and not isinstance(value, str):
+            raise _malformed(key, value, "a string")
+    labels = settings.get("Labels")
+    if labels is not None and not (
+        isinstance(labels, dict) and all(isinstance(v, str) for v in labels.values())
+    ):
+        raise _malformed("Labels", labels, "an object of strings")
+    if any("\0" in item for item in settings.get("Env") or []):
+        raise _malformed("Env", settings["Env"], "a list of strings without NUL")
+    return settings
+
+
+def _strings(value: object) -> bool:
+    return isinstance(value, list) and all(isinstance(item, str) for item in value)
+
+
+def _malformed(key: str, value: object, expected: str) -> OccystrapError:
+    shown = json.dumps(value)
+    shown = shown if len(shown) <= 60 else shown[:57] + "..."
+    where = "the image config" if key == "document" else f"the image config's {key}"
+    return OccystrapError(
+        f"{where} is {shown}, not {expected}; the image is malformed, so no"
+        " bundle is written (rebuild or fix the image)"
+    )
 
 
 def process_args(settings: dict[str, Any]) -> list[str]:
@@ -140,7 +173,7 @@ def process_args(settings: dict[str, Any]) -> list[str]:
             "the image config has neither Entrypoint nor Cmd, so the bundle would have no"
             " process to run; use an image that names its command"
         )
-    return [str(arg) for arg in args]
+    return args
 
 
 def hostname_for(settings: dict[str, Any], repository: str) -> str:
@@ -207,7 +240,7 @@ def runtime_spec(
     settings: dict[str, Any], args: list[str], user: ProcessUser, hostname: str
 ) -> dict[str, Any]:
     """The bundle's config.json for an image's `config` section."""
-    env = [str(item) for item in settings.get("Env") or []]
+    env = list(settings.get("Env") or [])
     if not any(item.startswith("PATH=") for item in env):
         env.insert(0, DEFAULT_PATH)
     cwd = "/" + str(settings.get("WorkingDir") or "").lstrip("/")

@@ -150,6 +150,38 @@ def test_bundle_refuses_foreign_directories_and_unknown_users(tmp_path):
     assert not [name for name in os.listdir(tmp_path) if ".partial-" in name]
 
 
+@pytest.mark.parametrize(
+    ("settings", "fragment"),
+    [
+        ({"Cmd": "/bin/sh -c true"}, 'Cmd is "/bin/sh -c true", not a list of strings'),
+        ({"Entrypoint": 7}, "Entrypoint is 7, not a list of strings"),
+        ({"Cmd": ["/bin/true"], "Env": "PATH=/bin"}, 'Env is "PATH=/bin"'),
+        ({"Cmd": ["/bin/true"], "Env": ["A=1", 123]}, 'Env is ["A=1", 123]'),
+        ({"Cmd": ["/bin/true"], "Env": ["A=1", None]}, "not a list of strings"),
+        ({"Cmd": ["/bin/true"], "Env": ["A=\u0000b"]}, "without NUL"),
+        ({"Cmd": ["/bin/true"], "User": 0}, "User is 0, not a string"),
+        ({"Cmd": ["/bin/true"], "Labels": {"a": 1}}, "Labels"),
+    ],
+    ids=[
+        "string-cmd",
+        "entrypoint-7",
+        "string-env",
+        "int-env",
+        "null-env",
+        "nul-env",
+        "int-user",
+        "int-label",
+    ],  # fmt: skip
+)
+def test_a_config_of_the_wrong_shape_is_refused_in_one_line(tmp_path, settings, fragment):
+    tarball = busybox_tarball(tmp_path, **settings)
+    bundle = tmp_path / "bundle"
+    result = run_occystrap("process", f"tar://{tarball}", f"oci://{bundle}", check=False)
+    assert_one_line_error(result, fragment, "malformed")
+    assert not bundle.exists()
+    assert not [name for name in os.listdir(tmp_path) if ".partial-" in name]
+
+
 @pytest.fixture
 def unmount_afterwards() -> Iterator[list[Path]]:
     mounted: list[Path] = []

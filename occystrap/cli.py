@@ -299,6 +299,12 @@ def _fail(message: str, status: int) -> None:
     help="Neither read nor update the blob cache in $XDG_CACHE_HOME/occystrap.",
 )
 @click.option(
+    "--force",
+    is_flag=True,
+    envvar="OCCYSTRAP_FORCE",
+    help="Let a tar:// destination replace an existing file (as ?overwrite=true does).",
+)
+@click.option(
     "--temp-dir",
     type=click.Path(file_okay=False),
     envvar="OCCYSTRAP_TEMP_DIR",

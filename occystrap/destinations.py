@@ -81,21 +81,37 @@ def _require_creatable(path: Path) -> None:
     _require_writable_directory(ancestor, "the directory to create the destination in")
 
 
-def check_file_destination(path: Path) -> None:
-    """Refuse, before any download, a file destination that cannot be written safely."""
+def check_file_destination(path: Path, overwrite: bool = False) -> Path:
+    """Refuse, before any download, a file destination that cannot be written safely; the
+    path to write (a symlink's target, so the link itself stays).
+
+    Nothing occystrap did not write is replaced unasked: an existing file needs `overwrite`,
+    and a device, FIFO or socket (or a symlink to one, as /dev/stdout is) is never replaced.
+    """
     path = Path(os.path.abspath(path))
     if path.is_dir():
         raise FilesystemError(
             f"{path}: is a directory; name a file to write, e.g. {path / 'image.tar'}"
         )
-    if os.path.lexists(path) and not (path.is_symlink() or path.is_file()):
-        raise FilesystemError(f"{path}: exists and is not a regular file; name another file")
+    shown = path
+    if path.is_symlink():
+        path = Path(os.path.realpath(path))
+    if os.path.lexists(path) and not path.is_file():
+        raise FilesystemError(
+            f"{shown}: exists and is not a regular file (a device, FIFO or socket) and is never"
+            " replaced; name a new file, or write to stdout with tar://-"
+        )
+    if os.path.lexists(path) and not overwrite:
+        raise FilesystemError(
+            f"{shown}: already exists; add ?overwrite=true to the URI (or --force) to replace it"
+        )
     parent = path.parent
     if not parent.exists():
         raise FilesystemError(f"{parent}: the destination's directory does not exist; create it")
     if not parent.is_dir():
         raise FilesystemError(f"{parent}: is not a directory, so {path.name} cannot go in it")
     _require_writable_directory(parent, "the destination's directory")
+    return path
 
 
 def check_directory(path: Path, scheme: str) -> bool:

@@ -70,6 +70,14 @@ def repo_tags(entry: dict) -> list[str]:
     return [tag for tag in tags if isinstance(tag, str)] if isinstance(tags, list) else []
 
 
+def describe_entries(entries: list[dict]) -> str:
+    """The images of a manifest.json, numbered as `@N` picks them: "@0 a:1, @1 (untagged)"."""
+    return ", ".join(
+        f"@{number} {' '.join(repo_tags(entry)) or '(untagged)'}"
+        for number, entry in enumerate(entries)
+    )
+
+
 def repo_tag_of(source: SourceName) -> str | None:
     """The tag docker would show: `busybox:latest` for Hub library images, else `host/name:tag`."""
     if source.tag is None:
@@ -289,9 +297,21 @@ class DockerSaveReader:
             raise self._fail("manifest.json is not a list of objects")
         return entries
 
-    def read(self, wanted: str | None = None) -> Image:
+    def read(self, wanted: str | None = None, position: int | None = None) -> Image:
+        """The image tagged `wanted`, else the one at `position` in manifest.json, else the
+        first."""
         entries = self.entries()
-        entry = entries[0] if wanted is None else self._entry_tagged(entries, wanted)
+        if wanted is not None:
+            entry = self._entry_tagged(entries, wanted)
+        elif position is not None:
+            if position >= len(entries):
+                raise UsageError(
+                    f"{self.members.where} holds {len(entries)} image(s), so it has no @{position}"
+                    f" (they are numbered from 0): {describe_entries(entries)}"
+                )
+            entry = entries[position]
+        else:
+            entry = entries[0]
         config = self._small(entry.get("Config"), "config")
         document = self._parsed(config, f"config {entry.get('Config')!r}")
         if not isinstance(document, dict):

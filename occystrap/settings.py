@@ -53,6 +53,7 @@ class RunSettings:
     compression: str = "gzip"
     compression_level: int | None = None  # None: the engine's default (compression.py)
     use_cache: bool = True  # the blob cache (occystrap/blobcache.py); False for --no-cache
+    force: bool = False  # --force: file destinations may replace an existing file
     temp_dir: Path | None = None
     output_format: str = "text"
     debug: bool = False
@@ -121,6 +122,7 @@ class RunSettings:
             compression=options["compression"],
             compression_level=options.get("compression_level"),
             use_cache=not options.get("no_cache", False),
+            force=bool(options.get("force", False)),
             temp_dir=options["temp_dir"],
             output_format=options["output_format"],
             debug=options["debug"],

@@ -8,6 +8,7 @@ with the same docker-save reader as a tarball (`?image=NAME:TAG` picks one of se
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -18,7 +19,11 @@ from typing import Any
 
 from occystrap.atomic import atomic_file, locked, replace_path
 from occystrap.compression import CHUNK_SIZE
-from occystrap.destinations import check_directory_destination, write_directory_marker
+from occystrap.destinations import (
+    MARKER_NAME,
+    check_directory_destination,
+    write_directory_marker,
+)
 from occystrap.dockersave import (
     DirectoryMembers,
     DockerSaveLayout,
@@ -156,8 +161,19 @@ class DirectoryOutput:
             self._write(item)
 
     def _write(self, image: Image) -> None:
+        fresh = not self.path.exists() or not any(self.path.iterdir())
         self.path.mkdir(parents=True, exist_ok=True)
         write_directory_marker(self.path, self.unique_names)
+        try:
+            self._write_into(image)
+        except BaseException:
+            if fresh:  # a failed first write leaves no skeleton holding only the marker
+                (self.path / MARKER_NAME).unlink(missing_ok=True)
+                with contextlib.suppress(OSError):
+                    self.path.rmdir()  # only if nothing else appeared in it meanwhile
+            raise
+
+    def _write_into(self, image: Image) -> None:
         layout = DockerSaveLayout.of(image, repo_tag_of(image.source))
         staging = Path(tempfile.mkdtemp(prefix=".occystrap-partial-", dir=self.path))
         try:

@@ -3,12 +3,18 @@ full disk or temp dir is one line naming the path, with nothing left behind."""
 
 from __future__ import annotations
 
+import hashlib
+import io
+import json
 import os
+import subprocess
+import sys
+import tarfile
 from pathlib import Path
 
 import pytest
 
-from tests.integration.cli import assert_one_line_error, run_occystrap
+from tests.integration.cli import REPO_ROOT, assert_one_line_error, run_occystrap
 from tests.integration.images import random_layer
 from tests.integration.pull_checks import TAG, seed_image
 from tests.tmpfs import mounted_tmpfs
@@ -106,3 +112,110 @@ def test_a_full_destination_is_reported_as_such(fault_proxy, big_image, tmp_path
         assert leftovers == []
         if (tiny / "out").exists():  # the dir output's own marker may stay, nothing else
             assert os.listdir(tiny / "out") == [".occystrap"]
+
+
+# -- tar://: nothing replaced unasked, devices never; tar://- for pipes; many-image archives
+
+
+def test_an_existing_tarball_is_replaced_only_when_asked(fault_proxy, seeded_repo, tmp_path):
+    out = tmp_path / "out.tar"
+    out.write_bytes(b"someone's tarball")
+    fault_proxy.reset()
+    result = _pull(fault_proxy, seeded_repo, f"tar://{out}")
+    assert_one_line_error(result, str(out), "already exists", "?overwrite=true", "--force")
+    assert fault_proxy.requests == []
+    assert out.read_bytes() == b"someone's tarball"
+    assert _pull(fault_proxy, seeded_repo, f"tar://{out}?overwrite=true").returncode == 0
+    assert tarfile.is_tarfile(out)
+    out.write_bytes(b"again")
+    assert _pull(fault_proxy, seeded_repo, f"tar://{out}", "--force").returncode == 0
+    assert tarfile.is_tarfile(out)
+    assert sorted(os.listdir(tmp_path)) == ["out.tar"]
+
+
+@pytest.mark.parametrize("device", ["/dev/null", "link-to-device"])
+def test_a_device_or_a_symlink_to_one_is_never_replaced(fault_proxy, seeded_repo, tmp_path, device):
+    target = Path(device)
+    if device == "link-to-device":
+        target = tmp_path / "stdout"
+        target.symlink_to("/dev/null")  # as /dev/stdout is a link to a descriptor
+    result = _pull(fault_proxy, seeded_repo, f"tar://{target}", "--force")
+    assert_one_line_error(result, "not a regular file", "never replaced", "tar://-")
+    assert Path("/dev/null").is_char_device()
+    if device == "link-to-device":
+        assert os.readlink(target) == "/dev/null"
+
+
+def test_a_symlink_to_a_file_is_written_through_when_asked(fault_proxy, seeded_repo, tmp_path):
+    real = tmp_path / "real.tar"
+    real.write_bytes(b"old")
+    link = tmp_path / "link.tar"
+    link.symlink_to(real)
+    assert _pull(fault_proxy, seeded_repo, f"tar://{link}?overwrite=true").returncode == 0
+    assert link.is_symlink() and tarfile.is_tarfile(real)
+
+
+def test_tar_dash_writes_stdout_and_reads_stdin(fault_proxy, seeded_repo, tmp_path):
+    piped = subprocess.run(
+        [sys.executable, "-m", "occystrap", "--insecure", "process",
+         f"registry://{fault_proxy.host}/{seeded_repo}:{TAG}", "tar://-"],
+        capture_output=True, env={**os.environ, "PYTHONPATH": str(REPO_ROOT)}, check=True,
+    )  # fmt: skip
+    assert tarfile.is_tarfile(io.BytesIO(piped.stdout))
+    assert not [name for name in os.listdir(tmp_path) if name != "cache"]
+    again = subprocess.run(
+        [sys.executable, "-m", "occystrap", "process", "tar://-", f"tar://{tmp_path}/copy.tar"],
+        input=piped.stdout, capture_output=True,
+        env={**os.environ, "PYTHONPATH": str(REPO_ROOT)}, check=False,
+    )  # fmt: skip
+    assert again.returncode == 0, again.stderr
+    skopeo = subprocess.run(
+        ["skopeo", "inspect", f"docker-archive:{tmp_path}/copy.tar"], capture_output=True
+    )
+    assert skopeo.returncode == 0, skopeo.stderr
+
+
+def _two_image_archive(tmp_path: Path, fault_proxy, seeded_repo) -> Path:
+    """A docker-save tarball holding two images (the seeded one under two names, the second
+    with its own config), as `docker save a b` writes."""
+    single = tmp_path / "one.tar"
+    assert _pull(fault_proxy, seeded_repo, f"tar://{single}").returncode == 0
+    with tarfile.open(single) as archive:
+        members = {m.name: archive.extractfile(m).read() for m in archive if m.isfile()}
+    manifest = json.loads(members["manifest.json"])
+    first = manifest[0]
+    config = json.loads(members[first["Config"]])
+    config["config"] = {"Labels": {"which": "second"}}
+    second_config = json.dumps(config).encode()
+    second_name = hashlib.sha256(second_config).hexdigest() + ".json"
+    members[second_name] = second_config
+    second = {**first, "Config": second_name, "RepoTags": ["team/second:v2"]}
+    first["RepoTags"] = ["team/first:v1"]
+    members["manifest.json"] = json.dumps([first, second]).encode()
+    both = tmp_path / "both.tar"
+    with tarfile.open(both, "w") as archive:
+        for name, data in members.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            archive.addfile(info, io.BytesIO(data))
+    return both
+
+
+def test_a_many_image_archive_names_its_images_and_takes_a_choice(
+    fault_proxy, seeded_repo, tmp_path
+):
+    both = _two_image_archive(tmp_path, fault_proxy, seeded_repo)
+    result = run_occystrap("info", f"tar://{both}", check=False)
+    assert_one_line_error(result, "holds 2 images", "@0 team/first:v1", "@1 team/second:v2")
+    for choice in ("?image=team/second:v2", "@1"):
+        shown = run_occystrap("-O", "json", "info", f"tar://{both}{choice}")
+        assert json.loads(shown.stdout)["labels"] == {"which": "second"}, choice
+    first = run_occystrap("-O", "json", "info", f"tar://{both}@0")
+    assert json.loads(first.stdout)["labels"] != {"which": "second"}
+    assert_one_line_error(
+        run_occystrap("info", f"tar://{both}@2", check=False), "no @2", "numbered from 0"
+    )
+    assert_one_line_error(
+        run_occystrap("info", f"tar://{both}?image=team/third:v3", check=False),
+        "no image tagged 'team/third:v3'",
+    )

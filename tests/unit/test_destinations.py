@@ -60,18 +60,41 @@ def test_atomic_file_replaces_an_existing_file(tmp_path):
     [
         (lambda p: _precious_directory(p), "is a directory"),
         (lambda p: None, None),
-        (lambda p: p.write_bytes(b"an older tarball"), None),
+        (lambda p: p.write_bytes(b"an older tarball"), "already exists.*overwrite=true"),
         (lambda p: os.mkfifo(p), "not a regular file"),
+        (lambda p: p.symlink_to("/dev/null"), "not a regular file"),
+        (
+            lambda p: (os.mkfifo(p.with_suffix(".fifo")), p.symlink_to(p.with_suffix(".fifo"))),
+            "not a regular file",
+        ),  # fmt: skip
     ],
 )
 def test_check_file_destination(tmp_path, setup, fragment):
     path = tmp_path / "out.tar"
     setup(path)
     if fragment is None:
-        check_file_destination(path)
+        assert check_file_destination(path) == path
     else:
         with pytest.raises(FilesystemError, match=fragment):
             check_file_destination(path)
+
+
+def test_an_existing_file_is_replaced_only_when_asked(tmp_path):
+    path = tmp_path / "out.tar"
+    path.write_bytes(b"an older tarball")
+    assert check_file_destination(path, overwrite=True) == path
+    link = tmp_path / "link.tar"
+    link.symlink_to(path)
+    assert check_file_destination(link, overwrite=True) == path  # the link itself stays
+
+
+def test_a_device_is_never_replaced_even_when_asked(tmp_path):
+    link = tmp_path / "stdout"
+    link.symlink_to("/dev/null")
+    with pytest.raises(FilesystemError, match="never replaced.*tar://-"):
+        check_file_destination(link, overwrite=True)
+    with pytest.raises(FilesystemError, match="never replaced"):
+        check_file_destination(Path("/dev/null"), overwrite=True)
 
 
 def test_check_file_destination_parent_missing_or_a_file(tmp_path):

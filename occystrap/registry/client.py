@@ -83,18 +83,57 @@ class RegistryClient:
     def get_manifest(self, repository: str, reference: str) -> tuple[bytes, str, str]:
         """(raw bytes, content type, digest) of a manifest; digest-pinned references are checked."""
         what = _manifest_what(repository, reference)
-        response = self.http.get(
-            self._url(repository, "manifests", reference),
-            headers={"Accept": ACCEPT_MANIFESTS},
-            extensions={extensions.BUFFER: MAX_MANIFEST_BYTES},
-        )
-        if response.status_code != 200:
-            raise registry_error(response, what)
+        url = self._url(repository, "manifests", reference)
+        accept = {"Accept": ACCEPT_MANIFESTS}
+        if ":" in reference:  # a digest (tags cannot contain ':'): checked, as blobs are
+            response = self._get_verified(url, reference, what, MAX_MANIFEST_BYTES, accept)
+        else:
+            response = self.http.get(
+                url, headers=accept, extensions={extensions.BUFFER: MAX_MANIFEST_BYTES}
+            )
+            if response.status_code != 200:
+                raise registry_error(response, what)
         raw = response.content
-        content_type = _content_type(response)
-        if ":" in reference:  # a digest; tags cannot contain ':'
-            check_digest(raw, reference, what)
-        return raw, content_type, "sha256:" + hashlib.sha256(raw).hexdigest()
+        return raw, _content_type(response), "sha256:" + hashlib.sha256(raw).hexdigest()
+
+    def _get_verified(
+        self,
+        url: str,
+        digest: str,
+        what: str,
+        limit: int,
+        headers: dict[str, str] | None = None,
+    ) -> httpx.Response:
+        """GET something small its digest names, in memory, verified.
+
+        Bytes failing the digest are fetched again: without the mirror that served them, or,
+        from the origin, once.
+        """
+        skip_mirrors: set[str] = set()
+        refetched_from_origin = False
+        while True:
+            response = self.http.get(
+                url,
+                headers=headers,
+                extensions={
+                    extensions.BUFFER: limit,
+                    extensions.SKIP_MIRRORS: frozenset(skip_mirrors),
+                },
+            )
+            if response.status_code != 200:
+                raise registry_error(response, what)
+            try:
+                check_digest(response.content, digest, what)
+                return response
+            except DigestMismatchError as exc:
+                served_by = response.extensions.get(extensions.SERVED_BY)
+                if served_by is None and refetched_from_origin:
+                    raise
+                LOG.info("%s; fetching it again", exc)
+                if served_by is None:
+                    refetched_from_origin = True
+                else:
+                    skip_mirrors.add(served_by)
 
     def head_manifest(self, repository: str, reference: str) -> ManifestHead:
         """Digest, media type and size of a manifest without fetching it.
@@ -233,36 +272,11 @@ class RegistryClient:
     # -- blobs -----------------------------------------------------------------------------
 
     def read_blob(self, repository: str, digest: str, limit: int = MAX_CONFIG_BYTES) -> bytes:
-        """A small blob (an image config) in memory, verified.
-
-        Bytes failing the digest are fetched again: without the mirror that served them, or,
-        from the origin, once.
-        """
+        """A small blob (an image config) in memory, verified (see `_get_verified`)."""
         what = f"blob {digest} of {repository}"
-        skip_mirrors: set[str] = set()
-        refetched_from_origin = False
-        while True:
-            response = self.http.get(
-                self._url(repository, "blobs", digest),
-                extensions={
-                    extensions.BUFFER: limit,
-                    extensions.SKIP_MIRRORS: frozenset(skip_mirrors),
-                },
-            )
-            if response.status_code != 200:
-                raise registry_error(response, what)
-            try:
-                check_digest(response.content, digest, what)
-                return response.content
-            except DigestMismatchError as exc:
-                served_by = response.extensions.get(extensions.SERVED_BY)
-                if served_by is None and refetched_from_origin:
-                    raise
-                LOG.info("%s; fetching it again", exc)
-                if served_by is None:
-                    refetched_from_origin = True
-                else:
-                    skip_mirrors.add(served_by)
+        return self._get_verified(
+            self._url(repository, "blobs", digest), digest, what, limit
+        ).content
 
     def open_blob(self, repository: str, digest: str) -> RemoteBlobReader:
         """A blob as a resumable stream; the caller verifies it (see `image.Layer`)."""

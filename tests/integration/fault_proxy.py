@@ -77,6 +77,7 @@ class _Fault:
     status: int = 0
     retry_after: str | None = None
     body: BodyFault | None = None
+    answer: bytes | None = None  # a whole answer sent instead of forwarding
 
     def matches(self, method: str, path: str) -> bool:
         return (
@@ -239,6 +240,14 @@ class FaultProxy(ForwardingServer):
         with self._lock:
             self._faults.append(fault)
 
+    def answer_next(
+        self, n: int, body: bytes, path: str = ".*", method: str | None = None, status: int = 200
+    ) -> None:
+        """Answer the next `n` matching requests with `status` and `body` (JSON) instead."""
+        fault = _Fault(re.compile(path), method, n, status=status, answer=body)
+        with self._lock:
+            self._faults.append(fault)
+
     def hang_up_next(self, n: int, path: str = ".*", method: str | None = None) -> None:
         """Read the next `n` matching requests, then close the connection with no answer."""
         self.fail_next(n, status=HANG_UP, path=path, method=method)
@@ -325,6 +334,9 @@ class FaultProxy(ForwardingServer):
         ):
             self._record(handler, "refused")
             handler.send_fault(405, None)
+        elif fault is not None and fault.answer is not None:
+            self._record(handler, "answered")
+            handler.send_answer(fault.status, fault.answer)
         elif fault is not None and fault.status == HANG_UP:
             self._record(handler, "hung up")
             handler.hang_up()
@@ -466,6 +478,16 @@ class _Handler(BaseHTTPRequestHandler):
         if retry_after is not None:
             self.send_header("Retry-After", retry_after)
         self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(payload)))
+        self.end_headers()
+        if self.command != "HEAD":
+            self.wfile.write(payload)
+
+    def send_answer(self, status: int, payload: bytes) -> None:
+        for _ in self._body_chunks():
+            pass
+        self.send_response(status)
+        self.send_header("Content-Type", "application/vnd.oci.image.manifest.v1+json")
         self.send_header("Content-Length", str(len(payload)))
         self.end_headers()
         if self.command != "HEAD":

@@ -114,3 +114,30 @@ def test_bad_middleware_is_a_one_line_error(spec, fragments, free_port, tmp_path
     )
     assert_one_line_error(result, *fragments)
     assert not (tmp_path / "x.tar").exists()
+
+
+def test_a_mirror_serving_another_manifest_for_a_digest_falls_through_to_the_origin(
+    registry_plain, unique_repo, tmp_path
+):
+    """Digest-pinned manifests are checked like configs: one that fails its digest is
+    fetched again from the origin, without the mirror that served it."""
+    seed_image(registry_plain, unique_repo, tmp_path)
+    seed_image(registry_plain, f"{unique_repo}-other", tmp_path, [{"other": b"other"}])
+    ref = f"{registry_plain.host}/{unique_repo}"
+    digest = run_occystrap("--insecure", "digest", f"registry://{ref}:v1").stdout.strip()
+    other = run_occystrap(
+        "--insecure", "manifest", f"registry://{registry_plain.host}/{unique_repo}-other:v1"
+    ).stdout.encode()
+    with FaultProxy(registry_plain.url) as mirror:
+        mirror.answer_next(5, other, path=r"/manifests/sha256:", method="GET")
+        out = tmp_path / "pinned.tar"
+        run_occystrap(
+            "--insecure",
+            "--mirror",
+            f"{registry_plain.host}={mirror.url}",
+            "process",
+            f"registry://{ref}@{digest}",
+            f"tar://{out}",
+        )
+        assert [r.action for r in mirror.requests_matching(r"/manifests/")] == ["answered"]
+    assert_tar_is_image(out, registry_plain, unique_repo)

@@ -172,8 +172,8 @@ def digest(settings: RunSettings, image: str, platform: str | None = None) -> st
     uri = registry_uri(image)
     reference = uri.reference
     with registry_client(settings, uri) as client:
-        if platform is None:
-            return client.head_manifest(reference.repository, reference.reference).digest
+        if platform is None:  # the digest of the bytes, as skopeo prints: headers can lie
+            return client.get_manifest(reference.repository, reference.reference)[2]
         wanted = parse_platform(platform)
         picked = pick(client, uri, wanted)
     if picked.index_digest is None:

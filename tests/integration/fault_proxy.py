@@ -78,6 +78,7 @@ class _Fault:
     retry_after: str | None = None
     body: BodyFault | None = None
     answer: bytes | None = None  # a whole answer sent instead of forwarding
+    headers: dict[str, str] = field(default_factory=dict)  # the answer's own headers
 
     def matches(self, method: str, path: str) -> bool:
         return (
@@ -241,10 +242,19 @@ class FaultProxy(ForwardingServer):
             self._faults.append(fault)
 
     def answer_next(
-        self, n: int, body: bytes, path: str = ".*", method: str | None = None, status: int = 200
+        self,
+        n: int,
+        body: bytes,
+        path: str = ".*",
+        method: str | None = None,
+        status: int = 200,
+        headers: Mapping[str, str] | None = None,
     ) -> None:
-        """Answer the next `n` matching requests with `status` and `body` (JSON) instead."""
-        fault = _Fault(re.compile(path), method, n, status=status, answer=body)
+        """Answer the next `n` matching requests with `status`, `headers` and `body` (an OCI
+        manifest, unless `headers` say otherwise) instead of forwarding them."""
+        fault = _Fault(
+            re.compile(path), method, n, status=status, answer=body, headers=dict(headers or {})
+        )
         with self._lock:
             self._faults.append(fault)
 
@@ -336,7 +346,7 @@ class FaultProxy(ForwardingServer):
             handler.send_fault(405, None)
         elif fault is not None and fault.answer is not None:
             self._record(handler, "answered")
-            handler.send_answer(fault.status, fault.answer)
+            handler.send_answer(fault.status, fault.answer, fault.headers)
         elif fault is not None and fault.status == HANG_UP:
             self._record(handler, "hung up")
             handler.hang_up()
@@ -483,11 +493,13 @@ class _Handler(BaseHTTPRequestHandler):
         if self.command != "HEAD":
             self.wfile.write(payload)
 
-    def send_answer(self, status: int, payload: bytes) -> None:
+    def send_answer(self, status: int, payload: bytes, headers: Mapping[str, str]) -> None:
         for _ in self._body_chunks():
             pass
         self.send_response(status)
-        self.send_header("Content-Type", "application/vnd.oci.image.manifest.v1+json")
+        headers = {"Content-Type": "application/vnd.oci.image.manifest.v1+json", **headers}
+        for name, value in headers.items():
+            self.send_header(name, value)
         self.send_header("Content-Length", str(len(payload)))
         self.end_headers()
         if self.command != "HEAD":

@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 
 from tests.integration.cli import assert_one_line_error, registry_flags, run_occystrap
-from tests.integration.fault_proxy import ForwardingServer
+from tests.integration.fault_proxy import FaultProxy, ForwardingServer
 from tests.integration.images import (
     build_multiarch_layout,
     build_oci_layout,
@@ -156,6 +156,20 @@ def test_digest_equals_skopeo_inspect(fixture, request, unique_repo, tmp_path):
     )
     assert result.stdout == inspected.stdout
     assert result.stdout.startswith("sha256:")
+
+
+def test_digest_is_the_digest_of_the_bytes_not_of_a_header(registry_plain, unique_repo, tmp_path):
+    """A registry (or proxy) whose Docker-Content-Digest lies: `digest` prints the digest of
+    the manifest it serves, as skopeo does."""
+    _push(registry_plain, unique_repo, tmp_path)
+    raw = run_occystrap(
+        "--insecure", "manifest", _uri(registry_plain, f"{unique_repo}:v1")
+    ).stdout.encode()
+    lying = {"Docker-Content-Digest": "sha256:" + "0" * 64}
+    with FaultProxy(registry_plain.url) as proxy:
+        proxy.answer_next(5, raw, path=r"/manifests/v1", headers=lying)
+        shown = run_occystrap("--insecure", "digest", f"registry://{proxy.host}/{unique_repo}:v1")
+    assert shown.stdout.strip() == "sha256:" + hashlib.sha256(raw).hexdigest()
 
 
 def test_digest_of_an_index_and_of_one_platform(registry_plain, unique_repo, tmp_path):

@@ -13,7 +13,8 @@ used to hold a Ctrl-C for 96 s). So an interrupt also:
   within a second or two;
 - and `exit_now` ends the process without waiting for any thread still stuck.
 
-A second Ctrl-C exits at once.
+A second Ctrl-C exits at once. SIGTERM (a `kill`, a CI timeout, `docker stop`) is treated the
+same way, exiting 143.
 """
 
 from __future__ import annotations
@@ -39,7 +40,6 @@ if TYPE_CHECKING:
 CANCELLED = threading.Event()
 # How long an interrupted pool, and the process at exit, wait for workers to notice.
 GRACE_SECONDS = 1.0
-INTERRUPTED_STATUS = 130
 
 _abort_lock = threading.Lock()
 _abort_actions: dict[int, Callable[[], None]] = {}
@@ -146,20 +146,39 @@ def _join_workers(deadline: float) -> bool:
     )
 
 
-def _on_sigint(signum: int, frame: FrameType | None) -> None:
-    if CANCELLED.is_set():  # a second Ctrl-C: no more waiting for anything
-        sys.stderr.write("occystrap: error: interrupted\n")
+# The signal that stopped the run: the exit status is 128 plus its number, as shells expect.
+_stopped_by = signal.SIGINT
+
+
+def stopped_status() -> int:
+    """130 after Ctrl-C (or a library interrupt), 143 after SIGTERM."""
+    return 128 + _stopped_by
+
+
+def stopped_message() -> str:
+    return "interrupted" if _stopped_by == signal.SIGINT else "terminated"
+
+
+def _on_signal(signum: int, frame: FrameType | None) -> None:
+    global _stopped_by
+    if CANCELLED.is_set():  # a second signal: no more waiting for anything
+        sys.stderr.write(f"occystrap: error: {stopped_message()}\n")
         sys.stderr.flush()
-        os._exit(INTERRUPTED_STATUS)
+        os._exit(stopped_status())
+    _stopped_by = signal.Signals(signum)
     cancel()
     raise KeyboardInterrupt
 
 
 def install_interrupt_handler() -> None:
-    """Make Ctrl-C cancel the whole run (the CLI calls this; signals need the main thread)."""
+    """Make Ctrl-C and SIGTERM cancel the whole run, removing partial outputs and temporary
+    files (the CLI calls this; signals need the main thread)."""
+    global _stopped_by
     CANCELLED.clear()
+    _stopped_by = signal.SIGINT
     if threading.current_thread() is threading.main_thread():
-        signal.signal(signal.SIGINT, _on_sigint)
+        signal.signal(signal.SIGINT, _on_signal)
+        signal.signal(signal.SIGTERM, _on_signal)
 
 
 def exit_now(status: int) -> None:

@@ -55,8 +55,8 @@ class OneLineErrors(click.Group):
         except click.ClickException as exc:
             _fail(exc.format_message(), exc.exit_code)
         except (click.Abort, cancel.Cancelled):
-            click.echo("occystrap: error: interrupted", err=True)
-            cancel.exit_now(cancel.INTERRUPTED_STATUS)
+            click.echo(f"occystrap: error: {cancel.stopped_message()}", err=True)
+            cancel.exit_now(cancel.stopped_status())
         sys.exit(status if isinstance(status, int) else 0)
 
     def invoke(self, ctx: click.Context) -> object:

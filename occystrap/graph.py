@@ -18,6 +18,7 @@ from typing import Protocol, runtime_checkable
 from occystrap import mediatypes
 from occystrap.digests import sha256_digest
 from occystrap.image import Blob, Layer, SourceName
+from occystrap.jsondoc import parse_json
 from occystrap.manifest import (
     Descriptor,
     Manifest,
@@ -112,7 +113,7 @@ def narrowed_index(raw: bytes, index: ManifestIndex, keep: Sequence[PlatformDesc
     entry as the source wrote it (the index itself is new, so is its digest)."""
     kept = {entry.digest for entry in keep}
     kept |= {entry.digest for entry in index.manifests if _attestation_subject(entry) in kept}
-    document = json.loads(raw)
+    document = parse_json(raw, "the index")
     document["manifests"] = [m for m in document["manifests"] if m.get("digest") in kept]
     return json.dumps(document, separators=(",", ":")).encode()
 

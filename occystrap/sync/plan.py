@@ -9,7 +9,6 @@ digests differ are planned as copies, so a sync with nothing to do moves no blob
 from __future__ import annotations
 
 import fnmatch
-import json
 import logging
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -25,6 +24,7 @@ from occystrap.endpoints.quay import QuayURI
 from occystrap.endpoints.registry import RegistrySource, RegistryURI
 from occystrap.errors import OccystrapError, RegistryError, UsageError
 from occystrap.graph import platform_root
+from occystrap.jsondoc import parse_json
 from occystrap.manifest import Platform
 from occystrap.ocilayout import INDEX_FILE, REF_NAME
 from occystrap.quay.api import QuayClient, api_base
@@ -342,7 +342,7 @@ def _target(text: str, relative: str) -> Target:
 def layout_digest(path: Path, tag: str) -> str | None:
     """The digest an OCI layout holds under `tag` (None: no such tag, or no layout yet)."""
     try:
-        index = json.loads((path / INDEX_FILE).read_bytes())
+        index = parse_json((path / INDEX_FILE).read_bytes(), str(path / INDEX_FILE))
     except FileNotFoundError:
         return None
     except (OSError, ValueError) as exc:

@@ -29,7 +29,7 @@ def mock():
 def test_a_nested_tag_list_is_one_line(mock):
     mock.get(url__startswith=f"{REGISTRY}/v2/team/app/tags/list").respond(200, content=NESTED)
     run_cli("--retries", "0", "tags", "registry://registry.test/team/app").assert_one_line_error(
-        "not a tag list"
+        "not a tags list"
     )
 
 

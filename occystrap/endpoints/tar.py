@@ -38,7 +38,7 @@ from occystrap.endpoints import (
 from occystrap.errors import OccystrapError, UsageError
 from occystrap.image import Image, ImageLike
 from occystrap.ocilayout import LayoutManifests, OciLayoutReader, is_oci_layout
-from occystrap.pipeline import RunContext
+from occystrap.pipeline import RunContext, local_layers
 from occystrap.prefetch import prefetched_layers
 
 STANDARD_STREAM = Path("-")
@@ -148,13 +148,14 @@ class TarDestination:
             self._write_to(handle, item)
 
     def _write_to(self, handle: BinaryIO, item: Image) -> None:
-        write_docker_save(
-            handle,
-            item,
-            repo_tag_of(item.source),
-            prefetched_layers(item.layers, self.ctx),
-            self.ctx.progress,
+        # A pipe cannot have a member's size filled in afterwards: each layer is inflated
+        # into the work directory first, so its size is known before its header is written.
+        layers = (
+            prefetched_layers(item.layers, self.ctx)
+            if handle.seekable()
+            else local_layers(item, self.ctx)
         )
+        write_docker_save(handle, item, repo_tag_of(item.source), layers, self.ctx.progress)
 
 
 def _parse(text: str, body: str) -> TarURI:

@@ -80,6 +80,13 @@ class TransferStats:
             for name, value in counts.items():
                 setattr(self, name, getattr(self, name) + value)
 
+    def __getstate__(self) -> dict[str, object]:
+        """The counts alone: a result crosses to another process (a cluster's worker)."""
+        return {key: value for key, value in vars(self).items() if key != "_lock"}
+
+    def __setstate__(self, state: dict[str, object]) -> None:
+        vars(self).update(state, _lock=threading.Lock())
+
 
 class OnDemandClient:
     """The run's one client, built by `build` when an endpoint first asks for it: a run

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 from urllib.parse import parse_qsl
 
+from occystrap.entrypoints import PluginGroup, instance_of, load_group
 from occystrap.errors import UsageError
 from occystrap.extract import ExpandPolicy, parse_byte_size
 
@@ -115,13 +116,14 @@ def schemes() -> dict[str, Scheme]:
         scheme = getattr(importlib.import_module(f"{__name__}.{module_name}"), "SCHEME", None)
         if isinstance(scheme, Scheme):
             found[scheme.name] = scheme
-    from importlib.metadata import entry_points  # only when a name is not built in
-
-    for entry in entry_points(group=ENTRY_POINT_GROUP):
-        scheme = entry.load()
-        if isinstance(scheme, Scheme):
-            found.setdefault(scheme.name, scheme)
+    for scheme in _plugins().found.values():
+        found.setdefault(scheme.name, scheme)
     return dict(sorted(found.items()))
+
+
+def _plugins() -> PluginGroup:
+    """Schemes of other distributions (read only when a name is not built in)."""
+    return load_group(ENTRY_POINT_GROUP, instance_of(Scheme))
 
 
 def scheme_named(name: str) -> Scheme | None:
@@ -159,6 +161,9 @@ def parse_uri(text: str) -> Endpoint:
             raise UsageError(
                 f"{shown!r} is not a URI: expected one of {known} followed by a location"
             )
+        broken = _plugins().reason(scheme, "URI scheme")
+        if broken is not None:
+            raise UsageError(f"{broken} (in {shown!r})")
         raise UsageError(f"unknown URI scheme {scheme!r} in {shown!r}: expected one of {known}")
     endpoint = found.parse(shown, rest)
     endpoint.scheme, endpoint.shown = scheme, shown

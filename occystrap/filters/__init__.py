@@ -11,12 +11,13 @@ from __future__ import annotations
 
 import importlib
 import pkgutil
-import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from functools import cache
 from typing import TYPE_CHECKING
 
 from occystrap.endpoints import boolean_option
+from occystrap.entrypoints import PluginGroup, instance_of, load_group
 from occystrap.errors import UsageError
 from occystrap.middleware.plugins import parse_spec
 
@@ -95,45 +96,32 @@ class FilterKind:
         return text
 
 
-_lock = threading.Lock()
-_kinds: dict[str, FilterKind] | None = None
-_load_errors: dict[str, str] = {}
-
-
+@cache
 def filter_kinds() -> dict[str, FilterKind]:
     """Every filter by name: this package's modules, then entry points (a built-in wins).
 
     An entry point that fails to import is remembered and reported only when named."""
-    global _kinds
-    with _lock:
-        if _kinds is None:
-            found: dict[str, FilterKind] = {}
-            for module in pkgutil.iter_modules(__path__):
-                kind = getattr(importlib.import_module(f"{__name__}.{module.name}"), "FILTER", None)
-                if isinstance(kind, FilterKind):
-                    found[kind.name] = kind
-            from importlib.metadata import entry_points  # scanning installs: only when asked
+    found: dict[str, FilterKind] = {}
+    for module in pkgutil.iter_modules(__path__):
+        kind = getattr(importlib.import_module(f"{__name__}.{module.name}"), "FILTER", None)
+        if isinstance(kind, FilterKind):
+            found[kind.name] = kind
+    for kind in _plugins().found.values():
+        found.setdefault(kind.name, kind)
+    return dict(sorted(found.items()))
 
-            for entry in entry_points(group=ENTRY_POINT_GROUP):
-                try:
-                    loaded = entry.load()
-                except Exception as exc:  # a broken plug-in must not break the others
-                    _load_errors[entry.name] = f"{type(exc).__name__}: {exc}"
-                    continue
-                if isinstance(loaded, FilterKind):
-                    found.setdefault(loaded.name, loaded)
-                else:
-                    _load_errors[entry.name] = f"{type(loaded).__name__} is not a FilterKind"
-            _kinds = dict(sorted(found.items()))
-        return _kinds
+
+def _plugins() -> PluginGroup:
+    return load_group(ENTRY_POINT_GROUP, instance_of(FilterKind))
 
 
 def _kind_named(name: str) -> FilterKind:
     kinds = filter_kinds()
     if name in kinds:
         return kinds[name]
-    if name in _load_errors:
-        raise UsageError(f"filter {name!r} could not be loaded: {_load_errors[name]}")
+    broken = _plugins().reason(name, "filter")
+    if broken is not None:
+        raise UsageError(broken)
     raise UsageError(f"unknown filter {name!r}; available: {', '.join(kinds) or 'none'}")
 
 

@@ -9,11 +9,11 @@ credential plug-in).
 """
 
 import re
-import threading
 from collections.abc import Callable
 
 import httpx
 
+from occystrap.entrypoints import PluginGroup, load_group
 from occystrap.errors import UsageError
 
 ENTRY_POINT_GROUP = "occystrap.middleware"
@@ -23,9 +23,6 @@ SPEC_FORM = "--middleware NAME[:KEY=VALUE,...], e.g. header:X-Pull-Through=yes"
 MiddlewareFactory = Callable[[httpx.BaseTransport, dict[str, str]], httpx.BaseTransport]
 
 _registered: dict[str, MiddlewareFactory] = {}
-_entry_point_lock = threading.Lock()
-# Per entry-point group: the factories that loaded, and why the others did not.
-_loaded_groups: dict[str, tuple[dict[str, MiddlewareFactory], dict[str, str]]] = {}
 
 _NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
 _KEY_RE = re.compile(r"[^=,\s]+")
@@ -38,36 +35,25 @@ def register_middleware(name: str, factory: MiddlewareFactory) -> None:
     _registered[name] = factory
 
 
-def _load_entry_points(
-    group: str = ENTRY_POINT_GROUP,
-) -> tuple[dict[str, MiddlewareFactory], dict[str, str]]:
-    """Import every entry point of `group` once, remembering failures to report only when
-    asked by name."""
-    with _entry_point_lock:
-        if group not in _loaded_groups:
-            from importlib.metadata import entry_points  # scanning installs: only when asked
+def _callable(loaded: object) -> str | None:
+    return None if callable(loaded) else f"{type(loaded).__name__} is not a middleware factory"
 
-            factories: dict[str, MiddlewareFactory] = {}
-            errors: dict[str, str] = {}
-            for entry_point in entry_points(group=group):
-                try:
-                    factories[entry_point.name] = entry_point.load()
-                except Exception as exc:  # a broken plug-in must not break the others
-                    errors[entry_point.name] = f"{type(exc).__name__}: {exc}"
-            _loaded_groups[group] = (factories, errors)
-        return _loaded_groups[group]
+
+def _load_entry_points(group: str = ENTRY_POINT_GROUP) -> PluginGroup:
+    """The plug-ins of `group`, imported once; failures are reported only when asked by name."""
+    return load_group(group, _callable)
 
 
 def automatic_specs(named: list[str]) -> list[tuple[str, dict[str, str]]]:
     """The automatic plug-ins not already `named` with --middleware, without options."""
-    factories, _ = _load_entry_points(AUTOMATIC_GROUP)
+    factories = _load_entry_points(AUTOMATIC_GROUP).found
     return [(name, {}) for name in sorted(factories) if name not in named]
 
 
 def available_middlewares() -> dict[str, MiddlewareFactory]:
     """Every usable plug-in by name: entry points, overridden by registered ones."""
-    automatic, _ = _load_entry_points(AUTOMATIC_GROUP)
-    factories, _ = _load_entry_points()
+    automatic = _load_entry_points(AUTOMATIC_GROUP).found
+    factories = _load_entry_points().found
     return {**automatic, **factories, **_registered}
 
 
@@ -104,9 +90,10 @@ def _factory_named(name: str) -> MiddlewareFactory:
     available = available_middlewares()
     if name in available:
         return available[name]
-    errors = {**_load_entry_points(AUTOMATIC_GROUP)[1], **_load_entry_points()[1]}
-    if name in errors:
-        raise UsageError(f"middleware {name!r} could not be loaded: {errors[name]}")
+    for group in (ENTRY_POINT_GROUP, AUTOMATIC_GROUP):
+        broken = _load_entry_points(group).reason(name, "middleware")
+        if broken is not None:
+            raise UsageError(broken)
     names = ", ".join(sorted(available)) or "none"
     raise UsageError(f"unknown middleware {name!r}; available: {names}")
 

@@ -10,6 +10,7 @@ import respx
 from hypothesis import given
 from hypothesis import strategies as st
 
+from occystrap import entrypoints
 from occystrap.errors import UsageError
 from occystrap.middleware import plugins
 from occystrap.middleware.base import Middleware
@@ -172,14 +173,14 @@ def test_factory_returning_non_transport_is_a_usage_error():
 
 def test_entry_point_that_fails_to_import_is_reported_only_by_name(monkeypatch):
     monkeypatch.setattr(
-        plugins,
-        "_loaded_groups",
+        entrypoints,
+        "_loaded",
         {
-            plugins.ENTRY_POINT_GROUP: (
+            plugins.ENTRY_POINT_GROUP: entrypoints.PluginGroup(
                 {"header": header_middleware},
                 {"ghost": "ImportError: no module x"},
             ),
-            plugins.AUTOMATIC_GROUP: ({}, {}),
+            plugins.AUTOMATIC_GROUP: entrypoints.PluginGroup(),
         },
     )
     assert "ghost" not in available_middlewares()
@@ -268,3 +269,46 @@ def test_entry_point_of_installed_distribution_is_discovered(tmp_path):
     )
     assert run.returncode == 0, run.stderr
     assert run.stdout.strip() == "hi"
+
+
+# --- endpoint plug-ins, installed ---------------------------------------------------------
+
+
+def test_endpoint_entry_point_of_installed_distribution_works_beside_a_broken_one(tmp_path):
+    from tests.unit.image_builder import make_image, save_tar
+
+    site = install_test_plugin(tmp_path)
+    image = make_image(tmp_path, [{"a.txt": b"a"}, {"b.txt": b"b"}])
+    source, summary = tmp_path / "in.tar", tmp_path / "summary.txt"
+    save_tar(image, source)
+
+    def occystrap(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run(
+            [sys.executable, "-m", "occystrap", *args],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            env={"PYTHONPATH": f"{site}:{REPO_ROOT}", "PATH": "/usr/bin:/bin", "NO_PROXY": "*"},
+            cwd=tmp_path,
+        )
+
+    copied = occystrap("process", f"tar://{source}", f"summary://{summary}")
+    assert copied.returncode == 0, copied.stderr
+    assert summary.read_text() == f"{image.config_digest} 2\n"
+    listed = occystrap("process", "--help")
+    assert listed.returncode == 0, listed.stderr
+    assert "summary://PATH" in listed.stdout and "tar://PATH" in listed.stdout
+    broken = occystrap("process", f"tar://{source}", "broken://anywhere")
+    assert broken.returncode != 0
+    assert broken.stderr.strip().splitlines() == [
+        "occystrap: error: URI scheme 'broken' could not be loaded: ImportError:"
+        " occystrap-test-plugin's broken scheme needs the missing_sdk package"
+        " (in 'broken://anywhere')"
+    ]
+    as_source = occystrap("info", f"summary://{summary}")
+    assert as_source.returncode != 0
+    assert (
+        as_source.stderr.strip()
+        .splitlines()[0]
+        .startswith(f"occystrap: error: summary://{summary} cannot be a source")
+    )

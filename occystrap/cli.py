@@ -367,6 +367,9 @@ def _read_config_file(ctx: click.Context, named: str | None) -> None:
     from occystrap import config_file
     from occystrap.tomlfile import ConfigFileError
 
+    if ctx.resilient_parsing:  # shell completion: no file needed, and no error wanted
+        ctx.meta[_CONFIG_FILE] = config_file.ConfigFile()
+        return
     try:
         loaded = config_file.load(Path(named) if named else None)
         options = {_option_key(param): param for param in ctx.command.params}

@@ -156,12 +156,13 @@ class DaskRunner:
         settings: RunSettings,
         quota: QuotaBook,
         budget: RetryBudget | None = None,
+        run_id: str | None = None,
     ) -> None:
         self.client = client
         self.budget = budget
         self._tasks: dict[str, CopyTask] = {}
         self.settings = worker_settings(settings)
-        self.run_id = uuid.uuid4().hex
+        self.run_id = run_id or uuid.uuid4().hex
         self.quota = quota
         self.rate_limits = tuple(settings.rate_limits)
         threads = sum(client.nthreads().values())

@@ -4,16 +4,18 @@ from __future__ import annotations
 
 import datetime
 import logging
+import uuid
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field, replace
 
 from occystrap.cancel import cancellable_pool
 from occystrap.middleware.builder import ChainClient, build_client
 from occystrap.middleware.quota import QuotaBook
+from occystrap.middleware.ratelimit import RateLimitPolicy
 from occystrap.middleware.retry import RetryBudget
 from occystrap.settings import RunSettings
-from occystrap.sync.cluster import DaskRunner, open_cluster
+from occystrap.sync.cluster import DaskRunner, open_cluster, shared_policy
 from occystrap.sync.config import SyncSpec
 from occystrap.sync.plan import FAILED, PlannedImage, Planner, SyncPlan, split_host
 from occystrap.sync.run import (
@@ -94,13 +96,16 @@ def sync_client(
     spec: SyncSpec,
     quota: QuotaBook | None = None,
     budget: RetryBudget | None = None,
+    rate_policy: RateLimitPolicy | None = None,
 ) -> Iterator[ChainClient]:
     """The run's one client, with --src-creds for every source host and --dest-creds for
-    every target host (and a skopeo file's credentials for its hosts)."""
+    every target host (and a skopeo file's credentials for its hosts); `rate_policy`: a
+    cluster's shared limiters."""
     sources = [split_host(rule.source) for rule in spec.rules]
     targets = [split_host(rule.target) for rule in spec.rules]
     chain = settings.ends_chain_settings(sources, targets, extra=spec.credentials)
-    with build_client(replace(chain, quota=quota, retry_budget=budget)) as http:
+    chain = replace(chain, quota=quota, retry_budget=budget, rate_policy=rate_policy)
+    with build_client(chain) as http:
         yield http
 
 
@@ -118,7 +123,16 @@ def sync(
     """Plan `spec`, copy what differs (`image_parallel` at once), prune if asked."""
     quota = QuotaBook()
     budget = RetryBudget(options.retry_budget) if options.retry_budget is not None else None
-    with sync_client(settings, spec, quota, budget) as http:
+    with ExitStack() as stack:
+        client = None
+        run_id = uuid.uuid4().hex
+        policy = None
+        if options.cluster is not None:
+            # Opened first, so the planner's requests count against the cluster's rate too.
+            client = stack.enter_context(open_cluster(options.cluster))
+            if settings.rate_limits:
+                policy = shared_policy(settings.rate_limits, run_id)
+        http = stack.enter_context(sync_client(settings, spec, quota, budget, policy))
         plan = Planner(http, settings.insecure, options.prune).plan(spec)
         outcome = SyncOutcome(plan)
         if options.dry_run:
@@ -127,13 +141,12 @@ def sync(
         if budget is not None:
             gates.append(BudgetGate(budget))
         run_options = RunOptions(options.keep_going, gates, on_result)
-        if options.cluster is not None:
-            with open_cluster(options.cluster) as client:
-                on_cluster = DaskRunner(client, settings, quota, budget)
-                try:
-                    outcome.results = run_copies(plan, on_cluster, run_options)
-                finally:
-                    on_cluster.close()
+        if client is not None:
+            on_cluster = DaskRunner(client, settings, quota, budget, run_id)
+            try:
+                outcome.results = run_copies(plan, on_cluster, run_options)
+            finally:
+                on_cluster.close()
         else:
             with (
                 open_session(settings, http) as session,
@@ -146,6 +159,6 @@ def sync(
                 on_result(result)
                 outcome.results.append(result)
         outcome.retries = http.retries_made()
-        if options.cluster is not None:  # the workers' own clients retried these
+        if client is not None:  # the workers' own clients retried these
             outcome.retries += sum(result.retries for result in outcome.results)
     return outcome

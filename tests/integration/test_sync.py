@@ -468,3 +468,33 @@ def test_a_worker_killed_mid_sync_and_the_sync_still_completes(
     assert _copied_digests(mirror, f"{prefix}-k", ALL_TAGS) == {
         key: seeded.digest(*key) for key in ALL_TAGS
     }
+
+
+def test_the_rate_limit_holds_for_the_whole_cluster(seeded, mirror, dask_cluster, tmp_path):
+    """Two workers of two threads each, and the planner here, share one --rate-limit: the
+    source never sees a one-second window over it (one request of slack for arrival
+    jitter)."""
+    rate = 8
+    with FaultProxy(seeded.registry.url) as proxy:
+        rule = {
+            "source": f"registry://{proxy.host}/{seeded.prefix}/*a",
+            "target": f"registry://{mirror.host}/{seeded.prefix}-r",
+        }
+        spec = write_yaml(tmp_path / "sync.yaml", {"sync": [rule]})
+        run_occystrap(
+            "--insecure",
+            "--rate-limit",
+            f"{proxy.host}={rate}",
+            "sync",
+            str(spec),
+            "--cluster",
+            dask_cluster.address,
+            timeout=300,
+        )
+        times = sorted(request.at for request in proxy.requests)
+    assert len(times) > 3 * rate  # enough requests that separate limiters would show
+    busiest = max(
+        sum(1 for later in times[index:] if later < start + 1.0)
+        for index, start in enumerate(times)
+    )
+    assert busiest <= rate + 2, busiest

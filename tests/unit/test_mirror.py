@@ -475,3 +475,34 @@ def test_mirror_table_puts_command_line_mirrors_first():
         ],
         "quay.io": ["https://q.example"],
     }
+
+
+COMPONENT = st.from_regex(r"[a-z0-9]{1,6}", fullmatch=True)
+
+
+@given(
+    origin_ns=st.lists(COMPONENT, max_size=2),
+    rest=st.lists(COMPONENT, min_size=1, max_size=3),
+    mirror_ns=st.lists(COMPONENT, max_size=2),
+    kind_ref=st.sampled_from([("manifests", "v1"), ("blobs", "sha256:" + "a" * 64)]),
+)
+def test_route_renames_the_repository_under_the_prefix(origin_ns, rest, mirror_ns, kind_ref):
+    """Whatever the namespaces, the mirror is asked for its namespace + what followed the
+    origin's prefix, and nothing outside the prefix is ever sent to it."""
+    kind, ref = kind_ref
+    seen = []
+
+    class Capture(httpx.BaseTransport):
+        def handle_request(self, request):
+            seen.append(request.url)
+            return httpx.Response(200)
+
+    origin = "/".join(["registry.example", *origin_ns])
+    mirror = Mirror(Capture(), {origin: [MirrorRoute(M2, "/".join(mirror_ns))]})
+    name = "/".join([*origin_ns, *rest])
+    mirror.handle_request(httpx.Request("GET", f"{ORIGIN}/v2/{name}/{kind}/{ref}"))
+    assert str(seen[0]) == f"{M2}/v2/{'/'.join([*mirror_ns, *rest])}/{kind}/{ref}"
+    if origin_ns:
+        outside = "/".join(["x" + origin_ns[0], *rest])
+        mirror.handle_request(httpx.Request("GET", f"{ORIGIN}/v2/{outside}/{kind}/{ref}"))
+        assert str(seen[-1]).startswith(ORIGIN)

@@ -621,7 +621,7 @@ def process(
 
 def _summary(what: str, progress: TerminalProgress, stats: TransferStats) -> None:
     """The run's last line on stderr: what was written, what moved, how long, how many retries."""
-    from occystrap.progress import human_bytes
+    from occystrap.units import human_bytes
 
     blobs = ""
     if stats.uploaded or stats.mounted or stats.skipped:
@@ -696,7 +696,7 @@ def info(settings: RunSettings, source: str) -> None:
 
 
 def _print_info(details: dict) -> None:
-    from occystrap.progress import human_bytes
+    from occystrap.units import human_bytes
 
     out = sys.stdout
     platform = details.get("platform") or {}

@@ -21,14 +21,12 @@ from typing import Any
 from occystrap.atomic import atomic_path
 from occystrap.errors import UsageError
 from occystrap.jsondoc import BadJSONError, parse_json
+from occystrap.registry.hosts import DOCKER_HUB_ALIASES
 
 logger = logging.getLogger(__name__)
 
 # Docker keeps Hub credentials under this historical key whatever name the user typed.
 DOCKER_HUB_KEY = "https://index.docker.io/v1/"
-_DOCKER_HUB_HOSTS = frozenset(
-    {"docker.io", "index.docker.io", "registry-1.docker.io", "registry.hub.docker.com"}
-)
 _HELPER_TIMEOUT_SECONDS = 60
 # A credential helper's Username meaning "Secret is an identity (refresh) token".
 _IDENTITY_TOKEN_USERNAME = "<token>"
@@ -70,7 +68,7 @@ def parse_auth_key(key: str) -> AuthKey:
         text = text.split("://", 1)[1]
     host, _, path = text.partition("/")
     host = host.lower()
-    if host in _DOCKER_HUB_HOSTS:
+    if host in DOCKER_HUB_ALIASES:
         host = DOCKER_HUB_KEY
     return host, "" if is_url else path.strip("/")
 

@@ -28,6 +28,7 @@ from occystrap.digests import hash_of, new_hasher, sha256_digest
 from occystrap.errors import DigestMismatchError, OccystrapError, UsageError
 from occystrap.image import ArchiveMemberBlob, Blob, FileBlob, Image, Layer, SourceName
 from occystrap.jsondoc import BadJSONError, parse_json
+from occystrap.limits import METADATA_LIMIT
 from occystrap.mediatypes import DOCKER_MANIFEST, OCI_MANIFEST
 from occystrap.pipeline import ProgressSink, again_if_corrupt
 from occystrap.prefetch import ReadAhead, unspooled
@@ -38,7 +39,6 @@ from occystrap.streams import Readable
 LOG = logging.getLogger("occystrap.dockersave")
 
 _BLOB_NAME = re.compile(r"blobs/sha256/([0-9a-f]{64})")
-_METADATA_LIMIT = 16 * 1024 * 1024  # manifests, indexes and configs are small
 SPOOL_IN_MEMORY = 256 * 1024  # larger members of a tar stream are spooled to files
 _MAX_INDEX_DOCUMENTS = 64
 LAYER_DIR_VERSION = b"1.0"
@@ -268,7 +268,7 @@ class DockerSaveReader:
                 f"{what} {name!r} is missing from the archive; it is incomplete or not a"
                 " docker save or OCI archive"
             )
-        if self.members.size(key) > _METADATA_LIMIT:
+        if self.members.size(key) > METADATA_LIMIT:
             raise self._fail(f"{what} {name!r} is implausibly large")
         data = self.members.read(key)
         named = _named_digest(key)

@@ -28,6 +28,7 @@ from typing import BinaryIO
 
 from occystrap.compression import CHUNK_SIZE
 from occystrap.errors import WRITE_FAILURES, OccystrapError, filesystem_error
+from occystrap.units import human_bytes
 
 log = logging.getLogger(__name__)
 
@@ -84,8 +85,9 @@ class ExpansionBudget:
             self.used += nbytes
             used = self.used
         if used > self.limit:
+            limit = human_bytes(self.limit, binary=True)
             raise ExpansionBudgetExceeded(
-                f"expanding the image would write more than {_human(self.limit)}, its"
+                f"expanding the image would write more than {limit}, its"
                 " expansion budget; if you trust the image, raise the budget (max_expand)"
             )
 
@@ -117,10 +119,6 @@ def parse_byte_size(text: str) -> int:
     if unit not in _SIZE_UNITS or not number.isdigit() or int(number) <= 0:
         raise ValueError(f"{text!r} is not a size: expected a positive number, e.g. 512M or 20G")
     return int(number) * _SIZE_UNITS[unit]
-
-
-def _human(nbytes: int) -> str:
-    return f"{nbytes / GIB:.1f} GiB" if nbytes >= GIB else f"{nbytes // 1024**2} MiB"
 
 
 @dataclass

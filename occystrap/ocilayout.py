@@ -48,6 +48,7 @@ from occystrap.image import (
     image_from_manifest,
 )
 from occystrap.jsondoc import parse_json
+from occystrap.limits import METADATA_LIMIT
 from occystrap.manifest import (
     Descriptor,
     MalformedManifestError,
@@ -67,7 +68,6 @@ INDEX_FILE = "index.json"
 REF_NAME = "org.opencontainers.image.ref.name"
 LAYOUT_VERSION = "1.0.0"
 DEFAULT_TAG = "latest"
-_METADATA_LIMIT = 16 * 1024 * 1024  # index.json, manifests and configs are small
 _BLOB_DIGEST = re.compile(r"(sha256):([0-9a-f]{64})|(sha512):([0-9a-f]{128})")
 # A ref.name that is only a tag (what skopeo and crane write), not a whole reference.
 _TAG = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}")
@@ -140,7 +140,7 @@ class OciLayoutReader:
     def _small(self, name: str, what: str) -> bytes:
         if not self.members.has(name):
             raise self._fail(f"{what} {name!r} is missing; the layout is incomplete")
-        if self.members.size(name) > _METADATA_LIMIT:
+        if self.members.size(name) > METADATA_LIMIT:
             raise self._fail(f"{what} {name!r} is implausibly large")
         return self.members.read(name)
 

@@ -36,16 +36,6 @@ DONE = dict(PHASES.values())
 REFRESH_SECONDS = 0.1
 
 
-def human_bytes(n: float) -> str:
-    if abs(n) < 1000:
-        return f"{n:.0f} B"
-    for unit in ("kB", "MB"):
-        n /= 1000
-        if abs(n) < 1000:
-            return f"{n:.1f} {unit}"
-    return f"{n / 1000:.1f} GB"
-
-
 def phase_of(key: str) -> str:
     """The phase a progress key names: "fetch:..." is downloading, "IMAGE|push:..." uploading."""
     kind = key.rpartition("|")[2].partition(":")[0]

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import importlib
 import pkgutil
-import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cache
@@ -20,6 +19,7 @@ from urllib.parse import parse_qsl
 from occystrap.entrypoints import PluginGroup, instance_of, load_group
 from occystrap.errors import UsageError
 from occystrap.extract import ExpandPolicy, parse_byte_size
+from occystrap.redaction import redact_text
 
 if TYPE_CHECKING:
     from occystrap.image import Image
@@ -31,13 +31,12 @@ if TYPE_CHECKING:
 ENTRY_POINT_GROUP = "occystrap.endpoints"
 _TRUE_WORDS = frozenset({"true", "1", "yes"})
 _FALSE_WORDS = frozenset({"false", "0", "no"})
-_SECRET_QUERY = re.compile(r"(?i)((?:^|[?&])(?:token|password|pass|secret)=)[^&]*")
-_USERINFO = re.compile(r"^([a-z][a-z0-9+.-]*://)[^/@?]*@")
 
 
 def redact(text: str) -> str:
-    """`text` with secrets (`user:pw@`, `token=...`) masked, for any message naming a URI."""
-    return _SECRET_QUERY.sub(r"\1***", _USERINFO.sub(r"\1***@", text))
+    """`text` with secrets (`user:pw@`, `token=...`, `apikey=...`) masked, for any message
+    naming a URI (the same rules as log lines: occystrap.redaction)."""
+    return redact_text(text, "***")
 
 
 class Endpoint:

@@ -44,6 +44,7 @@ from occystrap.endpoints import (
 from occystrap.errors import OccystrapError, UsageError, find_cause
 from occystrap.image import Image, ImageLike
 from occystrap.jsondoc import parse_json
+from occystrap.limits import ERROR_BODY_LIMIT
 from occystrap.middleware.builder import USER_AGENT
 from occystrap.middleware.logging import Logging
 from occystrap.pipeline import RunContext, local_layers
@@ -57,7 +58,6 @@ FORM = "docker://NAME[:TAG][?socket=PATH]"
 # meanwhile, so reads may wait long; connecting to a local socket must not.
 DAEMON_TIMEOUT = httpx.Timeout(connect=15.0, read=600.0, write=600.0, pool=60.0)
 PING_TIMEOUT = 15.0  # a daemon that cannot answer this is not worth waiting for
-_ERROR_BODY_LIMIT = 64 * 1024
 _REGISTRY_HINT = "an image in a registry is registry://HOST/NAME[:TAG]"
 _HOW_TO_NAME = "name its socket with ?socket=PATH or DOCKER_HOST=unix://PATH"
 
@@ -161,7 +161,7 @@ class Daemon:
         body = b""
         for chunk in response.iter_bytes():  # unlike iter_raw, also after a whole read
             body += chunk
-            if len(body) > _ERROR_BODY_LIMIT:
+            if len(body) > ERROR_BODY_LIMIT:
                 break
         try:
             message = parse_json(body).get("message")

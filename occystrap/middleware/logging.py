@@ -8,34 +8,14 @@ so no credential can reach a log file.
 import logging
 import time
 from collections.abc import Callable, Iterator
-from urllib.parse import unquote_plus
 
 import httpx
 
 from occystrap.middleware.base import Middleware
 from occystrap.middleware.extensions import ATTEMPT, MIRROR
+from occystrap.redaction import redact_query
 
 REDACTED = "REDACTED"
-
-# Query parameter names (lower case) whose value is a secret even though the name looks harmless.
-_SECRET_PARAM_NAMES = frozenset({"sig", "key", "code"})
-# Substrings of query parameter names (lower case) that mark a secret value.
-_SECRET_PARAM_FRAGMENTS = ("token", "secret", "passw", "signature", "credential", "auth", "apikey")
-
-
-def _is_secret_param(name: str) -> bool:
-    lowered = unquote_plus(name).lower()
-    return lowered in _SECRET_PARAM_NAMES or any(
-        fragment in lowered for fragment in _SECRET_PARAM_FRAGMENTS
-    )
-
-
-def _redact_query(query: str) -> str:
-    parts = []
-    for pair in query.split("&"):
-        name, separator, _value = pair.partition("=")
-        parts.append(f"{name}={REDACTED}" if separator and _is_secret_param(name) else pair)
-    return "&".join(parts)
 
 
 def redact_url(url: httpx.URL | str) -> str:
@@ -46,7 +26,7 @@ def redact_url(url: httpx.URL | str) -> str:
         return "<unparseable URL>"
     path, _, query = parsed.raw_path.decode("ascii").partition("?")
     origin = f"{parsed.scheme}://{parsed.netloc.decode('ascii')}" if parsed.scheme else ""
-    return origin + path + (f"?{_redact_query(query)}" if query else "")
+    return origin + path + (f"?{redact_query(query, REDACTED)}" if query else "")
 
 
 class _CountingStream(httpx.SyncByteStream):

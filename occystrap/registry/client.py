@@ -17,6 +17,7 @@ import httpx
 from occystrap.digests import check_digest
 from occystrap.errors import DigestMismatchError, OccystrapError, RegistryError
 from occystrap.jsondoc import parse_json
+from occystrap.limits import METADATA_LIMIT
 from occystrap.manifest import Descriptor, ManifestIndex, parse_manifest
 from occystrap.mediatypes import ACCEPT_MANIFESTS, OCI_INDEX
 from occystrap.middleware import extensions
@@ -30,9 +31,7 @@ from occystrap.streams import Readable
 LOG = logging.getLogger("occystrap.registry")
 
 MAX_MANIFEST_BYTES = 4 * 1024 * 1024
-MAX_PAGE_BYTES = 16 * 1024 * 1024  # one page of tags or referrers
 MAX_PAGES = 10_000
-MAX_CONFIG_BYTES = 16 * 1024 * 1024
 UPLOAD_ATTEMPTS = 3
 PATCH_CHUNK = 16 * 1024 * 1024
 
@@ -238,7 +237,7 @@ class RegistryClient:
             response = self.http.get(
                 next_url,
                 headers={"Accept": accept} if accept else {},
-                extensions={extensions.BUFFER: MAX_PAGE_BYTES},
+                extensions={extensions.BUFFER: METADATA_LIMIT},
             )
             if response.status_code != 200:
                 raise registry_error(response, what)
@@ -271,7 +270,7 @@ class RegistryClient:
 
     # -- blobs -----------------------------------------------------------------------------
 
-    def read_blob(self, repository: str, digest: str, limit: int = MAX_CONFIG_BYTES) -> bytes:
+    def read_blob(self, repository: str, digest: str, limit: int = METADATA_LIMIT) -> bytes:
         """A small blob (an image config) in memory, verified (see `_get_verified`)."""
         what = f"blob {digest} of {repository}"
         return self._get_verified(

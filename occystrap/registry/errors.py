@@ -6,8 +6,8 @@ import httpx
 
 from occystrap.errors import RegistryError
 from occystrap.jsondoc import parse_json
+from occystrap.limits import ERROR_BODY_LIMIT
 
-ERROR_BODY_LIMIT = 64 * 1024
 # Plain-text bodies (a proxy's or web server's own answer) shown at most this long.
 _TEXT_DETAIL_LIMIT = 200
 # What Go's HTTP server (the CNCF registry, Harbor, ...) answers to plain HTTP on a TLS port.

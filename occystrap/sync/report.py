@@ -11,12 +11,12 @@ import click
 
 from occystrap.atomic import atomic_file
 from occystrap.errors import OccystrapError
-from occystrap.progress import human_bytes
 from occystrap.settings import RunSettings
 from occystrap.sync.config import load_spec
 from occystrap.sync.engine import SyncOptions, sync
 from occystrap.sync.plan import PlannedImage, SyncPlan
 from occystrap.sync.run import FAILED, ImageResult, summarise
+from occystrap.units import human_bytes
 
 
 def image_line(result: ImageResult) -> str:

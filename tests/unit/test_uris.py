@@ -162,6 +162,9 @@ def test_unknown_scheme_lists_every_known_scheme():
         ("quay://org?token=s3cret-t0ken&since=2024-13-01", "s3cret-t0ken"),
         ("registry://user:hunter2@host.example/repo?os=", "hunter2"),
         ("quay://Bad?token=s3cret-t0ken", "s3cret-t0ken"),
+        # the same rules as log lines (occystrap.redaction): an API key is a secret too
+        ("registry://host.example/repo:1?apikey=s3cret-k3y", "s3cret-k3y"),
+        ("quay://org?since=2024-13-01&X-Amz-Signature=s1gnature", "s1gnature"),
     ],
 )
 def test_secrets_never_appear_in_errors(text, secret):

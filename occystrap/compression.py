@@ -404,6 +404,50 @@ def _pieces(
             yield chunk
 
 
+class CompressedStream:
+    """`src` compressed as `kind` while it is iterated, chunk by chunk: the bytes
+    `compress_stream` writes, for a consumer that sends them on as they come (a streamed
+    upload). `digest` and `size` are known once the iteration has ended."""
+
+    def __init__(
+        self,
+        src: BinaryIO,
+        kind: str,
+        level: int | None = None,
+        threads: int = 1,
+        pool: DeflatePool | None = None,
+    ) -> None:
+        _check_kind(kind)
+        check_level(kind, level)
+        if threads < 1:
+            raise ValueError(f"threads must be at least 1, not {threads}")
+        self._src, self._kind, self._level = src, kind, level
+        self._threads, self._pool = threads, pool
+        self._hasher = hashlib.sha256()
+        self.size = 0
+        self._ended = False
+
+    def __iter__(self) -> Iterator[bytes]:
+        # closing: a consumer that stops early stops the deflate threads now
+        with closing(
+            _pieces(self._src, self._kind, self._level, self._threads, self._pool)
+        ) as pieces:
+            for piece in pieces:
+                if piece:
+                    yield piece
+                    # hashed once the consumer has taken it on: a block is held no longer
+                    # than it was when compress_stream wrote before hashing
+                    self._hasher.update(piece)
+                    self.size += len(piece)
+        self._ended = True
+
+    @property
+    def digest(self) -> str:
+        if not self._ended:
+            raise RuntimeError("the digest of a compressed stream is known at its end")
+        return f"sha256:{self._hasher.hexdigest()}"
+
+
 def compress_stream(
     src: BinaryIO,
     dst: BinaryIO,
@@ -422,17 +466,7 @@ def compress_stream(
     `pool`, shared by the layers compressed at once (one per run, sized to the -j budget),
     deflates gzip blocks instead of a pool of this call's own; see `DeflatePool`.
     """
-    _check_kind(kind)
-    check_level(kind, level)
-    if threads < 1:
-        raise ValueError(f"threads must be at least 1, not {threads}")
-    digest = hashlib.sha256()
-    size = 0
-    # closing: a failed write stops the deflate threads now, not when the traceback goes
-    with closing(_pieces(src, kind, level, threads, pool)) as pieces:
-        for piece in pieces:
-            if piece:
-                dst.write(piece)
-                digest.update(piece)
-                size += len(piece)
-    return f"sha256:{digest.hexdigest()}", size
+    stream = CompressedStream(src, kind, level, threads, pool)
+    for piece in stream:
+        dst.write(piece)
+    return stream.digest, stream.size

@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import io
 import logging
-from collections.abc import Callable, Sequence
-from contextlib import AbstractContextManager
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, field, replace
 
 from occystrap import compression, registries_conf
@@ -235,12 +235,18 @@ class RegistryDestination:
         return digest
 
     def _push_layer(self, layer: Layer) -> Layer:
-        """Upload one layer (compressing it first if it is stored uncompressed)."""
+        """Upload one layer (compressing it on the way if it is stored uncompressed)."""
         if layer.compression != compression.NONE:
             return self._push_stored(layer)
-        remembered = self._remembered_compression(layer)
-        if remembered is not None:
-            return remembered
+        # One compression of a layer at a time per registry: a second image holding it finds
+        # the blob the first one made (through the blob cache) instead of making it again.
+        with self.ctx.uploads.turn(self.client.registry, f"compress:{layer.diff_id}"):
+            remembered = self._remembered_compression(layer)
+            if remembered is not None:
+                return remembered
+            streamed = self._upload_while_compressing(layer)
+            if streamed is not None:
+                return streamed
         compressed = self._compressed(layer)
         try:
             self._push_blob(
@@ -305,6 +311,42 @@ class RegistryDestination:
         return replace(
             layer, digest=known.digest, size=known.size, media_type=known.media_type, blob=blob
         )
+
+    def _upload_while_compressing(self, layer: Layer) -> Layer | None:
+        """Compress the layer into its upload: blocks deflate on the run's threads while
+        the finished ones are hashed and sent in order, so no stage waits for the whole
+        layer and nothing is written to disk. None if the registry wants the blob whole."""
+        settings = self.ctx.settings
+        kind, level = settings.compression, settings.compression_level
+        key = f"push:{layer.diff_id}"
+        self.ctx.progress.start(key, None, layer.label)
+
+        @contextmanager
+        def making() -> Iterator[compression.CompressedStream]:
+            with layer.open_tar() as source:
+                yield compression.CompressedStream(
+                    source, kind, level, threads=settings.parallel, pool=self.ctx.deflate_pool
+                )
+
+        def sent(n: int) -> None:
+            self.ctx.progress.advance(key, n)
+            self.ctx.stats.add(bytes_uploaded=n)
+
+        made = self.client.upload_streamed(
+            self.repository, making, sent, lambda: self.ctx.progress.restart(key, 0)
+        )
+        self.ctx.progress.finish(key)
+        if made is None:
+            return None
+        digest, size = made
+        media_type = compression.media_type_for(kind, oci=kind == compression.ZSTD)
+        registry = self.client.registry
+        self.ctx.cache.record_compressed(layer.diff_id, self._setting(), digest, size, media_type)
+        self.ctx.cache.record_location(digest, registry, self.repository)
+        self.ctx.uploads.record(registry, digest, self.repository)
+        self.ctx.stats.add(uploaded=1)
+        blob = RegistryBlob(self.client, self.repository, digest)
+        return replace(layer, digest=digest, size=size, media_type=media_type, blob=blob)
 
     def _compressed(self, layer: Layer) -> Layer:
         """The layer compressed deterministically into the work directory, on the run's

@@ -8,12 +8,14 @@ from __future__ import annotations
 import hashlib
 import logging
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator, Iterator
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
+from typing import Protocol
 
 import httpx
 
+from occystrap import cancel
 from occystrap.digests import check_digest
 from occystrap.errors import DigestMismatchError, OccystrapError, RegistryError
 from occystrap.jsondoc import parse_json
@@ -34,6 +36,21 @@ MAX_MANIFEST_BYTES = 4 * 1024 * 1024
 MAX_PAGES = 10_000
 UPLOAD_ATTEMPTS = 3
 PATCH_CHUNK = 16 * 1024 * 1024
+# Answers of a registry that will not take a PATCH of unknown length (it wants Content-Range).
+_NO_STREAMED_PATCH = frozenset({400, 405, 411, 416})
+
+
+class BlobInTheMaking(Protocol):
+    """A blob made while it uploads (a layer compressed on the way): its bytes as they come,
+    then, once they have all come, its digest and size."""
+
+    def __iter__(self) -> Iterator[bytes]: ...
+
+    @property
+    def digest(self) -> str: ...
+
+    @property
+    def size(self) -> int: ...
 
 
 @dataclass(frozen=True)
@@ -365,6 +382,60 @@ class RegistryClient:
                 on_restart()
                 attempt += 1
 
+    def upload_streamed(
+        self,
+        repository: str,
+        making: Callable[[], AbstractContextManager[BlobInTheMaking]],
+        on_bytes: Callable[[int], None] = lambda n: None,
+        on_restart: Callable[[], None] = lambda: None,
+    ) -> tuple[str, int] | None:
+        """POST a session, PATCH the blob's bytes as they are made (chunked transfer encoding:
+        their length and digest are not known yet), then PUT its digest, which the registry
+        checks. Returns (digest, size); None when the registry refuses a PATCH of unknown
+        length, so the caller makes the blob whole first and uses `upload_blob`.
+
+        `making` makes the blob afresh for each attempt; a failed upload restarts in a new
+        session, as in `upload_blob`.
+        """
+        what = f"uploading a blob to {repository}"
+        attempt = 1
+        while True:
+            location = self._start_upload(repository, what)
+            try:
+                with making() as blob:
+                    chunks = _sent(blob, on_bytes)
+                    try:
+                        response = self.http.patch(
+                            location,
+                            content=chunks,
+                            headers={"Content-Type": "application/octet-stream"},
+                        )
+                    finally:
+                        chunks.close()
+                    if response.status_code in _NO_STREAMED_PATCH:
+                        response.close()
+                        LOG.debug("%s: no streamed PATCH (%d)", what, response.status_code)
+                        return None
+                    if response.status_code != 202:
+                        raise registry_error(response, what)
+                    response.close()
+                    digest, size = blob.digest, blob.size
+                received = response.headers.get("Range")
+                if received is not None and received != f"0-{size - 1}":
+                    raise RegistryError(f"{what}: sent {size} bytes, the registry has {received}")
+                location = self._location(response.headers.get("Location", location))
+                response = self.http.put(httpx.URL(location).copy_merge_params({"digest": digest}))
+                if response.status_code not in (201, 204):
+                    raise registry_error(response, f"uploading blob {digest} to {repository}")
+                response.close()
+                return digest, size
+            except (httpx.TransportError, RegistryError) as exc:
+                if attempt == UPLOAD_ATTEMPTS:
+                    raise
+                LOG.info("%s failed (%s); restarting in a new session", what, exc)
+                on_restart()
+                attempt += 1
+
     def _start_upload(self, repository: str, what: str) -> str:
         response = self.http.post(
             f"{self.base}/v2/{repository}/blobs/uploads/",
@@ -413,6 +484,13 @@ class RegistryClient:
         response = self.http.put(httpx.URL(location).copy_merge_params({"digest": digest}))
         if response.status_code not in (201, 204):
             raise registry_error(response, what)
+
+
+def _sent(chunks: BlobInTheMaking, on_bytes: Callable[[int], None]) -> Generator[bytes]:
+    for chunk in chunks:
+        cancel.check()
+        on_bytes(len(chunk))
+        yield chunk
 
 
 class _NeedsChunks(Exception):

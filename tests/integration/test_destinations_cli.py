@@ -160,6 +160,7 @@ def test_tar_dash_writes_stdout_and_reads_stdin(fault_proxy, seeded_repo, tmp_pa
         [sys.executable, "-m", "occystrap", "--insecure", "process",
          f"registry://{fault_proxy.host}/{seeded_repo}:{TAG}", "tar://-"],
         capture_output=True, env={**os.environ, "PYTHONPATH": str(REPO_ROOT)}, check=True,
+        cwd=tmp_path,  # were `-` read as a file name, it would land here and be seen
     )  # fmt: skip
     assert tarfile.is_tarfile(io.BytesIO(piped.stdout))
     assert not [name for name in os.listdir(tmp_path) if name != "cache"]

@@ -50,6 +50,29 @@ def _write_nested_inputs(where: Path) -> None:
     (layout / "index.json").write_bytes(b'{"manifests": ' + NESTED)
 
 
+def _write_more_inputs(where: Path) -> None:
+    """Archives and links for the destination, image-choice and runtime cases."""
+    (where / "DEVLINK").symlink_to("/dev/null")
+    _archive(where / "NESTED-INDEX.tar", {**_valid_members(), "index.json": NESTED})
+    nested_dir = where / "NESTED-DIR"
+    nested_dir.mkdir()
+    (nested_dir / ".occystrap").write_text('{"format": "occystrap-dir", "version": 1}')
+    (nested_dir / "manifest.json").write_bytes(NESTED)
+    two = _valid_members()
+    entry = json.loads(two["manifest.json"])[0]
+    two["manifest.json"] = json.dumps([entry, {**entry, "RepoTags": ["c:d"]}]).encode()
+    _archive(where / "TWO.tar", two)
+    layer = _owned_layer(2**32, 0)
+    config = {"rootfs": {"type": "layers", "diff_ids": [sha256(layer)]}}
+    _archive(
+        where / "OWNER.tar",
+        {**_valid_members(), "c.json": json.dumps(config).encode(), "l/layer.tar": layer},
+    )
+    config = json.loads(_valid_members()["c.json"])
+    config["config"] = {"Cmd": "/bin/sh"}
+    _archive(where / "BADCMD.tar", {**_valid_members(), "c.json": json.dumps(config).encode()})
+
+
 BATTERY = [
     # (arguments, fragment of the one line)
     (["process", "nonsense", "tar://x.tar"], "is not a URI"),
@@ -98,6 +121,24 @@ BATTERY = [
     (["process", "tar://NESTED-CONFIG.tar", "tar://x.tar"], "nests deeper than 100 levels"),
     (["--authfile", "NESTED.json", "info", f"registry://{DEAD}/a"], "nests deeper"),
     (["info", "oci-layout://NESTED-LAYOUT"], "nests deeper"),
+    (["info", "tar://NESTED-INDEX.tar"], "nests deeper"),
+    (["info", "dir://NESTED-DIR"], "nests deeper"),
+    # tar:// destinations replace nothing unasked, devices never; image choice in sources.
+    (["process", "tar://GOOD.tar", "tar://AFILE"], "already exists"),
+    (["process", "tar://GOOD.tar", "tar://DEVLINK"], "never replaced"),
+    (["--force", "process", "tar://GOOD.tar", "tar:///dev/null"], "never replaced"),
+    (["--force", "process", "tar://GOOD.tar", "tar://DIRECTORY"], "is a directory"),
+    (["process", "tar://GOOD.tar", "tar://AFILE?overwrite=maybe"], "not a boolean"),
+    (["process", "tar://GOOD.tar", "tar://x.tar@1"], "pick an image to read"),
+    (["process", "tar://GOOD.tar?overwrite=true", "tar://x.tar"], "applies to a destination"),
+    (["info", "tar://GOOD.tar?image="], "has no value"),
+    (["info", "tar://GOOD.tar?colour=red"], "unknown option 'colour'"),
+    (["info", "tar://GOOD.tar@3"], "no @3"),
+    (["info", "tar://TWO.tar?image=nope:1"], "no image tagged 'nope:1'"),
+    (["info", "tar://TWO.tar"], "holds 2 images"),
+    # Layers and configs no kernel or runtime can take.
+    (["process", "tar://OWNER.tar", "dir://out?expand=true"], "no Linux system can hold"),
+    (["process", "tar://BADCMD.tar", "oci://bundle"], 'Cmd is "/bin/sh"'),
 ]
 
 
@@ -113,6 +154,7 @@ def test_bad_input_is_one_line_and_leaves_nothing(tmp_path, monkeypatch, argumen
     (tmp_path / "FOREIGN" / "notes.txt").write_text("someone else's")
     (tmp_path / "EMPTYDIR").mkdir()
     _write_nested_inputs(tmp_path)
+    _write_more_inputs(tmp_path)
     before = sorted(os.listdir(tmp_path))
     outcome = run_cli("--retries", "0", "--timeout", "5", *arguments)
     outcome.assert_one_line_error(fragment)
@@ -122,8 +164,8 @@ def test_bad_input_is_one_line_and_leaves_nothing(tmp_path, monkeypatch, argumen
     assert os.listdir(tmp_path / "FOREIGN") == ["notes.txt"]
 
 
-def test_the_battery_is_at_least_thirty_cases():
-    assert len(BATTERY) >= 30
+def test_the_battery_is_at_least_sixty_cases():
+    assert len(BATTERY) >= 60
 
 
 JSON_VALUES = st.recursive(

@@ -29,12 +29,15 @@ if TYPE_CHECKING:
     import httpx
 
     from occystrap.config_file import ConfigFile
-    from occystrap.pipeline import TransferStats
+    from occystrap.pipeline import CopyResult, TransferStats
     from occystrap.progress import TerminalProgress
     from occystrap.registry.referrers import Referrer
     from occystrap.settings import RunSettings
 
-LOG_FORMAT = "occystrap: %(levelname)s %(name)s: %(message)s"
+# One "occystrap:" prefix per line; --debug also names the logger the line came from.
+LOG_FORMAT = "occystrap: %(levelname)s: %(message)s"
+DEBUG_LOG_FORMAT = "occystrap: %(levelname)s %(name)s: %(message)s"
+QUIET = "occystrap.quiet"  # click context meta key: -q was given
 
 
 class OneLineErrors(click.Group):
@@ -318,7 +321,16 @@ def _fail(message: str, status: int) -> None:
     show_default=True,
     envvar="OCCYSTRAP_OUTPUT_FORMAT",
 )
-@click.option("-v", "--verbose", is_flag=True, envvar="OCCYSTRAP_VERBOSE")
+@click.option(
+    "-v", "--verbose", is_flag=True, envvar="OCCYSTRAP_VERBOSE", help="Say what each step does."
+)
+@click.option(
+    "-q",
+    "--quiet",
+    is_flag=True,
+    envvar="OCCYSTRAP_QUIET",
+    help="Print errors only: no warnings, progress or summary line.",
+)
 @click.option(
     "--debug",
     is_flag=True,
@@ -328,14 +340,18 @@ def _fail(message: str, status: int) -> None:
 @click.pass_context
 def main(ctx: click.Context, **options: object) -> None:
     """Move container images between registries, tarballs and directories."""
+    ctx.meta[QUIET] = options.pop("quiet")
     level = (
         logging.DEBUG
         if options["debug"]
         else logging.INFO
         if options["verbose"]
+        else logging.ERROR
+        if ctx.meta[QUIET]
         else logging.WARNING
     )
-    logging.basicConfig(level=level, format=LOG_FORMAT, stream=sys.stderr)
+    log_format = DEBUG_LOG_FORMAT if options["debug"] else LOG_FORMAT
+    logging.basicConfig(level=level, format=log_format, stream=sys.stderr)
     # The HTTP libraries log whole URLs and headers; our Logging middleware logs each
     # attempt with secrets redacted instead.
     for library in ("httpx", "httpcore", "h2", "hpack"):
@@ -543,6 +559,11 @@ class _UriFormsCommand(click.Command):
     help="Also copy what refers to the image (signatures, SBOMs, attestations), recursively;"
     " registry:// and oci-layout:// only.",
 )
+@click.option(
+    "--digestfile",
+    type=click.Path(dir_okay=False),
+    help="Write the digest of the manifest (or index) written to this file, as skopeo does.",
+)
 @click.pass_obj
 def process(
     settings: RunSettings,
@@ -552,6 +573,7 @@ def process(
     platforms: tuple[str, ...],
     image_parallel: int,
     referrers: bool,
+    digestfile: str | None,
 ) -> None:
     """Copy the image(s) at SOURCE to DESTINATION.
 
@@ -611,18 +633,58 @@ def process(
             progress=progress,
             on_rate_wait=progress.rate_limited,
         )
-    what = f"{source_uri} -> {destination_uri}: {result.layers} layers"
+    if digestfile is not None:
+        if result.digest is None:
+            raise OccystrapError(
+                f"{destination_uri} stores no manifest, so there is no digest for --digestfile;"
+                " write to a registry or an OCI layout"
+            )
+        Path(digestfile).write_text(result.digest)
+    if settings.output_format == "json":
+        click.echo(json.dumps(_result_document(source_uri, destination_uri, result, progress)))
+    counted = _counted(result.layers, "platform" if result.is_index else "layer")
+    what = f"{source_uri} -> {destination_uri}: {counted}"
     if referrers:
-        what += f", {result.referrers} {'referrer' if result.referrers == 1 else 'referrers'}"
+        what += f", {_counted(result.referrers, 'referrer')}"
     if result.digest:
         what += f", {result.digest}"
     _summary(what, progress, result.stats)
+
+
+def _counted(count: int, noun: str) -> str:
+    return f"{count} {noun}" if count == 1 else f"{count} {noun}s"
+
+
+def _result_document(
+    source: object, destination: object, result: CopyResult, progress: TerminalProgress
+) -> dict[str, Any]:
+    """What `process -O json` prints on stdout, for scripts."""
+    stats = result.stats
+    return {
+        "source": str(source),
+        "destination": str(destination),
+        "digest": result.digest,
+        "kind": "index" if result.is_index else "image",
+        "layers": None if result.is_index else result.layers,
+        "platforms": result.platforms,
+        "referrers": result.referrers,
+        "blobs": {
+            "uploaded": stats.uploaded,
+            "mounted": stats.mounted,
+            "already_there": stats.skipped,
+        },
+        "bytes": {"downloaded": stats.bytes_downloaded, "uploaded": stats.bytes_uploaded},
+        "retries": stats.retries,
+        "seconds": round(progress.tally.elapsed(), 3),
+    }
 
 
 def _summary(what: str, progress: TerminalProgress, stats: TransferStats) -> None:
     """The run's last line on stderr: what was written, what moved, how long, how many retries."""
     from occystrap.units import human_bytes
 
+    if click.get_current_context().meta.get(QUIET):
+        return
     blobs = ""
     if stats.uploaded or stats.mounted or stats.skipped:
         blobs = (

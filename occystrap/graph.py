@@ -100,6 +100,8 @@ class GraphCopy:
     digest: str
     entries: int
     manifests: tuple[str, ...]
+    # For an index: (platform, manifest digest) of each runnable entry, as it lists them.
+    platforms: tuple[tuple[str, str], ...] = ()
 
 
 def _attestation_subject(entry: PlatformDescriptor) -> str | None:
@@ -184,4 +186,10 @@ def copy_graph(
     root = platform_root(source, platforms)
     walk = _Walk(source, sink)
     entries = walk.copy(root, source.source)
-    return GraphCopy(root.digest, entries, tuple(walk.written))
+    parsed = root.parsed()
+    written = tuple(
+        (str(entry.platform), entry.digest)
+        for entry in (parsed.manifests if isinstance(parsed, ManifestIndex) else ())
+        if entry.platform is not None and not entry.is_attestation
+    )
+    return GraphCopy(root.digest, entries, tuple(walk.written), written)

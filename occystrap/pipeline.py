@@ -157,9 +157,15 @@ class CopyResult:
     referrers went with it."""
 
     digest: str | None
-    layers: int
+    layers: int  # of the image; of an index, its entries (see `platforms`)
     stats: TransferStats
     referrers: int = 0  # signatures, SBOMs ... copied with it (process --referrers)
+    # An index written: each runnable platform ("linux/arm64/v8") and its manifest digest.
+    platforms: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def is_index(self) -> bool:
+        return bool(self.platforms)
 
 
 def choose_platform(
@@ -206,7 +212,9 @@ def run_pipeline(
         source = image_input.manifest_source()
         if source is not None:
             copied = copy_graph(source, output.manifest_sink(), platforms)
-            return CopyResult(copied.digest, copied.entries, ctx.stats)
+            return CopyResult(
+                copied.digest, copied.entries, ctx.stats, platforms=dict(copied.platforms)
+            )
     item = image_input.read()
     if isinstance(item, ImageIndex):
         item = choose_platform(item, ctx.settings.platform, platforms)

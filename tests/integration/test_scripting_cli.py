@@ -1,0 +1,102 @@
+"""What scripts get from `process`: -O json on stdout (digest, counts, bytes, per-platform
+digests), --digestfile as skopeo writes it, -q for silence, and words that count right."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from tests.integration.cli import assert_one_line_error, run_occystrap
+from tests.integration.images import (
+    build_multiarch_layout,
+    push_multiarch_with_skopeo,
+    skopeo_inspect,
+)
+from tests.integration.pull_checks import TAG, seed_image
+
+pytestmark = pytest.mark.integration
+
+
+def test_json_result_digestfile_and_quiet_for_one_image(registry_plain, unique_repo, tmp_path):
+    seed_image(registry_plain, unique_repo, tmp_path)
+    digestfile = tmp_path / "digest"
+    result = run_occystrap(
+        "--insecure",
+        "-O",
+        "json",
+        "-q",
+        "process",
+        f"registry://{registry_plain.host}/{unique_repo}:{TAG}",
+        f"registry://{registry_plain.host}/{unique_repo}-copy:{TAG}",
+        "--digestfile",
+        str(digestfile),
+    )
+    document = json.loads(result.stdout)
+    expected = skopeo_inspect(registry_plain, f"{unique_repo}-copy:{TAG}")["Digest"]
+    assert document["digest"] == expected
+    assert digestfile.read_text() == expected
+    assert document["kind"] == "image" and document["layers"] == 2
+    assert document["platforms"] == {}
+    assert sum(document["blobs"].values()) == 3  # config and two layers, each accounted for
+    assert set(document["bytes"]) == {"downloaded", "uploaded"}
+    assert result.stderr == ""  # -q: no summary line
+
+
+def test_an_index_reports_its_platforms_and_their_digests(registry_plain, unique_repo, tmp_path):
+    layout = tmp_path / "multiarch"
+    build_multiarch_layout(
+        layout,
+        {("linux", "amd64"): [{"a": b"amd64\n"}], ("linux", "arm64"): [{"a": b"arm64\n"}]},
+    )
+    push_multiarch_with_skopeo(layout, registry_plain, unique_repo, TAG)
+    result = run_occystrap(
+        "--insecure",
+        "-O",
+        "json",
+        "process",
+        f"registry://{registry_plain.host}/{unique_repo}:{TAG}",
+        f"oci-layout://{tmp_path / 'copy'}?tag=x",
+    )
+    document = json.loads(result.stdout)
+    raw = skopeo_inspect(registry_plain, f"{unique_repo}:{TAG}", raw=True)
+    assert document["kind"] == "index" and document["layers"] is None
+    assert document["platforms"] == {
+        f"{m['platform']['os']}/{m['platform']['architecture']}": m["digest"]
+        for m in raw["manifests"]
+    }
+    summary = result.stderr.strip().splitlines()[-1]
+    assert ": 2 platforms, sha256:" in summary, summary  # not "2 layers"
+
+
+def test_a_digestfile_needs_a_destination_with_a_manifest(registry_plain, unique_repo, tmp_path):
+    seed_image(registry_plain, unique_repo, tmp_path)
+    result = run_occystrap(
+        "--insecure",
+        "process",
+        f"registry://{registry_plain.host}/{unique_repo}:{TAG}",
+        f"tar://{tmp_path / 'out.tar'}",
+        "--digestfile",
+        str(tmp_path / "digest"),
+        check=False,
+    )
+    assert_one_line_error(result, "stores no manifest", "--digestfile")
+    assert not (tmp_path / "digest").exists()
+
+
+def test_warnings_carry_one_prefix(registry_plain, unique_repo, tmp_path):
+    layout = tmp_path / "multiarch"
+    build_multiarch_layout(
+        layout,
+        {("linux", "amd64"): [{"a": b"amd64\n"}], ("linux", "arm64"): [{"a": b"arm64\n"}]},
+    )
+    push_multiarch_with_skopeo(layout, registry_plain, unique_repo, TAG)
+    result = run_occystrap(
+        "--insecure",
+        "process",
+        f"registry://{registry_plain.host}/{unique_repo}:{TAG}",
+        f"tar://{tmp_path / 'out.tar'}",
+    )
+    warning = next(line for line in result.stderr.splitlines() if "WARNING" in line)
+    assert warning.startswith("occystrap: WARNING: ") and warning.count("occystrap") == 1, warning
+    assert ": 1 layer;" in result.stderr.strip().splitlines()[-1]  # not "1 layers"

@@ -15,9 +15,10 @@ from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
 
+from occystrap.buckets import BucketURI
 from occystrap.cancel import cancellable_pool
 from occystrap.digests import check_digest, sha256_digest
-from occystrap.dockersave import DirectoryMembers
+from occystrap.dockersave import DirectoryMembers, MemberSource
 from occystrap.endpoints import Endpoint
 from occystrap.endpoints.oci_layout import OciLayoutURI
 from occystrap.endpoints.registry import RegistryURI
@@ -77,34 +78,42 @@ class RegistryStore:
 
 
 class LayoutStore:
-    """An OCI image layout directory; tags are `index.json`'s ref.names."""
+    """An OCI image layout (a directory, or a bucket's `BucketLayout`); tags are
+    `index.json`'s ref.names."""
 
-    def __init__(self, path: Path, ctx: RunContext) -> None:
-        self.path = Path(path)
-        self.writer = OciLayoutWriter(self.path, ctx)
+    def __init__(self, members: MemberSource, writer: OciLayoutWriter) -> None:
+        self.members, self.writer = members, writer
+
+    @classmethod
+    def directory(cls, path: Path, ctx: RunContext) -> LayoutStore:
+        return cls(DirectoryMembers(Path(path)), OciLayoutWriter(Path(path), ctx))
 
     def __str__(self) -> str:
-        return str(self.path)
+        return self.members.where
 
     def referrers_api(self, digest: str, artifact_type: str | None) -> list[Descriptor] | None:
         return None  # a layout lists referrers only in referrers tag indexes
 
-    def _blob_path(self, digest: str) -> Path | None:
+    def _stored(self, digest: str, size: int | None = None) -> str | None:
+        """The member name of a blob the layout holds (with `size`, when given)."""
         name = blob_name(digest)
-        return None if name is None else self.path / name
+        if name is None or not self.members.has(name):
+            return None
+        if size is not None and self.members.size(name) != size:
+            return None
+        return name
 
     def manifest_at(self, reference: str) -> tuple[bytes, str, str] | None:
         if ":" in reference:  # a digest; tags cannot contain ':'
-            path = self._blob_path(reference)
-            if path is None or not path.is_file():
+            name = self._stored(reference)
+            if name is None:
                 return None
-            raw = path.read_bytes()
-            check_digest(raw, reference, f"{self.path}: manifest {reference}")
+            raw = self.members.read(name)
+            check_digest(raw, reference, f"{self}: manifest {reference}")
             return raw, parse_manifest(raw, None).media_type, reference
-        index = self.path / INDEX_FILE
-        if not index.is_file():
+        if not self.members.has(INDEX_FILE):
             return None
-        entries = parse_index(index.read_bytes(), str(self.path))
+        entries = parse_index(self.members.read(INDEX_FILE), str(self))
         tagged = [entry for entry in entries if ref_name(entry) == reference]
         if not tagged:
             return None
@@ -112,14 +121,13 @@ class LayoutStore:
         return None if found is None else (found[0], tagged[-1].media_type, found[2])
 
     def has_blob(self, descriptor: Descriptor) -> bool:
-        path = self._blob_path(descriptor.digest)
-        return path is not None and path.is_file() and path.stat().st_size == descriptor.size
+        return self._stored(descriptor.digest, descriptor.size) is not None
 
     def open_blob(self, descriptor: Descriptor) -> AbstractContextManager[Readable]:
-        path = self._blob_path(descriptor.digest)
-        if path is None or not path.is_file():
-            raise UsageError(f"{self.path}: blob {descriptor.digest} is missing from the layout")
-        return open(path, "rb")
+        name = self._stored(descriptor.digest)
+        if name is None:
+            raise UsageError(f"{self}: blob {descriptor.digest} is missing from the layout")
+        return self.members.blob(name).open()
 
     def put_blob(
         self, descriptor: Descriptor, opener: Callable[[], AbstractContextManager[Readable]]
@@ -133,15 +141,18 @@ class LayoutStore:
 
 
 def store_of(endpoint: Endpoint, ctx: RunContext, what: str = "--referrers") -> ReferrerStore:
-    """The store a registry:// or oci-layout:// endpoint names; other places keep no
+    """The store a registry://, oci-layout:// or bucket endpoint names; other places keep no
     referrers or artifacts, and say so before anything is read."""
     if isinstance(endpoint, RegistryURI):
         return RegistryStore(endpoint.client(ctx), endpoint.reference.repository)
     if isinstance(endpoint, OciLayoutURI):
-        return LayoutStore(endpoint.path, ctx)
+        return LayoutStore.directory(endpoint.path, ctx)
+    if isinstance(endpoint, BucketURI):
+        layout = endpoint.layout(ctx)
+        return LayoutStore(layout, OciLayoutWriter(layout, ctx))
     raise UsageError(
-        f"{what} needs registry:// or oci-layout://: {endpoint} keeps no referrers or"
-        " artifacts (signatures, SBOMs)"
+        f"{what} needs registry://, oci-layout:// or a bucket (s3://, gs://): {endpoint}"
+        " keeps no referrers or artifacts (signatures, SBOMs)"
     )
 
 
@@ -171,20 +182,23 @@ def open_store(
         yield store_of(endpoint, RunContext(settings, http, Path(work)), what)
 
 
-def reference_of(endpoint: Endpoint) -> str:
-    """The tag or digest a registry:// or oci-layout:// URI names (a layout without ?tag=:
-    its only image)."""
+def reference_of(endpoint: Endpoint, store: ReferrerStore | None = None) -> str:
+    """The tag or digest a registry://, oci-layout:// or bucket URI names (a layout without
+    ?tag=: its only image, read from `store` when given)."""
     if isinstance(endpoint, RegistryURI):
         return endpoint.reference.reference
-    assert isinstance(endpoint, OciLayoutURI)
+    assert isinstance(endpoint, (OciLayoutURI, BucketURI))
     if endpoint.tag is not None:
         return endpoint.tag
+    if isinstance(store, LayoutStore):
+        return OciLayoutReader(store.members).select(None).digest
+    assert isinstance(endpoint, OciLayoutURI)
     return OciLayoutReader(DirectoryMembers(endpoint.path)).select(None).digest
 
 
 def root_of(endpoint: Endpoint, store: ReferrerStore) -> tuple[bytes, str, str]:
     """(raw, media type, digest) of the manifest `endpoint` names."""
-    reference = reference_of(endpoint)
+    reference = reference_of(endpoint, store)
     answer = store.manifest_at(reference)
     if answer is None:
         raise UsageError(f"{endpoint} holds no manifest {reference}")

@@ -171,4 +171,4 @@ def test_artifact_push_to_a_tarball_is_refused(tmp_path):
         "x/y",
         check=False,
     )
-    assert_one_line_error(result, "artifact push needs registry:// or oci-layout://")
+    assert_one_line_error(result, "artifact push needs registry://, oci-layout://")

@@ -179,7 +179,7 @@ def test_registry_to_gcs_and_back_keeps_every_digest(
         destination,
         env=env,
     )
-    assert "GcsBearer" in first.stderr
+    assert "GcsAccessToken" in first.stderr
     assert "uploadType=resumable" in first.stderr  # the big layer went up in parts
     assert len(google_oauth.grants) - grants == 1  # one token for the whole run
 
@@ -248,3 +248,37 @@ def test_concurrent_writers_keep_each_others_index_entries(moto, s3_env, bucket,
         entry["annotations"]["org.opencontainers.image.ref.name"] for entry in index["manifests"]
     )
     assert names == tags
+
+
+def test_referrers_cross_through_a_bucket(
+    moto, s3_env, bucket, registry_plain, registry_basic, unique_repo
+):
+    """Signatures and SBOMs go registry -> s3:// -> registry with the image, checked by the
+    tests' own reader against the destination registry."""
+    from tests.integration.signing import signing_key
+    from tests.integration.test_referrers import _check_signed_copy, _signed_index
+
+    key = signing_key()
+    pushed = _signed_index(registry_plain, unique_repo, key)
+    run_occystrap(
+        "--insecure",
+        "process",
+        "--referrers",
+        f"registry://{registry_plain.host}/{unique_repo}:v1",
+        f"s3://{bucket}/signed",
+        env=s3_env,
+    )
+    result = run_occystrap(
+        "--insecure",
+        "--dest-creds",
+        f"{registry_basic.username}:{registry_basic.password}",
+        "process",
+        "--referrers",
+        f"s3://{bucket}/signed?tag=v1",
+        f"registry://{registry_basic.host}/{unique_repo}-from-bucket:v1",
+        env=s3_env,
+    )
+    assert "4 referrers" in result.stderr.splitlines()[-1], result.stderr
+    auth = (registry_basic.username, registry_basic.password)
+    with registry_basic.client(auth=auth) as http:
+        _check_signed_copy(http, f"{unique_repo}-from-bucket", pushed, key)

@@ -166,7 +166,7 @@ def test_referrers_to_a_place_that_keeps_none_is_refused_in_one_line(
         f"tar://{target}",
         check=False,
     )
-    assert_one_line_error(result, "--referrers needs registry:// or oci-layout://")
+    assert_one_line_error(result, "--referrers needs registry://, oci-layout://")
     assert not target.exists()
 
 

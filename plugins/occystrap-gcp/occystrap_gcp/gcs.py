@@ -46,7 +46,7 @@ def storage_endpoint() -> str:
     return emulator if "://" in emulator else f"http://{emulator}"
 
 
-class GcsBearer(Middleware):
+class GcsAccessToken(Middleware):
     """Adds `Authorization: Bearer` to Cloud Storage requests, the token cached until shortly
     before it expires and shared by the run."""
 
@@ -95,11 +95,13 @@ class GcsBearer(Middleware):
         )
 
 
-def gcs_auth_middleware(next_transport: httpx.BaseTransport, options: dict[str, str]) -> GcsBearer:
+def gcs_auth_middleware(
+    next_transport: httpx.BaseTransport, options: dict[str, str]
+) -> GcsAccessToken:
     """Plug-in factory: `gcs-auth` (automatic; it authorises only what gs:// marks)."""
     if options:
         raise ValueError("gcs-auth takes no options")
-    return GcsBearer(next_transport)
+    return GcsAccessToken(next_transport)
 
 
 class GcsObjects:

@@ -158,11 +158,6 @@ class ReferrerTree:
         }
 
 
-def count(referrers: tuple[Referrer, ...] | list[Referrer]) -> int:
-    """How many referrers a forest holds, at every depth."""
-    return sum(1 for top in referrers for _ in top.walk())
-
-
 class _Budget:
     def __init__(self) -> None:
         self.seen: set[str] = set()

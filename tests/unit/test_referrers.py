@@ -24,7 +24,6 @@ from occystrap.registry.referrers import (
     add_to_referrers_index,
     copy_referrers,
     cosign_tags,
-    count,
     descriptor_of,
     discover,
     referrers_tag,
@@ -107,6 +106,11 @@ class FakeRegistry:
 def client():
     with build_client(ChainSettings(retries=0)) as http:
         yield RegistryClient(http, "registry.test")
+
+
+def count(referrers) -> int:
+    """How many referrers a forest holds, at every depth."""
+    return sum(1 for top in referrers for _ in top.walk())
 
 
 def _serve(fake: FakeRegistry):

@@ -239,9 +239,22 @@ def copy_referrers(
 
     Each is pushed with its subject (and cosign's under its tag); where the destination does not
     index subjects itself, the referrers tag index is created or merged, keeping every entry
-    already there."""
+    already there. A cosign tag the destination already holds for other signatures is left
+    as it is (with a warning): they were not ours to replace."""
     copied = 0
     for referrer in referrers:
+        if referrer.tag is not None:
+            there = destination.manifest_at(referrer.tag)
+            if there is not None and there[2] != referrer.digest:
+                LOG.warning(
+                    "%s already holds other content under %s (%s); it is kept, and %s is"
+                    " not copied",
+                    destination,
+                    referrer.tag,
+                    there[2],
+                    referrer.digest,
+                )
+                continue
         indexed = copy_manifest(source, destination, referrer.descriptor, referrer.tag)
         if referrer.found_by != FOUND_BY_COSIGN and not indexed:
             add_to_referrers_index(destination, subject, referrer.descriptor)

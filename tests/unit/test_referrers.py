@@ -326,3 +326,14 @@ def test_put_manifest_reports_whether_the_registry_indexed_the_subject(client):
         router.put(f"{BASE}/v2/{REPO}/manifests/b").mock(return_value=httpx.Response(201))
         assert client.put_manifest(REPO, "a", b"{}", OCI_MANIFEST).subject_indexed
         assert not client.put_manifest(REPO, "b", b"{}", OCI_MANIFEST).subject_indexed
+
+
+def test_a_cosign_tag_holding_other_signatures_is_not_replaced(caplog):
+    source, destination = MemoryStore(api=False), MemoryStore(api=False)
+    signature = source.add_artifact(SIGNATURE, None, "ours")
+    source.tags[cosign_tags(IMAGE)[0]] = _digest(signature)
+    theirs = destination.add_artifact(SIGNATURE, None, "theirs")
+    destination.tags[cosign_tags(IMAGE)[0]] = _digest(theirs)
+    assert copy_referrers(source, destination, IMAGE, discover(source, IMAGE)) == 0
+    assert destination.manifest_at(cosign_tags(IMAGE)[0])[0] == theirs
+    assert "it is kept" in caplog.text

@@ -6,8 +6,9 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import sys
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeGuard
 
@@ -38,6 +39,9 @@ if TYPE_CHECKING:
 LOG_FORMAT = "occystrap: %(levelname)s: %(message)s"
 DEBUG_LOG_FORMAT = "occystrap: %(levelname)s %(name)s: %(message)s"
 QUIET = "occystrap.quiet"  # click context meta key: -q was given
+NO_MATCH_STATUS = 1  # search found nothing, as grep
+CLOSED_PIPE_STATUS = 128 + 13  # stdout's reader went away (SIGPIPE), as grep
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 
 
 class OneLineErrors(click.Group):
@@ -65,6 +69,10 @@ class OneLineErrors(click.Group):
     def invoke(self, ctx: click.Context) -> object:
         try:
             return super().invoke(ctx)
+        except StdoutClosed:
+            # Later writes (and the flush at exit) must not fail again on the closed pipe.
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            raise click.exceptions.Exit(CLOSED_PIPE_STATUS) from None
         except OccystrapError as exc:
             raise click.ClickException(str(exc)) from None
         except OSError as exc:
@@ -721,8 +729,7 @@ def search(
     from occystrap import library
 
     def show(layer: library.LayerHits) -> None:
-        sys.stdout.write("".join(f"{line}\n" for line in layer.lines(script_friendly)))
-        sys.stdout.flush()
+        _write_lines(layer.lines(script_friendly))
 
     result = library.search(source, pattern, settings, regex=regex, on_layer=show)
     count, layers = result.count, result.layers
@@ -732,6 +739,31 @@ def search(
         f" ({layers} {'layer' if layers == 1 else 'layers'} searched)",
         err=True,
     )
+    if not count:
+        raise click.exceptions.Exit(NO_MATCH_STATUS)  # as grep: scripts can test for a match
+
+
+def _write_lines(lines: Iterable[str]) -> None:
+    """Lines on stdout, control characters escaped (a path or label cannot fake output or
+    send escape sequences to the terminal); a reader that went away ends the run quietly."""
+    try:
+        sys.stdout.write("".join(f"{printable(line)}\n" for line in lines))
+        sys.stdout.flush()
+    except BrokenPipeError:
+        raise StdoutClosed() from None
+
+
+class StdoutClosed(Exception):
+    """Whoever read stdout went away (`search ... | head`): stop quietly, as grep does."""
+
+
+def printable(text: str) -> str:
+    """`text` with control characters (C0, DEL, C1) shown as escapes, as skopeo shows them."""
+    return _CONTROL.sub(lambda match: _escape(match.group()), text)
+
+
+def _escape(character: str) -> str:
+    return {"\n": "\\n", "\r": "\\r", "\t": "\\t"}.get(character, f"\\x{ord(character):02x}")
 
 
 @main.command(cls=_UriFormsCommand)
@@ -760,9 +792,9 @@ def info(settings: RunSettings, source: str) -> None:
 def _print_info(details: dict) -> None:
     from occystrap.units import human_bytes
 
-    out = sys.stdout
     platform = details.get("platform") or {}
     details = {**details, "platform": "/".join(v for v in platform.values() if v)}
+    lines = []
     for key in (
         "image",
         "media_type",
@@ -773,23 +805,24 @@ def _print_info(details: dict) -> None:
         "created",
     ):
         if details.get(key):
-            out.write(f"{key + ':':<17}{details[key]}\n")
+            lines.append(f"{key + ':':<17}{details[key]}")
     for key in ("entrypoint", "cmd"):
         if details.get(key) is not None:
-            out.write(f"{key + ':':<17}{json.dumps(details[key])}\n")
+            lines.append(f"{key + ':':<17}{json.dumps(details[key])}")
     for name in details.get("env") or []:
-        out.write(f"{'env:':<17}{name}\n")
+        lines.append(f"{'env:':<17}{name}")
     for name, value in sorted((details.get("labels") or {}).items()):
-        out.write(f"{'label:':<17}{name}={value}\n")
+        lines.append(f"{'label:':<17}{name}={value}")
     layers = details.get("layers", [])
-    out.write(f"layers ({len(layers)}):\n")
+    lines.append(f"layers ({len(layers)}):")
     for layer in layers:
-        out.write(
+        lines.append(
             f"  {layer['digest']}  {human_bytes(layer['size']):>9}  {layer['compression']:<5}"
-            f"  diff_id {layer['diff_id']}\n"
+            f"  diff_id {layer['diff_id']}"
         )
         if layer.get("created_by"):
-            out.write(f"      {layer['created_by'][:160]}\n")
+            lines.append(f"      {str(layer['created_by'])[:160]}")
+    _write_lines(lines)
 
 
 # -- the registry toolbox -------------------------------------------------------------------

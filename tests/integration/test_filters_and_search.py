@@ -12,12 +12,20 @@ import gzip
 import hashlib
 import io
 import json
+import os
+import subprocess
+import sys
 import tarfile
 from pathlib import Path
 
 import pytest
 
-from tests.integration.cli import assert_one_line_error, registry_flags, run_occystrap
+from tests.integration.cli import (
+    REPO_ROOT,
+    assert_one_line_error,
+    registry_flags,
+    run_occystrap,
+)
 from tests.integration.images import (
     build_multiarch_layout,
     build_oci_layout,
@@ -266,3 +274,46 @@ def test_process_help_lists_the_filters():
         "search:pattern=P[,regex=BOOL][,script_friendly=BOOL]",
     ):
         assert form in text, text
+
+
+def test_search_exits_1_on_no_match_and_quietly_on_a_closed_pipe(
+    registry_plain, unique_repo, tmp_path
+):
+    """As grep: 1 when nothing matches; `search | head` ends without an error line."""
+    source = _seed(registry_plain, unique_repo, tmp_path)
+    flags = registry_flags(registry_plain)
+    nothing = run_occystrap(*flags, "search", source, "no-such-file-*", check=False)
+    assert nothing.returncode == 1, nothing.stderr
+    assert nothing.stdout == "" and "0 paths match" in nothing.stderr
+    piped = subprocess.run(
+        f"{sys.executable} -m occystrap {' '.join(flags)} search {source} '*' | head -1",
+        shell=True, capture_output=True, text=True,
+        env={**os.environ, "PYTHONPATH": str(REPO_ROOT)}, check=True,
+    )  # fmt: skip
+    assert len(piped.stdout.splitlines()) == 1
+    assert "error" not in piped.stderr and "Traceback" not in piped.stderr, piped.stderr
+
+
+def test_info_and_search_escape_control_characters(registry_plain, unique_repo, tmp_path):
+    """A label or path cannot send escape sequences to the terminal or fake output lines."""
+    layout = tmp_path / "hostile"
+    build_oci_layout(
+        layout,
+        [{"evil\x1b[31mred\nfake line": b"x"}],
+        config_overrides={
+            "config": {
+                "Env": ["A=\x1b]0;title\x07", "B=line\rover"],
+                "Labels": {"l": "one\ntwo"},
+            }
+        },
+    )
+    push_with_skopeo(layout, registry_plain, unique_repo, "v1")
+    source = f"registry://{registry_plain.host}/{unique_repo}:v1"
+    flags = registry_flags(registry_plain)
+    shown = run_occystrap(*flags, "info", source).stdout
+    assert "\x1b" not in shown and "\r" not in shown and "\x07" not in shown
+    assert "A=\\x1b]0;title\\x07" in shown and "B=line\\rover" in shown
+    assert "label:           l=one\\ntwo" in shown
+    found = run_occystrap(*flags, "search", "--script-friendly", source, "evil*").stdout
+    assert found.count("\n") == 1 and "\x1b" not in found
+    assert found.rstrip("\n").endswith("/evil\\x1b[31mred\\nfake line")

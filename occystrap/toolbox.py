@@ -62,7 +62,7 @@ def registry_uri(text: str) -> RegistryURI:
 def repository_uri(text: str) -> RegistryURI:
     """A REPOSITORY_URI argument: registry://HOST/NAME, with no tag or digest."""
     uri = registry_uri(text)
-    last_component = text.partition("://")[2].partition("?")[0].rpartition("/")[2]
+    last_component = uri.shown.partition("://")[2].partition("?")[0].rpartition("/")[2]
     if ":" in last_component or "@" in last_component:
         raise UsageError(
             f"{uri.shown!r} names an image, not a repository: expected registry://HOST/NAME"

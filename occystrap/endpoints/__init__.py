@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import importlib
 import pkgutil
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cache
@@ -98,6 +99,13 @@ class Endpoint:
         return self.shown
 
 
+# A registry image without a scheme: a host (with a dot or a port, or localhost), then a path.
+BARE_REFERENCE = re.compile(
+    r"(?:localhost|[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)+|[A-Za-z0-9.-]+:[0-9]+|\[[0-9A-Fa-f:]+\])"
+    r"(?::[0-9]+)?/[^\s?]+(?:\?.*)?"
+)
+
+
 @dataclass(frozen=True)
 class Scheme:
     name: str
@@ -153,12 +161,16 @@ def parse_uri(text: str) -> Endpoint:
     """Parse a SOURCE or DESTINATION argument; any problem is a one-line `UsageError`."""
     shown = redact(text)
     scheme, separator, rest = text.partition("://")
+    if not separator and BARE_REFERENCE.fullmatch(text):
+        # HOST[:PORT]/NAME[:TAG|@DIGEST], as crane, regctl and docker take it: a registry image.
+        scheme, separator, rest, shown = "registry", "://", text, f"registry://{shown}"
     found = scheme_named(scheme) if separator else None
     if found is None:
         known = ", ".join(f"{name}://" for name in schemes())
         if not separator:
             raise UsageError(
-                f"{shown!r} is not a URI: expected one of {known} followed by a location"
+                f"{shown!r} is not a URI: expected one of {known} followed by a location,"
+                " or HOST/NAME[:TAG] for a registry image"
             )
         broken = _plugins().reason(scheme, "URI scheme")
         if broken is not None:

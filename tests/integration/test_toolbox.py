@@ -172,6 +172,22 @@ def test_digest_is_the_digest_of_the_bytes_not_of_a_header(registry_plain, uniqu
     assert shown.stdout.strip() == "sha256:" + hashlib.sha256(raw).hexdigest()
 
 
+def test_a_bare_host_repo_tag_is_a_registry_image(registry_plain, unique_repo, tmp_path):
+    """As crane and regctl take it: HOST/NAME[:TAG] wherever a registry image is meant."""
+    _push(registry_plain, unique_repo, tmp_path)
+    bare = f"{registry_plain.host}/{unique_repo}"
+    expected = skopeo_inspect(registry_plain, f"{unique_repo}:v1")["Digest"]
+    assert run_occystrap("--insecure", "digest", f"{bare}:v1").stdout.strip() == expected
+    assert run_occystrap("--insecure", "tags", bare).stdout.split() == ["v1"]
+    shown = json.loads(run_occystrap("--insecure", "-O", "json", "info", f"{bare}:v1").stdout)
+    assert shown["manifest_digest"] == expected
+    out = tmp_path / "bare.tar"
+    copied = run_occystrap("--insecure", "process", f"{bare}:v1", f"tar://{out}")
+    assert out.exists() and f"registry://{bare}:v1 -> " in copied.stderr
+    wrong = run_occystrap("--insecure", "tags", f"{bare}:v1", check=False)
+    assert_one_line_error(wrong, "names an image, not a repository")
+
+
 def test_digest_of_an_index_and_of_one_platform(registry_plain, unique_repo, tmp_path):
     _push_multiarch(registry_plain, unique_repo, tmp_path)
     uri = _uri(registry_plain, f"{unique_repo}:v1")

@@ -24,12 +24,12 @@ from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import Any, Protocol
 
+from occystrap.archive import MemberSource, name_and_tag
 from occystrap.atomic import atomic_file, locked, partial_sibling
 from occystrap.cancel import cancellable_pool
 from occystrap.compression import CHUNK_SIZE
 from occystrap.destinations import check_directory
 from occystrap.digests import check_digest, sha256_digest
-from occystrap.dockersave import MemberSource, name_and_tag
 from occystrap.errors import (
     DigestMismatchError,
     FilesystemError,

@@ -15,10 +15,10 @@ from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
 
+from occystrap.archive import DirectoryMembers, MemberSource
 from occystrap.buckets import BucketURI
 from occystrap.cancel import cancellable_pool
 from occystrap.digests import check_digest, sha256_digest
-from occystrap.dockersave import DirectoryMembers, MemberSource
 from occystrap.endpoints import Endpoint
 from occystrap.endpoints.oci_layout import OciLayoutURI
 from occystrap.endpoints.registry import RegistryURI

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from occystrap.archive import DirectoryMembers
 from occystrap.atomic import atomic_file, locked, replace_path
 from occystrap.compression import CHUNK_SIZE
 from occystrap.destinations import (
@@ -25,7 +26,6 @@ from occystrap.destinations import (
     write_directory_marker,
 )
 from occystrap.dockersave import (
-    DirectoryMembers,
     DockerSaveLayout,
     DockerSaveReader,
     repo_tag_of,

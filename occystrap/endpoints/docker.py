@@ -28,10 +28,9 @@ from typing import Any, BinaryIO
 import httpx
 
 from occystrap import cancel, compression
+from occystrap.archive import SpooledTarMembers, name_and_tag
 from occystrap.dockersave import (
     DockerSaveReader,
-    SpooledTarMembers,
-    name_and_tag,
     write_docker_save,
 )
 from occystrap.endpoints import (

@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from occystrap.dockersave import DirectoryMembers
+from occystrap.archive import DirectoryMembers
 from occystrap.endpoints import (
     Endpoint,
     Scheme,

@@ -17,12 +17,12 @@ from functools import cached_property
 from pathlib import Path
 from typing import BinaryIO
 
+from occystrap.archive import TarMembers
 from occystrap.atomic import atomic_file
 from occystrap.compression import CHUNK_SIZE
 from occystrap.destinations import check_file_destination
 from occystrap.dockersave import (
     DockerSaveReader,
-    TarMembers,
     describe_entries,
     repo_tag_of,
     write_docker_save,

@@ -15,8 +15,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from occystrap import compression
+from occystrap.archive import DirectoryMembers
 from occystrap.atomic import locked
-from occystrap.dockersave import DirectoryMembers
 from occystrap.endpoints import parse_uri
 from occystrap.endpoints.oci_layout import OciLayoutURI
 from occystrap.endpoints.tar import TarSource

@@ -10,7 +10,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from occystrap.dockersave import DockerSaveReader, SpooledTarMembers, TarMembers
+from occystrap.archive import SpooledTarMembers, TarMembers
+from occystrap.dockersave import DockerSaveReader
 from occystrap.errors import OccystrapError
 from occystrap.image import FileBlob, Image
 

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from occystrap import compression
-from occystrap.dockersave import name_and_tag
+from occystrap.archive import name_and_tag
 from occystrap.endpoints.tar import TarSource
 from occystrap.errors import DigestMismatchError, OccystrapError
 from occystrap.image import SourceName

@@ -1,9 +1,7 @@
 """docker://NAME[:TAG][?socket=PATH]: an image in a Docker (or Podman) daemon, over its socket.
 
-The daemon is a local Unix socket, so it has its own small client (the Logging middleware
-over an `httpx.HTTPTransport(uds=...)`): no registry auth, mirrors, retries or rate limits
-apply. The socket is `?socket=`, else `DOCKER_HOST` (`unix://PATH`), else Docker's default,
-else Podman's (root's, then the user's).
+The daemon's API client and where its socket is live in occystrap/daemon/ (its own small
+client over the Unix socket, outside the registry chain); this module is the endpoint.
 
 Reading inspects the image, then streams `GET /images/NAME/get` (a docker-save tarball,
 classic or OCI layout). That stream names its image only at its end (`manifest.json` comes
@@ -15,20 +13,19 @@ under NAME:TAG with the same layers.
 
 from __future__ import annotations
 
-import errno
 import logging
 import os
 import threading
-from collections.abc import Callable, Iterable, Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
-from pathlib import Path
 from typing import Any, BinaryIO
 
 import httpx
 
 from occystrap import cancel, compression
 from occystrap.archive import SpooledTarMembers, name_and_tag
+from occystrap.daemon.client import Daemon, load_error
+from occystrap.daemon.sockets import REGISTRY_HINT, find_socket
 from occystrap.dockersave import (
     DockerSaveReader,
     write_docker_save,
@@ -40,187 +37,13 @@ from occystrap.endpoints import (
     query_options,
     split_query,
 )
-from occystrap.errors import OccystrapError, UsageError, find_cause
+from occystrap.errors import OccystrapError, UsageError
 from occystrap.image import Image, ImageLike
-from occystrap.jsondoc import parse_json
-from occystrap.limits import ERROR_BODY_LIMIT
-from occystrap.middleware.builder import USER_AGENT
-from occystrap.middleware.logging import Logging
 from occystrap.pipeline import RunContext, local_layers
 
 LOG = logging.getLogger("occystrap.docker")
 
-DOCKER_SOCKET = Path("/var/run/docker.sock")
-PODMAN_ROOT_SOCKET = Path("/run/podman/podman.sock")
 FORM = "docker://NAME[:TAG][?socket=PATH]"
-# The daemon answers a load only once it has read the whole tarball and registers layers
-# meanwhile, so reads may wait long; connecting to a local socket must not.
-DAEMON_TIMEOUT = httpx.Timeout(connect=15.0, read=600.0, write=600.0, pool=60.0)
-PING_TIMEOUT = 15.0  # a daemon that cannot answer this is not worth waiting for
-_REGISTRY_HINT = "an image in a registry is registry://HOST/NAME[:TAG]"
-_HOW_TO_NAME = "name its socket with ?socket=PATH or DOCKER_HOST=unix://PATH"
-
-
-@dataclass(frozen=True)
-class DaemonSocket:
-    path: Path
-    origin: str  # where the path came from, for messages: "?socket=", "DOCKER_HOST", ...
-
-    def __str__(self) -> str:
-        return str(self.path)
-
-
-def default_sockets(environ: Mapping[str, str]) -> list[Path]:
-    """Where daemons listen by default: Docker's, then Podman's for root and for the user."""
-    sockets = [DOCKER_SOCKET, PODMAN_ROOT_SOCKET]
-    runtime_dir = environ.get("XDG_RUNTIME_DIR")
-    if runtime_dir:
-        sockets.append(Path(runtime_dir) / "podman" / "podman.sock")
-    return sockets
-
-
-def find_socket(
-    option: str | None, environ: Mapping[str, str], defaults: list[Path] | None = None
-) -> DaemonSocket:
-    """The socket to use: `?socket=`, else DOCKER_HOST, else the first of `defaults` (those
-    of `default_sockets`) that exists."""
-    if option:
-        return DaemonSocket(Path(option), "?socket=")
-    docker_host = environ.get("DOCKER_HOST", "").strip()
-    if docker_host:
-        scheme, separator, path = docker_host.partition("://")
-        if scheme != "unix" or not separator or not path:
-            raise UsageError(
-                f"DOCKER_HOST={docker_host!r} is not a Unix socket: occystrap talks to daemons"
-                " over their Unix socket only; set DOCKER_HOST=unix://PATH or use ?socket=PATH"
-            )
-        return DaemonSocket(Path(path), "DOCKER_HOST")
-    candidates = default_sockets(environ) if defaults is None else defaults
-    for candidate in candidates:
-        if candidate.exists():
-            return DaemonSocket(candidate, "the default")
-    raise OccystrapError(
-        f"no Docker or Podman socket found (tried {', '.join(map(str, candidates))}): start"
-        f" the daemon (or `podman system service`), or {_HOW_TO_NAME}; {_REGISTRY_HINT}"
-    )
-
-
-def _one_line(text: str) -> str:
-    return " ".join(text.split())
-
-
-class Daemon:
-    """A Docker Engine API daemon behind a Unix socket; every failure is a one-line error."""
-
-    def __init__(self, socket: DaemonSocket) -> None:
-        self.socket = socket
-
-    def _where(self) -> str:
-        origin = "" if self.socket.origin == "the default" else f" (from {self.socket.origin})"
-        return f"{self.socket}{origin}"
-
-    def _transport_error(self, error: httpx.TransportError) -> OccystrapError:
-        cause = find_cause(error, OSError)
-        code = cause.errno if cause is not None else None
-        if code == errno.ENOENT:
-            return OccystrapError(
-                f"no daemon socket at {self._where()}: start Docker (or `podman system"
-                f" service`), or {_HOW_TO_NAME}"
-            )
-        if code in (errno.EACCES, errno.EPERM):
-            return OccystrapError(
-                f"permission denied on the daemon socket {self._where()}: run as root or as a"
-                " member of the socket's group (docker), or name a socket you may use"
-            )
-        if code in (errno.ECONNREFUSED, errno.ENOTSOCK):
-            return OccystrapError(
-                f"nothing answers on {self._where()}: the daemon is not running there; start"
-                f" it, or {_HOW_TO_NAME}"
-            )
-        if isinstance(error, httpx.TimeoutException):
-            return OccystrapError(
-                f"the daemon at {self._where()} did not answer in time"
-                f" ({type(error).__name__}); check that it is healthy and try again"
-            )
-        if isinstance(error, httpx.ProtocolError):
-            return self._not_docker(f"it does not answer HTTP: {type(error).__name__}")
-        return OccystrapError(
-            f"lost the daemon at {self._where()}: {_one_line(str(error)) or type(error).__name__};"
-            " check that it is running and try again"
-        )
-
-    def _not_docker(self, why: str) -> OccystrapError:
-        return OccystrapError(
-            f"{self._where()} is not a Docker Engine API socket ({why}): point ?socket= or"
-            " DOCKER_HOST at Docker's or Podman's API socket"
-        )
-
-    def error(self, response: httpx.Response, doing: str) -> OccystrapError:
-        """The daemon's refusal, with its JSON `message` (read from a streamed response too)."""
-        body = b""
-        for chunk in response.iter_bytes():  # unlike iter_raw, also after a whole read
-            body += chunk
-            if len(body) > ERROR_BODY_LIMIT:
-                break
-        try:
-            message = parse_json(body).get("message")
-        except (ValueError, AttributeError):
-            message = None
-        if not isinstance(message, str):
-            message = body[:300].decode(errors="replace") or f"HTTP {response.status_code}"
-        return OccystrapError(
-            f"the daemon at {self.socket} failed to {doing}: {_one_line(message)}"
-        )
-
-    @contextmanager
-    def session(self) -> Iterator[httpx.Client]:
-        """A client on the socket, its API checked; transport failures become one-line errors."""
-        # A Unix socket: no TLS context (httpx would load certifi's for nothing) and no
-        # environment proxies.
-        transport = Logging(httpx.HTTPTransport(uds=str(self.socket.path), verify=False))
-        client = httpx.Client(
-            transport=transport,
-            base_url="http://docker",
-            headers={"User-Agent": USER_AGENT},
-            timeout=DAEMON_TIMEOUT,
-            trust_env=False,
-        )
-        try:
-            with client:
-                self._check(client)
-                yield client
-        except httpx.TransportError as error:
-            raise self._transport_error(error) from None
-
-    def _check(self, client: httpx.Client) -> None:
-        response = client.get("/_ping", timeout=PING_TIMEOUT)
-        version = response.headers.get("Api-Version")
-        if response.status_code != 200 or not version:
-            raise self._not_docker(
-                f"/_ping answered HTTP {response.status_code}"
-                + ("" if version else " without an Api-Version header")
-            )
-        LOG.debug(
-            "daemon at %s: %s, API %s",
-            self.socket,
-            response.headers.get("Server", "unknown server"),
-            version,
-        )
-
-    def inspect(self, client: httpx.Client, name: str) -> dict[str, Any] | None:
-        """`GET /images/NAME/json`: the image's description, None when there is no such image."""
-        response = client.get(f"/images/{name}/json")
-        if response.status_code == 404:
-            return None
-        if response.status_code != 200:
-            raise self.error(response, f"describe {name}")
-        try:
-            document = parse_json(response.content)
-        except ValueError:
-            document = None
-        if not isinstance(document, dict):
-            raise self._not_docker(f"/images/{name}/json is not a JSON object")
-        return document
 
 
 @dataclass
@@ -284,7 +107,7 @@ class DockerSource:
             if self.daemon.inspect(client, self.name) is None:
                 raise OccystrapError(
                     f"no image {self.name} in the daemon at {self.daemon.socket}: check the"
-                    f" name with `docker images` (or `podman images`); {_REGISTRY_HINT}"
+                    f" name with `docker images` (or `podman images`); {REGISTRY_HINT}"
                 )
             self.ctx.progress.start(key, None, f"export {self.name}")
             with client.stream("GET", f"/images/{self.name}/get") as response:
@@ -356,25 +179,6 @@ class _SaveStream:
         self._reader.close()  # a writer still running gets BrokenPipeError and stops
         # After Ctrl-C, the writer (a daemon thread) gets the grace every worker gets.
         self._thread.join(cancel.GRACE_SECONDS if cancel.CANCELLED.is_set() else None)
-
-
-def load_error(lines: Iterable[str]) -> str | None:
-    """The error (on one line) among a load's JSON lines of progress and "Loaded image"."""
-    for line in lines:
-        try:
-            message = parse_json(line) if line.strip() else None
-        except ValueError:
-            continue
-        if not isinstance(message, dict):
-            continue
-        detail = message.get("errorDetail")
-        error = message.get("error") or (
-            detail.get("message") if isinstance(detail, dict) else detail
-        )
-        if error:
-            return _one_line(str(error))
-        LOG.debug("daemon: %s", _one_line(str(message.get("stream") or message)))
-    return None
 
 
 class DockerDestination:

@@ -16,17 +16,16 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from occystrap.endpoints import parse_uri
-from occystrap.endpoints.docker import (
+from occystrap.daemon.client import Daemon, load_error
+from occystrap.daemon.sockets import (
     DOCKER_SOCKET,
     PODMAN_ROOT_SOCKET,
-    Daemon,
     DaemonSocket,
-    DockerURI,
     default_sockets,
     find_socket,
-    load_error,
 )
+from occystrap.endpoints import parse_uri
+from occystrap.endpoints.docker import DockerURI
 from occystrap.errors import OccystrapError, UsageError
 
 from .image_builder import context

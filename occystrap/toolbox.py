@@ -12,7 +12,6 @@ import logging
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
 
 from occystrap.credentials import (
@@ -22,7 +21,6 @@ from occystrap.credentials import (
     remove_credential,
     store_credential,
 )
-from occystrap.digests import sha256_digest
 from occystrap.endpoints import parse_uri, redact
 from occystrap.endpoints.registry import RegistrySource, RegistryURI
 from occystrap.errors import OccystrapError, RegistryError, UsageError
@@ -38,8 +36,9 @@ from occystrap.middleware.builder import build_client
 from occystrap.middleware.quota import QuotaBook
 from occystrap.registries_conf import RegistriesConf
 from occystrap.registry.client import RegistryClient
-from occystrap.registry.hosts import DOCKER_HUB_HOST, canonical_registry_host
-from occystrap.registry.reference import HOST_PATTERN, ImageReference
+from occystrap.registry.hosts import canonical_registry_host
+from occystrap.registry.inspect import PickedImage
+from occystrap.registry.reference import HOST_PATTERN
 from occystrap.registry.referrers import ReferrerTree, discover
 from occystrap.settings import RunSettings
 from occystrap.stores import open_store, root_of
@@ -91,18 +90,6 @@ def registry_client(
     insecure = settings.insecure if uri.insecure is None else uri.insecure
     with build_client(chain) as http:
         yield RegistryClient(http, registry, insecure=insecure)
-
-
-@dataclass(frozen=True)
-class PickedImage:
-    """One single-platform image a reference names, and the index it was picked from."""
-
-    image: Image
-    index_digest: str | None = None
-
-    @property
-    def manifest_digest(self) -> str:
-        return sha256_digest(self.image.manifest or b"")
 
 
 def pick(client: RegistryClient, uri: RegistryURI, platform: Platform) -> PickedImage:
@@ -214,40 +201,6 @@ def config(settings: RunSettings, image: str, platform: str | None = None) -> by
     uri = registry_uri(image)
     with registry_client(settings, uri) as client:
         return pick(client, uri, wanted_platform(settings, uri, platform)).image.config
-
-
-def inspect_keys(client: RegistryClient, reference: ImageReference, picked: PickedImage) -> dict:
-    """`skopeo inspect`'s top-level keys, so scripts written for it read `info -O json` too.
-
-    Like skopeo, RepoTags lists the whole repository, and a registry that refuses to list tags
-    (401/403) leaves it empty with a warning.
-    """
-    try:
-        repo_tags = client.list_tags(reference.repository)
-    except RegistryError as exc:
-        if exc.status not in (401, 403):
-            raise
-        LOG.warning("%s refuses to list tags; RepoTags is empty: %s", reference.registry, exc)
-        repo_tags = []
-    config = picked.image.config_json
-    runtime = config.get("config")
-    if not isinstance(runtime, dict):
-        runtime = {}
-    host = "docker.io" if reference.registry == DOCKER_HUB_HOST else reference.registry
-    keys = {
-        "Name": f"{host}/{reference.repository}",
-        "Digest": picked.index_digest or picked.manifest_digest,
-        "RepoTags": repo_tags,
-        "Created": config.get("created"),
-        "Architecture": config.get("architecture", ""),
-        "Os": config.get("os", ""),
-        "Layers": [layer.digest for layer in picked.image.layers],
-        "Env": runtime.get("Env"),
-        "Labels": runtime.get("Labels"),
-    }
-    if config.get("variant"):
-        keys["Variant"] = config["variant"]
-    return keys
 
 
 def referrers(settings: RunSettings, image: str, artifact_type: str | None = None) -> ReferrerTree:

@@ -93,7 +93,7 @@ class RegistryURI(Endpoint):
         return replace(self, reference=reference, names_tag=True)
 
     def inspect_keys(self, ctx: RunContext, image: Image, index_digest: str | None) -> dict:
-        from occystrap.toolbox import PickedImage, inspect_keys
+        from occystrap.registry.inspect import PickedImage, inspect_keys
 
         return inspect_keys(self.client(ctx), self.reference, PickedImage(image, index_digest))
 

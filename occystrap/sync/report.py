@@ -7,8 +7,6 @@ import sys
 import time
 from pathlib import Path
 
-import click
-
 from occystrap.atomic import atomic_file
 from occystrap.errors import OccystrapError
 from occystrap.settings import RunSettings
@@ -44,14 +42,14 @@ def plan_line(image: PlannedImage) -> str:
 
 def print_plan(plan: SyncPlan, output_format: str) -> None:
     if output_format == "json":
-        click.echo(json.dumps([image.as_json() for image in plan.images], indent=2))
+        print(json.dumps([image.as_json() for image in plan.images], indent=2))
         return
     for image in plan.images:
-        click.echo(plan_line(image))
+        print(plan_line(image))
     counts = {action: plan.count(action) for action in ("copy", "unchanged", "prune", "failed")}
-    click.echo(
+    print(
         "occystrap: plan: " + ", ".join(f"{n} {action}" for action, n in counts.items()),
-        err=True,
+        file=sys.stderr,
     )
 
 
@@ -71,7 +69,7 @@ def run_sync_command(
 
     def on_result(result: ImageResult) -> None:
         if text:
-            click.echo(image_line(result))
+            print(image_line(result))
             sys.stdout.flush()
 
     outcome = sync(settings, spec, options, on_result)
@@ -80,7 +78,7 @@ def run_sync_command(
         return
     documents = [result.as_json() for result in outcome.results]
     if not text:
-        click.echo(json.dumps(documents, indent=2))
+        print(json.dumps(documents, indent=2))
     if report is not None:
         with atomic_file(report) as out:
             out.write(json.dumps(documents, indent=2).encode() + b"\n")
@@ -88,13 +86,13 @@ def run_sync_command(
     uploaded = sum(result.bytes for result in outcome.results)
     blobs_up = sum(result.uploaded for result in outcome.results)
     blobs_mounted = sum(result.mounted for result in outcome.results)
-    click.echo(
+    print(
         "occystrap: sync: "
         + ", ".join(f"{n} {status}" for status, n in counts.items())
         + f"; blobs {blobs_up} uploaded, {blobs_mounted} mounted; {human_bytes(uploaded)}"
         f" uploaded in {time.monotonic() - started:.1f} s, {outcome.retries}"
         f" {'retry' if outcome.retries == 1 else 'retries'}",
-        err=True,
+        file=sys.stderr,
     )
     if counts[FAILED]:
         raise OccystrapError(f"{counts[FAILED]} images failed; see the lines above")

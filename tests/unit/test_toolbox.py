@@ -24,6 +24,7 @@ from occystrap.image import FileBlob, Image, Layer, SourceName
 from occystrap.manifest import Platform, parse_platform
 from occystrap.middleware.builder import ChainSettings, build_client
 from occystrap.registry.client import RegistryClient
+from occystrap.registry.inspect import PickedImage, inspect_keys
 from occystrap.registry.reference import ImageReference
 
 BASE = "https://registry.test"
@@ -353,10 +354,10 @@ def test_inspect_keys_name_docker_hub_as_skopeo_does(mock, tmp_path):
         DIGEST, 10, "application/vnd.oci.image.layer.v1.tar+gzip", DIGEST, FileBlob(tmp_path)
     )
     image = Image(SourceName("library/busybox"), json.dumps(config).encode(), (layer,))
-    picked = toolbox.PickedImage(image, "sha256:" + "d" * 64)
+    picked = PickedImage(image, "sha256:" + "d" * 64)
     reference = ImageReference("registry-1.docker.io", "library/busybox", "latest")
     with build_client(ChainSettings(retries=0)) as http:
-        keys = toolbox.inspect_keys(RegistryClient(http, reference.registry), reference, picked)
+        keys = inspect_keys(RegistryClient(http, reference.registry), reference, picked)
     assert keys["Name"] == "docker.io/library/busybox"
     assert keys["Digest"] == "sha256:" + "d" * 64  # the index's, as skopeo reports
     assert keys["RepoTags"] == []  # listing refused: skopeo carries on too

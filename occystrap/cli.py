@@ -304,6 +304,26 @@ def _fail(message: str, status: int) -> None:
     " (default: gzip 1, zstd 3; see docs/performance.md).",
 )
 @click.option(
+    "--dest-compress",
+    type=click.Choice(["gzip", "zstd"]),
+    default=None,
+    envvar="OCCYSTRAP_DEST_COMPRESS",
+    help="Recompress the layers a copy stores in another format as gzip or zstd: diff_ids"
+    " stay, layer digests and the manifest are new (registry:// destinations).",
+)
+@click.option(
+    "--dest-compress-level",
+    type=int,
+    default=None,
+    envvar="OCCYSTRAP_DEST_COMPRESS_LEVEL",
+    help="Level for --dest-compress (ranges as for --compression-level).",
+)
+@click.option(
+    "--dest-compress-keep",
+    is_flag=True,
+    help="Keep every blob byte for byte, as stored (the default).",
+)
+@click.option(
     "--no-cache",
     is_flag=True,
     envvar="OCCYSTRAP_NO_CACHE",
@@ -699,6 +719,8 @@ def _summary(what: str, progress: TerminalProgress, stats: TransferStats) -> Non
             f", blobs {stats.uploaded} uploaded, {stats.mounted} mounted,"
             f" {stats.skipped} already there"
         )
+    if stats.recompressed:
+        blobs += f", {stats.recompressed} recompressed (new layer digests and manifest)"
     retries = stats.retries
     click.echo(
         f"occystrap: {what}{blobs}; {human_bytes(stats.bytes_downloaded)} downloaded,"

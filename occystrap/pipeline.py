@@ -73,6 +73,7 @@ class TransferStats:
     bytes_downloaded: int = 0
     bytes_uploaded: int = 0
     retries: int = 0  # requests the chain retried
+    recompressed: int = 0  # layers stored in another format than they came (--dest-compress)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
 
     def add(self, **counts: int) -> None:
@@ -204,8 +205,14 @@ def run_pipeline(
     Between two places that store manifests, with no filter, the descriptor graph is copied
     byte for byte whatever it holds (`occystrap.graph`); otherwise the image is read as an
     image (refusing what is not one) for an output that needs a filesystem or a filter."""
+    if ctx.settings.recompress and not getattr(output, "recompresses", False):
+        raise UsageError(
+            "--dest-compress recompresses layers a registry:// destination stores; this"
+            " destination stores layers as they come (or uncompressed): drop it"
+        )
     if (
         not filters
+        and not ctx.settings.recompress
         and isinstance(output, ManifestOutput)
         and isinstance(image_input, ManifestInput)
     ):

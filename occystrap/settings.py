@@ -52,6 +52,9 @@ class RunSettings:
     parallel: int = 4
     compression: str = "gzip"
     compression_level: int | None = None  # None: the engine's default (compression.py)
+    # --dest-compress: layers stored in another format are recompressed as `compression`
+    # (new layer digests and manifest); False keeps every blob byte for byte.
+    recompress: bool = False
     use_cache: bool = True  # the blob cache (occystrap/blobcache.py); False for --no-cache
     force: bool = False  # --force: file destinations may replace an existing file
     temp_dir: Path | None = None
@@ -119,8 +122,7 @@ class RunSettings:
             certs_dirs=_paths(certs_dirs),
             platform=Platform(options["os_name"], options["architecture"], options["variant"]),
             parallel=options["parallel"],
-            compression=options["compression"],
-            compression_level=options.get("compression_level"),
+            **_dest_compression(options),
             use_cache=not options.get("no_cache", False),
             force=bool(options.get("force", False)),
             temp_dir=options["temp_dir"],
@@ -221,6 +223,24 @@ def _sequence(value: object, name: str) -> tuple[Any, ...]:
     if isinstance(value, (list, tuple)):
         return tuple(value)
     raise UsageError(f"{name} takes a list or tuple; got {value!r}")
+
+
+def _dest_compression(options: Mapping[str, Any]) -> dict[str, Any]:
+    """--compression/--compression-level, or --dest-compress KIND (and its level), which
+    also recompresses layers stored in another format; --dest-compress-keep keeps them."""
+    kind, level = options["compression"], options.get("compression_level")
+    dest = options.get("dest_compress")
+    if dest is None:
+        if options.get("dest_compress_level") is not None:
+            raise UsageError("--dest-compress-level goes with --dest-compress gzip|zstd")
+        return {"compression": kind, "compression_level": level, "recompress": False}
+    if options.get("dest_compress_keep"):
+        raise UsageError("--dest-compress and --dest-compress-keep exclude each other: pick one")
+    dest_level = options.get("dest_compress_level")
+    if dest_level is not None and level is not None and dest_level != level:
+        raise UsageError("--compression-level and --dest-compress-level differ: give one")
+    chosen = dest_level if dest_level is not None else level
+    return {"compression": dest, "compression_level": chosen, "recompress": True}
 
 
 def _paths(value: object) -> tuple[Path, ...] | None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import io
 import logging
+import threading
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, field, replace
@@ -184,9 +185,19 @@ class RegistrySource:
 
 
 class RegistryDestination:
+    recompresses = True  # --dest-compress: see _push_layer
+
     def __init__(self, client: RegistryClient, reference: ImageReference, ctx: RunContext) -> None:
         self.client, self.reference, self.ctx = client, reference, ctx
         self.repository = reference.repository
+        # zstd's encoder brings its own workers and buffers (gzip shares the run's
+        # DeflatePool): one layer at a time is zstd-compressed, on one worker beside the
+        # thread that hashes and sends, which keeps a run under 150 MB (a second worker
+        # measured +80 MB; docs/performance.md).
+        self._zstd_turn = threading.Lock()
+        self._compress_threads = (
+            1 if ctx.settings.compression == compression.ZSTD else ctx.settings.parallel
+        )
 
     # The graph copy's writing side (occystrap.graph.ManifestSink).
 
@@ -235,9 +246,24 @@ class RegistryDestination:
         return digest
 
     def _push_layer(self, layer: Layer) -> Layer:
-        """Upload one layer (compressing it on the way if it is stored uncompressed)."""
-        if layer.compression != compression.NONE:
-            return self._push_stored(layer)
+        """Upload one layer: as stored, or compressed on the way when it is stored
+        uncompressed (or, with --dest-compress, in another format)."""
+        settings = self.ctx.settings
+        if layer.compression == compression.NONE:
+            return self._compress_and_push(layer)
+        if settings.recompress and layer.compression != settings.compression:
+            pushed = self._compress_and_push(layer)
+            self.ctx.stats.add(recompressed=1)
+            return pushed
+        return self._push_stored(layer)
+
+    def _compress_and_push(self, layer: Layer) -> Layer:
+        if self.ctx.settings.compression == compression.ZSTD:
+            with self._zstd_turn:
+                return self._compress_and_push_now(layer)
+        return self._compress_and_push_now(layer)
+
+    def _compress_and_push_now(self, layer: Layer) -> Layer:
         # One compression of a layer at a time per registry: a second image holding it finds
         # the blob the first one made (through the blob cache) instead of making it again.
         with self.ctx.uploads.turn(self.client.registry, f"compress:{layer.diff_id}"):
@@ -325,7 +351,7 @@ class RegistryDestination:
         def making() -> Iterator[compression.CompressedStream]:
             with layer.open_tar() as source:
                 yield compression.CompressedStream(
-                    source, kind, level, threads=settings.parallel, pool=self.ctx.deflate_pool
+                    source, kind, level, threads=self._compress_threads, pool=self.ctx.deflate_pool
                 )
 
         def sent(n: int) -> None:
@@ -360,7 +386,7 @@ class RegistryDestination:
                 out,
                 kind,
                 level,
-                threads=settings.parallel,
+                threads=self._compress_threads,
                 pool=self.ctx.deflate_pool,
             )
         media_type = self._compressed_media_type()

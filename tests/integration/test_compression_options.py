@@ -7,6 +7,7 @@ import json
 import tarfile
 
 import pytest
+import zstandard
 
 from tests.integration.cli import assert_one_line_error, registry_flags, run_occystrap
 from tests.integration.images import (
@@ -69,3 +70,76 @@ def test_gzip_layers_occystrap_writes_are_read_by_skopeo(registry_plain, unique_
             for name in entry["Layers"]
         ]
     assert layer_digests == config["rootfs"]["diff_ids"]
+
+
+def test_dest_compress_recompresses_a_copy_and_keep_keeps_it(registry_plain, unique_repo, tmp_path):
+    """gzip -> zstd: the same diff_ids, new layer digests and an OCI manifest, which skopeo
+    reads back to the very tars; the default keeps every blob and the manifest digest."""
+    layout = tmp_path / "layout"
+    build_oci_layout(layout, [random_layer(2_500_000, 5), {"etc/motd": b"hello\n"}])
+    push_with_skopeo(layout, registry_plain, unique_repo, "v1")
+    flags = registry_flags(registry_plain)
+    source = f"registry://{registry_plain.host}/{unique_repo}:v1"
+    original = skopeo_inspect(registry_plain, f"{unique_repo}:v1", raw=True)
+    original_config = skopeo_inspect(registry_plain, f"{unique_repo}:v1", config=True)
+
+    result = run_occystrap(
+        *flags,
+        "--dest-compress",
+        "zstd",
+        "process",
+        source,
+        f"registry://{registry_plain.host}/{unique_repo}-zstd:v1",
+    )
+    assert "2 recompressed (new layer digests and manifest)" in result.stderr
+    raw = skopeo_inspect(registry_plain, f"{unique_repo}-zstd:v1", raw=True)
+    assert raw["mediaType"] == "application/vnd.oci.image.manifest.v1+json"
+    assert {layer["mediaType"] for layer in raw["layers"]} == {
+        "application/vnd.oci.image.layer.v1.tar+zstd"
+    }
+    assert not {layer["digest"] for layer in raw["layers"]} & {
+        layer["digest"] for layer in original["layers"]
+    }
+    config = skopeo_inspect(registry_plain, f"{unique_repo}-zstd:v1", config=True)
+    assert config["rootfs"]["diff_ids"] == original_config["rootfs"]["diff_ids"]
+    copied = tmp_path / "skopeo-layout"  # skopeo checks every blob digest as it copies
+    run_skopeo(
+        "copy",
+        *registry_plain.skopeo_src_args(),
+        f"docker://{registry_plain.host}/{unique_repo}-zstd:v1",
+        f"oci:{copied}:v1",
+    )
+    inflated = []
+    for layer in raw["layers"]:
+        blob = copied / "blobs" / "sha256" / layer["digest"].partition(":")[2]
+        tar = zstandard.ZstdDecompressor().stream_reader(blob.open("rb")).read()
+        inflated.append("sha256:" + hashlib.sha256(tar).hexdigest())
+    assert inflated == config["rootfs"]["diff_ids"]
+
+    kept = run_occystrap(
+        *flags,
+        "--dest-compress-keep",
+        "process",
+        source,
+        f"registry://{registry_plain.host}/{unique_repo}-kept:v1",
+    )
+    assert "recompressed" not in kept.stderr
+    assert skopeo_inspect(registry_plain, f"{unique_repo}-kept:v1", raw=True) == original
+
+
+def test_dest_compress_needs_a_registry_destination(registry_plain, unique_repo, tmp_path):
+    layout = tmp_path / "layout"
+    build_oci_layout(layout, [{"etc/motd": b"hello\n"}])
+    push_with_skopeo(layout, registry_plain, unique_repo, "v1")
+    source = f"registry://{registry_plain.host}/{unique_repo}:v1"
+    result = run_occystrap(
+        *registry_flags(registry_plain),
+        "--dest-compress",
+        "zstd",
+        "process",
+        source,
+        f"tar://{tmp_path / 'out.tar'}",
+        check=False,
+    )
+    assert_one_line_error(result, "--dest-compress recompresses layers")
+    assert not (tmp_path / "out.tar").exists()

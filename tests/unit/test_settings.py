@@ -145,3 +145,29 @@ def test_bad_settings_are_one_line_errors_when_built(options, message):
     with pytest.raises(UsageError, match=message) as caught:
         RunSettings(**options)
     assert "\n" not in str(caught.value)
+
+
+def test_dest_compress_chooses_the_kind_and_level_and_keep_is_the_default():
+    kept = _parsed()
+    assert (kept.recompress, kept.compression) == (False, "gzip")
+    assert _parsed("--dest-compress-keep").recompress is False
+    chosen = _parsed("--dest-compress", "zstd", "--dest-compress-level", "19")
+    assert (chosen.recompress, chosen.compression, chosen.compression_level) == (True, "zstd", 19)
+    assert _parsed("--compression-level", "2", "--dest-compress", "gzip").compression_level == 2
+
+
+@pytest.mark.parametrize(
+    ("args", "fragment"),
+    [
+        (["--dest-compress", "zstd", "--dest-compress-keep"], "exclude each other"),
+        (["--dest-compress-level", "3"], "goes with --dest-compress"),
+        (["--dest-compress", "gzip", "--dest-compress-level", "5"], "out of range for gzip"),
+        (
+            ["--dest-compress", "zstd", "--compression-level", "3", "--dest-compress-level", "4"],
+            "differ: give one",
+        ),
+    ],
+)
+def test_dest_compress_conflicts_are_one_line_errors(args, fragment):
+    with pytest.raises(UsageError, match=fragment):
+        _parsed(*args)

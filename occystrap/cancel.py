@@ -8,9 +8,9 @@ used to hold a Ctrl-C for 96 s). So an interrupt also:
   (`sleep`), so no new work starts and backoffs end at once;
 - shuts down the socket of every body being streamed (`watch`), waking a thread blocked
   in `recv` on a trickling server at once;
-- lets `cancellable_pool` (or `shutdown_pool`) stop waiting for workers after a short
-  grace, so the main thread unwinds (removing temporary files and partial outputs)
-  within a second or two;
+- lets `cancellable_pool` (or `shutdown_pool`) stop waiting for its own workers (never other
+  threads of the process) after a short grace, so the main thread unwinds (removing
+  temporary files and partial outputs) within a second or two;
 - and `exit_now` ends the process without waiting for any thread still stuck.
 
 A second Ctrl-C exits at once. SIGTERM (a `kill`, a CI timeout, `docker stop`) is treated the
@@ -25,7 +25,7 @@ import signal
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from types import FrameType
 from typing import TYPE_CHECKING
 
@@ -43,6 +43,8 @@ GRACE_SECONDS = 1.0
 
 _abort_lock = threading.Lock()
 _abort_actions: dict[int, Callable[[], None]] = {}
+# The threads of each live `worker_pool`, by the pool's id.
+_pool_workers: dict[int, set[threading.Thread]] = {}
 
 
 class Cancelled(Exception):  # noqa: N818 - names what happened, like KeyboardInterrupt
@@ -102,13 +104,27 @@ def unwatch(response: httpx.Response) -> None:
         _abort_actions.pop(id(response), None)
 
 
-@contextlib.contextmanager
-def cancellable_pool(max_workers: int, thread_name_prefix: str) -> Iterator[ThreadPoolExecutor]:
-    """A ThreadPoolExecutor that, when its block is left by an interrupt (or any error),
-    starts nothing more, and waits for running workers only `GRACE_SECONDS` if interrupted."""
+def worker_pool(max_workers: int, thread_name_prefix: str) -> ThreadPoolExecutor:
+    """A ThreadPoolExecutor that knows its own threads, so that an interrupted run waits for
+    them (`shutdown_pool`), not for every thread of the process (another run's, a library
+    caller's)."""
     from concurrent.futures import ThreadPoolExecutor
 
-    pool = ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix=thread_name_prefix)
+    workers: set[threading.Thread] = set()
+    pool = ThreadPoolExecutor(
+        max_workers=max_workers,
+        thread_name_prefix=thread_name_prefix,
+        initializer=lambda: workers.add(threading.current_thread()),
+    )
+    _pool_workers[id(pool)] = workers
+    return pool
+
+
+@contextlib.contextmanager
+def cancellable_pool(max_workers: int, thread_name_prefix: str) -> Iterator[ThreadPoolExecutor]:
+    """A `worker_pool` that, when its block is left by an interrupt (or any error), starts
+    nothing more, and waits for its running workers only `GRACE_SECONDS` if interrupted."""
+    pool = worker_pool(max_workers, thread_name_prefix)
     try:
         yield pool
     except BaseException as error:
@@ -122,28 +138,30 @@ def cancellable_pool(max_workers: int, thread_name_prefix: str) -> Iterator[Thre
             CANCELLED.clear()
         raise
     pool.shutdown(wait=True)
+    _pool_workers.pop(id(pool), None)
 
 
 def shutdown_pool(pool: ThreadPoolExecutor) -> None:
-    """Shut `pool` down after a failure: nothing queued starts; running workers are waited
-    for, but only `GRACE_SECONDS` when the run was interrupted."""
+    """Shut `pool` (a `worker_pool`) down after a failure: nothing queued starts; its running
+    workers are waited for, but only `GRACE_SECONDS` when the run was interrupted."""
+    workers = _pool_workers.pop(id(pool), set())
     if not CANCELLED.is_set():
         pool.shutdown(wait=True, cancel_futures=True)
         return
     pool.shutdown(wait=False, cancel_futures=True)
-    _join_workers(time.monotonic() + GRACE_SECONDS)
+    _join_workers(workers, time.monotonic() + GRACE_SECONDS)
 
 
-def _join_workers(deadline: float) -> bool:
-    """Wait until `deadline` for every other non-daemon thread; True if all have ended."""
-    for thread in threading.enumerate():
-        if thread is threading.current_thread() or thread.daemon:
-            continue
+def _join_workers(threads: Iterable[threading.Thread], deadline: float) -> bool:
+    """Wait until `deadline` for `threads` (the current one excepted); True if all ended."""
+    waited = [thread for thread in threads if thread is not threading.current_thread()]
+    for thread in waited:
         thread.join(max(0.0, deadline - time.monotonic()))
-    return all(
-        thread is threading.current_thread() or thread.daemon or not thread.is_alive()
-        for thread in threading.enumerate()
-    )
+    return not any(thread.is_alive() for thread in waited)
+
+
+def _other_threads() -> list[threading.Thread]:
+    return [thread for thread in threading.enumerate() if not thread.daemon]
 
 
 # The signal that stopped the run: the exit status is 128 plus its number, as shells expect.
@@ -183,7 +201,7 @@ def install_interrupt_handler() -> None:
 
 def exit_now(status: int) -> None:
     """Exit with `status`, giving worker threads a short grace but never waiting on them."""
-    if not _join_workers(time.monotonic() + GRACE_SECONDS):
+    if not _join_workers(_other_threads(), time.monotonic() + GRACE_SECONDS):
         sys.stdout.flush()
         sys.stderr.flush()
         os._exit(status)

@@ -13,7 +13,7 @@ import logging
 import shutil
 import threading
 from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol, TypeVar
@@ -22,7 +22,7 @@ import httpx
 
 from occystrap import compression
 from occystrap.blobcache import BlobCache, NullBlobCache
-from occystrap.cancel import shutdown_pool
+from occystrap.cancel import shutdown_pool, worker_pool
 from occystrap.compression import DeflatePool
 from occystrap.errors import DigestMismatchError, UsageError, writing_to
 from occystrap.graph import ManifestInput, ManifestOutput, copy_graph
@@ -300,7 +300,7 @@ def local_layers(
     directory.mkdir(parents=True, exist_ok=True)
     futures: dict[str, Future[Layer]] = {}
     ahead = max(1, ctx.settings.parallel)
-    pool = ThreadPoolExecutor(max_workers=ahead, thread_name_prefix="fetch")
+    pool = worker_pool(ahead, "fetch")
     try:
 
         def schedule(upto: int) -> None:

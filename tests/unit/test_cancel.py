@@ -128,3 +128,22 @@ def test_a_library_callers_interrupt_does_not_poison_the_next_run():
         raise KeyboardInterrupt
     assert not cancel.CANCELLED.is_set()
     cancel.check()
+
+
+def test_an_interrupted_pool_waits_for_its_own_workers_not_other_threads():
+    """Another run's thread (or a library caller's) is none of this pool's business."""
+    release = threading.Event()
+    other = threading.Thread(target=release.wait, args=(30,), name="someone-else")
+    other.start()
+    try:
+        begun = time.monotonic()
+        with pytest.raises(KeyboardInterrupt), cancel.cancellable_pool(1, "test") as pool:
+            done = pool.submit(lambda: None)
+            done.result(timeout=5)
+            raise KeyboardInterrupt
+        waited = time.monotonic() - begun
+        assert waited < cancel.GRACE_SECONDS / 2, waited  # not the grace spent on `other`
+        assert other.is_alive()
+    finally:
+        release.set()
+        other.join()

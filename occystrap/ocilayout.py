@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import io
 import json
+import logging
 import os
 import re
 import shutil
@@ -29,7 +30,7 @@ from occystrap.atomic import atomic_file, locked, partial_sibling
 from occystrap.cancel import cancellable_pool
 from occystrap.compression import CHUNK_SIZE
 from occystrap.destinations import check_directory
-from occystrap.digests import check_digest, sha256_digest
+from occystrap.digests import check_digest, hash_of, new_hasher, sha256_digest
 from occystrap.errors import (
     DigestMismatchError,
     FilesystemError,
@@ -71,6 +72,8 @@ DEFAULT_TAG = "latest"
 _BLOB_DIGEST = re.compile(r"(sha256):([0-9a-f]{64})|(sha512):([0-9a-f]{128})")
 # A ref.name that is only a tag (what skopeo and crane write), not a whole reference.
 _TAG = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}")
+
+LOG = logging.getLogger("occystrap.ocilayout")
 
 
 def blob_name(digest: str) -> str | None:
@@ -347,10 +350,23 @@ class DirectoryStorage:
             temporary.unlink()
 
     def present(self, name: str, size: int) -> bool:
+        """Whether `name` holds the right bytes: its size, then its digest (a same-size
+        corrupt blob is not "already there"; it is written again)."""
+        path = self.path / name
         try:
-            return (self.path / name).stat().st_size == size
+            if path.stat().st_size != size:
+                return False
+            _, algorithm, hex_digest = name.split("/")
+            hasher = new_hasher(f"{algorithm}:{hex_digest}")
+            with open(path, "rb") as blob:
+                while chunk := blob.read(CHUNK_SIZE):
+                    hasher.update(chunk)
         except FileNotFoundError:
             return False
+        if hash_of(hasher) != f"{algorithm}:{hex_digest}":
+            LOG.warning("%s: the stored blob is corrupt; writing it again", path)
+            return False
+        return True
 
     def store(
         self, name: str, size: int, opener: Callable[[], AbstractContextManager[Readable]]

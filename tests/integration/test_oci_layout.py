@@ -86,6 +86,27 @@ def test_registry_to_layout_keeps_the_manifest_and_skopeo_verifies_it(
     assert "blobs 0 uploaded, 0 mounted, 4 already there; 0 B downloaded" in summary, summary
 
 
+def test_a_same_size_corrupt_blob_in_a_layout_is_written_again(
+    registry_plain, unique_repo, tmp_path
+):
+    source = _seed(registry_plain, unique_repo, tmp_path, "oci")
+    layout = tmp_path / "layout"
+    flags = registry_flags(registry_plain)
+    run_occystrap(*flags, "process", source, f"oci-layout://{layout}?tag=v1")
+    manifest = json.loads(_raw_manifest(registry_plain, f"{unique_repo}:v1"))
+    blob = layout / "blobs" / "sha256" / manifest["layers"][0]["digest"].partition(":")[2]
+    data = bytearray(blob.read_bytes())
+    data[100] ^= 0xFF  # same size, other bytes
+    blob.write_bytes(bytes(data))
+    again = run_occystrap(*flags, "process", source, f"oci-layout://{layout}?tag=v1")
+    assert "the stored blob is corrupt" in again.stderr, again.stderr
+    assert (
+        "sha256:" + hashlib.sha256(blob.read_bytes()).hexdigest()
+        == (manifest["layers"][0]["digest"])
+    )
+    run_skopeo("copy", "--quiet", f"oci:{layout}:v1", f"dir:{tmp_path / 'check'}")
+
+
 def test_registry_layout_registry_round_trip_keeps_the_digest(
     registry_plain, unique_repo, tmp_path
 ):

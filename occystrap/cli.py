@@ -66,6 +66,57 @@ class OneLineErrors(click.Group):
             cancel.exit_now(cancel.stopped_status())
         sys.exit(status if isinstance(status, int) else 0)
 
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        return super().parse_args(ctx, self._global_options_first(args))
+
+    def _global_options_first(self, args: list[str]) -> list[str]:
+        """`occystrap info --insecure X` as `occystrap --insecure info X`: a global option
+        given after the command (and not one of the command's own) moves before it."""
+        takes_value = {
+            name: not (option.is_flag or option.count)
+            for option in self.params
+            if isinstance(option, click.Option)
+            for name in (*option.opts, *option.secondary_opts)
+        }
+        before: list[str] = []
+        position = 0
+        while position < len(args):  # the global options already before the command
+            word = args[position]
+            if not word.startswith("-") or word == "--":
+                break
+            before.append(word)
+            position += 1
+            if takes_value.get(word) and position < len(args):
+                before.append(args[position])
+                position += 1
+        if position >= len(args) or args[position] not in self.commands:
+            return args
+        command = self.commands[args[position]]
+        own = {
+            name
+            for param in command.params
+            if isinstance(param, click.Option)
+            for name in (*param.opts, *param.secondary_opts)
+        }
+        after: list[str] = [args[position]]
+        words = args[position + 1 :]
+        index = 0
+        while index < len(words):
+            word = words[index]
+            if word == "--":
+                after += words[index:]
+                break
+            name = word.partition("=")[0]
+            if name in takes_value and name not in own:
+                before.append(word)
+                if takes_value[name] and "=" not in word and index + 1 < len(words):
+                    index += 1
+                    before.append(words[index])
+            else:
+                after.append(word)
+            index += 1
+        return before + after
+
     def invoke(self, ctx: click.Context) -> object:
         try:
             return super().invoke(ctx)

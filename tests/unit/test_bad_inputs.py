@@ -253,3 +253,35 @@ def test_hostile_docker_save_archives_never_raise_a_traceback(tmp_path, members,
     if outcome.status != 0:
         outcome.assert_one_line_error()
         assert not out.exists()
+
+
+@pytest.mark.parametrize(
+    "arguments",
+    [
+        ["info", f"registry://{DEAD}/a", "--retries", "0"],
+        ["info", "--retries=0", f"registry://{DEAD}/a"],
+        ["--retries", "0", "info", f"registry://{DEAD}/a", "--insecure"],
+        [
+            "process",
+            "-f",
+            "exclude:pattern=x",
+            f"registry://{DEAD}/a",
+            "tar://x.tar",
+            "-j",
+            "2",
+            "--retries",
+            "0",
+        ],
+    ],  # fmt: skip
+)
+def test_global_options_are_accepted_after_the_command(tmp_path, monkeypatch, arguments):
+    """Not "No such option": the run gets as far as the (dead) registry."""
+    monkeypatch.chdir(tmp_path)
+    run_cli("--timeout", "5", *arguments).assert_one_line_error("127.0.0.1:9")
+    assert os.listdir(tmp_path) == []
+
+
+def test_a_commands_own_option_wins_over_a_global_one_of_the_same_name():
+    # login's own -u/--username, not the global --username (which needs --password).
+    outcome = run_cli("login", f"{DEAD}", "--username", "me", "--password-stdin")
+    assert "--password go together" not in outcome.stderr

@@ -311,23 +311,22 @@ def _fail(message: str, status: int) -> None:
 @click.option(
     "--os",
     "os_name",
-    default="linux",
-    show_default=True,
+    default=None,
     envvar="OCCYSTRAP_OS",
-    help="Platform OS to pick from a multi-platform image.",
+    help="With --architecture/--variant, an alias of a command's --platform OS/ARCH/VARIANT"
+    " (OS alone: linux).",
 )
 @click.option(
     "--architecture",
-    default="amd64",
-    show_default=True,
+    default=None,
     envvar="OCCYSTRAP_ARCHITECTURE",
-    help="Platform architecture to pick.",
+    help="Platform architecture, for the --platform alias (alone: amd64).",
 )
 @click.option(
     "--variant",
     default=None,
     envvar="OCCYSTRAP_VARIANT",
-    help="Platform variant to pick (e.g. v8).",
+    help="Platform variant, for the --platform alias (e.g. v8).",
 )
 @click.option(
     "-j",
@@ -605,6 +604,16 @@ class _UriFormsCommand(click.Command):
                 formatter.write_dl([(kind.form, kind.summary) for kind in filter_kinds().values()])
 
 
+PLATFORM_OPTION = click.option(
+    "--platform",
+    "platforms",
+    multiple=True,
+    metavar="OS/ARCH[/VARIANT]",
+    help="Select this platform of a multi-platform image (repeatable where several can be"
+    " written: a narrowed index). Global --os/--architecture/--variant are its alias.",
+)
+
+
 @main.command(cls=_UriFormsCommand)
 @click.argument("source")
 @click.argument("destination")
@@ -616,13 +625,7 @@ class _UriFormsCommand(click.Command):
     metavar="NAME[:k=v,...]",
     help="Filter applied between source and destination (repeatable); listed below.",
 )
-@click.option(
-    "--platform",
-    "platforms",
-    multiple=True,
-    metavar="OS/ARCH[/VARIANT]",
-    help="Copy only these platforms of a multi-platform image, as a new index (repeatable).",
-)
+@PLATFORM_OPTION
 @click.option(
     "-J",
     "--image-parallel",
@@ -656,20 +659,21 @@ def process(
 ) -> None:
     """Copy the image(s) at SOURCE to DESTINATION.
 
-    A multi-platform SOURCE is copied whole to a registry or an OCI layout (every platform,
-    same index digest); --platform narrows it; tar://, dir://, docker:// (a daemon), oci://
-    (a runtime bundle) and mounts:// (overlayfs layers) take the --os/--architecture one.
+    Between registries and OCI layouts every manifest, index and blob is copied byte for
+    byte, whatever it is (images, attestations, signatures, SBOMs, charts). A multi-platform
+    SOURCE is copied whole; one --platform copies that platform's manifest as it is, several
+    a narrowed index. tar://, dir://, docker:// (a daemon), oci:// (a runtime bundle) and
+    mounts:// (overlayfs layers) take the one --platform given, else linux/amd64.
     A quay:// SOURCE names many images; DESTINATION must then hold many:
     dir://PATH?unique_names=true or registry://HOST/PREFIX.
     """
     from occystrap import library
     from occystrap.endpoints import parse_uri
     from occystrap.filters import parse_filters
-    from occystrap.manifest import parse_platform
     from occystrap.progress import TerminalProgress
 
+    settings = settings.selecting(platforms)
     parsed_filters = parse_filters(filters)
-    wanted = [parse_platform(text) for text in platforms]
     source_uri, destination_uri = parse_uri(source), parse_uri(destination)
     if source_uri.holds_many_images:
         library.check_many_destination(destination_uri)
@@ -707,7 +711,7 @@ def process(
             destination,
             settings,
             filters=parsed_filters,
-            platforms=wanted,
+            platforms=settings.platforms,
             referrers=referrers,
             progress=progress,
             on_rate_wait=progress.rate_limited,
@@ -790,9 +794,15 @@ def _summary(what: str, progress: TerminalProgress, stats: TransferStats) -> Non
     is_flag=True,
     help="Print one IMAGE:TAG:LAYER_DIGEST:PATH line per match.",
 )
+@PLATFORM_OPTION
 @click.pass_obj
 def search(
-    settings: RunSettings, source: str, pattern: str, regex: bool, script_friendly: bool
+    settings: RunSettings,
+    source: str,
+    pattern: str,
+    regex: bool,
+    script_friendly: bool,
+    platforms: tuple[str, ...],
 ) -> None:
     """List the paths in every layer of SOURCE that match PATTERN (nothing is written).
 
@@ -804,7 +814,9 @@ def search(
     def show(layer: library.LayerHits) -> None:
         _write_lines(layer.lines(script_friendly))
 
-    result = library.search(source, pattern, settings, regex=regex, on_layer=show)
+    result = library.search(
+        source, pattern, settings.selecting(platforms), regex=regex, on_layer=show
+    )
     count, layers = result.count, result.layers
     images = f"{len(result.images)} images" if len(result.images) != 1 else result.images[0]
     click.echo(
@@ -841,12 +853,14 @@ def _escape(character: str) -> str:
 
 @main.command(cls=_UriFormsCommand)
 @click.argument("source")
+@PLATFORM_OPTION
 @click.pass_obj
-def info(settings: RunSettings, source: str) -> None:
+def info(settings: RunSettings, source: str, platforms: tuple[str, ...]) -> None:
     """Print image metadata without downloading layers (every match, for quay://)."""
     from occystrap import library
     from occystrap.endpoints import parse_uri
 
+    settings = settings.selecting(platforms)
     uri = parse_uri(source)
     found = library.inspect(source, settings)
     if settings.output_format == "json":
@@ -907,13 +921,6 @@ def _write_stdout(data: bytes) -> None:
     sys.stdout.buffer.flush()
 
 
-PLATFORM_OPTION = click.option(
-    "--platform",
-    metavar="OS/ARCH[/VARIANT]",
-    help="Pick this platform's entry of a multi-platform image.",
-)
-
-
 @main.command()
 @click.argument("repository")
 @click.option(
@@ -937,30 +944,30 @@ def tags(settings: RunSettings, repository: str, page_size: int | None) -> None:
 @click.argument("image")
 @PLATFORM_OPTION
 @click.pass_obj
-def digest(settings: RunSettings, image: str, platform: str | None) -> None:
+def digest(settings: RunSettings, image: str, platforms: tuple[str, ...]) -> None:
     """Print the manifest digest of IMAGE (for a multi-platform image, the index's digest)."""
     from occystrap import toolbox
 
-    click.echo(toolbox.digest(settings, image, platform))
+    click.echo(toolbox.digest(settings.selecting(platforms), image))
 
 
 @main.command()
 @click.argument("image")
 @PLATFORM_OPTION
 @click.pass_obj
-def manifest(settings: RunSettings, image: str, platform: str | None) -> None:
+def manifest(settings: RunSettings, image: str, platforms: tuple[str, ...]) -> None:
     """Write IMAGE's manifest to stdout, byte for byte as the registry serves it."""
     from occystrap import toolbox
 
-    _write_stdout(toolbox.manifest(settings, image, platform))
+    _write_stdout(toolbox.manifest(settings.selecting(platforms), image))
 
 
 @main.command()
 @click.argument("image", required=False)
 @PLATFORM_OPTION
 @click.pass_context
-def config(ctx: click.Context, image: str | None, platform: str | None) -> None:
-    """Write IMAGE's config JSON to stdout (one platform's: --platform or --os/--architecture).
+def config(ctx: click.Context, image: str | None, platforms: tuple[str, ...]) -> None:
+    """Write IMAGE's config JSON to stdout (one platform's: --platform, else linux/amd64).
 
     Without IMAGE: print occystrap's effective configuration, each option's value and where
     it came from (command line, environment, config file, default), secrets masked, and the
@@ -976,7 +983,7 @@ def config(ctx: click.Context, image: str | None, platform: str | None) -> None:
         return
     from occystrap import toolbox
 
-    _write_stdout(toolbox.config(settings, image, platform))
+    _write_stdout(toolbox.config(settings.selecting(platforms), image))
 
 
 @main.command()

@@ -22,7 +22,7 @@ from occystrap.mediatypes import (
 
 ARCHITECTURE_ALIASES = {"x86_64": "amd64", "x86-64": "amd64", "aarch64": "arm64", "i386": "386"}
 DEFAULT_VARIANTS = {"arm64": "v8", "arm": "v7"}
-PLATFORM_CHOICE_HINT = "choose one with --os/--architecture/--variant"
+PLATFORM_CHOICE_HINT = "choose one with --platform OS/ARCH[/VARIANT]"
 
 _DIGEST_PATTERN = re.compile(r"[a-z0-9]+(?:[.+_-][a-z0-9]+)*:[a-zA-Z0-9=_-]+")
 

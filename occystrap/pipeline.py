@@ -177,8 +177,8 @@ def choose_platform(
     choice among several."""
     if len(platforms) > 1:
         raise UsageError(
-            f"{len(platforms)} platforms asked for, but only one image can be written here;"
-            " give one --platform"
+            f"{len(platforms)} platforms asked for where one image is needed (a filter, or a"
+            " destination holding one image); give one --platform"
         )
     platform = platforms[0] if platforms else index.pinned or default
     chosen = select_platform(index, platform.os, platform.architecture, platform.variant)

@@ -48,6 +48,10 @@ class RunSettings:
     tls_verify: bool = True
     # Roots of HOST[:PORT] certificate directories; None: the standard certs.d places.
     certs_dirs: tuple[Path, ...] | None = None
+    # The one platform selector: what --platform (or its aliases --os/--architecture/
+    # --variant) asked for. None asked: an index is copied whole, and where one image is
+    # needed `platform` is taken (the first asked, else linux/amd64).
+    platforms: tuple[Platform, ...] = ()  # strings OS/ARCH[/VARIANT] are taken too
     platform: Platform = field(default_factory=lambda: Platform("linux", "amd64"))
     parallel: int = 4
     compression: str = "gzip"
@@ -79,9 +83,15 @@ class RunSettings:
             )
         for name in ("rate_limits", "mirrors", "middlewares"):
             setattr(self, name, tuple(_sequence(getattr(self, name), name)))
+        self.platforms = tuple(
+            parse_platform(each) if isinstance(each, str) else each
+            for each in _sequence(self.platforms, "platforms")
+        )
+        if self.platforms:
+            self.platform = self.platforms[0]
         if isinstance(self.platform, str):
             self.platform = parse_platform(self.platform)
-        if not isinstance(self.platform, Platform):
+        if not all(isinstance(each, Platform) for each in (self.platform, *self.platforms)):
             raise UsageError(
                 f"platform takes OS/ARCH[/VARIANT] or a Platform; got {self.platform!r}"
             )
@@ -120,7 +130,7 @@ class RunSettings:
             authfile=Path(str(authfile)) if authfile else None,
             tls_verify=options.get("tls_verify", True) is not False,
             certs_dirs=_paths(certs_dirs),
-            platform=Platform(options["os_name"], options["architecture"], options["variant"]),
+            platforms=_platform_aliases(options),
             parallel=options["parallel"],
             **_dest_compression(options),
             use_cache=not options.get("no_cache", False),
@@ -197,13 +207,25 @@ class RunSettings:
             insecure=self.insecure,
         )
 
-    def with_platform(self, os: str | None, arch: str | None, variant: str | None) -> RunSettings:
-        platform = Platform(
-            os or self.platform.os,
-            arch or self.platform.architecture,
-            variant if variant is not None else self.platform.variant,
-        )
-        return replace(self, platform=platform)
+    def selecting(self, platforms: Iterable[str]) -> RunSettings:
+        """These settings with a command's --platform texts as the selection (when any)."""
+        chosen = tuple(parse_platform(text) for text in platforms)
+        return replace(self, platforms=chosen) if chosen else self
+
+    def one_platform(self, what: str) -> Platform | None:
+        """The single platform asked for, None if none; several is an error for `what`."""
+        if len(self.platforms) > 1:
+            raise UsageError(f"{what} takes one platform, not {len(self.platforms)}")
+        return self.platforms[0] if self.platforms else None
+
+
+def _platform_aliases(options: Mapping[str, Any]) -> tuple[Platform, ...]:
+    """--os/--architecture/--variant: one platform, as `--platform OS/ARCH[/VARIANT]`."""
+    os_name, architecture = options.get("os_name"), options.get("architecture")
+    variant = options.get("variant")
+    if not (os_name or architecture or variant):
+        return ()
+    return (Platform(os_name or "linux", architecture or "amd64", variant or None),)
 
 
 def _path(value: object, name: str) -> Path:

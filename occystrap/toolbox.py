@@ -24,12 +24,12 @@ from occystrap.credentials import (
 from occystrap.endpoints import parse_uri, redact
 from occystrap.endpoints.registry import RegistrySource, RegistryURI
 from occystrap.errors import OccystrapError, RegistryError, UsageError
+from occystrap.graph import platform_root
 from occystrap.image import Image, ImageIndex
 from occystrap.manifest import (
     Descriptor,
     Platform,
     normalise_architecture,
-    parse_platform,
     select_platform,
 )
 from occystrap.middleware.builder import build_client
@@ -70,11 +70,10 @@ def repository_uri(text: str) -> RegistryURI:
     return uri
 
 
-def wanted_platform(settings: RunSettings, uri: RegistryURI, platform: str | None) -> Platform:
-    """--platform beats the URI's ?os=&arch=&variant=, which beat the global --os/--architecture."""
-    if platform is not None:
-        return parse_platform(platform)
-    return settings.with_platform(uri.os, uri.arch, uri.variant).platform
+def asked_platform(settings: RunSettings, uri: RegistryURI, what: str) -> Platform | None:
+    """The platform asked for: --platform (or its aliases), else the URI's
+    ?os=&arch=&variant=; None when neither names one."""
+    return settings.one_platform(what) or uri.platform
 
 
 @contextmanager
@@ -154,14 +153,15 @@ def ratelimit(settings: RunSettings, image: str) -> dict:
     }
 
 
-def digest(settings: RunSettings, image: str, platform: str | None = None) -> str:
-    """The manifest digest IMAGE names: an index's own, or with `platform` that entry's."""
+def digest(settings: RunSettings, image: str) -> str:
+    """The manifest digest IMAGE names: an index's own, or with a platform asked for that
+    entry's."""
     uri = registry_uri(image)
     reference = uri.reference
+    wanted = asked_platform(settings, uri, "digest")
     with registry_client(settings, uri) as client:
-        if platform is None:  # the digest of the bytes, as skopeo prints: headers can lie
+        if wanted is None:  # the digest of the bytes, as skopeo prints: headers can lie
             return client.get_manifest(reference.repository, reference.reference)[2]
-        wanted = parse_platform(platform)
         picked = pick(client, uri, wanted)
     if picked.index_digest is None:
         _check_single_platform(uri.shown, picked.image, wanted)
@@ -185,22 +185,24 @@ def _check_single_platform(shown: str, image: Image, wanted: Platform) -> None:
         )
 
 
-def manifest(settings: RunSettings, image: str, platform: str | None = None) -> bytes:
-    """IMAGE's manifest exactly as served (with `platform`, that entry of an index)."""
+def manifest(settings: RunSettings, image: str) -> bytes:
+    """IMAGE's manifest exactly as served (with a platform asked for, that entry of an index,
+    as it is)."""
     uri = registry_uri(image)
     reference = uri.reference
+    wanted = asked_platform(settings, uri, "manifest")
     with registry_client(settings, uri) as client:
-        if platform is None:
-            return client.get_manifest(reference.repository, reference.reference)[0]
-        return pick(client, uri, parse_platform(platform)).image.manifest or b""
+        source = RegistrySource(client, reference, None)
+        return platform_root(source, [wanted] if wanted else []).raw
 
 
-def config(settings: RunSettings, image: str, platform: str | None = None) -> bytes:
+def config(settings: RunSettings, image: str) -> bytes:
     """IMAGE's config blob exactly as stored (its sha256 is the config digest); for an index,
-    the config of `platform`, else the URI's ?os=&arch=&variant=, else the settings' platform."""
+    the config of the platform asked for, else linux/amd64."""
     uri = registry_uri(image)
+    wanted = asked_platform(settings, uri, "config") or settings.platform
     with registry_client(settings, uri) as client:
-        return pick(client, uri, wanted_platform(settings, uri, platform)).image.config
+        return pick(client, uri, wanted).image.config
 
 
 def referrers(settings: RunSettings, image: str, artifact_type: str | None = None) -> ReferrerTree:

@@ -128,7 +128,7 @@ def container_settings(config: bytes) -> dict[str, Any]:
     if operating_system != "linux":
         raise OccystrapError(
             f"the image is for {operating_system!r}; an OCI runtime bundle needs a Linux image"
-            " (choose one with --os linux)"
+            " (choose one with --platform linux/ARCH)"
         )
     settings = document.get("config") or {}
     if not isinstance(settings, dict):

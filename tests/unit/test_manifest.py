@@ -326,7 +326,7 @@ def test_no_match_lists_available_platforms_without_attestations():
         select_platform(MULTI, "linux", "s390x", None)
     assert str(raised.value) == (
         "no linux/s390x image; available: linux/amd64, linux/arm/v6, linux/arm/v7, "
-        "linux/arm64/v8; choose one with --os/--architecture/--variant"
+        "linux/arm64/v8; choose one with --platform OS/ARCH[/VARIANT]"
     )
     with pytest.raises(OccystrapError, match="no linux/arm64/v9 image"):
         select_platform(MULTI, "linux", "arm64", "v9")

@@ -183,7 +183,7 @@ def choose_platform(
     platform = platforms[0] if platforms else index.pinned or default
     chosen = select_platform(index, platform.os, platform.architecture, platform.variant)
     runnable = [entry for entry in index.manifests if not entry.is_attestation]
-    if len(runnable) > 1 and not platforms and index.pinned is None:
+    if len(runnable) > 1 and index.pinned is None:
         LOG.warning(
             "%s has %d platforms; writing %s (choose with --platform)",
             index.source,

@@ -255,3 +255,61 @@ def test_filesystem_destinations_refuse_an_artifact(
     )
     assert_one_line_error(result, "is not an image but an artifact", kind)
     assert not target.exists()
+
+
+def test_one_platform_selector_means_the_same_everywhere(
+    registry_plain, stored, unique_repo, tmp_path
+):
+    """--platform, the global --architecture and the URI's ?arch= select the same manifest,
+    copied as it is; digest, manifest and info agree; several platforms where one image is
+    needed are refused."""
+    host = registry_plain.host
+    flags = registry_flags(registry_plain)
+    source = f"registry://{host}/{stored.repository}:multi"
+    arm64 = stored.platforms["arm64"]
+    ways = {
+        "flag": (("--platform", "linux/arm64"), source),
+        "alias": (("--architecture", "arm64"), source),
+        "uri": ((), f"{source}?arch=arm64"),
+    }
+    for name, (selection, uri) in ways.items():
+        global_flags = selection if name == "alias" else ()
+        command_flags = selection if name == "flag" else ()
+        run_occystrap(
+            *flags,
+            *global_flags,
+            "process",
+            *command_flags,
+            uri,
+            f"registry://{host}/{unique_repo}:{name}",
+        )
+        assert raw_manifest(registry_plain, f"{unique_repo}:{name}") == arm64.raw
+    assert (
+        run_occystrap(*flags, "digest", "--platform", "linux/arm64", source).stdout.strip()
+        == arm64.digest
+    )
+    assert (
+        run_occystrap(*flags, "--architecture", "arm64", "digest", source).stdout.strip()
+        == arm64.digest
+    )
+    assert (
+        run_occystrap(*flags, "manifest", "--platform", "linux/arm64", source).stdout.encode()
+        == arm64.raw
+    )
+    info = json.loads(
+        run_occystrap(*flags, "-O", "json", "info", "--platform", "linux/arm64", source).stdout
+    )
+    assert info["manifest_digest"] == arm64.digest
+    several = run_occystrap(
+        *flags,
+        "process",
+        "--platform",
+        "linux/amd64",
+        "--platform",
+        "linux/arm64",
+        source,
+        f"tar://{tmp_path / 'one.tar'}",
+        check=False,
+    )
+    assert_one_line_error(several, "2 platforms asked for", "give one --platform")
+    assert not (tmp_path / "one.tar").exists()

@@ -11,10 +11,12 @@ in the bucket is never uploaded again; `index.json` is written last and conditio
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import Protocol
+
+import httpx
 
 from occystrap.compression import CHUNK_SIZE
 from occystrap.endpoints import Endpoint, non_empty_option, query_options, split_query
@@ -73,6 +75,22 @@ class ObjectStore(Protocol):
         """Stream an object larger than `part_size` in, part by part; nothing appears
         under `key` if reading fails."""
         ...
+
+
+class ReleasableBody(httpx.SyncByteStream):
+    """An upload body that can be sent again (retries, auth) and lets go of its bytes once
+    its request is done. Requests and responses sit in reference cycles that only the next
+    garbage collection frees: a body they held would keep every part of a large upload in
+    memory until then."""
+
+    def __init__(self, data: bytes) -> None:
+        self._data = data
+
+    def __iter__(self) -> Iterator[bytes]:
+        yield self._data
+
+    def release(self) -> None:
+        self._data = b""
 
 
 def read_part(source: Readable, size: int, key: str) -> bytes:

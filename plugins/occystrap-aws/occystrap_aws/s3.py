@@ -21,15 +21,22 @@ from urllib.parse import quote
 
 import httpx
 
-from occystrap.buckets import BucketURI, ObjectInfo, expect_end, parse_bucket_uri, read_part
+from occystrap.buckets import (
+    BucketURI,
+    ObjectInfo,
+    ReleasableBody,
+    expect_end,
+    parse_bucket_uri,
+    read_part,
+)
 from occystrap.endpoints import Scheme
 from occystrap.errors import DigestMismatchError, OccystrapError
 from occystrap.middleware.base import Middleware
-from occystrap.middleware.extensions import BUFFER, RETRY_UNSAFE
+from occystrap.middleware.extensions import BUFFER, REPLAYABLE, RETRY_UNSAFE
 from occystrap.pipeline import RunContext
 from occystrap.registry.blobs import RemoteBlobReader
 from occystrap.streams import Readable
-from occystrap_aws.signing import AwsSigner
+from occystrap_aws.signing import PAYLOAD_HASH, UNSIGNED_PAYLOAD, AwsSigner
 
 LOG = logging.getLogger("occystrap.s3")
 # Request extension: the `AwsSigner` the sigv4 middleware signs this request with.
@@ -45,16 +52,17 @@ class SigV4Signing(Middleware):
         signer = request.extensions.get(SIGNER)
         if not isinstance(signer, AwsSigner):
             return self.next.handle_request(request)
-        streamed = not isinstance(request.stream, httpx.ByteStream)
-        body = None if streamed else request.read()
         headers = {
             name: value
             for name, value in request.headers.items()
-            if name.lower() not in ("authorization", "x-amz-date", "x-amz-content-sha256")
+            if name.lower() not in ("authorization", "x-amz-date")
         }
-        signed = signer.sign(
-            request.method, str(request.url), headers, body, unsigned_payload=streamed
-        )
+        body = b""
+        if isinstance(request.stream, httpx.ByteStream):
+            body = request.read()
+        elif PAYLOAD_HASH.lower() not in request.headers:
+            headers[PAYLOAD_HASH] = UNSIGNED_PAYLOAD  # a stream is read once, when sent
+        signed = signer.sign(request.method, str(request.url), headers, body)
         return self.next.handle_request(
             httpx.Request(
                 request.method,
@@ -101,11 +109,21 @@ class S3Objects:
         extensions: dict[str, object] = {SIGNER: self.signer, BUFFER: _SMALL_LIMIT}
         if safe_twice:
             extensions[RETRY_UNSAFE] = True
+        headers = dict(headers or {})
+        body = None
+        if content is not None:
+            body = ReleasableBody(content)
+            headers["Content-Length"] = str(len(content))
+            headers[PAYLOAD_HASH] = hashlib.sha256(content).hexdigest()
+            extensions[REPLAYABLE] = True
         request = self.http.build_request(
-            method, self._url(key, query), headers=headers, content=content, extensions=extensions
+            method, self._url(key, query), headers=headers, content=body, extensions=extensions
         )
-        response = self.http.send(request)
-        return response
+        try:
+            return self.http.send(request)
+        finally:
+            if body is not None:
+                body.release()
 
     def _fail(self, response: httpx.Response, what: str) -> OccystrapError:
         code = ""

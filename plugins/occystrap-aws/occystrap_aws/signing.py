@@ -8,6 +8,7 @@ one client, so retries, rate limits and logging apply to it like to any other.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import threading
 from functools import cache
@@ -20,6 +21,8 @@ from occystrap.errors import OccystrapError
 # botocore's own debug lines (hooks, canonical requests) would drown occystrap's --debug.
 logging.getLogger("botocore").setLevel(logging.WARNING)
 
+PAYLOAD_HASH = "X-Amz-Content-SHA256"
+UNSIGNED_PAYLOAD = "UNSIGNED-PAYLOAD"
 EXTRA_HINT = "install it with: pip install 'occystrap[aws]' ./plugins/occystrap-aws"
 CREDENTIALS_HINT = (
     "set AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY or AWS_PROFILE, or run `aws configure`"
@@ -61,26 +64,20 @@ class AwsSigner:
         return credentials.get_frozen_credentials()
 
     def sign(
-        self,
-        method: str,
-        url: str,
-        headers: dict[str, str] | None = None,
-        body: bytes | None = None,
-        unsigned_payload: bool = False,
+        self, method: str, url: str, headers: dict[str, str] | None = None, body: bytes = b""
     ) -> dict[str, str]:
-        """The headers to send (the given ones plus the signature). With
-        `unsigned_payload` the body is not hashed, so a streamed body is read only once."""
+        """The headers to send: the given ones plus the signature. The payload is hashed
+        from `body` unless the headers already say its hash (`X-Amz-Content-SHA256`: one the
+        caller computed, or `UNSIGNED-PAYLOAD` for a stream read once)."""
         from botocore.awsrequest import AWSRequest
 
-        request = AWSRequest(method=method, url=url, headers=dict(headers or {}), data=body or b"")
-        if self.service == "s3":
-            signer = self._auth_classes.S3SigV4Auth(self._credentials(), "s3", self.region)
-            request.headers["X-Amz-Content-SHA256"] = (
-                "UNSIGNED-PAYLOAD" if unsigned_payload else signer.payload(request)
-            )
-        else:
-            signer = self._auth_classes.SigV4Auth(self._credentials(), self.service, self.region)
-        signer.add_auth(request)
+        headers = dict(headers or {})
+        if not any(name.lower() == PAYLOAD_HASH.lower() for name in headers):
+            headers[PAYLOAD_HASH] = hashlib.sha256(body).hexdigest()
+        request = AWSRequest(method=method, url=url, headers=headers)
+        self._auth_classes.SigV4Auth(self._credentials(), self.service, self.region).add_auth(
+            request
+        )
         return dict(request.headers.items())
 
     def signed_request(

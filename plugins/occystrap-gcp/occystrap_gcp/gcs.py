@@ -21,11 +21,18 @@ from urllib.parse import quote
 
 import httpx
 
-from occystrap.buckets import BucketURI, ObjectInfo, expect_end, parse_bucket_uri, read_part
+from occystrap.buckets import (
+    BucketURI,
+    ObjectInfo,
+    ReleasableBody,
+    expect_end,
+    parse_bucket_uri,
+    read_part,
+)
 from occystrap.endpoints import Scheme
 from occystrap.errors import OccystrapError
 from occystrap.middleware.base import Middleware
-from occystrap.middleware.extensions import BUFFER, RETRY_UNSAFE
+from occystrap.middleware.extensions import BUFFER, REPLAYABLE, RETRY_UNSAFE
 from occystrap.pipeline import RunContext
 from occystrap.registry.blobs import RemoteBlobReader
 from occystrap.streams import Readable
@@ -128,10 +135,20 @@ class GcsObjects:
         extensions: dict[str, object] = {GCS_REQUEST: True, BUFFER: _SMALL_LIMIT}
         if safe_twice:
             extensions[RETRY_UNSAFE] = True
+        headers = dict(headers or {})
+        body = None
+        if content is not None:
+            body = ReleasableBody(content)
+            headers["Content-Length"] = str(len(content))
+            extensions[REPLAYABLE] = True
         request = self.http.build_request(
-            method, url, params=params, headers=headers, content=content, extensions=extensions
+            method, url, params=params, headers=headers, content=body, extensions=extensions
         )
-        return self.http.send(request)
+        try:
+            return self.http.send(request)
+        finally:
+            if body is not None:
+                body.release()
 
     def _fail(self, response: httpx.Response, what: str) -> OccystrapError:
         reason = ""

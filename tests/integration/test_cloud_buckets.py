@@ -282,3 +282,23 @@ def test_referrers_cross_through_a_bucket(
     auth = (registry_basic.username, registry_basic.password)
     with registry_basic.client(auth=auth) as http:
         _check_signed_copy(http, f"{unique_repo}-from-bucket", pushed, key)
+
+
+def test_a_cut_download_from_s3_resumes_with_range(moto, s3_env, bucket, tmp_path):
+    """The connection drops in the middle of a layer: the read goes on from where it stopped
+    (Range), through a fault proxy in front of moto, and the copy is whole."""
+    from tests.integration.fault_proxy import FaultProxy
+
+    layout = tmp_path / "layout"
+    descriptor = build_oci_layout(layout, [random_layer(3 * MIB, seed=50)], compression="none")
+    manifest = (layout / "blobs" / "sha256" / descriptor["digest"].split(":")[1]).read_bytes()
+    layer = json.loads(manifest)["layers"][0]["digest"].split(":")[1]
+    run_occystrap("process", f"oci-layout://{layout}", f"s3://{bucket}/ranged", env=s3_env)
+    with FaultProxy(moto.url) as proxy:
+        proxy.cut_after(rf"^/{bucket}/ranged/blobs/sha256/{layer}$", MIB)
+        env = {**s3_env, "AWS_ENDPOINT_URL": proxy.url}
+        out = tmp_path / "back"
+        run_occystrap("process", f"s3://{bucket}/ranged", f"oci-layout://{out}", env=env)
+        ranges = proxy.range_headers
+    assert any(value.startswith("bytes=") and value != "bytes=0-" for value in ranges), ranges
+    assert descriptor["digest"] in run_skopeo("inspect", f"oci:{out}:latest").stdout

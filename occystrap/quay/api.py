@@ -103,6 +103,19 @@ class QuayClient:
             )
         return document
 
+    def _listed(self, page: dict, key: str, what: str) -> list[dict]:
+        """The page's `key` list, each entry an object with a string name; anything else is
+        a malformed answer, not an empty one (which would read as "no image matches")."""
+        entries = page.get(key)
+        if not isinstance(entries, list) or not all(
+            isinstance(entry, dict) and isinstance(entry.get("name"), str) for entry in entries
+        ):
+            raise QuayAPIError(
+                f"the Quay API answer for {what} has no list of named {key}; is {self.base}"
+                " a Quay API?"
+            )
+        return entries
+
     def repositories(self, org: str, since: datetime.date | None = None) -> Iterator[str]:
         """Names of `org`'s repositories, page by page; with `since`, only those modified since."""
         cutoff = since_timestamp(since)
@@ -115,9 +128,7 @@ class QuayClient:
             page = self._get_json("/repository", params, what)
             if page is None:
                 raise QuayAPIError(f"Quay has no organisation {org!r}; check the name")
-            for entry in page.get("repositories") or []:
-                if not isinstance(entry, dict) or not isinstance(entry.get("name"), str):
-                    continue
+            for entry in self._listed(page, "repositories", what):
                 if not is_older(entry.get("last_modified"), cutoff):
                     yield entry["name"]
             next_page = page.get("next_page")
@@ -137,8 +148,9 @@ class QuayClient:
             {"specificTag": tag, "onlyActiveTags": "true", "limit": "1"},
             f"tag {tag} of {org}/{repository}",
         )
-        tags = [] if page is None else page.get("tags") or []
-        found = [t for t in tags if isinstance(t, dict) and t.get("name") == tag]
+        what = f"tag {tag} of {org}/{repository}"
+        tags = [] if page is None else self._listed(page, "tags", what)
+        found = [t for t in tags if t["name"] == tag]
         return bool(found) and not is_older(found[0].get("start_ts"), since_timestamp(since))
 
 

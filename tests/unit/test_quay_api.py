@@ -28,6 +28,8 @@ from occystrap.quay.api import (
     since_timestamp,
 )
 
+from .cli_runner import run_cli
+
 BASE = "https://quay.test/api/v1"
 TOKEN = "quay-secret"
 NAMES = st.text(alphabet="abcdefghijklmnopqrstuvwxyz0123456789._-", min_size=1, max_size=30)
@@ -323,3 +325,32 @@ def test_single_image_destinations_are_refused(text):
 )
 def test_many_image_destinations_are_accepted(text):
     check_many_destination(parse_uri(text))
+
+
+@pytest.mark.parametrize(
+    "page",
+    [
+        {"repositories": "oops"},
+        {"nothing": []},
+        {"repositories": [{"name": 7}]},
+        {"repositories": [None]},
+    ],
+)
+def test_a_malformed_repository_page_is_an_error_not_no_match(page):
+    """Not "no image matches" with exit 0: the answer is not what Quay sends."""
+    with respx.mock(using="httpcore") as mock:
+        mock.get(url__startswith="https://quay.test/api/v1/repository").respond(json=page)
+        outcome = run_cli("--retries", "0", "info", "quay://kolla?host=quay.test")
+    outcome.assert_one_line_error("has no list of named repositories")
+
+
+def test_a_malformed_tag_page_is_an_error():
+    with respx.mock(using="httpcore") as mock:
+        mock.get(url__startswith="https://quay.test/api/v1/repository/kolla/").respond(
+            json={"tags": "latest"}
+        )
+        mock.get(url__startswith="https://quay.test/api/v1/repository").respond(
+            json={"repositories": [{"name": "nova"}]}
+        )
+        outcome = run_cli("--retries", "0", "info", "quay://kolla?host=quay.test")
+    outcome.assert_one_line_error("has no list of named tags")

@@ -116,6 +116,14 @@ def network_error_message(exc: httpx.RequestError) -> str:
             f"too many redirects{where} (a redirect loop?); check the registry address and any"
             " proxy or mirror in between"
         )
+    if isinstance(exc, httpx.UnsupportedProtocol):
+        # A redirect (or mirror) to file://, ftp:// ...: retrying cannot help.
+        scheme = f"{url.scheme}://" if url is not None and url.scheme else "a non-HTTP URL"
+        return (
+            f"a redirect led to {scheme}, which is neither HTTP nor HTTPS; refusing to follow"
+            " it (retrying cannot help): the registry or a proxy in between is misconfigured"
+            " or hostile"
+        )
     if isinstance(exc, httpx.ConnectTimeout | httpx.ConnectError):
         advice = (
             "check the address and that the server is up; --insecure for plain-HTTP registries,"

@@ -308,3 +308,17 @@ def test_a_refused_connection_names_host_and_port(free_port, tmp_path):
 def test_absurd_network_settings_are_one_line_usage_errors(flags, source, said):
     result = run_occystrap(*flags, "info", source, check=False)
     assert_one_line_error(result, said)
+
+
+def test_a_redirect_to_a_file_url_is_refused_without_retry_advice(
+    fault_proxy, registry_plain, unique_repo, tmp_path
+):
+    seed_image(registry_plain, unique_repo, tmp_path)
+    fault_proxy.answer_next(
+        10, b"", path=r"/manifests/", headers={"Location": "file:///etc/passwd"}, status=307
+    )
+    out = tmp_path / "out.tar"
+    result = pull_to_tar(["--insecure"], fault_proxy.host, unique_repo, out, check=False)
+    assert_one_line_error(result, "file://", "refusing to follow")
+    assert "--retries" not in result.stderr and "network error" not in result.stderr
+    assert not out.exists()

@@ -291,7 +291,8 @@ class RegistryAuth(Middleware):
         """Ask the realm for a token with the registry host's credential (or anonymously)."""
         credential = _credential_for(self._credentials, request)
         realm_url = httpx.URL(bearer.realm)
-        if credential and realm_url.scheme == "http" and request.url.scheme == "https":
+        withheld = bool(credential) and realm_url.scheme == "http" and request.url.scheme == "https"
+        if withheld:
             logger.debug("not sending credentials to plain-http realm %s", bearer.realm)
             credential = None
         sorted_scopes = sorted(scopes)
@@ -334,10 +335,16 @@ class RegistryAuth(Middleware):
         finally:
             response.close()
         if response.status_code != 200:
+            advice = (
+                "your credentials were not sent, because the registry is HTTPS but its token"
+                " service is plain HTTP, where they could be read; have the registry's token"
+                " realm served over HTTPS"
+                if withheld
+                else "check --username/--password (--src-creds/--dest-creds) or your login"
+            )
             raise RegistryError(
                 f"could not get a token from {bearer.realm} for {scope_text}: "
-                f"HTTP {response.status_code} {response.reason_phrase}; "
-                "check --username/--password (--src-creds/--dest-creds) or your login"
+                f"HTTP {response.status_code} {response.reason_phrase}; {advice}"
             )
         try:
             document = parse_json(response.content, "the token answer")

@@ -453,3 +453,20 @@ def test_a_token_is_sent_only_to_the_host_it_was_fetched_for(fake):
         ("mirror.test", "Bearer tok2"),
         ("registry.test", "Bearer tok1"),
     ]
+
+
+def test_a_refused_plain_http_realm_says_the_credentials_were_withheld():
+    """Not "check --username/--password": they were right, and deliberately not sent."""
+    with respx.mock(using="httpcore") as mock:
+        mock.get(url__startswith="http://auth.test/token").respond(401)
+        mock.get(f"{REGISTRY}/v2/app/manifests/1").respond(
+            401, headers={"WWW-Authenticate": 'Bearer realm="http://auth.test/token"'}
+        )
+        with (
+            _client(_store_with_password()) as client,
+            pytest.raises(RegistryError) as raised,
+        ):
+            client.get(f"{REGISTRY}/v2/app/manifests/1")
+    message = str(raised.value)
+    assert "not sent" in message and "plain HTTP" in message, message
+    assert "check --username" not in message

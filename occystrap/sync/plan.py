@@ -36,7 +36,7 @@ from occystrap.sync.config import SyncRule, SyncSpec
 LOG = logging.getLogger("occystrap.sync")
 GLOB_CHARACTERS = frozenset("*?[")
 # Requests in flight while planning: each is a small HEAD, so more than -j helps.
-PLAN_PARALLEL = 8
+PLAN_PARALLEL = 16
 
 COPY, UNCHANGED, PRUNE, FAILED = "copy", "unchanged", "prune", "failed"
 

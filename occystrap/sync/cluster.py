@@ -27,6 +27,7 @@ from occystrap.errors import UsageError
 from occystrap.middleware.quota import QuotaBook
 from occystrap.middleware.ratelimit import RateLimiter, RateLimitPolicy, parse_rate_limits
 from occystrap.middleware.retry import RetryBudget
+from occystrap.registry.ledger import UploadLedger
 from occystrap.settings import RunSettings
 from occystrap.sync.run import CopySession, CopyTask, ImageResult, copy_image, open_session
 
@@ -51,20 +52,29 @@ def worker_settings(settings: RunSettings) -> RunSettings:
 # -- the cluster-wide rate limit -------------------------------------------------------------
 
 
+def dask_lock(name: str, client: Any) -> Any:
+    """A Dask Lock held on the scheduler, usable from any thread (not only Dask's own)."""
+    from distributed import Lock
+
+    return Lock(name, scheduler_rpc=client.scheduler, loop=client.loop)
+
+
 class SharedLimiter(RateLimiter):
     """A RateLimiter whose next send time lives on the Dask scheduler (a Variable under a
     Lock), so every worker together keeps to the rate, and a dying worker takes none of it
     along."""
 
-    def __init__(self, name: str, rate: float) -> None:
+    def __init__(self, name: str, rate: float, client: Any) -> None:
         super().__init__(rate)
-        self.name = name
+        self.name, self.client = name, client
+        self._here = threading.Lock()  # one thread of this process at a time asks
+        self._there = dask_lock(name, client)
 
     def _take(self) -> float:
-        from distributed import Lock, Variable
+        from distributed import Variable
 
-        with Lock(self.name):
-            variable = Variable(self.name)
+        with self._here, self._there:
+            variable = Variable(self.name, client=self.client)
             try:
                 booked = float(variable.get(timeout=0))
             except TimeoutError:  # no request was sent yet
@@ -81,18 +91,76 @@ class SharedLimiter(RateLimiter):
             time.sleep(remaining)
 
 
-def shared_policy(rate_limits: Sequence[str], run_id: str) -> RateLimitPolicy:
-    """--rate-limit's policy with every limiter shared through the scheduler."""
+def shared_policy(rate_limits: Sequence[str], run_id: str, client: Any) -> RateLimitPolicy:
+    """--rate-limit's policy with every limiter shared through the scheduler; `client`: a
+    Dask client (any thread may take a turn, not only Dask's own)."""
     local = parse_rate_limits(list(rate_limits))
     overall = local.global_limiter
     prefix = f"occystrap-rate-{run_id}"
     return RateLimitPolicy(
-        None if overall is None else SharedLimiter(f"{prefix}-*", overall.rate),
+        None if overall is None else SharedLimiter(f"{prefix}-*", overall.rate, client),
         {
-            host: SharedLimiter(f"{prefix}-{host}", limiter.rate)
+            host: SharedLimiter(f"{prefix}-{host}", limiter.rate, client)
             for host, limiter in local.per_host.items()
         },
     )
+
+
+# -- one upload per blob for the whole cluster -----------------------------------------------
+
+
+class ClusterLedger(UploadLedger):
+    """The upload ledger of a worker, whose turns and known locations are the cluster's: a
+    Dask Lock per (registry, digest) and a Variable with the repositories holding it, so a
+    blob shared by images on several workers still goes up once per destination registry."""
+
+    def __init__(self, run_id: str, client: Any) -> None:
+        super().__init__()
+        self.client = client
+        self.prefix = f"occystrap-upload-{run_id}"
+        self.names: set[str] = set()
+        self._locks: dict[str, Any] = {}
+        self._locks_lock = threading.Lock()
+
+    def _name(self, registry: str, digest: str) -> str:
+        return f"{self.prefix}-{registry}-{digest}"
+
+    @contextmanager
+    def turn(self, registry: str, digest: str) -> Iterator[None]:
+        name = self._name(registry, digest)
+        with self._locks_lock:
+            if name not in self._locks:
+                self._locks[name] = dask_lock(name, self.client)
+        with super().turn(registry, digest), self._locks[name]:
+            yield
+
+    def record(self, registry: str, digest: str, repository: str) -> None:
+        from distributed import Variable
+
+        super().record(registry, digest, repository)
+        name = self._name(registry, digest)
+        self.names.add(name)
+        Variable(name, client=self.client).set(self.repositories(registry, digest))
+
+    def repositories(self, registry: str, digest: str) -> list[str]:
+        from distributed import Variable
+
+        try:
+            elsewhere = list(
+                Variable(self._name(registry, digest), client=self.client).get(timeout=0)
+            )
+        except TimeoutError:  # no worker has put it anywhere yet
+            elsewhere = []
+        return list(dict.fromkeys([*super().repositories(registry, digest), *elsewhere]))
+
+    def forget(self) -> None:
+        """Drop this worker's Variables from the scheduler (the run is over)."""
+        from distributed import Variable
+
+        for name in self.names:
+            Variable(name, client=self.client).delete()
+        for lock in self._locks.values():
+            lock.close()
 
 
 # -- the worker side -----------------------------------------------------------------------
@@ -111,17 +179,23 @@ _RUNS_LOCK = threading.Lock()
 
 def _worker_run(run_id: str, settings: RunSettings, rate_limits: Sequence[str]) -> _WorkerRun:
     """This worker's session for `run_id`, opened at its first task."""
+    from distributed import get_client
+
     from occystrap.middleware.builder import build_client
 
     with _RUNS_LOCK:
         if run_id not in _RUNS:
+            client = get_client()  # in the task's thread, where Dask can tell which worker
             stack = ExitStack()
             quota = QuotaBook()
             chain = replace(settings.chain_settings(), quota=quota)
             if rate_limits:
-                chain = replace(chain, rate_policy=shared_policy(rate_limits, run_id))
+                chain = replace(chain, rate_policy=shared_policy(rate_limits, run_id, client))
             http = stack.enter_context(build_client(chain))
             session = stack.enter_context(open_session(settings, http))
+            ledger = ClusterLedger(run_id, client)
+            stack.callback(ledger.forget)
+            session.uploads = ledger
             _RUNS[run_id] = _WorkerRun(stack, session, quota)
         return _RUNS[run_id]
 

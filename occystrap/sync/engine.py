@@ -131,7 +131,7 @@ def sync(
             # Opened first, so the planner's requests count against the cluster's rate too.
             client = stack.enter_context(open_cluster(options.cluster))
             if settings.rate_limits:
-                policy = shared_policy(settings.rate_limits, run_id)
+                policy = shared_policy(settings.rate_limits, run_id, client)
         http = stack.enter_context(sync_client(settings, spec, quota, budget, policy))
         plan = Planner(http, settings.insecure, options.prune).plan(spec)
         outcome = SyncOutcome(plan)

@@ -56,7 +56,7 @@ class Repository:
         return f"registry://{self.registry}/{self.name}{separator}{reference}{query}"
 
     def __str__(self) -> str:
-        return f"{self.registry}/{self.name}"
+        return f"registry://{self.registry}/{self.name}"
 
 
 @dataclass(frozen=True)
@@ -69,7 +69,7 @@ class Layout:
         return f"oci-layout://{self.path}?tag={reference}"
 
     def __str__(self) -> str:
-        return str(self.path)
+        return f"oci-layout://{self.path}"
 
 
 Target = Repository | Layout
@@ -207,7 +207,7 @@ class Planner:
                 listed = []
             else:
                 failure = PlannedImage(
-                    pair.source.uri("*").replace(":*", ""),
+                    str(pair.source),
                     str(pair.target),
                     FAILED,
                     error=describe_failure(exc),

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -401,15 +402,34 @@ def test_a_sync_over_a_dask_cluster_matches_the_embedded_run(
         rule = {"source": f"registry://{src}/{prefix}/*a", "target": f"registry://{dst}/{target}"}
         return write_yaml(tmp_path / f"{target.replace('/', '_')}.yaml", {"sync": [rule]})
 
-    embedded = sync(str(spec_for(f"{prefix}-embedded")), "--report", str(tmp_path / "e.json"))
-    clustered = sync(
+    # No blob cache: each run finds where blobs went by itself (the cluster through the
+    # scheduler), so both upload each blob once.
+    embedded = run_occystrap(
+        "--insecure",
+        "--no-cache",
+        "sync",
+        str(spec_for(f"{prefix}-embedded")),
+        "--report",
+        str(tmp_path / "e.json"),
+        timeout=300,
+    )
+    clustered = run_occystrap(
+        "--insecure",
+        "--no-cache",
+        "sync",
         str(spec_for(f"{prefix}-cluster")),
         "--cluster",
         dask_cluster.address,
         "--report",
         str(tmp_path / "c.json"),
+        timeout=300,
     )
     assert "failed" not in embedded.stdout + clustered.stdout
+    uploads = [re.search(r"blobs (\d+) uploaded", run.stderr) for run in (embedded, clustered)]
+    assert uploads[0] and uploads[1] and uploads[0].group(1) == uploads[1].group(1), (
+        embedded.stderr,
+        clustered.stderr,
+    )
     ran = json.loads((tmp_path / "c.json").read_text())
     assert {entry["status"] for entry in ran} == {"copied"} and len(ran) == len(ALL_TAGS)
     wanted = ALL_TAGS

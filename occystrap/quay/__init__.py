@@ -1,1 +1,1 @@
-"""quay:// sources: find images through the Quay REST API, then move them one by one."""
+"""The Quay REST API: which images of an organisation a quay:// source names."""

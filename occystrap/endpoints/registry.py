@@ -365,12 +365,12 @@ class RegistryDestination:
         if made is None:
             return None
         digest, size = made
-        media_type = compression.media_type_for(kind, oci=kind == compression.ZSTD)
+        media_type = self._compressed_media_type()
         registry = self.client.registry
         self.ctx.cache.record_compressed(layer.diff_id, self._setting(), digest, size, media_type)
         self.ctx.cache.record_location(digest, registry, self.repository)
         self.ctx.uploads.record(registry, digest, self.repository)
-        self.ctx.stats.add(uploaded=1)
+        self._count_uploaded(digest, size)
         blob = RegistryBlob(self.client, self.repository, digest)
         return replace(layer, digest=digest, size=size, media_type=media_type, blob=blob)
 
@@ -402,8 +402,12 @@ class RegistryDestination:
             return True
         return self._mounted(digest, blob)
 
+    def _count_uploaded(self, digest: str, size: int) -> None:
+        LOG.info("blob %s: uploaded to %s (%d bytes)", digest, self.repository, size)
+        self.ctx.stats.add(uploaded=1)
+
     def _count_present(self, digest: str) -> None:
-        LOG.debug("%s already in %s", digest, self.repository)
+        LOG.info("blob %s: already in %s", digest, self.repository)
         self.ctx.stats.add(skipped=1)
         self.ctx.cache.record_location(digest, self.client.registry, self.repository)
 
@@ -420,7 +424,7 @@ class RegistryDestination:
             if source == self.repository:
                 continue
             if self.client.mount_blob(self.repository, digest, source):
-                LOG.debug("mounted %s from %s", digest, source)
+                LOG.info("blob %s: mounted from %s", digest, source)
                 stats.add(mounted=1)
                 cache.record_location(digest, registry, self.repository)
                 self.ctx.uploads.record(registry, digest, self.repository)
@@ -469,7 +473,7 @@ class RegistryDestination:
             on_restart=lambda: progress.restart(key, 0),
         )
         progress.finish(key)
-        stats.add(uploaded=1)
+        self._count_uploaded(digest, size)
         self.ctx.cache.record_location(digest, self.client.registry, self.repository)
 
 

@@ -100,3 +100,19 @@ def test_warnings_carry_one_prefix(registry_plain, unique_repo, tmp_path):
     warning = next(line for line in result.stderr.splitlines() if "WARNING" in line)
     assert warning.startswith("occystrap: WARNING: ") and warning.count("occystrap") == 1, warning
     assert ": 1 layer;" in result.stderr.strip().splitlines()[-1]  # not "1 layers"
+
+
+def test_verbose_says_what_happened_to_each_blob(registry_plain, unique_repo, tmp_path):
+    seed_image(registry_plain, unique_repo, tmp_path)
+    source = f"registry://{registry_plain.host}/{unique_repo}:{TAG}"
+    tarball = tmp_path / "image.tar"
+    run_occystrap("--insecure", "process", source, f"tar://{tarball}")
+    pushed = f"registry://{registry_plain.host}/{unique_repo}-pushed:{TAG}"
+    first = run_occystrap("--insecure", "-v", "process", f"tar://{tarball}", pushed)
+    assert first.stderr.count(": uploaded to ") == 3, first.stderr  # two layers and a config
+    again = run_occystrap("--insecure", "-v", "process", f"tar://{tarball}", pushed)
+    assert again.stderr.count(": already in ") == 3, again.stderr
+    mounted = run_occystrap(
+        "--insecure", "-v", "process", pushed, f"{pushed.rpartition(':')[0]}-mounted:{TAG}"
+    )
+    assert mounted.stderr.count(": mounted from ") == 3, mounted.stderr

@@ -8,9 +8,13 @@ SUDO=""
 [ "$(id -u)" = 0 ] || SUDO="sudo"
 $SUDO apt-get update -qq
 $SUDO apt-get install -y -qq --no-install-recommends \
-    docker-registry skopeo podman docker.io runc busybox-static >/dev/null
+    docker-registry skopeo podman docker.io runc busybox-static python3-venv >/dev/null
 
-python3 -m pip install -q --disable-pip-version-check -e '.[test,aws,gcp,azure,dask]' \
+# Python packages go into a virtual environment inside the checkout (.venv, ignored by git),
+# so running the tests never changes the user's own Python installation.
+[ -x .venv/bin/python ] || python3 -m venv .venv
+export PATH="$PWD/.venv/bin:$PATH"
+python -m pip install -q --disable-pip-version-check -e '.[test,aws,gcp,azure,dask]' \
     -e ./plugins/occystrap-aws -e ./plugins/occystrap-gcp -e ./plugins/occystrap-azure
 
 ruff check .
@@ -18,7 +22,7 @@ ruff format --check .
 mypy occystrap
 
 status=0
-python3 -m pytest -q -p no:cacheprovider "$@" || status=$?
+python -m pytest -q -p no:cacheprovider "$@" || status=$?
 if [ "$status" -eq 5 ]; then
     echo "pytest collected no tests: that is a failure" >&2
     exit 1

@@ -1214,12 +1214,21 @@ def sync(
 @main.command()
 @click.argument("registry")
 @click.option("--glob", "pattern", metavar="GLOB", help="Only repositories matching GLOB.")
+@click.option(
+    "-n",
+    "--page-size",
+    type=click.IntRange(1, 100_000),
+    default=None,
+    help="Repositories asked for per request (?n=); every page is fetched either way.",
+)
 @click.pass_obj
-def catalog(settings: RunSettings, registry: str, pattern: str | None) -> None:
+def catalog(
+    settings: RunSettings, registry: str, pattern: str | None, page_size: int | None
+) -> None:
     """List the repositories of REGISTRY (registry://HOST[/PREFIX]), one a line; -O json."""
     from occystrap import toolbox
 
-    found = toolbox.catalog(settings, registry, pattern)
+    found = toolbox.catalog(settings, registry, pattern, page_size)
     for line in [json.dumps(found)] if settings.output_format == "json" else found:
         click.echo(line)
 

@@ -111,7 +111,12 @@ def tags(settings: RunSettings, repository: str, page_size: int | None = None) -
         return client.list_tags(uri.reference.repository, page_size)
 
 
-def catalog(settings: RunSettings, registry: str, pattern: str | None = None) -> list[str]:
+def catalog(
+    settings: RunSettings,
+    registry: str,
+    pattern: str | None = None,
+    page_size: int | None = None,
+) -> list[str]:
     """Every repository REGISTRY (registry://HOST[/PREFIX]) lists in its catalog, all pages;
     only those under PREFIX, and matching the glob `pattern` when given."""
     scheme, _, rest = registry.partition("://")
@@ -124,7 +129,7 @@ def catalog(settings: RunSettings, registry: str, pattern: str | None = None) ->
     uri = registry_uri(f"registry://{host}/catalog{'?' + query if query else ''}")
     prefix = prefix.strip("/")
     with registry_client(settings, uri) as client:
-        names = client.list_repositories()
+        names = client.list_repositories(page_size)
     return [
         name
         for name in names

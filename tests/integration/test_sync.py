@@ -321,6 +321,13 @@ def test_catalog_lists_repositories_under_a_prefix(seeded):
         "--glob",
         f"{seeded.prefix}/*ta",
     )
+    # Asked one repository per page, every page is followed (Link: rel="next").
+    with FaultProxy(seeded.registry.url) as proxy:
+        paged = run_occystrap(
+            "--insecure", "catalog", "-n", "1", f"registry://{proxy.host}/{seeded.prefix}/team"
+        )
+        assert len(proxy.requests_matching(r"/v2/_catalog")) > 2
+    assert paged.stdout == found.stdout
     # As in shell-style globs of repository names elsewhere (quay://), * crosses '/'.
     assert globbed.stdout.split() == [
         f"{seeded.prefix}/beta",

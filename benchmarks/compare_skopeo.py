@@ -5,12 +5,17 @@ tools so that disk cache and CPU frequency drift hit both alike; the median of N
 Peak RSS comes from /usr/bin/time (Debian package `time`), one fresh process per run.
 
     python3 benchmarks/compare_skopeo.py [--size-mb 300] [--layers 6] [--runs 3] [--tls|--plain]
+    python3 benchmarks/compare_skopeo.py --image real       # layers of this machine's files
+    python3 benchmarks/compare_skopeo.py --image huge --huge-mb 3072 --runs 1   # minutes
+    python3 benchmarks/compare_skopeo.py --toolbox --only none   # --version, digest, tags
 """
 
 from __future__ import annotations
 
 import argparse
 import datetime
+import hashlib
+import io
 import json
 import os
 import platform
@@ -19,6 +24,7 @@ import shutil
 import statistics
 import subprocess
 import sys
+import tarfile
 import tempfile
 import time
 from dataclasses import asdict, dataclass, field
@@ -39,10 +45,16 @@ SYMBOLS = b"0123456789abcdef"
 COMPRESSION_RATIO = 0.5
 
 
+# The "real files" image: one layer per tree, as found on this machine (missing ones skipped).
+REAL_TREES = ("/usr/lib/python3.11", "/usr/bin", "/usr/share/doc")
+TOOLBOX_RUNS = 10
+
+
 @dataclass
 class Measurement:
     seconds: float
     peak_rss_mb: float
+    cpu_seconds: float = 0.0  # user + system, all threads
 
 
 @dataclass
@@ -59,6 +71,10 @@ class Row:
     @property
     def peak_rss_mb(self) -> float:
         return max(run.peak_rss_mb for run in self.runs)
+
+    @property
+    def median_cpu_seconds(self) -> float:
+        return statistics.median(run.cpu_seconds for run in self.runs)
 
 
 def layer_content(size: int, seed: int) -> bytes:
@@ -85,6 +101,113 @@ def cached_layout(size_mb: int, layers: int) -> Path:
     return path
 
 
+class _Generated(io.RawIOBase):
+    """`size` bytes made on demand by `piece(n)`, never held whole."""
+
+    def __init__(self, size: int, piece) -> None:
+        self.left, self.piece = size, piece
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer) -> int:
+        count = min(len(buffer), self.left, 4 * 1024 * 1024)
+        buffer[:count] = self.piece(count)
+        self.left -= count
+        return count
+
+
+def _huge_file(size: int) -> _Generated:
+    """Two thirds seeded random bytes (incompressible), then text (compresses well), as a
+    model or SDK layer mixes them."""
+    rng = random.Random(21)
+    random_part = size * 2 // 3
+    words = [b"layer", b"model", b"weights", b"tensor", b"config", b"0.125", b"\n"]
+    line = b" ".join(rng.choice(words) for _ in range(4096))
+    done = 0
+
+    def piece(count: int) -> bytes:
+        nonlocal done
+        if done < random_part:
+            count = min(count, random_part - done)
+            data = rng.randbytes(count)
+        else:
+            start = (done - random_part) % len(line)
+            data = (line[start:] + line * (count // len(line) + 1))[:count]
+        done += len(data)
+        return data
+
+    return _Generated(size, piece)
+
+
+def _docker_archive(path: Path, layers: list) -> None:
+    """A `docker save` tarball of uncompressed layers, each written by `add(tar)`, streamed."""
+    work = path.with_suffix(".parts")
+    work.mkdir(parents=True, exist_ok=True)
+    diff_ids = []
+    for position, add in enumerate(layers):
+        layer = work / f"layer{position}.tar"
+        with open(layer, "wb") as out, tarfile.open(fileobj=out, mode="w|") as tar:
+            add(tar)
+        digest = hashlib.sha256()
+        with open(layer, "rb") as handle:
+            while chunk := handle.read(1 << 20):
+                digest.update(chunk)
+        diff_ids.append("sha256:" + digest.hexdigest())
+    config = json.dumps(
+        {
+            "architecture": "amd64",
+            "os": "linux",
+            "config": {},
+            "rootfs": {"type": "layers", "diff_ids": diff_ids},
+        }
+    ).encode()
+    config_name = hashlib.sha256(config).hexdigest() + ".json"
+    names = [f"{diff_id[7:]}/layer.tar" for diff_id in diff_ids]
+    manifest = json.dumps(
+        [{"Config": config_name, "RepoTags": ["bench:src"], "Layers": names}]
+    ).encode()
+    with tarfile.open(path, "w") as archive:
+        for name, data in ((config_name, config), ("manifest.json", manifest)):
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            archive.addfile(info, io.BytesIO(data))
+        for position, name in enumerate(names):
+            archive.add(work / f"layer{position}.tar", arcname=name)
+    shutil.rmtree(work)
+
+
+def cached_archive(image: str, huge_mb: int) -> Path:
+    """The "real" or "huge" image as a docker-save tarball, built once into results/."""
+    path = RESULTS_DIR / (
+        f"archive-huge-{huge_mb}mb.tar" if image == "huge" else "archive-real.tar"
+    )
+    if path.exists():
+        return path
+    print(f"building the {image} image in {path} ...", flush=True)
+    if image == "huge":
+
+        def add_huge(tar: tarfile.TarFile) -> None:
+            info = tarfile.TarInfo("data/model.bin")
+            info.size = huge_mb * 1024 * 1024
+            tar.addfile(info, _huge_file(info.size))
+
+        _docker_archive(path, [add_huge])
+    else:
+
+        def adder(tree: str):
+            def add(tar: tarfile.TarFile) -> None:
+                def plain(info: tarfile.TarInfo) -> tarfile.TarInfo | None:
+                    return info if info.isfile() or info.isdir() or info.issym() else None
+
+                tar.add(tree, arcname=tree.lstrip("/"), filter=plain)
+
+            return add
+
+        _docker_archive(path, [adder(tree) for tree in REAL_TREES if Path(tree).is_dir()])
+    return path
+
+
 def occystrap_command(ca_bundle: Path | None, *args: str, http2: bool = True) -> list[str]:
     flags = ["--ca-cert", str(ca_bundle)] if ca_bundle else ["--insecure"]
     if not http2:
@@ -99,7 +222,7 @@ def skopeo_command(source: str, dest: str, src_args=(), dest_args=()) -> list[st
 def measure(command: list[str], scratch: Path, code: Path, cache: Path) -> Measurement:
     """Run `command` under /usr/bin/time (occystrap from `code`, its blob cache in `cache`);
     wall time and peak RSS."""
-    rss_file = scratch / "rss.txt"
+    rss_file = scratch / "rss.txt"  # peak RSS KB, user s, system s
     env = {
         **os.environ,
         "PYTHONPATH": str(code),
@@ -108,7 +231,7 @@ def measure(command: list[str], scratch: Path, code: Path, cache: Path) -> Measu
     }
     started = time.monotonic()
     result = subprocess.run(
-        [TIME_BINARY, "-f", "%M", "-o", str(rss_file), *command],
+        [TIME_BINARY, "-f", "%M %U %S", "-o", str(rss_file), *command],
         capture_output=True,
         text=True,
         timeout=RUN_TIMEOUT_SECONDS,
@@ -119,8 +242,10 @@ def measure(command: list[str], scratch: Path, code: Path, cache: Path) -> Measu
     elapsed = time.monotonic() - started
     if result.returncode != 0:
         raise SystemExit(f"{' '.join(command)} failed ({result.returncode}): {result.stderr}")
-    peak_kb = int(rss_file.read_text().split()[-1])
-    return Measurement(round(elapsed, 3), round(peak_kb / 1024, 1))
+    peak_kb, user, system = rss_file.read_text().split()[-3:]
+    return Measurement(
+        round(elapsed, 3), round(int(peak_kb) / 1024, 1), round(float(user) + float(system), 2)
+    )
 
 
 def ca_bundle(work: Path, *registries: RegistryServer) -> Path | None:
@@ -210,7 +335,35 @@ def operations(source: RegistryServer, dest: RegistryServer, work: Path, archive
     )
 
 
-def bench_transport(layout: Path, tls: bool, runs: int, only: set[str], code: Path) -> list[Row]:
+def toolbox_rounds(source: RegistryServer, work: Path, code: Path, tls: bool):
+    """Start-up-bound commands scripts call in loops: occystrap's against skopeo's."""
+    bundle = ca_bundle(work, source)
+    image, repository = f"{source.host}/bench:src", f"{source.host}/bench"
+    src_args = source.skopeo_args()  # inspect and list-tags take no --src- prefix
+    skopeo = require_binary(SKOPEO_BINARY)
+    pairs = [
+        ("--version", [sys.executable, "-m", "occystrap", "--version"], [skopeo, "--version"]),
+        (
+            "digest",
+            occystrap_command(bundle, "digest", f"registry://{image}"),
+            [skopeo, "inspect", *src_args, "--format", "{{.Digest}}", f"docker://{image}"],
+        ),
+        (
+            "tags",
+            occystrap_command(bundle, "tags", f"registry://{repository}"),
+            [skopeo, "list-tags", *src_args, f"docker://{repository}"],
+        ),
+    ]
+    for run in range(TOOLBOX_RUNS):
+        for operation, occystrap, skopeo_command_line in pairs:
+            tools = [("occystrap", occystrap), ("skopeo", skopeo_command_line)]
+            for tool, command in tools if run % 2 else reversed(tools):
+                yield operation, tool, measure(command, work, code, work / "cache-toolbox")
+
+
+def bench_transport(
+    image: Path, tls: bool, runs: int, only: set[str], code: Path, toolbox: bool
+) -> list[Row]:
     """All runs against one source registry; each run writes to a fresh destination registry.
 
     A fresh destination (new port, empty storage) per run keeps skopeo's blob-info cache and
@@ -221,16 +374,31 @@ def bench_transport(layout: Path, tls: bool, runs: int, only: set[str], code: Pa
     with tempfile.TemporaryDirectory(prefix="occystrap-bench-", dir=RESULTS_DIR) as tmp:
         work = Path(tmp)
         with RegistryServer(work / "source", tls=tls) as source:
-            push_with_skopeo(layout, source, "bench", "src")
-            archive = work / "source.tar"
-            subprocess.run(
-                skopeo_command(
-                    f"docker://{source.host}/bench:src",
-                    f"docker-archive:{archive}",
-                    source.skopeo_src_args(),
-                ),
-                check=True,
-            )
+            if image.suffix == ".tar":  # a docker-save tarball: the push source as it is
+                archive = image
+                subprocess.run(
+                    skopeo_command(
+                        f"docker-archive:{archive}",
+                        f"docker://{source.host}/bench:src",
+                        dest_args=source.skopeo_dest_args(),
+                    ),
+                    check=True,
+                )
+            else:
+                push_with_skopeo(image, source, "bench", "src")
+                archive = work / "source.tar"
+                subprocess.run(
+                    skopeo_command(
+                        f"docker://{source.host}/bench:src",
+                        f"docker-archive:{archive}",
+                        source.skopeo_src_args(),
+                    ),
+                    check=True,
+                )
+            if toolbox:
+                for operation, tool, result in toolbox_rounds(source, work, code, tls):
+                    row = rows.setdefault((operation, tool), Row(name, operation, tool))
+                    row.runs.append(result)
             for run in range(runs):
                 for operation, tool, result in _one_round(
                     source, work, archive, run, tls, only, code
@@ -239,7 +407,8 @@ def bench_transport(layout: Path, tls: bool, runs: int, only: set[str], code: Pa
                     row.runs.append(result)
                     print(
                         f"  {name:11} {operation:20} {tool:22} run {run + 1}: "
-                        f"{result.seconds:7.2f} s {result.peak_rss_mb:7.1f} MB",
+                        f"{result.seconds:7.2f} s {result.cpu_seconds:7.2f} CPU-s"
+                        f" {result.peak_rss_mb:7.1f} MB",
                         flush=True,
                     )
     return sorted(rows.values(), key=lambda r: (r.transport, r.operation, r.tool != "skopeo"))
@@ -277,16 +446,21 @@ def print_table(rows: list[Row]) -> None:
     skopeo = {(r.transport, r.operation): r for r in rows if r.tool == "skopeo"}
     header = (
         f"{'transport':12} {'operation':21} {'tool':22} {'median s':>9} {'vs skopeo':>10}"
-        f" {'peak RSS MB':>12}"
+        f" {'CPU s':>7} {'CPU vs':>7} {'peak RSS MB':>12}"
     )
     print(header)
     print("-" * len(header))
     for row in rows:
         reference = skopeo.get((row.transport, row.operation))
         ratio = f"{row.median_seconds / reference.median_seconds:.2f}x" if reference else "-"
+        cpu_ratio = (
+            f"{row.median_cpu_seconds / reference.median_cpu_seconds:.2f}x"
+            if reference and reference.median_cpu_seconds
+            else "-"
+        )
         print(
             f"{row.transport:12} {row.operation:21} {row.tool:22} {row.median_seconds:9.2f}"
-            f" {ratio:>10} {row.peak_rss_mb:12.1f}"
+            f" {ratio:>10} {row.median_cpu_seconds:7.2f} {cpu_ratio:>7} {row.peak_rss_mb:12.1f}"
         )
 
 
@@ -301,8 +475,21 @@ def main() -> None:
     parser.add_argument(
         "--only",
         action="append",
-        choices=["pull", "push", "registry", "repeat"],
-        help="operations to time",
+        choices=["pull", "push", "registry", "repeat", "none"],
+        help="operations to time (none: only --toolbox)",
+    )
+    parser.add_argument(
+        "--image",
+        choices=["synthetic", "real", "huge"],
+        default="synthetic",
+        help="synthetic: --layers of 16-symbol random bytes; real: a layer per tree of this"
+        " machine's files; huge: one layer of --huge-mb (2/3 random, 1/3 text; takes minutes)",
+    )
+    parser.add_argument("--huge-mb", type=int, default=3072)
+    parser.add_argument(
+        "--toolbox",
+        action="store_true",
+        help=f"also time --version, digest and tags ({TOOLBOX_RUNS} runs each)",
     )
     parser.add_argument(
         "--code", type=Path, default=REPO_ROOT, help="occystrap source tree to time (default: here)"
@@ -311,11 +498,14 @@ def main() -> None:
     code = args.code.resolve()
     require_binary(TIME_BINARY)
     RESULTS_DIR.mkdir(parents=True, exist_ok=True)
-    layout = cached_layout(args.size_mb, args.layers)
+    if args.image == "synthetic":
+        image = cached_layout(args.size_mb, args.layers)
+    else:
+        image = cached_archive(args.image, args.huge_mb)
     modes = [True] if args.tls else [False] if args.plain else [False, True]
     rows: list[Row] = []
     for tls in modes:
-        rows += bench_transport(layout, tls, args.runs, set(args.only or ()), code)
+        rows += bench_transport(image, tls, args.runs, set(args.only or ()), code, args.toolbox)
     print()
     print_table(rows)
     stamp = datetime.datetime.now(datetime.UTC).strftime("%Y%m%dT%H%M%SZ")
@@ -339,6 +529,7 @@ def main() -> None:
                     {
                         **asdict(row),
                         "median_seconds": row.median_seconds,
+                        "median_cpu_seconds": row.median_cpu_seconds,
                         "peak_rss_mb": row.peak_rss_mb,
                     }
                     for row in rows

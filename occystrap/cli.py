@@ -39,6 +39,7 @@ if TYPE_CHECKING:
 LOG_FORMAT = "occystrap: %(levelname)s: %(message)s"
 DEBUG_LOG_FORMAT = "occystrap: %(levelname)s %(name)s: %(message)s"
 QUIET = "occystrap.quiet"  # click context meta key: -q was given
+LOGIN_PASSWORD = "occystrap.login_password"  # a global --password meant for login -u
 NO_MATCH_STATUS = 1  # search found nothing, as grep
 CLOSED_PIPE_STATUS = 128 + 13  # stdout's reader went away (SIGPIPE), as grep
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
@@ -419,6 +420,10 @@ def _fail(message: str, status: int) -> None:
 def main(ctx: click.Context, **options: object) -> None:
     """Move container images between registries, tarballs and directories."""
     ctx.meta[QUIET] = options.pop("quiet")
+    if ctx.invoked_subcommand == "login" and options.get("username") is None:
+        # `--password X login -u USER`: the user comes with the command, not globally.
+        ctx.meta[LOGIN_PASSWORD] = options["password"]
+        options["password"] = None
     level = (
         logging.DEBUG
         if options["debug"]
@@ -1096,10 +1101,20 @@ def delete(settings: RunSettings, image: str) -> None:
 @main.command()
 @click.argument("host")
 @click.option("-u", "--username", "login_username", help="Username (else --username or a prompt).")
+@click.option(
+    "-p",
+    "--password",
+    "login_password",
+    help="Password (visible to other users: prefer --password-stdin or the prompt).",
+)
 @click.option("--password-stdin", is_flag=True, help="Read the password from stdin.")
 @click.pass_obj
 def login(
-    settings: RunSettings, host: str, login_username: str | None, password_stdin: bool
+    settings: RunSettings,
+    host: str,
+    login_username: str | None,
+    login_password: str | None,
+    password_stdin: bool,
 ) -> None:
     """Check credentials against registry HOST, then save them in the auth file.
 
@@ -1108,11 +1123,15 @@ def login(
     """
     from occystrap import toolbox
 
+    if login_password is not None and password_stdin:
+        raise click.UsageError("give the password with -p or --password-stdin, not both")
+    given = login_password or click.get_current_context().meta.get(LOGIN_PASSWORD)
     credential = toolbox.ask_credential(
         settings,
         login_username,
         password_stdin,
         lambda text, hide: str(click.prompt(text, hide_input=hide)),
+        password=given,
     )
     path = toolbox.login(settings, host, credential)
     click.echo(f"occystrap: logged in to {host} as {credential.username} ({path})", err=True)

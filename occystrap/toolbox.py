@@ -279,10 +279,11 @@ def ask_credential(
     username: str | None,
     password_stdin: bool,
     prompt: Prompt | None = None,
+    password: str | None = None,
 ) -> Credential:
     """The login's user (-u, else --username, else `prompt` on a terminal) and password
-    (--password-stdin, else --password, else `prompt` without echo on a terminal, else a line
-    of stdin). The password is never echoed."""
+    (--password-stdin, else `password` (login -p), else --password, else `prompt` without
+    echo on a terminal, else a line of stdin). The password is never echoed."""
     username = username or settings.username
     if not username:
         if not sys.stdin.isatty() or password_stdin or prompt is None:
@@ -290,11 +291,11 @@ def ask_credential(
         username = prompt("Username", False)
     if password_stdin:
         password = sys.stdin.read().rstrip("\r\n")
-    elif settings.password is not None:
+    elif (password or settings.password) is not None:
         LOG.warning(
             "a password on the command line is visible to other users; use --password-stdin"
         )
-        password = settings.password
+        password = password or settings.password
     elif sys.stdin.isatty() and prompt is not None:
         password = prompt("Password", True)
     else:

@@ -351,6 +351,24 @@ def test_login_writes_an_auth_file_skopeo_uses(
     assert json.loads(inspected.stdout)["Name"] == f"{registry.host}/{unique_repo}"
 
 
+@pytest.mark.parametrize("form", ["login -p", "global --password"])
+def test_login_takes_the_password_as_an_option(
+    form, registry_basic, tmp_path, no_saved_credentials
+):
+    authfile = tmp_path / "auth.json"
+    user, password = registry_basic.username, registry_basic.password
+    if form == "login -p":
+        words = ["login", registry_basic.host, "-u", user, "-p", password]
+    else:  # `--password X login -u U` used to say "give both" when both were given
+        words = ["--password", password, "login", "-u", user, registry_basic.host]
+    result = run_occystrap(
+        *_login_flags(registry_basic), "--authfile", str(authfile), *words,
+        env=no_saved_credentials,
+    )  # fmt: skip
+    assert f"logged in to {registry_basic.host} as {user}" in result.stderr
+    assert registry_basic.host in json.loads(authfile.read_text())["auths"]
+
+
 def test_login_into_docker_config_keeps_other_entries_and_logout_removes_it(
     registry_basic, unique_repo, tmp_path, no_saved_credentials
 ):

@@ -19,7 +19,7 @@ python -m pip install -q --disable-pip-version-check -e '.[test,aws,gcp,azure,da
 
 ruff check .
 ruff format --check .
-mypy occystrap
+mypy occystrap plugins/occystrap-aws/occystrap_aws plugins/occystrap-gcp/occystrap_gcp plugins/occystrap-azure/occystrap_azure
 
 status=0
 python -m pytest -q -p no:cacheprovider "$@" || status=$?

@@ -39,6 +39,7 @@ if TYPE_CHECKING:
 LOG_FORMAT = "occystrap: %(levelname)s: %(message)s"
 DEBUG_LOG_FORMAT = "occystrap: %(levelname)s %(name)s: %(message)s"
 QUIET = "occystrap.quiet"  # click context meta key: -q was given
+PROGRESS = "occystrap.progress"  # click context meta key: the --progress mode
 LOGIN_PASSWORD = "occystrap.login_password"  # a global --password meant for login -u
 NO_MATCH_STATUS = 1  # search found nothing, as grep
 CLOSED_PIPE_STATUS = 128 + 13  # stdout's reader went away (SIGPIPE), as grep
@@ -404,6 +405,15 @@ def _fail(message: str, status: int) -> None:
     "-v", "--verbose", is_flag=True, envvar="OCCYSTRAP_VERBOSE", help="Say what each step does."
 )
 @click.option(
+    "--progress",
+    type=click.Choice(["auto", "tty", "plain", "none"]),
+    default="auto",
+    show_default=True,
+    envvar="OCCYSTRAP_PROGRESS",
+    help="auto: a live display on a terminal only; tty: always; plain: a line per layer"
+    " done (and every 10 s while one moves), for CI logs; none.",
+)
+@click.option(
     "-q",
     "--quiet",
     is_flag=True,
@@ -420,6 +430,8 @@ def _fail(message: str, status: int) -> None:
 def main(ctx: click.Context, **options: object) -> None:
     """Move container images between registries, tarballs and directories."""
     ctx.meta[QUIET] = options.pop("quiet")
+    mode = options.pop("progress")
+    ctx.meta[PROGRESS] = "none" if ctx.meta[QUIET] else mode
     if ctx.invoked_subcommand == "login" and options.get("username") is None:
         # `--password X login -u USER`: the user comes with the command, not globally.
         ctx.meta[LOGIN_PASSWORD] = options["password"]
@@ -682,7 +694,9 @@ def process(
     source_uri, destination_uri = parse_uri(source), parse_uri(destination)
     if source_uri.holds_many_images:
         library.check_many_destination(destination_uri)
-        progress = TerminalProgress(f"{source_uri.describe()} -> {destination_uri}")
+        progress = TerminalProgress(
+            f"{source_uri.describe()} -> {destination_uri}", mode=_progress_mode()
+        )
         with progress:
             bulk = library.copy_many(
                 source,
@@ -709,7 +723,7 @@ def process(
                 f"{len(bulk.failed)} of {len(bulk.images)} images failed; see the lines above"
             )
         return
-    progress = TerminalProgress(f"{source_uri} -> {destination_uri}")
+    progress = TerminalProgress(f"{source_uri} -> {destination_uri}", mode=_progress_mode())
     with progress:
         result = library.copy(
             source,
@@ -737,6 +751,10 @@ def process(
     if result.digest:
         what += f", {result.digest}"
     _summary(what, progress, result.stats)
+
+
+def _progress_mode() -> str:
+    return str(click.get_current_context().meta.get(PROGRESS, "auto"))
 
 
 def _counted(count: int, noun: str) -> str:

@@ -1,9 +1,11 @@
 """Progress for people: on a terminal, a live display (drawn with rich) of the image being
-copied, one bar per layer in flight and the layers the rate limiter holds; nothing at all
-when stderr is not a terminal. The summary line is the CLI's (see `cli._summary`)."""
+copied, one bar per layer in flight and the layers the rate limiter holds; nothing when
+stderr is not a terminal, unless --progress asks for plain lines (or the display anyway).
+The summary line is the CLI's (see `cli._summary`)."""
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import sys
@@ -14,6 +16,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, TextIO
+
+from occystrap.units import human_bytes
 
 if TYPE_CHECKING:
     from rich.console import Console, RenderableType
@@ -42,6 +46,57 @@ def phase_of(key: str) -> str:
     return PHASES.get(kind, (kind, ""))[0]
 
 
+PROGRESS_MODES = ("auto", "tty", "plain", "none")
+PLAIN_EVERY = 10.0  # seconds between plain lines for one layer still moving
+
+
+class _PlainLines:
+    """--progress plain: one stderr line per layer done, and one every PLAIN_EVERY seconds
+    for a layer still moving, so CI logs show a long run is alive."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._tasks: dict[str, list] = {}  # key -> [label, total, done, started, last said]
+
+    def start(self, key: str, total: int | None, label: str) -> None:
+        now = time.monotonic()
+        with self._lock:
+            self._tasks[key] = [label, total, 0, now, now]
+
+    def advance(self, key: str, nbytes: int) -> None:
+        now = time.monotonic()
+        with self._lock:
+            task = self._tasks.get(key)
+            if task is None:
+                return
+            task[2] += nbytes
+            if now - task[4] < PLAIN_EVERY:
+                return
+            task[4] = now
+            label, total, done = task[0], task[1], task[2]
+        share = f" of {human_bytes(total)}" if total else ""
+        self._say(f"{phase_of(key)} {label}: {human_bytes(done)}{share}")
+
+    def restart(self, key: str, completed: int) -> None:
+        with self._lock:
+            if key in self._tasks:
+                self._tasks[key][2] = completed
+
+    def finish(self, key: str) -> None:
+        with self._lock:
+            task = self._tasks.pop(key, None)
+        if task is not None:
+            seconds = time.monotonic() - task[3]
+            word = DONE.get(phase_of(key), "done")
+            self._say(f"{word} {task[0]}: {human_bytes(task[2])} in {seconds:.1f} s")
+
+    @staticmethod
+    def _say(line: str) -> None:
+        with contextlib.suppress(OSError, ValueError):
+            sys.stderr.write(f"occystrap: {line}\n")
+            sys.stderr.flush()
+
+
 @dataclass
 class Tally:
     """When the run started, for the summary line."""
@@ -59,9 +114,13 @@ class TerminalProgress:
     lets a drawing failure reach the run: the display stops instead.
     """
 
-    def __init__(self, title: str = "", console: Console | None = None) -> None:
+    def __init__(self, title: str = "", console: Console | None = None, mode: str = "auto") -> None:
+        """`mode` (--progress): "auto" draws on a terminal only, "tty" draws even off one,
+        "plain" prints a line per layer finished (and every PLAIN_EVERY seconds while one
+        moves) for logs, "none" shows nothing."""
         self.title = title
         self.tally = Tally()
+        self.plain = _PlainLines() if mode == "plain" else None
         self._lock = threading.Lock()
         self._tasks: dict[str, TaskID] = {}
         self._working_on = threading.local()  # .key: the task the thread works on
@@ -73,12 +132,13 @@ class TerminalProgress:
         self._log_streams: list[tuple[logging.StreamHandler[TextIO], TextIO]] = []
         self.console = console
         self._display: Display | None = None
-        if console is not None or _stderr_may_be_a_terminal():
+        drawn = mode == "tty" or (mode == "auto" and _stderr_may_be_a_terminal())
+        if console is not None or drawn:
             from rich.console import Console
 
             from occystrap.live_display import Display
 
-            self.console = console or Console(stderr=True)
+            self.console = console or Console(stderr=True, force_terminal=mode == "tty" or None)
             self._display = Display(self._header, self.console)
         self.live = (
             self.console is not None
@@ -119,6 +179,8 @@ class TerminalProgress:
     # -- the ProgressSink protocol ---------------------------------------------------------
 
     def start(self, key: str, total: int | None, label: str) -> None:
+        if self.plain is not None:
+            self.plain.start(key, total, label)
         display = self._live_display()
         if display is None:
             return
@@ -133,6 +195,8 @@ class TerminalProgress:
             self._working_on.key = key
 
     def advance(self, key: str, nbytes: int) -> None:
+        if self.plain is not None:
+            self.plain.advance(key, nbytes)
         display = self._live_display()
         if display is None:
             return
@@ -142,6 +206,8 @@ class TerminalProgress:
                 display.advance(task, nbytes)
 
     def restart(self, key: str, completed: int) -> None:
+        if self.plain is not None:
+            self.plain.restart(key, completed)
         display = self._live_display()
         if display is None:
             return
@@ -151,6 +217,8 @@ class TerminalProgress:
                 display.reset(task, completed=completed)
 
     def finish(self, key: str) -> None:
+        if self.plain is not None:
+            self.plain.finish(key)
         display = self._live_display()
         if display is None:
             return

@@ -116,3 +116,18 @@ def test_verbose_says_what_happened_to_each_blob(registry_plain, unique_repo, tm
         "--insecure", "-v", "process", pushed, f"{pushed.rpartition(':')[0]}-mounted:{TAG}"
     )
     assert mounted.stderr.count(": mounted from ") == 3, mounted.stderr
+
+
+def test_plain_progress_lines_for_logs(registry_plain, unique_repo, tmp_path):
+    """Off a terminal nothing is drawn by default; --progress plain prints a line per layer
+    done, so a CI log shows the run moving."""
+    seed_image(registry_plain, unique_repo, tmp_path)
+    source = f"registry://{registry_plain.host}/{unique_repo}:{TAG}"
+    quiet = run_occystrap("--insecure", "process", source, f"tar://{tmp_path / 'a.tar'}")
+    assert len(quiet.stderr.strip().splitlines()) == 1, quiet.stderr  # the summary only
+    plain = run_occystrap(
+        "--insecure", "--progress", "plain", "process", source, f"tar://{tmp_path / 'b.tar'}"
+    )
+    lines = plain.stderr.strip().splitlines()
+    assert sum(line.startswith("occystrap: written ") for line in lines) == 2, plain.stderr
+    assert all(" in " in line and " s" in line for line in lines[:-1]), plain.stderr

@@ -566,3 +566,31 @@ def _layout_blob(layout: Path, digest: str) -> bytes:
     data = (layout / "blobs" / algorithm / encoded).read_bytes()
     assert hashlib.sha256(data).hexdigest() == encoded
     return data
+
+
+def test_a_retry_budget_stops_a_run_against_a_failing_registry(seeded, mirror, tmp_path):
+    """Every blob read fails with 503: after --retry-budget retries in all the run stops
+    retrying, fails what is in flight and starts nothing more."""
+    with FaultProxy(seeded.registry.url) as proxy:
+        proxy.fail_next(1000, status=503, path=r"/blobs/")
+        rule = {
+            "source": f"registry://{proxy.host}/{seeded.prefix}/*a",
+            "target": f"registry://{mirror.host}/{seeded.prefix}-b2",
+        }
+        spec = write_yaml(tmp_path / "sync.yaml", {"sync": [rule]})
+        report = tmp_path / "report.json"
+        result = run_occystrap(
+            "--insecure", "--retries", "5", "sync", str(spec), "-J", "1", "--keep-going",
+            "--retry-budget", "3", "--report", str(report), check=False, timeout=300,
+        )  # fmt: skip
+        failed_reads = len([r for r in proxy.requests if r.action == "failed"])
+    assert result.returncode != 0
+    statuses = [entry["status"] for entry in json.loads(report.read_text())]
+    assert "failed" in statuses and "deferred" in statuses and "copied" not in statuses
+    deferred = json.loads(report.read_text())[statuses.index("deferred")]
+    assert "retry budget" in deferred["error"]
+    # The budget caps the chain's retries (3 in all, not 5 per read of every image); what
+    # else failed is first attempts of the first image's concurrent reads and its upload
+    # restarts. Without the budget: 11 images x 3 blobs x 6 attempts, at least.
+    assert "3 retries" in result.stderr, result.stderr
+    assert failed_reads < 20, failed_reads

@@ -237,7 +237,10 @@ def test_zstd_uses_the_threads_it_is_given_with_the_same_output(monkeypatch):
     real_compressor = zstandard.ZstdCompressor
 
     def recording_compressor(**options):
-        workers_asked.append(options.get("threads", 0))
+        parameters = options.get("compression_params")  # threads given there, or directly
+        workers_asked.append(
+            parameters.threads if parameters is not None else options.get("threads", 0)
+        )
         return real_compressor(**options)
 
     monkeypatch.setattr(compression.zstandard, "ZstdCompressor", recording_compressor)
@@ -468,4 +471,5 @@ def test_output_setting_names_what_decides_the_bytes():
     assert gzip_setting != compression.output_setting(compression.GZIP, 0)
     assert compression.output_setting(compression.ZSTD, 5) == (
         f"zstd/zstd-{'.'.join(map(str, zstandard.ZSTD_VERSION))}/level=5/checksum/multithreaded"
+        "/job=4194304"
     )

@@ -13,6 +13,7 @@ written so a small compressed layer cannot fill the disk.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import logging
 import os
@@ -20,7 +21,7 @@ import shutil
 import stat
 import tarfile
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -378,10 +379,14 @@ class _OverlayLayerWriter(_LayerApplier):
     def _clear_lower_layers(self, dir_fd: int, parts: tuple[str, ...]) -> None:
         os.setxattr(dir_fd, OVERLAY_OPAQUE_XATTR, b"y")
 
+    lower: Sequence[Path] = ()  # the layers below, topmost first
+
     def _create(
         self, archive: tarfile.TarFile, member: tarfile.TarInfo, parent_fd: int, base: str
     ) -> None:
         existing = _lstat_at(parent_fd, base)
+        if member.islnk() and self._copied_from_lower(member, parent_fd, base):
+            return
         super()._create(archive, member, parent_fd, base)
         if member.isdir() and existing is not None and stat.S_ISCHR(existing.st_mode):
             # Deleted, then made again by this layer: it must hide what lower layers had there.
@@ -391,6 +396,57 @@ class _OverlayLayerWriter(_LayerApplier):
             finally:
                 os.close(dir_fd)
 
+    def _copied_from_lower(self, member: tarfile.TarInfo, parent_fd: int, base: str) -> bool:
+        """A hard link to a file of a lower layer: each overlay layer is its own directory,
+        so the link cannot be made; the file is copied in under the link's name instead (as
+        overlayfs copies a file up), so the merged view has it. False when the target is in
+        this layer (a plain hard link) or in no layer below."""
+        link_parts = split_member_path(member.linkname)
+        if not link_parts:
+            return False
+        *link_parent, link_base = link_parts
+        with (
+            contextlib.suppress(OSError, UnsafeMember),
+            _open_directory(self.root_fd, tuple(link_parent), create=False) as here,
+        ):
+            if _lstat_at(here, link_base) is not None:
+                return False
+        for layer in self.lower:
+            layer_fd = os.open(layer, _DIR_FLAGS)
+            try:
+                with _open_directory(layer_fd, tuple(link_parent), create=False) as source_fd:
+                    found = _lstat_at(source_fd, link_base)
+                    if found is None:
+                        continue
+                    if not stat.S_ISREG(found.st_mode):
+                        return False  # a whiteout, or not a file: nothing to link to
+                    self._copy_file(source_fd, link_base, parent_fd, base, found)
+                    return True
+            except UnsafeMember:
+                continue  # the path passes through a non-directory in that layer
+            except FileNotFoundError:
+                continue
+            finally:
+                os.close(layer_fd)
+        return False
+
+    def _copy_file(
+        self, source_fd: int, name: str, parent_fd: int, base: str, found: os.stat_result
+    ) -> None:
+        _remove_at(parent_fd, base)
+        source = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=source_fd)
+        with os.fdopen(source, "rb") as reader:
+            file_fd = os.open(base, _NEW_FILE_FLAGS, 0o600, dir_fd=parent_fd)
+            with os.fdopen(file_fd, "wb") as writer:
+                while chunk := reader.read(CHUNK_SIZE):
+                    self._charge(len(chunk))
+                    writer.write(chunk)
+                writer.flush()
+                if self.privileged:
+                    os.fchown(file_fd, found.st_uid, found.st_gid)
+                os.fchmod(file_fd, stat.S_IMODE(found.st_mode))
+                os.utime(file_fd, ns=(found.st_atime_ns, found.st_mtime_ns))
+
 
 def apply_layer(
     tar_stream: BinaryIO,
@@ -398,6 +454,7 @@ def apply_layer(
     *,
     privileged: bool | None = None,
     overlay: bool = False,
+    lower: Sequence[Path] = (),
     devices: bool = False,
     setuid: bool = False,
     budget: ExpansionBudget | None = None,
@@ -411,7 +468,8 @@ def apply_layer(
     either is otherwise skipped with one warning per layer. `budget` caps the bytes written.
     `overlay` writes the layer in overlayfs form into an empty `target` instead: a whiteout
     becomes a 0:0 character device and an opaque directory gets `trusted.overlay.opaque=y`
-    (both need root).
+    (both need root); a hard link to a file of a `lower` layer (topmost first) becomes a
+    copy of that file.
 
     Raises `OccystrapError` for a layer that is not a tar, is hostile, overruns the budget,
     or cannot be written (disk full, read-only); the caller removes the partial tree.
@@ -420,6 +478,8 @@ def apply_layer(
         privileged = os.geteuid() == 0
     writer = _OverlayLayerWriter if overlay else _LayerApplier
     applier = writer(0, privileged, devices, setuid, budget)
+    if isinstance(applier, _OverlayLayerWriter):
+        applier.lower = lower
     try:
         applier.root_fd = os.open(target, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
         try:

@@ -32,6 +32,7 @@ def expand_layers(
                 tar,
                 target_for(position),
                 overlay=overlay,
+                lower=[target_for(below) for below in reversed(range(position))] if overlay else (),
                 devices=policy.devices,
                 setuid=policy.setuid,
                 budget=files_budget,

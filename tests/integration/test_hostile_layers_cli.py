@@ -157,3 +157,26 @@ def test_an_owner_beyond_32_bits_is_refused_in_one_line(
     )
     assert_one_line_error(result, "'big'", "no Linux system can hold", "refusing")
     assert not out.exists()
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="mounts:// needs root")
+def test_mounts_keeps_a_hard_link_to_a_file_of_a_lower_layer(registry_plain, unique_repo, tmp_path):
+    """Each overlay layer is its own directory: the link becomes a copy, so the merged view
+    has the file as dir:// and oci:// outputs do (it used to be dropped, exit 0)."""
+    link = tarfile.TarInfo()
+    link.type, link.linkname, link.mode = tarfile.LNKTYPE, "bin/tool", 0o755
+    seed_image(
+        registry_plain, unique_repo, tmp_path, [{"bin/tool": b"#!/bin/sh\n"}, {"bin/alias": link}]
+    )
+    out = tmp_path / "out"
+    result = run_occystrap(
+        "--insecure",
+        "process",
+        f"registry://{registry_plain.host}/{unique_repo}:{TAG}",
+        f"mounts://{out}",
+    )
+    assert "missing" not in result.stderr, result.stderr
+    lower, upper = sorted((out / "layers").iterdir())
+    copied, original = upper / "bin" / "alias", lower / "bin" / "tool"
+    assert copied.read_bytes() == original.read_bytes() == b"#!/bin/sh\n"
+    assert copied.stat().st_mode == original.stat().st_mode  # a link shares its target's

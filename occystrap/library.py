@@ -299,7 +299,7 @@ def search(
                 ctx = RunContext(settings, client, work)
                 item = endpoint.open_input(ctx).read()
                 image = (
-                    choose_platform(item, settings.platform, settings.platforms)
+                    choose_platform(item, settings.platform, settings.platforms, "searching")
                     if isinstance(item, ImageIndex)
                     else item
                 )
@@ -401,7 +401,7 @@ def _inspect_one(endpoint: Endpoint, ctx: RunContext) -> ImageInfo:
     index_digest = None
     if isinstance(item, ImageIndex):
         index_digest = item.digest
-        item = choose_platform(item, ctx.settings.platform, ctx.settings.platforms)
+        item = choose_platform(item, ctx.settings.platform, ctx.settings.platforms, "showing")
     info = describe(item, name, index_digest)
     return replace(info, extra=endpoint.inspect_keys(ctx, item, index_digest))
 

@@ -170,11 +170,14 @@ class CopyResult:
 
 
 def choose_platform(
-    index: ImageIndex, default: Platform, platforms: Sequence[Platform] = ()
+    index: ImageIndex,
+    default: Platform,
+    platforms: Sequence[Platform] = (),
+    doing: str = "writing",
 ) -> Image:
     """The one image a single-image destination (or a filter) takes from an index: the one
-    --platform asked for, else the source URI's, else `default`; said aloud when it was a
-    choice among several."""
+    --platform asked for, else the source URI's, else `default`; said aloud, with what is
+    `doing` with it (writing, searching, showing), when it was a choice among several."""
     if len(platforms) > 1:
         raise UsageError(
             f"{len(platforms)} platforms asked for where one image is needed (a filter, or a"
@@ -185,9 +188,10 @@ def choose_platform(
     runnable = [entry for entry in index.manifests if not entry.is_attestation]
     if len(runnable) > 1 and index.pinned is None:
         LOG.warning(
-            "%s has %d platforms; writing %s (choose with --platform)",
+            "%s has %d platforms; %s %s (choose with --platform)",
             index.source,
             len(runnable),
+            doing,
             chosen.platform,
         )
     return index.read_entry(chosen)

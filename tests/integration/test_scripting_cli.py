@@ -131,3 +131,20 @@ def test_plain_progress_lines_for_logs(registry_plain, unique_repo, tmp_path):
     lines = plain.stderr.strip().splitlines()
     assert sum(line.startswith("occystrap: written ") for line in lines) == 2, plain.stderr
     assert all(" in " in line and " s" in line for line in lines[:-1]), plain.stderr
+
+
+def test_search_and_info_say_what_they_do_with_the_platform_they_pick(
+    registry_plain, unique_repo, tmp_path
+):
+    layout = tmp_path / "multiarch"
+    build_multiarch_layout(
+        layout,
+        {("linux", "amd64"): [{"a": b"amd64\n"}], ("linux", "arm64"): [{"a": b"arm64\n"}]},
+    )
+    push_multiarch_with_skopeo(layout, registry_plain, unique_repo, TAG)
+    source = f"registry://{registry_plain.host}/{unique_repo}:{TAG}"
+    searched = run_occystrap("--insecure", "search", source, "a")
+    assert "platforms; searching linux/amd64" in searched.stderr, searched.stderr
+    shown = run_occystrap("--insecure", "info", source)
+    assert "platforms; showing linux/amd64" in shown.stderr, shown.stderr
+    assert "writing" not in searched.stderr + shown.stderr

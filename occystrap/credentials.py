@@ -33,7 +33,7 @@ _IDENTITY_TOKEN_USERNAME = "<token>"
 # What docker-credential-* helpers print when they simply hold nothing for a host.
 _HELPER_NOT_FOUND = "credentials not found"
 # The pre-2015 Docker file: the `auths` object itself, at the top level.
-_LEGACY_FILE_NAME = ".dockercfg"
+LEGACY_FILE_NAME = ".dockercfg"
 
 # An `auths` key reduced to (host, repository path); the path is "" for a host-wide entry.
 AuthKey = tuple[str, str]
@@ -108,7 +108,7 @@ def auth_files_for_reading(
         primary,
         config_home / "containers" / "auth.json",
         docker_config_path(environ, home),
-        home / _LEGACY_FILE_NAME,
+        home / LEGACY_FILE_NAME,
     ]
 
 
@@ -197,7 +197,7 @@ class _ConfigFile:
         document = _read_document(path)
         if document is None:
             return None
-        legacy = path.name == _LEGACY_FILE_NAME
+        legacy = path.name == LEGACY_FILE_NAME
         auths = document if legacy else document.get("auths") or {}
         helpers = {} if legacy else document.get("credHelpers") or {}
         store = None if legacy else document.get("credsStore") or None

@@ -15,9 +15,11 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from occystrap.credentials import (
+    LEGACY_FILE_NAME,
     Credential,
     CredentialStore,
     auth_file_for_writing,
+    auth_files_for_reading,
     remove_credential,
     store_credential,
 )
@@ -265,9 +267,19 @@ def login(settings: RunSettings, host: str, credential: Credential) -> Path:
 
 
 def logout(settings: RunSettings, host: str) -> tuple[Path, bool]:
-    """Remove HOST's entry from the auth file: (the file, whether there was an entry)."""
-    path = auth_file_for_writing(settings.authfile)
-    return path, remove_credential(path, login_host(host))
+    """Remove HOST's entry from the auth file login writes and from every auth file
+    credentials are read from (skopeo's and podman's containers/auth.json too), so no saved
+    login is left: (a file it was removed from, else the login file; whether there was one).
+    The legacy ~/.dockercfg, which nothing writes any more, is left alone."""
+    key = login_host(host)
+    written = auth_file_for_writing(settings.authfile)
+    places = dict.fromkeys([written, *auth_files_for_reading(settings.authfile)])
+    removed = [
+        path
+        for path in places
+        if path.name != LEGACY_FILE_NAME and path.is_file() and remove_credential(path, key)
+    ]
+    return (removed[0] if removed else written), bool(removed)
 
 
 # Asks the user for a value on the terminal: (what, whether to hide the answer) -> the answer.

@@ -624,3 +624,24 @@ def test_toolbox_requests_are_retried(fault_proxy, registry_plain, unique_repo, 
     )
     assert sorted(result.stdout.split()) == ["v1", "v2"]
     assert len(fault_proxy.requests_matching("/tags/list")) == 3
+
+
+def test_logout_removes_the_login_skopeo_saved_in_its_default_file(
+    registry_basic, unique_repo, tmp_path, no_saved_credentials
+):
+    """skopeo writes ${XDG_RUNTIME_DIR}/containers/auth.json, which occystrap reads: logout
+    removes the entry there too, so no saved login is left behind."""
+    _push(registry_basic, unique_repo, tmp_path)
+    saved = Path(no_saved_credentials["XDG_RUNTIME_DIR"]) / "containers" / "auth.json"
+    run_skopeo(
+        "login", "--authfile", str(saved), "--tls-verify=false", "-u", registry_basic.username,
+        "-p", registry_basic.password, registry_basic.host,
+    )  # fmt: skip
+    assert registry_basic.host in json.loads(saved.read_text())["auths"]
+    uri = _uri(registry_basic, f"{unique_repo}:v1")
+    run_occystrap("--insecure", "digest", uri, env=no_saved_credentials)  # the login is used
+    result = run_occystrap("--insecure", "logout", registry_basic.host, env=no_saved_credentials)
+    assert "logged out of" in result.stderr and str(saved) in result.stderr, result.stderr
+    assert registry_basic.host not in json.loads(saved.read_text())["auths"]
+    anonymous = run_occystrap("--insecure", "digest", uri, env=no_saved_credentials, check=False)
+    assert_one_line_error(anonymous)

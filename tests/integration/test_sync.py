@@ -20,7 +20,9 @@ import pytest
 from tests.integration.cli import REPO_ROOT, run_occystrap
 from tests.integration.fault_proxy import FaultProxy
 from tests.integration.images import (
+    build_multiarch_layout,
     build_oci_layout,
+    push_multiarch_with_skopeo,
     push_with_skopeo,
     random_layer,
     run_skopeo,
@@ -594,3 +596,33 @@ def test_a_retry_budget_stops_a_run_against_a_failing_registry(seeded, mirror, t
     # restarts. Without the budget: 11 images x 3 blobs x 6 attempts, at least.
     assert "3 retries" in result.stderr, result.stderr
     assert failed_reads < 20, failed_reads
+
+
+def test_platforms_narrow_an_index_and_the_plan_knows_the_narrowed_digest(seeded, mirror, tmp_path):
+    """A two-platform image synced with platforms: [linux/arm64] is narrowed at the target;
+    the next plan computes that same digest, so it is unchanged, not copied again."""
+    repository = f"{seeded.prefix}/multi"
+    layout = tmp_path / "multi"
+    build_multiarch_layout(
+        layout,
+        {
+            ("linux", "amd64"): [random_layer(2000, 21)],
+            ("linux", "arm64"): [random_layer(2000, 22)],
+        },
+    )
+    push_multiarch_with_skopeo(layout, seeded.registry, repository, "1")
+    rule = {
+        "source": f"registry://{seeded.registry.host}/{repository}",
+        "target": f"registry://{mirror.host}/{seeded.prefix}-p/multi",
+        "platforms": ["linux/arm64"],
+    }
+    spec = write_yaml(tmp_path / "sync.yaml", {"sync": [rule]})
+    report = tmp_path / "report.json"
+    sync(str(spec), "--report", str(report))
+    (copied,) = json.loads(report.read_text())
+    assert copied["status"] == "copied"
+    # One platform kept: the target holds that platform's manifest itself.
+    written = skopeo_inspect(mirror, f"{seeded.prefix}-p/multi:1")
+    assert written["Architecture"] == "arm64" and written["Digest"] == copied["digest"]
+    again = sync(str(spec))
+    assert set(result_lines(again.stdout).values()) == {"unchanged"}, again.stdout

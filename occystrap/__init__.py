@@ -25,6 +25,7 @@ __version__ = "0.1.0"
 sys.modules.setdefault("httpx._main", None)  # type: ignore[arg-type]
 
 if TYPE_CHECKING:  # what type checkers see; at run time each name loads on first use
+    from occystrap.cancel import Cancellation, Cancelled
     from occystrap.endpoints import Endpoint, Scheme, parse_uri, schemes
     from occystrap.errors import DigestMismatchError, OccystrapError, RegistryError, UsageError
     from occystrap.filters import FilterKind, filter_kinds, parse_filters
@@ -55,6 +56,8 @@ _EXPORTS = {
     "copy_many": "occystrap.library",
     "inspect": "occystrap.library",
     "search": "occystrap.library",
+    "Cancellation": "occystrap.cancel",
+    "Cancelled": "occystrap.cancel",
     "Endpoint": "occystrap.endpoints",
     "Scheme": "occystrap.endpoints",
     "parse_uri": "occystrap.endpoints",
@@ -79,6 +82,8 @@ _EXPORTS = {
 }
 __all__ = [
     "BulkResult",
+    "Cancellation",
+    "Cancelled",
     "ChainSettings",
     "CopyResult",
     "DigestMismatchError",

@@ -8,7 +8,7 @@ from typing import TypeVar
 
 import httpx
 
-from occystrap.cancel import cancellable_pool
+from occystrap.cancel import Cancellation, cancellable_pool
 from occystrap.endpoints import Endpoint
 from occystrap.errors import OccystrapError
 from occystrap.pipeline import ProgressSink
@@ -51,7 +51,9 @@ def describe_failure(exc: Exception) -> str:
     return f"{type(exc).__name__}: {exc or 'no detail'}"
 
 
-def run_each(items: Sequence[T], job: Callable[[T], None], parallel: int) -> list[str | None]:
+def run_each(
+    items: Sequence[T], job: Callable[[T], None], parallel: int, cancellation: Cancellation
+) -> list[str | None]:
     """Run `job` for every item, `parallel` at once; returns each item's failure (one line),
     or None where it succeeded: a failure is recorded, not raised."""
 
@@ -63,5 +65,5 @@ def run_each(items: Sequence[T], job: Callable[[T], None], parallel: int) -> lis
             return describe_failure(exc)
         return None
 
-    with cancellable_pool(parallel, "image") as pool:
+    with cancellable_pool(cancellation, parallel, "image") as pool:
         return list(pool.map(attempt, items))

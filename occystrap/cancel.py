@@ -4,8 +4,10 @@ Python delivers SIGINT to the main thread only, as a KeyboardInterrupt; worker t
 on, and both `ThreadPoolExecutor.__exit__` and interpreter exit wait for them (a slow layer
 used to hold a Ctrl-C for 96 s). So an interrupt also:
 
-- sets `CANCELLED`, which transfer loops check between chunks (`check`) and sleeps wait on
-  (`sleep`), so no new work starts and backoffs end at once;
+- cancels the run's `Cancellation` (each run carries its own in its `RunContext`, so one
+  run's interrupt never stops another in the same process), which transfer loops check
+  between chunks (`check`) and sleeps wait on (`sleep`), so no new work starts and backoffs
+  end at once;
 - shuts down the socket of every body being streamed (`watch`), waking a thread blocked
   in `recv` on a trickling server at once;
 - lets `cancellable_pool` (or `shutdown_pool`) stop waiting for its own workers (never other
@@ -37,40 +39,67 @@ if TYPE_CHECKING:
 
     import httpx
 
-CANCELLED = threading.Event()
 # How long an interrupted pool, and the process at exit, wait for workers to notice.
 GRACE_SECONDS = 1.0
-
-_abort_lock = threading.Lock()
-_abort_actions: dict[int, Callable[[], None]] = {}
-# The threads of each live `worker_pool`, by the pool's id.
-_pool_workers: dict[int, set[threading.Thread]] = {}
 
 
 class Cancelled(Exception):  # noqa: N818 - names what happened, like KeyboardInterrupt
     """Raised in a worker thread whose run was interrupted; the main thread reports it."""
 
 
-def check() -> None:
-    """Raise `Cancelled` if the run was interrupted: call between chunks and before retries."""
-    if CANCELLED.is_set():
-        raise Cancelled("interrupted")
+class Cancellation:
+    """One run's stop signal, carried by its `RunContext` (and given to its chain, registry
+    clients, prefetch threads and pools): cancelling it stops that run only, so two runs in
+    one process (a library caller's, a Dask worker's several tasks) never stop each other."""
 
+    def __init__(self) -> None:
+        self._event = threading.Event()
+        self._lock = threading.Lock()
+        self._abort_actions: dict[int, Callable[[], None]] = {}
 
-def sleep(seconds: float) -> None:
-    """`time.sleep` that ends early, raising `Cancelled`, when the run is interrupted."""
-    if CANCELLED.wait(seconds):
-        raise Cancelled("interrupted")
+    def is_set(self) -> bool:
+        return self._event.is_set()
 
+    def check(self) -> None:
+        """Raise `Cancelled` if the run was interrupted: call between chunks and before
+        retries."""
+        if self._event.is_set():
+            raise Cancelled("interrupted")
 
-def cancel() -> None:
-    """Interrupt the run: flag it and cut every registered transfer."""
-    CANCELLED.set()
-    with _abort_lock:
-        actions = list(_abort_actions.values())
-    for action in actions:
-        with contextlib.suppress(OSError):
-            action()
+    def sleep(self, seconds: float) -> None:
+        """`time.sleep` that ends early, raising `Cancelled`, when the run is interrupted."""
+        if self._event.wait(seconds):
+            raise Cancelled("interrupted")
+
+    def cancel(self) -> None:
+        """Interrupt the run: flag it and cut every transfer it watches."""
+        self._event.set()
+        with self._lock:
+            actions = list(self._abort_actions.values())
+        for action in actions:
+            with contextlib.suppress(OSError):
+                action()
+
+    def watch(self, response: httpx.Response) -> None:
+        """Until `unwatch(response)`, cancelling shuts down the socket streaming its body.
+
+        `socket.shutdown` (not close) is what wakes another thread blocked on the socket; the
+        base method is called so that a TLS socket's state is left to the reading thread.
+        """
+        import socket
+
+        sock = _socket_of(response)
+        if sock is not None:
+            with self._lock:
+                self._abort_actions[id(response)] = lambda: socket.socket.shutdown(
+                    sock, socket.SHUT_RDWR
+                )
+        if self._event.is_set():  # cancelled while connecting: `cancel` missed this one
+            self.cancel()
+
+    def unwatch(self, response: httpx.Response) -> None:
+        with self._lock:
+            self._abort_actions.pop(id(response), None)
 
 
 def _socket_of(response: httpx.Response) -> socket.socket | None:
@@ -83,73 +112,52 @@ def _socket_of(response: httpx.Response) -> socket.socket | None:
     return sock if isinstance(sock, socket.socket) else None
 
 
-def watch(response: httpx.Response) -> None:
-    """Until `unwatch(response)`, an interrupt shuts down the socket streaming its body.
-
-    `socket.shutdown` (not close) is what wakes another thread blocked on the socket; the
-    base method is called so that a TLS socket's state is left to the reading thread.
-    """
-    import socket
-
-    sock = _socket_of(response)
-    if sock is not None:
-        with _abort_lock:
-            _abort_actions[id(response)] = lambda: socket.socket.shutdown(sock, socket.SHUT_RDWR)
-    if CANCELLED.is_set():  # interrupted while connecting: the loop above missed this one
-        cancel()
-
-
-def unwatch(response: httpx.Response) -> None:
-    with _abort_lock:
-        _abort_actions.pop(id(response), None)
-
-
 def worker_pool(max_workers: int, thread_name_prefix: str) -> ThreadPoolExecutor:
-    """A ThreadPoolExecutor that knows its own threads, so that an interrupted run waits for
-    them (`shutdown_pool`), not for every thread of the process (another run's, a library
-    caller's)."""
+    """A ThreadPoolExecutor that knows its own threads (`workers`), so that an interrupted
+    run waits for them (`shutdown_pool`), not for every thread of the process (another
+    run's, a library caller's)."""
     from concurrent.futures import ThreadPoolExecutor
 
+    class WorkerPool(ThreadPoolExecutor):
+        workers: set[threading.Thread]
+
     workers: set[threading.Thread] = set()
-    pool = ThreadPoolExecutor(
+    pool = WorkerPool(
         max_workers=max_workers,
         thread_name_prefix=thread_name_prefix,
         initializer=lambda: workers.add(threading.current_thread()),
     )
-    _pool_workers[id(pool)] = workers
+    pool.workers = workers
     return pool
 
 
 @contextlib.contextmanager
-def cancellable_pool(max_workers: int, thread_name_prefix: str) -> Iterator[ThreadPoolExecutor]:
-    """A `worker_pool` that, when its block is left by an interrupt (or any error), starts
-    nothing more, and waits for its running workers only `GRACE_SECONDS` if interrupted."""
+def cancellable_pool(
+    cancellation: Cancellation, max_workers: int, thread_name_prefix: str
+) -> Iterator[ThreadPoolExecutor]:
+    """A `worker_pool` of the run `cancellation` stops that, when its block is left by an
+    interrupt (or any error), starts nothing more, and waits for its running workers only
+    `GRACE_SECONDS` if interrupted."""
     pool = worker_pool(max_workers, thread_name_prefix)
     try:
         yield pool
     except BaseException as error:
-        # A library caller's own Ctrl-C, without our signal handler: cancel this run's
-        # transfers, then clear the flag so the caller's next run starts afresh.
-        library_interrupt = isinstance(error, KeyboardInterrupt) and not CANCELLED.is_set()
-        if library_interrupt:
-            cancel()
-        shutdown_pool(pool)
-        if library_interrupt:
-            CANCELLED.clear()
+        # A library caller's own Ctrl-C, without our signal handler: cancel this run.
+        if isinstance(error, KeyboardInterrupt):
+            cancellation.cancel()
+        shutdown_pool(pool, cancellation)
         raise
     pool.shutdown(wait=True)
-    _pool_workers.pop(id(pool), None)
 
 
-def shutdown_pool(pool: ThreadPoolExecutor) -> None:
+def shutdown_pool(pool: ThreadPoolExecutor, cancellation: Cancellation) -> None:
     """Shut `pool` (a `worker_pool`) down after a failure: nothing queued starts; its running
     workers are waited for, but only `GRACE_SECONDS` when the run was interrupted."""
-    workers = _pool_workers.pop(id(pool), set())
-    if not CANCELLED.is_set():
+    if not cancellation.is_set():
         pool.shutdown(wait=True, cancel_futures=True)
         return
     pool.shutdown(wait=False, cancel_futures=True)
-    _join_workers(workers, time.monotonic() + GRACE_SECONDS)
+    _join_workers(getattr(pool, "workers", ()), time.monotonic() + GRACE_SECONDS)
 
 
 def _join_workers(threads: Iterable[threading.Thread], deadline: float) -> bool:
@@ -164,39 +172,42 @@ def _other_threads() -> list[threading.Thread]:
     return [thread for thread in threading.enumerate() if not thread.daemon]
 
 
-# The signal that stopped the run: the exit status is 128 plus its number, as shells expect.
-_stopped_by = signal.SIGINT
+class _Interrupts:
+    """The run the CLI started (signals belong to the process, so to the one command it
+    runs) and the signal that stopped it: the exit status is 128 plus its number."""
+
+    run = Cancellation()
+    stopped_by = signal.SIGINT
 
 
 def stopped_status() -> int:
     """130 after Ctrl-C (or a library interrupt), 143 after SIGTERM."""
-    return 128 + _stopped_by
+    return 128 + _Interrupts.stopped_by
 
 
 def stopped_message() -> str:
-    return "interrupted" if _stopped_by == signal.SIGINT else "terminated"
+    return "interrupted" if _Interrupts.stopped_by == signal.SIGINT else "terminated"
 
 
 def _on_signal(signum: int, frame: FrameType | None) -> None:
-    global _stopped_by
-    if CANCELLED.is_set():  # a second signal: no more waiting for anything
+    if _Interrupts.run.is_set():  # a second signal: no more waiting for anything
         sys.stderr.write(f"occystrap: error: {stopped_message()}\n")
         sys.stderr.flush()
         os._exit(stopped_status())
-    _stopped_by = signal.Signals(signum)
-    cancel()
+    _Interrupts.stopped_by = signal.Signals(signum)
+    _Interrupts.run.cancel()
     raise KeyboardInterrupt
 
 
-def install_interrupt_handler() -> None:
-    """Make Ctrl-C and SIGTERM cancel the whole run, removing partial outputs and temporary
-    files (the CLI calls this; signals need the main thread)."""
-    global _stopped_by
-    CANCELLED.clear()
-    _stopped_by = signal.SIGINT
+def install_interrupt_handler() -> Cancellation:
+    """Make Ctrl-C and SIGTERM cancel the run the CLI is starting, removing partial outputs
+    and temporary files (signals need the main thread); returns that run's cancellation."""
+    _Interrupts.run = Cancellation()
+    _Interrupts.stopped_by = signal.SIGINT
     if threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGINT, _on_signal)
         signal.signal(signal.SIGTERM, _on_signal)
+    return _Interrupts.run
 
 
 def exit_now(status: int) -> None:

@@ -53,7 +53,7 @@ class OneLineErrors(click.Group):
         if not args and "args" not in kwargs:  # run as the program: arguments from sys.argv
             _leave_out_async_backends()
         kwargs["standalone_mode"] = False
-        cancel.install_interrupt_handler()
+        self.cancellation = cancel.install_interrupt_handler()
         try:
             status = super().main(*args, **kwargs)
         except click.exceptions.NoArgsIsHelpError as exc:
@@ -136,6 +136,12 @@ class OneLineErrors(click.Group):
             from occystrap.registry.errors import network_error_message
 
             raise click.ClickException(network_error_message(exc)) from None
+
+
+def _cancellation() -> cancel.Cancellation:
+    """The run this command started, which Ctrl-C and SIGTERM cancel."""
+    root = click.get_current_context().find_root().command
+    return root.cancellation if isinstance(root, OneLineErrors) else cancel.Cancellation()
 
 
 def _is_network_error(exc: Exception) -> TypeGuard[httpx.RequestError]:
@@ -707,6 +713,7 @@ def process(
                 referrers=referrers,
                 progress=progress,
                 on_rate_wait=progress.rate_limited,
+                cancellation=_cancellation(),
             )
         if not bulk.images:
             click.echo(f"occystrap: no image matches {bulk.source}", err=True)
@@ -734,6 +741,7 @@ def process(
             referrers=referrers,
             progress=progress,
             on_rate_wait=progress.rate_limited,
+            cancellation=_cancellation(),
         )
     if digestfile is not None:
         if result.digest is None:
@@ -838,7 +846,12 @@ def search(
         _write_lines(layer.lines(script_friendly))
 
     result = library.search(
-        source, pattern, settings.selecting(platforms), regex=regex, on_layer=show
+        source,
+        pattern,
+        settings.selecting(platforms),
+        regex=regex,
+        on_layer=show,
+        cancellation=_cancellation(),
     )
     count, layers = result.count, result.layers
     images = f"{len(result.images)} images" if len(result.images) != 1 else result.images[0]
@@ -885,7 +898,7 @@ def info(settings: RunSettings, source: str, platforms: tuple[str, ...]) -> None
 
     settings = settings.selecting(platforms)
     uri = parse_uri(source)
-    found = library.inspect(source, settings)
+    found = library.inspect(source, settings, _cancellation())
     if settings.output_format == "json":
         documents = [image.as_json() for image in found]
         shown = documents if uri.holds_many_images else documents[0]
@@ -1245,6 +1258,7 @@ def sync(
             dry_run, prune, keep_going, image_parallel, quota_floor, retry_budget, cluster
         ),
         report=Path(report) if report else None,
+        cancellation=_cancellation(),
     )
 
 

@@ -22,6 +22,7 @@ from typing import Any, BinaryIO
 
 from occystrap import compression
 from occystrap.archive import MemberSource, member_key, name_and_tag
+from occystrap.cancel import Cancellation
 from occystrap.digests import hash_of, new_hasher, sha256_digest
 from occystrap.errors import DigestMismatchError, OccystrapError, UsageError
 from occystrap.image import Blob, Image, Layer, SourceName
@@ -363,8 +364,10 @@ def write_docker_save(
     repo_tag: str | None,
     layers: Iterator[Layer],
     progress: ProgressSink,
+    cancellation: Cancellation,
 ) -> None:
-    """Stream `image` as a docker-save tarball into `out`.
+    """Stream `image` as a docker-save tarball into `out` (stopping when `cancellation`,
+    the run's, is cancelled).
 
     `layers` yields the image's layers in order; each distinct layer is written once, as it
     arrives. On a seekable `out` a layer streams straight in (its member's size is filled in
@@ -382,36 +385,49 @@ def write_docker_save(
         if layer.diff_id in written:
             continue
         written.add(layer.diff_id)
-        _add_layer(archive, layout.layers[layer.diff_id].tar_name, layer, progress)
+        _add_layer(archive, layout.layers[layer.diff_id].tar_name, layer, progress, cancellation)
     archive.close()
 
 
-def _add_layer(archive: _TarWriter, name: str, layer: Layer, progress: ProgressSink) -> None:
+def _add_layer(
+    archive: _TarWriter,
+    name: str,
+    layer: Layer,
+    progress: ProgressSink,
+    cancellation: Cancellation,
+) -> None:
     key = f"write:{layer.diff_id}"
     size = layer.uncompressed_size
     progress.start(key, size, _hex(layer.diff_id)[:12])
     if not archive.seekable:
         if size is None:
             raise ValueError("write_docker_save needs each layer's uncompressed size")
-        _copy_layer(archive, name, layer, progress, key)
+        _copy_layer(archive, name, layer, progress, key, cancellation)
     else:
         # A layer that failed its digest on the way gets one more try, fetched directly.
         attempts = iter([layer, unspooled(layer)])
         start = archive.position
         again_if_corrupt(
             layer,
-            lambda: _copy_layer(archive.rewind(start), name, next(attempts), progress, key),
+            lambda: _copy_layer(
+                archive.rewind(start), name, next(attempts), progress, key, cancellation
+            ),
         )
     progress.finish(key)
 
 
 def _copy_layer(
-    archive: _TarWriter, name: str, layer: Layer, progress: ProgressSink, key: str
+    archive: _TarWriter,
+    name: str,
+    layer: Layer,
+    progress: ProgressSink,
+    key: str,
+    cancellation: Cancellation,
 ) -> None:
     progress.restart(key, 0)
     with layer.open_tar() as tar:
         # Inflating and hashing (in the read-ahead thread) overlap writing (here).
-        stream = ReadAhead(tar)
+        stream = ReadAhead(tar, cancellation)
         try:
             archive.add_stream(
                 _tar_info(name, 0),

@@ -19,6 +19,7 @@ from typing import Any
 
 from occystrap.blobcache import BlobCache, open_blob_cache
 from occystrap.bulk import ImageProgress, run_each
+from occystrap.cancel import Cancellation
 from occystrap.compression import DeflatePool
 from occystrap.digests import sha256_digest
 from occystrap.endpoints import Endpoint, parse_uri
@@ -53,6 +54,7 @@ def _client_for(
     source: Endpoint,
     destination: Endpoint | None = None,
     on_rate_wait: RateWait | None = None,
+    cancellation: Cancellation | None = None,
 ) -> OnDemandClient:
     """The run's one client, built when an endpoint first needs it: the source's credentials
     (--src-creds) for the source, the destination's for the destination."""
@@ -65,7 +67,9 @@ def _client_for(
             destination.credential_scope() if destination is not None else None,
         )
         chain = source.chain_settings(chain, settings)
-        return build_client(replace(chain, on_rate_wait=on_rate_wait))
+        return build_client(
+            replace(chain, on_rate_wait=on_rate_wait, cancellation=cancellation or Cancellation())
+        )
 
     return OnDemandClient(build)
 
@@ -76,8 +80,9 @@ def _client(
     source: Endpoint,
     destination: Endpoint | None = None,
     on_rate_wait: RateWait | None = None,
+    cancellation: Cancellation | None = None,
 ) -> Iterator[OnDemandClient]:
-    client = _client_for(settings, source, destination, on_rate_wait)
+    client = _client_for(settings, source, destination, on_rate_wait, cancellation)
     try:
         yield client
     finally:
@@ -136,22 +141,26 @@ def copy(
     referrers: bool = False,
     progress: ProgressSink | None = None,
     on_rate_wait: RateWait | None = None,
+    cancellation: Cancellation | None = None,
 ) -> CopyResult:
     """Copy the image (or index) at `source` to `destination` (URIs as the CLI takes them);
     with `referrers`, also what refers to it (signatures, SBOMs), recursively.
 
-    `progress` hears of bytes moved, `on_rate_wait` of requests the rate limiter holds.
+    `progress` hears of bytes moved, `on_rate_wait` of requests the rate limiter holds;
+    cancelling `cancellation` stops this run (and no other) promptly.
     A source naming many images (quay://) is refused: that is `copy_many`."""
-    settings = settings or RunSettings()
+    settings, cancellation = settings or RunSettings(), cancellation or Cancellation()
     source_uri, destination_uri = parse_uri(source), parse_uri(destination)
     if source_uri.holds_many_images:
         raise UsageError(f"{source_uri.describe()} names many images: copy them with copy_many")
     with (
-        _client(settings, source_uri, destination_uri, on_rate_wait) as client,
+        _client(settings, source_uri, destination_uri, on_rate_wait, cancellation) as client,
         _workdir(settings) as work,
         _shared_helpers(settings) as (cache, pool),
     ):
-        ctx = RunContext(settings, client, work, cache=cache, deflate_pool=pool)
+        ctx = RunContext(
+            settings, client, work, cache=cache, deflate_pool=pool, cancellation=cancellation
+        )
         if progress is not None:
             ctx.progress = progress
         result = copy_in_context(source_uri, destination_uri, ctx, filters, platforms, referrers)
@@ -208,32 +217,37 @@ def copy_many(
     referrers: bool = False,
     progress: ProgressSink | None = None,
     on_rate_wait: RateWait | None = None,
+    cancellation: Cancellation | None = None,
 ) -> BulkResult:
     """Copy every image `source` names (quay://ORG/GLOB:TAG, or a single image) to
     `destination`, `image_parallel` at once; one image failing does not stop the others
     (see `BulkResult.failed`)."""
-    settings = settings or RunSettings()
+    settings, cancellation = settings or RunSettings(), cancellation or Cancellation()
     source_uri, destination_uri = parse_uri(source), parse_uri(destination)
     if source_uri.holds_many_images:
         check_many_destination(destination_uri)
     with (
-        _client(settings, source_uri, destination_uri, on_rate_wait) as client,
+        _client(settings, source_uri, destination_uri, on_rate_wait, cancellation) as client,
         _shared_helpers(settings) as (cache, pool),
     ):
         stats = TransferStats()
         with _workdir(settings) as work:
-            images = source_uri.images(RunContext(settings, client, work))
+            images = source_uri.images(
+                RunContext(settings, client, work, cancellation=cancellation)
+            )
 
         def copy_one(image: Endpoint) -> None:
             with _workdir(settings) as work:
-                ctx = RunContext(settings, client, work, stats=stats, cache=cache)
+                ctx = RunContext(
+                    settings, client, work, stats=stats, cache=cache, cancellation=cancellation
+                )
                 ctx.deflate_pool = pool
                 if progress is not None:
                     ctx.progress = ImageProgress(progress, image)
                 target = destination_uri.destination_for(image)
                 copy_in_context(image, target, ctx, filters, referrers=referrers)
 
-        errors = run_each(images, copy_one, image_parallel)
+        errors = run_each(images, copy_one, image_parallel, cancellation)
         stats.retries = _retries(client)
     outcomes = [
         ImageOutcome(image.describe(), str(destination_uri.destination_for(image)), error)
@@ -280,23 +294,24 @@ def search(
     *,
     regex: bool = False,
     on_layer: Callable[[LayerHits], None] | None = None,
+    cancellation: Cancellation | None = None,
 ) -> SearchResult:
     """The paths of every layer of every image `source` names that match `pattern` (a glob,
     or a regular expression with `regex`). `on_layer` hears of each layer's hits as soon as
     it is searched, in order. Nothing is written: each layer is streamed (verified) and dropped.
     """
-    settings = settings or RunSettings()
+    settings, cancellation = settings or RunSettings(), cancellation or Cancellation()
     matcher = compile_matcher(pattern, regex)
     uri = parse_uri(source)
     found: list[LayerHits] = []
     names: list[str] = []
     layers = 0
-    with _client(settings, uri) as client:
+    with _client(settings, uri, cancellation=cancellation) as client:
         with _workdir(settings) as work:
-            images = uri.images(RunContext(settings, client, work))
+            images = uri.images(RunContext(settings, client, work, cancellation=cancellation))
         for endpoint in images:
             with _workdir(settings) as work:
-                ctx = RunContext(settings, client, work)
+                ctx = RunContext(settings, client, work, cancellation=cancellation)
                 item = endpoint.open_input(ctx).read()
                 image = (
                     choose_platform(item, settings.platform, settings.platforms, "searching")
@@ -406,14 +421,16 @@ def _inspect_one(endpoint: Endpoint, ctx: RunContext) -> ImageInfo:
     return replace(info, extra=endpoint.inspect_keys(ctx, item, index_digest))
 
 
-def inspect(source: str, settings: RunSettings | None = None) -> list[ImageInfo]:
+def inspect(
+    source: str, settings: RunSettings | None = None, cancellation: Cancellation | None = None
+) -> list[ImageInfo]:
     """The metadata of every image `source` names (manifest and config; no layer is read)."""
-    settings = settings or RunSettings()
+    settings, cancellation = settings or RunSettings(), cancellation or Cancellation()
     uri = parse_uri(source)
     with (
-        _client(settings, uri) as client,
+        _client(settings, uri, cancellation=cancellation) as client,
         _workdir(settings) as work,
         ThreadPoolExecutor(settings.parallel, thread_name_prefix="info") as pool,
     ):
-        ctx = RunContext(settings, client, work)
+        ctx = RunContext(settings, client, work, cancellation=cancellation)
         return list(pool.map(lambda endpoint: _inspect_one(endpoint, ctx), uri.images(ctx)))

@@ -440,7 +440,7 @@ class OciLayoutWriter:
     def store_blobs(self, blobs: Sequence[Layer]) -> None:
         """Store blobs as they are (the graph copy's), each verified as it streams in."""
         self._create()
-        with cancellable_pool(self.ctx.settings.parallel, "store") as pool:
+        with cancellable_pool(self.ctx.cancellation, self.ctx.settings.parallel, "store") as pool:
             list(pool.map(self._store_layer, blobs))
 
     # Layout and index.json.

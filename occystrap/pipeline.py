@@ -22,7 +22,7 @@ import httpx
 
 from occystrap import compression
 from occystrap.blobcache import BlobCache, NullBlobCache
-from occystrap.cancel import shutdown_pool, worker_pool
+from occystrap.cancel import Cancellation, shutdown_pool, worker_pool
 from occystrap.compression import DeflatePool
 from occystrap.errors import DigestMismatchError, UsageError, writing_to
 from occystrap.graph import ManifestInput, ManifestOutput, copy_graph
@@ -123,6 +123,8 @@ class RunContext:
     cache: BlobCache = field(default_factory=NullBlobCache)  # what earlier runs learnt
     deflate_pool: DeflatePool | None = None  # gzip threads shared by the run's layers
     uploads: UploadLedger = field(default_factory=UploadLedger)  # one upload per blob
+    # This run's stop signal: its chain, registry clients, prefetch threads and pools heed it.
+    cancellation: Cancellation = field(default_factory=Cancellation)
 
     @property
     def http(self) -> httpx.Client:
@@ -322,5 +324,5 @@ def local_layers(
             if last_use[layer.digest] == position and ready.tar_path is not None:
                 ready.tar_path.unlink(missing_ok=True)
     finally:
-        shutdown_pool(pool)
+        shutdown_pool(pool, ctx.cancellation)
         shutil.rmtree(directory, ignore_errors=True)

@@ -22,7 +22,7 @@ from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, BinaryIO
 
-from occystrap import cancel
+from occystrap.cancel import Cancellation
 from occystrap.compression import CHUNK_SIZE
 from occystrap.errors import writing_to
 from occystrap.image import Blob, Layer
@@ -46,8 +46,9 @@ class Spool:
     and raises the writer's failure when it reaches it.
     """
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, cancellation: Cancellation | None = None) -> None:
         self.path = path
+        self.cancellation = cancellation or Cancellation()  # the run's: stops a waiting reader
         self._changed = threading.Condition()
         self._written = 0
         self._done = False
@@ -87,7 +88,7 @@ class Spool:
                 if self._written > position or self._done:
                     return self._written - position
                 self._changed.wait(_WAKE_SECONDS)
-                cancel.check()
+                self.cancellation.check()
 
     @contextmanager
     def reader(self) -> Iterator[Readable]:
@@ -167,7 +168,7 @@ def prefetched_layers(image_layers: tuple[Layer, ...], ctx: RunContext) -> Itera
         for digest in remote[: index + 1]:
             if digest not in spools:
                 directory.mkdir(parents=True, exist_ok=True)
-                spool = Spool(directory / digest.replace(":", "-"))
+                spool = Spool(directory / digest.replace(":", "-"), ctx.cancellation)
                 spools[digest] = spool
                 futures[digest] = pool.submit(_download, first[digest], spool, ctx.progress)
 
@@ -203,8 +204,11 @@ class ReadAhead:
     producer's work (inflating, hashing) overlaps the consumer's (writing). Errors reach the
     consumer where they happened in the stream."""
 
-    def __init__(self, source: Readable, depth: int = 4) -> None:
+    def __init__(
+        self, source: Readable, cancellation: Cancellation | None = None, depth: int = 4
+    ) -> None:
         self._source = source
+        self._cancellation = cancellation or Cancellation()  # the run's: stops a waiting read
         self._chunks: queue.Queue[bytes | BaseException] = queue.Queue(depth)
         self._item = b""  # the chunk being handed out, from `_offset` on
         self._offset = 0
@@ -252,7 +256,7 @@ class ReadAhead:
             try:
                 return self._chunks.get(timeout=_WAKE_SECONDS)
             except queue.Empty:
-                cancel.check()
+                self._cancellation.check()
                 if not self._thread.is_alive() and self._chunks.empty():
                     return b""
 

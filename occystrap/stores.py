@@ -223,7 +223,7 @@ def copy_image_referrers(source: Endpoint, destination: Endpoint, ctx: RunContex
         for subject in _subjects(source, source_store)
         if destination_store.manifest_at(subject) is not None
     ]
-    with cancellable_pool(ctx.settings.parallel, "referrers") as pool:
+    with cancellable_pool(ctx.cancellation, ctx.settings.parallel, "referrers") as pool:
         trees = list(pool.map(lambda subject: discover(source_store, subject), subjects))
     copied = 0
     for subject, tree in zip(subjects, trees, strict=True):

@@ -155,7 +155,14 @@ class _SaveStream:
             with self._writer:
                 out: Any = _PipeEnd(self._writer)  # writes and tell(): all tarfile asks for
                 layers = local_layers(self.image, self.ctx)
-                write_docker_save(out, self.image, self.repo_tag, layers, self.ctx.progress)
+                write_docker_save(
+                    out,
+                    self.image,
+                    self.repo_tag,
+                    layers,
+                    self.ctx.progress,
+                    self.ctx.cancellation,
+                )
         except BaseException as error:  # handed to the reading side, which raises it
             self._error = error
 
@@ -178,7 +185,7 @@ class _SaveStream:
     def __exit__(self, *exc_info: object) -> None:
         self._reader.close()  # a writer still running gets BrokenPipeError and stops
         # After Ctrl-C, the writer (a daemon thread) gets the grace every worker gets.
-        self._thread.join(cancel.GRACE_SECONDS if cancel.CANCELLED.is_set() else None)
+        self._thread.join(cancel.GRACE_SECONDS if self.ctx.cancellation.is_set() else None)
 
 
 class DockerDestination:

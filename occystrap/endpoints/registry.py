@@ -108,6 +108,7 @@ class RegistryURI(Endpoint):
             self.reference.registry,
             insecure=insecure,
             on_download=lambda n: ctx.stats.add(bytes_downloaded=n),
+            cancellation=ctx.cancellation,
         )
 
     @property
@@ -205,7 +206,7 @@ class RegistryDestination:
         return self
 
     def put_blobs(self, blobs: Sequence[Layer]) -> None:
-        with cancellable_pool(self.ctx.settings.parallel, "push") as pool:
+        with cancellable_pool(self.ctx.cancellation, self.ctx.settings.parallel, "push") as pool:
             list(pool.map(self._push_stored, blobs))
 
     def put_manifest(self, node: Node, name: SourceName | None) -> None:
@@ -219,7 +220,7 @@ class RegistryDestination:
 
     def _write_image(self, image: Image, reference: str) -> str:
         distinct = {layer.digest: layer for layer in image.layers}
-        with cancellable_pool(self.ctx.settings.parallel, "push") as pool:
+        with cancellable_pool(self.ctx.cancellation, self.ctx.settings.parallel, "push") as pool:
             pushed = dict(zip(distinct, pool.map(self._push_layer, distinct.values()), strict=True))
         layers = [pushed[layer.digest] for layer in image.layers]
         if any(new is not old for new, old in zip(layers, image.layers, strict=True)):

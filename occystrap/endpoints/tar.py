@@ -155,7 +155,14 @@ class TarDestination:
             if handle.seekable()
             else local_layers(item, self.ctx)
         )
-        write_docker_save(handle, item, repo_tag_of(item.source), layers, self.ctx.progress)
+        write_docker_save(
+            handle,
+            item,
+            repo_tag_of(item.source),
+            layers,
+            self.ctx.progress,
+            self.ctx.cancellation,
+        )
 
 
 def _parse(text: str, body: str) -> TarURI:

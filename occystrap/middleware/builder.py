@@ -28,7 +28,8 @@ from typing import Any
 
 import httpx
 
-from occystrap import __version__, cancel, registries_conf
+from occystrap import __version__, registries_conf
+from occystrap.cancel import Cancellation
 from occystrap.credentials import CredentialStore
 from occystrap.middleware.defaults import DEFAULT_DEADLINE, DEFAULT_QUAY_API
 from occystrap.middleware.logging import Logging
@@ -78,6 +79,8 @@ class ChainSettings:
     # Retries allowed in all, shared by every request of the run; None: only --retries each.
     retry_budget: RetryBudget | None = None
     insecure: bool = False  # plain HTTP to the registries oci:// URLs name
+    # The run's stop signal: cancelling it ends the waits between retries at once.
+    cancellation: Cancellation = field(default_factory=Cancellation)
 
 
 def build_transport(settings: ChainSettings) -> httpx.BaseTransport:
@@ -103,7 +106,7 @@ def build_transport(settings: ChainSettings) -> httpx.BaseTransport:
     transport = Retry(
         transport,
         retries=settings.retries,
-        sleep=cancel.sleep,
+        sleep=settings.cancellation.sleep,
         deadline=settings.deadline,
         budget=settings.retry_budget,
     )

@@ -13,7 +13,7 @@ from collections.abc import Callable, Iterator, Mapping
 
 import httpx
 
-from occystrap import cancel
+from occystrap.cancel import Cancellation
 from occystrap.compression import CHUNK_SIZE
 from occystrap.errors import RegistryError
 from occystrap.middleware.extensions import SERVED_BY, SKIP_MIRRORS
@@ -39,14 +39,16 @@ class ReopeningBody(httpx.SyncByteStream):
         self,
         opener: Callable[[], contextlib.AbstractContextManager[Readable]],
         on_bytes: Callable[[int], None] = lambda n: None,
+        cancellation: Cancellation | None = None,
     ) -> None:
         self.opener = opener
         self.on_bytes = on_bytes
+        self.cancellation = cancellation or Cancellation()
 
     def __iter__(self) -> Iterator[bytes]:
         with self.opener() as source:
             while chunk := source.read(CHUNK_SIZE):
-                cancel.check()
+                self.cancellation.check()
                 self.on_bytes(len(chunk))
                 yield chunk
 
@@ -67,8 +69,10 @@ class RemoteBlobReader:
         on_bytes: Callable[[int], None] | None = None,
         skip_mirrors: frozenset[str] = frozenset(),
         extensions: Mapping[str, object] | None = None,
+        cancellation: Cancellation | None = None,
     ) -> None:
         self.http, self.url, self.what, self.max_resumes = http, url, what, max_resumes
+        self.cancellation = cancellation or Cancellation()  # the run's: stops the download
         self.extensions = dict(extensions or {})  # what the chain needs, e.g. a signer's
         self.on_bytes = on_bytes
         self.skip_mirrors = skip_mirrors
@@ -97,7 +101,7 @@ class RemoteBlobReader:
         """(Re)open the body at `offset`: a 206 that continues there, or the whole blob
         again (a server that ignores Range, or answers it at the wrong place) with the bytes
         already handed out skipped."""
-        cancel.check()
+        self.cancellation.check()
         response = self._get(self.offset)
         resumed = self.offset and response.status_code == 206
         if resumed and not response.headers.get("Content-Range", "").startswith(
@@ -107,7 +111,7 @@ class RemoteBlobReader:
             response.close()
             response, resumed = self._get(0), False
         self._response = response
-        cancel.watch(response)
+        self.cancellation.watch(response)
         if not resumed and response.status_code != 200:
             raise registry_error(response, self.what)
         skip = 0 if resumed else self.offset
@@ -132,7 +136,7 @@ class RemoteBlobReader:
                     self.on_bytes(len(self._buffer))
             except BODY_ERRORS as exc:
                 self._close_response()
-                cancel.check()  # the interrupt itself cut the connection: do not resume
+                self.cancellation.check()  # the interrupt itself cut the connection: do not resume
                 self._resumes += 1
                 if self._resumes > self.max_resumes:
                     raise RegistryError(
@@ -178,7 +182,7 @@ class RemoteBlobReader:
 
     def _close_response(self) -> None:
         if self._response is not None:
-            cancel.unwatch(self._response)
+            self.cancellation.unwatch(self._response)
             self._response.close()
         self._response = None
 

@@ -15,7 +15,7 @@ from typing import Protocol
 
 import httpx
 
-from occystrap import cancel
+from occystrap.cancel import Cancellation
 from occystrap.digests import check_digest
 from occystrap.errors import DigestMismatchError, OccystrapError, RegistryError
 from occystrap.jsondoc import parse_json
@@ -82,9 +82,12 @@ class RegistryClient:
         *,
         insecure: bool = False,
         on_download: Callable[[int], None] | None = None,
+        cancellation: Cancellation | None = None,
     ) -> None:
-        """`on_download` hears the size of every blob chunk streamed from this registry."""
+        """`on_download` hears the size of every blob chunk streamed from this registry;
+        `cancellation` is the run's, stopping its transfers (None: a run nobody cancels)."""
         self.http = http
+        self.cancellation = cancellation or Cancellation()
         self.registry = registry
         self.on_download = on_download
         self._distrusted: dict[str, set[str]] = {}  # digest -> mirrors that served it corrupt
@@ -300,7 +303,14 @@ class RegistryClient:
         url = self._url(repository, "blobs", digest)
         with self._lock:
             skip = frozenset(self._distrusted.get(digest, ()))
-        return RemoteBlobReader(self.http, url, what, on_bytes=self.on_download, skip_mirrors=skip)
+        return RemoteBlobReader(
+            self.http,
+            url,
+            what,
+            on_bytes=self.on_download,
+            skip_mirrors=skip,
+            cancellation=self.cancellation,
+        )
 
     def distrust(self, digest: str, mirror: str) -> None:
         """`mirror` served `digest` corrupt: read it from elsewhere from now on."""
@@ -403,7 +413,7 @@ class RegistryClient:
             location = self._start_upload(repository, what)
             try:
                 with making() as blob:
-                    chunks = _sent(blob, on_bytes)
+                    chunks = _sent(blob, on_bytes, self.cancellation)
                     try:
                         response = self.http.patch(
                             location,
@@ -452,7 +462,7 @@ class RegistryClient:
     def _put_whole(self, location, digest, opener, size, on_bytes, what) -> None:
         response = self.http.put(
             httpx.URL(location).copy_merge_params({"digest": digest}),
-            content=ReopeningBody(opener, on_bytes),
+            content=ReopeningBody(opener, on_bytes, self.cancellation),
             headers={"Content-Length": str(size), "Content-Type": "application/octet-stream"},
             extensions={extensions.REPLAYABLE: True},
         )
@@ -486,9 +496,11 @@ class RegistryClient:
             raise registry_error(response, what)
 
 
-def _sent(chunks: BlobInTheMaking, on_bytes: Callable[[int], None]) -> Generator[bytes]:
+def _sent(
+    chunks: BlobInTheMaking, on_bytes: Callable[[int], None], cancellation: Cancellation
+) -> Generator[bytes]:
     for chunk in chunks:
-        cancel.check()
+        cancellation.check()
         on_bytes(len(chunk))
         yield chunk
 

@@ -9,7 +9,7 @@ from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field, replace
 
-from occystrap.cancel import cancellable_pool
+from occystrap.cancel import Cancellation, cancellable_pool
 from occystrap.middleware.builder import ChainClient, build_client
 from occystrap.middleware.quota import QuotaBook
 from occystrap.middleware.ratelimit import RateLimitPolicy
@@ -97,6 +97,7 @@ def sync_client(
     quota: QuotaBook | None = None,
     budget: RetryBudget | None = None,
     rate_policy: RateLimitPolicy | None = None,
+    cancellation: Cancellation | None = None,
 ) -> Iterator[ChainClient]:
     """The run's one client, with --src-creds for every source host and --dest-creds for
     every target host (and a skopeo file's credentials for its hosts); `rate_policy`: a
@@ -104,7 +105,13 @@ def sync_client(
     sources = [split_host(rule.source) for rule in spec.rules]
     targets = [split_host(rule.target) for rule in spec.rules]
     chain = settings.ends_chain_settings(sources, targets, extra=spec.credentials)
-    chain = replace(chain, quota=quota, retry_budget=budget, rate_policy=rate_policy)
+    chain = replace(
+        chain,
+        quota=quota,
+        retry_budget=budget,
+        rate_policy=rate_policy,
+        cancellation=cancellation or Cancellation(),
+    )
     with build_client(chain) as http:
         yield http
 
@@ -119,8 +126,11 @@ def sync(
     spec: SyncSpec,
     options: SyncOptions,
     on_result: Callable[[ImageResult], None] = lambda result: None,
+    cancellation: Cancellation | None = None,
 ) -> SyncOutcome:
-    """Plan `spec`, copy what differs (`image_parallel` at once), prune if asked."""
+    """Plan `spec`, copy what differs (`image_parallel` at once), prune if asked; cancelling
+    `cancellation` stops this sync only."""
+    cancellation = cancellation or Cancellation()
     quota = QuotaBook()
     budget = RetryBudget(options.retry_budget) if options.retry_budget is not None else None
     with ExitStack() as stack:
@@ -132,7 +142,7 @@ def sync(
             client = stack.enter_context(open_cluster(options.cluster))
             if settings.rate_limits:
                 policy = shared_policy(settings.rate_limits, run_id, client)
-        http = stack.enter_context(sync_client(settings, spec, quota, budget, policy))
+        http = stack.enter_context(sync_client(settings, spec, quota, budget, policy, cancellation))
         plan = Planner(http, settings.insecure, options.prune).plan(spec)
         outcome = SyncOutcome(plan)
         if options.dry_run:
@@ -149,8 +159,8 @@ def sync(
                 on_cluster.close()
         else:
             with (
-                open_session(settings, http) as session,
-                cancellable_pool(options.image_parallel, "sync") as pool,
+                open_session(settings, http, cancellation) as session,
+                cancellable_pool(cancellation, options.image_parallel, "sync") as pool,
             ):
                 runner = ThreadRunner(session, options.image_parallel, pool)
                 outcome.results = run_copies(plan, runner, run_options)

@@ -8,6 +8,7 @@ import time
 from pathlib import Path
 
 from occystrap.atomic import atomic_file
+from occystrap.cancel import Cancellation
 from occystrap.errors import OccystrapError
 from occystrap.settings import RunSettings
 from occystrap.sync.config import load_spec
@@ -61,6 +62,7 @@ def run_sync_command(
     scoped: bool,
     options: SyncOptions,
     report: Path | None,
+    cancellation: Cancellation | None = None,
 ) -> None:
     spec = load_spec(file, dest, scoped)
     dry_run = options.dry_run
@@ -72,7 +74,7 @@ def run_sync_command(
             print(image_line(result))
             sys.stdout.flush()
 
-    outcome = sync(settings, spec, options, on_result)
+    outcome = sync(settings, spec, options, on_result, cancellation)
     if dry_run:
         print_plan(outcome.plan, settings.output_format)
         return

@@ -14,12 +14,13 @@ import tempfile
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from contextlib import ExitStack, contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Protocol
 
 from occystrap.blobcache import BlobCache, open_blob_cache
 from occystrap.bulk import describe_failure
+from occystrap.cancel import Cancellation
 from occystrap.compression import DeflatePool
 from occystrap.endpoints import parse_uri
 from occystrap.endpoints.registry import RegistryURI
@@ -95,6 +96,7 @@ class CopySession:
     cache: BlobCache
     deflate_pool: DeflatePool
     uploads: UploadLedger = field(default_factory=UploadLedger)
+    cancellation: Cancellation = field(default_factory=Cancellation)  # stops this session
 
     def context(self, stats: TransferStats) -> RunContext:
         return RunContext(
@@ -105,16 +107,24 @@ class CopySession:
             cache=self.cache,
             deflate_pool=self.deflate_pool,
             uploads=self.uploads,
+            cancellation=self.cancellation,
         )
 
 
 @contextmanager
-def open_session(settings: RunSettings, http: ChainClient | None = None) -> Iterator[CopySession]:
+def open_session(
+    settings: RunSettings,
+    http: ChainClient | None = None,
+    cancellation: Cancellation | None = None,
+) -> Iterator[CopySession]:
     """A session over `http` (the run's client), or over a client of its own built from
-    `settings` (a Dask worker: credentials from its own files and environment)."""
+    `settings` (a Dask worker: credentials from its own files and environment); cancelling
+    `cancellation` stops this session only."""
+    cancellation = cancellation or Cancellation()
     with ExitStack() as stack:
         if http is None:
-            http = stack.enter_context(build_client(settings.chain_settings()))
+            chain = replace(settings.chain_settings(), cancellation=cancellation)
+            http = stack.enter_context(build_client(chain))
         if settings.temp_dir is not None:
             settings.temp_dir.mkdir(parents=True, exist_ok=True)
         work = stack.enter_context(
@@ -122,7 +132,7 @@ def open_session(settings: RunSettings, http: ChainClient | None = None) -> Iter
         )
         cache = stack.enter_context(open_blob_cache(settings.use_cache))
         pool = stack.enter_context(DeflatePool(settings.parallel))
-        yield CopySession(settings, http, Path(work), cache, pool)
+        yield CopySession(settings, http, Path(work), cache, pool, cancellation=cancellation)
 
 
 def copy_image(task: CopyTask, session: CopySession) -> ImageResult:

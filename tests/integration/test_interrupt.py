@@ -6,6 +6,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 
 import pytest
@@ -100,3 +101,62 @@ def test_ctrl_c_stops_a_slow_pull_at_once_and_cleans_up(
     assert stderr.strip().splitlines() == [f"occystrap: error: {said}"], stderr
     assert os.listdir(temp) == []
     assert os.listdir(out) == []  # no .image.tar.partial-*, no skeleton dir:// output
+
+
+def test_cancelling_one_library_copy_leaves_another_in_the_process_to_finish(
+    registry_plain, unique_repo, tmp_path
+):
+    """Two copies in one process (a library caller's, a Dask worker's tasks): cancelling
+    one stops it promptly, leaving nothing, while the other carries on to the end."""
+    from occystrap import RunSettings, library
+    from occystrap.cancel import Cancellation, Cancelled
+
+    big, small = f"{unique_repo}-big", f"{unique_repo}-small"
+    seed_image(registry_plain, big, tmp_path, [random_layer(3_000_000, 1, name="big.bin")])
+    seed_image(registry_plain, small, tmp_path, [random_layer(40_000, 2, name="small.bin")])
+    out_big, out_small = tmp_path / "big", tmp_path / "small"
+    out_big.mkdir()
+    out_small.mkdir()
+    settings = RunSettings(insecure=True)
+    stopped, carried_on = Cancellation(), Cancellation()
+    outcomes: dict[str, object] = {}
+
+    def copy(name: str, repo: str, out, cancellation: Cancellation) -> None:
+        try:
+            outcomes[name] = library.copy(
+                f"registry://{proxy.host}/{repo}:{TAG}",
+                f"tar://{out}/image.tar",
+                settings,
+                cancellation=cancellation,
+            )
+        except Exception as error:  # noqa: BLE001 - the test looks at what each copy ended with
+            outcomes[name] = error
+
+    with TrickleProxy(registry_plain.url) as proxy:
+        copies = {
+            "big": threading.Thread(target=copy, args=("big", big, out_big, stopped)),
+            "small": threading.Thread(target=copy, args=("small", small, out_small, carried_on)),
+        }
+        for thread in copies.values():
+            thread.start()
+        deadline = time.monotonic() + 30
+        # Both copies are downloading (the big one its config and its layer) when one stops.
+        while len(
+            proxy.requests_matching(rf"/{big}/blobs/sha256:", method="GET")
+        ) < 2 or not proxy.requests_matching(rf"/{small}/blobs/sha256:", method="GET"):
+            assert time.monotonic() < deadline, "the layer downloads never started"
+            time.sleep(0.05)
+        stopped.cancel()
+        cancelled_at = time.monotonic()
+        copies["big"].join(10)
+        took = time.monotonic() - cancelled_at
+        small_still_running = copies["small"].is_alive()
+        copies["small"].join(30)
+    assert isinstance(outcomes["big"], Cancelled), outcomes["big"]
+    assert took < 3, f"the cancelled copy took {took:.1f} s to stop"
+    assert os.listdir(out_big) == []
+    assert not isinstance(outcomes["small"], BaseException), outcomes["small"]
+    assert not carried_on.is_set()
+    assert outcomes["small"].layers == 1
+    assert small_still_running  # it really ran beside the cancelled one
+    assert (out_small / "image.tar").stat().st_size > 40_000

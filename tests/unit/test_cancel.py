@@ -5,7 +5,6 @@ from __future__ import annotations
 import socket
 import threading
 import time
-from collections.abc import Iterator
 
 import httpx
 import pytest
@@ -14,11 +13,9 @@ from occystrap import cancel
 from occystrap.registry.blobs import ReopeningBody
 
 
-@pytest.fixture(autouse=True)
-def _fresh_flag() -> Iterator[None]:
-    cancel.CANCELLED.clear()
-    yield
-    cancel.CANCELLED.clear()
+@pytest.fixture
+def run() -> cancel.Cancellation:
+    return cancel.Cancellation()
 
 
 class _Stream:
@@ -31,51 +28,50 @@ class _Stream:
         return self.sock if name == "socket" else None
 
 
-def test_cancel_wakes_a_thread_blocked_reading_a_registered_response():
+def test_cancel_wakes_a_thread_blocked_reading_a_registered_response(run):
     ours, theirs = socket.socketpair()
     response = httpx.Response(200, extensions={"network_stream": _Stream(ours)})
     received: list[bytes] = []
-    cancel.watch(response)
+    run.watch(response)
     reader = threading.Thread(target=lambda: received.append(ours.recv(10)))
     reader.start()
     time.sleep(0.1)
     assert reader.is_alive()  # blocked: the peer sends nothing
     started = time.monotonic()
-    cancel.cancel()
+    run.cancel()
     reader.join(2)
-    cancel.unwatch(response)
+    run.unwatch(response)
     assert not reader.is_alive()
     assert time.monotonic() - started < 1
     assert received == [b""]
     with pytest.raises(cancel.Cancelled):
-        cancel.check()
+        run.check()
     ours.close()
     theirs.close()
 
 
-def test_a_finished_response_is_no_longer_aborted():
+def test_a_finished_response_is_no_longer_aborted(run):
     ours, theirs = socket.socketpair()
     response = httpx.Response(200, extensions={"network_stream": _Stream(ours)})
-    cancel.watch(response)
-    cancel.unwatch(response)
-    cancel.cancel()
+    run.watch(response)
+    run.unwatch(response)
+    run.cancel()
     theirs.sendall(b"still open")
     assert ours.recv(10) == b"still open"
     ours.close()
     theirs.close()
 
 
-def test_sleep_ends_early_when_cancelled():
-    threading.Timer(0.1, cancel.cancel).start()
+def test_sleep_ends_early_when_cancelled(run):
+    threading.Timer(0.1, run.cancel).start()
     started = time.monotonic()
     with pytest.raises(cancel.Cancelled):
-        cancel.sleep(30)
+        run.sleep(30)
     assert time.monotonic() - started < 1
-    cancel.CANCELLED.clear()
-    cancel.sleep(0.01)  # not cancelled: just sleeps
+    cancel.Cancellation().sleep(0.01)  # another run, not cancelled: just sleeps
 
 
-def test_an_interrupted_pool_stops_waiting_and_starts_nothing_more():
+def test_an_interrupted_pool_stops_waiting_and_starts_nothing_more(run):
     release = threading.Event()
     started: list[int] = []
 
@@ -84,7 +80,7 @@ def test_an_interrupted_pool_stops_waiting_and_starts_nothing_more():
         release.wait(30)  # deaf to cancellation: the pool must not wait for it
 
     begun = time.monotonic()
-    with pytest.raises(KeyboardInterrupt), cancel.cancellable_pool(2, "test") as pool:
+    with pytest.raises(KeyboardInterrupt), cancel.cancellable_pool(run, 2, "test") as pool:
         futures = [pool.submit(stuck, n) for n in range(6)]
         time.sleep(0.1)
         raise KeyboardInterrupt
@@ -94,50 +90,77 @@ def test_an_interrupted_pool_stops_waiting_and_starts_nothing_more():
     release.set()
 
 
-def test_an_interrupted_pool_wakes_workers_sleeping_between_retries():
-    with pytest.raises(KeyboardInterrupt), cancel.cancellable_pool(2, "test") as pool:
-        futures = [pool.submit(cancel.sleep, 30) for _ in range(2)]
+def test_an_interrupted_pool_wakes_workers_sleeping_between_retries(run):
+    with pytest.raises(KeyboardInterrupt), cancel.cancellable_pool(run, 2, "test") as pool:
+        futures = [pool.submit(run.sleep, 30) for _ in range(2)]
         time.sleep(0.1)
         raise KeyboardInterrupt
     for future in futures:
         assert isinstance(future.exception(timeout=0), cancel.Cancelled)
 
 
-def test_a_pool_left_by_an_ordinary_error_waits_for_running_work():
+def test_a_pool_left_by_an_ordinary_error_waits_for_running_work(run):
     finished: list[int] = []
-    with pytest.raises(ValueError), cancel.cancellable_pool(1, "test") as pool:
+    with pytest.raises(ValueError), cancel.cancellable_pool(run, 1, "test") as pool:
         pool.submit(lambda: (time.sleep(0.2), finished.append(1)))
         raise ValueError("one layer failed")
     assert finished == [1]
-    assert not cancel.CANCELLED.is_set()
+    assert not run.is_set()
 
 
-def test_uploads_stop_between_chunks(tmp_path):
+def test_uploads_stop_between_chunks(tmp_path, run):
     path = tmp_path / "blob"
     path.write_bytes(bytes(3 * 1024 * 1024))
-    body = iter(ReopeningBody(lambda: open(path, "rb")))  # noqa: SIM115 - the body opens it
+    body = iter(ReopeningBody(lambda: open(path, "rb"), cancellation=run))  # noqa: SIM115 - the body opens it
     next(body)
-    cancel.cancel()
+    run.cancel()
     with pytest.raises(cancel.Cancelled):
         next(body)
 
 
-def test_a_library_callers_interrupt_does_not_poison_the_next_run():
-    with pytest.raises(KeyboardInterrupt), cancel.cancellable_pool(1, "test") as pool:
-        pool.submit(cancel.sleep, 30)  # ends at once when the pool cancels the run
+def test_a_library_callers_interrupt_cancels_its_run_only(run):
+    other = cancel.Cancellation()
+    with pytest.raises(KeyboardInterrupt), cancel.cancellable_pool(run, 1, "test") as pool:
+        sleeping = pool.submit(run.sleep, 30)  # ends at once when the pool cancels the run
         raise KeyboardInterrupt
-    assert not cancel.CANCELLED.is_set()
-    cancel.check()
+    assert isinstance(sleeping.exception(timeout=0), cancel.Cancelled)
+    assert run.is_set()
+    assert not other.is_set()
+    other.check()  # the next run (or one beside it) starts afresh
 
 
-def test_an_interrupted_pool_waits_for_its_own_workers_not_other_threads():
+def test_cancelling_one_run_leaves_another_sleeping_and_streaming(run):
+    """Two runs in one process (a library caller's, a Dask worker's): one cancelled, the
+    other's retry wait and watched socket carry on."""
+    other = cancel.Cancellation()
+    ours, theirs = socket.socketpair()
+    response = httpx.Response(200, extensions={"network_stream": _Stream(ours)})
+    other.watch(response)
+    slept: list[str] = []
+    waiting = threading.Thread(target=lambda: (other.sleep(0.5), slept.append("woke")))
+    waiting.start()
+    run.cancel()
+    with pytest.raises(cancel.Cancelled):
+        run.check()
+    waiting.join(2)
+    assert not waiting.is_alive()
+    assert slept == ["woke"]  # slept its time out, not cut short by the other run
+    other.check()
+    theirs.sendall(b"still open")
+    assert ours.recv(10) == b"still open"
+    other.unwatch(response)
+    ours.close()
+    theirs.close()
+
+
+def test_an_interrupted_pool_waits_for_its_own_workers_not_other_threads(run):
     """Another run's thread (or a library caller's) is none of this pool's business."""
     release = threading.Event()
     other = threading.Thread(target=release.wait, args=(30,), name="someone-else")
     other.start()
     try:
         begun = time.monotonic()
-        with pytest.raises(KeyboardInterrupt), cancel.cancellable_pool(1, "test") as pool:
+        with pytest.raises(KeyboardInterrupt), cancel.cancellable_pool(run, 1, "test") as pool:
             done = pool.submit(lambda: None)
             done.result(timeout=5)
             raise KeyboardInterrupt

@@ -12,6 +12,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from occystrap.bulk import ImageProgress, run_each
+from occystrap.cancel import Cancellation
 from occystrap.endpoints import parse_uri
 from occystrap.endpoints.registry import RegistryURI
 from occystrap.errors import OccystrapError, QuayAuthError, UsageError
@@ -252,7 +253,7 @@ def test_one_failure_does_not_stop_the_others():
         done.append(image.repository)
 
     images = [_image(name) for name in ("a", "bad", "b", "bug", "c")]
-    errors = run_each(images, job, parallel=2)
+    errors = run_each(images, job, parallel=2, cancellation=Cancellation())
     assert sorted(done) == ["a", "b", "c"]
     outcome = list(zip(images, errors, strict=True))
     assert [image.repository for image, error in outcome if error is None] == ["a", "b", "c"]

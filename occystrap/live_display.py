@@ -9,6 +9,7 @@ from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
 
 from rich.console import Console, Group, RenderableType
+from rich.live import Live
 from rich.progress import (
     BarColumn,
     DownloadColumn,
@@ -58,6 +59,24 @@ class Display(Progress):
             redirect_stdout=False,  # stdout may be a pipe while stderr is the terminal
             redirect_stderr=console.file is sys.stderr,  # log lines go above the display
         )
+
+    def take_off(self) -> None:
+        """Erase the display (rich erases a transient display when stopped), leaving the
+        cursor where it began, so that text written now appears in its place."""
+        self.stop()
+
+    def put_back(self) -> None:
+        """Draw the display again, below whatever was written since `take_off`: a new Live,
+        because a stopped one would first move up over the lines it last drew."""
+        self.live = Live(
+            console=self.console,
+            auto_refresh=False,
+            transient=True,
+            redirect_stdout=False,
+            redirect_stderr=self.console.file is sys.stderr,
+            get_renderable=self.get_renderable,
+        )
+        self.start()
 
     def get_renderables(self) -> Iterator[RenderableType]:
         tasks = self.tasks

@@ -122,6 +122,7 @@ class TerminalProgress:
         self.tally = Tally()
         self.plain = _PlainLines() if mode == "plain" else None
         self._lock = threading.Lock()
+        self._writing = threading.Lock()
         self._tasks: dict[str, TaskID] = {}
         self._working_on = threading.local()  # .key: the task the thread works on
         self._held: dict[int, tuple[str, float]] = {}  # thread (no task) -> (host, until)
@@ -258,21 +259,17 @@ class TerminalProgress:
 
     def write_above(self, text: str, stream: TextIO) -> None:
         """Write `text` to `stream` (stdout) without the live display overwriting it: the
-        display is taken off first and drawn again below it at the next refresh."""
-        if self._display is None or self.console is None:
-            stream.write(text)
-            stream.flush()
-            return
-        live = self._display.live
-        with live._lock:  # no refresh or log line between taking the display off and writing
-            if self.live and self._started:
+        display is taken off, `text` written where it was, and the display drawn below."""
+        with self._writing:  # one writer at a time between taking the display off and back
+            display = self._live_display() if self._started else None
+            if display is not None:
                 with self._guard():
-                    # rich keeps what it drew last to move over it on the next refresh;
-                    # forgetting it makes that refresh draw below `text` instead of over it.
-                    self.console.control(live._live_render.position_cursor())
-                    live._live_render._shape = None
+                    display.take_off()
             stream.write(text)
             stream.flush()
+            if display is not None and self.live:
+                with self._guard():
+                    display.put_back()
 
     def frame(self) -> RenderableType:
         """What the display shows now: the header, then one bar per layer in flight."""

@@ -500,11 +500,61 @@ def test_search_lines_are_not_overwritten_by_a_live_progress_display(image):
         count = print_hits(image, compile_matcher("*.py"), 1, False, out, progress)
         assert count == 1 and out.getvalue().endswith("  /usr/lib/python/a.py\n")
         (before,) = screen_when_printed
-        assert before.endswith("\r\x1b[2K" + "\x1b[1A\x1b[2K" * 2)  # taken off first
         _wait_for(lambda: "layer" in screen.getvalue()[len(before) :])
         redrawn = screen.getvalue()[len(before) :]
-        # drawn below the printed lines, moving up over (erasing) none of them
-        assert "\x1b[1A" not in redrawn[: redrawn.index("layer")]
+    # What the terminal shows, stdout's lines arriving where stderr's display left the cursor.
+    terminal = _Terminal()
+    terminal.feed(before)
+    drawn = terminal.rows[:]
+    assert [row for row in drawn if row.strip()] == [], drawn  # taken off first, wholly,
+    assert terminal.cursor == (0, 0)  # the cursor back where the display began
+    terminal.feed(out.getvalue())
+    terminal.feed(redrawn[: redrawn.index("layer")])
+    # drawn below the printed lines, moving up over (erasing) none of them
+    assert terminal.rows[:2] == [
+        f"library/busybox:latest layer 1/2 {image.layers[0].digest}:",
+        "  /usr/lib/python/a.py",
+    ]
+    assert terminal.cursor[0] >= 2
+    assert "\x1b[1A" not in redrawn[: redrawn.index("layer")]
+
+
+class _Terminal:
+    """Just enough of a terminal to see what rich's display leaves on the screen: printable
+    text, CR, LF, erase line (ESC[2K), cursor up (ESC[nA); colours and cursor visibility
+    change nothing here. Any other control sequence fails the test."""
+
+    _TOKEN = re.compile(r"\x1b\[(\??)([0-9;]*)([A-Za-z])|[\r\n]|[^\x1b\r\n]")
+
+    def __init__(self) -> None:
+        self.rows: list[str] = [""]
+        self.cursor = (0, 0)
+
+    def feed(self, text: str) -> None:
+        position = 0
+        while position < len(text):
+            token = self._TOKEN.match(text, position)
+            assert token is not None, f"unexpected control sequence: {text[position:][:20]!r}"
+            position = token.end()
+            row, column = self.cursor
+            if token.group(3) is not None:
+                private, number, command = token.groups()
+                if command == "A" and not private:
+                    self.cursor = (max(0, row - int(number or 1)), column)
+                elif command == "K" and not private and number == "2":
+                    self.rows[row] = ""
+                else:
+                    assert (private, command) in (("", "m"), ("?", "l"), ("?", "h")), token[0]
+            elif token[0] == "\r":
+                self.cursor = (row, 0)
+            elif token[0] == "\n":
+                self.cursor = (row + 1, 0)
+                if row + 1 == len(self.rows):
+                    self.rows.append("")
+            else:
+                line = self.rows[row].ljust(column)
+                self.rows[row] = line[:column] + token[0] + line[column + 1 :]
+                self.cursor = (row, column + 1)
 
 
 def _wait_for(condition, seconds: float = 5.0) -> None:

@@ -279,6 +279,24 @@ def _fail(message: str, status: int) -> None:
     help="Verify registries' TLS certificates (false: TLS without verification).",
 )
 @click.option(
+    "--src-tls-verify",
+    type=click.BOOL,
+    default=True,
+    show_default=True,
+    envvar="OCCYSTRAP_SRC_TLS_VERIFY",
+    metavar="BOOL",
+    help="Verify the TLS certificate of a copy's source registry (false: as skopeo's).",
+)
+@click.option(
+    "--dest-tls-verify",
+    type=click.BOOL,
+    default=True,
+    show_default=True,
+    envvar="OCCYSTRAP_DEST_TLS_VERIFY",
+    metavar="BOOL",
+    help="Verify the TLS certificate of a copy's destination registry.",
+)
+@click.option(
     "--certs-dir",
     "certs_dirs",
     multiple=True,

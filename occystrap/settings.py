@@ -46,6 +46,9 @@ class RunSettings:
     dest_creds: Credential | None = None
     authfile: Path | None = None
     tls_verify: bool = True
+    # One end of a copy without TLS verification (skopeo's --src-tls-verify/--dest-tls-verify).
+    src_tls_verify: bool = True
+    dest_tls_verify: bool = True
     # Roots of HOST[:PORT] certificate directories; None: the standard certs.d places.
     certs_dirs: tuple[Path, ...] | None = None
     # The one platform selector: what --platform (or its aliases --os/--architecture/
@@ -129,6 +132,8 @@ class RunSettings:
             dest_creds=parse_creds(options.get("dest_creds"), "--dest-creds"),
             authfile=Path(str(authfile)) if authfile else None,
             tls_verify=options.get("tls_verify", True) is not False,
+            src_tls_verify=options.get("src_tls_verify", True) is not False,
+            dest_tls_verify=options.get("dest_tls_verify", True) is not False,
             certs_dirs=_paths(certs_dirs),
             platforms=_platform_aliases(options),
             parallel=options["parallel"],
@@ -176,12 +181,18 @@ class RunSettings:
     ) -> ChainSettings:
         """`copy_chain_settings` for a run with many sources and destinations (a sync);
         `extra` (a sync file's own credentials, by host) yield to the command line's."""
+        sources, destinations = list(sources), list(destinations)
         default = Credential(self.username, self.password) if self.username is not None else None
         explicit = copy_credentials(
             *((source, self.src_creds or default) for source in sources),
             *((destination, self.dest_creds or default) for destination in destinations),
         )
-        return self._chain_settings({**(extra or {}), **explicit}, quay_api_base)
+        unverified = [place for place in sources if not self.src_tls_verify] + [
+            place for place in destinations if not self.dest_tls_verify
+        ]
+        hosts = frozenset(place.partition("/")[0].lower() for place in unverified if place)
+        settings = self._chain_settings({**(extra or {}), **explicit}, quay_api_base)
+        return replace(settings, unverified_hosts=hosts)
 
     def _chain_settings(
         self, explicit: Mapping[str, Credential], quay_api_base: str

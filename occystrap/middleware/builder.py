@@ -81,6 +81,21 @@ class ChainSettings:
     insecure: bool = False  # plain HTTP to the registries oci:// URLs name
     # The run's stop signal: cancelling it ends the waits between retries at once.
     cancellation: Cancellation = field(default_factory=Cancellation)
+    # Hosts ("host[:port]") spoken to without verifying TLS (and plain HTTP if they have no
+    # TLS), as registries.conf's insecure ones: one end of a copy's --src/--dest-tls-verify.
+    unverified_hosts: frozenset[str] = frozenset()
+
+
+def _insecure_hosts(
+    registries: RegistriesConf, unverified: frozenset[str]
+) -> Callable[[str], bool] | None:
+    """Whether a host's TLS goes unverified: registries.conf says so, or an end's flag."""
+    if not registries.registries and not unverified:
+        return None
+    return lambda netloc: (
+        netloc.lower() in unverified
+        or (bool(registries.registries) and registries.insecure_host(netloc))
+    )
 
 
 def build_transport(settings: ChainSettings) -> httpx.BaseTransport:
@@ -93,7 +108,7 @@ def build_transport(settings: ChainSettings) -> httpx.BaseTransport:
         tls_verify=settings.tls_verify,
         certs_roots=settings.certs_dirs,
         timeout=settings.timeout,
-        insecure_host=registries.insecure_host if registries.registries else None,
+        insecure_host=_insecure_hosts(registries, settings.unverified_hosts),
     )
     transport = Logging(transport)
     if settings.quota is not None:

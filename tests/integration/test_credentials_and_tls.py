@@ -235,3 +235,31 @@ def test_tls_verify_false_is_not_plain_http(registry_plain, unique_repo, tmp_pat
     assert "verification is off" in warning
     assert error.startswith("occystrap: error: network error talking to 127.0.0.1")
     assert "--insecure for plain-HTTP registries" in error
+
+
+def test_src_tls_verify_false_trusts_only_the_source(
+    registry_tls, registry_plain, unique_repo, tmp_path
+):
+    """skopeo's per-end flags: the source's certificate goes unverified, and only the
+    source's; without the flag the untrusted certificate is a one-line error."""
+    seed_image(registry_tls, unique_repo, tmp_path)
+    source = f"registry://{registry_tls.host}/{unique_repo}:{TAG}"
+    destination = f"registry://{registry_plain.host}/{unique_repo}-copy:{TAG}?insecure=true"
+    refused = run_occystrap("process", source, destination, check=False)
+    assert_one_line_error(refused, "not trusted")
+    run_occystrap("--src-tls-verify=false", "process", source, destination)
+    assert skopeo_inspect(registry_plain, f"{unique_repo}-copy:{TAG}")["Digest"]
+    backwards = run_occystrap(
+        "--src-tls-verify=false",
+        "process",
+        f"registry://{registry_plain.host}/{unique_repo}-copy:{TAG}?insecure=true",
+        f"registry://{registry_tls.host}/{unique_repo}-back:{TAG}",
+        check=False,
+    )
+    assert_one_line_error(backwards, "not trusted")  # the destination is still verified
+    run_occystrap(
+        "--dest-tls-verify=false",
+        "process",
+        f"registry://{registry_plain.host}/{unique_repo}-copy:{TAG}?insecure=true",
+        f"registry://{registry_tls.host}/{unique_repo}-back:{TAG}",
+    )

@@ -2,7 +2,7 @@
 its `org.opencontainers.image.title`), and pulled back into a directory.
 
 Pushing builds the manifest (empty config, `artifactType`, optional `subject` and
-annotations) and writes it through a `ReferrerStore`, so a registry or an OCI layout takes
+annotations) and writes it through a `occystrap.graph.Store`, so a registry or an OCI layout takes
 it, with a referrers tag index where the store does not index subjects itself. Pulling
 verifies every blob against its digest, refuses a title that would land outside the
 directory or on a file already there, and moves the files into place only once all of them
@@ -28,10 +28,11 @@ from occystrap.endpoints import Endpoint, parse_uri
 from occystrap.endpoints.oci_layout import OciLayoutURI
 from occystrap.endpoints.registry import RegistryURI
 from occystrap.errors import FilesystemError, OccystrapError, UsageError
+from occystrap.graph import Store
 from occystrap.image import VerifyingReader
 from occystrap.manifest import Descriptor, Manifest, parse_manifest
 from occystrap.mediatypes import OCI_EMPTY, OCI_EMPTY_DIGEST, OCI_MANIFEST
-from occystrap.registry.referrers import ReferrerStore, add_to_referrers_index
+from occystrap.registry.referrers import add_to_referrers_index
 from occystrap.settings import RunSettings
 from occystrap.stores import open_store, reference_of, root_of
 
@@ -170,7 +171,7 @@ def _push_reference(endpoint: Endpoint) -> str:
     return endpoint.tag or "latest"
 
 
-def _subject(store: ReferrerStore, endpoint: Endpoint, subject: str) -> Descriptor:
+def _subject(store: Store, endpoint: Endpoint, subject: str) -> Descriptor:
     """The subject's descriptor; it must live where the artifact goes (its repository, or
     the same layout), as the referrers API and tag schema look only there."""
     if subject.startswith(("sha256:", "sha512:")) or "://" not in subject:
@@ -270,8 +271,8 @@ def pull_artifact(settings: RunSettings, source: str, directory: Path) -> Pulled
     return PulledArtifact(digest, targets, sum(layer.size for layer in titled))
 
 
-def _write_verified(store: ReferrerStore, layer: Descriptor, path: Path, name: str) -> None:
-    with store.open_blob(layer) as stored, open(path, "xb") as out:
+def _write_verified(store: Store, layer: Descriptor, path: Path, name: str) -> None:
+    with store.blob(layer).open() as stored, open(path, "xb") as out:
         reader = VerifyingReader(stored, layer.digest, layer.size, f"{name} ({layer.digest})")
         while chunk := reader.read(_HASH_CHUNK):
             out.write(chunk)

@@ -22,12 +22,12 @@ from occystrap.compression import CHUNK_SIZE
 from occystrap.endpoints import Endpoint, non_empty_option, query_options, split_query
 from occystrap.errors import DigestMismatchError, OccystrapError, UsageError
 from occystrap.extract import parse_byte_size
+from occystrap.graph import StoreSource
 from occystrap.image import ImageLike
 from occystrap.ocilayout import (
     INDEX_FILE,
     LAYOUT_FILE,
     LayoutDestination,
-    LayoutManifests,
     OciLayoutReader,
     OciLayoutWriter,
 )
@@ -243,7 +243,7 @@ class BucketSource:
     def read(self) -> ImageLike:
         return self._reader().read(self.tag)
 
-    def manifest_source(self) -> LayoutManifests:
+    def manifest_source(self) -> StoreSource:
         return self._reader().manifests(self.tag)
 
 

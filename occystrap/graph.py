@@ -11,7 +11,8 @@ and so its digest, and each is verified against its digest as it streams. Image 
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
@@ -28,6 +29,7 @@ from occystrap.manifest import (
     parse_manifest,
     select_platform,
 )
+from occystrap.streams import Readable
 
 
 @dataclass(frozen=True)
@@ -43,6 +45,40 @@ class Node:
 
     def parsed(self) -> Manifest | ManifestIndex:
         return parse_manifest(self.raw, self.media_type)
+
+
+class Store(Protocol):
+    """A place that keeps manifests and blobs by digest, as they are: a registry repository
+    or an OCI layout (a directory, an OCI archive, a bucket). The graph copy, referrers and
+    artifacts all read and write through it, so each place is written once."""
+
+    def manifest_at(self, reference: str) -> tuple[bytes, str, str] | None:
+        """(raw, media type, digest) of the manifest a tag or digest names (a digest is
+        verified), None when there is none."""
+        ...
+
+    def manifest(self, descriptor: Descriptor) -> Node:
+        """A manifest a descriptor points at, verified; a missing one is an error."""
+        ...
+
+    def blob(self, descriptor: Descriptor) -> Blob:
+        """Where a blob's bytes are (read, and verified by the caller, only when opened)."""
+        ...
+
+    def has_blob(self, descriptor: Descriptor) -> bool: ...
+
+    def put_blob(
+        self, descriptor: Descriptor, opener: Callable[[], AbstractContextManager[Readable]]
+    ) -> None: ...
+
+    def put_manifest(self, reference: str, raw: bytes, media_type: str) -> bool:
+        """Store a manifest under a tag or its digest; True when the store itself now lists
+        it among its subject's referrers (a registry with the referrers API)."""
+        ...
+
+    def referrers_api(self, digest: str, artifact_type: str | None) -> list[Descriptor] | None:
+        """The referrers API's answer, or None where the place has no such API."""
+        ...
 
 
 class ManifestSource(Protocol):
@@ -76,6 +112,46 @@ class ManifestSink(Protocol):
         name (the sink tags it as its URI says, else by that name); a child (`None`) is
         stored by its digest alone."""
         ...
+
+
+class StoreSource:
+    """A store as the graph copy's source, rooted at one manifest it holds."""
+
+    def __init__(self, store: Store, root: Descriptor, source: SourceName | None = None) -> None:
+        self.store, self.root_descriptor = store, root
+        self.source = source or SourceName()
+        self.pinned: Platform | None = None  # a store names no platform
+
+    def root(self) -> Node:
+        return self.store.manifest(self.root_descriptor)
+
+    def manifest(self, descriptor: Descriptor) -> Node:
+        return self.store.manifest(descriptor)
+
+    def blob(self, descriptor: Descriptor) -> Blob:
+        return self.store.blob(descriptor)
+
+
+class StoreSink:
+    """A store as the graph copy's sink, blob by blob: the root under `tag` (a cosign
+    tag), else its digest, like everything under it."""
+
+    def __init__(self, store: Store, tag: str | None = None) -> None:
+        self.store, self.tag = store, tag
+        self.subject_indexed = False  # whether the store listed the root under its subject
+
+    def put_blobs(self, blobs: Sequence[Layer]) -> None:
+        for layer in blobs:
+            descriptor = Descriptor(layer.media_type, layer.digest, layer.size)
+            if not self.store.has_blob(descriptor):
+                self.store.put_blob(descriptor, layer.open_blob)
+
+    def put_manifest(self, node: Node, name: SourceName | None) -> None:
+        is_root = name is not None
+        reference = self.tag if is_root and self.tag else node.digest
+        indexed = self.store.put_manifest(reference, node.raw, node.media_type)
+        if is_root:
+            self.subject_indexed = indexed
 
 
 @runtime_checkable

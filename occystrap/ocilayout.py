@@ -38,7 +38,7 @@ from occystrap.errors import (
     UsageError,
     writing_to,
 )
-from occystrap.graph import Node
+from occystrap.graph import Node, StoreSource
 from occystrap.image import (
     Blob,
     Image,
@@ -242,29 +242,83 @@ class OciLayoutReader:
     def _layer_blob(self, descriptor: Descriptor) -> Blob:
         return self.members.blob(self._blob_key(descriptor, "layer"))
 
-    def manifests(self, tag: str | None = None) -> LayoutManifests:
+    def manifests(self, tag: str | None = None) -> StoreSource:
         """The graph copy's view of the entry tagged `tag`: manifests and blobs as stored."""
-        return LayoutManifests(self, self.select(tag))
+        entry = self.select(tag)
+        return StoreSource(LayoutStore(self), entry, source_name(ref_name(entry)))
 
 
-class LayoutManifests:
-    """The graph copy's reading side (occystrap.graph.ManifestSource) over a layout."""
+class LayoutStore:
+    """An OCI image layout (a directory, an OCI archive, a bucket's `BucketLayout`) as a
+    `occystrap.graph.Store`; tags are `index.json`'s ref.names. Without a writer it is
+    read only."""
 
-    pinned = None  # a layout's URI names no platform
+    def __init__(self, reader: OciLayoutReader, writer: OciLayoutWriter | None = None) -> None:
+        self.reader, self.members, self.writer = reader, reader.members, writer
 
-    def __init__(self, reader: OciLayoutReader, entry: PlatformDescriptor) -> None:
-        self.reader, self.entry = reader, entry
-        self.source = source_name(ref_name(entry))
+    @classmethod
+    def writing(
+        cls, members: MemberSource, storage: LayoutStorage | Path, ctx: RunContext
+    ) -> LayoutStore:
+        """The layout `members` reads and `storage` writes (the same place)."""
+        return cls(OciLayoutReader(members), OciLayoutWriter(storage, ctx))
 
-    def root(self) -> Node:
-        return self.manifest(self.entry)
+    def __str__(self) -> str:
+        return self.members.where
+
+    def referrers_api(self, digest: str, artifact_type: str | None) -> list[Descriptor] | None:
+        return None  # a layout lists referrers only in referrers tag indexes
+
+    def _stored(self, digest: str, size: int | None = None) -> str | None:
+        """The member name of a blob the layout holds (with `size`, when given)."""
+        name = blob_name(digest)
+        if name is None or not self.members.has(name):
+            return None
+        if size is not None and self.members.size(name) != size:
+            return None
+        return name
 
     def manifest(self, descriptor: Descriptor) -> Node:
         document = self.reader._document(descriptor, "manifest")
         return Node(document.raw, document.media_type)
 
+    def manifest_at(self, reference: str) -> tuple[bytes, str, str] | None:
+        if ":" in reference:  # a digest; tags cannot contain ':'
+            name = self._stored(reference)
+            if name is None:
+                return None
+            raw = self.members.read(name)
+            check_digest(raw, reference, f"{self}: manifest {reference}")
+            return raw, parse_manifest(raw, None).media_type, reference
+        if not self.members.has(INDEX_FILE):
+            return None
+        entries = parse_index(self.members.read(INDEX_FILE), str(self))
+        tagged = [entry for entry in entries if ref_name(entry) == reference]
+        if not tagged:
+            return None
+        found = self.manifest_at(tagged[-1].digest)
+        return None if found is None else (found[0], tagged[-1].media_type, found[2])
+
     def blob(self, descriptor: Descriptor) -> Blob:
-        return self.reader.members.blob(self.reader._blob_key(descriptor, "blob"))
+        return self.members.blob(self.reader._blob_key(descriptor, "blob"))
+
+    def has_blob(self, descriptor: Descriptor) -> bool:
+        return self._stored(descriptor.digest, descriptor.size) is not None
+
+    def _writer(self) -> OciLayoutWriter:
+        if self.writer is None:
+            raise OccystrapError(f"{self}: the layout is open for reading only")
+        return self.writer
+
+    def put_blob(
+        self, descriptor: Descriptor, opener: Callable[[], AbstractContextManager[Readable]]
+    ) -> None:
+        self._writer().store_blob(descriptor.digest, descriptor.size, opener)
+
+    def put_manifest(self, reference: str, raw: bytes, media_type: str) -> bool:
+        tag = None if reference == sha256_digest(raw) else reference
+        self._writer().store_manifest(raw, media_type, tag)
+        return False
 
 
 # -- writing ------------------------------------------------------------------------------

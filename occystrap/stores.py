@@ -1,9 +1,10 @@
-"""Registry repositories and OCI layouts as places that keep manifests and blobs as they are.
+"""The store (`occystrap.graph.Store`) an endpoint names, and the commands built on stores:
+referrer copies, and what `referrers` and `artifact` open.
 
-Referrers (signatures, SBOMs) and artifacts are read and written through these two
-`ReferrerStore`s, so copying them registry -> registry, registry -> oci-layout and back is one
-piece of code. A registry is spoken to through the run's one client; a layout keeps referrers
-the way a registry without the referrers API does: referrers tag indexes and cosign's tags as
+A registry repository is a `RegistryStore` (occystrap.registry.store), an OCI layout in a
+directory or a bucket a `LayoutStore` (occystrap.ocilayout), so copying referrers registry ->
+registry, registry -> oci-layout and back is one piece of code. A layout keeps referrers the
+way a registry without the referrers API does: referrers tag indexes and cosign's tags as
 `org.opencontainers.image.ref.name`s in `index.json`, so every manifest stays reachable.
 """
 
@@ -11,145 +12,39 @@ from __future__ import annotations
 
 import logging
 import tempfile
-from collections.abc import Callable, Iterator
-from contextlib import AbstractContextManager, contextmanager
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
-from occystrap.archive import DirectoryMembers, MemberSource
+from occystrap.archive import DirectoryMembers
 from occystrap.buckets import BucketURI
 from occystrap.cancel import cancellable_pool
-from occystrap.digests import check_digest, sha256_digest
 from occystrap.endpoints import Endpoint
 from occystrap.endpoints.oci_layout import OciLayoutURI
 from occystrap.endpoints.registry import RegistryURI
-from occystrap.errors import RegistryError, UsageError
-from occystrap.manifest import Descriptor, ManifestIndex, parse_manifest
+from occystrap.errors import UsageError
+from occystrap.graph import Store
+from occystrap.manifest import ManifestIndex, parse_manifest
 from occystrap.middleware.builder import build_client
-from occystrap.ocilayout import (
-    INDEX_FILE,
-    OciLayoutReader,
-    OciLayoutWriter,
-    blob_name,
-    parse_index,
-    ref_name,
-)
+from occystrap.ocilayout import LayoutStore, OciLayoutReader
 from occystrap.pipeline import RunContext
-from occystrap.registry.client import RegistryBlob, RegistryClient
-from occystrap.registry.referrers import ReferrerStore, copy_referrers, discover
+from occystrap.registry.referrers import copy_referrers, discover
+from occystrap.registry.store import RegistryStore
 from occystrap.settings import RunSettings
-from occystrap.streams import Readable
 
 LOG = logging.getLogger("occystrap.stores")
 
 
-class RegistryStore:
-    """One repository of a registry, through the run's client."""
-
-    def __init__(self, client: RegistryClient, repository: str) -> None:
-        self.client, self.repository = client, repository
-
-    def __str__(self) -> str:
-        return f"{self.client.registry}/{self.repository}"
-
-    def referrers_api(self, digest: str, artifact_type: str | None) -> list[Descriptor] | None:
-        return self.client.list_referrers(self.repository, digest, artifact_type)
-
-    def manifest_at(self, reference: str) -> tuple[bytes, str, str] | None:
-        try:
-            return self.client.get_manifest(self.repository, reference)
-        except RegistryError as error:
-            if error.status == 404:
-                return None
-            raise
-
-    def has_blob(self, descriptor: Descriptor) -> bool:
-        return self.client.blob_exists(self.repository, descriptor.digest)
-
-    def open_blob(self, descriptor: Descriptor) -> AbstractContextManager[Readable]:
-        return RegistryBlob(self.client, self.repository, descriptor.digest).open()
-
-    def put_blob(
-        self, descriptor: Descriptor, opener: Callable[[], AbstractContextManager[Readable]]
-    ) -> None:
-        self.client.upload_blob(self.repository, descriptor.digest, opener, descriptor.size)
-
-    def put_manifest(self, reference: str, raw: bytes, media_type: str) -> bool:
-        return self.client.put_manifest(self.repository, reference, raw, media_type).subject_indexed
-
-
-class LayoutStore:
-    """An OCI image layout (a directory, or a bucket's `BucketLayout`); tags are
-    `index.json`'s ref.names."""
-
-    def __init__(self, members: MemberSource, writer: OciLayoutWriter) -> None:
-        self.members, self.writer = members, writer
-
-    @classmethod
-    def directory(cls, path: Path, ctx: RunContext) -> LayoutStore:
-        return cls(DirectoryMembers(Path(path)), OciLayoutWriter(Path(path), ctx))
-
-    def __str__(self) -> str:
-        return self.members.where
-
-    def referrers_api(self, digest: str, artifact_type: str | None) -> list[Descriptor] | None:
-        return None  # a layout lists referrers only in referrers tag indexes
-
-    def _stored(self, digest: str, size: int | None = None) -> str | None:
-        """The member name of a blob the layout holds (with `size`, when given)."""
-        name = blob_name(digest)
-        if name is None or not self.members.has(name):
-            return None
-        if size is not None and self.members.size(name) != size:
-            return None
-        return name
-
-    def manifest_at(self, reference: str) -> tuple[bytes, str, str] | None:
-        if ":" in reference:  # a digest; tags cannot contain ':'
-            name = self._stored(reference)
-            if name is None:
-                return None
-            raw = self.members.read(name)
-            check_digest(raw, reference, f"{self}: manifest {reference}")
-            return raw, parse_manifest(raw, None).media_type, reference
-        if not self.members.has(INDEX_FILE):
-            return None
-        entries = parse_index(self.members.read(INDEX_FILE), str(self))
-        tagged = [entry for entry in entries if ref_name(entry) == reference]
-        if not tagged:
-            return None
-        found = self.manifest_at(tagged[-1].digest)
-        return None if found is None else (found[0], tagged[-1].media_type, found[2])
-
-    def has_blob(self, descriptor: Descriptor) -> bool:
-        return self._stored(descriptor.digest, descriptor.size) is not None
-
-    def open_blob(self, descriptor: Descriptor) -> AbstractContextManager[Readable]:
-        name = self._stored(descriptor.digest)
-        if name is None:
-            raise UsageError(f"{self}: blob {descriptor.digest} is missing from the layout")
-        return self.members.blob(name).open()
-
-    def put_blob(
-        self, descriptor: Descriptor, opener: Callable[[], AbstractContextManager[Readable]]
-    ) -> None:
-        self.writer.store_blob(descriptor.digest, descriptor.size, opener)
-
-    def put_manifest(self, reference: str, raw: bytes, media_type: str) -> bool:
-        tag = None if reference == sha256_digest(raw) else reference
-        self.writer.store_manifest(raw, media_type, tag)
-        return False
-
-
-def store_of(endpoint: Endpoint, ctx: RunContext, what: str = "--referrers") -> ReferrerStore:
+def store_of(endpoint: Endpoint, ctx: RunContext, what: str = "--referrers") -> Store:
     """The store a registry://, oci-layout:// or bucket endpoint names; other places keep no
     referrers or artifacts, and say so before anything is read."""
     if isinstance(endpoint, RegistryURI):
         return RegistryStore(endpoint.client(ctx), endpoint.reference.repository)
     if isinstance(endpoint, OciLayoutURI):
-        return LayoutStore.directory(endpoint.path, ctx)
+        return LayoutStore.writing(DirectoryMembers(endpoint.path), endpoint.path, ctx)
     if isinstance(endpoint, BucketURI):
         layout = endpoint.layout(ctx)
-        return LayoutStore(layout, OciLayoutWriter(layout, ctx))
+        return LayoutStore.writing(layout, layout, ctx)
     raise UsageError(
         f"{what} needs registry://, oci-layout:// or a bucket (s3://, gs://): {endpoint}"
         " keeps no referrers or artifacts (signatures, SBOMs)"
@@ -165,7 +60,7 @@ def check_referrer_ends(source: Endpoint, destination: Endpoint, ctx: RunContext
 @contextmanager
 def open_store(
     settings: RunSettings, endpoint: Endpoint, what: str, writing: bool = False
-) -> Iterator[ReferrerStore]:
+) -> Iterator[Store]:
     """The store `endpoint` names, over a client of its own (for commands that are not a
     copy: referrers, artifact push and pull); `writing` gives it a destination's credentials
     (--dest-creds), else a source's."""
@@ -182,7 +77,7 @@ def open_store(
         yield store_of(endpoint, RunContext(settings, http, Path(work)), what)
 
 
-def reference_of(endpoint: Endpoint, store: ReferrerStore | None = None) -> str:
+def reference_of(endpoint: Endpoint, store: Store | None = None) -> str:
     """The tag or digest a registry://, oci-layout:// or bucket URI names (a layout without
     ?tag=: its only image, read from `store` when given)."""
     if isinstance(endpoint, RegistryURI):
@@ -191,12 +86,12 @@ def reference_of(endpoint: Endpoint, store: ReferrerStore | None = None) -> str:
     if endpoint.tag is not None:
         return endpoint.tag
     if isinstance(store, LayoutStore):
-        return OciLayoutReader(store.members).select(None).digest
+        return store.reader.select(None).digest
     assert isinstance(endpoint, OciLayoutURI)
     return OciLayoutReader(DirectoryMembers(endpoint.path)).select(None).digest
 
 
-def root_of(endpoint: Endpoint, store: ReferrerStore) -> tuple[bytes, str, str]:
+def root_of(endpoint: Endpoint, store: Store) -> tuple[bytes, str, str]:
     """(raw, media type, digest) of the manifest `endpoint` names."""
     reference = reference_of(endpoint, store)
     answer = store.manifest_at(reference)
@@ -205,7 +100,7 @@ def root_of(endpoint: Endpoint, store: ReferrerStore) -> tuple[bytes, str, str]:
     return answer
 
 
-def _subjects(endpoint: Endpoint, store: ReferrerStore) -> list[str]:
+def _subjects(endpoint: Endpoint, store: Store) -> list[str]:
     """The digests of the manifest `endpoint` names and, for an index, of its entries."""
     raw, media_type, digest = root_of(endpoint, store)
     document = parse_manifest(raw, media_type)

@@ -22,11 +22,11 @@ from occystrap.endpoints import (
     split_query,
 )
 from occystrap.errors import OccystrapError
+from occystrap.graph import StoreSource
 from occystrap.image import ImageLike
 from occystrap.ocilayout import (
     LAYOUT_FILE,
     LayoutDestination,
-    LayoutManifests,
     OciLayoutReader,
     OciLayoutWriter,
 )
@@ -62,7 +62,7 @@ class OciLayoutSource:
     def read(self) -> ImageLike:
         return self._reader().read(self.tag)
 
-    def manifest_source(self) -> LayoutManifests:
+    def manifest_source(self) -> StoreSource:
         return self._reader().manifests(self.tag)
 
 

@@ -46,13 +46,13 @@ from occystrap.manifest import (
     Platform,
     PlatformDescriptor,
     build_manifest,
-    parse_manifest,
 )
 from occystrap.mediatypes import DOCKER_CONFIG, DOCKER_MANIFEST, OCI_MANIFEST
 from occystrap.pipeline import RunContext, again_if_corrupt
 from occystrap.registry.client import RegistryBlob, RegistryClient
 from occystrap.registry.hosts import DOCKER_HUB_HOST
 from occystrap.registry.reference import ImageReference, parse_reference, validate_repository
+from occystrap.registry.store import RegistryStore
 from occystrap.streams import Readable
 
 LOG = logging.getLogger("occystrap.registry")
@@ -130,6 +130,7 @@ class RegistrySource:
         self, client: RegistryClient, reference: ImageReference, pinned: Platform | None
     ) -> None:
         self.client, self.reference, self.pinned = client, reference, pinned
+        self.store = RegistryStore(client, reference.repository)
         registry = None if reference.registry == DOCKER_HUB_HOST else reference.registry
         self.source = SourceName(reference.repository, reference.tag, registry)
 
@@ -153,18 +154,13 @@ class RegistrySource:
         return self
 
     def root(self) -> Node:
-        return self._node(self.reference.reference)
+        return self.store.node(self.reference.reference)
 
     def manifest(self, descriptor: Descriptor) -> Node:
-        return self._node(descriptor.digest)
-
-    def _node(self, reference: str) -> Node:
-        """A manifest as served (digest-pinned ones verified), with the type it is served as."""
-        raw, content_type, _ = self.client.get_manifest(self.reference.repository, reference)
-        return Node(raw, parse_manifest(raw, content_type).media_type)
+        return self.store.manifest(descriptor)
 
     def blob(self, descriptor: Descriptor) -> RegistryBlob:
-        return RegistryBlob(self.client, self.reference.repository, descriptor.digest)
+        return self.store.blob(descriptor)
 
     def _read_entry(self, entry: PlatformDescriptor) -> Image:
         parsed = self.manifest(entry).parsed()
@@ -191,6 +187,7 @@ class RegistryDestination:
     def __init__(self, client: RegistryClient, reference: ImageReference, ctx: RunContext) -> None:
         self.client, self.reference, self.ctx = client, reference, ctx
         self.repository = reference.repository
+        self.store = RegistryStore(client, reference.repository)
         # zstd's encoder brings its own workers and buffers (gzip shares the run's
         # DeflatePool): one layer at a time is zstd-compressed, on one worker beside the
         # thread that hashes and sends, which keeps a run under 150 MB (a second worker
@@ -211,7 +208,7 @@ class RegistryDestination:
 
     def put_manifest(self, node: Node, name: SourceName | None) -> None:
         reference = node.digest if name is None else self.reference.reference
-        self.client.put_manifest(self.repository, reference, node.raw, node.media_type)
+        self.store.put_manifest(reference, node.raw, node.media_type)
         LOG.info("pushed %s@%s", self.repository, node.digest)
 
     def write(self, item: Image) -> str:
@@ -241,7 +238,7 @@ class RegistryDestination:
                 oci=oci,
             )
             media_type = OCI_MANIFEST if oci else DOCKER_MANIFEST
-        self.client.put_manifest(self.repository, reference, raw, media_type)
+        self.store.put_manifest(reference, raw, media_type)
         digest = sha256_digest(raw)
         LOG.info("pushed %s@%s", self.repository, digest)
         return digest

@@ -36,8 +36,9 @@ from occystrap.endpoints import (
     query_options,
 )
 from occystrap.errors import OccystrapError, UsageError
+from occystrap.graph import StoreSource
 from occystrap.image import Image, ImageLike
-from occystrap.ocilayout import LayoutManifests, OciLayoutReader, is_oci_layout
+from occystrap.ocilayout import OciLayoutReader, is_oci_layout
 from occystrap.pipeline import RunContext, local_layers
 from occystrap.prefetch import prefetched_layers
 
@@ -126,7 +127,7 @@ class TarSource:
                 )
         return reader.read(self.image, self.position)
 
-    def manifest_source(self) -> LayoutManifests | None:
+    def manifest_source(self) -> StoreSource | None:
         """An OCI archive stores manifests, so it is copied byte for byte where it can be."""
         archive = self._oci_archive()
         return None if archive is None else archive.manifests()

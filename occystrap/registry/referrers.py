@@ -5,7 +5,7 @@
 - cosign's tags `sha256-<hex>.sig`, `.att` and `.sbom`, which name one manifest each.
 
 Discovery is recursive (a signature of an SBOM is found under the SBOM) and reads through a
-`ReferrerStore`, so a registry and an OCI layout are searched by the same code.
+`occystrap.graph.Store`, so a registry and an OCI layout are searched by the same code.
 """
 
 from __future__ import annotations
@@ -13,24 +13,20 @@ from __future__ import annotations
 import json
 import logging
 import re
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import AbstractContextManager
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any
 
 from occystrap.errors import OccystrapError
-from occystrap.graph import Node, copy_graph
-from occystrap.image import Layer, SourceName
+from occystrap.graph import Store, StoreSink, StoreSource, copy_graph
 from occystrap.jsondoc import parse_json
 from occystrap.manifest import (
     Descriptor,
     Manifest,
     ManifestIndex,
-    Platform,
     parse_manifest,
 )
 from occystrap.mediatypes import OCI_EMPTY, OCI_INDEX
-from occystrap.streams import Readable
 
 LOG = logging.getLogger("occystrap.referrers")
 
@@ -75,34 +71,6 @@ def descriptor_of(raw: bytes, media_type: str, digest: str) -> Descriptor:
         annotations=dict(document.annotations),
         artifact_type=artifact_type_of(document),
     )
-
-
-class ReferrerStore(Protocol):
-    """A place that keeps manifests and blobs: a registry repository or an OCI layout."""
-
-    def referrers_api(self, digest: str, artifact_type: str | None) -> list[Descriptor] | None:
-        """The referrers API's answer, or None where there is no such API."""
-        ...
-
-    def manifest_at(self, reference: str) -> tuple[bytes, str, str] | None:
-        """(raw, media type, digest) of the manifest a tag or digest names (a digest is
-        verified), None when there is none."""
-        ...
-
-    def has_blob(self, descriptor: Descriptor) -> bool: ...
-
-    def open_blob(self, descriptor: Descriptor) -> AbstractContextManager[Readable]:
-        """The blob's bytes as stored; the caller verifies them."""
-        ...
-
-    def put_blob(
-        self, descriptor: Descriptor, opener: Callable[[], AbstractContextManager[Readable]]
-    ) -> None: ...
-
-    def put_manifest(self, reference: str, raw: bytes, media_type: str) -> bool:
-        """Store a manifest under a tag or its digest; True when the store itself now lists
-        it among its subject's referrers (a registry with the referrers API)."""
-        ...
 
 
 @dataclass(frozen=True)
@@ -171,16 +139,14 @@ class _Budget:
             )
 
 
-def discover(
-    store: ReferrerStore, digest: str, artifact_type: str | None = None
-) -> tuple[Referrer, ...]:
+def discover(store: Store, digest: str, artifact_type: str | None = None) -> tuple[Referrer, ...]:
     """Everything that refers to `digest`, recursively. `artifact_type` narrows the first level
     (what refers to `digest` itself); what refers to those is listed whatever its type."""
     return _discover(store, digest, artifact_type, 0, _Budget())
 
 
 def _discover(
-    store: ReferrerStore, digest: str, artifact_type: str | None, depth: int, budget: _Budget
+    store: Store, digest: str, artifact_type: str | None, depth: int, budget: _Budget
 ) -> tuple[Referrer, ...]:
     if digest in budget.seen or depth >= MAX_DEPTH:
         return ()
@@ -207,7 +173,7 @@ def _discover(
 
 
 def _subject_referrers(
-    store: ReferrerStore, digest: str, artifact_type: str | None
+    store: Store, digest: str, artifact_type: str | None
 ) -> list[tuple[Descriptor, str]]:
     """What names `digest` as its subject: from the API, else from the referrers tag's index."""
     listed = store.referrers_api(digest, artifact_type)
@@ -232,7 +198,7 @@ def _subject_referrers(
 
 
 def copy_referrers(
-    source: ReferrerStore, destination: ReferrerStore, subject: str, referrers: Sequence[Referrer]
+    source: Store, destination: Store, subject: str, referrers: Sequence[Referrer]
 ) -> int:
     """Copy `referrers` of `subject` and what refers to them, byte for byte, so the destination
     finds them as the source did; return how many were copied.
@@ -263,79 +229,20 @@ def copy_referrers(
 
 
 def copy_manifest(
-    source: ReferrerStore,
-    destination: ReferrerStore,
+    source: Store,
+    destination: Store,
     descriptor: Descriptor,
     tag: str | None = None,
 ) -> bool:
     """Copy a manifest or index and every blob and manifest under it, byte for byte (the
     graph copy's walk), under `tag`, else its digest; True when the destination indexed its
     subject itself."""
-    sink = _StoreSink(destination, tag)
-    copy_graph(_StoreSource(source, descriptor), sink)
+    sink = StoreSink(destination, tag)
+    copy_graph(StoreSource(source, descriptor), sink)
     return sink.subject_indexed
 
 
-@dataclass(frozen=True)
-class _StoreBlob:
-    """A blob of a store, for the graph copy (the Layer wrapping it verifies what it reads)."""
-
-    store: ReferrerStore
-    descriptor: Descriptor
-    local = False
-
-    def __str__(self) -> str:
-        return f"{self.store}"
-
-    def open(self) -> AbstractContextManager[Readable]:
-        return self.store.open_blob(self.descriptor)
-
-
-class _StoreSource:
-    """A store as the graph copy's source, rooted at one referrer's manifest."""
-
-    source = SourceName()
-    pinned: Platform | None = None
-
-    def __init__(self, store: ReferrerStore, root: Descriptor) -> None:
-        self.store, self.root_descriptor = store, root
-
-    def root(self) -> Node:
-        return self.manifest(self.root_descriptor)
-
-    def manifest(self, descriptor: Descriptor) -> Node:
-        answer = self.store.manifest_at(descriptor.digest)
-        if answer is None:
-            raise OccystrapError(f"{descriptor.digest} is listed but missing from {self.store}")
-        return Node(answer[0], answer[1])
-
-    def blob(self, descriptor: Descriptor) -> _StoreBlob:
-        return _StoreBlob(self.store, descriptor)
-
-
-class _StoreSink:
-    """A store as the graph copy's sink: the root under `tag` (a cosign tag), else its
-    digest, like everything under it."""
-
-    def __init__(self, store: ReferrerStore, tag: str | None) -> None:
-        self.store, self.tag = store, tag
-        self.subject_indexed = False
-
-    def put_blobs(self, blobs: Sequence[Layer]) -> None:
-        for layer in blobs:
-            descriptor = Descriptor(layer.media_type, layer.digest, layer.size)
-            if not self.store.has_blob(descriptor):
-                self.store.put_blob(descriptor, layer.open_blob)
-
-    def put_manifest(self, node: Node, name: SourceName | None) -> None:
-        is_root = name is not None
-        reference = self.tag if is_root and self.tag else node.digest
-        indexed = self.store.put_manifest(reference, node.raw, node.media_type)
-        if is_root:
-            self.subject_indexed = indexed
-
-
-def add_to_referrers_index(store: ReferrerStore, subject: str, referrer: Descriptor) -> None:
+def add_to_referrers_index(store: Store, subject: str, referrer: Descriptor) -> None:
     """List `referrer` in `subject`'s referrers tag index, creating it or adding to it; every
     entry already there is kept as it is."""
     tag = referrers_tag(subject)

@@ -5,6 +5,7 @@ the API falls back to, cosign's tags, and recursion."""
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import hashlib
 import io
 import json
@@ -14,6 +15,7 @@ import pytest
 import respx
 
 from occystrap.errors import OccystrapError, RegistryError
+from occystrap.graph import Node
 from occystrap.middleware.builder import ChainSettings, build_client
 from occystrap.registry.client import RegistryClient
 from occystrap.registry.referrers import (
@@ -224,8 +226,17 @@ def test_referrer_tags():
 # -- writing -------------------------------------------------------------------------------
 
 
+@dataclasses.dataclass(frozen=True)
+class MemoryBlob:
+    data: bytes
+    local = True
+
+    def open(self):
+        return contextlib.nullcontext(io.BytesIO(self.data))
+
+
 class MemoryStore:
-    """A ReferrerStore in memory; `api` says whether it indexes subjects itself."""
+    """A Store (occystrap.graph) in memory; `api` says whether it indexes subjects itself."""
 
     def __init__(self, api: bool) -> None:
         self.api = api
@@ -253,8 +264,12 @@ class MemoryStore:
     def has_blob(self, descriptor):
         return descriptor.digest in self.blobs
 
-    def open_blob(self, descriptor):
-        return contextlib.nullcontext(io.BytesIO(self.blobs[descriptor.digest]))
+    def manifest(self, descriptor):
+        raw, media_type = self.manifests[descriptor.digest]
+        return Node(raw, media_type)
+
+    def blob(self, descriptor):
+        return MemoryBlob(self.blobs[descriptor.digest])
 
     def put_blob(self, descriptor, opener):
         with opener() as source:

@@ -30,7 +30,7 @@ from occystrap.endpoints.registry import RegistryURI
 from occystrap.errors import FilesystemError, OccystrapError, UsageError
 from occystrap.graph import Store
 from occystrap.image import VerifyingReader
-from occystrap.manifest import Descriptor, Manifest, parse_manifest
+from occystrap.manifest import Descriptor, Manifest, descriptor_json, parse_manifest
 from occystrap.mediatypes import OCI_EMPTY, OCI_EMPTY_DIGEST, OCI_MANIFEST
 from occystrap.registry.referrers import add_to_referrers_index
 from occystrap.settings import RunSettings
@@ -95,17 +95,6 @@ def _file_descriptor(file: ArtifactFile) -> Descriptor:
     return Descriptor(file.media_type, hash_of(hasher), size, annotations={TITLE: file.path.name})
 
 
-def _descriptor_json(descriptor: Descriptor) -> dict[str, Any]:
-    document: dict[str, Any] = {
-        "mediaType": descriptor.media_type,
-        "digest": descriptor.digest,
-        "size": descriptor.size,
-    }
-    if descriptor.annotations:
-        document["annotations"] = dict(descriptor.annotations)
-    return document
-
-
 def push_artifact(
     settings: RunSettings,
     destination: str,
@@ -127,20 +116,20 @@ def push_artifact(
         )
     with open_store(settings, endpoint, "artifact push", writing=True) as store:
         subject_descriptor = None if subject is None else _subject(store, endpoint, subject)
+        empty = Descriptor(OCI_EMPTY, OCI_EMPTY_DIGEST, len(EMPTY_CONFIG))
         document: dict[str, Any] = {
             "schemaVersion": 2,
             "mediaType": OCI_MANIFEST,
             "artifactType": artifact_type,
-            "config": {"mediaType": OCI_EMPTY, "digest": OCI_EMPTY_DIGEST, "size": 2},
-            "layers": [_descriptor_json(layer) for layer in layers],
+            "config": descriptor_json(empty),
+            "layers": [descriptor_json(layer) for layer in layers],
         }
         if subject_descriptor is not None:
-            document["subject"] = _descriptor_json(subject_descriptor)
+            document["subject"] = descriptor_json(subject_descriptor)
         if annotations:
             document["annotations"] = dict(annotations)
-        empty = Descriptor(OCI_EMPTY, OCI_EMPTY_DIGEST, len(EMPTY_CONFIG))
         if not store.has_blob(empty):
-            store.put_blob(empty, lambda: _bytes_reader(EMPTY_CONFIG))
+            store.put_blob(empty, lambda: io.BytesIO(EMPTY_CONFIG))
         for file, layer in zip(files, layers, strict=True):
             if not store.has_blob(layer):
                 store.put_blob(layer, partial(_verified_file, file, layer))
@@ -199,11 +188,6 @@ def _subject(store: Store, endpoint: Endpoint, subject: str) -> Descriptor:
         raise UsageError(f"--subject {subject}: no such manifest at {endpoint}")
     raw, media_type, digest = answer
     return Descriptor(media_type, digest, len(raw))
-
-
-@contextmanager
-def _bytes_reader(data: bytes) -> Iterator[io.BytesIO]:
-    yield io.BytesIO(data)
 
 
 @contextmanager

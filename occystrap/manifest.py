@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
 
 from occystrap import compression, mediatypes
@@ -364,19 +364,29 @@ def _relabel(media_type: str, oci: bool) -> str:
     return media_type
 
 
-def _descriptor_json(descriptor: Descriptor, oci: bool) -> dict[str, Any]:
+def descriptor_json(descriptor: Descriptor) -> dict[str, Any]:
+    """A descriptor as a manifest or index writes it; empty optional fields are left out."""
     document: dict[str, Any] = {
-        "mediaType": _relabel(descriptor.media_type, oci),
+        "mediaType": descriptor.media_type,
         "digest": descriptor.digest,
         "size": descriptor.size,
     }
     if descriptor.urls:
         document["urls"] = list(descriptor.urls)
-    if descriptor.annotations:
-        document["annotations"] = dict(descriptor.annotations)
     if descriptor.artifact_type:
         document["artifactType"] = descriptor.artifact_type
+    if descriptor.annotations:
+        document["annotations"] = dict(descriptor.annotations)
     return document
+
+
+def empty_index() -> dict[str, Any]:
+    """An OCI image index listing nothing yet (index.json, a referrers tag index)."""
+    return {"schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": []}
+
+
+def _relabelled_json(descriptor: Descriptor, oci: bool) -> dict[str, Any]:
+    return descriptor_json(replace(descriptor, media_type=_relabel(descriptor.media_type, oci)))
 
 
 def build_manifest(config: Descriptor, layers: list[Descriptor], oci: bool) -> bytes:
@@ -388,7 +398,7 @@ def build_manifest(config: Descriptor, layers: list[Descriptor], oci: bool) -> b
     document = {
         "schemaVersion": 2,
         "mediaType": OCI_MANIFEST if oci else DOCKER_MANIFEST,
-        "config": _descriptor_json(config, oci),
-        "layers": [_descriptor_json(layer, oci) for layer in layers],
+        "config": _relabelled_json(config, oci),
+        "layers": [_relabelled_json(layer, oci) for layer in layers],
     }
     return json.dumps(document, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()

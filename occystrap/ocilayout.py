@@ -57,6 +57,8 @@ from occystrap.manifest import (
     ManifestIndex,
     PlatformDescriptor,
     build_manifest,
+    descriptor_json,
+    empty_index,
     parse_manifest,
 )
 from occystrap.mediatypes import OCI_CONFIG, OCI_INDEX, OCI_MANIFEST
@@ -287,7 +289,7 @@ class LayoutStore:
             name = self._stored(reference)
             if name is None:
                 return None
-            raw = self.members.read(name)
+            raw = self.reader._small(name, "manifest")  # bounded, like a registry's
             check_digest(raw, reference, f"{self}: manifest {reference}")
             return raw, parse_manifest(raw, None).media_type, reference
         if not self.members.has(INDEX_FILE):
@@ -446,10 +448,6 @@ class DirectoryStorage:
                 handle.write(replacement)
 
 
-def empty_index() -> dict[str, Any]:
-    return {"schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": []}
-
-
 class OciLayoutWriter:
     """Writes images and indexes into a layout (a directory path, or any `LayoutStorage`),
     each under a tag."""
@@ -513,12 +511,14 @@ class OciLayoutWriter:
 
     def _tag(self, descriptor: Descriptor, tag: str) -> None:
         """Point `tag` at `descriptor` in `index.json`, replacing its previous entry."""
-        entry = {
-            "mediaType": descriptor.media_type,
-            "digest": descriptor.digest,
-            "size": descriptor.size,
-            "annotations": {REF_NAME: tag},
-        }
+        entry = descriptor_json(
+            Descriptor(
+                descriptor.media_type,
+                descriptor.digest,
+                descriptor.size,
+                annotations={REF_NAME: tag},
+            )
+        )
 
         def change(raw: bytes | None) -> bytes:
             document = self._index_document(raw)

@@ -24,6 +24,8 @@ from occystrap.manifest import (
     Descriptor,
     Manifest,
     ManifestIndex,
+    descriptor_json,
+    empty_index,
     parse_manifest,
 )
 from occystrap.mediatypes import OCI_EMPTY, OCI_INDEX
@@ -247,7 +249,7 @@ def add_to_referrers_index(store: Store, subject: str, referrer: Descriptor) -> 
     entry already there is kept as it is."""
     tag = referrers_tag(subject)
     answer = store.manifest_at(tag)
-    document: dict[str, Any] = {"schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": []}
+    document = empty_index()
     if answer is not None:
         if not isinstance(parse_manifest(answer[0], answer[1]), ManifestIndex):
             raise OccystrapError(
@@ -257,14 +259,5 @@ def add_to_referrers_index(store: Store, subject: str, referrer: Descriptor) -> 
         document = parse_json(answer[0], f"tag {tag}")
     if any(entry.get("digest") == referrer.digest for entry in document["manifests"]):
         return
-    entry: dict[str, Any] = {
-        "mediaType": referrer.media_type,
-        "digest": referrer.digest,
-        "size": referrer.size,
-    }
-    if referrer.artifact_type:
-        entry["artifactType"] = referrer.artifact_type
-    if referrer.annotations:
-        entry["annotations"] = dict(referrer.annotations)
-    document["manifests"].append(entry)
+    document["manifests"].append(descriptor_json(referrer))
     store.put_manifest(tag, json.dumps(document, separators=(",", ":")).encode(), OCI_INDEX)

@@ -6,6 +6,10 @@ to its config and layers, which are opaque blobs whatever their type (image laye
 signatures, Helm charts, types nobody has heard of). Every manifest and blob keeps its bytes
 and so its digest, and each is verified against its digest as it streams. Image semantics
 (tar layers, diff_ids) are for outputs that need a filesystem; see `occystrap.image`.
+
+Such a place is a `Store` (a registry repository, `occystrap.registry.store`; an OCI layout
+in a directory, an archive or a bucket, `occystrap.ocilayout`), the one interface the copy,
+referrers and artifacts read and write through.
 """
 
 from __future__ import annotations

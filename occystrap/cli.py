@@ -297,6 +297,21 @@ def _fail(message: str, status: int) -> None:
     help="Verify the TLS certificate of a copy's destination registry.",
 )
 @click.option(
+    "--src-cert-dir",
+    type=click.Path(file_okay=False, exists=True),
+    envvar="OCCYSTRAP_SRC_CERT_DIR",
+    metavar="DIR",
+    help="The source registry's certificate directory (ca.crt, client.cert, client.key),"
+    " as skopeo's --src-cert-dir.",
+)
+@click.option(
+    "--dest-cert-dir",
+    type=click.Path(file_okay=False, exists=True),
+    envvar="OCCYSTRAP_DEST_CERT_DIR",
+    metavar="DIR",
+    help="The destination registry's certificate directory, as skopeo's --dest-cert-dir.",
+)
+@click.option(
     "--certs-dir",
     "certs_dirs",
     multiple=True,

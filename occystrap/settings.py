@@ -49,6 +49,9 @@ class RunSettings:
     # One end of a copy without TLS verification (skopeo's --src-tls-verify/--dest-tls-verify).
     src_tls_verify: bool = True
     dest_tls_verify: bool = True
+    # One end's certificate directory (ca.crt, client.cert/.key), as skopeo's --src-cert-dir.
+    src_cert_dir: Path | None = None
+    dest_cert_dir: Path | None = None
     # Roots of HOST[:PORT] certificate directories; None: the standard certs.d places.
     certs_dirs: tuple[Path, ...] | None = None
     # The one platform selector: what --platform (or its aliases --os/--architecture/
@@ -134,6 +137,12 @@ class RunSettings:
             tls_verify=options.get("tls_verify", True) is not False,
             src_tls_verify=options.get("src_tls_verify", True) is not False,
             dest_tls_verify=options.get("dest_tls_verify", True) is not False,
+            src_cert_dir=Path(str(options["src_cert_dir"]))
+            if options.get("src_cert_dir")
+            else None,
+            dest_cert_dir=Path(str(options["dest_cert_dir"]))
+            if options.get("dest_cert_dir")
+            else None,
             certs_dirs=_paths(certs_dirs),
             platforms=_platform_aliases(options),
             parallel=options["parallel"],
@@ -191,8 +200,18 @@ class RunSettings:
             place for place in destinations if not self.dest_tls_verify
         ]
         hosts = frozenset(place.partition("/")[0].lower() for place in unverified if place)
+        cert_dirs = {
+            place.partition("/")[0].lower(): directory
+            for places, directory in (
+                (sources, self.src_cert_dir),
+                (destinations, self.dest_cert_dir),
+            )
+            if directory is not None
+            for place in places
+            if place
+        }
         settings = self._chain_settings({**(extra or {}), **explicit}, quay_api_base)
-        return replace(settings, unverified_hosts=hosts)
+        return replace(settings, unverified_hosts=hosts, host_cert_dirs=cert_dirs)
 
     def _chain_settings(
         self, explicit: Mapping[str, Credential], quay_api_base: str

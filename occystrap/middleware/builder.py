@@ -21,7 +21,7 @@ docs/middleware.md gives the reason for each position.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -84,6 +84,9 @@ class ChainSettings:
     # Hosts ("host[:port]") spoken to without verifying TLS (and plain HTTP if they have no
     # TLS), as registries.conf's insecure ones: one end of a copy's --src/--dest-tls-verify.
     unverified_hosts: frozenset[str] = frozenset()
+    # A host's certificate directory given outright ("host[:port]" -> DIR with ca.crt,
+    # client.cert, client.key): a copy end's --src-cert-dir/--dest-cert-dir.
+    host_cert_dirs: Mapping[str, Path] = field(default_factory=dict)
 
 
 def _insecure_hosts(
@@ -109,6 +112,7 @@ def build_transport(settings: ChainSettings) -> httpx.BaseTransport:
         certs_roots=settings.certs_dirs,
         timeout=settings.timeout,
         insecure_host=_insecure_hosts(registries, settings.unverified_hosts),
+        host_dirs=settings.host_cert_dirs,
     )
     transport = Logging(transport)
     if settings.quota is not None:

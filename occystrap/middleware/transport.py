@@ -275,16 +275,19 @@ def build_base_transport(
     environ: Mapping[str, str] = os.environ,
     timeout: httpx.Timeout | None = None,
     insecure_host: Callable[[str], bool] | None = None,
+    host_dirs: Mapping[str, Path] | None = None,
 ) -> httpx.BaseTransport:
     """The transport at the bottom of the middleware chain, sized for `parallel` workers.
 
     `certs_roots`: where HOST[:PORT] certificate directories are looked up (default:
-    `default_certs_roots`, which $OCCYSTRAP_CERTS_DIRS overrides). `insecure_host` tells
-    which HOST[:PORT] may be spoken to without verified TLS (registries.conf's insecure).
+    `default_certs_roots`, which $OCCYSTRAP_CERTS_DIRS overrides); `host_dirs` names one
+    host's directory outright (a copy end's --src-cert-dir/--dest-cert-dir) and wins.
+    `insecure_host` tells which HOST[:PORT] may be spoken to without verified TLS
+    (registries.conf's insecure).
     """
     connections = max(10, 4 * parallel)
     roots = certs_roots if certs_roots is not None else default_certs_roots(environ)
-    tls = TlsPolicy(ca_cert, tls_verify, host_cert_dirs(roots))
+    tls = TlsPolicy(ca_cert, tls_verify, {**host_cert_dirs(roots), **(host_dirs or {})})
     default_context = make_ssl_context(ca_cert, tls_verify)
     if not tls_verify:
         _warn_verification_off()

@@ -263,3 +263,23 @@ def test_src_tls_verify_false_trusts_only_the_source(
         f"registry://{registry_plain.host}/{unique_repo}-copy:{TAG}?insecure=true",
         f"registry://{registry_tls.host}/{unique_repo}-back:{TAG}",
     )
+
+
+def test_src_cert_dir_names_the_source_registrys_ca(
+    registry_tls, registry_plain, unique_repo, tmp_path
+):
+    """skopeo's --src-cert-dir: a directory holding the source's ca.crt, for that end only."""
+    seed_image(registry_tls, unique_repo, tmp_path)
+    env = _isolated_env(tmp_path)
+    cert_dir = _certs_root(tmp_path, registry_tls) / registry_tls.host
+    source = f"registry://{registry_tls.host}/{unique_repo}:{TAG}"
+    destination = f"registry://{registry_plain.host}/{unique_repo}-copy:{TAG}?insecure=true"
+    refused = run_occystrap("process", source, destination, env=env, check=False)
+    assert_one_line_error(refused, "not trusted")
+    run_occystrap("--src-cert-dir", str(cert_dir), "process", source, destination, env=env)
+    assert skopeo_inspect(registry_plain, f"{unique_repo}-copy:{TAG}")["Digest"]
+    missing = run_occystrap(
+        "--src-cert-dir", str(tmp_path / "nowhere"), "process", source, destination,
+        env=env, check=False,
+    )  # fmt: skip
+    assert_one_line_error(missing, "nowhere")

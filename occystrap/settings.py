@@ -87,6 +87,13 @@ class RunSettings:
             self.certs_dirs = tuple(
                 _path(part, "certs_dirs") for part in _sequence(self.certs_dirs, "certs_dirs")
             )
+            for root in self.certs_dirs:
+                if any(root.glob("*.crt")):
+                    raise UsageError(
+                        f"--certs-dir {root} holds certificates itself, so it is a host's"
+                        " directory, not a root of HOST[:PORT]/ directories: give its parent,"
+                        " or name it with --src-cert-dir/--dest-cert-dir"
+                    )
         for name in ("rate_limits", "mirrors", "middlewares"):
             setattr(self, name, tuple(_sequence(getattr(self, name), name)))
         self.platforms = tuple(

@@ -285,3 +285,13 @@ def test_a_commands_own_option_wins_over_a_global_one_of_the_same_name():
     # login's own -u/--username, not the global --username (which needs --password).
     outcome = run_cli("login", f"{DEAD}", "--username", "me", "--password-stdin")
     assert "--password go together" not in outcome.stderr
+
+
+def test_a_host_directory_given_as_certs_dir_is_explained(tmp_path, monkeypatch):
+    """skopeo's --cert-dir takes a host's directory; occystrap's --certs-dir a root of them."""
+    monkeypatch.chdir(tmp_path)
+    host_dir = tmp_path / "registry.example"
+    host_dir.mkdir()
+    (host_dir / "ca.crt").write_text("not really a certificate")
+    outcome = run_cli("--certs-dir", str(host_dir), "info", f"registry://{DEAD}/a")
+    outcome.assert_one_line_error("is a host's directory", "--src-cert-dir")

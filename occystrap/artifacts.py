@@ -32,9 +32,10 @@ from occystrap.graph import Store
 from occystrap.image import VerifyingReader
 from occystrap.manifest import Descriptor, Manifest, descriptor_json, parse_manifest
 from occystrap.mediatypes import OCI_EMPTY, OCI_EMPTY_DIGEST, OCI_MANIFEST
+from occystrap.ocilayout import DEFAULT_TAG
 from occystrap.registry.referrers import add_to_referrers_index
 from occystrap.settings import RunSettings
-from occystrap.stores import open_store, reference_of, root_of
+from occystrap.stores import named_reference, open_store, reference_of, root_of
 
 TITLE = "org.opencontainers.image.title"
 DEFAULT_FILE_TYPE = "application/octet-stream"
@@ -103,7 +104,7 @@ def push_artifact(
     subject: str | None = None,
     annotations: dict[str, str] | None = None,
 ) -> PushedArtifact:
-    """Push `files` as one artifact to DESTINATION (registry:// or oci-layout://), with
+    """Push `files` as one artifact to DESTINATION (registry://, oci-layout:// or a bucket), with
     `subject` (an image in the same repository) when given."""
     if not files:
         raise UsageError("artifact push needs at least one FILE")
@@ -135,7 +136,7 @@ def push_artifact(
                 store.put_blob(layer, partial(_verified_file, file, layer))
         raw = json.dumps(document, separators=(",", ":"), ensure_ascii=False).encode()
         digest = sha256_digest(raw)
-        indexed = store.put_manifest(_push_reference(endpoint), raw, OCI_MANIFEST)
+        indexed = store.put_manifest(named_reference(endpoint) or DEFAULT_TAG, raw, OCI_MANIFEST)
         if subject_descriptor is not None and not indexed:
             manifest = Descriptor(
                 OCI_MANIFEST,
@@ -151,13 +152,6 @@ def push_artifact(
         len(files),
         None if subject_descriptor is None else subject_descriptor.digest,
     )
-
-
-def _push_reference(endpoint: Endpoint) -> str:
-    if isinstance(endpoint, RegistryURI):
-        return endpoint.reference.reference
-    assert isinstance(endpoint, OciLayoutURI)
-    return endpoint.tag or "latest"
 
 
 def _subject(store: Store, endpoint: Endpoint, subject: str) -> Descriptor:

@@ -1117,8 +1117,8 @@ def artifact_push(
     subject: str | None,
     annotations: tuple[str, ...],
 ) -> None:
-    """Push FILE[:MEDIATYPE]... as one artifact to DESTINATION (registry:// or oci-layout://),
-    each file a blob titled by its name; prints the manifest digest."""
+    """Push FILE[:MEDIATYPE]... as one artifact to DESTINATION (registry://, oci-layout://,
+    a bucket), each file a blob titled by its name; prints the manifest digest."""
     from occystrap import artifacts
 
     pushed = artifacts.push_artifact(

@@ -77,14 +77,21 @@ def open_store(
         yield store_of(endpoint, RunContext(settings, http, Path(work)), what)
 
 
-def reference_of(endpoint: Endpoint, store: Store | None = None) -> str:
-    """The tag or digest a registry://, oci-layout:// or bucket URI names (a layout without
-    ?tag=: its only image, read from `store` when given)."""
+def named_reference(endpoint: Endpoint) -> str | None:
+    """The tag or digest a registry://, oci-layout:// or bucket URI itself names (None: a
+    layout's URI without ?tag=)."""
     if isinstance(endpoint, RegistryURI):
         return endpoint.reference.reference
     assert isinstance(endpoint, (OciLayoutURI, BucketURI))
-    if endpoint.tag is not None:
-        return endpoint.tag
+    return endpoint.tag
+
+
+def reference_of(endpoint: Endpoint, store: Store | None = None) -> str:
+    """The tag or digest a registry://, oci-layout:// or bucket URI names (a layout without
+    ?tag=: its only image, read from `store` when given)."""
+    named = named_reference(endpoint)
+    if named is not None:
+        return named
     if isinstance(store, LayoutStore):
         return store.reader.select(None).digest
     assert isinstance(endpoint, OciLayoutURI)

@@ -284,6 +284,29 @@ def test_referrers_cross_through_a_bucket(
         _check_signed_copy(http, f"{unique_repo}-from-bucket", pushed, key)
 
 
+def test_artifact_round_trip_through_a_bucket(moto, s3_env, bucket, tmp_path):
+    """artifact push into s3:// (no ?tag=: `latest`, as into a layout directory) and pull
+    back: the file comes out as it went in, under the digest push reported."""
+    source = tmp_path / "sbom.spdx.json"
+    source.write_text('{"spdxVersion": "SPDX-2.3"}')
+    pushed = run_occystrap(
+        "artifact",
+        "push",
+        f"s3://{bucket}/artifacts",
+        f"{source}:application/spdx+json",
+        "--artifact-type",
+        "application/spdx+json",
+        env=s3_env,
+    )
+    out = tmp_path / "out"
+    pulled = run_occystrap(
+        "artifact", "pull", f"s3://{bucket}/artifacts?tag=latest", str(out), env=s3_env
+    )
+    assert (out / "sbom.spdx.json").read_text() == source.read_text()
+    digest = re.search(r"sha256:[0-9a-f]{64}", pushed.stdout + pushed.stderr)
+    assert digest is not None and digest.group(0) in pulled.stdout + pulled.stderr
+
+
 def test_a_cut_download_from_s3_resumes_with_range(moto, s3_env, bucket, tmp_path):
     """The connection drops in the middle of a layer: the read goes on from where it stopped
     (Range), through a fault proxy in front of moto, and the copy is whole."""

@@ -23,6 +23,7 @@ from occystrap.middleware.defaults import (
     DEFAULT_QUAY_API,
     DEFAULT_READ_TIMEOUT,
 )
+from occystrap.middleware.options import NetworkSettings, checked_path, checked_sequence
 
 # The chain (httpx) loads when a command builds it, not for a file-to-file copy.
 if TYPE_CHECKING:
@@ -30,36 +31,27 @@ if TYPE_CHECKING:
 
 
 @dataclass
-class RunSettings:
-    retries: int = 3
-    rate_limits: tuple[str, ...] = ()
-    mirrors: tuple[str, ...] = ()
-    middlewares: tuple[str, ...] = ()
-    quay_token: str | None = None
-    http2: bool = True
-    ca_cert: str | None = None
-    insecure: bool = False
+class RunSettings(NetworkSettings):
+    """The network options (`NetworkSettings`: retries, mirrors, TLS, timeouts...) and
+    everything else a run was asked to do."""
+
     username: str | None = None
     password: str | None = None
     # A copy's two ends may need different accounts; None: --username/--password, else files.
     src_creds: Credential | None = None
     dest_creds: Credential | None = None
     authfile: Path | None = None
-    tls_verify: bool = True
     # One end of a copy without TLS verification (skopeo's --src-tls-verify/--dest-tls-verify).
     src_tls_verify: bool = True
     dest_tls_verify: bool = True
     # One end's certificate directory (ca.crt, client.cert/.key), as skopeo's --src-cert-dir.
     src_cert_dir: Path | None = None
     dest_cert_dir: Path | None = None
-    # Roots of HOST[:PORT] certificate directories; None: the standard certs.d places.
-    certs_dirs: tuple[Path, ...] | None = None
     # The one platform selector: what --platform (or its aliases --os/--architecture/
     # --variant) asked for. None asked: an index is copied whole, and where one image is
     # needed `platform` is taken (the first asked, else linux/amd64).
     platforms: tuple[Platform, ...] = ()  # strings OS/ARCH[/VARIANT] are taken too
     platform: Platform = field(default_factory=lambda: Platform("linux", "amd64"))
-    parallel: int = 4
     compression: str = "gzip"
     compression_level: int | None = None  # None: the engine's default (compression.py)
     # --dest-compress: layers stored in another format are recompressed as `compression`
@@ -71,34 +63,19 @@ class RunSettings:
     output_format: str = "text"
     debug: bool = False
     verbose: bool = False
-    timeout: float = DEFAULT_READ_TIMEOUT
-    connect_timeout: float = DEFAULT_CONNECT_TIMEOUT
-    deadline: float = DEFAULT_DEADLINE
 
     def __post_init__(self) -> None:
         """Check what a caller gave, so a bad value is one line now, not a traceback later;
         a path given as a string becomes a `Path`, a platform as OS/ARCH[/VARIANT] a
         `Platform`."""
+        super().__post_init__()
         if (self.username is None) != (self.password is None):
             raise UsageError("--username and --password go together: give both or neither")
         self.authfile = _optional_path(self.authfile, "authfile")
         self.temp_dir = _optional_path(self.temp_dir, "temp_dir")
-        if self.certs_dirs is not None:
-            self.certs_dirs = tuple(
-                _path(part, "certs_dirs") for part in _sequence(self.certs_dirs, "certs_dirs")
-            )
-            for root in self.certs_dirs:
-                if any(root.glob("*.crt")):
-                    raise UsageError(
-                        f"--certs-dir {root} holds certificates itself, so it is a host's"
-                        " directory, not a root of HOST[:PORT]/ directories: give its parent,"
-                        " or name it with --src-cert-dir/--dest-cert-dir"
-                    )
-        for name in ("rate_limits", "mirrors", "middlewares"):
-            setattr(self, name, tuple(_sequence(getattr(self, name), name)))
         self.platforms = tuple(
             parse_platform(each) if isinstance(each, str) else each
-            for each in _sequence(self.platforms, "platforms")
+            for each in checked_sequence(self.platforms, "platforms")
         )
         if self.platforms:
             self.platform = self.platforms[0]
@@ -108,10 +85,6 @@ class RunSettings:
             raise UsageError(
                 f"platform takes OS/ARCH[/VARIANT] or a Platform; got {self.platform!r}"
             )
-        for name, lowest in (("retries", 0), ("parallel", 1)):
-            value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value < lowest:
-                raise UsageError(f"{name} takes a whole number from {lowest}; got {value!r}")
         if self.compression not in (compression.GZIP, compression.ZSTD):
             raise UsageError(f"compression takes gzip or zstd; got {self.compression!r}")
         compression.check_level(self.compression, self.compression_level)
@@ -224,24 +197,11 @@ class RunSettings:
         self, explicit: Mapping[str, Credential], quay_api_base: str
     ) -> ChainSettings:
         from occystrap.middleware.builder import ChainSettings
-        from occystrap.middleware.transport import make_timeout
 
         return ChainSettings(
-            retries=self.retries,
-            rate_limits=self.rate_limits,
-            mirrors=self.mirrors,
+            self.network(),
             credentials=CredentialStore.load(explicit=explicit, authfile=self.authfile),
             quay_api_base=quay_api_base,
-            quay_token=self.quay_token,
-            http2=self.http2,
-            parallel=self.parallel,
-            ca_cert=self.ca_cert,
-            tls_verify=self.tls_verify,
-            certs_dirs=self.certs_dirs,
-            middlewares=self.middlewares,
-            timeout=make_timeout(self.timeout, self.connect_timeout),
-            deadline=self.deadline,
-            insecure=self.insecure,
         )
 
     def selecting(self, platforms: Iterable[str]) -> RunSettings:
@@ -265,23 +225,8 @@ def _platform_aliases(options: Mapping[str, Any]) -> tuple[Platform, ...]:
     return (Platform(os_name or "linux", architecture or "amd64", variant or None),)
 
 
-def _path(value: object, name: str) -> Path:
-    if isinstance(value, Path):
-        return value
-    if isinstance(value, str) and value:
-        return Path(value)
-    raise UsageError(f"{name} takes a path (str or Path); got {value!r}")
-
-
 def _optional_path(value: object, name: str) -> Path | None:
-    return None if value is None else _path(value, name)
-
-
-def _sequence(value: object, name: str) -> tuple[Any, ...]:
-    """A list or tuple option; a lone string is refused (it would be read letter by letter)."""
-    if isinstance(value, (list, tuple)):
-        return tuple(value)
-    raise UsageError(f"{name} takes a list or tuple; got {value!r}")
+    return None if value is None else checked_path(value, name)
 
 
 def _dest_compression(options: Mapping[str, Any]) -> dict[str, Any]:

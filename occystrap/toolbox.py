@@ -36,7 +36,6 @@ from occystrap.manifest import (
 )
 from occystrap.middleware.builder import build_client
 from occystrap.middleware.quota import QuotaBook
-from occystrap.registries_conf import RegistriesConf
 from occystrap.registry.client import RegistryClient
 from occystrap.registry.hosts import canonical_registry_host
 from occystrap.registry.inspect import PickedImage
@@ -87,7 +86,7 @@ def registry_client(
     registry = uri.reference.registry
     chain = settings.chain_settings([registry])
     if not use_mirrors:
-        chain = dataclasses.replace(chain, mirrors=(), registries=RegistriesConf())
+        chain = chain.direct()
     insecure = settings.insecure if uri.insecure is None else uri.insecure
     with build_client(chain) as http:
         yield RegistryClient(http, registry, insecure=insecure)
@@ -320,9 +319,7 @@ def ask_credential(
 def _verify(settings: RunSettings, host: str, credential: Credential) -> None:
     """GET /v2/ at the registry itself with exactly this credential (none from files)."""
     chain = dataclasses.replace(
-        settings.chain_settings([host]),
-        mirrors=(),
-        registries=RegistriesConf(),
+        settings.chain_settings([host]).direct(),
         credentials=CredentialStore({host: credential}, []),
     )
     with build_client(chain) as http:

@@ -51,7 +51,8 @@ class QuayURI(Endpoint):
     def chain_settings(self, chain: ChainSettings, settings: RunSettings) -> ChainSettings:
         """The Quay API of `host` joins the chain, with this URI's token if it has one."""
         base = api_base(self.host, settings.insecure)
-        return replace(chain, quay_api_base=base, quay_token=self.token or chain.quay_token)
+        token = self.token or chain.network.quay_token
+        return replace(chain, network=replace(chain.network, quay_token=token), quay_api_base=base)
 
     def images(self, ctx: RunContext) -> list[Endpoint]:
         """Each repository's image, found through the Quay API (then read over the registry

@@ -21,8 +21,8 @@ docs/middleware.md gives the reason for each position.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -31,17 +31,18 @@ import httpx
 from occystrap import __version__, registries_conf
 from occystrap.cancel import Cancellation
 from occystrap.credentials import CredentialStore
-from occystrap.middleware.defaults import DEFAULT_DEADLINE, DEFAULT_QUAY_API
+from occystrap.middleware.defaults import DEFAULT_QUAY_API
 from occystrap.middleware.logging import Logging
 from occystrap.middleware.mirror import Mirror, mirror_table
 from occystrap.middleware.oci import OciArtifacts
+from occystrap.middleware.options import NetworkSettings
 from occystrap.middleware.plugins import apply_plugins, automatic_specs, parse_middleware_spec
 from occystrap.middleware.quay_auth import QuayAuth
 from occystrap.middleware.quota import QuotaBook, QuotaObserver
 from occystrap.middleware.ratelimit import RateLimit, RateLimitPolicy, parse_rate_limits
 from occystrap.middleware.registry_auth import RegistryAuth
 from occystrap.middleware.retry import Retry, RetryBudget
-from occystrap.middleware.transport import DEFAULT_TIMEOUT, build_base_transport
+from occystrap.middleware.transport import build_base_transport, make_timeout
 from occystrap.registries_conf import RegistriesConf
 
 LOG = logging.getLogger("occystrap.chain")
@@ -50,26 +51,16 @@ USER_AGENT = f"occystrap/{__version__}"
 
 @dataclass
 class ChainSettings:
-    """Everything the chain is built from; the CLI fills it from flags and env."""
+    """Everything the chain is built from: the network options (`RunSettings` has them
+    too, declared once in `NetworkSettings`) and what a run adds (credentials, hooks,
+    shared limiters)."""
 
-    retries: int = 3
-    rate_limits: Sequence[str] = ()
-    mirrors: Sequence[str] = ()
-    # Its [[registry.mirror]] lists join `mirrors`; None: the configuration in effect
-    # (registries_conf.active(), read when the chain is built).
+    network: NetworkSettings = field(default_factory=NetworkSettings)
+    # Its [[registry.mirror]] lists join `network.mirrors`; None: the configuration in
+    # effect (registries_conf.active(), read when the chain is built).
     registries: RegistriesConf | None = None
     credentials: CredentialStore = field(default_factory=CredentialStore.empty)
     quay_api_base: str = DEFAULT_QUAY_API
-    quay_token: str | None = None
-    http2: bool = True
-    parallel: int = 4
-    ca_cert: str | None = None
-    tls_verify: bool = True
-    # Roots of HOST[:PORT] certificate directories; None: the standard certs.d places.
-    certs_dirs: Sequence[Path] | None = None
-    middlewares: Sequence[str] = ()
-    timeout: httpx.Timeout = field(default_factory=lambda: DEFAULT_TIMEOUT)
-    deadline: float = DEFAULT_DEADLINE
     # Told (host, seconds) before the rate limiter holds a request: the progress display.
     on_rate_wait: Callable[[str, float], None] | None = None
     # Limiters standing for rate_limits (a cluster's shared ones); None: from rate_limits.
@@ -78,7 +69,6 @@ class ChainSettings:
     quota: QuotaBook | None = None
     # Retries allowed in all, shared by every request of the run; None: only --retries each.
     retry_budget: RetryBudget | None = None
-    insecure: bool = False  # plain HTTP to the registries oci:// URLs name
     # The run's stop signal: cancelling it ends the waits between retries at once.
     cancellation: Cancellation = field(default_factory=Cancellation)
     # Hosts ("host[:port]") spoken to without verifying TLS (and plain HTTP if they have no
@@ -87,6 +77,11 @@ class ChainSettings:
     # A host's certificate directory given outright ("host[:port]" -> DIR with ca.crt,
     # client.cert, client.key): a copy end's --src-cert-dir/--dest-cert-dir.
     host_cert_dirs: Mapping[str, Path] = field(default_factory=dict)
+
+    def direct(self) -> ChainSettings:
+        """These settings talking to the registries themselves: no mirror (of the flags or
+        of registries.conf), for what must see the registry (deleting, logging in)."""
+        return replace(self, network=replace(self.network, mirrors=()), registries=RegistriesConf())
 
 
 def _insecure_hosts(
@@ -104,13 +99,14 @@ def _insecure_hosts(
 def build_transport(settings: ChainSettings) -> httpx.BaseTransport:
     """The chain itself, innermost first so the code reads bottom-up like the diagram above."""
     registries = registries_conf.active() if settings.registries is None else settings.registries
+    network = settings.network
     transport: httpx.BaseTransport = build_base_transport(
-        http2=settings.http2,
-        parallel=settings.parallel,
-        ca_cert=settings.ca_cert,
-        tls_verify=settings.tls_verify,
-        certs_roots=settings.certs_dirs,
-        timeout=settings.timeout,
+        http2=network.http2,
+        parallel=network.parallel,
+        ca_cert=network.ca_cert,
+        tls_verify=network.tls_verify,
+        certs_roots=network.certs_dirs,
+        timeout=make_timeout(network.timeout, network.connect_timeout),
         insecure_host=_insecure_hosts(registries, settings.unverified_hosts),
         host_dirs=settings.host_cert_dirs,
     )
@@ -118,25 +114,25 @@ def build_transport(settings: ChainSettings) -> httpx.BaseTransport:
     if settings.quota is not None:
         transport = QuotaObserver(transport, settings.quota)
     policy = settings.rate_policy
-    if policy is None and settings.rate_limits:
-        policy = parse_rate_limits(list(settings.rate_limits))
+    if policy is None and network.rate_limits:
+        policy = parse_rate_limits(list(network.rate_limits))
     if policy is not None:
         transport = RateLimit(transport, policy, settings.on_rate_wait)
     transport = Retry(
         transport,
-        retries=settings.retries,
+        retries=network.retries,
         sleep=settings.cancellation.sleep,
-        deadline=settings.deadline,
+        deadline=network.deadline,
         budget=settings.retry_budget,
     )
-    transport = QuayAuth(transport, api_base=settings.quay_api_base, token=settings.quay_token)
+    transport = QuayAuth(transport, api_base=settings.quay_api_base, token=network.quay_token)
     transport = RegistryAuth(transport, settings.credentials)
-    mirrors = mirror_table(settings.mirrors, registries)
+    mirrors = mirror_table(network.mirrors, registries)
     if mirrors:
         transport = Mirror(transport, mirrors)
-    specs = [parse_middleware_spec(spec) for spec in settings.middlewares]
+    specs = [parse_middleware_spec(spec) for spec in network.middlewares]
     transport = apply_plugins(transport, specs + automatic_specs([name for name, _ in specs]))
-    return OciArtifacts(transport, insecure=settings.insecure, registries=registries)
+    return OciArtifacts(transport, insecure=network.insecure, registries=registries)
 
 
 class ChainClient(httpx.Client):
@@ -160,7 +156,7 @@ def build_client(settings: ChainSettings) -> ChainClient:
     return ChainClient(
         chain,
         headers={"User-Agent": USER_AGENT, "Accept-Encoding": "identity"},
-        timeout=settings.timeout,
+        timeout=make_timeout(settings.network.timeout, settings.network.connect_timeout),
         follow_redirects=True,
         trust_env=False,  # proxies are routed by the base transport
     )

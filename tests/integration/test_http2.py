@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from occystrap.middleware.builder import ChainSettings, build_client
+from occystrap.middleware.options import NetworkSettings
 from tests.integration.cli import assert_one_line_error, registry_flags
 from tests.integration.pull_checks import assert_tar_is_image, pull_to_tar, seed_image
 
@@ -13,7 +14,7 @@ pytestmark = pytest.mark.integration
 
 @pytest.mark.parametrize(("http2", "version"), [(True, "HTTP/2"), (False, "HTTP/1.1")])
 def test_chain_negotiates_the_requested_http_version(registry_tls, http2, version):
-    settings = ChainSettings(ca_cert=str(registry_tls.ca_cert), http2=http2)
+    settings = ChainSettings(NetworkSettings(ca_cert=str(registry_tls.ca_cert), http2=http2))
     with build_client(settings) as client:
         response = client.get(f"{registry_tls.url}/v2/")
     assert response.status_code == 200

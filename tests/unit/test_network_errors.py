@@ -10,6 +10,7 @@ from click.testing import CliRunner
 
 from occystrap.cli import main
 from occystrap.middleware.builder import ChainSettings, build_client
+from occystrap.middleware.options import NetworkSettings
 from occystrap.middleware.transport import HostNotFoundError
 from occystrap.registry.errors import network_error_message
 
@@ -31,7 +32,10 @@ def unresolvable(monkeypatch) -> list[str]:
 
 
 def test_an_unresolvable_host_is_not_retried(unresolvable):
-    with build_client(ChainSettings(retries=3)) as client, pytest.raises(HostNotFoundError) as e:
+    with (
+        build_client(ChainSettings(NetworkSettings(retries=3))) as client,
+        pytest.raises(HostNotFoundError) as e,
+    ):
         client.get("https://registry.invalid/v2/")
     assert unresolvable == ["registry.invalid"]
     assert "cannot resolve the host name registry.invalid" in str(e.value)

@@ -13,6 +13,7 @@ import respx
 from occystrap.errors import DigestMismatchError
 from occystrap.middleware.builder import ChainSettings, build_client
 from occystrap.middleware.oci import OciUrlError, parse_oci_url
+from occystrap.middleware.options import NetworkSettings
 from occystrap.registries_conf import RegistriesConf, RegistryEntry
 
 OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
@@ -76,7 +77,7 @@ def test_parse_oci_url_refuses(url):
 
 @pytest.fixture
 def client():
-    with build_client(ChainSettings(retries=0)) as http:
+    with build_client(ChainSettings(NetworkSettings(retries=0))) as http:
         yield http
 
 
@@ -132,7 +133,7 @@ def test_registries_conf_rewrites_and_blocks():
     blocked = RegistryEntry(prefix="blocked.test", location="blocked.test", blocked=True)
     conf = RegistriesConf(registries=(moved, blocked))
     with (
-        build_client(ChainSettings(retries=0, registries=conf)) as http,
+        build_client(ChainSettings(NetworkSettings(retries=0), registries=conf)) as http,
         respx.mock(using="httpcore") as router,
     ):
         router.get("https://registry.test/v2/moved/app/manifests/1.0").mock(

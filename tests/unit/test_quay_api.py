@@ -18,6 +18,7 @@ from occystrap.endpoints.registry import RegistryURI
 from occystrap.errors import OccystrapError, QuayAuthError, UsageError
 from occystrap.library import check_many_destination
 from occystrap.middleware.builder import ChainSettings, build_client
+from occystrap.middleware.options import NetworkSettings
 from occystrap.quay.api import (
     QuayAPIError,
     QuayClient,
@@ -37,7 +38,9 @@ NAMES = st.text(alphabet="abcdefghijklmnopqrstuvwxyz0123456789._-", min_size=1, 
 
 
 def _client(retries: int = 0) -> httpx.Client:
-    return build_client(ChainSettings(retries=retries, quay_api_base=BASE, quay_token=TOKEN))
+    return build_client(
+        ChainSettings(NetworkSettings(retries=retries, quay_token=TOKEN), quay_api_base=BASE)
+    )
 
 
 # -- glob and since -------------------------------------------------------------------------
@@ -200,7 +203,7 @@ def test_server_errors_are_retried_by_the_chain():
     with respx.mock(using="httpcore") as mock:
         route = mock.get(f"{BASE}/repository")
         route.side_effect = [httpx.Response(503), httpx.Response(200, json=_page(["a"]))]
-        with build_client(ChainSettings(retries=1, quay_api_base=BASE)) as http:
+        with build_client(ChainSettings(NetworkSettings(retries=1), quay_api_base=BASE)) as http:
             assert list(QuayClient(http, BASE).repositories("kolla")) == ["a"]
     assert route.call_count == 2
 

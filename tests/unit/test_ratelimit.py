@@ -13,6 +13,7 @@ from hypothesis import strategies as st
 
 from occystrap.errors import UsageError
 from occystrap.middleware.builder import ChainSettings, build_client
+from occystrap.middleware.options import NetworkSettings
 from occystrap.middleware.ratelimit import (
     RateLimit,
     RateLimiter,
@@ -241,7 +242,8 @@ def test_on_wait_hears_the_host_and_the_wait_before_the_request_is_held():
 def test_the_builder_wires_on_rate_wait_into_the_chain():
     heard: list[tuple[str, float]] = []
     settings = ChainSettings(
-        rate_limits=["20"], on_rate_wait=lambda host, seconds: heard.append((host, seconds))
+        NetworkSettings(rate_limits=("20",)),
+        on_rate_wait=lambda host, seconds: heard.append((host, seconds)),
     )
     with respx.mock(using="httpcore") as mock, build_client(settings) as client:
         mock.get(host="registry.example").mock(return_value=httpx.Response(200))

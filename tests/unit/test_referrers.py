@@ -17,6 +17,7 @@ import respx
 from occystrap.errors import OccystrapError, RegistryError
 from occystrap.graph import Node
 from occystrap.middleware.builder import ChainSettings, build_client
+from occystrap.middleware.options import NetworkSettings
 from occystrap.registry.client import RegistryClient
 from occystrap.registry.referrers import (
     FOUND_BY_API,
@@ -106,7 +107,7 @@ class FakeRegistry:
 
 @pytest.fixture
 def client():
-    with build_client(ChainSettings(retries=0)) as http:
+    with build_client(ChainSettings(NetworkSettings(retries=0))) as http:
         yield RegistryClient(http, "registry.test")
 
 
@@ -131,7 +132,7 @@ def test_api_pages_are_followed_and_each_referrer_is_asked_for_its_own():
     fake = FakeRegistry(api=True)
     fake.pages[IMAGE] = [_index([_entry(sbom, SPDX)]), _index([_entry(signature, SIGNATURE)])]
     fake.pages[_digest(sbom)] = [_index([_entry(sbom_signature, SIGNATURE)])]
-    with _serve(fake), build_client(ChainSettings(retries=0)) as http:
+    with _serve(fake), build_client(ChainSettings(NetworkSettings(retries=0))) as http:
         client = RegistryClient(http, "registry.test")
         found = discover(RegistryStore(client, REPO), IMAGE)
     assert [(r.digest, r.found_by) for r in found] == [
@@ -150,7 +151,7 @@ def test_artifact_type_is_asked_for_and_applied_when_the_registry_ignores_it():
     signature = _artifact(SIGNATURE, IMAGE, "sig1")
     fake = FakeRegistry(api=True)
     fake.pages[IMAGE] = [_index([_entry(sbom, SPDX), _entry(signature, SIGNATURE)])]
-    with _serve(fake), build_client(ChainSettings(retries=0)) as http:
+    with _serve(fake), build_client(ChainSettings(NetworkSettings(retries=0))) as http:
         client = RegistryClient(http, "registry.test")
         found = discover(RegistryStore(client, REPO), IMAGE, artifact_type=SPDX)
     assert [r.digest for r in found] == [_digest(sbom)]
@@ -167,7 +168,7 @@ def test_without_the_api_the_tag_index_and_cosign_tags_are_read_recursively():
     fake.tags[referrers_tag(IMAGE)] = _index([_entry(sbom, SPDX)])
     fake.tags[cosign_tags(IMAGE)[0]] = signature
     fake.tags[cosign_tags(_digest(sbom))[0]] = sbom_signature
-    with _serve(fake), build_client(ChainSettings(retries=0)) as http:
+    with _serve(fake), build_client(ChainSettings(NetworkSettings(retries=0))) as http:
         client = RegistryClient(http, "registry.test")
         found = discover(RegistryStore(client, REPO), IMAGE)
     assert [(r.digest, r.found_by, r.tag) for r in found] == [
@@ -188,7 +189,7 @@ def test_a_cycle_of_referrers_ends():
     fake.pages[IMAGE] = [_index([_entry(first, SIGNATURE)])]
     fake.pages[_digest(first)] = [_index([_entry(second, SIGNATURE)])]
     fake.pages[_digest(second)] = [_index([_entry(first, SIGNATURE)])]  # a broken store
-    with _serve(fake), build_client(ChainSettings(retries=0)) as http:
+    with _serve(fake), build_client(ChainSettings(NetworkSettings(retries=0))) as http:
         client = RegistryClient(http, "registry.test")
         found = discover(RegistryStore(client, REPO), IMAGE)
     assert count(found) == 3  # first, second, and first again as a leaf

@@ -1,10 +1,13 @@
 """RunSettings: per-end credentials of a copy, and the chain settings built from them."""
 
+from dataclasses import fields
+
 import pytest
 
 from occystrap import cli
 from occystrap.credentials import Credential
 from occystrap.errors import UsageError
+from occystrap.middleware.options import NetworkSettings
 from occystrap.settings import RunSettings, copy_credentials, parse_creds
 
 SRC = Credential("src", "1")
@@ -81,8 +84,8 @@ def test_copy_chain_settings_routes_each_ends_credential():
 
 def test_tls_settings_reach_the_chain(tmp_path):
     chain = RunSettings(tls_verify=False, certs_dirs=(tmp_path,)).chain_settings(["r.example"])
-    assert chain.tls_verify is False
-    assert chain.certs_dirs == (tmp_path,)
+    assert chain.network.tls_verify is False
+    assert chain.network.certs_dirs == (tmp_path,)
 
 
 def _parsed(*args: str) -> RunSettings:
@@ -171,3 +174,30 @@ def test_dest_compress_chooses_the_kind_and_level_and_keep_is_the_default():
 def test_dest_compress_conflicts_are_one_line_errors(args, fragment):
     with pytest.raises(UsageError, match=fragment):
         _parsed(*args)
+
+
+def test_every_network_option_reaches_the_chain(tmp_path):
+    """Declared once (NetworkSettings), an option given to RunSettings is what the chain
+    is built from, with nothing to copy by hand."""
+    changed = {
+        "retries": 7,
+        "rate_limits": ("5",),
+        "mirrors": ("docker.io=https://mirror.example",),
+        "middlewares": ("header:X-A=b",),
+        "quay_token": "token",
+        "http2": False,
+        "parallel": 9,
+        "ca_cert": str(tmp_path / "ca.pem"),
+        "tls_verify": False,
+        "certs_dirs": (tmp_path,),
+        "insecure": True,
+        "timeout": 12.0,
+        "connect_timeout": 3.0,
+        "deadline": 60.0,
+    }
+    assert set(changed) == {option.name for option in fields(NetworkSettings)}
+    network = RunSettings(**changed).chain_settings().network
+    assert type(network) is NetworkSettings
+    for name, value in changed.items():
+        assert getattr(network, name) == value, name
+        assert getattr(NetworkSettings(), name) != value, name  # not the default by chance

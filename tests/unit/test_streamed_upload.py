@@ -17,6 +17,7 @@ import respx
 from occystrap import compression
 from occystrap.errors import RegistryError
 from occystrap.middleware.builder import ChainSettings, build_client
+from occystrap.middleware.options import NetworkSettings
 from occystrap.registry.client import RegistryClient
 
 BASE = "https://registry.test"
@@ -33,7 +34,7 @@ def mock():
 
 @pytest.fixture
 def client():
-    with build_client(ChainSettings(retries=0)) as http:
+    with build_client(ChainSettings(NetworkSettings(retries=0))) as http:
         yield RegistryClient(http, "registry.test")
 
 

@@ -23,6 +23,7 @@ from occystrap.errors import OccystrapError, RegistryError, UsageError
 from occystrap.image import FileBlob, Image, Layer, SourceName
 from occystrap.manifest import Platform, parse_platform
 from occystrap.middleware.builder import ChainSettings, build_client
+from occystrap.middleware.options import NetworkSettings
 from occystrap.registry.client import RegistryClient
 from occystrap.registry.inspect import PickedImage, inspect_keys
 from occystrap.registry.reference import ImageReference
@@ -40,7 +41,7 @@ def mock():
 
 @pytest.fixture
 def client():
-    with build_client(ChainSettings(retries=0)) as http:
+    with build_client(ChainSettings(NetworkSettings(retries=0))) as http:
         yield RegistryClient(http, "registry.test")
 
 
@@ -356,7 +357,7 @@ def test_inspect_keys_name_docker_hub_as_skopeo_does(mock, tmp_path):
     image = Image(SourceName("library/busybox"), json.dumps(config).encode(), (layer,))
     picked = PickedImage(image, "sha256:" + "d" * 64)
     reference = ImageReference("registry-1.docker.io", "library/busybox", "latest")
-    with build_client(ChainSettings(retries=0)) as http:
+    with build_client(ChainSettings(NetworkSettings(retries=0))) as http:
         keys = inspect_keys(RegistryClient(http, reference.registry), reference, picked)
     assert keys["Name"] == "docker.io/library/busybox"
     assert keys["Digest"] == "sha256:" + "d" * 64  # the index's, as skopeo reports

@@ -19,9 +19,14 @@ from typing import Protocol
 import httpx
 
 from occystrap.compression import CHUNK_SIZE
-from occystrap.endpoints import Endpoint, non_empty_option, query_options, split_query
+from occystrap.endpoints import (
+    Endpoint,
+    byte_size_option,
+    non_empty_option,
+    query_options,
+    split_query,
+)
 from occystrap.errors import DigestMismatchError, OccystrapError, UsageError
-from occystrap.extract import parse_byte_size
 from occystrap.graph import StoreSource
 from occystrap.image import ImageLike
 from occystrap.ocilayout import (
@@ -258,10 +263,7 @@ def parse_bucket_uri(
         raise UsageError(f"no bucket in {text!r}: expected SCHEME://BUCKET[/PREFIX]")
     part_size = DEFAULT_PART_SIZE
     if "part_size" in options:
-        try:
-            part_size = parse_byte_size(options["part_size"])
-        except ValueError as error:
-            raise UsageError(f"part_size in {text!r}: {error}") from None
+        part_size = byte_size_option(text, "part_size", options["part_size"])
         if part_size < MIN_PART_SIZE:
             raise UsageError(f"part_size in {text!r} is under the 5 MiB clouds accept")
     return BucketURI(

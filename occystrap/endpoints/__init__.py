@@ -205,6 +205,14 @@ def query_options(text: str, query: str, allowed: tuple[str, ...]) -> dict[str, 
     return options
 
 
+def byte_size_option(text: str, key: str, value: str) -> int:
+    """A size option (`123`, `512M`, `20G`); anything else is a one-line error."""
+    try:
+        return parse_byte_size(value)
+    except ValueError as error:
+        raise UsageError(f"{key} in {text!r}: {error}") from None
+
+
 def boolean_option(text: str, key: str, value: str | None, default: bool = False) -> bool:
     if value is None:
         return default
@@ -226,10 +234,7 @@ def expand_policy(text: str, options: dict[str, str]) -> ExpandPolicy:
     """What expanding layers may reproduce (`devices`, `setuid`) and write (`max_expand`)."""
     max_bytes = None
     if "max_expand" in options:
-        try:
-            max_bytes = parse_byte_size(options["max_expand"])
-        except ValueError as error:
-            raise UsageError(f"max_expand in {text!r}: {error}") from None
+        max_bytes = byte_size_option(text, "max_expand", options["max_expand"])
     return ExpandPolicy(
         devices=boolean_option(text, "devices", options.get("devices")),
         setuid=boolean_option(text, "setuid", options.get("setuid")),

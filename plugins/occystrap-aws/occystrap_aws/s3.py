@@ -29,6 +29,7 @@ from occystrap.buckets import (
     parse_bucket_uri,
     read_part,
 )
+from occystrap.cancel import Cancellation
 from occystrap.endpoints import Scheme
 from occystrap.errors import DigestMismatchError, OccystrapError
 from occystrap.middleware.base import Middleware
@@ -85,9 +86,16 @@ class S3Objects:
     """One S3 bucket's objects, addressed path-style at the resolved endpoint."""
 
     def __init__(
-        self, http: httpx.Client, signer: AwsSigner, bucket: str, where: str, part_size: int
+        self,
+        http: httpx.Client,
+        signer: AwsSigner,
+        bucket: str,
+        where: str,
+        part_size: int,
+        cancellation: Cancellation | None = None,
     ) -> None:
         self.http = http
+        self.cancellation = cancellation  # the run's: stops a download it cancels
         self.signer = signer
         self.bucket = bucket
         self.where = where
@@ -158,7 +166,11 @@ class S3Objects:
     @contextlib.contextmanager
     def open(self, key: str) -> Iterator[Readable]:
         reader = RemoteBlobReader(
-            self.http, self._url(key), f"{self.where}: {key}", extensions={SIGNER: self.signer}
+            self.http,
+            self._url(key),
+            f"{self.where}: {key}",
+            extensions={SIGNER: self.signer},
+            cancellation=self.cancellation,
         )
         try:
             yield reader
@@ -258,7 +270,7 @@ class S3Objects:
 
 def _open_store(uri: BucketURI, ctx: RunContext) -> S3Objects:
     signer = AwsSigner("s3", None, uri.shown)
-    return S3Objects(ctx.http, signer, uri.bucket, uri.shown, uri.part_size)
+    return S3Objects(ctx.http, signer, uri.bucket, uri.shown, uri.part_size, ctx.cancellation)
 
 
 SCHEME = Scheme(

@@ -29,6 +29,7 @@ from occystrap.buckets import (
     parse_bucket_uri,
     read_part,
 )
+from occystrap.cancel import Cancellation
 from occystrap.endpoints import Scheme
 from occystrap.errors import OccystrapError
 from occystrap.middleware.base import Middleware
@@ -114,8 +115,16 @@ def gcs_auth_middleware(
 class GcsObjects:
     """One bucket's objects through the JSON API."""
 
-    def __init__(self, http: httpx.Client, bucket: str, where: str, part_size: int) -> None:
+    def __init__(
+        self,
+        http: httpx.Client,
+        bucket: str,
+        where: str,
+        part_size: int,
+        cancellation: Cancellation | None = None,
+    ) -> None:
         self.http, self.bucket, self.where = http, bucket, where
+        self.cancellation = cancellation  # the run's: stops a download it cancels
         # Resumable chunks must be multiples of 256 KiB.
         self.part_size = max(part_size // (256 * 1024), 1) * 256 * 1024
         endpoint = storage_endpoint()
@@ -194,7 +203,11 @@ class GcsObjects:
     def open(self, key: str) -> Iterator[Readable]:
         url = f"{self.downloads}/{self._name(key)}?alt=media"
         reader = RemoteBlobReader(
-            self.http, url, f"{self.where}: {key}", extensions={GCS_REQUEST: True}
+            self.http,
+            url,
+            f"{self.where}: {key}",
+            extensions={GCS_REQUEST: True},
+            cancellation=self.cancellation,
         )
         try:
             yield reader
@@ -254,7 +267,7 @@ class GcsObjects:
 
 
 def _open_store(uri: BucketURI, ctx: RunContext) -> GcsObjects:
-    return GcsObjects(ctx.http, uri.bucket, uri.shown, uri.part_size)
+    return GcsObjects(ctx.http, uri.bucket, uri.shown, uri.part_size, ctx.cancellation)
 
 
 SCHEME = Scheme(

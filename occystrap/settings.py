@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -18,10 +18,7 @@ from occystrap.credentials import (
 from occystrap.errors import UsageError
 from occystrap.manifest import Platform, parse_platform
 from occystrap.middleware.defaults import (
-    DEFAULT_CONNECT_TIMEOUT,
-    DEFAULT_DEADLINE,
     DEFAULT_QUAY_API,
-    DEFAULT_READ_TIMEOUT,
 )
 from occystrap.middleware.options import NetworkSettings, checked_path, checked_sequence
 
@@ -93,28 +90,29 @@ class RunSettings(NetworkSettings):
 
     @classmethod
     def from_options(cls, options: Mapping[str, Any]) -> RunSettings:
-        mirrors: tuple[str, ...] = ()
-        if options["mirrors"]:
+        """Settings from the command line's values: each network option by its own name
+        (a `NetworkSettings` field and its flag share it), the others one by one."""
+        network = {
+            option.name: options[option.name]
+            for option in fields(NetworkSettings)
+            if option.name in options
+        }
+        if options.get("mirrors"):
             from occystrap.middleware.mirror import split_env_list
 
-            mirrors = tuple(part for value in options["mirrors"] for part in split_env_list(value))
-        certs_dirs = options.get("certs_dirs")
+            network["mirrors"] = [
+                part for value in options["mirrors"] for part in split_env_list(value)
+            ]
+        network["tls_verify"] = options.get("tls_verify", True) is not False
+        network["certs_dirs"] = _paths(options.get("certs_dirs"))
         authfile = options.get("authfile")
         return cls(
-            retries=options["retries"],
-            rate_limits=tuple(options["rate_limits"]),
-            mirrors=mirrors,
-            middlewares=tuple(options["middlewares"]),
-            quay_token=options["quay_token"],
-            http2=options["http2"],
-            ca_cert=options["ca_cert"],
-            insecure=options["insecure"],
+            **network,
             username=options["username"],
             password=options["password"],
             src_creds=parse_creds(options.get("src_creds"), "--src-creds"),
             dest_creds=parse_creds(options.get("dest_creds"), "--dest-creds"),
             authfile=Path(str(authfile)) if authfile else None,
-            tls_verify=options.get("tls_verify", True) is not False,
             src_tls_verify=options.get("src_tls_verify", True) is not False,
             dest_tls_verify=options.get("dest_tls_verify", True) is not False,
             src_cert_dir=Path(str(options["src_cert_dir"]))
@@ -123,9 +121,7 @@ class RunSettings(NetworkSettings):
             dest_cert_dir=Path(str(options["dest_cert_dir"]))
             if options.get("dest_cert_dir")
             else None,
-            certs_dirs=_paths(certs_dirs),
             platforms=_platform_aliases(options),
-            parallel=options["parallel"],
             **_dest_compression(options),
             use_cache=not options.get("no_cache", False),
             force=bool(options.get("force", False)),
@@ -133,9 +129,6 @@ class RunSettings(NetworkSettings):
             output_format=options["output_format"],
             debug=options["debug"],
             verbose=options["verbose"],
-            timeout=options.get("timeout", DEFAULT_READ_TIMEOUT),
-            connect_timeout=options.get("connect_timeout", DEFAULT_CONNECT_TIMEOUT),
-            deadline=options.get("deadline", DEFAULT_DEADLINE),
         )
 
     def chain_settings(

@@ -201,3 +201,29 @@ def test_every_network_option_reaches_the_chain(tmp_path):
     for name, value in changed.items():
         assert getattr(network, name) == value, name
         assert getattr(NetworkSettings(), name) != value, name  # not the default by chance
+
+
+def test_every_network_option_has_a_global_flag_of_its_name():
+    """What lets `from_options` take the network options by name: a new option is its
+    NetworkSettings field and a flag whose value is named as the field."""
+    flags = {param.name for param in cli.main.params}
+    assert {option.name for option in fields(NetworkSettings)} <= flags
+
+
+def test_network_flags_arrive_by_name(tmp_path):
+    settings = _parsed(
+        "--retries", "5", "--timeout", "7", "--deadline", "90", "--insecure", "--no-http2",
+        "--mirror", "docker.io=https://a.example,quay.io=https://b.example",
+        "--certs-dir", str(tmp_path), "--tls-verify", "false", "-j", "2",
+    )  # fmt: skip
+    network = settings.chain_settings().network
+    assert (network.retries, network.timeout, network.deadline) == (5, 7.0, 90.0)
+    assert (network.insecure, network.http2, network.tls_verify, network.parallel) == (
+        True,
+        False,
+        False,
+        2,
+    )
+    assert network.mirrors == ("docker.io=https://a.example", "quay.io=https://b.example")
+    assert network.certs_dirs == (tmp_path,)
+    assert _parsed().certs_dirs is None  # no --certs-dir: the standard places

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import os
 import secrets
 import shutil
+import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -28,6 +30,39 @@ def remove_path(path: Path) -> None:
             path.unlink()
     except FileNotFoundError:
         pass
+
+
+def discard_tree(path: Path) -> None:
+    """Remove a tree this run made for itself (a work or staging directory), also when the
+    process has run out of file descriptors: `shutil.rmtree` holds one per level, so what it
+    leaves is removed bottom up listing one directory at a time, then by `rmdir`, which
+    needs none (an empty directory is not left behind)."""
+    shutil.rmtree(path, ignore_errors=True)
+    if not os.path.lexists(path):
+        return
+    for root, directories, files in os.walk(path, topdown=False):
+        for name in files + directories:
+            entry = os.path.join(root, name)
+            with contextlib.suppress(OSError):
+                if os.path.isdir(entry) and not os.path.islink(entry):
+                    os.rmdir(entry)
+                else:
+                    os.unlink(entry)
+    with contextlib.suppress(OSError):
+        os.rmdir(path)
+
+
+@contextmanager
+def work_directory(parent: Path | None, prefix: str) -> Iterator[Path]:
+    """A fresh directory under `parent` (the system's temporary directory when None) for a
+    run's own files, discarded with everything in it when the block is left."""
+    if parent is not None:
+        parent.mkdir(parents=True, exist_ok=True)
+    path = Path(tempfile.mkdtemp(prefix=prefix, dir=parent))
+    try:
+        yield path
+    finally:
+        discard_tree(path)
 
 
 def _is_real_directory(path: Path) -> bool:

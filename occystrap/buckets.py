@@ -207,6 +207,10 @@ class BucketLayout:
             f" ({_INDEX_ATTEMPTS} attempts); try again"
         )
 
+    def abandon(self) -> None:
+        """Objects a failed run stored stay: a bucket holds no directory skeleton, and the
+        next copy finds those blobs already there instead of uploading them again."""
+
 
 # The endpoint of a bucket scheme.
 

@@ -9,14 +9,14 @@ CLI (`occystrap.cli`) only renders what these return.
 from __future__ import annotations
 
 import logging
-import tempfile
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from occystrap.atomic import work_directory
 from occystrap.blobcache import BlobCache, open_blob_cache
 from occystrap.bulk import ImageProgress, run_each
 from occystrap.cancel import Cancellation
@@ -29,6 +29,7 @@ from occystrap.filters.search import Hit, format_hits, image_hits
 from occystrap.image import Image, ImageIndex, Layer
 from occystrap.manifest import Descriptor, Manifest, Platform, image_info
 from occystrap.pipeline import (
+    AbandonableOutput,
     CopyResult,
     ImageFilter,
     OnDemandClient,
@@ -93,12 +94,8 @@ def _retries(client: OnDemandClient) -> int:
     return int(getattr(client.built, "retries_made", lambda: 0)())
 
 
-@contextmanager
-def _workdir(settings: RunSettings) -> Iterator[Path]:
-    if settings.temp_dir is not None:
-        settings.temp_dir.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(prefix="occystrap-", dir=settings.temp_dir) as path:
-        yield Path(path)
+def _workdir(settings: RunSettings) -> AbstractContextManager[Path]:
+    return work_directory(settings.temp_dir, "occystrap-")
 
 
 @contextmanager
@@ -122,7 +119,12 @@ def copy_in_context(
     if referrers:
         check_referrer_ends(source, destination, ctx)
     output = destination.open_output(ctx)
-    result = run_pipeline(source.open_input(ctx), output, ctx, filters, platforms)
+    try:
+        result = run_pipeline(source.open_input(ctx), output, ctx, filters, platforms)
+    except BaseException:
+        if isinstance(output, AbandonableOutput):
+            output.abandon()
+        raise
     if referrers:
         result = replace(result, referrers=copy_image_referrers(source, destination, ctx))
     return result

@@ -14,6 +14,7 @@ is replaced atomically under a lock, last, once everything it points at is in pl
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import logging
@@ -362,6 +363,10 @@ class LayoutStorage(Protocol):
         """Replace `index.json` with `change(current)`, with no other writer in between."""
         ...
 
+    def abandon(self) -> None:
+        """After a failed run: remove what this run created, unless something is tagged."""
+        ...
+
 
 def _being_created(entry: Path) -> bool:
     """What another writer creating the same layout at this moment has made so far (blobs/,
@@ -376,6 +381,16 @@ class DirectoryStorage:
     def __init__(self, path: Path) -> None:
         self.path = Path(path)
         self.where = str(path)
+        self._created: list[Path] = []  # files and directories this run made, in order
+
+    def _make_directory(self, directory: Path) -> None:
+        """`directory` and its missing parents, each remembered as this run's."""
+        missing = [directory, *directory.parents]
+        missing = [parent for parent in missing if not parent.exists()]
+        for parent in reversed(missing):
+            with contextlib.suppress(FileExistsError):  # another writer made it first
+                parent.mkdir()
+                self._created.append(parent)
 
     def holds_layout(self) -> bool:
         if not check_directory(self.path, "oci-layout"):
@@ -392,7 +407,7 @@ class DirectoryStorage:
     def create_once(self, name: str, data: bytes) -> None:
         """Created by a hard link, so a marker another writer made first is kept (it is
         what writers lock)."""
-        (self.path / "blobs").mkdir(parents=True, exist_ok=True)
+        self._make_directory(self.path / "blobs")
         final = self.path / name
         if final.exists():
             return
@@ -400,6 +415,7 @@ class DirectoryStorage:
         temporary.write_bytes(data)
         try:
             os.link(temporary, final)
+            self._created.append(final)
         except FileExistsError:
             pass  # another writer created it first
         finally:
@@ -428,9 +444,10 @@ class DirectoryStorage:
         self, name: str, size: int, opener: Callable[[], AbstractContextManager[Readable]]
     ) -> None:
         path = self.path / name
-        path.parent.mkdir(parents=True, exist_ok=True)
+        self._make_directory(path.parent)
         with atomic_file(path) as out, opener() as source:
             shutil.copyfileobj(source, out, CHUNK_SIZE)
+        self._created.append(path)
 
     def read_index(self) -> bytes | None:
         path = self.path / INDEX_FILE
@@ -446,6 +463,20 @@ class DirectoryStorage:
             replacement = change(self.read_index())
             with atomic_file(self.path / INDEX_FILE) as handle:
                 handle.write(replacement)
+
+    def abandon(self) -> None:
+        """Remove, newest first, the blobs, marker and directories this run created, so a
+        failed first copy leaves no layout skeleton; nothing once an `index.json` exists (a
+        tag may name those blobs), and no directory something else has appeared in."""
+        if (self.path / INDEX_FILE).exists():
+            return
+        for created in reversed(self._created):
+            with contextlib.suppress(OSError):
+                if created.is_dir() and not created.is_symlink():
+                    created.rmdir()
+                else:
+                    created.unlink()
+        self._created.clear()
 
 
 class OciLayoutWriter:
@@ -608,6 +639,9 @@ class LayoutDestination:
 
     def manifest_sink(self) -> LayoutDestination:
         return self
+
+    def abandon(self) -> None:
+        self.writer.storage.abandon()
 
     def put_blobs(self, blobs: Sequence[Layer]) -> None:
         with writing_to(self.writer.where):

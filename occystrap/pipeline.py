@@ -10,17 +10,17 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import shutil
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Protocol, TypeVar
+from typing import TYPE_CHECKING, Protocol, TypeVar, runtime_checkable
 
 import httpx
 
 from occystrap import compression
+from occystrap.atomic import discard_tree
 from occystrap.blobcache import BlobCache, NullBlobCache
 from occystrap.cancel import Cancellation, shutdown_pool, worker_pool
 from occystrap.compression import DeflatePool
@@ -146,6 +146,13 @@ class ImageOutput(Protocol):
 
         On failure leave nothing half-written."""
         ...
+
+
+@runtime_checkable
+class AbandonableOutput(Protocol):
+    """An output that can take back, after a run failed part way, what that run created."""
+
+    def abandon(self) -> None: ...
 
 
 class ImageFilter(Protocol):
@@ -325,4 +332,4 @@ def local_layers(
                 ready.tar_path.unlink(missing_ok=True)
     finally:
         shutdown_pool(pool, ctx.cancellation)
-        shutil.rmtree(directory, ignore_errors=True)
+        discard_tree(directory)

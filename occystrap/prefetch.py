@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import dataclasses
 import queue
-import shutil
 import threading
 from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -22,6 +21,7 @@ from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, BinaryIO
 
+from occystrap.atomic import discard_tree
 from occystrap.cancel import Cancellation
 from occystrap.compression import CHUNK_SIZE
 from occystrap.errors import writing_to
@@ -190,7 +190,7 @@ def prefetched_layers(image_layers: tuple[Layer, ...], ctx: RunContext) -> Itera
             spool.abort()
             futures[digest].cancel()
         pool.shutdown(wait=True)
-        shutil.rmtree(directory, ignore_errors=True)
+        discard_tree(directory)
 
 
 def _discard(spool: Spool, download: Future[None]) -> None:

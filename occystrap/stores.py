@@ -11,12 +11,12 @@ way a registry without the referrers API does: referrers tag indexes and cosign'
 from __future__ import annotations
 
 import logging
-import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
 from occystrap.archive import DirectoryMembers
+from occystrap.atomic import work_directory
 from occystrap.buckets import BucketURI
 from occystrap.cancel import cancellable_pool
 from occystrap.endpoints import Endpoint
@@ -72,7 +72,7 @@ def open_store(
     )
     with (
         build_client(chain) as http,
-        tempfile.TemporaryDirectory(prefix="occystrap-", dir=settings.temp_dir) as work,
+        work_directory(settings.temp_dir, "occystrap-") as work,
     ):
         yield store_of(endpoint, RunContext(settings, http, Path(work)), what)
 

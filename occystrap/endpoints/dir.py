@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from occystrap.archive import DirectoryMembers
-from occystrap.atomic import atomic_file, locked, replace_path
+from occystrap.atomic import atomic_file, discard_tree, locked, replace_path
 from occystrap.compression import CHUNK_SIZE
 from occystrap.destinations import (
     MARKER_NAME,
@@ -202,7 +202,7 @@ class DirectoryOutput:
             (staging / layout.config_name).write_bytes(image.config)
             self._commit(layout, staging, rootfs, image)
         finally:
-            shutil.rmtree(staging, ignore_errors=True)
+            discard_tree(staging)
 
     def _stage_layer(self, directory: str, layer: Any, staging: Path) -> Path:
         """Where this layer's tar is: already in the directory, or newly staged."""

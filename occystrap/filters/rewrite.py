@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import shutil
 import tarfile
 import tempfile
 from collections.abc import Callable, Iterator
@@ -22,6 +21,7 @@ from pathlib import Path
 from typing import IO, BinaryIO, Protocol
 
 from occystrap import compression
+from occystrap.atomic import discard_tree
 from occystrap.errors import OccystrapError
 from occystrap.image import FileBlob, Image, Layer
 from occystrap.pipeline import RunContext, local_layers
@@ -177,6 +177,6 @@ def rewrite_layers(image: Image, ctx: RunContext, editor_for: EditorFactory) -> 
                 editor = editor_for(layer, scratch)
                 rewritten[layer.digest] = rewrite_layer(layer, editor, ctx.workdir, image.is_oci)
             finally:
-                shutil.rmtree(scratch, ignore_errors=True)
+                discard_tree(scratch)
         layers.append(replace(rewritten[layer.digest], created_by=layer.created_by))
     return image.with_layers(layers)

@@ -10,7 +10,6 @@ those are reported `deferred`.
 from __future__ import annotations
 
 import logging
-import tempfile
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from contextlib import ExitStack, contextmanager
@@ -18,6 +17,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Protocol
 
+from occystrap.atomic import work_directory
 from occystrap.blobcache import BlobCache, open_blob_cache
 from occystrap.bulk import describe_failure
 from occystrap.cancel import Cancellation
@@ -125,11 +125,7 @@ def open_session(
         if http is None:
             chain = replace(settings.chain_settings(), cancellation=cancellation)
             http = stack.enter_context(build_client(chain))
-        if settings.temp_dir is not None:
-            settings.temp_dir.mkdir(parents=True, exist_ok=True)
-        work = stack.enter_context(
-            tempfile.TemporaryDirectory(prefix="occystrap-sync-", dir=settings.temp_dir)
-        )
+        work = stack.enter_context(work_directory(settings.temp_dir, "occystrap-sync-"))
         cache = stack.enter_context(open_blob_cache(settings.use_cache))
         pool = stack.enter_context(DeflatePool(settings.parallel))
         yield CopySession(settings, http, Path(work), cache, pool, cancellation=cancellation)

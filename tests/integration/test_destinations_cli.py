@@ -7,6 +7,7 @@ import hashlib
 import io
 import json
 import os
+import resource
 import subprocess
 import sys
 import tarfile
@@ -15,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from tests.integration.cli import REPO_ROOT, assert_one_line_error, run_occystrap
-from tests.integration.images import random_layer
+from tests.integration.images import build_oci_layout, random_layer
 from tests.integration.pull_checks import TAG, seed_image
 from tests.tmpfs import mounted_tmpfs
 
@@ -101,7 +102,10 @@ def test_a_full_temp_dir_is_reported_as_such(fault_proxy, big_image, tmp_path):
     assert not out.exists()
 
 
-@pytest.mark.parametrize("destination", ["tar://{tiny}/out.tar", "dir://{tiny}/out?expand=true"])
+@pytest.mark.parametrize(
+    "destination",
+    ["tar://{tiny}/out.tar", "dir://{tiny}/out?expand=true", "oci-layout://{tiny}/out"],
+)
 def test_a_full_destination_is_reported_as_such(fault_proxy, big_image, tmp_path, destination):
     with mounted_tmpfs(tmp_path / "tiny") as tiny:
         target = destination.format(tiny=tiny)
@@ -111,7 +115,45 @@ def test_a_full_destination_is_reported_as_such(fault_proxy, big_image, tmp_path
         leftovers = [name for name in os.listdir(tiny) if name != "out"]
         assert leftovers == []
         if (tiny / "out").exists():  # the dir output's own marker may stay, nothing else
+            assert destination.startswith("dir://")  # a layout's skeleton is taken back
             assert os.listdir(tiny / "out") == [".occystrap"]
+
+
+def _limited_open_files(limit: int):
+    return lambda: resource.setrlimit(resource.RLIMIT_NOFILE, (limit, limit))
+
+
+@pytest.mark.parametrize(
+    "destination",
+    ["tar://{out}/image.tar", "dir://{out}/image?expand=true", "oci-layout://{out}/l"],
+)
+def test_running_out_of_file_descriptors_leaves_nothing_behind(tmp_path, destination):
+    """Whatever step the descriptors run out at (the limits below reach each of them), the
+    run either succeeds or fails in one line, leaving no work dir under --temp-dir and
+    nothing where the output would have been."""
+    source = tmp_path / "source"
+    build_oci_layout(source, [random_layer(1000, n, name=f"f{n}") for n in range(30)])
+    environment = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
+    failures = 0
+    for limit in range(6, 15):
+        out, temp = tmp_path / f"out-{limit}", tmp_path / f"temp-{limit}"
+        out.mkdir()
+        command = [sys.executable, "-m", "occystrap", "--temp-dir", str(temp), "process"]
+        result = subprocess.run(
+            [*command, f"oci-layout://{source}", destination.format(out=out)],
+            capture_output=True,
+            text=True,
+            env=environment,
+            preexec_fn=_limited_open_files(limit),
+            check=False,
+        )
+        assert os.listdir(temp) == [], (limit, result.stderr)
+        if result.returncode == 0:
+            continue
+        failures += 1
+        assert_one_line_error(result, "too many open files")
+        assert os.listdir(out) == [], (limit, result.stderr)
+    assert failures > 0  # the limits did reach the run
 
 
 # -- tar://: nothing replaced unasked, devices never; tar://- for pipes; many-image archives

@@ -54,7 +54,12 @@ class TrickleProxy(ForwardingServer):
 )
 @pytest.mark.parametrize(
     "destination",
-    ["tar://{out}/image.tar", "dir://{out}/image?expand=true", "registry://{registry}/copy:v1"],
+    [
+        "tar://{out}/image.tar",
+        "dir://{out}/image?expand=true",
+        "oci-layout://{out}/layout",
+        "registry://{registry}/copy:v1",
+    ],
 )
 def test_ctrl_c_stops_a_slow_pull_at_once_and_cleans_up(
     registry_plain, unique_repo, tmp_path, destination, stop, status, said
@@ -100,7 +105,7 @@ def test_ctrl_c_stops_a_slow_pull_at_once_and_cleans_up(
     assert took < 3, f"exit took {took:.1f} s"
     assert stderr.strip().splitlines() == [f"occystrap: error: {said}"], stderr
     assert os.listdir(temp) == []
-    assert os.listdir(out) == []  # no .image.tar.partial-*, no skeleton dir:// output
+    assert os.listdir(out) == []  # no .image.tar.partial-*, no skeleton dir:// or layout
 
 
 def test_cancelling_one_library_copy_leaves_another_in_the_process_to_finish(

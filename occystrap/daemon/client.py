@@ -41,7 +41,16 @@ class Daemon:
         origin = "" if self.socket.origin == "the default" else f" (from {self.socket.origin})"
         return f"{self.socket}{origin}"
 
-    def _transport_error(self, error: httpx.TransportError) -> OccystrapError:
+    def _transport_error(self, error: httpx.TransportError, answered: bool) -> OccystrapError:
+        """The one-line error for a failed exchange; `answered`: the daemon had answered as a
+        Docker Engine API, so a cut now means it went away (killed, restarted), not that
+        the socket is something else."""
+        if answered and not isinstance(error, httpx.TimeoutException):
+            why = _one_line(str(error)) or type(error).__name__
+            return OccystrapError(
+                f"the daemon at {self._where()} went away mid-transfer ({why}): check that it"
+                " is running (its log may say why it stopped) and try again"
+            )
         cause = find_cause(error, OSError)
         code = cause.errno if cause is not None else None
         if code == errno.ENOENT:
@@ -107,12 +116,14 @@ class Daemon:
             timeout=DAEMON_TIMEOUT,
             trust_env=False,
         )
+        answered = False
         try:
             with client:
                 self._check(client)
+                answered = True
                 yield client
         except httpx.TransportError as error:
-            raise self._transport_error(error) from None
+            raise self._transport_error(error, answered) from None
 
     def _check(self, client: httpx.Client) -> None:
         response = client.get("/_ping", timeout=PING_TIMEOUT)

@@ -147,6 +147,8 @@ class _TimedTransport(httpx.HTTPTransport):
             if self._bulk is not None and is_bulk_transfer(request):
                 return self._bulk.handle_request(request)
             return super().handle_request(request)
+        except (HostNotFoundError, UntrustedCertificateError):
+            raise  # said already, by the bulk pool's own transport
         except httpx.ConnectError as exc:
             if find_cause(exc, socket.gaierror) is not None:
                 raise HostNotFoundError(

@@ -8,9 +8,11 @@ import itertools
 import json
 import os
 import socket
+import socketserver
 import subprocess
 import sys
 import tarfile
+import threading
 from pathlib import Path
 
 import pytest
@@ -291,3 +293,53 @@ def test_daemon_failing_an_export_gives_its_message(dockerd, tmp_path):
         result, f"the daemon at {dockerd.socket} failed to export {name}:", "random.bin"
     )
     assert not (tmp_path / "x.tar").exists()
+
+
+class _DaemonKilledMidTransfer(socketserver.StreamRequestHandler):
+    """Answers as dockerd does (ping, image description), then dies part way through an
+    export or a load: the connection is cut with the body half sent, or half read."""
+
+    def handle(self) -> None:
+        request_line = self.rfile.readline().decode()
+        length = 0
+        while (line := self.rfile.readline()) not in (b"\r\n", b""):
+            name, _, value = line.decode().partition(":")
+            if name.strip().lower() == "content-length":
+                length = int(value)
+        path = request_line.split()[1]
+        if path == "/_ping":
+            self._answer(b"OK", "Api-Version: 1.41\r\n")
+        elif path.endswith("/json"):
+            self._answer(json.dumps({"Id": "sha256:" + "a" * 64}).encode())
+        elif path.endswith("/get"):
+            self.wfile.write(b"HTTP/1.1 200 OK\r\nContent-Length: 1000000\r\n\r\n")
+            self.wfile.write(bytes(10_000))  # then killed
+        else:  # POST /images/load: read a little of the tarball, then killed
+            self.rfile.read(min(length, 10_000) or 10_000)
+        self.request.shutdown(socket.SHUT_RDWR)
+
+    def _answer(self, body: bytes, extra: str = "") -> None:
+        head = f"HTTP/1.1 200 OK\r\n{extra}Content-Length: {len(body)}\r\nConnection: close\r\n\r\n"
+        self.wfile.write(head.encode() + body)
+
+
+@pytest.mark.parametrize("direction", ["export", "load"])
+def test_a_daemon_killed_mid_transfer_is_said_to_have_gone_away(tmp_path, direction):
+    """Not "is not a Docker Engine API socket": it answered as one, then went away."""
+    path = tmp_path / "dies.sock"
+    server = socketserver.ThreadingUnixStreamServer(str(path), _DaemonKilledMidTransfer)
+    server.daemon_threads = True
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        daemon_end = f"docker://team/app:v1?socket={path}"
+        if direction == "export":
+            result = run_occystrap("process", daemon_end, f"tar://{tmp_path}/out.tar", check=False)
+        else:
+            source, _, _ = source_tarball(tmp_path, "team/app:v1")
+            result = run_occystrap("process", f"tar://{source}", daemon_end, check=False)
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert_one_line_error(result, f"the daemon at {path}", "went away")
+    assert "is not a Docker Engine API socket" not in result.stderr
+    assert not (tmp_path / "out.tar").exists()

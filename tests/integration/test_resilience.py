@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import base64
 import re
+from types import SimpleNamespace
 
 import pytest
 
+from tests.integration.cli import assert_one_line_error, run_occystrap
 from tests.integration.fault_proxy import BlobHost, FaultProxy
 from tests.integration.images import random_layer
-from tests.integration.pull_checks import assert_tar_is_image, pull_to_tar, seed_image
+from tests.integration.pull_checks import TAG, assert_tar_is_image, pull_to_tar, seed_image
 
 pytestmark = pytest.mark.integration
 
@@ -132,3 +134,23 @@ def test_rate_limit_bounds_every_one_second_window(
     assert len(times) >= 12
     busiest = max(sum(1 for t in times if start <= t < start + 1.0) for start in times)
     assert busiest <= 6, times
+
+
+def test_a_redirect_to_an_untrusted_certificate_is_said_once(
+    fault_proxy, registry_plain, registry_tls, unique_repo, tmp_path
+):
+    """The untrusted-certificate error of a redirect target: one line, its text said once."""
+    seed_image(registry_plain, unique_repo, tmp_path)
+    fault_proxy.redirect_blobs_to(SimpleNamespace(url=registry_tls.url))
+    out = tmp_path / "image.tar"
+    result = run_occystrap(
+        "--insecure",
+        "process",
+        f"registry://{fault_proxy.host}/{unique_repo}:{TAG}",
+        f"tar://{out}",
+        check=False,
+    )
+    assert_one_line_error(result, f"the TLS certificate of {registry_tls.host} is not trusted")
+    assert result.stderr.count("is not trusted") == 1, result.stderr
+    assert result.stderr.count("--ca-cert") == 1, result.stderr
+    assert not out.exists()

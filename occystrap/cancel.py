@@ -9,7 +9,8 @@ used to hold a Ctrl-C for 96 s). So an interrupt also:
   between chunks (`check`) and sleeps wait on (`sleep`), so no new work starts and backoffs
   end at once;
 - shuts down the socket of every body being streamed (`watch`), waking a thread blocked
-  in `recv` on a trickling server at once;
+  in `recv` on a trickling server at once, and every connection the run's transport opened
+  (`connection_trace`), waking a thread blocked in `send` to a registry that stopped reading;
 - lets `cancellable_pool` (or `shutdown_pool`) stop waiting for its own workers (never other
   threads of the process) after a short grace, so the main thread unwinds (removing
   temporary files and partial outputs) within a second or two;
@@ -27,9 +28,10 @@ import signal
 import sys
 import threading
 import time
+import weakref
 from collections.abc import Callable, Iterable, Iterator
 from types import FrameType
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 # Installing the interrupt handler is all `occystrap --version` does here: sockets, pools
 # and httpx (only named in types) load when a run uses them.
@@ -56,6 +58,7 @@ class Cancellation:
         self._event = threading.Event()
         self._lock = threading.Lock()
         self._abort_actions: dict[int, Callable[[], None]] = {}
+        self._connections: weakref.WeakSet[socket.socket] = weakref.WeakSet()
 
     def is_set(self) -> bool:
         return self._event.is_set()
@@ -76,9 +79,12 @@ class Cancellation:
         self._event.set()
         with self._lock:
             actions = list(self._abort_actions.values())
+            connections = list(self._connections)
         for action in actions:
             with contextlib.suppress(OSError):
                 action()
+        for sock in connections:
+            _shut_down(sock)
 
     def watch(self, response: httpx.Response) -> None:
         """Until `unwatch(response)`, cancelling shuts down the socket streaming its body.
@@ -100,6 +106,36 @@ class Cancellation:
     def unwatch(self, response: httpx.Response) -> None:
         with self._lock:
             self._abort_actions.pop(id(response), None)
+
+    def connection_trace(self, inner: Trace | None) -> Trace:
+        """An httpcore `trace` extension (calling `inner` too) that has cancelling shut down
+        every connection the request opens, for as long as it lives: an upload blocked in
+        `send` (its request still being written, so no response to `watch`) wakes at once."""
+
+        def trace(event: str, info: dict[str, Any]) -> None:
+            if event == "connection.connect_tcp.complete":
+                stream = info.get("return_value")
+                sock = stream.get_extra_info("socket") if stream is not None else None
+                if sock is not None:
+                    with self._lock:
+                        self._connections.add(sock)
+                    if self._event.is_set():  # cancelled while connecting
+                        _shut_down(sock)
+            if inner is not None:
+                inner(event, info)
+
+        return trace
+
+
+# httpcore's trace extension: called with each event's name and details.
+Trace = Callable[[str, dict[str, Any]], None]
+
+
+def _shut_down(sock: socket.socket) -> None:
+    import socket
+
+    with contextlib.suppress(OSError):
+        socket.socket.shutdown(sock, socket.SHUT_RDWR)
 
 
 def _socket_of(response: httpx.Response) -> socket.socket | None:

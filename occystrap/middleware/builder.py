@@ -109,6 +109,7 @@ def build_transport(settings: ChainSettings) -> httpx.BaseTransport:
         timeout=make_timeout(network.timeout, network.connect_timeout),
         insecure_host=_insecure_hosts(registries, settings.unverified_hosts),
         host_dirs=settings.host_cert_dirs,
+        cancellation=settings.cancellation,
     )
     transport = Logging(transport)
     if settings.quota is not None:

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import httpx
 
+from occystrap.cancel import Cancellation
 from occystrap.errors import OccystrapError, UsageError, find_cause
 from occystrap.middleware.defaults import DEFAULT_CONNECT_TIMEOUT, DEFAULT_READ_TIMEOUT
 from occystrap.middleware.tls import (
@@ -135,18 +136,26 @@ class _TimedTransport(httpx.HTTPTransport):
     """
 
     def __init__(
-        self, *, default_timeout: httpx.Timeout, bulk: httpx.BaseTransport | None, **kwargs
+        self,
+        *,
+        default_timeout: httpx.Timeout,
+        bulk: httpx.BaseTransport | None,
+        cancellation: Cancellation | None = None,
+        **kwargs,
     ) -> None:
         super().__init__(**kwargs)
         self._default_timeout = default_timeout.as_dict()
         self._bulk = bulk
+        self._cancellation = cancellation
 
     def handle_request(self, request: httpx.Request) -> httpx.Response:
         request.extensions.setdefault("timeout", self._default_timeout)
         try:
             if self._bulk is not None and is_bulk_transfer(request):
                 return self._bulk.handle_request(request)
-            return super().handle_request(request)
+            if self._cancellation is None:
+                return super().handle_request(request)
+            return self._cut_on_cancel(request, self._cancellation)
         except (HostNotFoundError, UntrustedCertificateError):
             raise  # said already, by the bulk pool's own transport
         except httpx.ConnectError as exc:
@@ -164,6 +173,18 @@ class _TimedTransport(httpx.HTTPTransport):
                 f" /etc/containers/certs.d/{request.url.netloc.decode('ascii')}/ca.crt",
                 request=request,
             ) from exc
+
+    def _cut_on_cancel(self, request: httpx.Request, cancellation: Cancellation) -> httpx.Response:
+        """Send `request` with the connections it opens known to the run's `cancellation`."""
+        inner = request.extensions.get("trace")
+        request.extensions["trace"] = cancellation.connection_trace(inner)
+        try:
+            return super().handle_request(request)
+        finally:
+            if inner is None:
+                del request.extensions["trace"]
+            else:
+                request.extensions["trace"] = inner
 
     def close(self) -> None:
         if self._bulk is not None:
@@ -278,8 +299,11 @@ def build_base_transport(
     timeout: httpx.Timeout | None = None,
     insecure_host: Callable[[str], bool] | None = None,
     host_dirs: Mapping[str, Path] | None = None,
+    cancellation: Cancellation | None = None,
 ) -> httpx.BaseTransport:
     """The transport at the bottom of the middleware chain, sized for `parallel` workers.
+
+    Cancelling `cancellation` (the run's) shuts down every connection it opened.
 
     `certs_roots`: where HOST[:PORT] certificate directories are looked up (default:
     `default_certs_roots`, which $OCCYSTRAP_CERTS_DIRS overrides); `host_dirs` names one
@@ -302,6 +326,7 @@ def build_base_transport(
         return _TimedTransport(
             default_timeout=timeout or DEFAULT_TIMEOUT,
             bulk=make(proxy, ssl_context, use_http2=False) if use_http2 else None,
+            cancellation=cancellation,
             http2=use_http2,
             verify=ssl_context or default_context,
             limits=httpx.Limits(max_connections=connections, max_keepalive_connections=connections),

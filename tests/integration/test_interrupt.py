@@ -13,7 +13,7 @@ import pytest
 
 from tests.integration.cli import REPO_ROOT
 from tests.integration.fault_proxy import BLOB_PATH, ForwardingServer
-from tests.integration.images import random_layer
+from tests.integration.images import build_oci_layout, random_layer
 from tests.integration.pull_checks import TAG, seed_image
 
 pytestmark = pytest.mark.integration
@@ -165,3 +165,58 @@ def test_cancelling_one_library_copy_leaves_another_in_the_process_to_finish(
     assert outcomes["small"].layers == 1
     assert small_still_running  # it really ran beside the cancelled one
     assert (out_small / "image.tar").stat().st_size > 40_000
+
+
+class StallingProxy(ForwardingServer):
+    """Forwards everything but the upload of a blob's bytes, which it never reads: the
+    client's send blocks once the socket buffers are full (a stalled registry)."""
+
+    def __init__(self, upstream_url: str) -> None:
+        super().__init__(upstream_url)
+        self.released = threading.Event()
+
+    def handle(self, handler) -> None:
+        if handler.command in ("PUT", "PATCH") and handler.carries_body():
+            self._record(handler, "stalled")
+            self.released.wait(60)
+            return
+        super().handle(handler)
+
+    def stop(self) -> None:
+        self.released.set()
+        super().stop()
+
+
+@pytest.mark.parametrize("stop", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "sigterm"])
+def test_ctrl_c_stops_a_stalled_push_as_fast_as_a_pull(registry_plain, unique_repo, tmp_path, stop):
+    """A push blocked in sending a layer the registry no longer reads stops within
+    moments too: the run's connections are cut, not waited for."""
+    source = tmp_path / "layout"
+    build_oci_layout(source, [random_layer(24_000_000, 7, name="big.bin")])
+    with StallingProxy(registry_plain.url) as proxy:
+        command = [sys.executable, "-m", "occystrap", "--insecure", "process"]
+        command += [f"oci-layout://{source}", f"registry://{proxy.host}/{unique_repo}:v1"]
+        env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
+        process = subprocess.Popen(command, env=env, stderr=subprocess.PIPE, text=True)
+        try:
+            deadline = time.monotonic() + 30
+            while not proxy.requests_matching(r"/blobs/uploads/", method="PUT") + (
+                proxy.requests_matching(r"/blobs/uploads/", method="PATCH")
+            ):
+                assert time.monotonic() < deadline, "the upload never started"
+                assert process.poll() is None, process.stderr.read()
+                time.sleep(0.05)
+            time.sleep(0.5)  # the socket buffers are full: the sender is blocked
+            process.send_signal(stop)
+            interrupted_at = time.monotonic()
+            exited = process.wait(timeout=15)
+            took = time.monotonic() - interrupted_at
+        finally:
+            if process.poll() is None:
+                process.kill()
+                process.wait()
+        stderr = process.stderr.read()
+    assert exited == 128 + stop, stderr
+    said = "interrupted" if stop == signal.SIGINT else "terminated"
+    assert stderr.strip().splitlines() == [f"occystrap: error: {said}"], stderr
+    assert took < 1.5, f"exit took {took:.2f} s"  # it was 2 s: two one-second graces

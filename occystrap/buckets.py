@@ -219,6 +219,8 @@ class BucketLayout:
 class BucketURI(Endpoint):
     """SCHEME://BUCKET[/PREFIX][?tag=TAG&part_size=SIZE]: an OCI layout in a bucket."""
 
+    blobs_are = "uploaded"
+
     bucket: str
     prefix: str
     tag: str | None

@@ -30,6 +30,7 @@ if TYPE_CHECKING:
     import httpx
 
     from occystrap.config_file import ConfigFile
+    from occystrap.endpoints import Endpoint
     from occystrap.pipeline import CopyResult, TransferStats
     from occystrap.progress import TerminalProgress
     from occystrap.registry.referrers import Referrer
@@ -757,7 +758,7 @@ def process(
             f"{bulk.source} -> {bulk.destination}: {len(bulk.succeeded)} images ok,"
             f" {len(bulk.failed)} failed"
         )
-        _summary(what, progress, bulk.stats)
+        _summary(what, progress, bulk.stats, destination_uri.blobs_are)
         if bulk.failed:
             raise OccystrapError(
                 f"{len(bulk.failed)} of {len(bulk.images)} images failed; see the lines above"
@@ -791,7 +792,7 @@ def process(
         what += f", {_counted(result.referrers, 'referrer')}"
     if result.digest:
         what += f", {result.digest}"
-    _summary(what, progress, result.stats)
+    _summary(what, progress, result.stats, destination_uri.blobs_are)
 
 
 def _progress_mode() -> str:
@@ -803,10 +804,11 @@ def _counted(count: int, noun: str) -> str:
 
 
 def _result_document(
-    source: object, destination: object, result: CopyResult, progress: TerminalProgress
+    source: Endpoint, destination: Endpoint, result: CopyResult, progress: TerminalProgress
 ) -> dict[str, Any]:
-    """What `process -O json` prints on stdout, for scripts."""
-    stats = result.stats
+    """What `process -O json` prints on stdout, for scripts ("uploaded" is "written" for a
+    destination on this machine, as in the summary)."""
+    stats, sent = result.stats, destination.blobs_are
     return {
         "source": str(source),
         "destination": str(destination),
@@ -816,18 +818,19 @@ def _result_document(
         "platforms": result.platforms,
         "referrers": result.referrers,
         "blobs": {
-            "uploaded": stats.uploaded,
+            sent: stats.uploaded,
             "mounted": stats.mounted,
             "already_there": stats.skipped,
         },
-        "bytes": {"downloaded": stats.bytes_downloaded, "uploaded": stats.bytes_uploaded},
+        "bytes": {"downloaded": stats.bytes_downloaded, sent: stats.bytes_uploaded},
         "retries": stats.retries,
         "seconds": round(progress.tally.elapsed(), 3),
     }
 
 
-def _summary(what: str, progress: TerminalProgress, stats: TransferStats) -> None:
-    """The run's last line on stderr: what was written, what moved, how long, how many retries."""
+def _summary(what: str, progress: TerminalProgress, stats: TransferStats, sent: str) -> None:
+    """The run's last line on stderr: what was written, what moved (`sent`: "uploaded" or
+    "written", as the destination takes blobs), how long, how many retries."""
     from occystrap.units import human_bytes
 
     if click.get_current_context().meta.get(QUIET):
@@ -835,7 +838,7 @@ def _summary(what: str, progress: TerminalProgress, stats: TransferStats) -> Non
     blobs = ""
     if stats.uploaded or stats.mounted or stats.skipped:
         blobs = (
-            f", blobs {stats.uploaded} uploaded, {stats.mounted} mounted,"
+            f", blobs {stats.uploaded} {sent}, {stats.mounted} mounted,"
             f" {stats.skipped} already there"
         )
     if stats.recompressed:
@@ -843,7 +846,7 @@ def _summary(what: str, progress: TerminalProgress, stats: TransferStats) -> Non
     retries = stats.retries
     click.echo(
         f"occystrap: {what}{blobs}; {human_bytes(stats.bytes_downloaded)} downloaded,"
-        f" {human_bytes(stats.bytes_uploaded)} uploaded in {progress.tally.elapsed():.1f} s,"
+        f" {human_bytes(stats.bytes_uploaded)} {sent} in {progress.tally.elapsed():.1f} s,"
         f" {retries} {'retry' if retries == 1 else 'retries'}",
         err=True,
     )

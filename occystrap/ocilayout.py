@@ -579,9 +579,13 @@ class OciLayoutWriter:
         digest = sha256_digest(data)
         name = self._blob_name(digest)
         if self.storage.present(name, len(data)):
+            if counted:
+                LOG.info("blob %s: already in %s", digest, self.where)
             self.ctx.stats.add(skipped=int(counted))
             return digest
         self.storage.store(name, len(data), lambda: io.BytesIO(data))
+        if counted:
+            LOG.info("blob %s: written to %s (%d bytes)", digest, self.where, len(data))
         self.ctx.stats.add(uploaded=int(counted), bytes_uploaded=len(data))
         return digest
 
@@ -589,6 +593,7 @@ class OciLayoutWriter:
         """Stream the layer's blob in as stored, verified before it takes its name."""
         name = self._blob_name(layer.digest)
         if self.storage.present(name, layer.size):
+            LOG.info("blob %s: already in %s", layer.digest, self.where)
             self.ctx.stats.add(skipped=1)
             return
         progress, key = self.ctx.progress, f"write:{layer.digest}"  # a "writing" phase
@@ -604,6 +609,7 @@ class OciLayoutWriter:
 
         again_if_corrupt(layer, store)
         progress.finish(key)
+        LOG.info("blob %s: written to %s (%d bytes)", layer.digest, self.where, layer.size)
         self.ctx.stats.add(uploaded=1)
 
     def _write_image(self, image: Image) -> Descriptor:

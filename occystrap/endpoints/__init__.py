@@ -48,6 +48,9 @@ class Endpoint:
     shown: str = ""  # the URI as given, secrets redacted: for messages
     #: True when the endpoint names many images (quay://): `images()` lists them.
     holds_many_images: bool = False
+    #: What a copy into it does with blobs, as the summary says it: "uploaded" over the
+    #: network (a registry, a bucket), "written" on this machine (a layout, a daemon, files).
+    blobs_are: str = "written"
 
     def credential_scope(self) -> str | None:
         """Where this end's credentials apply: "HOST/REPOSITORY" for one registry image,

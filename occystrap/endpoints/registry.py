@@ -60,6 +60,7 @@ LOG = logging.getLogger("occystrap.registry")
 
 @dataclass
 class RegistryURI(Endpoint):
+    blobs_are = "uploaded"
     reference: ImageReference
     os: str | None = None
     arch: str | None = None

@@ -83,7 +83,7 @@ def test_registry_to_layout_keeps_the_manifest_and_skopeo_verifies_it(
         *registry_flags(registry_plain), "process", source, f"oci-layout://{layout}?tag=v1"
     )
     summary = again.stderr.strip().splitlines()[-1]
-    assert "blobs 0 uploaded, 0 mounted, 4 already there; 0 B downloaded" in summary, summary
+    assert "blobs 0 written, 0 mounted, 4 already there; 0 B downloaded" in summary, summary
 
 
 def test_a_same_size_corrupt_blob_in_a_layout_is_written_again(

@@ -148,3 +148,26 @@ def test_search_and_info_say_what_they_do_with_the_platform_they_pick(
     shown = run_occystrap("--insecure", "info", source)
     assert "platforms; showing linux/amd64" in shown.stderr, shown.stderr
     assert "writing" not in searched.stderr + shown.stderr
+
+
+def test_a_layout_destination_says_written(registry_plain, unique_repo, tmp_path):
+    """Blobs put into an OCI layout on this machine are "written" in the summary, in -O json
+    and in -v's line per blob; a registry destination keeps "uploaded"."""
+    seed_image(registry_plain, unique_repo, tmp_path)
+    source = f"registry://{registry_plain.host}/{unique_repo}:{TAG}"
+    layout = f"oci-layout://{tmp_path / 'layout'}"
+    result = run_occystrap("--insecure", "-v", "-O", "json", "process", source, layout)
+    summary = result.stderr.strip().splitlines()[-1]
+    assert "blobs 3 written, 0 mounted, 0 already there" in summary, summary
+    assert " written in " in summary and "uploaded" not in summary, summary
+    assert result.stderr.count(": written to ") == 3, result.stderr  # two layers and a config
+    assert "uploaded" not in result.stderr, result.stderr
+    document = json.loads(result.stdout)
+    assert document["blobs"] == {"written": 3, "mounted": 0, "already_there": 0}
+    assert set(document["bytes"]) == {"downloaded", "written"}
+    again = run_occystrap("--insecure", "-v", "process", source, layout)
+    assert again.stderr.count(": already in ") == 3, again.stderr
+    pushed = run_occystrap(
+        "--insecure", "process", layout, f"registry://{registry_plain.host}/{unique_repo}-up:{TAG}"
+    )
+    assert "blobs 3 uploaded" in pushed.stderr and " uploaded in " in pushed.stderr

@@ -15,14 +15,13 @@ from typing import TYPE_CHECKING, Any, TypeGuard
 import click
 
 from occystrap import __version__, cancel
-from occystrap.config_file import CONFIG_ENV
+from occystrap.envvars import CONFIG_ENV, REGISTRIES_CONF_ENV
 from occystrap.errors import OccystrapError, filesystem_error
 from occystrap.middleware.defaults import (
     DEFAULT_CONNECT_TIMEOUT,
     DEFAULT_DEADLINE,
     DEFAULT_READ_TIMEOUT,
 )
-from occystrap.registries_conf import REGISTRIES_CONF_ENV
 
 # Only what `--version` and `--help` need is imported up here: settings, httpx and the
 # rest load when a command runs (docs/performance.md, "Start-up").

@@ -27,7 +27,6 @@ from typing import NoReturn
 from occystrap.registries_conf import config_home
 from occystrap.tomlfile import ConfigFileError, line_of, read_toml
 
-CONFIG_ENV = "OCCYSTRAP_CONFIG"
 # Option values these words name are masked whenever configuration is shown.
 SECRET_WORDS = ("password", "token", "secret", "creds")
 

@@ -19,6 +19,7 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any, NoReturn
 
+from occystrap.envvars import REGISTRIES_CONF_ENV
 from occystrap.errors import UsageError
 from occystrap.registry.hosts import canonical_registry_host
 from occystrap.registry.reference import (
@@ -32,7 +33,6 @@ from occystrap.tomlfile import ConfigFileError, line_of, read_toml
 
 LOG = logging.getLogger(__name__)
 
-REGISTRIES_CONF_ENV = "CONTAINERS_REGISTRIES_CONF"
 # Where the drop-in directories are (os.pathsep-separated; empty: none), replacing the
 # standard ones: for tests and for machines whose system files must be ignored.
 DROP_IN_DIRS_ENV = "OCCYSTRAP_REGISTRIES_CONF_D"

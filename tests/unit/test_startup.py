@@ -55,6 +55,13 @@ def test_version_and_help_load_neither_the_http_stack_nor_rich(args):
     assert loaded & {*HTTP_STACK, "rich", "pygments"} == set()
 
 
+def test_version_loads_no_configuration_parser():
+    loaded = loaded_modules("--version")
+    assert "occystrap.cli" in loaded  # the probe really ran the command line
+    parsers = {"occystrap.config_file", "occystrap.registries_conf", "occystrap.tomlfile"}
+    assert loaded & {*parsers, "tomllib"} == set()
+
+
 def test_a_run_off_a_terminal_does_not_import_rich(tmp_path):
     source = tmp_path / "in.tar"
     save_tar(make_image(tmp_path, [{"hello.txt": b"hello\n"}]), source)

@@ -346,7 +346,7 @@ class DockerSaveLayout:
         return files
 
 
-def _tar_info(name: str, size: int, directory: bool = False) -> tarfile.TarInfo:
+def tar_member_info(name: str, size: int, directory: bool = False) -> tarfile.TarInfo:
     info = tarfile.TarInfo(name)
     info.mtime = 0
     if directory:
@@ -377,9 +377,9 @@ def write_docker_save(
     layout = DockerSaveLayout.of(image, repo_tag)
     archive = _TarWriter(out)
     for entry in layout.layers.values():
-        archive.add(_tar_info(entry.directory, 0, directory=True))
+        archive.add(tar_member_info(entry.directory, 0, directory=True))
     for name, data in layout.metadata_files():
-        archive.add(_tar_info(name, len(data)), data)
+        archive.add(tar_member_info(name, len(data)), data)
     written: set[str] = set()
     for layer in layers:
         if layer.diff_id in written:
@@ -430,7 +430,7 @@ def _copy_layer(
         stream = ReadAhead(tar, cancellation)
         try:
             archive.add_stream(
-                _tar_info(name, 0),
+                tar_member_info(name, 0),
                 stream,
                 layer.uncompressed_size,
                 lambda n: progress.advance(key, n),

@@ -31,6 +31,7 @@ from occystrap.manifest import Descriptor, Manifest, Platform, image_info
 from occystrap.pipeline import (
     AbandonableOutput,
     CopyResult,
+    FinishingOutput,
     ImageFilter,
     OnDemandClient,
     ProgressSink,
@@ -121,6 +122,8 @@ def copy_in_context(
     output = destination.open_output(ctx)
     try:
         result = run_pipeline(source.open_input(ctx), output, ctx, filters, platforms)
+        if isinstance(output, FinishingOutput):
+            output.finish()
     except BaseException:
         if isinstance(output, AbandonableOutput):
             output.abandon()

@@ -155,6 +155,13 @@ class AbandonableOutput(Protocol):
     def abandon(self) -> None: ...
 
 
+@runtime_checkable
+class FinishingOutput(Protocol):
+    """An output with work left once everything is in (an archive packed from its staging)."""
+
+    def finish(self) -> None: ...
+
+
 class ImageFilter(Protocol):
     def apply(self, image: Image, ctx: RunContext) -> Image:
         """The image unchanged, or a new image derived with `Image.with_layers`."""

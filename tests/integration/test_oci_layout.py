@@ -392,3 +392,45 @@ def test_wrong_tag_lists_the_tags_and_bad_destinations_are_refused(tmp_path):
     )
     assert_one_line_error(refused, "index.json is not a valid image index")
     assert (damaged / "index.json").read_text() == "[]"
+
+
+# -- oci-archive://: a layout packed as one tarball, as skopeo's oci-archive: writes it ------
+
+
+def test_registry_to_oci_archive_keeps_the_manifest_and_skopeo_reads_it(
+    registry_plain, unique_repo, tmp_path
+):
+    """A Docker manifest goes into the archive byte for byte under its tag; skopeo inspects
+    it and copies every blob out (verifying each); an index keeps its bytes too."""
+    source = _seed(registry_plain, unique_repo, tmp_path)
+    archive = tmp_path / "image.oci.tar"
+    result = run_occystrap(
+        *registry_flags(registry_plain), "process", source, f"oci-archive://{archive}?tag=v1"
+    )
+    original = _raw_manifest(registry_plain, f"{unique_repo}:v1")
+    assert _digest_in(result.stderr) == _sha256(original)
+    assert run_skopeo("inspect", "--raw", f"oci-archive:{archive}").stdout == original
+    inspected = json.loads(run_skopeo("inspect", f"oci-archive:{archive}").stdout)
+    assert inspected["Digest"] == _sha256(original)
+    run_skopeo("copy", "--quiet", f"oci-archive:{archive}", f"dir:{tmp_path / 'check'}")
+    assert os.listdir(tmp_path).count("image.oci.tar") == 1  # no partial file beside it
+
+    refused = run_occystrap(
+        *registry_flags(registry_plain), "process", source, f"oci-archive://{archive}", check=False
+    )
+    assert_one_line_error(refused, str(archive))
+    assert run_skopeo("inspect", "--raw", f"oci-archive:{archive}").stdout == original
+
+    multi = tmp_path / "multi"
+    build_multiarch_layout(multi, PLATFORMS)
+    push_multiarch_with_skopeo(multi, registry_plain, f"{unique_repo}-multi", "v1")
+    index_archive = tmp_path / "index.oci.tar"
+    run_occystrap(
+        *registry_flags(registry_plain),
+        "process",
+        f"registry://{registry_plain.host}/{unique_repo}-multi:v1",
+        f"oci-archive://{index_archive}",
+    )
+    index = _raw_manifest(registry_plain, f"{unique_repo}-multi:v1")
+    stored = run_skopeo("inspect", "--raw", f"oci-archive:{index_archive}:v1").stdout
+    assert stored == index

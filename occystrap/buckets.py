@@ -11,6 +11,7 @@ in the bucket is never uploaded again; `index.json` is written last and conditio
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
@@ -18,6 +19,7 @@ from typing import Protocol
 
 import httpx
 
+from occystrap.cancel import Cancellation
 from occystrap.compression import CHUNK_SIZE
 from occystrap.endpoints import (
     Endpoint,
@@ -29,6 +31,7 @@ from occystrap.endpoints import (
 from occystrap.errors import DigestMismatchError, OccystrapError, UsageError
 from occystrap.graph import StoreSource
 from occystrap.image import ImageLike
+from occystrap.middleware.extensions import BUFFER, REPLAYABLE, RETRY_UNSAFE
 from occystrap.ocilayout import (
     INDEX_FILE,
     LAYOUT_FILE,
@@ -37,6 +40,7 @@ from occystrap.ocilayout import (
     OciLayoutWriter,
 )
 from occystrap.pipeline import RunContext
+from occystrap.registry.blobs import RemoteBlobReader
 from occystrap.streams import Readable
 
 # Attempts at replacing index.json while other writers keep changing it.
@@ -45,6 +49,7 @@ _INDEX_ATTEMPTS = 10
 DEFAULT_PART_SIZE = 16 * 1024 * 1024
 MIN_PART_SIZE = 5 * 1024 * 1024  # S3 refuses smaller parts but the last
 BUCKET_OPTIONS = ("tag", "part_size")
+SMALL_OBJECT_LIMIT = 16 * 1024 * 1024  # index.json, manifests and configs are read whole
 
 
 @dataclass(frozen=True)
@@ -96,6 +101,57 @@ class ReleasableBody(httpx.SyncByteStream):
 
     def release(self) -> None:
         self._data = b""
+
+
+def send_object_request(
+    http: httpx.Client,
+    method: str,
+    url: str,
+    mark: dict[str, object],
+    *,
+    params: dict[str, str] | None = None,
+    headers: dict[str, str] | None = None,
+    content: bytes | None = None,
+    safe_twice: bool = False,
+) -> httpx.Response:
+    """One request to a bucket's API through the run's client, carrying `mark` (the
+    extension its cloud's plug-in authorises by); the reply is read whole. A body may be sent
+    again (retries, auth) and is let go once the request is done; `safe_twice` lets a write
+    whose repeat does no harm be retried."""
+    extensions: dict[str, object] = {**mark, BUFFER: SMALL_OBJECT_LIMIT}
+    if safe_twice:
+        extensions[RETRY_UNSAFE] = True
+    headers = dict(headers or {})
+    body = None
+    if content is not None:
+        body = ReleasableBody(content)
+        headers["Content-Length"] = str(len(content))
+        extensions[REPLAYABLE] = True
+    request = http.build_request(
+        method, url, params=params, headers=headers, content=body, extensions=extensions
+    )
+    try:
+        return http.send(request)
+    finally:
+        if body is not None:
+            body.release()
+
+
+@contextlib.contextmanager
+def open_object(
+    http: httpx.Client,
+    url: str,
+    what: str,
+    mark: dict[str, object],
+    cancellation: Cancellation | None,
+) -> Iterator[Readable]:
+    """An object streamed from `url` (a request carrying `mark`), cut by the run's
+    cancellation."""
+    reader = RemoteBlobReader(http, url, what, extensions=mark, cancellation=cancellation)
+    try:
+        yield reader
+    finally:
+        reader.close()
 
 
 def read_part(source: Readable, size: int, key: str) -> bytes:

@@ -15,7 +15,7 @@ import contextlib
 import hashlib
 import logging
 import xml.etree.ElementTree as ElementTree
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from contextlib import AbstractContextManager
 from urllib.parse import quote
 
@@ -24,25 +24,23 @@ import httpx
 from occystrap.buckets import (
     BucketURI,
     ObjectInfo,
-    ReleasableBody,
     expect_end,
+    open_object,
     parse_bucket_uri,
     read_part,
+    send_object_request,
 )
 from occystrap.cancel import Cancellation
 from occystrap.endpoints import Scheme
 from occystrap.errors import DigestMismatchError, OccystrapError
 from occystrap.middleware.base import Middleware
-from occystrap.middleware.extensions import BUFFER, REPLAYABLE, RETRY_UNSAFE
 from occystrap.pipeline import RunContext
-from occystrap.registry.blobs import RemoteBlobReader
 from occystrap.streams import Readable
 from occystrap_aws.signing import PAYLOAD_HASH, UNSIGNED_PAYLOAD, AwsSigner
 
 LOG = logging.getLogger("occystrap.s3")
 # Request extension: the `AwsSigner` the sigv4 middleware signs this request with.
 SIGNER = "occystrap_aws.signer"
-_SMALL_LIMIT = 16 * 1024 * 1024  # index.json, manifests and configs
 _XMLNS = "{http://s3.amazonaws.com/doc/2006-03-01/}"
 
 
@@ -114,24 +112,18 @@ class S3Objects:
         content: bytes | None = None,
         safe_twice: bool = False,
     ) -> httpx.Response:
-        extensions: dict[str, object] = {SIGNER: self.signer, BUFFER: _SMALL_LIMIT}
-        if safe_twice:
-            extensions[RETRY_UNSAFE] = True
         headers = dict(headers or {})
-        body = None
         if content is not None:
-            body = ReleasableBody(content)
-            headers["Content-Length"] = str(len(content))
             headers[PAYLOAD_HASH] = hashlib.sha256(content).hexdigest()
-            extensions[REPLAYABLE] = True
-        request = self.http.build_request(
-            method, self._url(key, query), headers=headers, content=body, extensions=extensions
+        return send_object_request(
+            self.http,
+            method,
+            self._url(key, query),
+            {SIGNER: self.signer},
+            headers=headers,
+            content=content,
+            safe_twice=safe_twice,
         )
-        try:
-            return self.http.send(request)
-        finally:
-            if body is not None:
-                body.release()
 
     def _fail(self, response: httpx.Response, what: str) -> OccystrapError:
         code = ""
@@ -163,19 +155,14 @@ class S3Objects:
             raise self._fail(response, f"cannot read {key}")
         return response.content, response.headers["etag"]
 
-    @contextlib.contextmanager
-    def open(self, key: str) -> Iterator[Readable]:
-        reader = RemoteBlobReader(
+    def open(self, key: str) -> AbstractContextManager[Readable]:
+        return open_object(
             self.http,
             self._url(key),
             f"{self.where}: {key}",
-            extensions={SIGNER: self.signer},
-            cancellation=self.cancellation,
+            {SIGNER: self.signer},
+            self.cancellation,
         )
-        try:
-            yield reader
-        finally:
-            reader.close()
 
     def put(self, key: str, data: bytes, *, version: str | None, absent: bool) -> bool:
         headers = {"Content-Type": "application/octet-stream"}

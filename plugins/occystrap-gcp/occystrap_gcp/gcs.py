@@ -15,7 +15,7 @@ import contextlib
 import os
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from contextlib import AbstractContextManager
 from urllib.parse import quote
 
@@ -24,25 +24,23 @@ import httpx
 from occystrap.buckets import (
     BucketURI,
     ObjectInfo,
-    ReleasableBody,
     expect_end,
+    open_object,
     parse_bucket_uri,
     read_part,
+    send_object_request,
 )
 from occystrap.cancel import Cancellation
 from occystrap.endpoints import Scheme
 from occystrap.errors import OccystrapError
 from occystrap.middleware.base import Middleware
-from occystrap.middleware.extensions import BUFFER, REPLAYABLE, RETRY_UNSAFE
 from occystrap.pipeline import RunContext
-from occystrap.registry.blobs import RemoteBlobReader
 from occystrap.streams import Readable
 from occystrap_gcp.google_auth import ApplicationDefault
 
 # Request extension: this request is for Cloud Storage and needs its bearer token.
 GCS_REQUEST = "occystrap_gcp.gcs"
 DEFAULT_ENDPOINT = "https://storage.googleapis.com"
-_SMALL_LIMIT = 16 * 1024 * 1024
 _TOKEN_MARGIN = 300.0
 
 
@@ -141,23 +139,16 @@ class GcsObjects:
         content: bytes | None = None,
         safe_twice: bool = False,
     ) -> httpx.Response:
-        extensions: dict[str, object] = {GCS_REQUEST: True, BUFFER: _SMALL_LIMIT}
-        if safe_twice:
-            extensions[RETRY_UNSAFE] = True
-        headers = dict(headers or {})
-        body = None
-        if content is not None:
-            body = ReleasableBody(content)
-            headers["Content-Length"] = str(len(content))
-            extensions[REPLAYABLE] = True
-        request = self.http.build_request(
-            method, url, params=params, headers=headers, content=body, extensions=extensions
+        return send_object_request(
+            self.http,
+            method,
+            url,
+            {GCS_REQUEST: True},
+            params=params,
+            headers=headers,
+            content=content,
+            safe_twice=safe_twice,
         )
-        try:
-            return self.http.send(request)
-        finally:
-            if body is not None:
-                body.release()
 
     def _fail(self, response: httpx.Response, what: str) -> OccystrapError:
         reason = ""
@@ -199,20 +190,11 @@ class GcsObjects:
             raise self._fail(response, f"cannot read {key}")
         return response.content, info.version
 
-    @contextlib.contextmanager
-    def open(self, key: str) -> Iterator[Readable]:
+    def open(self, key: str) -> AbstractContextManager[Readable]:
         url = f"{self.downloads}/{self._name(key)}?alt=media"
-        reader = RemoteBlobReader(
-            self.http,
-            url,
-            f"{self.where}: {key}",
-            extensions={GCS_REQUEST: True},
-            cancellation=self.cancellation,
+        return open_object(
+            self.http, url, f"{self.where}: {key}", {GCS_REQUEST: True}, self.cancellation
         )
-        try:
-            yield reader
-        finally:
-            reader.close()
 
     def put(self, key: str, data: bytes, *, version: str | None, absent: bool) -> bool:
         params = {"uploadType": "media", "name": key}

@@ -130,6 +130,12 @@ def parse_index(raw: bytes, where: str) -> list[PlatformDescriptor]:
     return parsed.manifests
 
 
+def tagged_entry(raw_index: bytes, tag: str, where: str) -> PlatformDescriptor | None:
+    """The entry an `index.json` names `tag` (the last one, should a tool have left more)."""
+    tagged = [entry for entry in parse_index(raw_index, where) if ref_name(entry) == tag]
+    return tagged[-1] if tagged else None
+
+
 class OciLayoutReader:
     """Reads the image (or index) one entry of a layout's `index.json` names."""
 
@@ -295,12 +301,11 @@ class LayoutStore:
             return raw, parse_manifest(raw, None).media_type, reference
         if not self.members.has(INDEX_FILE):
             return None
-        entries = parse_index(self.members.read(INDEX_FILE), str(self))
-        tagged = [entry for entry in entries if ref_name(entry) == reference]
-        if not tagged:
+        entry = tagged_entry(self.members.read(INDEX_FILE), reference, str(self))
+        if entry is None:
             return None
-        found = self.manifest_at(tagged[-1].digest)
-        return None if found is None else (found[0], tagged[-1].media_type, found[2])
+        found = self.manifest_at(entry.digest)
+        return None if found is None else (found[0], entry.media_type, found[2])
 
     def blob(self, descriptor: Descriptor) -> Blob:
         return self.members.blob(self.reader._blob_key(descriptor, "blob"))

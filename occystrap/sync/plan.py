@@ -24,9 +24,8 @@ from occystrap.endpoints.quay import QuayURI
 from occystrap.endpoints.registry import RegistrySource, RegistryURI
 from occystrap.errors import OccystrapError, RegistryError, UsageError
 from occystrap.graph import platform_root
-from occystrap.jsondoc import parse_json
 from occystrap.manifest import Platform
-from occystrap.ocilayout import INDEX_FILE, REF_NAME
+from occystrap.ocilayout import INDEX_FILE, tagged_entry
 from occystrap.quay.api import QuayClient, api_base
 from occystrap.registry.client import RegistryClient
 from occystrap.registry.hosts import canonical_registry_host
@@ -340,17 +339,17 @@ def _target(text: str, relative: str) -> Target:
 
 
 def layout_digest(path: Path, tag: str) -> str | None:
-    """The digest an OCI layout holds under `tag` (None: no such tag, or no layout yet)."""
+    """The digest an OCI layout holds under `tag` (None: no such tag, or no layout yet),
+    looked up as the layout reader looks it up."""
+    index = path / INDEX_FILE
     try:
-        index = parse_json((path / INDEX_FILE).read_bytes(), str(path / INDEX_FILE))
+        raw = index.read_bytes()
     except FileNotFoundError:
         return None
-    except (OSError, ValueError) as exc:
-        raise OccystrapError(f"cannot read {path / INDEX_FILE}: {exc}") from None
-    for entry in index.get("manifests") or []:
-        if (entry.get("annotations") or {}).get(REF_NAME) == tag:
-            return entry.get("digest")
-    return None
+    except OSError as exc:
+        raise OccystrapError(f"cannot read {index}: {exc}") from None
+    entry = tagged_entry(raw, tag, str(path))
+    return None if entry is None else entry.digest
 
 
 def split_host(uri: str) -> str | None:

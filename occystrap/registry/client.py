@@ -11,7 +11,7 @@ import threading
 from collections.abc import Callable, Generator, Iterator
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Protocol, TypeVar
 
 import httpx
 
@@ -35,6 +35,7 @@ LOG = logging.getLogger("occystrap.registry")
 MAX_MANIFEST_BYTES = 4 * 1024 * 1024
 MAX_PAGES = 10_000
 UPLOAD_ATTEMPTS = 3
+_Sent = TypeVar("_Sent")
 PATCH_CHUNK = 16 * 1024 * 1024
 # Answers of a registry that will not take a PATCH of unknown length (it wants Content-Range).
 _NO_STREAMED_PATCH = frozenset({400, 405, 411, 416})
@@ -373,24 +374,19 @@ class RegistryClient:
         """
         what = f"uploading blob {digest} to {repository}"
         chunked = False  # the registry refused a monolithic PUT: every session sends PATCHes
-        attempt = 1
-        while True:
-            location = self._start_upload(repository, what)
-            try:
-                if chunked:
-                    self._patch_chunks(location, digest, opener, on_bytes, what)
-                else:
-                    self._put_whole(location, digest, opener, size, on_bytes, what)
+
+        def send(location: str) -> None:
+            nonlocal chunked
+            if chunked:
+                self._patch_chunks(location, digest, opener, on_bytes, what)
                 return
+            try:
+                self._put_whole(location, digest, opener, size, on_bytes, what)
             except _NeedsChunks:
                 chunked = True  # not a failure: the next session sends chunks
-                continue
-            except (httpx.TransportError, RegistryError) as exc:
-                if attempt == UPLOAD_ATTEMPTS:
-                    raise
-                LOG.info("%s failed (%s); restarting in a new session", what, exc)
-                on_restart()
-                attempt += 1
+                raise
+
+        self._in_sessions(repository, what, on_restart, send)
 
     def upload_streamed(
         self,
@@ -408,37 +404,55 @@ class RegistryClient:
         session, as in `upload_blob`.
         """
         what = f"uploading a blob to {repository}"
+
+        def send(location: str) -> tuple[str, int] | None:
+            with making() as blob:
+                chunks = _sent(blob, on_bytes, self.cancellation)
+                try:
+                    response = self.http.patch(
+                        location,
+                        content=chunks,
+                        headers={"Content-Type": "application/octet-stream"},
+                    )
+                finally:
+                    chunks.close()
+                if response.status_code in _NO_STREAMED_PATCH:
+                    response.close()
+                    LOG.debug("%s: no streamed PATCH (%d)", what, response.status_code)
+                    return None
+                if response.status_code != 202:
+                    raise registry_error(response, what)
+                response.close()
+                digest, size = blob.digest, blob.size
+            received = response.headers.get("Range")
+            if received is not None and received != f"0-{size - 1}":
+                raise RegistryError(f"{what}: sent {size} bytes, the registry has {received}")
+            location = self._location(response.headers.get("Location", location))
+            response = self.http.put(httpx.URL(location).copy_merge_params({"digest": digest}))
+            if response.status_code not in (201, 204):
+                raise registry_error(response, f"uploading blob {digest} to {repository}")
+            response.close()
+            return digest, size
+
+        return self._in_sessions(repository, what, on_restart, send)
+
+    def _in_sessions(
+        self,
+        repository: str,
+        what: str,
+        on_restart: Callable[[], None],
+        send: Callable[[str], _Sent],
+    ) -> _Sent:
+        """`send` a blob into a new upload session; when it fails, again into another (a
+        half-written session cannot be trusted), UPLOAD_ATTEMPTS times in all. `_NeedsChunks`
+        is no failure: the next session simply starts."""
         attempt = 1
         while True:
             location = self._start_upload(repository, what)
             try:
-                with making() as blob:
-                    chunks = _sent(blob, on_bytes, self.cancellation)
-                    try:
-                        response = self.http.patch(
-                            location,
-                            content=chunks,
-                            headers={"Content-Type": "application/octet-stream"},
-                        )
-                    finally:
-                        chunks.close()
-                    if response.status_code in _NO_STREAMED_PATCH:
-                        response.close()
-                        LOG.debug("%s: no streamed PATCH (%d)", what, response.status_code)
-                        return None
-                    if response.status_code != 202:
-                        raise registry_error(response, what)
-                    response.close()
-                    digest, size = blob.digest, blob.size
-                received = response.headers.get("Range")
-                if received is not None and received != f"0-{size - 1}":
-                    raise RegistryError(f"{what}: sent {size} bytes, the registry has {received}")
-                location = self._location(response.headers.get("Location", location))
-                response = self.http.put(httpx.URL(location).copy_merge_params({"digest": digest}))
-                if response.status_code not in (201, 204):
-                    raise registry_error(response, f"uploading blob {digest} to {repository}")
-                response.close()
-                return digest, size
+                return send(location)
+            except _NeedsChunks:
+                continue
             except (httpx.TransportError, RegistryError) as exc:
                 if attempt == UPLOAD_ATTEMPTS:
                     raise

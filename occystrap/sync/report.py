@@ -19,25 +19,27 @@ from occystrap.units import human_bytes
 
 
 def image_line(result: ImageResult) -> str:
-    line = f"{result.status:<9} "
-    line += f"{result.source} -> {result.target}" if result.source else result.target
-    if result.digest:
-        line += f" {result.digest}"
-    if result.bytes:
-        line += f" ({human_bytes(result.bytes)})"
-    if result.error:
-        line += f": {result.error}"
-    return line
+    return _line(
+        result.status, result.source, result.target, result.digest, result.error, result.bytes
+    )
 
 
 def plan_line(image: PlannedImage) -> str:
-    line = f"{image.action:<9} {image.source or image.target}"
-    if image.source:
-        line += f" -> {image.target}"
-    if image.digest:
-        line += f" {image.digest}"
-    if image.error:
-        line += f": {image.error}"
+    return _line(image.action, image.source, image.target, image.digest, image.error)
+
+
+def _line(
+    word: str, source: str | None, target: str, digest: str | None, error: str | None, size: int = 0
+) -> str:
+    """One image's line: what happens (or happened), from where to where, and the outcome."""
+    line = f"{word:<9} "
+    line += f"{source} -> {target}" if source else target
+    if digest:
+        line += f" {digest}"
+    if size:
+        line += f" ({human_bytes(size)})"
+    if error:
+        line += f": {error}"
     return line
 
 

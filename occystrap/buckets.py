@@ -32,6 +32,7 @@ from occystrap.errors import DigestMismatchError, OccystrapError, UsageError
 from occystrap.graph import StoreSource
 from occystrap.image import ImageLike
 from occystrap.middleware.extensions import BUFFER, REPLAYABLE, RETRY_UNSAFE
+from occystrap.middleware.plugins import MiddlewareFactory
 from occystrap.ocilayout import (
     INDEX_FILE,
     LAYOUT_FILE,
@@ -101,6 +102,22 @@ class ReleasableBody(httpx.SyncByteStream):
 
     def release(self) -> None:
         self._data = b""
+
+
+def marked_only_factory(
+    name: str, middleware: Callable[[httpx.BaseTransport], httpx.BaseTransport]
+) -> MiddlewareFactory:
+    """The plug-in factory of a bucket scheme's middleware: it acts only on the requests its
+    scheme marks, so there is nothing to choose and it takes no options."""
+
+    def factory(
+        next_transport: httpx.BaseTransport, options: dict[str, str]
+    ) -> httpx.BaseTransport:
+        if options:
+            raise ValueError(f"{name} takes no options")
+        return middleware(next_transport)
+
+    return factory
 
 
 def send_object_request(

@@ -25,6 +25,7 @@ from occystrap.buckets import (
     BucketURI,
     ObjectInfo,
     expect_end,
+    marked_only_factory,
     open_object,
     parse_bucket_uri,
     read_part,
@@ -73,11 +74,8 @@ class SigV4Signing(Middleware):
         )
 
 
-def sigv4_middleware(next_transport: httpx.BaseTransport, options: dict[str, str]) -> SigV4Signing:
-    """Plug-in factory: `sigv4` (automatic; it signs only what s3:// marks)."""
-    if options:
-        raise ValueError("sigv4 takes no options")
-    return SigV4Signing(next_transport)
+# Plug-in factory: `sigv4` (automatic; it signs only what s3:// marks).
+sigv4_middleware = marked_only_factory("sigv4", SigV4Signing)
 
 
 class S3Objects:

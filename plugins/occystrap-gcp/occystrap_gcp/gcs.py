@@ -25,6 +25,7 @@ from occystrap.buckets import (
     BucketURI,
     ObjectInfo,
     expect_end,
+    marked_only_factory,
     open_object,
     parse_bucket_uri,
     read_part,
@@ -101,13 +102,8 @@ class GcsAccessToken(Middleware):
         )
 
 
-def gcs_auth_middleware(
-    next_transport: httpx.BaseTransport, options: dict[str, str]
-) -> GcsAccessToken:
-    """Plug-in factory: `gcs-auth` (automatic; it authorises only what gs:// marks)."""
-    if options:
-        raise ValueError("gcs-auth takes no options")
-    return GcsAccessToken(next_transport)
+# Plug-in factory: `gcs-auth` (automatic; it authorises only what gs:// marks).
+gcs_auth_middleware = marked_only_factory("gcs-auth", GcsAccessToken)
 
 
 class GcsObjects:

@@ -35,6 +35,7 @@ from occystrap.cancel import Cancellation
 from occystrap.endpoints import Scheme
 from occystrap.errors import OccystrapError
 from occystrap.middleware.base import Middleware
+from occystrap.middleware.registry_auth import request_with_header
 from occystrap.pipeline import RunContext
 from occystrap.streams import Readable
 from occystrap_gcp.google_auth import ApplicationDefault
@@ -89,16 +90,8 @@ class GcsAccessToken(Middleware):
         token = self._bearer()
         if token is None:
             return self.next.handle_request(request)
-        headers = httpx.Headers(request.headers)
-        headers["Authorization"] = f"Bearer {token}"
         return self.next.handle_request(
-            httpx.Request(
-                request.method,
-                request.url,
-                headers=headers,
-                stream=request.stream,
-                extensions=request.extensions,
-            )
+            request_with_header(request, "Authorization", f"Bearer {token}")
         )
 
 

@@ -105,12 +105,6 @@ class FakeRegistry:
         return httpx.Response(200, content=raw, headers={"Content-Type": media_type})
 
 
-@pytest.fixture
-def client():
-    with build_client(ChainSettings(NetworkSettings(retries=0))) as http:
-        yield RegistryClient(http, "registry.test")
-
-
 def count(referrers) -> int:
     """How many referrers a forest holds, at every depth."""
     return sum(1 for top in referrers for _ in top.walk())

@@ -12,30 +12,14 @@ from contextlib import contextmanager
 
 import httpx
 import pytest
-import respx
 
 from occystrap import compression
 from occystrap.errors import RegistryError
-from occystrap.middleware.builder import ChainSettings, build_client
-from occystrap.middleware.options import NetworkSettings
-from occystrap.registry.client import RegistryClient
 
 BASE = "https://registry.test"
 UPLOADS = f"{BASE}/v2/team/app/blobs/uploads/"
 SESSION = f"{UPLOADS}session-1"
 LAYER = b"".join(b"line %d of a layer\n" % n for n in range(200_000))
-
-
-@pytest.fixture
-def mock():
-    with respx.mock(using="httpcore", assert_all_called=False) as router:
-        yield router
-
-
-@pytest.fixture
-def client():
-    with build_client(ChainSettings(NetworkSettings(retries=0))) as http:
-        yield RegistryClient(http, "registry.test")
 
 
 @contextmanager

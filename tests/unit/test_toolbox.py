@@ -14,7 +14,6 @@ from pathlib import Path
 
 import httpx
 import pytest
-import respx
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -31,18 +30,6 @@ from occystrap.registry.reference import ImageReference
 BASE = "https://registry.test"
 TAGS_URL = f"{BASE}/v2/team/app/tags/list"
 DIGEST = "sha256:" + "a" * 64
-
-
-@pytest.fixture
-def mock():
-    with respx.mock(using="httpcore", assert_all_called=False) as router:
-        yield router
-
-
-@pytest.fixture
-def client():
-    with build_client(ChainSettings(NetworkSettings(retries=0))) as http:
-        yield RegistryClient(http, "registry.test")
 
 
 def _page(tags, link: str | None = None) -> httpx.Response:

@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 
 import pytest
-import respx
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -18,12 +17,6 @@ from .test_docker_endpoint import _PlainWebServer, serving
 
 NESTED = b"[" * 100_000
 REGISTRY = "https://registry.test"
-
-
-@pytest.fixture
-def mock():
-    with respx.mock(using="httpcore", assert_all_called=False) as router:
-        yield router
 
 
 def test_a_nested_tag_list_is_one_line(mock):

@@ -18,6 +18,16 @@ from tests.integration.pull_checks import TAG, seed_image
 pytestmark = pytest.mark.integration
 
 
+def seed_index(registry, repo: str, tmp_path) -> None:
+    """Push a two-platform index (linux/amd64, linux/arm64) as REPO:TAG with skopeo."""
+    layout = tmp_path / "multiarch"
+    build_multiarch_layout(
+        layout,
+        {("linux", "amd64"): [{"a": b"amd64\n"}], ("linux", "arm64"): [{"a": b"arm64\n"}]},
+    )
+    push_multiarch_with_skopeo(layout, registry, repo, TAG)
+
+
 def test_json_result_digestfile_and_quiet_for_one_image(registry_plain, unique_repo, tmp_path):
     seed_image(registry_plain, unique_repo, tmp_path)
     digestfile = tmp_path / "digest"
@@ -44,12 +54,7 @@ def test_json_result_digestfile_and_quiet_for_one_image(registry_plain, unique_r
 
 
 def test_an_index_reports_its_platforms_and_their_digests(registry_plain, unique_repo, tmp_path):
-    layout = tmp_path / "multiarch"
-    build_multiarch_layout(
-        layout,
-        {("linux", "amd64"): [{"a": b"amd64\n"}], ("linux", "arm64"): [{"a": b"arm64\n"}]},
-    )
-    push_multiarch_with_skopeo(layout, registry_plain, unique_repo, TAG)
+    seed_index(registry_plain, unique_repo, tmp_path)
     result = run_occystrap(
         "--insecure",
         "-O",
@@ -85,12 +90,7 @@ def test_a_digestfile_needs_a_destination_with_a_manifest(registry_plain, unique
 
 
 def test_warnings_carry_one_prefix(registry_plain, unique_repo, tmp_path):
-    layout = tmp_path / "multiarch"
-    build_multiarch_layout(
-        layout,
-        {("linux", "amd64"): [{"a": b"amd64\n"}], ("linux", "arm64"): [{"a": b"arm64\n"}]},
-    )
-    push_multiarch_with_skopeo(layout, registry_plain, unique_repo, TAG)
+    seed_index(registry_plain, unique_repo, tmp_path)
     result = run_occystrap(
         "--insecure",
         "process",
@@ -136,12 +136,7 @@ def test_plain_progress_lines_for_logs(registry_plain, unique_repo, tmp_path):
 def test_search_and_info_say_what_they_do_with_the_platform_they_pick(
     registry_plain, unique_repo, tmp_path
 ):
-    layout = tmp_path / "multiarch"
-    build_multiarch_layout(
-        layout,
-        {("linux", "amd64"): [{"a": b"amd64\n"}], ("linux", "arm64"): [{"a": b"arm64\n"}]},
-    )
-    push_multiarch_with_skopeo(layout, registry_plain, unique_repo, TAG)
+    seed_index(registry_plain, unique_repo, tmp_path)
     source = f"registry://{registry_plain.host}/{unique_repo}:{TAG}"
     searched = run_occystrap("--insecure", "search", source, "a")
     assert "platforms; searching linux/amd64" in searched.stderr, searched.stderr

@@ -58,6 +58,30 @@ def _seed(registry, repo: str, tmp_path: Path, big: int) -> dict:
     return descriptor
 
 
+def _copy_in_debug(registry, repo: str, destination: str, env: dict[str, str]):
+    """`process --debug` of REPO:v1 from the registry into a bucket (its log shows each
+    request)."""
+    return run_occystrap(
+        "--insecure",
+        "--debug",
+        "process",
+        f"registry://{registry.host}/{repo}:v1",
+        destination,
+        env=env,
+    )
+
+
+def _assert_copies_back(
+    registry, repo: str, source: str, env: dict[str, str], original_digest: str, original
+) -> None:
+    """The image at `source`, copied into the registry as REPO-back:v1, is the original
+    byte for byte (`original`: its raw manifest)."""
+    back = f"{repo}-back"
+    run_occystrap("--insecure", "process", source, f"registry://{registry.host}/{back}:v1", env=env)
+    assert skopeo_inspect(registry, f"{back}:v1")["Digest"] == original_digest
+    assert skopeo_inspect(registry, f"{back}:v1", raw=True) == original
+
+
 def test_registry_to_s3_and_back_keeps_every_digest(
     moto, s3_env, bucket, registry_plain, unique_repo, tmp_path
 ):
@@ -66,14 +90,7 @@ def test_registry_to_s3_and_back_keeps_every_digest(
     original_digest = skopeo_inspect(registry_plain, f"{unique_repo}:v1")["Digest"]
     destination = f"s3://{bucket}/images?part_size=5MiB"
 
-    first = run_occystrap(
-        "--insecure",
-        "--debug",
-        "process",
-        f"registry://{registry_plain.host}/{unique_repo}:v1",
-        destination,
-        env=s3_env,
-    )
+    first = _copy_in_debug(registry_plain, unique_repo, destination, s3_env)
     assert "SigV4Signing" in first.stderr
     assert "partNumber=2" in first.stderr  # the big layer went up in parts
     assert moto.secret_key not in first.stderr
@@ -83,27 +100,18 @@ def test_registry_to_s3_and_back_keeps_every_digest(
     inspected = run_skopeo("inspect", f"oci:{local}:v1").stdout
     assert original_digest in inspected
 
-    again = run_occystrap(
-        "--insecure",
-        "--debug",
-        "process",
-        f"registry://{registry_plain.host}/{unique_repo}:v1",
-        destination,
-        env=s3_env,
-    )
+    again = _copy_in_debug(registry_plain, unique_repo, destination, s3_env)
     writes = [line for line in again.stderr.splitlines() if " PUT " in line or " POST " in line]
     assert len(writes) == 1 and "/images/index.json" in writes[0]  # a second copy: the index
 
-    back = f"{unique_repo}-back"
-    run_occystrap(
-        "--insecure",
-        "process",
+    _assert_copies_back(
+        registry_plain,
+        unique_repo,
         f"s3://{bucket}/images?tag=v1",
-        f"registry://{registry_plain.host}/{back}:v1",
-        env=s3_env,
+        s3_env,
+        original_digest,
+        original,
     )
-    assert skopeo_inspect(registry_plain, f"{back}:v1")["Digest"] == original_digest
-    assert skopeo_inspect(registry_plain, f"{back}:v1", raw=True) == original
 
 
 def test_cut_multipart_upload_resumes_with_the_missing_parts(moto, s3_env, bucket, tmp_path):
@@ -171,14 +179,7 @@ def test_registry_to_gcs_and_back_keeps_every_digest(
     grants = len(google_oauth.grants)
     destination = f"gs://{bucket}/images?part_size=5MiB"
 
-    first = run_occystrap(
-        "--insecure",
-        "--debug",
-        "process",
-        f"registry://{registry_plain.host}/{unique_repo}:v1",
-        destination,
-        env=env,
-    )
+    first = _copy_in_debug(registry_plain, unique_repo, destination, env)
     assert "GcsAccessToken" in first.stderr
     assert "uploadType=resumable" in first.stderr  # the big layer went up in parts
     assert len(google_oauth.grants) - grants == 1  # one token for the whole run
@@ -190,27 +191,13 @@ def test_registry_to_gcs_and_back_keeps_every_digest(
         path.write_bytes(data)
     assert original_digest in run_skopeo("inspect", f"oci:{local}:v1").stdout
 
-    again = run_occystrap(
-        "--insecure",
-        "--debug",
-        "process",
-        f"registry://{registry_plain.host}/{unique_repo}:v1",
-        destination,
-        env=env,
-    )
+    again = _copy_in_debug(registry_plain, unique_repo, destination, env)
     uploads = [line for line in again.stderr.splitlines() if "/upload/storage/" in line]
     assert len(uploads) == 1 and "index.json" in uploads[0], uploads  # only the index again
 
-    back = f"{unique_repo}-back"
-    run_occystrap(
-        "--insecure",
-        "process",
-        f"gs://{bucket}/images?tag=v1",
-        f"registry://{registry_plain.host}/{back}:v1",
-        env=env,
+    _assert_copies_back(
+        registry_plain, unique_repo, f"gs://{bucket}/images?tag=v1", env, original_digest, original
     )
-    assert skopeo_inspect(registry_plain, f"{back}:v1")["Digest"] == original_digest
-    assert skopeo_inspect(registry_plain, f"{back}:v1", raw=True) == original
 
 
 def test_concurrent_writers_keep_each_others_index_entries(moto, s3_env, bucket, tmp_path):

@@ -805,9 +805,10 @@ def _counted(count: int, noun: str) -> str:
 def _result_document(
     source: Endpoint, destination: Endpoint, result: CopyResult, progress: TerminalProgress
 ) -> dict[str, Any]:
-    """What `process -O json` prints on stdout, for scripts ("uploaded" is "written" for a
-    destination on this machine, as in the summary)."""
-    stats, sent = result.stats, destination.blobs_are
+    """What `process -O json` prints on stdout, for scripts: the same keys whatever the
+    destination, so a script reads `blobs.uploaded` alike from a registry or a layout copy
+    (`blobs_are` says which word the summary line uses for that destination)."""
+    stats = result.stats
     return {
         "source": str(source),
         "destination": str(destination),
@@ -817,11 +818,12 @@ def _result_document(
         "platforms": result.platforms,
         "referrers": result.referrers,
         "blobs": {
-            sent: stats.uploaded,
+            "uploaded": stats.uploaded,
             "mounted": stats.mounted,
             "already_there": stats.skipped,
         },
-        "bytes": {"downloaded": stats.bytes_downloaded, sent: stats.bytes_uploaded},
+        "bytes": {"downloaded": stats.bytes_downloaded, "uploaded": stats.bytes_uploaded},
+        "blobs_are": destination.blobs_are,
         "retries": stats.retries,
         "seconds": round(progress.tally.elapsed(), 3),
     }

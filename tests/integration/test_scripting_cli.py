@@ -50,6 +50,7 @@ def test_json_result_digestfile_and_quiet_for_one_image(registry_plain, unique_r
     assert document["platforms"] == {}
     assert sum(document["blobs"].values()) == 3  # config and two layers, each accounted for
     assert set(document["bytes"]) == {"downloaded", "uploaded"}
+    assert document["blobs_are"] == "uploaded"
     assert result.stderr == ""  # -q: no summary line
 
 
@@ -158,8 +159,9 @@ def test_a_layout_destination_says_written(registry_plain, unique_repo, tmp_path
     assert result.stderr.count(": written to ") == 3, result.stderr  # two layers and a config
     assert "uploaded" not in result.stderr, result.stderr
     document = json.loads(result.stdout)
-    assert document["blobs"] == {"written": 3, "mounted": 0, "already_there": 0}
-    assert set(document["bytes"]) == {"downloaded", "written"}
+    assert document["blobs"] == {"uploaded": 3, "mounted": 0, "already_there": 0}
+    assert set(document["bytes"]) == {"downloaded", "uploaded"}  # the same keys everywhere
+    assert document["blobs_are"] == "written"
     again = run_occystrap("--insecure", "-v", "process", source, layout)
     assert again.stderr.count(": already in ") == 3, again.stderr
     pushed = run_occystrap(

@@ -13,7 +13,7 @@ from urllib.parse import quote
 
 import httpx
 
-from tests.integration.servers import free_port
+from tests.integration.servers import free_port, send_json
 from tests.unit.plugin_install import REPO_ROOT, install_distributions
 
 CLOUD_PLUGINS = [
@@ -200,7 +200,6 @@ class OAuthTokenEndpoint:
 
 
 def _oauth_handler(endpoint: OAuthTokenEndpoint):
-    import json
     from http.server import BaseHTTPRequestHandler
     from urllib.parse import parse_qs, urlsplit
 
@@ -210,18 +209,11 @@ def _oauth_handler(endpoint: OAuthTokenEndpoint):
         def log_message(self, format, *args) -> None:  # noqa: A002
             """Tests read `endpoint.grants` instead."""
 
-        def _send(self, status: int, body: dict) -> None:
-            payload = json.dumps(body).encode()
-            self.send_response(status)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(payload)))
-            self.end_headers()
-            self.wfile.write(payload)
-
         def do_GET(self) -> None:  # Azure AD's OpenID configuration of a tenant
             tenant = urlsplit(self.path).path.strip("/").split("/")[0]
             base = f"{endpoint.url}/{tenant}"
-            self._send(
+            send_json(
+                self,
                 200,
                 {
                     "token_endpoint": f"{base}/oauth2/v2.0/token",
@@ -236,9 +228,10 @@ def _oauth_handler(endpoint: OAuthTokenEndpoint):
             form = {k: v[0] for k, v in parse_qs(self.rfile.read(length).decode()).items()}
             endpoint.grants.append(form)
             if not endpoint.accepts(form):
-                self._send(400, {"error": "invalid_grant"})
+                send_json(self, 400, {"error": "invalid_grant"})
                 return
-            self._send(
+            send_json(
+                self,
                 200,
                 {"access_token": endpoint.access_token, "expires_in": 3600, "token_type": "Bearer"},
             )

@@ -7,12 +7,12 @@ describe organisations in `organisations`; the images themselves must be in the 
 
 from __future__ import annotations
 
-import json
 import time
 from dataclasses import dataclass, field
 from urllib.parse import parse_qs, urlsplit
 
 from tests.integration.fault_proxy import ForwardingServer
+from tests.integration.servers import send_json
 
 API_PREFIX = "/api/v1/"
 
@@ -57,16 +57,16 @@ class FakeQuay(ForwardingServer):
             return
         self._record(handler, "api")
         if self.token and handler.headers.get("Authorization") != f"Bearer {self.token}":
-            _send_json(handler, 401, {"error": "invalid_token"})
+            send_json(handler, 401, {"error": "invalid_token"})
             return
         query = {key: values[-1] for key, values in parse_qs(parts.query).items()}
         route = parts.path.removeprefix(API_PREFIX).rstrip("/").split("/")
         if route == ["repository"]:
-            _send_json(handler, *self._list_repositories(query))
+            send_json(handler, *self._list_repositories(query))
         elif len(route) == 4 and route[0] == "repository" and route[3] == "tag":
-            _send_json(handler, *self._check_tag(route[1], route[2], query))
+            send_json(handler, *self._check_tag(route[1], route[2], query))
         else:
-            _send_json(handler, 404, {"error": "not found"})
+            send_json(handler, 404, {"error": "not found"})
 
     def _list_repositories(self, query: dict[str, str]) -> tuple[int, dict]:
         repositories = self.organisations.get(query.get("namespace", ""))
@@ -104,12 +104,3 @@ class FakeQuay(ForwardingServer):
         finally:
             with self._lock:
                 self._tag_checks_now -= 1
-
-
-def _send_json(handler, status: int, document: dict) -> None:
-    payload = json.dumps(document).encode()
-    handler.send_response(status)
-    handler.send_header("Content-Type", "application/json")
-    handler.send_header("Content-Length", str(len(payload)))
-    handler.end_headers()
-    handler.wfile.write(payload)

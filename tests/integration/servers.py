@@ -274,3 +274,15 @@ class RegistryServer:
 
     def __exit__(self, *exc_info) -> None:
         self.stop()
+
+
+def send_json(handler, status: int, document: dict, headers: dict[str, str] | None = None) -> None:
+    """Answer a test server's request (`http.server` handler) with `document` as JSON."""
+    payload = json.dumps(document).encode()
+    handler.send_response(status)
+    for name, value in (headers or {}).items():
+        handler.send_header(name, value)
+    handler.send_header("Content-Type", "application/json")
+    handler.send_header("Content-Length", str(len(payload)))
+    handler.end_headers()
+    handler.wfile.write(payload)

@@ -11,7 +11,6 @@ import base64
 import binascii
 import datetime
 import hashlib
-import json
 import secrets
 import threading
 import time
@@ -26,6 +25,8 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.x509.oid import NameOID
+
+from tests.integration.servers import send_json
 
 SERVICE = "test-registry"
 ISSUER = "test-issuer"
@@ -256,13 +257,7 @@ def _make_handler(server: TokenServer) -> type[BaseHTTPRequestHandler]:
             self._send_json(200, body)
 
         def _send_json(self, status: int, body: dict) -> None:
-            payload = json.dumps(body).encode()
-            self.send_response(status)
-            if status == 401:
-                self.send_header("WWW-Authenticate", 'Basic realm="token"')
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(payload)))
-            self.end_headers()
-            self.wfile.write(payload)
+            challenge = {"WWW-Authenticate": 'Basic realm="token"'} if status == 401 else None
+            send_json(self, status, body, challenge)
 
     return TokenHandler

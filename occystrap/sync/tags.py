@@ -156,6 +156,7 @@ class TagFilter:
         ]
         if self.latest is None:
             return kept
-        versioned = [(version, tag) for tag in kept if (version := tag_version(tag)) is not None]
-        newest = {tag for _, tag in sorted(versioned, reverse=True)[: self.latest]}
-        return [tag for tag in kept if tag in newest]
+        # The N highest versions, with every tag that spells one of them ("3.18", "3.18.0").
+        versions = {version for tag in kept if (version := tag_version(tag)) is not None}
+        newest = set(sorted(versions, reverse=True)[: self.latest])
+        return [tag for tag in kept if tag_version(tag) in newest]

@@ -122,8 +122,11 @@ class OneLineErrors(click.Group):
     def invoke(self, ctx: click.Context) -> object:
         try:
             return super().invoke(ctx)
-        except StdoutClosed:
-            # Later writes (and the flush at exit) must not fail again on the closed pipe.
+        except BrokenPipeError as exc:
+            if not _stdout_reader_gone():
+                raise click.ClickException(str(filesystem_error(exc))) from None
+            # Whoever read stdout went away (`search ... | head`): stop quietly, as grep
+            # does. Later writes (and the flush at exit) must not fail again on the pipe.
             os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
             raise click.exceptions.Exit(CLOSED_PIPE_STATUS) from None
         except OccystrapError as exc:
@@ -136,6 +139,19 @@ class OneLineErrors(click.Group):
             from occystrap.registry.errors import network_error_message
 
             raise click.ClickException(network_error_message(exc)) from None
+
+
+def _stdout_reader_gone() -> bool:
+    """Whether stdout is a pipe nobody reads any more (poll reports an error on its write
+    end), so a broken pipe there is the reader leaving, not a failure of the run's own."""
+    import select
+
+    try:
+        poller = select.poll()
+        poller.register(sys.stdout.fileno(), select.POLLOUT)
+        return any(events & select.POLLERR for _, events in poller.poll(0))
+    except (OSError, ValueError):
+        return False
 
 
 def _cancellation() -> cancel.Cancellation:
@@ -903,16 +919,10 @@ def search(
 
 def _write_lines(lines: Iterable[str]) -> None:
     """Lines on stdout, control characters escaped (a path or label cannot fake output or
-    send escape sequences to the terminal); a reader that went away ends the run quietly."""
-    try:
-        sys.stdout.write("".join(f"{printable(line)}\n" for line in lines))
-        sys.stdout.flush()
-    except BrokenPipeError:
-        raise StdoutClosed() from None
-
-
-class StdoutClosed(Exception):
-    """Whoever read stdout went away (`search ... | head`): stop quietly, as grep does."""
+    send escape sequences to the terminal); a reader that went away ends the run quietly
+    (OneLineErrors.invoke)."""
+    sys.stdout.write("".join(f"{printable(line)}\n" for line in lines))
+    sys.stdout.flush()
 
 
 def printable(text: str) -> str:

@@ -205,3 +205,21 @@ def test_quay_organisation_blocked_before_the_api_is_asked(tmp_path):
         f"dir://{tmp_path / 'out'}?unique_names=true",
     ).assert_one_line_error("blocked by", f"{path}:1")
     assert not (tmp_path / "out").exists()
+
+
+def test_a_closed_stdout_ends_any_command_quietly(config_home):
+    """`occystrap config | head` (any command, not only search): a reader that goes away
+    ends the run with SIGPIPE's status and no error line, as grep and skopeo do."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    command = [sys.executable, "-m", "occystrap", "config"]
+    root = str(Path(__file__).resolve().parents[2])
+    environ = {**os.environ, "PYTHONPATH": root}
+    run = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=environ)
+    assert run.stdout is not None
+    run.stdout.close()  # the reader is gone before the command writes anything
+    _, stderr = run.communicate(timeout=60)
+    assert run.returncode == 141, stderr
+    assert stderr == b""

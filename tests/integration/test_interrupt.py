@@ -8,6 +8,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 
 import pytest
 
@@ -15,6 +16,33 @@ from tests.integration.cli import REPO_ROOT
 from tests.integration.fault_proxy import BLOB_PATH, ForwardingServer
 from tests.integration.images import build_oci_layout, random_layer
 from tests.integration.pull_checks import TAG, seed_image
+
+
+def interrupt_once(
+    command: list[str], stop: int, started: Callable[[], bool], never_started: str
+) -> tuple[int, float, str]:
+    """Run `command`, send it `stop` half a second after `started()` holds (well into the
+    transfer), and return its exit status, how long it took to exit, and its stderr."""
+    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
+    process = subprocess.Popen(command, env=env, stderr=subprocess.PIPE, text=True)
+    assert process.stderr is not None
+    try:
+        deadline = time.monotonic() + 30
+        while not started():
+            assert time.monotonic() < deadline, never_started
+            assert process.poll() is None, process.stderr.read()
+            time.sleep(0.05)
+        time.sleep(0.5)  # into the transfer: layers trickling, or the sender blocked
+        process.send_signal(stop)
+        interrupted_at = time.monotonic()
+        exited = process.wait(timeout=15)
+        took = time.monotonic() - interrupted_at
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+    return exited, took, process.stderr.read()
+
 
 pytestmark = pytest.mark.integration
 
@@ -83,24 +111,12 @@ def test_ctrl_c_stops_a_slow_pull_at_once_and_cleans_up(
             f"registry://{proxy.host}/{unique_repo}:{TAG}",
             destination.format(out=out, registry=registry_plain.host),
         ]
-        env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
-        process = subprocess.Popen(command, env=env, stderr=subprocess.PIPE, text=True)
-        try:
-            deadline = time.monotonic() + 30
-            while len(proxy.requests_matching(r"/blobs/sha256:", method="GET")) < 3:
-                assert time.monotonic() < deadline, "the layer downloads never started"
-                assert process.poll() is None, process.stderr.read()
-                time.sleep(0.05)
-            time.sleep(0.5)  # well into the trickle
-            process.send_signal(stop)
-            interrupted_at = time.monotonic()
-            exited = process.wait(timeout=15)
-            took = time.monotonic() - interrupted_at
-        finally:
-            if process.poll() is None:
-                process.kill()
-                process.wait()
-        stderr = process.stderr.read()
+        exited, took, stderr = interrupt_once(
+            command,
+            stop,
+            lambda: len(proxy.requests_matching(r"/blobs/sha256:", method="GET")) >= 3,
+            "the layer downloads never started",
+        )
     assert exited == status, stderr
     assert took < 3, f"exit took {took:.1f} s"
     assert stderr.strip().splitlines() == [f"occystrap: error: {said}"], stderr
@@ -196,26 +212,15 @@ def test_ctrl_c_stops_a_stalled_push_as_fast_as_a_pull(registry_plain, unique_re
     with StallingProxy(registry_plain.url) as proxy:
         command = [sys.executable, "-m", "occystrap", "--insecure", "process"]
         command += [f"oci-layout://{source}", f"registry://{proxy.host}/{unique_repo}:v1"]
-        env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
-        process = subprocess.Popen(command, env=env, stderr=subprocess.PIPE, text=True)
-        try:
-            deadline = time.monotonic() + 30
-            while not proxy.requests_matching(r"/blobs/uploads/", method="PUT") + (
-                proxy.requests_matching(r"/blobs/uploads/", method="PATCH")
-            ):
-                assert time.monotonic() < deadline, "the upload never started"
-                assert process.poll() is None, process.stderr.read()
-                time.sleep(0.05)
-            time.sleep(0.5)  # the socket buffers are full: the sender is blocked
-            process.send_signal(stop)
-            interrupted_at = time.monotonic()
-            exited = process.wait(timeout=15)
-            took = time.monotonic() - interrupted_at
-        finally:
-            if process.poll() is None:
-                process.kill()
-                process.wait()
-        stderr = process.stderr.read()
+        exited, took, stderr = interrupt_once(
+            command,
+            stop,
+            lambda: bool(
+                proxy.requests_matching(r"/blobs/uploads/", method="PUT")
+                + proxy.requests_matching(r"/blobs/uploads/", method="PATCH")
+            ),
+            "the upload never started",
+        )
     assert exited == 128 + stop, stderr
     said = "interrupted" if stop == signal.SIGINT else "terminated"
     assert stderr.strip().splitlines() == [f"occystrap: error: {said}"], stderr

@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import re
 import sys
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
@@ -43,7 +42,6 @@ PROGRESS = "occystrap.progress"  # click context meta key: the --progress mode
 LOGIN_PASSWORD = "occystrap.login_password"  # a global --password meant for login -u
 NO_MATCH_STATUS = 1  # search found nothing, as grep
 CLOSED_PIPE_STATUS = 128 + 13  # stdout's reader went away (SIGPIPE), as grep
-_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 
 
 class OneLineErrors(click.Group):
@@ -465,8 +463,9 @@ def _fail(message: str, status: int) -> None:
     default="auto",
     show_default=True,
     envvar="OCCYSTRAP_PROGRESS",
-    help="auto: a live display on a terminal only; tty: always; plain: a line per layer"
-    " done (and every 10 s while one moves), for CI logs; none.",
+    help="auto: a live display on a terminal, plain lines elsewhere once a run lasts 5 s;"
+    " tty: the display always; plain: a line per layer done and one overall line every 5 s,"
+    " from the start; none.",
 )
 @click.option(
     "-q",
@@ -921,17 +920,10 @@ def _write_lines(lines: Iterable[str]) -> None:
     """Lines on stdout, control characters escaped (a path or label cannot fake output or
     send escape sequences to the terminal); a reader that went away ends the run quietly
     (OneLineErrors.invoke)."""
+    from occystrap.units import printable
+
     sys.stdout.write("".join(f"{printable(line)}\n" for line in lines))
     sys.stdout.flush()
-
-
-def printable(text: str) -> str:
-    """`text` with control characters (C0, DEL, C1) shown as escapes, as skopeo shows them."""
-    return _CONTROL.sub(lambda match: _escape(match.group()), text)
-
-
-def _escape(character: str) -> str:
-    return {"\n": "\\n", "\r": "\\r", "\t": "\\t"}.get(character, f"\\x{ord(character):02x}")
 
 
 @main.command(cls=_UriFormsCommand)

@@ -1,7 +1,7 @@
 """Progress for people: on a terminal, a live display (drawn with rich) of the image being
-copied, one bar per layer in flight and the layers the rate limiter holds; nothing when
-stderr is not a terminal, unless --progress asks for plain lines (or the display anyway).
-The summary line is the CLI's (see `cli._summary`)."""
+copied, one bar per layer in flight and the layers the rate limiter holds; anywhere else
+(CI logs, a pipe, a file) plain lines, once the run has lasted a few seconds, unless
+--progress says otherwise. The summary line is the CLI's (see `cli._summary`)."""
 
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, TextIO
 
-from occystrap.units import human_bytes
+from occystrap.units import human_bytes, printable
 
 if TYPE_CHECKING:
     from rich.console import Console, RenderableType
@@ -47,54 +47,136 @@ def phase_of(key: str) -> str:
 
 
 PROGRESS_MODES = ("auto", "tty", "plain", "none")
-PLAIN_EVERY = 10.0  # seconds between plain lines for one layer still moving
+PLAIN_EVERY = 5.0  # seconds between overall progress lines in a log
+
+
+@dataclass
+class _Moving:
+    """One layer's task as log lines count it."""
+
+    label: str
+    total: int | None
+    done: int = 0
+    started: float = field(default_factory=time.monotonic)
+
+
+@dataclass
+class _PhaseTally:
+    """One phase (downloading, writing, uploading) over the run, for the overall line."""
+
+    begun: int = 0
+    finished: int = 0
+    finished_bytes: int = 0
+    moved: int = 0  # every byte advanced, retries included: what the rate counts
+    moved_at_last_line: int = 0
 
 
 class _PlainLines:
-    """--progress plain: one stderr line per layer done, and one every PLAIN_EVERY seconds
-    for a layer still moving, so CI logs show a long run is alive."""
+    """Progress as log lines, never a control character: a line per layer done (its size,
+    time and rate) and, while layers move, one overall line every PLAIN_EVERY seconds (what
+    each phase has done of what it has begun, and its rate since the line before), so a CI
+    log shows a long run is alive. `quiet_for`: seconds from the start in which nothing is
+    printed (auto off a terminal: a run that short needs only its summary line)."""
 
-    def __init__(self) -> None:
+    def __init__(self, quiet_for: float = 0.0) -> None:
         self._lock = threading.Lock()
-        self._tasks: dict[str, list] = {}  # key -> [label, total, done, started, last said]
+        self._tasks: dict[str, _Moving] = {}
+        self._phases: dict[str, _PhaseTally] = {}
+        self._started = time.monotonic()
+        self._quiet_until = self._started + quiet_for
+        self._last_line = self._started
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def begin(self) -> None:
+        self._thread = threading.Thread(target=self._keep_saying, name="progress", daemon=True)
+        self._thread.start()
+
+    def end(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
 
     def start(self, key: str, total: int | None, label: str) -> None:
-        now = time.monotonic()
         with self._lock:
-            self._tasks[key] = [label, total, 0, now, now]
+            if key not in self._tasks:
+                self._phase(key).begun += 1
+            self._tasks[key] = _Moving(printable(label), total)
 
     def advance(self, key: str, nbytes: int) -> None:
-        now = time.monotonic()
         with self._lock:
             task = self._tasks.get(key)
-            if task is None:
-                return
-            task[2] += nbytes
-            if now - task[4] < PLAIN_EVERY:
-                return
-            task[4] = now
-            label, total, done = task[0], task[1], task[2]
-        share = f" of {human_bytes(total)}" if total else ""
-        self._say(f"{phase_of(key)} {label}: {human_bytes(done)}{share}")
+            if task is not None:
+                task.done += nbytes
+                self._phase(key).moved += nbytes
 
     def restart(self, key: str, completed: int) -> None:
         with self._lock:
             if key in self._tasks:
-                self._tasks[key][2] = completed
+                self._tasks[key].done = completed
 
     def finish(self, key: str) -> None:
         with self._lock:
             task = self._tasks.pop(key, None)
-        if task is not None:
-            seconds = time.monotonic() - task[3]
-            word = DONE.get(phase_of(key), "done")
-            self._say(f"{word} {task[0]}: {human_bytes(task[2])} in {seconds:.1f} s")
+            if task is None:
+                return
+            phase = self._phase(key)
+            phase.finished += 1
+            phase.finished_bytes += task.done
+        seconds = time.monotonic() - task.started
+        word = DONE.get(phase_of(key), "done")
+        self._say(
+            f"{word} {task.label}: {human_bytes(task.done)} in {seconds:.1f} s,"
+            f" {_rate(task.done, seconds)}"
+        )
 
-    @staticmethod
-    def _say(line: str) -> None:
+    def overall(self) -> str | None:
+        """The overall line now (None while no layer moves); the rates count from the line
+        before."""
+        now = time.monotonic()
+        with self._lock:
+            if not self._tasks:
+                return None
+            seconds, self._last_line = now - self._last_line, now
+            moving: dict[str, list[_Moving]] = {}
+            for key, task in self._tasks.items():
+                moving.setdefault(phase_of(key), []).append(task)
+            parts = []
+            for name in sorted(moving, key=lambda name: ORDER.get(name, len(ORDER))):
+                phase, tasks = self._phases[name], moving[name]
+                done = phase.finished_bytes + sum(task.done for task in tasks)
+                totals = [task.total for task in tasks]
+                of = ""
+                if None not in totals:
+                    of = f" of {human_bytes(phase.finished_bytes + sum(filter(None, totals)))}"
+                parts.append(
+                    f"{name} {phase.finished} of {phase.begun}"
+                    f" {'layer' if phase.begun == 1 else 'layers'} done,"
+                    f" {human_bytes(done)}{of},"
+                    f" {_rate(phase.moved - phase.moved_at_last_line, seconds)}"
+                )
+                phase.moved_at_last_line = phase.moved
+        return f"after {now - self._started:.0f} s: " + "; ".join(parts)
+
+    def _phase(self, key: str) -> _PhaseTally:
+        return self._phases.setdefault(phase_of(key), _PhaseTally())
+
+    def _keep_saying(self) -> None:
+        while not self._stop.wait(PLAIN_EVERY):
+            line = self.overall()
+            if line is not None:
+                self._say(line)
+
+    def _say(self, line: str) -> None:
+        if time.monotonic() < self._quiet_until:
+            return
         with contextlib.suppress(OSError, ValueError):
             sys.stderr.write(f"occystrap: {line}\n")
             sys.stderr.flush()
+
+
+def _rate(nbytes: int, seconds: float) -> str:
+    return f"{human_bytes(nbytes / seconds) if seconds > 0 else '?'}/s"
 
 
 @dataclass
@@ -108,19 +190,21 @@ class Tally:
 
 
 class TerminalProgress:
-    """A ProgressSink drawing the run on a terminal; on anything else it draws nothing.
+    """A ProgressSink drawing the run on a terminal; on anything else it prints plain lines
+    (see _PlainLines) or, with --progress none, nothing.
 
     Layers progress from worker threads, so every method is thread-safe, and none of them
     lets a drawing failure reach the run: the display stops instead.
     """
 
     def __init__(self, title: str = "", console: Console | None = None, mode: str = "auto") -> None:
-        """`mode` (--progress): "auto" draws on a terminal only, "tty" draws even off one,
-        "plain" prints a line per layer finished (and every PLAIN_EVERY seconds while one
-        moves) for logs, "none" shows nothing."""
+        """`mode` (--progress): "auto" draws on a terminal and prints log lines elsewhere once
+        the run has lasted PLAIN_EVERY seconds, "tty" draws even off a terminal, "plain"
+        prints log lines from the start (a line per layer finished, an overall line every
+        PLAIN_EVERY seconds), "none" shows nothing."""
         self.title = title
         self.tally = Tally()
-        self.plain = _PlainLines() if mode == "plain" else None
+        self.plain: _PlainLines | None = None
         self._lock = threading.Lock()
         self._writing = threading.Lock()
         self._tasks: dict[str, TaskID] = {}
@@ -146,12 +230,16 @@ class TerminalProgress:
             and self.console.is_terminal
             and not self.console.is_dumb_terminal
         )
+        if mode == "plain" or (mode == "auto" and console is None and not self.live):
+            self.plain = _PlainLines(quiet_for=PLAIN_EVERY if mode == "auto" else 0.0)
 
     def _live_display(self) -> Display | None:
         """The display while it is drawn: None off a terminal, or once drawing failed."""
         return self._display if self.live else None
 
     def __enter__(self) -> TerminalProgress:
+        if self.plain is not None:
+            self.plain.begin()
         display = self._live_display()
         if display is not None:
             with self._guard():
@@ -166,6 +254,8 @@ class TerminalProgress:
         return self
 
     def __exit__(self, *exc_info: object) -> None:
+        if self.plain is not None:
+            self.plain.end()
         self._stop.set()
         if self._thread is not None:
             self._thread.join()

@@ -1,6 +1,11 @@
-"""Sizes for people: the one byte formatter of progress lines, summaries and limit messages."""
+"""Sizes and text for people: the one byte formatter of progress lines, summaries and limit
+messages, and the one escaper of control characters in what is printed."""
 
 from __future__ import annotations
+
+import re
+
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 
 
 def human_bytes(n: float, binary: bool = False) -> str:
@@ -17,3 +22,12 @@ def human_bytes(n: float, binary: bool = False) -> str:
                 return f"{int(n)} {unit}"
             return f"{n:.1f} {unit}"
     raise AssertionError("unreachable")
+
+
+def printable(text: str) -> str:
+    """`text` with control characters (C0, DEL, C1) shown as escapes, as skopeo shows them."""
+    return _CONTROL.sub(lambda match: _escape(match.group()), text)
+
+
+def _escape(character: str) -> str:
+    return {"\n": "\\n", "\r": "\\r", "\t": "\\t"}.get(character, f"\\x{ord(character):02x}")

@@ -57,7 +57,8 @@ class BodyFault:
     (0 if unset), go silent that long, then hang up. `trickle_seconds`: send the body a byte at
     a time, this far apart. `extra_bytes`: append that much garbage past the real body (sent
     chunked, with no Content-Length). `flip_byte`: invert the body byte at that offset.
-    `content_range`: replace the Content-Range header of a 206.
+    `content_range`: replace the Content-Range header of a 206. `chunk_seconds`: send the
+    body CHUNK_SIZE bytes at a time, this far apart (a slow link, not a broken one).
     """
 
     name: str
@@ -67,6 +68,7 @@ class BodyFault:
     extra_bytes: int = 0
     flip_byte: int | None = None
     content_range: str | None = None
+    chunk_seconds: float = 0.0
 
 
 @dataclass
@@ -568,9 +570,9 @@ class _Handler(BaseHTTPRequestHandler):
                 chunk = chunk[:at] + bytes([chunk[at] ^ 0xFF]) + chunk[at + 1 :]
             send(chunk)
             sent += len(chunk)
-            if fault.trickle_seconds:
+            if fault.trickle_seconds or fault.chunk_seconds:
                 self.wfile.flush()
-                time.sleep(fault.trickle_seconds)
+                time.sleep(fault.trickle_seconds or fault.chunk_seconds)
             if budget is not None:
                 budget -= len(chunk)
         if hangs_up:

@@ -23,7 +23,8 @@ def interrupt_once(
 ) -> tuple[int, float, str]:
     """Run `command`, send it `stop` half a second after `started()` holds (well into the
     transfer), and return its exit status, how long it took to exit, and its stderr."""
-    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
+    # stderr is asserted exactly: no progress lines, should a slow machine stretch the run
+    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT), "OCCYSTRAP_PROGRESS": "none"}
     process = subprocess.Popen(command, env=env, stderr=subprocess.PIPE, text=True)
     assert process.stderr is not None
     try:

@@ -1,4 +1,4 @@
-"""The progress display of a real run: live on a terminal (a pty), absent off one."""
+"""The progress display of a real run: live on a terminal (a pty), plain lines off one."""
 
 from __future__ import annotations
 
@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 
 from tests.integration.cli import REPO_ROOT, registry_flags, run_occystrap
+from tests.integration.fault_proxy import BLOB_PATH, BodyFault
 from tests.integration.images import build_oci_layout, push_with_skopeo, random_layer
 
 pytestmark = pytest.mark.integration
@@ -102,13 +103,35 @@ def test_a_terminal_shows_the_image_the_phase_and_each_layer_and_who_waits(
     assert out.stat().st_size > 3 * 1_500_000
 
 
-def test_off_a_terminal_only_the_summary_line_is_printed(registry_plain, unique_repo, tmp_path):
+def test_off_a_terminal_a_slow_run_prints_plain_progress_lines_by_default(
+    fault_proxy, registry_plain, unique_repo, tmp_path
+):
+    """CI logs (stderr a pipe) with default options: a run slowed to about 7 s by the link
+    shows life every few seconds (an overall line) and a line per layer done, never an
+    escape sequence or carriage return; the summary line stays last."""
     source = _seed(registry_plain, unique_repo, tmp_path)
+    # 1.5 MB layers, 64 kB every 0.3 s: each one takes about 7 s
+    fault_proxy.spoil_body(BLOB_PATH.pattern, BodyFault("slow", chunk_seconds=0.3), times=10)
+    slowed = source.replace(registry_plain.host, fault_proxy.host)
     out = tmp_path / "image.tar"
-    result = run_occystrap(
-        *registry_flags(registry_plain), "--rate-limit", "4", "process", source, f"tar://{out}"
-    )
+    result = run_occystrap("--insecure", "process", slowed, f"tar://{out}")
     assert result.stdout == ""
     lines = result.stderr.splitlines()
-    assert len(lines) == 1, result.stderr
-    assert lines[0].startswith(f"occystrap: {source} -> tar://{out}: 3 layers"), result.stderr
+    assert lines[-1].startswith(f"occystrap: {slowed} -> tar://{out}: 3 layers"), result.stderr
+    overall = [line for line in lines if line.startswith("occystrap: after ")]
+    assert overall, result.stderr
+    assert all(
+        re.fullmatch(
+            r"occystrap: after \d+ s: downloading \d of \d layers done, [\d.]+ [kM]?B of .*B,"
+            r" [\d.]+ [kM]?B/s(; writing .*)?",
+            line,
+        )
+        for line in overall
+    ), result.stderr
+    done = [line for line in lines if line.startswith("occystrap: downloaded ")]
+    assert len(done) == 3, result.stderr
+    assert all(
+        re.fullmatch(r"occystrap: downloaded [0-9a-f]{12}: 1\.5 MB in .+ s, .+/s", line)
+        for line in done
+    ), result.stderr
+    assert not re.search(r"[\x00-\x09\x0b-\x1f\x7f]", result.stderr), result.stderr

@@ -120,8 +120,9 @@ def test_verbose_says_what_happened_to_each_blob(registry_plain, unique_repo, tm
 
 
 def test_plain_progress_lines_for_logs(registry_plain, unique_repo, tmp_path):
-    """Off a terminal nothing is drawn by default; --progress plain prints a line per layer
-    done, so a CI log shows the run moving."""
+    """Off a terminal a run as short as this prints only its summary line by default (plain
+    lines start after PLAIN_EVERY seconds); --progress plain prints a line per layer done
+    from the start, so a CI log shows the run moving."""
     seed_image(registry_plain, unique_repo, tmp_path)
     source = f"registry://{registry_plain.host}/{unique_repo}:{TAG}"
     quiet = run_occystrap("--insecure", "process", source, f"tar://{tmp_path / 'a.tar'}")

@@ -1,15 +1,17 @@
 """The terminal progress display: bars per layer from many threads, rate-limit waits, finished
-layers gone, nothing off a terminal, and no drawing failure ever reaching the run."""
+layers gone, plain lines off a terminal, and no drawing failure ever reaching the run."""
 
 from __future__ import annotations
 
 import io
+import re
 import threading
 import time
 
 import pytest
 from rich.console import Console
 
+from occystrap import progress
 from occystrap.progress import REFRESH_SECONDS, TerminalProgress, phase_of
 
 TITLE = "registry://127.0.0.1:5000/app:1 -> tar:///tmp/app.tar"
@@ -181,3 +183,45 @@ def test_unknown_keys_and_repeated_starts_are_harmless():
         assert text.count("again") == 1
         assert "0%" in row(text, "again") and "70%" not in text
         assert sink.live
+
+
+def plain_run(capsys, monkeypatch, mode: str) -> list[str]:
+    """Two layers through a sink with stderr not a terminal: one finishes at once, one moves
+    for three overall-line intervals; the stderr lines printed."""
+    monkeypatch.setattr(progress, "PLAIN_EVERY", 0.2)
+    with TerminalProgress(TITLE, mode=mode) as sink:
+        sink.start("fetch:sha256:1", 1000, "quick")
+        sink.advance("fetch:sha256:1", 1000)
+        sink.finish("fetch:sha256:1")
+        sink.start("fetch:sha256:2", 4_000_000, "slow\x1b[2J")
+        for _ in range(6):
+            sink.advance("fetch:sha256:2", 100_000)
+            time.sleep(0.1)
+        sink.finish("fetch:sha256:2")
+    return capsys.readouterr().err.splitlines()
+
+
+def test_plain_lines_say_each_layer_done_and_how_the_run_goes(capsys, monkeypatch):
+    lines = plain_run(capsys, monkeypatch, "plain")
+    assert re.fullmatch(r"occystrap: downloaded quick: 1.0 kB in \d\.\d s, .+/s", lines[0])
+    overall = [line for line in lines if line.startswith("occystrap: after ")]
+    assert 2 <= len(overall) <= 3, lines  # at most one a PLAIN_EVERY
+    assert re.fullmatch(
+        r"occystrap: after \d s: downloading 1 of 2 layers done, .+ of 4\.0 MB, .+/s",
+        overall[0],
+    ), overall
+    assert lines[-1].startswith(r"occystrap: downloaded slow\x1b[2J: 600.0 kB in "), lines
+    assert not any(re.search(r"[\x00-\x1f\x7f-\x9f]", line) for line in lines), lines
+
+
+def test_auto_off_a_terminal_stays_quiet_for_a_short_run_then_prints_plain_lines(
+    capsys, monkeypatch
+):
+    lines = plain_run(capsys, monkeypatch, "auto")
+    assert not any("quick" in line for line in lines), lines  # done within the first interval
+    assert any(line.startswith("occystrap: after ") for line in lines), lines
+    assert lines[-1].startswith(r"occystrap: downloaded slow\x1b[2J: 600.0 kB in "), lines
+
+
+def test_none_prints_nothing(capsys, monkeypatch):
+    assert plain_run(capsys, monkeypatch, "none") == []

@@ -15,7 +15,7 @@ import contextlib
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import httpx
 
@@ -29,20 +29,18 @@ from occystrap.endpoints import (
     split_query,
 )
 from occystrap.errors import DigestMismatchError, OccystrapError, UsageError
-from occystrap.graph import StoreSource
-from occystrap.image import ImageLike
 from occystrap.middleware.extensions import BUFFER, REPLAYABLE, RETRY_UNSAFE
 from occystrap.middleware.plugins import MiddlewareFactory
-from occystrap.ocilayout import (
-    INDEX_FILE,
-    LAYOUT_FILE,
-    LayoutDestination,
-    OciLayoutReader,
-    OciLayoutWriter,
-)
-from occystrap.pipeline import RunContext
 from occystrap.registry.blobs import RemoteBlobReader
 from occystrap.streams import Readable
+
+# The layout code and the pipeline load when a bucket is read or written, not when a cloud
+# plug-in's middleware joins the chain of a run that never names a bucket.
+if TYPE_CHECKING:
+    from occystrap.graph import StoreSource
+    from occystrap.image import ImageLike
+    from occystrap.ocilayout import LayoutDestination, OciLayoutReader
+    from occystrap.pipeline import RunContext
 
 # Attempts at replacing index.json while other writers keep changing it.
 _INDEX_ATTEMPTS = 10
@@ -239,6 +237,8 @@ class BucketLayout:
     # LayoutStorage: what the layout writer needs.
 
     def holds_layout(self) -> bool:
+        from occystrap.ocilayout import LAYOUT_FILE
+
         return self.has(LAYOUT_FILE)
 
     def create_once(self, name: str, data: bytes) -> None:
@@ -263,12 +263,16 @@ class BucketLayout:
         self.objects.put(key, data, version=None, absent=False)
 
     def read_index(self) -> bytes | None:
+        from occystrap.ocilayout import INDEX_FILE
+
         found = self.objects.get(self._key(INDEX_FILE))
         return None if found is None else found[0]
 
     def change_index(self, change: Callable[[bytes | None], bytes]) -> None:
         """Read, change and write back `index.json` on the condition that nobody wrote it
         in between; start again from what they wrote when somebody did."""
+        from occystrap.ocilayout import INDEX_FILE
+
         key = self._key(INDEX_FILE)
         for _ in range(_INDEX_ATTEMPTS):
             found = self.objects.get(key)
@@ -307,6 +311,8 @@ class BucketURI(Endpoint):
         return BucketSource(self.layout(ctx), self.tag, self.shown)
 
     def open_output(self, ctx: RunContext) -> LayoutDestination:
+        from occystrap.ocilayout import LayoutDestination, OciLayoutWriter
+
         destination = LayoutDestination(OciLayoutWriter(self.layout(ctx), ctx), self.tag)
         destination.writer.check()
         return destination
@@ -317,6 +323,8 @@ class BucketSource:
         self.layout, self.tag, self.shown = layout, tag, shown
 
     def _reader(self) -> OciLayoutReader:
+        from occystrap.ocilayout import LAYOUT_FILE, OciLayoutReader
+
         if not self.layout.holds_layout():
             raise OccystrapError(
                 f"{self.shown} is not an OCI image layout (no {LAYOUT_FILE}); write one with"

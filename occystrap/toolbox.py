@@ -13,36 +13,24 @@ import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from occystrap.credentials import (
-    LEGACY_FILE_NAME,
-    Credential,
-    CredentialStore,
-    auth_file_for_writing,
-    auth_files_for_reading,
-    remove_credential,
-    store_credential,
-)
 from occystrap.endpoints import parse_uri, redact
-from occystrap.endpoints.registry import RegistrySource, RegistryURI
+from occystrap.endpoints.registry import RegistryURI
 from occystrap.errors import OccystrapError, RegistryError, UsageError
-from occystrap.graph import platform_root
-from occystrap.image import Image, ImageIndex
-from occystrap.manifest import (
-    Descriptor,
-    Platform,
-    normalise_architecture,
-    select_platform,
-)
 from occystrap.middleware.builder import build_client
-from occystrap.middleware.quota import QuotaBook
 from occystrap.registry.client import RegistryClient
-from occystrap.registry.hosts import canonical_registry_host
-from occystrap.registry.inspect import PickedImage
 from occystrap.registry.reference import HOST_PATTERN
-from occystrap.registry.referrers import ReferrerTree, discover
-from occystrap.settings import RunSettings
-from occystrap.stores import open_store, root_of
+
+# Each command imports what only it needs: `digest` and `tags` load the chain and the
+# registry client, not the image model, the copy pipeline or the credential files' writer.
+if TYPE_CHECKING:
+    from occystrap.credentials import Credential
+    from occystrap.image import Image
+    from occystrap.manifest import Platform
+    from occystrap.registry.inspect import PickedImage
+    from occystrap.registry.referrers import ReferrerTree
+    from occystrap.settings import RunSettings
 
 LOG = logging.getLogger("occystrap.toolbox")
 
@@ -95,6 +83,11 @@ def registry_client(
 def pick(client: RegistryClient, uri: RegistryURI, platform: Platform) -> PickedImage:
     """The image `uri` names: itself, or an index's entry for `platform` (manifest and config
     only; no layer is read)."""
+    from occystrap.endpoints.registry_images import RegistrySource
+    from occystrap.image import ImageIndex
+    from occystrap.manifest import select_platform
+    from occystrap.registry.inspect import PickedImage
+
     item = RegistrySource(client, uri.reference, None).read()
     if isinstance(item, ImageIndex):
         entry = select_platform(item, platform.os, platform.architecture, platform.variant)
@@ -142,6 +135,8 @@ def catalog(
 def ratelimit(settings: RunSettings, image: str) -> dict:
     """The pull quota IMAGE's registry states on a HEAD of its manifest (which Docker Hub
     does not count): limit, remaining, window in seconds; None where it states none."""
+    from occystrap.middleware.quota import QuotaBook
+
     uri = registry_uri(image)
     reference = uri.reference
     book = QuotaBook()
@@ -176,6 +171,8 @@ def digest(settings: RunSettings, image: str) -> str:
 
 def _check_single_platform(shown: str, image: Image, wanted: Platform) -> None:
     """A plain image manifest answers --platform only when its config says that platform."""
+    from occystrap.manifest import normalise_architecture
+
     config = image.config_json
     os_name, architecture = str(config.get("os", "")), str(config.get("architecture", ""))
     variant = config.get("variant")
@@ -194,6 +191,9 @@ def _check_single_platform(shown: str, image: Image, wanted: Platform) -> None:
 def manifest(settings: RunSettings, image: str) -> bytes:
     """IMAGE's manifest exactly as served (with a platform asked for, that entry of an index,
     as it is)."""
+    from occystrap.endpoints.registry_images import RegistrySource
+    from occystrap.graph import platform_root
+
     uri = registry_uri(image)
     reference = uri.reference
     wanted = asked_platform(settings, uri, "manifest")
@@ -215,6 +215,10 @@ def referrers(settings: RunSettings, image: str, artifact_type: str | None = Non
     """What refers to the manifest IMAGE (registry:// or oci-layout://) names (an index's own
     digest for a multi-platform image), recursively; `artifact_type` keeps only that type at
     the first level."""
+    from occystrap.manifest import Descriptor
+    from occystrap.registry.referrers import ReferrerTree, discover
+    from occystrap.stores import open_store, root_of
+
     endpoint = parse_uri(image)
     with open_store(settings, endpoint, "referrers") as store:
         raw, media_type, digest = root_of(endpoint, store)
@@ -258,6 +262,8 @@ def login_host(text: str) -> str:
 def login(settings: RunSettings, host: str, credential: Credential) -> Path:
     """Check `credential` against registry HOST, then store it in the auth file (--authfile,
     else $REGISTRY_AUTH_FILE, else docker's config.json); returns that file."""
+    from occystrap.credentials import auth_file_for_writing, store_credential
+
     host = login_host(host)
     _verify(settings, host, credential)
     path = auth_file_for_writing(settings.authfile)
@@ -270,6 +276,13 @@ def logout(settings: RunSettings, host: str) -> tuple[Path, bool]:
     credentials are read from (skopeo's and podman's containers/auth.json too), so no saved
     login is left: (a file it was removed from, else the login file; whether there was one).
     The legacy ~/.dockercfg, which nothing writes any more, is left alone."""
+    from occystrap.credentials import (
+        LEGACY_FILE_NAME,
+        auth_file_for_writing,
+        auth_files_for_reading,
+        remove_credential,
+    )
+
     key = login_host(host)
     written = auth_file_for_writing(settings.authfile)
     places = dict.fromkeys([written, *auth_files_for_reading(settings.authfile)])
@@ -295,6 +308,8 @@ def ask_credential(
     """The login's user (-u, else --username, else `prompt` on a terminal) and password
     (--password-stdin, else `password` (login -p), else --password, else `prompt` without
     echo on a terminal, else a line of stdin). The password is never echoed."""
+    from occystrap.credentials import Credential
+
     username = username or settings.username
     if not username:
         if not sys.stdin.isatty() or password_stdin or prompt is None:
@@ -318,6 +333,9 @@ def ask_credential(
 
 def _verify(settings: RunSettings, host: str, credential: Credential) -> None:
     """GET /v2/ at the registry itself with exactly this credential (none from files)."""
+    from occystrap.credentials import CredentialStore
+    from occystrap.registry.hosts import canonical_registry_host
+
     chain = dataclasses.replace(
         settings.chain_settings([host]).direct(),
         credentials=CredentialStore({host: credential}, []),

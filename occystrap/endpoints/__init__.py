@@ -19,10 +19,10 @@ from urllib.parse import parse_qsl
 
 from occystrap.entrypoints import PluginGroup, instance_of, load_group
 from occystrap.errors import UsageError
-from occystrap.extract import ExpandPolicy, parse_byte_size
 from occystrap.redaction import redact_text
 
 if TYPE_CHECKING:
+    from occystrap.extract import ExpandPolicy
     from occystrap.image import Image
     from occystrap.middleware.builder import ChainSettings
     from occystrap.pipeline import ImageInput, ImageOutput, RunContext
@@ -210,6 +210,8 @@ def query_options(text: str, query: str, allowed: tuple[str, ...]) -> dict[str, 
 
 def byte_size_option(text: str, key: str, value: str) -> int:
     """A size option (`123`, `512M`, `20G`); anything else is a one-line error."""
+    from occystrap.extract import parse_byte_size  # tar and layer code: not for registry://
+
     try:
         return parse_byte_size(value)
     except ValueError as error:
@@ -235,6 +237,8 @@ EXPAND_OPTIONS = ("devices", "setuid", "max_expand")
 
 def expand_policy(text: str, options: dict[str, str]) -> ExpandPolicy:
     """What expanding layers may reproduce (`devices`, `setuid`) and write (`max_expand`)."""
+    from occystrap.extract import ExpandPolicy
+
     max_bytes = None
     if "max_expand" in options:
         max_bytes = byte_size_option(text, "max_expand", options["max_expand"])

@@ -15,17 +15,20 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterator
+from typing import TYPE_CHECKING
 
 import httpx
 
 from occystrap.errors import OccystrapError, RegistryError, UsageError
-from occystrap.image import VerifyingReader
 from occystrap.manifest import Manifest, parse_manifest
 from occystrap.middleware.base import Middleware
 from occystrap.registries_conf import RegistriesConf
 from occystrap.registry.blobs import RemoteBlobReader
 from occystrap.registry.client import RegistryClient
 from occystrap.registry.reference import ImageReference, parse_reference
+
+if TYPE_CHECKING:  # the image model loads when an oci:// file is fetched, not with the chain
+    from occystrap.image import VerifyingReader
 
 LOG = logging.getLogger(__name__)
 
@@ -153,6 +156,8 @@ class OciArtifacts(Middleware):
         }
         if request.method == "HEAD":
             return httpx.Response(200, headers=headers, request=request)
+        from occystrap.image import VerifyingReader
+
         blob = registry.open_blob(reference.repository, layer.digest)
         what = f"{request.url} ({layer.digest})"
         body = _VerifiedBody(VerifyingReader(blob, layer.digest, layer.size, what), blob)

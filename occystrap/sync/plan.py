@@ -21,7 +21,8 @@ from occystrap.bulk import describe_failure
 from occystrap.endpoints import parse_uri, split_query
 from occystrap.endpoints.oci_layout import OciLayoutURI
 from occystrap.endpoints.quay import QuayURI
-from occystrap.endpoints.registry import RegistrySource, RegistryURI
+from occystrap.endpoints.registry import RegistryURI
+from occystrap.endpoints.registry_images import RegistrySource
 from occystrap.errors import OccystrapError, RegistryError, UsageError
 from occystrap.graph import platform_root
 from occystrap.manifest import Platform

@@ -1,14 +1,20 @@
 """Start-up loads only what the command needs: `--version` and `--help` never import the HTTP
-stack or rich, and a run off a terminal never imports rich (docs/performance.md, "Start-up").
+stack or rich, a run off a terminal never imports rich, and the registry commands that ask one
+question (digest, tags...) load the chain and the registry client, not the copy pipeline
+(docs/performance.md, "Start-up").
 
 Each case runs the real program in a fresh interpreter, whose module table is the evidence.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import subprocess
 import sys
+import threading
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
@@ -16,6 +22,11 @@ import pytest
 from tests.unit.image_builder import make_image, save_tar
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
+# This checkout's package and its cloud plug-ins (installed ones may be another checkout's):
+# the plug-ins' automatic middlewares join every chain, so their imports count too.
+SOURCE_PATH = ":".join(
+    [str(REPO_ROOT), *(str(path) for path in sorted((REPO_ROOT / "plugins").iterdir()))]
+)
 # Runs the command line as the installed script does, then prints every module it loaded
 # (None entries are imports the command line blocks on purpose).
 PROBE = """
@@ -37,7 +48,7 @@ def loaded_modules(*args: str) -> set[str]:
         capture_output=True,
         text=True,
         cwd=REPO_ROOT,
-        env={"PATH": "/usr/bin:/bin", "PYTHONPATH": str(REPO_ROOT), "TERM": "dumb"},
+        env={"PATH": "/usr/bin:/bin", "PYTHONPATH": SOURCE_PATH, "TERM": "dumb"},
         timeout=60,
         check=True,
     )
@@ -71,3 +82,121 @@ def test_a_run_off_a_terminal_does_not_import_rich(tmp_path):
     assert (tmp_path / "out.tar").exists()
     assert "occystrap" in loaded
     assert loaded & {"rich", "pygments"} == set()
+
+
+# A registry on loopback with one image, bench:src (a config and one layer), answering what
+# the read-only commands ask: the API root, manifests, blobs, tags and the catalog.
+CONFIG = json.dumps({"architecture": "amd64", "os": "linux", "rootfs": {"diff_ids": []}}).encode()
+LAYER = b"not read by any of these commands"
+
+
+def _digest(data: bytes) -> str:
+    return f"sha256:{hashlib.sha256(data).hexdigest()}"
+
+
+MANIFEST = json.dumps(
+    {
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.manifest.v1+json",
+        "config": {
+            "mediaType": "application/vnd.oci.image.config.v1+json",
+            "digest": _digest(CONFIG),
+            "size": len(CONFIG),
+        },
+        "layers": [
+            {
+                "mediaType": "application/vnd.oci.image.layer.v1.tar+gzip",
+                "digest": _digest(LAYER),
+                "size": len(LAYER),
+            }
+        ],
+    }
+).encode()
+ROUTES = {
+    "/v2/": (b"{}", "application/json"),
+    "/v2/bench/manifests/src": (MANIFEST, "application/vnd.oci.image.manifest.v1+json"),
+    f"/v2/bench/manifests/{_digest(MANIFEST)}": (
+        MANIFEST,
+        "application/vnd.oci.image.manifest.v1+json",
+    ),
+    f"/v2/bench/blobs/{_digest(CONFIG)}": (CONFIG, "application/octet-stream"),
+    "/v2/bench/tags/list": (b'{"name": "bench", "tags": ["src"]}', "application/json"),
+    "/v2/_catalog": (b'{"repositories": ["bench"]}', "application/json"),
+}
+
+
+class _Registry(BaseHTTPRequestHandler):
+    def do_GET(self) -> None:
+        self._answer(with_body=True)
+
+    def do_HEAD(self) -> None:
+        self._answer(with_body=False)
+
+    def _answer(self, with_body: bool) -> None:
+        body, media_type = ROUTES.get(self.path.partition("?")[0], (b"", ""))
+        self.send_response(200 if media_type else 404)
+        self.send_header("Content-Length", str(len(body)))
+        if media_type:
+            self.send_header("Content-Type", media_type)
+            self.send_header("Docker-Content-Digest", _digest(body))
+        self.end_headers()
+        if with_body:
+            self.wfile.write(body)
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+@pytest.fixture(scope="module")
+def registry() -> Iterator[str]:
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _Registry)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+# What a copy needs and a question to a registry does not: the pipeline and what it brings
+# (the blob cache, layer extraction), the layout and archive code, other schemes' modules.
+COPY_MACHINERY = {
+    "occystrap.pipeline",
+    "occystrap.blobcache",
+    "occystrap.extract",
+    "occystrap.ocilayout",
+    "occystrap.archive",
+    "occystrap.dockersave",
+    "occystrap.stores",
+    "occystrap.endpoints.registry_images",
+    "occystrap.endpoints.tar",
+    "occystrap.endpoints.dir",
+    "occystrap.endpoints.oci_layout",
+    "occystrap.endpoints.docker",
+}
+# The image model besides: `digest` and `tags` read no manifest into images.
+IMAGE_MODEL = {"occystrap.graph", "occystrap.image", "occystrap.registry.store"}
+
+
+@pytest.mark.parametrize(
+    ("args", "not_needed"),
+    [
+        (("digest", "registry://{host}/bench:src"), COPY_MACHINERY | IMAGE_MODEL),
+        (("tags", "registry://{host}/bench"), COPY_MACHINERY | IMAGE_MODEL),
+        (("catalog", "registry://{host}"), COPY_MACHINERY | IMAGE_MODEL),
+        (
+            ("manifest", "registry://{host}/bench:src"),
+            COPY_MACHINERY - {"occystrap.endpoints.registry_images"},
+        ),
+        (
+            ("config", "registry://{host}/bench:src"),
+            COPY_MACHINERY - {"occystrap.endpoints.registry_images"},
+        ),
+    ],
+)
+def test_a_question_to_a_registry_loads_no_copy_machinery(registry, args, not_needed):
+    command, uri = args
+    loaded = loaded_modules("--insecure", command, uri.format(host=registry))
+    assert "occystrap.registry.client" in loaded  # the command really asked the registry
+    assert loaded & not_needed == set()

@@ -18,6 +18,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from occystrap import toolbox
+from occystrap.credentials import Credential
 from occystrap.errors import OccystrapError, RegistryError, UsageError
 from occystrap.image import FileBlob, Image, Layer, SourceName
 from occystrap.manifest import Platform, parse_platform
@@ -26,6 +27,7 @@ from occystrap.middleware.options import NetworkSettings
 from occystrap.registry.client import RegistryClient
 from occystrap.registry.inspect import PickedImage, inspect_keys
 from occystrap.registry.reference import ImageReference
+from occystrap.settings import RunSettings
 
 BASE = "https://registry.test"
 TAGS_URL = f"{BASE}/v2/team/app/tags/list"
@@ -257,7 +259,7 @@ def test_login_writes_0600_keeping_other_entries_and_logout_removes_aliases(tmp_
     )
     monkeypatch.setattr(toolbox, "_verify", lambda settings, host, credential: None)
     monkeypatch.setattr("sys.stdin", _Stdin("pa:ss word\n"))
-    settings = toolbox.RunSettings(authfile=authfile)
+    settings = RunSettings(authfile=authfile)
     credential = toolbox.ask_credential(settings, "alice", password_stdin=True)
     assert toolbox.login(settings, "docker.io", credential) == authfile
     written = json.loads(authfile.read_text())
@@ -281,22 +283,22 @@ def test_login_to_docker_hub_checks_registry_1_and_writes_the_hub_key(mock, tmp_
         return httpx.Response(401, headers={"WWW-Authenticate": 'Basic realm="hub"'})
 
     route = mock.get("https://registry-1.docker.io/v2/").mock(side_effect=v2)
-    settings = toolbox.RunSettings(authfile=tmp_path / "auth.json", retries=0)
-    toolbox.login(settings, "docker.io", toolbox.Credential("alice", "pw"))
+    settings = RunSettings(authfile=tmp_path / "auth.json", retries=0)
+    toolbox.login(settings, "docker.io", Credential("alice", "pw"))
     assert route.call_count == 2
     entry = json.loads((tmp_path / "auth.json").read_text())["auths"]
     assert list(entry) == ["https://index.docker.io/v1/"]
     with pytest.raises(RegistryError, match="login to docker.io as alice failed.*HTTP 401"):
-        toolbox.login(settings, "docker.io", toolbox.Credential("alice", "wrong"))
+        toolbox.login(settings, "docker.io", Credential("alice", "wrong"))
 
 
 def test_ask_credential_sources(monkeypatch):
     monkeypatch.setattr("sys.stdin", _Stdin("from-stdin\nrest\n"))
-    settings = toolbox.RunSettings()
+    settings = RunSettings()
     assert toolbox.ask_credential(settings, "u", False).password == "from-stdin"  # one line
     assert toolbox.ask_credential(settings, "u", True).password == "from-stdin\nrest"  # to EOF
-    flags = toolbox.RunSettings(username="flag-user", password="flag-pw")
-    assert toolbox.ask_credential(flags, None, False) == toolbox.Credential("flag-user", "flag-pw")
+    flags = RunSettings(username="flag-user", password="flag-pw")
+    assert toolbox.ask_credential(flags, None, False) == Credential("flag-user", "flag-pw")
     with pytest.raises(UsageError, match="give -u USER"):
         toolbox.ask_credential(settings, None, True)
 
@@ -304,14 +306,14 @@ def test_ask_credential_sources(monkeypatch):
 def test_login_refuses_an_empty_password(monkeypatch):
     monkeypatch.setattr("sys.stdin", _Stdin("\n"))
     with pytest.raises(UsageError, match="empty password"):
-        toolbox.ask_credential(toolbox.RunSettings(), "alice", True)
+        toolbox.ask_credential(RunSettings(), "alice", True)
 
 
 def test_an_unreadable_auth_file_is_a_usage_error(tmp_path):
     authfile = tmp_path / "auth.json"
     authfile.write_text("{not json")
     with pytest.raises(UsageError, match="is not valid JSON"):
-        toolbox.logout(toolbox.RunSettings(authfile=authfile), "reg.example")
+        toolbox.logout(RunSettings(authfile=authfile), "reg.example")
 
 
 class _Stdin:

@@ -17,6 +17,7 @@ import logging
 import xml.etree.ElementTree as ElementTree
 from collections.abc import Callable
 from contextlib import AbstractContextManager
+from typing import TYPE_CHECKING
 from urllib.parse import quote
 
 import httpx
@@ -35,9 +36,11 @@ from occystrap.cancel import Cancellation
 from occystrap.endpoints import Scheme
 from occystrap.errors import DigestMismatchError, OccystrapError
 from occystrap.middleware.base import Middleware
-from occystrap.pipeline import RunContext
 from occystrap.streams import Readable
 from occystrap_aws.signing import PAYLOAD_HASH, UNSIGNED_PAYLOAD, AwsSigner
+
+if TYPE_CHECKING:  # the pipeline loads when a bucket is used, not with the middleware
+    from occystrap.pipeline import RunContext
 
 LOG = logging.getLogger("occystrap.s3")
 # Request extension: the `AwsSigner` the sigv4 middleware signs this request with.

@@ -17,6 +17,7 @@ import threading
 import time
 from collections.abc import Callable
 from contextlib import AbstractContextManager
+from typing import TYPE_CHECKING
 from urllib.parse import quote
 
 import httpx
@@ -36,9 +37,11 @@ from occystrap.endpoints import Scheme
 from occystrap.errors import OccystrapError
 from occystrap.middleware.base import Middleware
 from occystrap.middleware.registry_auth import request_with_header
-from occystrap.pipeline import RunContext
 from occystrap.streams import Readable
 from occystrap_gcp.google_auth import ApplicationDefault
+
+if TYPE_CHECKING:  # the pipeline loads when a bucket is used, not with the middleware
+    from occystrap.pipeline import RunContext
 
 # Request extension: this request is for Cloud Storage and needs its bearer token.
 GCS_REQUEST = "occystrap_gcp.gcs"

@@ -20,6 +20,8 @@ from occystrap.middleware.defaults import (
     DEFAULT_CONNECT_TIMEOUT,
     DEFAULT_DEADLINE,
     DEFAULT_READ_TIMEOUT,
+    DEFERRED_HTTP2_MODULE,
+    UNUSED_HTTP2_MODULE,
 )
 
 # Only what `--version` and `--help` need is imported up here: settings, httpx and the
@@ -166,14 +168,16 @@ def _is_network_error(exc: Exception) -> TypeGuard[httpx.RequestError]:
 
 
 # httpcore imports these, when installed, for its async API, which occystrap never uses:
-# with trio installed that is about 100 ms of every command's start-up.
-ASYNC_BACKENDS = ("trio", "anyio")
+# with trio installed that is about 100 ms of every command's start-up. Its HTTP/2 code
+# (h2) waits for the first request over TLS with HTTP/2 on (middleware/defaults.py).
+LEFT_OUT_MODULES = ("trio", "anyio", UNUSED_HTTP2_MODULE, DEFERRED_HTTP2_MODULE)
 
 
 def _leave_out_async_backends() -> None:
-    """Make httpcore find no async backend. Only in the occystrap program itself, whose
-    process is ours: a library caller may well use them."""
-    for name in ASYNC_BACKENDS:
+    """Make httpcore find no async backend, and no HTTP/2 until it may be negotiated. Only in
+    the occystrap program itself, whose process is ours: a library caller may well use
+    them."""
+    for name in LEFT_OUT_MODULES:
         sys.modules.setdefault(name, None)  # type: ignore[arg-type]
 
 

@@ -7,3 +7,10 @@ DEFAULT_READ_TIMEOUT = 30.0
 # The most time one request may take, its retries included.
 DEFAULT_DEADLINE = 300.0
 DEFAULT_QUAY_API = "https://quay.io/api/v1"
+
+# httpcore imports its HTTP/2 connection (h2 and hpack, about a tenth of the HTTP stack's
+# import time) with itself, though HTTP/2 is only ever negotiated on a TLS connection (ALPN).
+# The occystrap program keeps this module out until a request goes out over TLS with HTTP/2
+# on (middleware/transport.py); its async twin the program never uses at all.
+DEFERRED_HTTP2_MODULE = "httpcore._sync.http2"
+UNUSED_HTTP2_MODULE = "httpcore._async.http2"

@@ -4,11 +4,13 @@ httpx stops reading HTTPS_PROXY / HTTP_PROXY / NO_PROXY once a client is given a
 the proxy choice is made here, per request.
 """
 
+import importlib
 import ipaddress
 import logging
 import os
 import socket
 import ssl
+import sys
 import threading
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -17,7 +19,11 @@ import httpx
 
 from occystrap.cancel import Cancellation
 from occystrap.errors import OccystrapError, UsageError, find_cause
-from occystrap.middleware.defaults import DEFAULT_CONNECT_TIMEOUT, DEFAULT_READ_TIMEOUT
+from occystrap.middleware.defaults import (
+    DEFAULT_CONNECT_TIMEOUT,
+    DEFAULT_READ_TIMEOUT,
+    DEFERRED_HTTP2_MODULE,
+)
 from occystrap.middleware.tls import (
     TlsPolicy,
     default_certs_roots,
@@ -124,6 +130,20 @@ def is_bulk_transfer(request: httpx.Request) -> bool:
     return request.method in ("PUT", "PATCH") and "/blobs/uploads/" in path
 
 
+_http2_lock = threading.Lock()
+
+
+def _let_http2_load() -> None:
+    """Import httpcore's HTTP/2 connection if the occystrap program left it out (a None entry,
+    see cli.py) so that a TLS connection negotiating h2 finds it; once, for every thread."""
+    if sys.modules.get(DEFERRED_HTTP2_MODULE, False) is not None:
+        return
+    with _http2_lock:
+        if sys.modules.get(DEFERRED_HTTP2_MODULE, False) is None:
+            del sys.modules[DEFERRED_HTTP2_MODULE]
+            importlib.import_module(DEFERRED_HTTP2_MODULE)
+
+
 class _TimedTransport(httpx.HTTPTransport):
     """An HTTPTransport that gives requests built without a client a finite timeout.
 
@@ -144,12 +164,15 @@ class _TimedTransport(httpx.HTTPTransport):
         **kwargs,
     ) -> None:
         super().__init__(**kwargs)
+        self._http2 = bool(kwargs.get("http2"))
         self._default_timeout = default_timeout.as_dict()
         self._bulk = bulk
         self._cancellation = cancellation
 
     def handle_request(self, request: httpx.Request) -> httpx.Response:
         request.extensions.setdefault("timeout", self._default_timeout)
+        if self._http2 and request.url.scheme == "https":
+            _let_http2_load()
         try:
             if self._bulk is not None and is_bulk_transfer(request):
                 return self._bulk.handle_request(request)

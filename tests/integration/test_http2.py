@@ -8,6 +8,7 @@ from occystrap.middleware.builder import ChainSettings, build_client
 from occystrap.middleware.options import NetworkSettings
 from tests.integration.cli import assert_one_line_error, registry_flags
 from tests.integration.pull_checks import assert_tar_is_image, pull_to_tar, seed_image
+from tests.unit.test_startup import loaded_modules
 
 pytestmark = pytest.mark.integration
 
@@ -19,6 +20,20 @@ def test_chain_negotiates_the_requested_http_version(registry_tls, http2, versio
         response = client.get(f"{registry_tls.url}/v2/")
     assert response.status_code == 200
     assert response.http_version == version
+
+
+@pytest.mark.parametrize(("flag", "h2_loaded"), [("--http2", True), ("--no-http2", False)])
+def test_the_program_loads_http2_for_tls_only_when_it_may_negotiate_it(
+    registry_tls, unique_repo, tmp_path, flag, h2_loaded
+):
+    """The occystrap program keeps httpcore's HTTP/2 code out until a request goes over TLS
+    with HTTP/2 on; then it must be there for the h2 the registry negotiates (without it the
+    command would fail importing it)."""
+    seed_image(registry_tls, unique_repo, tmp_path)
+    image = f"registry://{registry_tls.host}/{unique_repo}:v1"
+    loaded = loaded_modules(*registry_flags(registry_tls), flag, "digest", image)
+    assert "occystrap.registry.client" in loaded  # the probe really asked the registry
+    assert ("h2.connection" in loaded) is h2_loaded
 
 
 def test_pull_over_tls_with_ca_cert(registry_tls, unique_repo, tmp_path):

@@ -200,3 +200,5 @@ def test_a_question_to_a_registry_loads_no_copy_machinery(registry, args, not_ne
     loaded = loaded_modules("--insecure", command, uri.format(host=registry))
     assert "occystrap.registry.client" in loaded  # the command really asked the registry
     assert loaded & not_needed == set()
+    # Plain HTTP never negotiates HTTP/2, so its code (h2, hpack) stays out.
+    assert top_level(loaded) & {"h2", "hpack"} == set()

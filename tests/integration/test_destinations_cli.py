@@ -123,18 +123,14 @@ def _limited_open_files(limit: int):
     return lambda: resource.setrlimit(resource.RLIMIT_NOFILE, (limit, limit))
 
 
-@pytest.mark.parametrize(
-    "destination",
-    ["tar://{out}/image.tar", "dir://{out}/image?expand=true", "oci-layout://{out}/l"],
-)
-def test_running_out_of_file_descriptors_leaves_nothing_behind(tmp_path, destination):
-    """Whatever step the descriptors run out at (the limits below reach each of them), the
-    run either succeeds or fails in one line, leaving no work dir under --temp-dir and
-    nothing where the output would have been."""
+def _out_of_descriptors(tmp_path: Path, destination: str) -> list[str]:
+    """Copy a 30-layer layout to `destination` under open-file limits that reach each step
+    of the run; every run either succeeds or fails in one line, leaving no work dir under
+    --temp-dir and nothing where the output would have been. The failures' stderr."""
     source = tmp_path / "source"
     build_oci_layout(source, [random_layer(1000, n, name=f"f{n}") for n in range(30)])
     environment = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
-    failures = 0
+    failures = []
     for limit in range(6, 15):
         out, temp = tmp_path / f"out-{limit}", tmp_path / f"temp-{limit}"
         out.mkdir()
@@ -150,10 +146,24 @@ def test_running_out_of_file_descriptors_leaves_nothing_behind(tmp_path, destina
         assert os.listdir(temp) == [], (limit, result.stderr)
         if result.returncode == 0:
             continue
-        failures += 1
+        failures.append(result.stderr)
         assert_one_line_error(result, "too many open files")
         assert os.listdir(out) == [], (limit, result.stderr)
-    assert failures > 0  # the limits did reach the run
+    return failures
+
+
+@pytest.mark.parametrize("destination", ["tar://{out}/image.tar", "oci-layout://{out}/l"])
+def test_running_out_of_file_descriptors_leaves_nothing_behind(tmp_path, destination):
+    """Whatever step the descriptors run out at, nothing is left behind (dir://: below)."""
+    assert _out_of_descriptors(tmp_path, destination)  # the limits did reach the run
+
+
+def test_running_out_of_file_descriptors_while_expanding_leaves_no_empty_work_dir(tmp_path):
+    """Issue 17: out of descriptors inside dir://'s staging dir, the failed run left that
+    work dir behind, empty (`image/.occystrap-partial-*/rootfs/`): removing a tree took a
+    descriptor per level, and none was left. Some limit must fail the run in there."""
+    failures = _out_of_descriptors(tmp_path, "dir://{out}/image?expand=true")
+    assert any("/.occystrap-partial-" in stderr for stderr in failures), failures
 
 
 # -- tar://: nothing replaced unasked, devices never; tar://- for pipes; many-image archives

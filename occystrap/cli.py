@@ -1199,6 +1199,7 @@ def login(
 
     if login_password is not None and password_stdin:
         raise click.UsageError("give the password with -p or --password-stdin, not both")
+    toolbox.login_target(host)  # a blocked registry is refused before a password is asked
     given = login_password or click.get_current_context().meta.get(LOGIN_PASSWORD)
     credential = toolbox.ask_credential(
         settings,

@@ -93,6 +93,14 @@ class RegistryEntry:
         return -1
 
 
+def _refuse_if_blocked(entry: RegistryEntry, shown: str) -> None:
+    if entry.blocked:
+        raise UsageError(
+            f"{shown}: registry {entry.prefix} is blocked by {entry.origin};"
+            " remove blocked = true there to use it"
+        )
+
+
 @dataclass(frozen=True)
 class Alias:
     value: str
@@ -107,8 +115,9 @@ class RegistriesConf:
     short_name_mode: str = "enforcing"
     files: tuple[Path, ...] = ()  # every file read, in order
 
-    def entry_for(self, reference: ImageReference) -> RegistryEntry | None:
-        """The `[[registry]]` with the longest prefix matching `reference`, if any."""
+    def entry_for(self, reference: ImageReference | str) -> RegistryEntry | None:
+        """The `[[registry]]` with the longest prefix matching `reference` (or a registry's
+        HOST[:PORT]), if any."""
         name = str(reference)
         best, length = None, -1
         for entry in self.registries:
@@ -124,14 +133,17 @@ class RegistriesConf:
         entry = self.entry_for(reference)
         if entry is None:
             return reference
-        if entry.blocked:
-            raise UsageError(
-                f"{shown}: registry {entry.prefix} is blocked by {entry.origin};"
-                " remove blocked = true there to use it"
-            )
+        _refuse_if_blocked(entry, shown)
         if entry.prefix.startswith("*.") or entry.location == entry.prefix:
             return reference
         return parse_reference(entry.location + str(reference)[len(entry.prefix) :])
+
+    def refuse_blocked_host(self, host: str) -> None:
+        """Refuse registry HOST[:PORT] as a whole (`login`) when the entry that would apply to
+        its images is blocked; a blocked namespace of it (`host/team`) leaves the host usable."""
+        entry = self.entry_for(host)
+        if entry is not None:
+            _refuse_if_blocked(entry, host)
 
     @cached_property
     def _insecure_hosts(self) -> tuple[frozenset[str], tuple[str, ...]]:

@@ -15,6 +15,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from occystrap import registries_conf
 from occystrap.endpoints import parse_uri, redact
 from occystrap.endpoints.registry import RegistryURI
 from occystrap.errors import OccystrapError, RegistryError, UsageError
@@ -259,12 +260,20 @@ def login_host(text: str) -> str:
     return host.lower()
 
 
+def login_target(text: str) -> str:
+    """The HOST[:PORT] `login` may log in to: refused, before anything is asked or sent, when
+    registries.conf blocks it."""
+    host = login_host(text)
+    registries_conf.active().refuse_blocked_host(host)
+    return host
+
+
 def login(settings: RunSettings, host: str, credential: Credential) -> Path:
     """Check `credential` against registry HOST, then store it in the auth file (--authfile,
     else $REGISTRY_AUTH_FILE, else docker's config.json); returns that file."""
     from occystrap.credentials import auth_file_for_writing, store_credential
 
-    host = login_host(host)
+    host = login_target(host)
     _verify(settings, host, credential)
     path = auth_file_for_writing(settings.authfile)
     store_credential(path, host, credential)

@@ -163,6 +163,19 @@ def test_blocked_is_refused_before_any_request(origin, unique_repo, tmp_path):
     assert origin.requests == [] and not out.exists()
 
 
+def test_login_to_a_blocked_registry_is_refused_before_anything_is_asked_or_sent(origin, tmp_path):
+    """podman refuses it too; a blocked namespace of the host leaves its login alone."""
+    authfile = tmp_path / "auth.json"
+    login = ["--insecure", "--authfile", str(authfile), "login", origin.host, "-u", "me"]
+    conf = write_conf(tmp_path, f'\n[[registry]]\nprefix = "{origin.host}"\nblocked = true\n')
+    refused = run_occystrap("--registries-conf", str(conf), *login, check=False)  # no password
+    assert_one_line_error(refused, f"{origin.host}: registry {origin.host} is blocked by {conf}:2")
+    assert origin.requests == [] and not authfile.exists()
+    conf = write_conf(tmp_path, f'[[registry]]\nprefix = "{origin.host}/test"\nblocked = true\n')
+    run_occystrap("--registries-conf", str(conf), *login, "-p", "secret")
+    assert origin.requests and origin.host in json.loads(authfile.read_text())["auths"]
+
+
 def test_location_rewrite_lands_on_the_rewritten_host(
     origin, registry_plain, unique_repo, tmp_path
 ):

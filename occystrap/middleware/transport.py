@@ -12,9 +12,10 @@ import socket
 import ssl
 import sys
 import threading
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 
+import httpcore
 import httpx
 
 from occystrap.cancel import Cancellation
@@ -47,6 +48,68 @@ def make_timeout(
 DEFAULT_TIMEOUT = make_timeout()
 
 _DEFAULT_PORTS = {"http": 80, "https": 443}
+
+# What one socket read of a response may take. httpcore asks for 64 KiB, and every read costs a
+# poll, a recv and a pass through h11 and httpx's streams in Python: a blob copied between two
+# loopback registries spent about a tenth of our CPU on that (docs/performance.md).
+READ_BYTES = 1024 * 1024
+
+
+class _LargeReadStream(httpcore.NetworkStream):
+    """A connection whose reads take up to READ_BYTES, whatever httpcore asks for."""
+
+    def __init__(self, inner: httpcore.NetworkStream) -> None:
+        self._inner = inner
+
+    def read(self, max_bytes: int, timeout: float | None = None) -> bytes:
+        return self._inner.read(max(max_bytes, READ_BYTES), timeout)
+
+    def write(self, buffer: bytes, timeout: float | None = None) -> None:
+        self._inner.write(buffer, timeout)
+
+    def close(self) -> None:
+        self._inner.close()
+
+    def start_tls(
+        self,
+        ssl_context: ssl.SSLContext,
+        server_hostname: str | None = None,
+        timeout: float | None = None,
+    ) -> httpcore.NetworkStream:
+        return _LargeReadStream(self._inner.start_tls(ssl_context, server_hostname, timeout))
+
+    def get_extra_info(self, info: str) -> object:
+        return self._inner.get_extra_info(info)
+
+
+class _LargeReads(httpcore.NetworkBackend):
+    """httpcore's network backend, its connections reading in READ_BYTES steps."""
+
+    def __init__(self, inner: httpcore.NetworkBackend) -> None:
+        self._inner = inner
+
+    def connect_tcp(
+        self,
+        host: str,
+        port: int,
+        timeout: float | None = None,
+        local_address: str | None = None,
+        socket_options: Iterable[httpcore.SOCKET_OPTION] | None = None,
+    ) -> httpcore.NetworkStream:
+        return _LargeReadStream(
+            self._inner.connect_tcp(host, port, timeout, local_address, socket_options)
+        )
+
+    def connect_unix_socket(
+        self,
+        path: str,
+        timeout: float | None = None,
+        socket_options: Iterable[httpcore.SOCKET_OPTION] | None = None,
+    ) -> httpcore.NetworkStream:
+        return _LargeReadStream(self._inner.connect_unix_socket(path, timeout, socket_options))
+
+    def sleep(self, seconds: float) -> None:
+        self._inner.sleep(seconds)
 
 
 def _env(environ: Mapping[str, str], name: str) -> str:
@@ -165,6 +228,8 @@ class _TimedTransport(httpx.HTTPTransport):
     ) -> None:
         super().__init__(**kwargs)
         self._http2 = bool(kwargs.get("http2"))
+        # httpx takes no network backend, so its pool (direct or through a proxy) gets ours here.
+        self._pool._network_backend = _LargeReads(self._pool._network_backend)
         self._default_timeout = default_timeout.as_dict()
         self._bulk = bulk
         self._cancellation = cancellation

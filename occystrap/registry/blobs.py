@@ -162,10 +162,12 @@ class RemoteBlobReader:
         only `read()` advances the offset.
         """
         window = self.http.timeout.read
-        pending = bytearray()
+        pending: list[bytes] = []  # joined once per chunk (a piece as large is passed as it is)
+        pending_size = 0
         window_start, moved = time.monotonic(), 0
         for piece in response.iter_raw():
-            pending += piece
+            pending.append(piece)
+            pending_size += len(piece)
             moved += len(piece)
             if window and time.monotonic() - window_start >= window:
                 if moved < MIN_LAYER_SPEED * window:
@@ -174,11 +176,12 @@ class RemoteBlobReader:
                         request=response.request,
                     )
                 window_start, moved = time.monotonic(), 0
-            if len(pending) >= CHUNK_SIZE:
-                yield bytes(pending)
+            if pending_size >= CHUNK_SIZE:
+                yield b"".join(pending)
                 pending.clear()
+                pending_size = 0
         if pending:
-            yield bytes(pending)
+            yield b"".join(pending)
 
     def _close_response(self) -> None:
         if self._response is not None:

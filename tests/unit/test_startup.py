@@ -19,6 +19,7 @@ from pathlib import Path
 
 import pytest
 
+from occystrap import __version__
 from tests.unit.image_builder import make_image, save_tar
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -39,12 +40,17 @@ except SystemExit:
 loaded = [name for name, module in sys.modules.items() if module is not None]
 sys.stdout.write("\\n" + json.dumps(sorted(loaded)))
 """
+# The same for the program as `python -m occystrap` (and the installed script) runs it.
+PROGRAM_PROBE = PROBE.replace(
+    "from occystrap.cli import main\n", "from occystrap.__main__ import main\n"
+)
 HTTP_STACK = ("httpx", "httpcore", "h2", "ssl", "trio", "anyio")
 
 
-def loaded_modules(*args: str) -> set[str]:
+def run_probe(probe: str, *args: str) -> tuple[str, set[str]]:
+    """What the command printed on stdout, and every module it loaded."""
     completed = subprocess.run(
-        [sys.executable, "-c", PROBE, *args],
+        [sys.executable, "-c", probe, *args],
         capture_output=True,
         text=True,
         cwd=REPO_ROOT,
@@ -52,7 +58,12 @@ def loaded_modules(*args: str) -> set[str]:
         timeout=60,
         check=True,
     )
-    return set(json.loads(completed.stdout.rpartition("\n")[2]))
+    printed, _, modules = completed.stdout.rpartition("\n")
+    return printed, set(json.loads(modules))
+
+
+def loaded_modules(*args: str) -> set[str]:
+    return run_probe(PROBE, *args)[1]
 
 
 def top_level(modules: set[str]) -> set[str]:
@@ -64,6 +75,21 @@ def test_version_and_help_load_neither_the_http_stack_nor_rich(args):
     loaded = top_level(loaded_modules(*args))
     assert "click" in loaded  # the probe really ran the command line
     assert loaded & {*HTTP_STACK, "rich", "pygments"} == set()
+
+
+def test_the_program_answers_version_without_the_command_line():
+    printed, loaded = run_probe(PROGRAM_PROBE, "--version")
+    assert "occystrap.__main__" in loaded  # the probe really ran the program
+    assert top_level(loaded) & {"click", *HTTP_STACK, "rich"} == set()
+    assert "occystrap.cli" not in loaded
+    # ... and says what the command line's own --version says.
+    assert printed == run_probe(PROBE, "--version")[0] == f"occystrap, version {__version__}\n"
+
+
+def test_the_program_runs_the_command_line_for_anything_else():
+    printed, loaded = run_probe(PROGRAM_PROBE, "--version", "--help")
+    assert "occystrap.cli" in loaded
+    assert printed.startswith("occystrap, version ")
 
 
 def test_version_loads_no_configuration_parser():

@@ -72,6 +72,49 @@ def test_gzip_layers_occystrap_writes_are_read_by_skopeo(registry_plain, unique_
     assert layer_digests == config["rootfs"]["diff_ids"]
 
 
+def test_random_bytes_go_stored_deterministically_and_skopeo_reads_them(
+    registry_plain, unique_repo, tmp_path
+):
+    """A layer of random bytes (stored, not deflated) beside text (deflated): two pushes
+    without the blob cache make the same digest, and skopeo inflates the layer to the tar
+    the config's diff_id names."""
+    random_size = 3 * 1024 * 1024
+    layout = tmp_path / "layout"
+    files = {
+        **random_layer(random_size, 21, "model.bin"),
+        "notes.txt": b"weights 0.125\n" * 150_000,
+    }
+    build_oci_layout(layout, [files])
+    push_with_skopeo(layout, registry_plain, unique_repo, "v1")
+    flags = registry_flags(registry_plain)
+    source = f"registry://{registry_plain.host}/{unique_repo}"
+    image = tmp_path / "image.tar"
+    run_occystrap(*flags, "process", f"{source}:v1", f"tar://{image}")
+    for name in ("a", "b"):
+        run_occystrap(*flags, "--no-cache", "process", f"tar://{image}", f"{source}-{name}:v1")
+    first, second = (
+        skopeo_inspect(registry_plain, f"{unique_repo}-{name}:v1", raw=True)["layers"]
+        for name in ("a", "b")
+    )
+    assert first == second
+    (layer,) = first
+    # the random megabytes at their own size (plus 5 bytes per 64 KiB), the text shrunk
+    assert random_size < layer["size"] < random_size * 1.001 + 100_000
+    archive = tmp_path / "skopeo.tar"
+    run_skopeo(
+        "copy",
+        *registry_plain.skopeo_src_args(),
+        f"docker://{registry_plain.host}/{unique_repo}-b:v1",
+        f"docker-archive:{archive}",
+    )
+    config = skopeo_inspect(registry_plain, f"{unique_repo}-b:v1", config=True)
+    with tarfile.open(archive) as tar:
+        (entry,) = json.load(tar.extractfile("manifest.json"))
+        (name,) = entry["Layers"]
+        layer_tar = tar.extractfile(name).read()
+    assert ["sha256:" + hashlib.sha256(layer_tar).hexdigest()] == config["rootfs"]["diff_ids"]
+
+
 def test_dest_compress_recompresses_a_copy_and_keep_keeps_it(registry_plain, unique_repo, tmp_path):
     """gzip -> zstd: the same diff_ids, new layer digests and an OCI manifest, which skopeo
     reads back to the very tars; the default keeps every blob and the manifest digest."""

@@ -143,6 +143,13 @@ class ChainClient(httpx.Client):
         super().__init__(transport=chain, **kwargs)
         self.chain = chain
 
+    def take_retry(self) -> bool:
+        """Whether a retry made outside the chain (an upload restart) may go ahead: the
+        chain's Retry middleware draws it on the run's budget and counts it."""
+        return all(
+            node.take_retry() for node in chain_members(self.chain) if isinstance(node, Retry)
+        )
+
     def retries_made(self) -> int:
         """How many retries the chain's Retry middleware made, for the summary line."""
         return sum(

@@ -232,6 +232,16 @@ class Retry(Middleware):
             extensions=response.extensions,
         )
 
+    def take_retry(self) -> bool:
+        """One retry made above this middleware (a blob upload restarted in a new session):
+        drawn on the run's budget and counted as the chain's own are; False when the budget
+        is spent."""
+        if not self._spend():
+            return False
+        with self._count_lock:
+            self.retries_made += 1
+        return True
+
     def _spend(self) -> bool:
         """Whether the run's retry budget (if any) allows one more retry; takes it."""
         return self.budget is None or self.budget.spend()

@@ -444,7 +444,8 @@ class RegistryClient:
         send: Callable[[str], _Sent],
     ) -> _Sent:
         """`send` a blob into a new upload session; when it fails, again into another (a
-        half-written session cannot be trusted), UPLOAD_ATTEMPTS times in all. `_NeedsChunks`
+        half-written session cannot be trusted), UPLOAD_ATTEMPTS times in all, each restart a
+        retry of the run (drawn on --retry-budget, counted in the summary). `_NeedsChunks`
         is no failure: the next session simply starts."""
         attempt = 1
         while True:
@@ -454,11 +455,17 @@ class RegistryClient:
             except _NeedsChunks:
                 continue
             except (httpx.TransportError, RegistryError) as exc:
-                if attempt == UPLOAD_ATTEMPTS:
+                if attempt == UPLOAD_ATTEMPTS or not self._may_retry():
                     raise
                 LOG.info("%s failed (%s); restarting in a new session", what, exc)
                 on_restart()
                 attempt += 1
+
+    def _may_retry(self) -> bool:
+        """Whether the run's retry budget allows one more restart (taking it); a client not
+        built from the chain (a test's) has no budget."""
+        take_retry = getattr(self.http, "take_retry", None)
+        return take_retry is None or bool(take_retry())
 
     def _start_upload(self, repository: str, what: str) -> str:
         response = self.http.post(

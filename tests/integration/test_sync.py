@@ -562,6 +562,35 @@ def test_air_gap_into_oci_layouts_then_nothing_to_do(seeded, tmp_path):
     assert set(result_lines(second.stdout).values()) == {"unchanged"}, second.stdout
 
 
+def test_upload_restarts_draw_on_the_retry_budget(seeded, mirror, tmp_path):
+    """Issue 19: every upload PUT at the target fails; --retries 0 leaves the chain no retry
+    to make, so only session restarts (3 sessions a blob) were left, and they spent no
+    budget: all 11 images were tried, 3 sessions a blob. With a budget of 1, one restart in
+    all, then what is in flight fails and the rest is deferred."""
+    with FaultProxy(mirror.url) as proxy:
+        proxy.fail_next(1000, status=500, path=r"/blobs/uploads/.+", method="PUT")
+        rule = {
+            "source": f"registry://{seeded.registry.host}/{seeded.prefix}/*a",
+            "target": f"registry://{proxy.host}/{seeded.prefix}-restarts",
+        }
+        spec = write_yaml(tmp_path / "sync.yaml", {"sync": [rule]})
+        report = tmp_path / "report.json"
+        result = run_occystrap(
+            "--insecure", "--retries", "0", "sync", str(spec), "-J", "1", "--keep-going",
+            "--retry-budget", "1", "--report", str(report), check=False, timeout=300,
+        )  # fmt: skip
+        sessions = proxy.requests_matching(r"/blobs/uploads/$", method="POST")
+    assert result.returncode != 0
+    entries = json.loads(report.read_text())
+    statuses = [entry["status"] for entry in entries]
+    assert statuses.count("failed") == 1 and set(statuses) == {"failed", "deferred"}, statuses
+    deferred = [entry for entry in entries if entry["status"] == "deferred"]
+    assert all("retry budget" in entry["error"] for entry in deferred), entries
+    # the first image's blobs (config and two layers) once each, and the one restart
+    assert len(sessions) <= 4, len(sessions)
+    assert "1 retry" in result.stderr, result.stderr
+
+
 def _layout_blob(layout: Path, digest: str) -> bytes:
     """A blob of an OCI layout, checked against its digest."""
     algorithm, _, encoded = digest.partition(":")

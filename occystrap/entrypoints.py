@@ -8,8 +8,12 @@ reported only when it is asked for by name.
 
 from __future__ import annotations
 
+import importlib
+import os
+import re
+import sys
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -39,21 +43,19 @@ def load_group(group: str, accepts: Callable[[object], str | None] | None = None
     object is not what the group takes (None when it is)."""
     with _lock:
         if group not in _loaded:
-            from importlib.metadata import entry_points  # scanning installs: only when asked
-
             found: dict[str, Any] = {}
             broken: dict[str, str] = {}
-            for entry in entry_points(group=group):
+            for name, value in entry_points(group):
                 try:
-                    loaded = entry.load()
+                    loaded = load_entry_point(value)
                 except Exception as exc:  # a broken plug-in must not break the others
-                    broken[entry.name] = f"{type(exc).__name__}: {exc}"
+                    broken[name] = f"{type(exc).__name__}: {exc}"
                     continue
                 refusal = accepts(loaded) if accepts is not None else None
                 if refusal is None:
-                    found[entry.name] = loaded
+                    found[name] = loaded
                 else:
-                    broken[entry.name] = refusal
+                    broken[name] = refusal
             _loaded[group] = PluginGroup(found, broken)
         return _loaded[group]
 
@@ -67,3 +69,73 @@ def instance_of(kind: type) -> Callable[[object], str | None]:
         return f"{type(loaded).__name__} is not a {kind.__name__}"
 
     return accepts
+
+
+# -- finding entry points ----------------------------------------------------------------------
+#
+# Every run looks up the automatic middlewares, so the lookup is on every command's start-up.
+# importlib.metadata finds them by importing itself (with zipfile, csv, email: about as much
+# CPU as the scan) and wrapping each directory entry in objects; the same answer comes from
+# reading the entry_points.txt of each distribution directory on sys.path, the first
+# distribution of a name winning, as importlib.metadata decides. A zip or egg file on sys.path
+# (never in an ordinary install) sends the lookup to importlib.metadata.
+
+_METADATA_SUFFIXES = (".dist-info", ".egg-info")
+_NAME_SEPARATORS = re.compile(r"[-_.]+")
+
+
+def entry_points(group: str) -> list[tuple[str, str]]:
+    """(name, `module:attr`) of each entry point of `group`, in sys.path order."""
+    directories = [entry or "." for entry in sys.path]
+    if any(os.path.isfile(entry) for entry in directories):
+        from importlib import metadata
+
+        return [(entry.name, entry.value) for entry in metadata.entry_points(group=group)]
+    found: list[tuple[str, str]] = []
+    seen: set[str] = set()
+    for metadata_dir in _distribution_dirs(directories):
+        stem = os.path.basename(metadata_dir).rsplit(".", 1)[0]  # NAME[-VERSION]
+        name = _NAME_SEPARATORS.sub("_", stem.partition("-")[0]).lower()
+        if name not in seen:
+            seen.add(name)
+            found += _group_entries(metadata_dir, group)
+    return found
+
+
+def _distribution_dirs(directories: list[str]) -> Iterator[str]:
+    for directory in directories:
+        try:
+            names = sorted(os.listdir(directory))
+        except OSError:  # absent or unreadable entries are skipped, as importlib does
+            continue
+        for name in names:
+            if name.endswith(_METADATA_SUFFIXES):
+                yield os.path.join(directory, name)
+
+
+def _group_entries(metadata_dir: str, group: str) -> Iterator[tuple[str, str]]:
+    """(name, `module:attr`) of `group`'s section in the distribution's entry_points.txt."""
+    try:
+        with open(os.path.join(metadata_dir, "entry_points.txt"), encoding="utf-8") as text:
+            lines = text.read().splitlines()
+    except OSError:  # most distributions have none
+        return
+    section = None
+    for line in lines:
+        line = line.strip()
+        if not line or line.startswith(("#", ";")):
+            continue
+        if line.startswith("[") and line.endswith("]"):
+            section = line[1:-1].strip()
+        elif section == group and "=" in line:
+            name, _, value = line.partition("=")
+            yield name.strip(), value.partition("[")[0].strip()  # extras name no code
+
+
+def load_entry_point(value: str) -> object:
+    """What an entry point's `module[:attr.attr]` names, its module imported."""
+    module, _, attributes = value.partition(":")
+    loaded: object = importlib.import_module(module.strip())
+    for attribute in attributes.strip().split(".") if attributes.strip() else ():
+        loaded = getattr(loaded, attribute)
+    return loaded

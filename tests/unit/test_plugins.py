@@ -1,8 +1,11 @@
 """Plug-ins: spec parsing, registration, wrapping order, errors, the header plug-in, discovery."""
 
+import json
+import shutil
 import subprocess
 import sys
 import textwrap
+import zipfile
 
 import httpx
 import pytest
@@ -312,3 +315,63 @@ def test_endpoint_entry_point_of_installed_distribution_works_beside_a_broken_on
         .splitlines()[0]
         .startswith(f"occystrap: error: summary://{summary} cannot be a source")
     )
+
+
+# --- the entry-point lookup itself ---------------------------------------------------------------
+
+_COMPARE_SCRIPT = textwrap.dedent(
+    """
+    import json, sys
+    from importlib import metadata
+    from occystrap.entrypoints import entry_points
+    sys.path[:0] = json.loads(sys.argv[1])
+    groups = ("occystrap.middleware", "occystrap.middleware.automatic", "occystrap.filters",
+              "occystrap.endpoints", "console_scripts")
+    for group in groups:
+        ours = entry_points(group)
+        theirs = [(entry.name, entry.value) for entry in metadata.entry_points(group=group)]
+        print(json.dumps([group, sorted(ours), sorted(theirs)]))
+    """
+)
+
+
+def _compare_lookups(tmp_path, extra_path: list[str]) -> list[list]:
+    run = subprocess.run(
+        [sys.executable, "-c", _COMPARE_SCRIPT, json.dumps(extra_path)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={"PYTHONPATH": str(REPO_ROOT), "PATH": "/usr/bin:/bin"},
+        cwd=tmp_path,
+    )
+    assert run.returncode == 0, run.stderr
+    return [json.loads(line) for line in run.stdout.splitlines()]
+
+
+def test_entry_points_are_found_as_importlib_metadata_finds_them(tmp_path):
+    """The start-up's own lookup (occystrap/entrypoints.py) against importlib.metadata: an
+    installed plug-in, and a second copy of it later on the path, which the first shadows."""
+    first = install_test_plugin(tmp_path / "first")
+    shadowed = tmp_path / "shadowed"
+    shutil.copytree(first, shadowed)
+    entry_file = next(shadowed.glob("*.dist-info")) / "entry_points.txt"
+    entry_file.write_text(entry_file.read_text() + "\n[occystrap.filters]\nextra = nowhere:X\n")
+    compared = _compare_lookups(tmp_path, [str(first), str(shadowed)])
+    assert len(compared) == 5
+    for group, ours, theirs in compared:
+        assert ours == theirs, group
+    by_group = {group: ours for group, ours, _ in compared}
+    assert ["stamp", "occystrap_test_plugin:stamp_middleware"] in by_group["occystrap.middleware"]
+    assert ["extra", "nowhere:X"] not in by_group["occystrap.filters"]
+
+
+def test_a_zip_on_the_path_is_looked_up_by_importlib_metadata(tmp_path):
+    plugin = install_test_plugin(tmp_path)
+    archive = tmp_path / "plugin.zip"
+    with zipfile.ZipFile(archive, "w") as zipped:
+        for path in plugin.rglob("*"):
+            zipped.write(path, path.relative_to(plugin).as_posix())
+    for group, ours, theirs in _compare_lookups(tmp_path, [str(archive)]):
+        assert ours == theirs, group
+        if group == "occystrap.middleware":
+            assert ["stamp", "occystrap_test_plugin:stamp_middleware"] in ours

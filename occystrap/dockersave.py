@@ -30,7 +30,7 @@ from occystrap.jsondoc import BadJSONError, parse_json
 from occystrap.limits import METADATA_LIMIT
 from occystrap.mediatypes import DOCKER_MANIFEST, OCI_MANIFEST
 from occystrap.pipeline import ProgressSink, again_if_corrupt
-from occystrap.prefetch import ReadAhead, unspooled
+from occystrap.prefetch import read_ahead, unspooled
 from occystrap.registry.hosts import DOCKER_HUB_HOST
 from occystrap.streams import Readable
 
@@ -425,9 +425,8 @@ def _copy_layer(
     cancellation: Cancellation,
 ) -> None:
     progress.restart(key, 0)
-    with layer.open_tar() as tar:
-        # Inflating and hashing (in the read-ahead thread) overlap writing (here).
-        stream = ReadAhead(tar, cancellation)
+    # Inflating (in a read-ahead thread) overlaps hashing the tar and writing it (here).
+    with layer.open_tar(inflating=lambda tar: read_ahead(tar, cancellation)) as stream:
         try:
             archive.add_stream(
                 tar_member_info(name, 0),
@@ -437,8 +436,6 @@ def _copy_layer(
             )
         except _SizeChanged:
             raise _size_changed(layer, layer.uncompressed_size or 0) from None
-        finally:
-            stream.close()
 
 
 def _size_changed(layer: Layer, size: int) -> OccystrapError:

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import AbstractContextManager, contextmanager
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO, Protocol
@@ -182,20 +182,33 @@ class Layer:
             reader.drain()
 
     @contextmanager
-    def open_tar(self, on_bytes: Callable[[int], None] | None = None) -> Iterator[BinaryIO]:
-        """The layer's uncompressed tar, verified against `diff_id` (and the blob digest)."""
+    def open_tar(
+        self,
+        on_bytes: Callable[[int], None] | None = None,
+        inflating: Callable[[Readable], AbstractContextManager[Readable]] | None = None,
+    ) -> Iterator[BinaryIO]:
+        """The layer's uncompressed tar, verified against `diff_id` (and the blob digest).
+
+        `inflating` wraps the stream that inflates the blob (or the blob itself, when the
+        layer is stored uncompressed) before the diff_id is hashed: `prefetch.read_ahead`
+        runs the inflate in a thread of its own while the hash runs in the reader's."""
+        stage = inflating or nullcontext
         if self.tar_path is not None:
             with open(self.tar_path, "rb") as kept:
                 yield kept
             return
         with self.open_blob(on_bytes) as blob:
             if self.compression == compression.NONE and self.digest == self.diff_id:
-                yield blob  # type: ignore[misc]
+                with stage(blob) as staged:
+                    yield staged  # type: ignore[misc]
                 return
             try:
-                with compression.decompressing_reader(blob, self.compression) as tar:  # type: ignore[arg-type]
+                with (
+                    compression.decompressing_reader(blob, self.compression) as tar,  # type: ignore[arg-type]
+                    stage(tar) as inflated,
+                ):
                     verified = VerifyingReader(
-                        tar,
+                        inflated,
                         self.diff_id,
                         self.uncompressed_size,
                         f"layer {self.digest} uncompressed",

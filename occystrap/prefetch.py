@@ -129,25 +129,65 @@ class SpooledBlob:
         return self.spool.reader()
 
 
+@dataclasses.dataclass(frozen=True)
+class StreamedBlob:
+    """A remote blob read straight from the network by a thread of its own, which also
+    checks it against the layer's digest (a reader gets the mismatch instead of the end).
+    For the layer the output needs at once a spool would only add a pass through the disk
+    (a write and a read of the whole blob, which for one huge layer cost more system time
+    than anything else)."""
+
+    layer: Layer  # as the image has it: `source` is its blob
+    progress: ProgressSink
+    cancellation: Cancellation
+    local = False
+    verified = True
+
+    @property
+    def source(self) -> Blob:
+        return self.layer.blob
+
+    def __str__(self) -> str:
+        return str(self.source)
+
+    @contextmanager
+    def open(self) -> Iterator[Readable]:
+        with (
+            _fetching(self.layer, self.progress) as blob,
+            read_ahead(blob, self.cancellation) as ahead,
+        ):
+            yield ahead
+
+
 def unspooled(layer: Layer) -> Layer:
-    """`layer` reading its blob from where it lives, not through a spool."""
-    if isinstance(layer.blob, SpooledBlob):
+    """`layer` reading its blob from where it lives, not through a spool or a stream of its
+    own."""
+    if isinstance(layer.blob, SpooledBlob | StreamedBlob):
         return dataclasses.replace(layer, blob=layer.blob.source)
     return layer
 
 
-def _download(layer: Layer, spool: Spool, progress: ProgressSink) -> None:
+@contextmanager
+def _fetching(layer: Layer, progress: ProgressSink) -> Iterator[Readable]:
+    """The layer's remote blob, verified as it is read, its progress shown as a fetch."""
     key = f"fetch:{layer.digest}"
     progress.start(key, layer.size, layer.label)
     with layer.open_blob(lambda n: progress.advance(key, n)) as verified:
-        spool.fill(verified)
+        yield verified
     progress.finish(key)
+
+
+def _download(layer: Layer, spool: Spool, progress: ProgressSink) -> None:
+    with _fetching(layer, progress) as verified:
+        spool.fill(verified)
 
 
 def prefetched_layers(image_layers: tuple[Layer, ...], ctx: RunContext) -> Iterator[Layer]:
     """The layers in order, each remote blob spooled by download threads working at most
     `-j` distinct layers ahead of the consumer. A spool is deleted once the consumer has
-    moved past the layer's last use."""
+    moved past the layer's last use. A layer the consumer reaches before its download was
+    queued (the first, and every one of an image of one layer), and needs only once, is not
+    spooled: it streams from the network as the consumer reads it."""
     order: list[str] = []
     last_use: dict[str, int] = {}
     first: dict[str, Layer] = {}
@@ -160,13 +200,14 @@ def prefetched_layers(image_layers: tuple[Layer, ...], ctx: RunContext) -> Itera
     directory = ctx.workdir / f"spool-{id(image_layers):x}"
     spools: dict[str, Spool] = {}
     futures: dict[str, Future[None]] = {}
+    streamed: set[str] = set()
     ahead = max(1, ctx.settings.parallel)
     pool = ThreadPoolExecutor(max_workers=ahead, thread_name_prefix="fetch")
 
     def download_through(index: int) -> None:
         """Queue the downloads of the remote layers up to `index` (in `remote`)."""
         for digest in remote[: index + 1]:
-            if digest not in spools:
+            if digest not in spools and digest not in streamed:
                 directory.mkdir(parents=True, exist_ok=True)
                 spool = Spool(directory / digest.replace(":", "-"), ctx.cancellation)
                 spools[digest] = spool
@@ -175,14 +216,16 @@ def prefetched_layers(image_layers: tuple[Layer, ...], ctx: RunContext) -> Itera
     try:
         for position, layer in enumerate(image_layers):
             spool = spools.get(layer.digest)
+            blob: Blob = layer.blob
             if layer.digest in remote:
+                if spool is None and last_use[layer.digest] == position:
+                    streamed.add(layer.digest)
+                    blob = StreamedBlob(layer, ctx.progress, ctx.cancellation)
                 download_through(remote.index(layer.digest) + ahead)
-                spool = spools[layer.digest]
-            yield (
-                layer
-                if spool is None
-                else dataclasses.replace(layer, blob=SpooledBlob(spool, layer.blob))
-            )
+                spool = spools.get(layer.digest)
+            if spool is not None:
+                blob = SpooledBlob(spool, layer.blob)
+            yield layer if blob is layer.blob else dataclasses.replace(layer, blob=blob)
             if last_use[layer.digest] == position and spool is not None:
                 _discard(spool, futures[layer.digest])
     finally:
@@ -263,3 +306,13 @@ class ReadAhead:
     def close(self) -> None:
         self._stopped.set()
         self._thread.join()
+
+
+@contextmanager
+def read_ahead(source: Readable, cancellation: Cancellation | None = None) -> Iterator[Readable]:
+    """`source` read by a `ReadAhead`, stopped when the block ends."""
+    ahead = ReadAhead(source, cancellation)
+    try:
+        yield ahead
+    finally:
+        ahead.close()

@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import json
+import os
 import re
+import shlex
+import subprocess
+import sys
 import tarfile
 from pathlib import Path
 
 import pytest
 
-from tests.integration.cli import assert_one_line_error, registry_flags, run_occystrap
+from tests.integration.cli import REPO_ROOT, assert_one_line_error, registry_flags, run_occystrap
 from tests.integration.images import (
     build_multiarch_layout,
     build_oci_layout,
@@ -23,6 +27,7 @@ from tests.integration.images import (
 pytestmark = pytest.mark.integration
 
 LABELS = {"org.example.team": "infra"}
+LAYER_TEXT = {"etc/motd": b"hello\n" * 100_000}
 
 
 def _seed(registry, repo: str, tmp_path: Path, layers=None, fmt: str = "v2s2") -> dict:
@@ -97,6 +102,27 @@ def test_pull_to_tar_is_readable_by_skopeo(registry_basic, unique_repo, tmp_path
     with tarfile.open(out) as tar:
         manifest = json.load(tar.extractfile("manifest.json"))
     assert len(manifest[0]["Layers"]) == len(original["Layers"])
+
+
+def test_pull_to_a_file_and_to_a_pipe_writes_the_same_bytes(registry_plain, unique_repo, tmp_path):
+    """A file gets each layer streamed in from the network (its size filled in afterwards),
+    a pipe gets layers inflated to disk first: two ways to the one tarball."""
+    _seed(registry_plain, unique_repo, tmp_path, layers=[random_layer(3_500_000, 5), LAYER_TEXT])
+    source = f"registry://{registry_plain.host}/{unique_repo}:v1"
+    flags = registry_flags(registry_plain)
+    run_occystrap(*flags, "process", source, f"tar://{tmp_path / 'file.tar'}")
+    command = shlex.join([sys.executable, "-m", "occystrap", *flags, "process", source, "tar://-"])
+    piped = subprocess.run(
+        f"{command} | cat > {shlex.quote(str(tmp_path / 'piped.tar'))}",
+        shell=True,
+        env={**os.environ, "PYTHONPATH": str(REPO_ROOT)},
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert piped.returncode == 0, piped.stderr
+    assert (tmp_path / "file.tar").read_bytes() == (tmp_path / "piped.tar").read_bytes()
 
 
 def test_tar_round_trip_back_to_a_registry(registry_plain, unique_repo, tmp_path):

@@ -3,7 +3,11 @@ that streams a layer of unknown size and fills its size in afterwards."""
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
+import hashlib
 import io
+import random
 import tarfile
 import threading
 from pathlib import Path
@@ -15,7 +19,10 @@ from hypothesis import strategies as st
 from occystrap import compression
 from occystrap.dockersave import _SizeChanged, _TarWriter
 from occystrap.errors import DigestMismatchError
-from occystrap.prefetch import ReadAhead, Spool
+from occystrap.image import Image
+from occystrap.prefetch import ReadAhead, Spool, prefetched_layers
+
+from .image_builder import context, layer_tar, make_image, save_tar
 
 
 class Trickle:
@@ -142,3 +149,89 @@ def test_a_non_seekable_output_needs_known_sizes():
 def test_a_known_size_that_is_wrong_is_refused(tmp_path: Path, data):
     with open(tmp_path / "out.tar", "wb") as out, pytest.raises(_SizeChanged):
         stream_member(out, data, 3)
+
+
+class RemoteLikeBlob:
+    """A blob that counts as remote (so `prefetched_layers` fetches it), served from a file;
+    its first `corrupt_opens` opens hand out damaged bytes, as a bad transfer would."""
+
+    local = False
+
+    def __init__(self, path: Path, corrupt_opens: int = 0) -> None:
+        self.path, self.corrupt_opens = path, corrupt_opens
+        self.opens = 0
+
+    def __str__(self) -> str:
+        return f"remote {self.path.name}"
+
+    @contextlib.contextmanager
+    def open(self):
+        self.opens += 1
+        data = self.path.read_bytes()
+        if self.opens <= self.corrupt_opens:
+            data = data[:-9] + bytes(byte ^ 0xFF for byte in data[-9:])
+        yield io.BytesIO(data)
+
+
+def remote_image(tmp_path: Path, layers: list[dict], corrupt_opens: int = 0) -> Image:
+    image = make_image(tmp_path, layers)
+    return dataclasses.replace(
+        image,
+        layers=tuple(
+            dataclasses.replace(layer, blob=RemoteLikeBlob(layer.blob.path, corrupt_opens))
+            for layer in image.layers
+        ),
+    )
+
+
+# Several 1 MiB chunks (and a partial one) of incompressible bytes, then text.
+BIG_LAYERS = [
+    {"model.bin": random.Random(7).randbytes(3 * compression.CHUNK_SIZE + 12345)},
+    {"etc/motd": b"hello\n" * 5000, "bin/sh": b"#!" + b"x" * 70_000},
+]
+
+
+def test_the_layer_needed_first_streams_without_a_spool(tmp_path):
+    image = remote_image(tmp_path, BIG_LAYERS)
+    ctx = context(tmp_path / "work")
+    seen_in_workdir: list[str] = []
+    layers = prefetched_layers(image.layers, ctx)
+    first = next(layers)
+    with first.open_tar() as tar:
+        while tar.read(100_000):
+            seen_in_workdir += [path.name for path in ctx.workdir.rglob("*") if path.is_file()]
+    assert not any(first.digest[7:] in name for name in seen_in_workdir)
+    second = next(layers)  # fetched ahead, while the first was read: through its spool
+    with second.open_tar() as tar:
+        assert read_all(tar, compression.CHUNK_SIZE) == layer_tar(BIG_LAYERS[1])
+    layers.close()
+    assert not list(ctx.workdir.rglob("*"))
+
+
+def test_a_streamed_layer_that_fails_its_digest_is_fetched_again(tmp_path):
+    image = remote_image(tmp_path, BIG_LAYERS[:1], corrupt_opens=1)
+    save_tar(image, tmp_path / "out.tar")
+    with tarfile.open(tmp_path / "out.tar") as archive:
+        member = archive.extractfile(f"{image.layers[0].diff_id[7:]}/layer.tar")
+        assert member is not None and member.read() == layer_tar(BIG_LAYERS[0])
+    assert image.layers[0].blob.opens == 2
+
+
+def test_a_streamed_layer_that_keeps_failing_leaves_no_output(tmp_path):
+    image = remote_image(tmp_path, BIG_LAYERS[:1], corrupt_opens=2)
+    with pytest.raises(DigestMismatchError):
+        save_tar(image, tmp_path / "out.tar")
+    assert not (tmp_path / "out.tar").exists()
+
+
+# sha256 of the tarball of BIG_LAYERS, as written since the writer streams layers in (and as
+# `tarfile` wrote it before): the bytes must not change however the layers get there.
+BIG_LAYERS_TARBALL = "sha256:cff6b0a36b65bc80298f5d798c383fd4baa2058b1f0123e86b15c83ecfd52e7c"
+
+
+@pytest.mark.parametrize("remote", [True, False])
+def test_the_tarball_stays_byte_identical(tmp_path, remote):
+    image = remote_image(tmp_path, BIG_LAYERS) if remote else make_image(tmp_path, BIG_LAYERS)
+    save_tar(image, tmp_path / "out.tar")
+    digest = hashlib.sha256((tmp_path / "out.tar").read_bytes()).hexdigest()
+    assert f"sha256:{digest}" == BIG_LAYERS_TARBALL

@@ -6,13 +6,10 @@ import logging
 from collections.abc import Callable, Sequence
 from typing import TypeVar
 
-import httpx
-
 from occystrap.cancel import Cancellation, cancellable_pool
 from occystrap.endpoints import Endpoint
-from occystrap.errors import OccystrapError
+from occystrap.errors import OccystrapError, is_network_error
 from occystrap.pipeline import ProgressSink
-from occystrap.registry.errors import network_error_message
 
 LOG = logging.getLogger("occystrap.bulk")
 T = TypeVar("T")
@@ -46,7 +43,9 @@ def describe_failure(exc: Exception) -> str:
     where and what to check, others name their type."""
     if isinstance(exc, OccystrapError):
         return str(exc)
-    if isinstance(exc, httpx.RequestError):
+    if is_network_error(exc):
+        from occystrap.registry.errors import network_error_message
+
         return network_error_message(exc)
     return f"{type(exc).__name__}: {exc or 'no detail'}"
 

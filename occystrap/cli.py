@@ -9,13 +9,13 @@ import os
 import sys
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypeGuard
+from typing import TYPE_CHECKING, Any
 
 import click
 
 from occystrap import __version__, cancel
 from occystrap.envvars import CONFIG_ENV, REGISTRIES_CONF_ENV
-from occystrap.errors import OccystrapError, filesystem_error
+from occystrap.errors import OccystrapError, filesystem_error, is_network_error
 from occystrap.middleware.defaults import (
     DEFAULT_CONNECT_TIMEOUT,
     DEFAULT_DEADLINE,
@@ -27,8 +27,6 @@ from occystrap.middleware.defaults import (
 # Only what `--version` and `--help` need is imported up here: settings, httpx and the
 # rest load when a command runs (docs/performance.md, "Start-up").
 if TYPE_CHECKING:
-    import httpx
-
     from occystrap.config_file import ConfigFile
     from occystrap.endpoints import Endpoint
     from occystrap.pipeline import CopyResult, TransferStats
@@ -134,7 +132,7 @@ class OneLineErrors(click.Group):
         except OSError as exc:
             raise click.ClickException(str(filesystem_error(exc))) from None
         except Exception as exc:
-            if not _is_network_error(exc):
+            if not is_network_error(exc):
                 raise
             from occystrap.registry.errors import network_error_message
 
@@ -158,13 +156,6 @@ def _cancellation() -> cancel.Cancellation:
     """The run this command started, which Ctrl-C and SIGTERM cancel."""
     root = click.get_current_context().find_root().command
     return root.cancellation if isinstance(root, OneLineErrors) else cancel.Cancellation()
-
-
-def _is_network_error(exc: Exception) -> TypeGuard[httpx.RequestError]:
-    """An httpx.RequestError (connection failure, timeout, redirect loop), without importing
-    httpx: a run that raised one has loaded it already."""
-    loaded = sys.modules.get("httpx")
-    return loaded is not None and isinstance(exc, loaded.RequestError)
 
 
 # httpcore imports these, when installed, for its async API, which occystrap never uses:

@@ -4,11 +4,22 @@ from __future__ import annotations
 
 import errno
 import os
+import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeGuard, TypeVar
+
+if TYPE_CHECKING:
+    import httpx
 
 E = TypeVar("E", bound=BaseException)
+
+
+def is_network_error(exc: BaseException) -> TypeGuard[httpx.RequestError]:
+    """An httpx.RequestError (connection failure, timeout, redirect loop), without importing
+    httpx: a run that raised one has loaded it already, and a file-to-file copy never does."""
+    loaded = sys.modules.get("httpx")
+    return loaded is not None and isinstance(exc, loaded.RequestError)
 
 
 class OccystrapError(Exception):

@@ -41,7 +41,6 @@ from occystrap.pipeline import (
     run_pipeline,
 )
 from occystrap.settings import RunSettings
-from occystrap.stores import check_referrer_ends, copy_image_referrers
 
 LOG = logging.getLogger("occystrap")
 
@@ -117,7 +116,9 @@ def copy_in_context(
     """One image (or index) through the pipeline, then (with `referrers`) what refers to it,
     in a run whose context the caller holds (a sync session, a bulk run); the destination is
     opened (and checked) before anything is read."""
-    if referrers:
+    if referrers:  # stores (and with them the chain, httpx) only for --referrers
+        from occystrap.stores import check_referrer_ends
+
         check_referrer_ends(source, destination, ctx)
     output = destination.open_output(ctx)
     try:
@@ -129,6 +130,8 @@ def copy_in_context(
             output.abandon()
         raise
     if referrers:
+        from occystrap.stores import copy_image_referrers
+
         result = replace(result, referrers=copy_image_referrers(source, destination, ctx))
     return result
 

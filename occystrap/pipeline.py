@@ -17,8 +17,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol, TypeVar, runtime_checkable
 
-import httpx
-
 from occystrap import compression
 from occystrap.atomic import discard_tree
 from occystrap.blobcache import BlobCache, NullBlobCache
@@ -30,7 +28,9 @@ from occystrap.image import Image, ImageIndex, ImageLike, Layer
 from occystrap.manifest import Platform, select_platform
 from occystrap.registry.ledger import UploadLedger
 
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # httpx loads with the chain, when a run talks to the network
+    import httpx
+
     from occystrap.extract import ExpansionBudget
     from occystrap.settings import RunSettings
 

@@ -8,19 +8,25 @@ requests it does not claim, and need nothing it lacks until it claims one (a clo
 credential plug-in).
 """
 
+from __future__ import annotations
+
 import re
 from collections.abc import Callable
-
-import httpx
+from typing import TYPE_CHECKING
 
 from occystrap.entrypoints import PluginGroup, load_group
 from occystrap.errors import UsageError
+
+# -f specs are parsed here too (parse_spec), so a file-to-file copy loads this module: httpx
+# loads with the chain that plug-ins wrap, not with it.
+if TYPE_CHECKING:
+    import httpx
 
 ENTRY_POINT_GROUP = "occystrap.middleware"
 AUTOMATIC_GROUP = "occystrap.middleware.automatic"
 SPEC_FORM = "--middleware NAME[:KEY=VALUE,...], e.g. header:X-Pull-Through=yes"
 
-MiddlewareFactory = Callable[[httpx.BaseTransport, dict[str, str]], httpx.BaseTransport]
+MiddlewareFactory = Callable[["httpx.BaseTransport", dict[str, str]], "httpx.BaseTransport"]
 
 _registered: dict[str, MiddlewareFactory] = {}
 
@@ -102,6 +108,8 @@ def apply_plugins(
     transport: httpx.BaseTransport, specs: list[tuple[str, dict[str, str]]]
 ) -> httpx.BaseTransport:
     """Wrap `transport` in the named plug-ins; the first spec ends up outermost."""
+    import httpx
+
     factories = [(name, options, _factory_named(name)) for name, options in specs]
     for name, options, factory in reversed(factories):
         try:

@@ -164,27 +164,30 @@ class RegistriesConf:
         host = netloc.partition(":")[0] if not netloc.startswith("[") else netloc
         return netloc in hosts or any(host.endswith(domain) for domain in domains)
 
-    def resolve_short_name(self, text: str) -> ImageReference:
-        """`NAME[:TAG|@DIGEST]` through [aliases], else the one unqualified-search registry;
-        several candidates is an error listing them: nothing can be asked, and guessing could
-        fetch an impostor's image."""
+    def resolve_short_name(self, text: str) -> tuple[ImageReference, ...]:
+        """Where `NAME[:TAG|@DIGEST]` may be, in the order to look: its alias in [aliases],
+        else each unqualified-search registry. With several of them, `enforcing` (the default
+        here) refuses the name, listing them: occystrap never prompts, and a guess could
+        fetch an impostor's image; `permissive` and `disabled` try them in order, as podman
+        does when it cannot prompt."""
         name, suffix = split_name(text)
         alias = self.aliases.get(name)
         if alias is not None:
-            return parse_reference(alias.value + suffix)
+            return (parse_reference(alias.value + suffix),)
         registries = self.unqualified_search_registries
         if not registries:
             raise UsageError(
                 f"{text!r} is a short name with no alias, and no unqualified-search-registries"
                 f" are configured ({self._where()}): expected {EXPECTED_FORM}"
             )
-        if len(registries) > 1:
+        if len(registries) > 1 and self.short_name_mode == "enforcing":
             candidates = ", ".join(f"{registry}/{name}" for registry in registries)
             raise UsageError(
                 f"short name {text!r} is ambiguous: it could be {candidates}; name the image"
-                " in full or add an alias for it to [aliases] in registries.conf"
+                " in full, add an alias for it to [aliases] in registries.conf, or set"
+                ' short-name-mode = "permissive" there to try each in turn'
             )
-        return parse_reference(f"{registries[0]}/{name}{suffix}")
+        return tuple(parse_reference(f"{registry}/{name}{suffix}") for registry in registries)
 
     def is_alias(self, name: str) -> bool:
         return name in self.aliases

@@ -60,6 +60,18 @@ def repository_uri(text: str) -> RegistryURI:
     return uri
 
 
+def found_image(settings: RunSettings, text: str) -> RegistryURI:
+    """An IMAGE_URI argument to read: for a short name with several search registries to
+    try (short-name-mode permissive or disabled), the first that has the image."""
+    from occystrap.endpoints.registry import has_manifest
+
+    def has_image(candidate: RegistryURI) -> bool:
+        with registry_client(settings, candidate) as client:
+            return has_manifest(client, candidate)
+
+    return registry_uri(text).found(has_image)
+
+
 def asked_platform(settings: RunSettings, uri: RegistryURI, what: str) -> Platform | None:
     """The platform asked for: --platform (or its aliases), else the URI's
     ?os=&arch=&variant=; None when neither names one."""
@@ -138,7 +150,7 @@ def ratelimit(settings: RunSettings, image: str) -> dict:
     does not count): limit, remaining, window in seconds; None where it states none."""
     from occystrap.middleware.quota import QuotaBook
 
-    uri = registry_uri(image)
+    uri = found_image(settings, image)
     reference = uri.reference
     book = QuotaBook()
     chain = dataclasses.replace(settings.chain_settings([reference.registry]), quota=book)
@@ -158,7 +170,7 @@ def ratelimit(settings: RunSettings, image: str) -> dict:
 def digest(settings: RunSettings, image: str) -> str:
     """The manifest digest IMAGE names: an index's own, or with a platform asked for that
     entry's."""
-    uri = registry_uri(image)
+    uri = found_image(settings, image)
     reference = uri.reference
     wanted = asked_platform(settings, uri, "digest")
     with registry_client(settings, uri) as client:
@@ -195,7 +207,7 @@ def manifest(settings: RunSettings, image: str) -> bytes:
     from occystrap.endpoints.registry_images import RegistrySource
     from occystrap.graph import platform_root
 
-    uri = registry_uri(image)
+    uri = found_image(settings, image)
     reference = uri.reference
     wanted = asked_platform(settings, uri, "manifest")
     with registry_client(settings, uri) as client:
@@ -206,7 +218,7 @@ def manifest(settings: RunSettings, image: str) -> bytes:
 def config(settings: RunSettings, image: str) -> bytes:
     """IMAGE's config blob exactly as stored (its sha256 is the config digest); for an index,
     the config of the platform asked for, else linux/amd64."""
-    uri = registry_uri(image)
+    uri = found_image(settings, image)
     wanted = asked_platform(settings, uri, "config") or settings.platform
     with registry_client(settings, uri) as client:
         return pick(client, uri, wanted).image.config
@@ -235,6 +247,11 @@ def delete(settings: RunSettings, image: str) -> str:
     """Delete the manifest a tag or digest names (a tag resolved at the registry itself, never a
     mirror); returns HOST/NAME@DIGEST of what was deleted."""
     uri = registry_uri(image)
+    if uri.alternatives:
+        raise UsageError(
+            f"{uri.shown!r} could be at any of several search registries; name the image to"
+            " delete in full"
+        )
     reference = uri.reference
     with registry_client(settings, uri, use_mirrors=False) as client:
         target = (

@@ -7,6 +7,8 @@ machinery.
 
 from __future__ import annotations
 
+import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING
 
@@ -19,7 +21,7 @@ from occystrap.endpoints import (
     query_options,
     split_query,
 )
-from occystrap.errors import UsageError
+from occystrap.errors import OccystrapError, RegistryError, UsageError
 from occystrap.manifest import Platform
 from occystrap.registry.reference import ImageReference, parse_reference, validate_repository
 
@@ -28,6 +30,9 @@ if TYPE_CHECKING:
     from occystrap.image import Image
     from occystrap.pipeline import RunContext
     from occystrap.registry.client import RegistryClient
+
+
+LOG = logging.getLogger(__name__)
 
 
 @dataclass
@@ -41,6 +46,9 @@ class RegistryURI(Endpoint):
     # False for registry://HOST/PREFIX (no :TAG or @DIGEST given): a prefix for many images.
     # How the URI was written, not what it names, so equal URIs may differ in it.
     names_tag: bool = field(default=True, compare=False)
+    # A short name under short-name-mode permissive or disabled: the other search
+    # registries' references, in the order to try them when `reference` lacks the image.
+    alternatives: tuple[ImageReference, ...] = field(default=(), compare=False)
 
     def credential_scope(self) -> str:
         return f"{self.reference.registry}/{self.reference.repository}"
@@ -93,10 +101,26 @@ class RegistryURI(Endpoint):
             return None
         return Platform(self.os or "linux", self.arch or "amd64", self.variant)
 
+    def found(self, has_image: Callable[[RegistryURI], bool]) -> RegistryURI:
+        """This URI, or for a short name with alternatives the first candidate that
+        `has_image` (its manifest answers), without alternatives; when none has it, one line
+        naming every registry tried. A destination takes the first candidate as it is."""
+        if not self.alternatives:
+            return self
+        tried = []
+        for reference in (self.reference, *self.alternatives):
+            candidate = replace(self, reference=reference, alternatives=())
+            if has_image(candidate):
+                LOG.info("%s: found at %s", self, reference)
+                return candidate
+            tried.append(str(reference))
+        raise RegistryError(f"{self}: no search registry has it (tried {', '.join(tried)})")
+
     def open_input(self, ctx: RunContext) -> RegistrySource:
         from occystrap.endpoints.registry_images import RegistrySource
 
-        return RegistrySource(self.client(ctx), self.reference, self.platform)
+        uri = self.found(lambda candidate: has_manifest(candidate.client(ctx), candidate))
+        return RegistrySource(uri.client(ctx), uri.reference, self.platform)
 
     def open_output(self, ctx: RunContext) -> RegistryDestination:
         from occystrap.endpoints.registry_images import RegistryDestination
@@ -112,8 +136,10 @@ def _parse(text: str, rest: str) -> RegistryURI:
             " --src-creds/--dest-creds or a login instead"
         )
     options = query_options(text, query, ("os", "arch", "variant", "insecure"))
+    first, *alternatives = _configured_references(text, body)
     return RegistryURI(
-        reference=_configured_reference(text, body),
+        reference=first,
+        alternatives=tuple(alternatives),
         os=non_empty_option(text, "os", options.get("os")),
         arch=non_empty_option(text, "arch", options.get("arch")),
         variant=non_empty_option(text, "variant", options.get("variant")),
@@ -124,15 +150,29 @@ def _parse(text: str, rest: str) -> RegistryURI:
     )
 
 
-def _configured_reference(text: str, body: str) -> ImageReference:
-    """The image `body` names once registries.conf has had its say: a short name resolved,
-    a blocked registry refused, a prefix rewritten to its location."""
+def has_manifest(client: RegistryClient, uri: RegistryURI) -> bool:
+    """Whether `uri`'s registry answers for its manifest; any failure (not found, refused,
+    unreachable) counts as no, as podman moves on to the next search registry."""
+    import httpx
+
+    try:
+        client.head_manifest(uri.reference.repository, uri.reference.reference)
+    except (OccystrapError, httpx.HTTPError) as exc:
+        LOG.info("%s: not there (%s)", uri.reference, exc)
+        return False
+    return True
+
+
+def _configured_references(text: str, body: str) -> tuple[ImageReference, ...]:
+    """The image `body` names once registries.conf has had its say: a short name resolved
+    (to several candidates in order, under short-name-mode permissive or disabled), a
+    blocked registry refused, a prefix rewritten to its location."""
     conf = registries_conf.active()
     if body and registries_conf.is_short_name(body, conf):
-        reference = conf.resolve_short_name(body)
+        references = conf.resolve_short_name(body)
     else:
-        reference = parse_reference(body)
-    return conf.apply(reference, text)
+        references = (parse_reference(body),)
+    return tuple(conf.apply(reference, text) for reference in references)
 
 
 SCHEME = Scheme(

@@ -205,6 +205,37 @@ def test_short_names(registry_plain, unique_repo, tmp_path):
     assert_one_line_error(ambiguous, "ambiguous", "one.invalid/alpine, two.invalid/alpine")
 
 
+@pytest.mark.parametrize("mode", ["permissive", "disabled"])
+def test_a_short_name_is_looked_for_in_each_search_registry_in_turn(
+    origin, mirror, registry_plain, tmp_path, mode
+):
+    """short-name-mode permissive or disabled (nothing can prompt): the first search
+    registry lacks the image, the second has it; `process` and `digest` both find it there,
+    having asked the first. None having it is one line naming each registry tried."""
+    name = f"shortname-{mode}"
+    seed_image(registry_plain, name, tmp_path)
+    conf = write_conf(
+        tmp_path,
+        f'short-name-mode = "{mode}"\n'
+        f'unqualified-search-registries = ["{mirror.host}", "{origin.host}"]\n',
+    )
+    out = tmp_path / "image.tar"
+    pull(conf, f"{name}:{TAG}", out, "--insecure")
+    assert_tar_is_image(out, registry_plain, name)
+    assert mirror.requests_matching(rf"/v2/{name}/manifests/{TAG}$")
+    digest = run_occystrap(
+        "--registries-conf", str(conf), "--insecure", "digest", f"registry://{name}:{TAG}"
+    ).stdout.strip()
+    assert digest == skopeo_inspect(registry_plain, f"{name}:{TAG}")["Digest"]
+    missing = pull(conf, f"{name}-absent:{TAG}", tmp_path / "x.tar", "--insecure", check=False)
+    assert_one_line_error(
+        missing,
+        "no search registry has it",
+        f"{mirror.host}/{name}-absent:{TAG}, {origin.host}/{name}-absent:{TAG}",
+    )
+    assert not (tmp_path / "x.tar").exists()
+
+
 def test_config_file_environment_and_command_line_each_win(registry_plain, unique_repo, tmp_path):
     """`insecure` decides whether a plain-HTTP registry answers: each level overrides the one
     below it, and `occystrap config` names the level that won."""

@@ -1,5 +1,6 @@
 """registries.conf v2: parsing, drop-in merging, prefix matching, short names, one-line errors."""
 
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -7,6 +8,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from occystrap import registries_conf
+from occystrap.endpoints import parse_uri
 from occystrap.errors import UsageError
 from occystrap.registries_conf import (
     MirrorEntry,
@@ -145,16 +147,29 @@ def test_drop_ins_override_in_order(tmp_path):
 
 def test_short_names(tmp_path):
     conf = conf_of(tmp_path, EXAMPLE)
-    assert str(conf.resolve_short_name("app:v2")) == "registry.example/apps/app:v2"
+    assert [str(r) for r in conf.resolve_short_name("app:v2")] == ["registry.example/apps/app:v2"]
     with pytest.raises(UsageError) as raised:
         conf.resolve_short_name("alpine")
     assert "registry.example/alpine, docker.io/alpine" in str(raised.value)
     single = RegistriesConf(unqualified_search_registries=("docker.io",))
-    assert str(single.resolve_short_name("alpine@sha256:" + "a" * 64)).startswith(
-        "registry-1.docker.io/library/alpine@sha256:"
-    )
+    (only,) = single.resolve_short_name("alpine@sha256:" + "a" * 64)
+    assert str(only).startswith("registry-1.docker.io/library/alpine@sha256:")
     with pytest.raises(UsageError, match="expected HOST"):
         RegistriesConf().resolve_short_name("busybox")
+
+
+@pytest.mark.parametrize("mode", ["permissive", "disabled"])
+def test_short_names_try_every_search_registry_in_order_unless_enforcing(tmp_path, mode):
+    """podman's modes where nothing can prompt: enforcing refuses an ambiguous name,
+    permissive and disabled try each search registry in turn (an alias still wins)."""
+    conf = replace(conf_of(tmp_path, EXAMPLE), short_name_mode=mode)
+    candidates = [str(reference) for reference in conf.resolve_short_name("alpine:3")]
+    assert candidates == ["registry.example/alpine:3", "registry-1.docker.io/library/alpine:3"]
+    assert len(conf.resolve_short_name("app")) == 1
+    with registries_conf.activated(conf):
+        uri = parse_uri("registry://alpine:3")
+    assert str(uri.reference) == "registry.example/alpine:3"
+    assert [str(r) for r in uri.alternatives] == ["registry-1.docker.io/library/alpine:3"]
 
 
 def test_what_is_a_short_name(tmp_path):

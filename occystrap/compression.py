@@ -44,13 +44,14 @@ _GZIP_HEADER = b"\x1f\x8b\x08\x00\x00\x00\x00\x00\x00\xff"
 _FINAL_EMPTY_BLOCK = b"\x03\x00"  # a last, empty, fixed-Huffman deflate block
 # Blocks deflated or queued ahead of the writer, per thread: bounds memory whatever the layer.
 _BLOCKS_AHEAD_PER_THREAD = 2
-# A block whose sample (slices spread over it, deflated alone at the layer's level) does not
-# shrink below this share of its size is written as stored deflate blocks: random or
-# already-compressed bytes (model weights' noise, .gz and .jpg files) cost a full deflate
-# for nothing (ISA-L level 1: 3 ms per MiB, the sample ~0.1 ms). Floats measure ~0.92 and
-# text, code and binaries far less, so they are deflated as before (docs/performance.md).
-_SAMPLE_SLICES = 8
-_SAMPLE_SLICE_SIZE = 4096
+# A block whose sample (1 KiB slices spread over it, deflated together at the layer's level)
+# does not shrink below this share of its size is written as stored deflate blocks: random or
+# already-compressed bytes (model weights' noise, .gz and .jpg files) cost a full deflate for
+# nothing (ISA-L level 1: 3 ms per MiB, the sample ~0.05 ms). Floats measure ~0.93 and text,
+# code and binaries far less, so they are deflated as before. Many small slices rather than
+# a few big ones: a block that mixes both is rarely judged on its random part alone.
+_SAMPLE_SLICES = 32
+_SAMPLE_SLICE_SIZE = 1024
 _INCOMPRESSIBLE_SAMPLE_RATIO = 0.98
 _STORED_MAX = 0xFFFF  # bytes in one stored deflate block
 
@@ -275,6 +276,7 @@ def output_setting(kind: str, level: int | None) -> str:
         return (
             f"gzip/{GZIP_ENGINE.name}/level={level}/block={GZIP_BLOCK_SIZE}"
             f"/stored-from={_INCOMPRESSIBLE_SAMPLE_RATIO}"
+            f"/sample={_SAMPLE_SLICES}x{_SAMPLE_SLICE_SIZE}"
         )
     if kind == ZSTD:
         level = _DEFAULT_ZSTD_LEVEL if level is None else level

@@ -3,6 +3,9 @@
 A script, not a test: wall-clock figures depend on the machine. Runs alternate between the two
 tools so that disk cache and CPU frequency drift hit both alike; the median of N runs is kept.
 Peak RSS comes from /usr/bin/time (Debian package `time`), one fresh process per run.
+occystrap is timed as users run it: the checkout (--code) and its cloud plug-ins installed,
+not editable, into a virtual environment of their own (--editable: the source tree on
+PYTHONPATH of this interpreter instead, its editable installs' import finders loading too).
 
     python3 benchmarks/compare_skopeo.py [--size-mb 300] [--layers 6] [--runs 3] [--tls|--plain]
     python3 benchmarks/compare_skopeo.py --image real       # layers of this machine's files
@@ -24,6 +27,7 @@ import shutil
 import statistics
 import subprocess
 import sys
+import sysconfig
 import tarfile
 import tempfile
 import time
@@ -208,27 +212,67 @@ def cached_archive(image: str, huge_mb: int) -> Path:
     return path
 
 
-def occystrap_command(ca_bundle: Path | None, *args: str, http2: bool = True) -> list[str]:
+@dataclass(frozen=True)
+class Occystrap:
+    """The occystrap under test: the interpreter it is installed in, or (`source`) a tree put
+    on PYTHONPATH for the running interpreter, whose editable installs then load too."""
+
+    python: str
+    source: Path | None = None
+
+    def command(self, *args: str) -> list[str]:
+        return [self.python, "-m", "occystrap", *args]
+
+
+def install(code: Path, work: Path) -> Occystrap:
+    """`code` and its cloud plug-ins installed as users install them (a wheel's files, not an
+    editable install and its import finder, which every start of the program would pay) into
+    a virtual environment of their own; the dependencies are the running environment's."""
+    venv = work / "installed"
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True)
+    version = f"python{sys.version_info.major}.{sys.version_info.minor}"
+    site_packages = venv / "lib" / version / "site-packages"
+    (site_packages / "dependencies.pth").write_text(sysconfig.get_path("purelib") + "\n")
+    sources = []  # copies: building in place would leave build/ and *.egg-info in `code`
+    for tree in [code, *sorted((code / "plugins").iterdir())]:
+        copy = work / "sources" / tree.name
+        copy.mkdir(parents=True)
+        for name in ("pyproject.toml", "README.md", *(p.name for p in tree.glob("occystrap*"))):
+            if (tree / name).is_dir():
+                shutil.copytree(
+                    tree / name, copy / name, ignore=shutil.ignore_patterns("__pycache__")
+                )
+            elif (tree / name).is_file():
+                shutil.copy(tree / name, copy / name)
+        sources.append(str(copy))
+    subprocess.run(
+        [sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--no-index"]
+        + ["--no-build-isolation", "--target", str(site_packages), *sources],
+        check=True,
+    )
+    return Occystrap(str(venv / "bin" / "python"))
+
+
+def occystrap_command(
+    occystrap: Occystrap, ca_bundle: Path | None, *args: str, http2: bool = True
+) -> list[str]:
     flags = ["--ca-cert", str(ca_bundle)] if ca_bundle else ["--insecure"]
     if not http2:
         flags.append("--no-http2")
-    return [sys.executable, "-m", "occystrap", *flags, *args]
+    return occystrap.command(*flags, *args)
 
 
 def skopeo_command(source: str, dest: str, src_args=(), dest_args=()) -> list[str]:
     return [require_binary(SKOPEO_BINARY), "copy", "--quiet", *src_args, *dest_args, source, dest]
 
 
-def measure(command: list[str], scratch: Path, code: Path, cache: Path) -> Measurement:
-    """Run `command` under /usr/bin/time (occystrap from `code`, its blob cache in `cache`);
-    wall time and peak RSS."""
+def measure(command: list[str], scratch: Path, occystrap: Occystrap, cache: Path) -> Measurement:
+    """Run `command` under /usr/bin/time (occystrap's blob cache in `cache`); wall time and
+    peak RSS."""
     rss_file = scratch / "rss.txt"  # peak RSS KB, user s, system s
-    env = {
-        **os.environ,
-        "PYTHONPATH": str(code),
-        "TMPDIR": str(scratch),
-        "XDG_CACHE_HOME": str(cache),
-    }
+    env = {**os.environ, "TMPDIR": str(scratch), "XDG_CACHE_HOME": str(cache)}
+    if occystrap.source is not None:
+        env["PYTHONPATH"] = str(occystrap.source)
     started = time.monotonic()
     result = subprocess.run(
         [TIME_BINARY, "-f", "%M %U %S", "-o", str(rss_file), *command],
@@ -258,7 +302,14 @@ def ca_bundle(work: Path, *registries: RegistryServer) -> Path | None:
     return bundle
 
 
-def operations(source: RegistryServer, dest: RegistryServer, work: Path, archive: Path, tls: bool):
+def operations(
+    occystrap: Occystrap,
+    source: RegistryServer,
+    dest: RegistryServer,
+    work: Path,
+    archive: Path,
+    tls: bool,
+):
     """(operation, tool, command) for one round; every write goes to the fresh `dest`."""
     src_ref = f"{source.host}/bench:src"
     out_tar = work / "out.tar"
@@ -270,13 +321,19 @@ def operations(source: RegistryServer, dest: RegistryServer, work: Path, archive
             "pull to tar",
             tool,
             occystrap_command(
-                bundle, "process", f"registry://{src_ref}", f"tar://{out_tar}", http2=http2
+                occystrap,
+                bundle,
+                "process",
+                f"registry://{src_ref}",
+                f"tar://{out_tar}",
+                http2=http2,
             ),
         )
         yield (
             "push from tar",
             tool,
             occystrap_command(
+                occystrap,
                 bundle,
                 "process",
                 f"tar://{archive}",
@@ -288,6 +345,7 @@ def operations(source: RegistryServer, dest: RegistryServer, work: Path, archive
             "registry to registry",
             tool,
             occystrap_command(
+                occystrap,
                 bundle,
                 "process",
                 f"registry://{src_ref}",
@@ -299,6 +357,7 @@ def operations(source: RegistryServer, dest: RegistryServer, work: Path, archive
             "repeat push",
             tool,
             occystrap_command(
+                occystrap,
                 bundle,
                 "process",
                 f"tar://{archive}",
@@ -335,34 +394,34 @@ def operations(source: RegistryServer, dest: RegistryServer, work: Path, archive
     )
 
 
-def toolbox_rounds(source: RegistryServer, work: Path, code: Path, tls: bool):
+def toolbox_rounds(source: RegistryServer, work: Path, occystrap: Occystrap, tls: bool):
     """Start-up-bound commands scripts call in loops: occystrap's against skopeo's."""
     bundle = ca_bundle(work, source)
     image, repository = f"{source.host}/bench:src", f"{source.host}/bench"
     src_args = source.skopeo_args()  # inspect and list-tags take no --src- prefix
     skopeo = require_binary(SKOPEO_BINARY)
     pairs = [
-        ("--version", [sys.executable, "-m", "occystrap", "--version"], [skopeo, "--version"]),
+        ("--version", occystrap.command("--version"), [skopeo, "--version"]),
         (
             "digest",
-            occystrap_command(bundle, "digest", f"registry://{image}"),
+            occystrap_command(occystrap, bundle, "digest", f"registry://{image}"),
             [skopeo, "inspect", *src_args, "--format", "{{.Digest}}", f"docker://{image}"],
         ),
         (
             "tags",
-            occystrap_command(bundle, "tags", f"registry://{repository}"),
+            occystrap_command(occystrap, bundle, "tags", f"registry://{repository}"),
             [skopeo, "list-tags", *src_args, f"docker://{repository}"],
         ),
     ]
     for run in range(TOOLBOX_RUNS):
-        for operation, occystrap, skopeo_command_line in pairs:
-            tools = [("occystrap", occystrap), ("skopeo", skopeo_command_line)]
+        for operation, occystrap_command_line, skopeo_command_line in pairs:
+            tools = [("occystrap", occystrap_command_line), ("skopeo", skopeo_command_line)]
             for tool, command in tools if run % 2 else reversed(tools):
-                yield operation, tool, measure(command, work, code, work / "cache-toolbox")
+                yield operation, tool, measure(command, work, occystrap, work / "cache-toolbox")
 
 
 def bench_transport(
-    image: Path, tls: bool, runs: int, only: set[str], code: Path, toolbox: bool
+    image: Path, tls: bool, runs: int, only: set[str], occystrap: Occystrap, toolbox: bool
 ) -> list[Row]:
     """All runs against one source registry; each run writes to a fresh destination registry.
 
@@ -396,12 +455,12 @@ def bench_transport(
                     check=True,
                 )
             if toolbox:
-                for operation, tool, result in toolbox_rounds(source, work, code, tls):
+                for operation, tool, result in toolbox_rounds(source, work, occystrap, tls):
                     row = rows.setdefault((operation, tool), Row(name, operation, tool))
                     row.runs.append(result)
             for run in range(runs):
                 for operation, tool, result in _one_round(
-                    source, work, archive, run, tls, only, code
+                    source, work, archive, run, tls, only, occystrap
                 ):
                     row = rows.setdefault((operation, tool), Row(name, operation, tool))
                     row.runs.append(result)
@@ -415,7 +474,13 @@ def bench_transport(
 
 
 def _one_round(
-    source: RegistryServer, work: Path, archive: Path, run: int, tls: bool, only, code: Path
+    source: RegistryServer,
+    work: Path,
+    archive: Path,
+    run: int,
+    tls: bool,
+    only,
+    occystrap: Occystrap,
 ):
     """Each operation writes to its own fresh registry, so no tool finds blobs already there.
 
@@ -428,16 +493,16 @@ def _one_round(
         dest_dir = work / "dest"
         cache = work / f"cache-{run}-{operation.replace(' ', '-')}"
         with RegistryServer(dest_dir, tls=tls) as dest:
-            every = list(operations(source, dest, work, archive, tls))
+            every = list(operations(occystrap, source, dest, work, archive, tls))
             ops = [op for op in every if op[0] == operation]
             if run % 2:  # alternate who goes first
                 ops.reverse()
             for _, tool, command in ops:
                 if operation == "repeat push":
                     first = next(c for o, t, c in every if o == "push from tar" and t == tool)
-                    measure(first, work, code, cache)
+                    measure(first, work, occystrap, cache)
                 (work / "out.tar").unlink(missing_ok=True)
-                yield operation, tool, measure(command, work, code, cache)
+                yield operation, tool, measure(command, work, occystrap, cache)
         shutil.rmtree(dest_dir, ignore_errors=True)
         shutil.rmtree(cache, ignore_errors=True)
 
@@ -494,10 +559,22 @@ def main() -> None:
     parser.add_argument(
         "--code", type=Path, default=REPO_ROOT, help="occystrap source tree to time (default: here)"
     )
+    parser.add_argument(
+        "--editable",
+        action="store_true",
+        help="time --code on PYTHONPATH with this interpreter (its editable installs' import"
+        " finders included) instead of installing it, as users do, into a venv of its own",
+    )
     args = parser.parse_args()
     code = args.code.resolve()
     require_binary(TIME_BINARY)
     RESULTS_DIR.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="occystrap-install-", dir=RESULTS_DIR) as work:
+        occystrap = Occystrap(sys.executable, code) if args.editable else install(code, Path(work))
+        run_benchmark(args, code, occystrap)
+
+
+def run_benchmark(args: argparse.Namespace, code: Path, occystrap: Occystrap) -> None:
     if args.image == "synthetic":
         image = cached_layout(args.size_mb, args.layers)
     else:
@@ -505,7 +582,9 @@ def main() -> None:
     modes = [True] if args.tls else [False] if args.plain else [False, True]
     rows: list[Row] = []
     for tls in modes:
-        rows += bench_transport(image, tls, args.runs, set(args.only or ()), code, args.toolbox)
+        rows += bench_transport(
+            image, tls, args.runs, set(args.only or ()), occystrap, args.toolbox
+        )
     print()
     print_table(rows)
     stamp = datetime.datetime.now(datetime.UTC).strftime("%Y%m%dT%H%M%SZ")

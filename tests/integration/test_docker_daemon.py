@@ -122,6 +122,34 @@ def test_daemon_to_registry_and_back(dockerd, registry_plain, unique_repo, tmp_p
     assert listed(dockerd, back)["Id"] == config_digest
 
 
+def test_dockerd_pulls_a_layer_pushed_with_stored_blocks(
+    dockerd, registry_plain, unique_repo, tmp_path
+):
+    """Docker's own gzip reader (not occystrap's, not skopeo's) takes a layer whose random
+    megabytes went as stored deflate blocks beside deflated text, to the diff_id it names."""
+    name = unique_name("stored") + ":v1"
+    files = {
+        **random_layer(3 * 1024 * 1024, next(_seeds), "model.bin"),
+        "a.txt": b"text " * 200_000,
+    }
+    layout = tmp_path / "layout"
+    build_oci_layout(layout, [files])
+    tarball = tmp_path / "source.tar"
+    run_skopeo("copy", "--quiet", f"oci:{layout}:latest", f"docker-archive:{tarball}:{name}")
+    config_digest, diff_ids = archive_facts(tarball)
+    target = f"{registry_plain.host}/{unique_repo}"
+    run_occystrap("--insecure", "process", f"tar://{tarball}", f"registry://{target}:v1")
+    with dockerd.client() as client:
+        response = client.post(
+            "/images/create", params={"fromImage": target, "tag": "v1"}, timeout=120
+        )
+    assert response.status_code == 200, response.text
+    assert '"error' not in response.text, response.text
+    pulled = listed(dockerd, f"{target}:v1")
+    assert pulled["RootFS"]["Layers"] == diff_ids
+    assert pulled["Id"] == config_digest
+
+
 def test_docker_host_names_the_socket(dockerd, tmp_path):
     name = unique_name("env") + ":v1"
     tarball, config_digest, _ = source_tarball(tmp_path, "occystrap-test/env-source:v1", 1)

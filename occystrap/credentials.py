@@ -18,7 +18,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from occystrap.atomic import atomic_path
 from occystrap.errors import UsageError
 from occystrap.jsondoc import BadJSONError, parse_json
 from occystrap.registry.hosts import DOCKER_HUB_ALIASES
@@ -362,6 +361,8 @@ def format_auth_key(key: AuthKey) -> str:
 
 def _write_document(path: Path, document: dict[str, Any]) -> None:
     """Replace `path` atomically with `document`, readable by its owner only."""
+    from occystrap.atomic import atomic_path  # login and logout write; every command reads
+
     path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
     text = json.dumps(document, indent="\t") + "\n"
     try:

@@ -14,7 +14,6 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import logging
-import xml.etree.ElementTree as ElementTree
 from collections.abc import Callable
 from contextlib import AbstractContextManager
 from typing import TYPE_CHECKING
@@ -39,13 +38,23 @@ from occystrap.middleware.base import Middleware
 from occystrap.streams import Readable
 from occystrap_aws.signing import PAYLOAD_HASH, UNSIGNED_PAYLOAD, AwsSigner
 
-if TYPE_CHECKING:  # the pipeline loads when a bucket is used, not with the middleware
+# The pipeline and the XML parser load when a bucket is used, not with the middleware that
+# every run's chain holds.
+if TYPE_CHECKING:
+    from xml.etree.ElementTree import Element
+
     from occystrap.pipeline import RunContext
 
 LOG = logging.getLogger("occystrap.s3")
 # Request extension: the `AwsSigner` the sigv4 middleware signs this request with.
 SIGNER = "occystrap_aws.signer"
 _XMLNS = "{http://s3.amazonaws.com/doc/2006-03-01/}"
+
+
+def _xml(content: bytes) -> Element:
+    from xml.etree import ElementTree
+
+    return ElementTree.fromstring(content)
 
 
 class SigV4Signing(Middleware):
@@ -128,10 +137,8 @@ class S3Objects:
 
     def _fail(self, response: httpx.Response, what: str) -> OccystrapError:
         code = ""
-        with contextlib.suppress(ElementTree.ParseError):
-            found = (
-                ElementTree.fromstring(response.content).find("Code") if response.content else None
-            )
+        with contextlib.suppress(SyntaxError):  # ElementTree's ParseError
+            found = _xml(response.content).find("Code") if response.content else None
             code = f" {found.text}" if found is not None and found.text else ""
         hint = ""
         if response.status_code in (401, 403):
@@ -205,7 +212,7 @@ class S3Objects:
         # differently by emulators than by S3. The first 1000 are looked at.
         response = self._send("GET", "", "uploads=")
         if response.status_code == 200:
-            listing = ElementTree.fromstring(response.content)
+            listing = _xml(response.content)
             for upload in listing.iter(f"{_XMLNS}Upload"):
                 if upload.findtext(f"{_XMLNS}Key") == key:
                     upload_id = upload.findtext(f"{_XMLNS}UploadId") or ""
@@ -217,7 +224,7 @@ class S3Objects:
                             f"{_XMLNS}ETag"
                         )
                         or ""
-                        for part in ElementTree.fromstring(parts.content).iter(f"{_XMLNS}Part")
+                        for part in _xml(parts.content).iter(f"{_XMLNS}Part")
                     }
                     LOG.info(
                         "%s: resuming the upload of %s (%d parts there)", self.where, key, len(done)
@@ -226,7 +233,7 @@ class S3Objects:
         response = self._send("POST", key, "uploads=", safe_twice=True)
         if response.status_code != 200:
             raise self._fail(response, f"cannot start uploading {key}")
-        created = ElementTree.fromstring(response.content).findtext(f"{_XMLNS}UploadId")
+        created = _xml(response.content).findtext(f"{_XMLNS}UploadId")
         if not created:
             raise self._fail(response, f"no upload id for {key}")
         return created, {}

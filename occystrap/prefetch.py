@@ -1,14 +1,15 @@
 """Pulling without waiting: the next layer downloads while this one is inflated and written.
 
-`prefetched_layers` hands an output (the docker-save writer) the image's layers in order,
-each remote blob spooled to a temporary file by download threads working up to `-j` layers
-ahead. The output reads a spool as it grows, so it inflates a layer while the layer is
-still arriving, and the next layers download meanwhile: network on one core, inflate,
-hashing and writing on the other. Temporary disk holds the layer being read and at most
-`-j` after it, compressed (one layer, for an image of one huge layer).
+`prefetched_layers` hands an output (the docker-save writer) the image's layers in order.
+The first layer (the only one, in an image of one huge layer) streams straight from the
+network; the later ones are spooled to temporary files by download threads working up to
+`-j` layers ahead. The output reads a spool as it grows, so it inflates a layer while the
+layer is still arriving, and the next layers download meanwhile. Temporary disk holds at
+most `-j` compressed layers, and none for an image of one layer.
 
-`ReadAhead` runs any reader in a thread of its own, a few chunks ahead of its consumer.
-"""
+`ReadAhead` runs any reader in a thread of its own, a few chunks ahead of its consumer:
+one receives and hashes a streamed blob, another inflates a layer, while the writer
+hashes the tar and writes it."""
 
 from __future__ import annotations
 

@@ -88,8 +88,10 @@ def test_dir_output_can_be_written_again_but_a_catalogue_needs_unique_names(
 
 @pytest.fixture
 def big_image(registry_plain, unique_repo, tmp_path) -> str:
-    """An image of ~3 MB of incompressible layer: more than the 1 MiB filesystems below."""
-    seed_image(registry_plain, unique_repo, tmp_path, [random_layer(3_000_000, 5), {"a": b"a"}])
+    """An image of ~3 MB of incompressible layer: more than the 1 MiB filesystems below. The
+    big layer comes second: a pull streams the first layer it needs without a spool file, so
+    only a later one passes through --temp-dir."""
+    seed_image(registry_plain, unique_repo, tmp_path, [{"a": b"a"}, random_layer(3_000_000, 5)])
     return unique_repo
 
 

@@ -58,11 +58,23 @@ READ_BYTES = 1024 * 1024
 class _LargeReadStream(httpcore.NetworkStream):
     """A connection whose reads take up to READ_BYTES, whatever httpcore asks for."""
 
-    def __init__(self, inner: httpcore.NetworkStream) -> None:
+    def __init__(self, inner: httpcore.NetworkStream, tls: bool = False) -> None:
         self._inner = inner
+        self._tls = tls
 
     def read(self, max_bytes: int, timeout: float | None = None) -> bytes:
-        return self._inner.read(max(max_bytes, READ_BYTES), timeout)
+        wanted = max(max_bytes, READ_BYTES)
+        data = self._inner.read(wanted, timeout)
+        if not self._tls:
+            return data
+        # TLS hands out one record (16 KiB at most) per read: the records that have arrived
+        # already are taken too, so h11 and httpx see one piece instead of up to 64.
+        pieces, size = [data], len(data)
+        while data and size < wanted and self._inner.get_extra_info("is_readable"):
+            data = self._inner.read(wanted - size, timeout)
+            pieces.append(data)
+            size += len(data)
+        return b"".join(pieces)
 
     def write(self, buffer: bytes, timeout: float | None = None) -> None:
         self._inner.write(buffer, timeout)
@@ -76,7 +88,9 @@ class _LargeReadStream(httpcore.NetworkStream):
         server_hostname: str | None = None,
         timeout: float | None = None,
     ) -> httpcore.NetworkStream:
-        return _LargeReadStream(self._inner.start_tls(ssl_context, server_hostname, timeout))
+        return _LargeReadStream(
+            self._inner.start_tls(ssl_context, server_hostname, timeout), tls=True
+        )
 
     def get_extra_info(self, info: str) -> object:
         return self._inner.get_extra_info(info)

@@ -1223,7 +1223,11 @@ def logout(settings: RunSettings, host: str) -> None:
 @click.option("--dest", metavar="URI", help="Destination of a skopeo sync file (registry://...).")
 @click.option("--scoped", is_flag=True, help="Skopeo file: name targets DEST/HOST/REPOSITORY.")
 @click.option("--dry-run", is_flag=True, help="Print the plan; copy nothing (-O json for JSON).")
-@click.option("--prune", is_flag=True, help="Delete target tags the source no longer has.")
+@click.option(
+    "--prune",
+    is_flag=True,
+    help="Delete target tags the source no longer has (never a manifest a tag that stays holds).",
+)
 @click.option("--keep-going", is_flag=True, help="Start further images after one fails.")
 @click.option(
     "--report",

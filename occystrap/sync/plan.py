@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import fnmatch
 import logging
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -39,6 +39,8 @@ GLOB_CHARACTERS = frozenset("*?[")
 PLAN_PARALLEL = 16
 
 COPY, UNCHANGED, PRUNE, FAILED = "copy", "unchanged", "prune", "failed"
+# A stale tag left in place: its manifest is also under a tag that stays.
+KEPT = "kept"
 
 
 @dataclass(frozen=True)
@@ -81,10 +83,10 @@ class PlannedImage:
 
     source: str  # the source image's URI, at its tag
     target: str  # the target image's URI, at its tag
-    action: str  # copy, unchanged, prune or failed
-    digest: str | None = None  # the source's digest (for prune: the target's)
+    action: str  # copy, unchanged, prune, kept or failed
+    digest: str | None = None  # the source's digest (for prune and kept: the target's)
     target_digest: str | None = None  # what the target holds now (None: nothing)
-    error: str | None = None
+    error: str | None = None  # why it failed (for kept: which tag holds its manifest)
     source_registry: str = ""
     platforms: tuple[Platform, ...] = ()
     referrers: bool = False
@@ -265,41 +267,60 @@ class Planner:
     def _prunes(
         self, pairs: Sequence[_Pair], planned: Sequence[PlannedImage], pool: ThreadPoolExecutor
     ) -> list[PlannedImage]:
-        """Target tags no rule keeps, in registry targets the plan writes to."""
+        """Target tags no rule keeps, in registry targets the plan writes to; a stale tag
+        whose manifest a kept tag will still hold after the copies is planned `kept`."""
         kept: dict[Repository, set[str]] = {}
         for pair in pairs:
             if isinstance(pair.target, Repository):
                 kept.setdefault(pair.target, set()).update(pair.tags)
-        kept_digests = {image.digest for image in planned if image.digest}
+        # What each kept tag will hold once the copies are done (as planned).
+        expected: dict[str, str] = {}
+        for image in planned:
+            if image.action in (COPY, UNCHANGED) and image.digest:
+                expected[image.target] = image.digest
+            elif image.target_digest:
+                expected[image.target] = image.target_digest
 
         def stale(target: Repository) -> list[PlannedImage]:
+            client = self.client(target)
             try:
-                tags = self.client(target).list_tags(target.name)
+                tags = client.list_tags(target.name)
             except RegistryError as exc:
                 if exc.status == 404:
                     return []
                 raise
-            found = []
+            held: dict[str, str] = {}
+            stale_digests: dict[str, str] = {}
             for tag in tags:
-                if tag in kept[target]:
+                known = expected.get(target.uri(tag))
+                if tag in kept[target] and known is not None:
+                    held[tag] = known
                     continue
-                digest = self.client(target).head_manifest(target.name, tag).digest
-                error = None
-                if digest in kept_digests:
-                    error = "its manifest is also under a kept tag; deleting it would drop both"
-                found.append(
-                    PlannedImage(
-                        "",
-                        target.uri(tag),
-                        PRUNE if error is None else FAILED,
-                        digest,
-                        digest,
-                        error,
-                    )
-                )
-            return found
+                digest = client.head_manifest(target.name, tag).digest
+                (held if tag in kept[target] else stale_digests)[tag] = digest
+            sharers = manifest_sharers(stale_digests, held)
+            return [
+                stale_image(target.uri(tag), digest, sharers.get(tag))
+                for tag, digest in stale_digests.items()
+            ]
 
         return [image for images in pool.map(stale, list(kept)) for image in images]
+
+
+def manifest_sharers(stale: Mapping[str, str], held: Mapping[str, str]) -> dict[str, str]:
+    """Stale tag -> a tag that stays and holds the same manifest. Registries delete
+    manifests by digest, so deleting such a stale tag would take that tag with it."""
+    holders: dict[str, str] = {}
+    for tag, digest in sorted(held.items()):
+        holders.setdefault(digest, tag)
+    return {tag: holders[digest] for tag, digest in stale.items() if digest in holders}
+
+
+def stale_image(target: str, digest: str, sharer: str | None) -> PlannedImage:
+    """A stale target tag: to prune, or kept because `sharer` holds its manifest too."""
+    if sharer is None:
+        return PlannedImage("", target, PRUNE, digest, digest)
+    return PlannedImage("", target, KEPT, digest, digest, f"shares manifest with {sharer}")
 
 
 def _replace(image: PlannedImage, **changes: object) -> PlannedImage:

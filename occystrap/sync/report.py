@@ -13,8 +13,8 @@ from occystrap.errors import OccystrapError
 from occystrap.settings import RunSettings
 from occystrap.sync.config import load_spec
 from occystrap.sync.engine import SyncOptions, sync
-from occystrap.sync.plan import PlannedImage, SyncPlan
-from occystrap.sync.run import FAILED, ImageResult, summarise
+from occystrap.sync.plan import COPY, FAILED, KEPT, PRUNE, UNCHANGED, PlannedImage, SyncPlan
+from occystrap.sync.run import ImageResult, summarise
 from occystrap.units import human_bytes
 
 
@@ -49,7 +49,7 @@ def print_plan(plan: SyncPlan, output_format: str) -> None:
         return
     for image in plan.images:
         print(plan_line(image))
-    counts = {action: plan.count(action) for action in ("copy", "unchanged", "prune", "failed")}
+    counts = {action: plan.count(action) for action in (COPY, UNCHANGED, PRUNE, KEPT, FAILED)}
     print(
         "occystrap: plan: " + ", ".join(f"{n} {action}" for action, n in counts.items()),
         file=sys.stderr,

@@ -15,7 +15,9 @@ from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
+
+import httpx
 
 from occystrap.atomic import work_directory
 from occystrap.blobcache import BlobCache, open_blob_cache
@@ -24,7 +26,7 @@ from occystrap.cancel import Cancellation
 from occystrap.compression import DeflatePool
 from occystrap.endpoints import parse_uri
 from occystrap.endpoints.registry import RegistryURI
-from occystrap.errors import OccystrapError
+from occystrap.errors import OccystrapError, RegistryError
 from occystrap.manifest import Platform
 from occystrap.middleware.builder import ChainClient, build_client
 from occystrap.middleware.quota import QuotaReading
@@ -34,16 +36,22 @@ from occystrap.settings import RunSettings
 from occystrap.sync.plan import (
     COPY,
     FAILED,
+    KEPT,
+    PLAN_PARALLEL,
     PRUNE,
     UNCHANGED,
     PlannedImage,
     SyncPlan,
+    manifest_sharers,
 )
+
+if TYPE_CHECKING:
+    from occystrap.registry.client import RegistryClient
 
 LOG = logging.getLogger("occystrap.sync")
 
 COPIED, PRUNED, DEFERRED = "copied", "pruned", "deferred"
-STATUSES = (COPIED, UNCHANGED, FAILED, PRUNED, DEFERRED)
+STATUSES = (COPIED, UNCHANGED, FAILED, PRUNED, KEPT, DEFERRED)
 
 
 @dataclass(frozen=True)
@@ -281,23 +289,77 @@ def _result_of(image: PlannedImage, status: str, error: str | None = None) -> Im
 
 
 def prune(plan: SyncPlan, http: ChainClient, settings: RunSettings) -> list[ImageResult]:
-    """Delete the target tags the plan found stale (by digest, as registries delete)."""
+    """Delete the target tags the plan found stale, looking again first: registries delete
+    by digest, so a manifest that a tag which stays holds now (the copies may have failed or
+    moved it) is never deleted; that stale tag is reported `kept`."""
     from occystrap.registry.client import RegistryClient
 
-    results = []
+    repositories: dict[tuple[str, str, bool], list[tuple[str, PlannedImage]]] = {}
     for image in plan.images:
-        if image.action != PRUNE:
+        if image.action not in (PRUNE, KEPT):
             continue
         uri = parse_uri(image.target)
-        assert isinstance(uri, RegistryURI) and image.digest is not None
+        assert isinstance(uri, RegistryURI)
         insecure = settings.insecure if uri.insecure is None else uri.insecure
-        client = RegistryClient(http, uri.reference.registry, insecure=insecure)
-        try:
-            client.delete_manifest(uri.reference.repository, image.digest)
-            results.append(_result_of(image, PRUNED))
-        except OccystrapError as exc:
-            results.append(_result_of(image, FAILED, describe_failure(exc)))
+        key = (uri.reference.registry, uri.reference.repository, insecure)
+        repositories.setdefault(key, []).append((uri.reference.reference, image))
+    results = []
+    for (registry, repository, insecure), stale in repositories.items():
+        client = RegistryClient(http, registry, insecure=insecure)
+        results += _prune_repository(client, repository, dict(stale))
     return results
+
+
+def _prune_repository(
+    client: RegistryClient, repository: str, stale: dict[str, PlannedImage]
+) -> list[ImageResult]:
+    """Prune `stale` (tag -> its planned image) in one repository, as it is now."""
+    try:
+        now = _tag_digests(client, repository)
+    except (OccystrapError, httpx.RequestError) as exc:
+        unknown = f"cannot tell which tags stay and what they hold: {describe_failure(exc)}"
+        return [_result_of(image, FAILED, unknown) for image in stale.values()]
+    held = {tag: digest for tag, digest in now.items() if tag not in stale}
+    stale_now = {tag: now[tag] for tag in stale if tag in now}
+    sharers = manifest_sharers(stale_now, held)
+    deleted: dict[str, str | None] = {}  # digest -> why deleting it failed (None: deleted)
+    results = []
+    for tag, image in stale.items():
+        digest = stale_now.get(tag)
+        if digest is None:  # gone meanwhile: nothing left to delete
+            results.append(_result_of(image, PRUNED))
+            continue
+        image = replace(image, digest=digest)
+        if tag in sharers:
+            results.append(_result_of(image, KEPT, f"shares manifest with {sharers[tag]}"))
+            continue
+        if digest not in deleted:
+            try:
+                client.delete_manifest(repository, digest)
+                deleted[digest] = None
+            except (OccystrapError, httpx.RequestError) as exc:
+                deleted[digest] = describe_failure(exc)
+        why = deleted[digest]
+        results.append(_result_of(image, PRUNED if why is None else FAILED, why))
+    return results
+
+
+def _tag_digests(client: RegistryClient, repository: str) -> dict[str, str]:
+    """Every tag of `repository` and the digest it holds now (a tag deleted meanwhile is
+    left out)."""
+
+    def head(tag: str) -> str | None:
+        try:
+            return client.head_manifest(repository, tag).digest
+        except RegistryError as exc:
+            if exc.status == 404:
+                return None
+            raise
+
+    with ThreadPoolExecutor(PLAN_PARALLEL, thread_name_prefix="prune") as pool:
+        tags = client.list_tags(repository)
+        digests = list(pool.map(head, tags))
+    return {tag: digest for tag, digest in zip(tags, digests, strict=True) if digest is not None}
 
 
 def summarise(results: Sequence[ImageResult]) -> dict[str, int]:

@@ -223,6 +223,99 @@ def test_prune_deletes_tags_the_source_no_longer_has(seeded, mirror, tmp_path):
     assert json.loads(listed.stdout) == ["0.2"]
 
 
+def target_tags(registry: RegistryServer, repository: str) -> dict[str, str]:
+    """tag -> digest at the target, as skopeo reads them."""
+    listed = run_skopeo(
+        "list-tags", *registry.skopeo_args(), f"docker://{registry.host}/{repository}"
+    )
+    return {
+        tag: skopeo_inspect(registry, f"{repository}:{tag}")["Digest"]
+        for tag in json.loads(listed.stdout)["Tags"]
+    }
+
+
+def test_prune_never_deletes_a_manifest_a_tag_that_stays_holds(seeded, mirror, tmp_path):
+    """Registries delete manifests by digest: a stale tag sharing its manifest with a tag
+    that stays is reported `kept` (plan, run and report), never deleted; stale tags sharing
+    one manifest go together; the check is made again after the copies (a copy that failed
+    leaves its tag on the old manifest, which must then survive)."""
+    src, dst, prefix = seeded.registry.host, mirror.host, seeded.prefix
+    repository, target = f"{prefix}/shared", f"{prefix}-s/shared"
+    images = {}
+    for name, seed in (("x", 21), ("y", 22), ("z", 23), ("z2", 24)):
+        build_oci_layout(tmp_path / name, [random_layer(2000, seed)])
+        images[name] = tmp_path / name
+    for tag, image in (("a", "x"), ("b", "x"), ("c", "y"), ("d", "y"), ("e", "z"), ("f", "z")):
+        push_with_skopeo(images[image], seeded.registry, repository, tag)
+    digest = {
+        name: seeded.digest("shared", tag) for name, tag in (("x", "a"), ("y", "c"), ("z", "e"))
+    }
+    rule = {"source": f"registry://{src}/{repository}", "target": f"registry://{dst}/{target}"}
+    spec = write_yaml(tmp_path / "sync.yaml", {"sync": [rule]})
+    sync(str(spec))
+    # The source keeps a and e only, and e moves on: once e is copied, f alone holds z.
+    push_with_skopeo(images["z2"], seeded.registry, repository, "e")
+    digest["z2"] = seeded.digest("shared", "e")
+    write_yaml(spec, {"sync": [{**rule, "tags": {"allow": ["^(a|e)$"]}}]})
+    at = f"registry://{dst}/{target}"
+
+    planned = run_occystrap("--insecure", "-O", "json", "sync", "--dry-run", "--prune", str(spec))
+    plan = {image["target"]: image for image in json.loads(planned.stdout)}
+    assert {uri: image["action"] for uri, image in plan.items()} == {
+        f"{at}:a": "unchanged",
+        f"{at}:e": "copy",
+        f"{at}:b": "kept",
+        f"{at}:c": "prune",
+        f"{at}:d": "prune",
+        f"{at}:f": "prune",
+    }, planned.stdout
+    assert plan[f"{at}:b"]["error"] == "shares manifest with a"
+    assert plan[f"{at}:b"]["digest"] == digest["x"]
+    text = sync("--dry-run", "--prune", str(spec))
+    assert f"kept      {at}:b {digest['x']}: shares manifest with a" in text.stdout, text.stdout
+    assert "1 kept" in text.stderr, text.stderr
+    assert target_tags(mirror, target) == dict(
+        a=digest["x"], b=digest["x"], c=digest["y"], d=digest["y"], e=digest["z"], f=digest["z"]
+    )
+
+    # e's copy fails: e still holds z at the target, so f's manifest must stay too.
+    with FaultProxy(mirror.url) as proxy:
+        proxy.fail_next(1, status=400, path=rf"/v2/{target}/manifests/", method="PUT")
+        failing = tmp_path / "failing.yaml"
+        broken_rule = {**rule, "target": f"registry://{proxy.host}/{target}"}
+        write_yaml(failing, {"sync": [{**broken_rule, "tags": {"allow": ["^(a|e)$"]}}]})
+        report = tmp_path / "failing.json"
+        run = sync(str(failing), "--prune", "--keep-going", "--report", str(report), check=False)
+        assert run.returncode != 0, run.stderr
+        via = f"registry://{proxy.host}/{target}"
+        statuses = {e["target"]: (e["status"], e["error"]) for e in json.loads(report.read_text())}
+        assert statuses[f"{via}:e"][0] == "failed", statuses
+        assert {tag: statuses[f"{via}:{tag}"] for tag in "abcdf"} == {
+            "a": ("unchanged", None),
+            "b": ("kept", "shares manifest with a"),
+            "c": ("pruned", None),
+            "d": ("pruned", None),
+            "f": ("kept", "shares manifest with e"),
+        }, statuses
+    assert target_tags(mirror, target) == dict(
+        a=digest["x"], b=digest["x"], e=digest["z"], f=digest["z"]
+    )
+
+    report = tmp_path / "report.json"
+    run = sync(str(spec), "--prune", "--report", str(report))
+    assert result_lines(run.stdout) == {
+        f"{at}:a": "unchanged",
+        f"{at}:e": "copied",
+        f"{at}:b": "kept",
+        f"{at}:f": "pruned",
+    }, run.stdout
+    assert "1 pruned, 1 kept" in run.stderr, run.stderr
+    entries = {entry["target"]: entry for entry in json.loads(report.read_text())}
+    assert entries[f"{at}:b"]["status"] == "kept"
+    assert entries[f"{at}:b"]["error"] == "shares manifest with a"
+    assert target_tags(mirror, target) == dict(a=digest["x"], b=digest["x"], e=digest["z2"])
+
+
 def test_keep_going_past_a_broken_image(seeded, mirror, tmp_path):
     """A tag whose manifest names a config blob the registry lacks fails; --keep-going
     copies the rest, and the exit status still says something failed."""

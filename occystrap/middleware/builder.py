@@ -24,7 +24,7 @@ import logging
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import httpx
 
@@ -38,12 +38,14 @@ from occystrap.middleware.oci import OciArtifacts
 from occystrap.middleware.options import NetworkSettings
 from occystrap.middleware.plugins import apply_plugins, automatic_specs, parse_middleware_spec
 from occystrap.middleware.quay_auth import QuayAuth
-from occystrap.middleware.quota import QuotaBook, QuotaObserver
-from occystrap.middleware.ratelimit import RateLimit, RateLimitPolicy, parse_rate_limits
 from occystrap.middleware.registry_auth import RegistryAuth
 from occystrap.middleware.retry import Retry, RetryBudget
 from occystrap.middleware.transport import build_base_transport, make_timeout
 from occystrap.registries_conf import RegistriesConf
+
+if TYPE_CHECKING:
+    from occystrap.middleware.quota import QuotaBook
+    from occystrap.middleware.ratelimit import RateLimitPolicy
 
 LOG = logging.getLogger("occystrap.chain")
 USER_AGENT = f"occystrap/{__version__}"
@@ -112,12 +114,18 @@ def build_transport(settings: ChainSettings) -> httpx.BaseTransport:
         cancellation=settings.cancellation,
     )
     transport = Logging(transport)
-    if settings.quota is not None:
+    if settings.quota is not None:  # each of these loads only when the run asks for it
+        from occystrap.middleware.quota import QuotaObserver
+
         transport = QuotaObserver(transport, settings.quota)
     policy = settings.rate_policy
     if policy is None and network.rate_limits:
+        from occystrap.middleware.ratelimit import parse_rate_limits
+
         policy = parse_rate_limits(list(network.rate_limits))
     if policy is not None:
+        from occystrap.middleware.ratelimit import RateLimit
+
         transport = RateLimit(transport, policy, settings.on_rate_wait)
     transport = Retry(
         transport,

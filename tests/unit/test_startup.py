@@ -235,3 +235,5 @@ def test_a_question_to_a_registry_loads_no_copy_machinery(registry, args, not_ne
     # the s3 one parses no XML until it is used; credential files are read, not written.
     assert loaded & {"importlib.metadata", "zipfile", "xml.etree.ElementTree"} == set()
     assert "occystrap.atomic" not in loaded
+    # Middlewares the run does not ask for (--rate-limit, the ratelimit command's quota).
+    assert loaded & {"occystrap.middleware.ratelimit", "occystrap.middleware.quota"} == set()

@@ -189,13 +189,14 @@ class Layer:
     ) -> Iterator[BinaryIO]:
         """The layer's uncompressed tar, verified against `diff_id` (and the blob digest).
 
-        `inflating` wraps the stream that inflates the blob (or the blob itself, when the
-        layer is stored uncompressed) before the diff_id is hashed: `prefetch.read_ahead`
-        runs the inflate in a thread of its own while the hash runs in the reader's."""
+        `inflating` wraps the stream that makes the tar's bytes (the inflating one, the blob
+        itself when the layer is stored uncompressed, the kept tar's file) before the diff_id
+        is hashed: `prefetch.read_ahead` runs the inflate in a thread of its own while the
+        hash runs in the reader's."""
         stage = inflating or nullcontext
         if self.tar_path is not None:
-            with open(self.tar_path, "rb") as kept:
-                yield kept
+            with open(self.tar_path, "rb") as kept, stage(kept) as staged:
+                yield staged  # type: ignore[misc]
             return
         with self.open_blob(on_bytes) as blob:
             if self.compression == compression.NONE and self.digest == self.diff_id:

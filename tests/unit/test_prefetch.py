@@ -20,7 +20,7 @@ from occystrap import compression
 from occystrap.dockersave import _SizeChanged, _TarWriter
 from occystrap.errors import DigestMismatchError
 from occystrap.image import Image
-from occystrap.prefetch import ReadAhead, Spool, prefetched_layers
+from occystrap.prefetch import ReadAhead, Spool, prefetched_layers, read_ahead
 
 from .image_builder import context, layer_tar, make_image, save_tar
 
@@ -235,3 +235,25 @@ def test_the_tarball_stays_byte_identical(tmp_path, remote):
     save_tar(image, tmp_path / "out.tar")
     digest = hashlib.sha256((tmp_path / "out.tar").read_bytes()).hexdigest()
     assert f"sha256:{digest}" == BIG_LAYERS_TARBALL
+
+
+@pytest.mark.parametrize("kept", [True, False])
+def test_open_tar_reads_the_tar_through_the_callers_stage(tmp_path, kept):
+    """The writer's read-ahead stage gets the tar's bytes whether they are inflated now or
+    were kept on disk by an earlier inflate (a pull to a pipe)."""
+    layer = make_image(tmp_path, [{"a": b"a" * 5000}]).layers[0]
+    expected = layer_tar({"a": b"a" * 5000})
+    if kept:
+        (tmp_path / "layer.tar").write_bytes(expected)
+        layer = dataclasses.replace(layer, tar_path=tmp_path / "layer.tar")
+    staged = []
+
+    @contextlib.contextmanager
+    def recording(source):
+        staged.append(source)
+        with read_ahead(source) as ahead:
+            yield ahead
+
+    with layer.open_tar(inflating=recording) as stream:
+        assert read_all(stream, 4096) == expected
+    assert len(staged) == 1

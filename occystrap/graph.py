@@ -75,6 +75,11 @@ class Store(Protocol):
         self, descriptor: Descriptor, opener: Callable[[], AbstractContextManager[Readable]]
     ) -> None: ...
 
+    def put_blobs(self, blobs: Sequence[Layer]) -> None:
+        """Store each blob as it is (verified as it streams), skipping those present; a
+        registry mounts one another of its repositories holds instead of uploading it."""
+        ...
+
     def put_manifest(self, reference: str, raw: bytes, media_type: str) -> bool:
         """Store a manifest under a tag or its digest; True when the store itself now lists
         it among its subject's referrers (a registry with the referrers API)."""
@@ -145,10 +150,7 @@ class StoreSink:
         self.subject_indexed = False  # whether the store listed the root under its subject
 
     def put_blobs(self, blobs: Sequence[Layer]) -> None:
-        for layer in blobs:
-            descriptor = Descriptor(layer.media_type, layer.digest, layer.size)
-            if not self.store.has_blob(descriptor):
-                self.store.put_blob(descriptor, layer.open_blob)
+        self.store.put_blobs(blobs)
 
     def put_manifest(self, node: Node, name: SourceName | None) -> None:
         is_root = name is not None
@@ -156,6 +158,14 @@ class StoreSink:
         indexed = self.store.put_manifest(reference, node.raw, node.media_type)
         if is_root:
             self.subject_indexed = indexed
+
+
+def put_missing_blobs(store: Store, blobs: Sequence[Layer]) -> None:
+    """`Store.put_blobs` for a store that can only upload: each blob it lacks, in turn."""
+    for layer in blobs:
+        descriptor = Descriptor(layer.media_type, layer.digest, layer.size)
+        if not store.has_blob(descriptor):
+            store.put_blob(descriptor, layer.open_blob)
 
 
 @runtime_checkable

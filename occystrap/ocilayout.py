@@ -39,7 +39,7 @@ from occystrap.errors import (
     UsageError,
     writing_to,
 )
-from occystrap.graph import Node, StoreSource
+from occystrap.graph import Node, StoreSource, put_missing_blobs
 from occystrap.image import (
     Blob,
     Image,
@@ -322,6 +322,9 @@ class LayoutStore:
         self, descriptor: Descriptor, opener: Callable[[], AbstractContextManager[Readable]]
     ) -> None:
         self._writer().store_blob(descriptor.digest, descriptor.size, opener)
+
+    def put_blobs(self, blobs: Sequence[Layer]) -> None:
+        put_missing_blobs(self, blobs)
 
     def put_manifest(self, reference: str, raw: bytes, media_type: str) -> bool:
         tag = None if reference == sha256_digest(raw) else reference

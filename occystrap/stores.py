@@ -29,7 +29,6 @@ from occystrap.middleware.builder import build_client
 from occystrap.ocilayout import LayoutStore, OciLayoutReader
 from occystrap.pipeline import RunContext
 from occystrap.registry.referrers import copy_referrers, discover
-from occystrap.registry.store import RegistryStore
 from occystrap.settings import RunSettings
 
 LOG = logging.getLogger("occystrap.stores")
@@ -39,7 +38,9 @@ def store_of(endpoint: Endpoint, ctx: RunContext, what: str = "--referrers") -> 
     """The store a registry://, oci-layout:// or bucket endpoint names; other places keep no
     referrers or artifacts, and say so before anything is read."""
     if isinstance(endpoint, RegistryURI):
-        return RegistryStore(endpoint.client(ctx), endpoint.reference.repository)
+        # A destination's store: blobs copied into it are mounted when the registry holds
+        # them in another repository, as an image's are.
+        return endpoint.open_output(ctx).store
     if isinstance(endpoint, OciLayoutURI):
         return LayoutStore.writing(DirectoryMembers(endpoint.path), endpoint.path, ctx)
     if isinstance(endpoint, BucketURI):

@@ -116,7 +116,8 @@ class RegistryDestination:
     def __init__(self, client: RegistryClient, reference: ImageReference, ctx: RunContext) -> None:
         self.client, self.reference, self.ctx = client, reference, ctx
         self.repository = reference.repository
-        self.store = RegistryStore(client, reference.repository)
+        # Referrers are copied through this store: their blobs are mounted as images' are.
+        self.store = RegistryStore(client, reference.repository, self.put_blobs)
         # zstd's encoder brings its own workers and buffers (gzip shares the run's
         # DeflatePool): one layer at a time is zstd-compressed, on one worker beside the
         # thread that hashes and sends, which keeps a run under 150 MB (a second worker

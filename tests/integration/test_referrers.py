@@ -5,10 +5,13 @@ own writer pushed."""
 from __future__ import annotations
 
 import json
+from urllib.parse import parse_qs, urlsplit
 
 from tests.integration.cli import assert_one_line_error, registry_flags, run_occystrap
+from tests.integration.fault_proxy import FaultProxy
 from tests.integration.signing import (
     SPDX,
+    Pushed,
     RegistryReader,
     RegistryWriter,
     signing_key,
@@ -189,3 +192,91 @@ def test_only_the_platforms_copied_bring_their_referrers(registry_plain, unique_
         assert reader.verify_cosign(pushed["arm64"].digest, key.public_key()) == 1
         assert reader.manifest(tag_for(pushed["index"].digest, ".sig")) is None
         assert reader.referrers(pushed["amd64"].digest) == []
+
+
+def _signed_image(registry, repository: str, key) -> tuple[Pushed, Pushed, set[str]]:
+    """An image with an SBOM and a cosign signature, pushed by the tests' own writer; also
+    the digests of the referrers' blobs (their configs and layers)."""
+    with registry.client() as http:
+        writer = RegistryWriter(http, repository)
+        image = writer.image(f"mounted-{repository}", tag="v1")
+        sbom = writer.sbom(image)
+        signature = writer.cosign_sign(image, key, f"{registry.host}/{repository}")
+    blobs = set()
+    for referrer in (sbom, signature):
+        document = json.loads(referrer.raw)
+        blobs |= {document["config"]["digest"]} | {d["digest"] for d in document["layers"]}
+    return image, sbom, blobs
+
+
+def _mounted_and_uploaded(proxy: FaultProxy, repository: str) -> tuple[dict[str, str], set[str]]:
+    """What the proxy saw go into `repository`: digest -> the repository it was mounted from,
+    and the digests uploaded (an upload ends with PUT ...?digest=)."""
+    mounted = {}
+    for request in proxy.requests_matching(rf"^/v2/{repository}/blobs/uploads/\?", "POST"):
+        query = parse_qs(urlsplit(request.path).query)
+        if "mount" in query:
+            mounted[query["mount"][0]] = query["from"][0]
+    uploaded = {
+        parse_qs(urlsplit(request.path).query)["digest"][0]
+        for request in proxy.requests_matching(rf"^/v2/{repository}/blobs/uploads/.+", "PUT")
+    }
+    return mounted, uploaded
+
+
+def test_referrer_blobs_are_mounted_within_one_registry(fault_proxy, registry_plain, unique_repo):
+    """A same-registry copy mounts the referrers' blobs from the source repository, as it
+    does the image's: nothing is uploaded (the proxy sees every request)."""
+    key = signing_key()
+    image, sbom, referrer_blobs = _signed_image(registry_plain, unique_repo, key)
+    copy = f"{unique_repo}-copy"
+    result = run_occystrap(
+        "--insecure",
+        "-O",
+        "json",
+        "process",
+        "--referrers",
+        f"registry://{fault_proxy.host}/{unique_repo}:v1",
+        f"registry://{fault_proxy.host}/{copy}:v1",
+    )
+    document = json.loads(result.stdout)
+    assert document["referrers"] == 2, document
+    mounted, uploaded = _mounted_and_uploaded(fault_proxy, copy)
+    assert uploaded == set(), fault_proxy.requests
+    assert referrer_blobs <= set(mounted), mounted
+    assert set(mounted.values()) == {unique_repo}
+    assert document["blobs"]["uploaded"] == 0 and document["blobs"]["mounted"] == len(mounted)
+    with registry_plain.client() as http:
+        reader = RegistryReader(http, copy)
+        assert reader.verify_cosign(image.digest, key.public_key()) == 1
+        assert sbom.digest in {entry["digest"] for entry in reader.referrers(image.digest)}
+        assert reader.manifest(sbom.digest) == sbom.raw
+
+
+def test_a_second_copy_mounts_the_referrer_blobs_the_first_uploaded(
+    registry_plain, registry_no_delete, unique_repo
+):
+    """Across registries the first copy uploads the referrers' blobs; the second, to another
+    repository of the same destination, mounts them from where the blob cache remembers."""
+    key = signing_key()
+    image, sbom, referrer_blobs = _signed_image(registry_plain, unique_repo, key)
+    source = f"registry://{registry_plain.host}/{unique_repo}:v1"
+    with FaultProxy(registry_no_delete.url) as proxy:
+        first, second = f"{unique_repo}-first", f"{unique_repo}-second"
+        for repository in (first, second):
+            run_occystrap(
+                "--insecure",
+                "process",
+                "--referrers",
+                source,
+                f"registry://{proxy.host}/{repository}:v1",
+            )
+        _, uploaded_first = _mounted_and_uploaded(proxy, first)
+        assert referrer_blobs <= uploaded_first
+        mounted, uploaded = _mounted_and_uploaded(proxy, second)
+        assert uploaded == set(), proxy.requests
+        assert referrer_blobs <= set(mounted) and set(mounted.values()) == {first}, mounted
+    with registry_no_delete.client() as http:
+        reader = RegistryReader(http, second)
+        assert reader.verify_cosign(image.digest, key.public_key()) == 1
+        assert reader.manifest(sbom.digest) == sbom.raw

@@ -15,7 +15,7 @@ import pytest
 import respx
 
 from occystrap.errors import OccystrapError, RegistryError
-from occystrap.graph import Node
+from occystrap.graph import Node, put_missing_blobs
 from occystrap.middleware.builder import ChainSettings, build_client
 from occystrap.middleware.options import NetworkSettings
 from occystrap.registry.client import RegistryClient
@@ -31,7 +31,7 @@ from occystrap.registry.referrers import (
     discover,
     referrers_tag,
 )
-from occystrap.stores import RegistryStore
+from occystrap.registry.store import RegistryStore
 
 BASE = "https://registry.test"
 REPO = "team/app"
@@ -270,6 +270,9 @@ class MemoryStore:
         with opener() as source:
             self.blobs[descriptor.digest] = source.read()
             assert source.read() == b""
+
+    def put_blobs(self, blobs):
+        put_missing_blobs(self, blobs)
 
     def put_manifest(self, reference, raw, media_type):
         self.manifests[_digest(raw)] = (raw, media_type)

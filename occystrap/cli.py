@@ -705,7 +705,7 @@ PLATFORM_OPTION = click.option(
     "--referrers",
     is_flag=True,
     help="Also copy what refers to the image (signatures, SBOMs, attestations), recursively;"
-    " registry:// and oci-layout:// only.",
+    " registry://, oci-layout://, buckets and (to write) oci-archive:// only.",
 )
 @click.option(
     "--digestfile",

@@ -123,16 +123,17 @@ def copy_in_context(
     output = destination.open_output(ctx)
     try:
         result = run_pipeline(source.open_input(ctx), output, ctx, filters, platforms)
+        if referrers:  # before an output is finished: an OCI archive packs them too
+            from occystrap.stores import copy_image_referrers
+
+            copied = copy_image_referrers(source, destination, ctx, output)
+            result = replace(result, referrers=copied)
         if isinstance(output, FinishingOutput):
             output.finish()
     except BaseException:
         if isinstance(output, AbandonableOutput):
             output.abandon()
         raise
-    if referrers:
-        from occystrap.stores import copy_image_referrers
-
-        result = replace(result, referrers=copy_image_referrers(source, destination, ctx))
     return result
 
 

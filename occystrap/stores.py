@@ -20,6 +20,7 @@ from occystrap.atomic import work_directory
 from occystrap.buckets import BucketURI
 from occystrap.cancel import cancellable_pool
 from occystrap.endpoints import Endpoint
+from occystrap.endpoints.oci_archive import OciArchiveDestination, OciArchiveURI
 from occystrap.endpoints.oci_layout import OciLayoutURI
 from occystrap.endpoints.registry import RegistryURI
 from occystrap.errors import UsageError
@@ -27,7 +28,7 @@ from occystrap.graph import Store
 from occystrap.manifest import ManifestIndex, parse_manifest
 from occystrap.middleware.builder import build_client
 from occystrap.ocilayout import LayoutStore, OciLayoutReader
-from occystrap.pipeline import RunContext
+from occystrap.pipeline import ImageOutput, RunContext
 from occystrap.registry.referrers import copy_referrers, discover
 from occystrap.settings import RunSettings
 
@@ -46,16 +47,27 @@ def store_of(endpoint: Endpoint, ctx: RunContext, what: str = "--referrers") -> 
     if isinstance(endpoint, BucketURI):
         layout = endpoint.layout(ctx)
         return LayoutStore.writing(layout, layout, ctx)
+    archive = " (or, to write them, oci-archive://)" if what == "--referrers" else ""
     raise UsageError(
-        f"{what} needs registry://, oci-layout:// or a bucket (s3://, gs://): {endpoint}"
-        " keeps no referrers or artifacts (signatures, SBOMs)"
+        f"{what} needs registry://, oci-layout:// or a bucket (s3://, gs://){archive}:"
+        f" {endpoint} keeps no referrers or artifacts (signatures, SBOMs)"
     )
 
 
 def check_referrer_ends(source: Endpoint, destination: Endpoint, ctx: RunContext) -> None:
-    """Refuse `--referrers`, before anything is read, where an end keeps no referrers."""
+    """Refuse `--referrers`, before anything is read, where an end keeps no referrers (an
+    OCI archive's store is the layout its output stages, opened with the output)."""
     store_of(source, ctx)
-    store_of(destination, ctx)
+    if not isinstance(destination, OciArchiveURI):
+        store_of(destination, ctx)
+
+
+def _destination_store(destination: Endpoint, output: ImageOutput | None, ctx: RunContext) -> Store:
+    """Where referrers go: the store the destination names, or the layout an OCI archive's
+    output stages (packed once they are in)."""
+    if isinstance(output, OciArchiveDestination):
+        return output.store()
+    return store_of(destination, ctx)
 
 
 @contextmanager
@@ -116,11 +128,15 @@ def _subjects(endpoint: Endpoint, store: Store) -> list[str]:
     return [digest, *dict.fromkeys(entry.digest for entry in entries)]
 
 
-def copy_image_referrers(source: Endpoint, destination: Endpoint, ctx: RunContext) -> int:
+def copy_image_referrers(
+    source: Endpoint, destination: Endpoint, ctx: RunContext, output: ImageOutput | None = None
+) -> int:
     """Copy what refers to the image at `source` (the index and each platform manifest) to
-    `destination`, recursively; only manifests the destination holds byte for byte get theirs
-    (a rewritten image's signatures would not verify). Returns how many were copied."""
-    source_store, destination_store = store_of(source, ctx), store_of(destination, ctx)
+    `destination` (whose opened `output` an OCI archive stages them in), recursively; only
+    manifests the destination holds byte for byte get theirs (a rewritten image's signatures
+    would not verify). Returns how many were copied."""
+    source_store = store_of(source, ctx)
+    destination_store = _destination_store(destination, output, ctx)
     subjects = [
         subject
         for subject in _subjects(source, source_store)

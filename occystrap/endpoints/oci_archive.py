@@ -5,8 +5,9 @@ oci-archive`): `oci-layout`, `index.json` and `blobs/` at the top of a plain tar
 is filled in the work directory as `oci-layout://` fills a directory (between places that
 store manifests every manifest, index and blob byte for byte; an image a filter made as an
 OCI image), the image or index tagged `tag` (default: the source's tag, else `latest`), then
-packed into PATH, which appears only once complete. An existing file is replaced only with
-`?overwrite=true` or `--force`. As a source, `tar://PATH` reads such an archive.
+packed into PATH, which appears only once complete, with the image's referrers when
+`--referrers` copies them (kept as `oci-layout://` keeps them). An existing file is replaced
+only with `?overwrite=true` or `--force`. As a source, `tar://PATH` reads such an archive.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
+from occystrap.archive import DirectoryMembers
 from occystrap.atomic import atomic_file
 from occystrap.destinations import check_file_destination
 from occystrap.dockersave import tar_member_info
@@ -32,7 +34,14 @@ from occystrap.endpoints import (
 )
 from occystrap.errors import writing_to
 from occystrap.image import Image
-from occystrap.ocilayout import INDEX_FILE, LAYOUT_FILE, LayoutDestination, OciLayoutWriter
+from occystrap.ocilayout import (
+    INDEX_FILE,
+    LAYOUT_FILE,
+    LayoutDestination,
+    LayoutStore,
+    OciLayoutReader,
+    OciLayoutWriter,
+)
 from occystrap.pipeline import RunContext
 
 
@@ -61,6 +70,10 @@ class OciArchiveDestination:
 
     def manifest_sink(self) -> LayoutDestination:
         return self.layout
+
+    def store(self) -> LayoutStore:
+        """The staged layout as a store, for referrers (`--referrers`), packed with the rest."""
+        return LayoutStore(OciLayoutReader(DirectoryMembers(self.staging)), self.layout.writer)
 
     def finish(self) -> None:
         with writing_to(self.target), atomic_file(self.target) as handle:

@@ -31,6 +31,7 @@ SPDX = "application/spdx+json"
 SIMPLE_SIGNING = "application/vnd.dev.cosign.simplesigning.v1+json"
 COSIGN_SIGNATURE_ANNOTATION = "dev.cosignproject.cosign/signature"
 TITLE = "org.opencontainers.image.title"
+REF_NAME = "org.opencontainers.image.ref.name"
 ACCEPT = f"{OCI_INDEX}, {OCI_MANIFEST}"
 
 
@@ -181,7 +182,40 @@ class RegistryWriter:
         )
 
 
-class RegistryReader:
+class SignedReader:
+    """Verifies cosign signatures and lists referrers through `manifest` and `blob`, which
+    a registry reader and an OCI archive reader supply."""
+
+    def manifest(self, reference: str) -> bytes | None:
+        raise NotImplementedError
+
+    def blob(self, descriptor: dict) -> bytes:
+        raise NotImplementedError
+
+    def tag_index_referrers(self, subject: str) -> list[dict]:
+        raw = self.manifest(tag_for(subject))
+        return [] if raw is None else json.loads(raw)["manifests"]
+
+    def verify_cosign(self, subject: str, public_key: ec.EllipticCurvePublicKey) -> int:
+        """How many signatures in `subject`'s `.sig` manifest verify (raises on a bad one)."""
+        raw = self.manifest(tag_for(subject, ".sig"))
+        assert raw is not None, f"no signature for {subject}"
+        verified = 0
+        for layer in json.loads(raw)["layers"]:
+            assert layer["mediaType"] == SIMPLE_SIGNING
+            payload = self.blob(layer)
+            claimed = json.loads(payload)["critical"]["image"]["docker-manifest-digest"]
+            assert claimed == subject
+            signature = base64.b64decode(layer["annotations"][COSIGN_SIGNATURE_ANNOTATION])
+            try:
+                public_key.verify(signature, payload, ec.ECDSA(hashes.SHA256()))
+            except InvalidSignature:
+                raise AssertionError(f"the signature of {subject} does not verify") from None
+            verified += 1
+        return verified
+
+
+class RegistryReader(SignedReader):
     """Reads referrers and verifies signatures straight from a registry (plain httpx)."""
 
     def __init__(self, client: httpx.Client, repository: str) -> None:
@@ -209,26 +243,47 @@ class RegistryReader:
         )
         if answer.status_code == 200:
             return answer.json()["manifests"]
-        raw = self.manifest(tag_for(subject))
-        return [] if raw is None else json.loads(raw)["manifests"]
+        return self.tag_index_referrers(subject)
 
-    def verify_cosign(self, subject: str, public_key: ec.EllipticCurvePublicKey) -> int:
-        """How many signatures in `subject`'s `.sig` manifest verify (raises on a bad one)."""
-        raw = self.manifest(tag_for(subject, ".sig"))
-        assert raw is not None, f"no signature for {subject}"
-        verified = 0
-        for layer in json.loads(raw)["layers"]:
-            assert layer["mediaType"] == SIMPLE_SIGNING
-            payload = self.blob(layer)
-            claimed = json.loads(payload)["critical"]["image"]["docker-manifest-digest"]
-            assert claimed == subject
-            signature = base64.b64decode(layer["annotations"][COSIGN_SIGNATURE_ANNOTATION])
-            try:
-                public_key.verify(signature, payload, ec.ECDSA(hashes.SHA256()))
-            except InvalidSignature:
-                raise AssertionError(f"the signature of {subject} does not verify") from None
-            verified += 1
-        return verified
+
+class ArchiveReader(SignedReader):
+    """Reads an OCI archive (an OCI layout as one tarball) with tarfile: tags are the
+    `org.opencontainers.image.ref.name`s of `index.json`, and every blob's bytes are checked
+    against the digest it is stored under."""
+
+    def __init__(self, path) -> None:
+        with tarfile.open(path) as archive:
+            self.members = {
+                member.name: archive.extractfile(member).read()
+                for member in archive.getmembers()
+                if member.isfile()
+            }
+        self.index = json.loads(self.members["index.json"])
+        for name, data in self.members.items():
+            if name.startswith("blobs/sha256/"):
+                assert digest_of(data) == "sha256:" + name.rpartition("/")[2], name
+
+    def tags(self) -> dict[str, str]:
+        """ref.name -> digest, from index.json."""
+        return {
+            entry["annotations"][REF_NAME]: entry["digest"]
+            for entry in self.index["manifests"]
+            if REF_NAME in entry.get("annotations", {})
+        }
+
+    def manifest(self, reference: str) -> bytes | None:
+        digest = reference if ":" in reference else self.tags().get(reference)
+        if digest is None:
+            return None
+        return self.members.get("blobs/sha256/" + digest.partition(":")[2])
+
+    def blob(self, descriptor: dict) -> bytes:
+        data = self.members["blobs/sha256/" + descriptor["digest"].partition(":")[2]]
+        assert len(data) == descriptor["size"]
+        return data
+
+    def referrers(self, subject: str) -> list[dict]:
+        return self.tag_index_referrers(subject)
 
 
 def signing_key() -> ec.EllipticCurvePrivateKey:

@@ -9,8 +9,10 @@ from urllib.parse import parse_qs, urlsplit
 
 from tests.integration.cli import assert_one_line_error, registry_flags, run_occystrap
 from tests.integration.fault_proxy import FaultProxy
+from tests.integration.images import run_skopeo
 from tests.integration.signing import (
     SPDX,
+    ArchiveReader,
     Pushed,
     RegistryReader,
     RegistryWriter,
@@ -280,3 +282,39 @@ def test_a_second_copy_mounts_the_referrer_blobs_the_first_uploaded(
         reader = RegistryReader(http, second)
         assert reader.verify_cosign(image.digest, key.public_key()) == 1
         assert reader.manifest(sbom.digest) == sbom.raw
+
+
+def test_an_oci_archive_carries_the_referrers(registry_plain, unique_repo, tmp_path):
+    """`--referrers` into an oci-archive packs them as a layout keeps them: the tests' own
+    tar reader verifies every signature and finds the SBOM; skopeo still reads the image."""
+    key = signing_key()
+    pushed = _signed_index(registry_plain, unique_repo, key)
+    archive = tmp_path / "signed.oci.tar"
+    result = run_occystrap(
+        "--insecure",
+        "process",
+        "--referrers",
+        f"registry://{registry_plain.host}/{unique_repo}:v1",
+        f"oci-archive://{archive}?tag=v1",
+    )
+    assert "4 referrers" in result.stderr.splitlines()[-1], result.stderr
+    reader = ArchiveReader(archive)
+    assert reader.manifest("v1") == pushed["index"].raw
+    public = key.public_key()
+    for name in ("index", "arm64", "sbom"):
+        assert reader.verify_cosign(pushed[name].digest, public) == 1, name
+    [listed] = reader.referrers(pushed["amd64"].digest)
+    assert listed["digest"] == pushed["sbom"].digest and listed["artifactType"] == SPDX
+    assert reader.manifest(pushed["sbom"].digest) == pushed["sbom"].raw
+    spdx = json.loads(pushed["sbom"].raw)["layers"][0]
+    assert json.loads(reader.blob(spdx))["spdxVersion"] == "SPDX-2.3"
+
+    raw = run_skopeo("inspect", "--raw", f"oci-archive:{archive}:v1").stdout
+    assert raw.encode() == pushed["index"].raw
+    copied = tmp_path / "copied"
+    run_skopeo(
+        "copy", "--quiet", "--multi-arch=all", f"oci-archive:{archive}:v1", f"oci:{copied}:v1"
+    )
+    assert json.loads((copied / "index.json").read_text())["manifests"][0]["digest"] == (
+        pushed["index"].digest
+    )

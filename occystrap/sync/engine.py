@@ -9,11 +9,13 @@ from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field, replace
 
+from occystrap.atomic import work_directory
 from occystrap.cancel import Cancellation, cancellable_pool
 from occystrap.middleware.builder import ChainClient, build_client
 from occystrap.middleware.quota import QuotaBook
 from occystrap.middleware.ratelimit import RateLimitPolicy
 from occystrap.middleware.retry import RetryBudget
+from occystrap.pipeline import RunContext
 from occystrap.settings import RunSettings
 from occystrap.sync.cluster import DaskRunner, open_cluster, shared_policy
 from occystrap.sync.config import SyncSpec
@@ -116,9 +118,19 @@ def sync_client(
         yield http
 
 
+@contextmanager
+def planning_context(
+    settings: RunSettings, http: ChainClient, cancellation: Cancellation | None = None
+) -> Iterator[RunContext]:
+    """What the planner reads targets through: the run's client (and, for a bucket's
+    `index.json`, the run's settings)."""
+    with work_directory(settings.temp_dir, "occystrap-plan-") as work:
+        yield RunContext(settings, http, work, cancellation=cancellation or Cancellation())
+
+
 def plan_sync(settings: RunSettings, spec: SyncSpec, prune_stale: bool = False) -> SyncPlan:
-    with sync_client(settings, spec) as http:
-        return Planner(http, settings.insecure, prune_stale).plan(spec)
+    with sync_client(settings, spec) as http, planning_context(settings, http) as ctx:
+        return Planner(ctx, prune_stale).plan(spec)
 
 
 def sync(
@@ -143,7 +155,8 @@ def sync(
             if settings.rate_limits:
                 policy = shared_policy(settings.rate_limits, run_id, client)
         http = stack.enter_context(sync_client(settings, spec, quota, budget, policy, cancellation))
-        plan = Planner(http, settings.insecure, options.prune).plan(spec)
+        with planning_context(settings, http, cancellation) as planning:
+            plan = Planner(planning, options.prune).plan(spec)
         outcome = SyncOutcome(plan)
         if options.dry_run:
             return outcome

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import fnmatch
 import logging
+import threading
 from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
@@ -17,6 +18,7 @@ from pathlib import Path
 
 import httpx
 
+from occystrap.buckets import BucketURI
 from occystrap.bulk import describe_failure
 from occystrap.endpoints import parse_uri, split_query
 from occystrap.endpoints.oci_layout import OciLayoutURI
@@ -26,7 +28,8 @@ from occystrap.endpoints.registry_images import RegistrySource
 from occystrap.errors import OccystrapError, RegistryError, UsageError
 from occystrap.graph import platform_root
 from occystrap.manifest import Platform
-from occystrap.ocilayout import INDEX_FILE, tagged_entry
+from occystrap.ocilayout import DEFAULT_TAG, INDEX_FILE, tagged_entry
+from occystrap.pipeline import RunContext
 from occystrap.quay.api import QuayClient, api_base
 from occystrap.registry.client import RegistryClient
 from occystrap.registry.hosts import canonical_registry_host
@@ -74,7 +77,22 @@ class Layout:
         return f"oci-layout://{self.path}"
 
 
-Target = Repository | Layout
+@dataclass(frozen=True)
+class Bucket:
+    """An OCI image layout in a bucket (s3://, gs://) holding one repository's tags;
+    `options`: the target's own query (part_size), kept on every image's URI."""
+
+    location: str  # SCHEME://BUCKET[/PREFIX]
+    options: str = ""
+
+    def uri(self, reference: str) -> str:
+        return f"{self.location}?tag={reference}" + (f"&{self.options}" if self.options else "")
+
+    def __str__(self) -> str:
+        return self.location
+
+
+Target = Repository | Layout | Bucket
 
 
 @dataclass(frozen=True)
@@ -117,11 +135,16 @@ class _Pair:
 
 
 class Planner:
-    """Plans a `SyncSpec` over the run's one client."""
+    """Plans a `SyncSpec` over the run's one client (`ctx.http`; `ctx` also opens bucket
+    targets)."""
 
-    def __init__(self, http: httpx.Client, insecure: bool, prune: bool = False) -> None:
-        self.http, self.insecure, self.prune = http, insecure, prune
+    def __init__(self, ctx: RunContext, prune: bool = False) -> None:
+        self.ctx, self.prune = ctx, prune
+        self.http, self.insecure = ctx.http, ctx.settings.insecure
         self._clients: dict[tuple[str, bool], RegistryClient] = {}
+        # A bucket's index.json, read once for all its tags (None: no layout there yet).
+        self._bucket_indexes: dict[str, bytes | None] = {}
+        self._bucket_lock = threading.Lock()
 
     def client(self, repository: Repository) -> RegistryClient:
         insecure = self.insecure if repository.insecure is None else repository.insecure
@@ -255,12 +278,22 @@ class Planner:
     def _target_digest(self, target: Target, tag: str) -> str | None:
         if isinstance(target, Layout):
             return layout_digest(target.path, tag)
+        if isinstance(target, Bucket):
+            return index_digest(self._bucket_index(target), tag, str(target))
         try:
             return self.client(target).head_manifest(target.name, tag).digest
         except RegistryError as exc:
             if exc.status == 404:
                 return None
             raise
+
+    def _bucket_index(self, target: Bucket) -> bytes | None:
+        with self._bucket_lock:
+            if target.location not in self._bucket_indexes:
+                uri = parse_uri(target.uri(DEFAULT_TAG))
+                assert isinstance(uri, BucketURI)
+                self._bucket_indexes[target.location] = uri.layout(self.ctx).read_index()
+            return self._bucket_indexes[target.location]
 
     # -- pruning -------------------------------------------------------------------------
 
@@ -345,16 +378,27 @@ def _relative(name: str, fixed: str) -> str:
 def _target(text: str, relative: str) -> Target:
     """The target of one source repository: the rule's target, or under it for a glob."""
     uri = parse_uri(text)
+    names_tag = UsageError(
+        f"sync target {text!r} names a tag; a target is a repository (or prefix): the"
+        " source's tags are kept"
+    )
     if isinstance(uri, OciLayoutURI):
         return Layout(uri.path / relative if relative else uri.path)
+    if isinstance(uri, BucketURI):
+        if uri.tag is not None:
+            raise names_tag
+        scheme, _, rest = text.partition("://")
+        body, options = split_query(rest)
+        location = f"{scheme}://{body.rstrip('/')}" + (f"/{relative}" if relative else "")
+        return Bucket(location, options)
     if not isinstance(uri, RegistryURI):
-        raise UsageError(f"sync target {text!r} is not registry://HOST/PREFIX or oci-layout://PATH")
+        raise UsageError(
+            f"sync target {text!r} is not registry://HOST/PREFIX, oci-layout://PATH or a"
+            " bucket (s3://BUCKET/PREFIX, gs://BUCKET/PREFIX)"
+        )
     last = text.partition("://")[2].partition("?")[0].rpartition("/")[2]
     if ":" in last or uri.reference.digest is not None:
-        raise UsageError(
-            f"sync target {text!r} names a tag; a target is a repository (or prefix): the"
-            " source's tags are kept"
-        )
+        raise names_tag
     name = f"{uri.reference.repository}/{relative}" if relative else uri.reference.repository
     validate_repository(name, text)
     return Repository(uri.reference.registry, name, uri.insecure)
@@ -370,7 +414,12 @@ def layout_digest(path: Path, tag: str) -> str | None:
         return None
     except OSError as exc:
         raise OccystrapError(f"cannot read {index}: {exc}") from None
-    entry = tagged_entry(raw, tag, str(path))
+    return index_digest(raw, tag, str(path))
+
+
+def index_digest(raw_index: bytes | None, tag: str, where: str) -> str | None:
+    """The digest a layout's `index.json` names `tag` (None: no such tag, or no index)."""
+    entry = None if raw_index is None else tagged_entry(raw_index, tag, where)
     return None if entry is None else entry.digest
 
 

@@ -312,3 +312,97 @@ def test_a_cut_download_from_s3_resumes_with_range(moto, s3_env, bucket, tmp_pat
         ranges = proxy.range_headers
     assert any(value.startswith("bytes=") and value != "bytes=0-" for value in ranges), ranges
     assert descriptor["digest"] in run_skopeo("inspect", f"oci:{out}:latest").stdout
+
+
+def _seed_repositories(registry, prefix: str, tmp_path: Path, tags: dict[str, list[str]]) -> dict:
+    """Small images pushed by skopeo as PREFIX/NAME:TAG; (NAME, TAG) -> digest."""
+    digests = {}
+    for seed, (name, names) in enumerate(tags.items()):
+        for offset, tag in enumerate(names):
+            layout = tmp_path / f"seed-{name}-{tag}"
+            build_oci_layout(layout, [random_layer(4096, seed=60 + 10 * seed + offset)])
+            push_with_skopeo(layout, registry, f"{prefix}/{name}", tag, manifest_format="oci")
+            digests[name, tag] = skopeo_inspect(registry, f"{prefix}/{name}:{tag}")["Digest"]
+    return digests
+
+
+def _sync(spec: Path, env: dict[str, str], *args: str, check: bool = True):
+    return run_occystrap("--insecure", "sync", str(spec), *args, env=env, check=check)
+
+
+def test_sync_into_s3_then_nothing_to_do(
+    moto, s3_env, bucket, registry_plain, unique_repo, tmp_path
+):
+    """A catalog glob synced into s3://: one layout per repository under the prefix, each
+    tag as skopeo reads it; the next run reads each layout's index.json once and writes
+    nothing (a fault proxy in front of moto sees every request)."""
+    digests = _seed_repositories(
+        registry_plain, unique_repo, tmp_path, {"a": ["1", "2"], "b": ["1"]}
+    )
+    spec = tmp_path / "sync.yaml"
+    rule = {"source": f"registry://{registry_plain.host}/{unique_repo}/*"}
+    spec.write_text(json.dumps({"sync": [{**rule, "target": f"s3://{bucket}/mirror"}]}))
+    report = tmp_path / "report.json"
+    first = _sync(spec, s3_env, "--report", str(report))
+    statuses = {entry["target"]: entry["status"] for entry in json.loads(report.read_text())}
+    assert statuses == {
+        f"s3://{bucket}/mirror/{name}?tag={tag}": "copied" for name, tag in digests
+    }, first.stdout
+    for name in ("a", "b"):
+        local = tmp_path / f"from-bucket-{name}"
+        _download_prefix(moto, bucket, f"mirror/{name}", local)
+        for (held_name, tag), digest in digests.items():
+            if held_name == name:
+                assert skopeo_inspect_layout(local, tag) == digest
+
+    from tests.integration.fault_proxy import FaultProxy
+
+    with FaultProxy(moto.url) as proxy:
+        again = _sync(spec, {**s3_env, "AWS_ENDPOINT_URL": proxy.url}, "--report", str(report))
+        seen = [(request.method, request.path.partition("?")[0]) for request in proxy.requests]
+    assert {entry["status"] for entry in json.loads(report.read_text())} == {"unchanged"}, again
+    assert sorted(seen) == [
+        ("GET", f"/{bucket}/mirror/a/index.json"),
+        ("GET", f"/{bucket}/mirror/b/index.json"),
+    ]
+
+    tagged = tmp_path / "tagged.yaml"
+    tagged.write_text(json.dumps({"sync": [{**rule, "target": f"s3://{bucket}/x?tag=v1"}]}))
+    assert_one_line_error(_sync(tagged, s3_env, check=False), "names a tag")
+
+
+def test_sync_into_gcs(
+    gcs, google_account, google_oauth, cloud_plugins, registry_plain, unique_repo, tmp_path
+):
+    bucket = "occystrap-gcs-sync"
+    gcs.create_bucket(bucket)
+    digests = _seed_repositories(registry_plain, unique_repo, tmp_path, {"app": ["1", "2"]})
+    key_file = google_account.key_file(tmp_path / "key.json", f"{google_oauth.url}/token")
+    env = {
+        "PYTHONPATH": f"{cloud_plugins}{os.pathsep}{REPO_ROOT}",
+        "STORAGE_EMULATOR_HOST": gcs.url,
+        "GOOGLE_APPLICATION_CREDENTIALS": str(key_file),
+    }
+    spec = tmp_path / "sync.yaml"
+    rule = {
+        "source": f"registry://{registry_plain.host}/{unique_repo}/app",
+        "target": f"gs://{bucket}/images",
+    }
+    spec.write_text(json.dumps({"sync": [rule]}))
+    report = tmp_path / "report.json"
+    _sync(spec, env, "--report", str(report))
+    assert {entry["status"] for entry in json.loads(report.read_text())} == {"copied"}
+    local = tmp_path / "from-bucket"
+    for name, data in gcs.objects(bucket, "images/").items():
+        path = local / name[len("images/") :]
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(data)
+    for (_, tag), digest in digests.items():
+        assert skopeo_inspect_layout(local, tag) == digest
+    _sync(spec, env, "--report", str(report))
+    assert {entry["status"] for entry in json.loads(report.read_text())} == {"unchanged"}
+
+
+def skopeo_inspect_layout(layout: Path, tag: str) -> str:
+    """The digest skopeo reads for TAG in the OCI layout at `layout`."""
+    return json.loads(run_skopeo("inspect", f"oci:{layout}:{tag}").stdout)["Digest"]

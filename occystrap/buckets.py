@@ -12,6 +12,7 @@ in the bucket is never uploaded again; `index.json` is written last and conditio
 from __future__ import annotations
 
 import contextlib
+import threading
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
@@ -203,6 +204,19 @@ class BucketBlob:
         return self.store.open(self.key)
 
 
+_INDEX_LOCKS: dict[str, threading.RLock] = {}
+_INDEX_LOCKS_GUARD = threading.Lock()
+
+
+def _index_lock(name: str) -> threading.RLock:
+    """One lock per bucket `index.json` in this process: the threads of one run change it in
+    turn instead of racing on the store's conditional write (which other processes still
+    need, and which some stores, such as GCS emulators, do not enforce). Re-entrant, so a
+    change may itself change the index without waiting on itself."""
+    with _INDEX_LOCKS_GUARD:
+        return _INDEX_LOCKS.setdefault(name, threading.RLock())
+
+
 class BucketLayout:
     """An OCI layout under a bucket prefix: a `MemberSource` and a `LayoutStorage`."""
 
@@ -274,11 +288,12 @@ class BucketLayout:
         from occystrap.ocilayout import INDEX_FILE
 
         key = self._key(INDEX_FILE)
-        for _ in range(_INDEX_ATTEMPTS):
-            found = self.objects.get(key)
-            current, version = (None, None) if found is None else found
-            if self.objects.put(key, change(current), version=version, absent=found is None):
-                return
+        with _index_lock(f"{self.where}/{key}"):
+            for _ in range(_INDEX_ATTEMPTS):
+                found = self.objects.get(key)
+                current, version = (None, None) if found is None else found
+                if self.objects.put(key, change(current), version=version, absent=found is None):
+                    return
         raise OccystrapError(
             f"{self.where}: {INDEX_FILE} kept changing under other writers"
             f" ({_INDEX_ATTEMPTS} attempts); try again"

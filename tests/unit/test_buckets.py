@@ -4,8 +4,10 @@ race starts again from what the winner wrote."""
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
+import threading
 
 import pytest
 
@@ -72,6 +74,39 @@ def test_a_writer_that_loses_the_race_keeps_the_winners_entry():
     objects.before_put = other_writer
     layout.change_index(add_tag("mine"))
     assert json.loads(layout.read_index())["manifests"] == ["first", "other", "mine"]
+
+
+class UnconditionalObjects(VersionedObjects):
+    """A store that ignores the version condition, as GCS emulators do, and whose readers of
+    index.json wait (briefly) for a second reader to arrive, so two unserialised writers
+    would both read the same old index."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.readers = threading.Barrier(2)
+
+    def get(self, key):
+        found = super().get(key)
+        if key.endswith("index.json"):
+            with contextlib.suppress(threading.BrokenBarrierError):
+                self.readers.wait(timeout=0.5)
+        return found
+
+    def put(self, key, data, *, version, absent):
+        return super().put(key, data, version=None, absent=False)
+
+
+def test_threads_of_one_run_change_the_index_in_turn_even_on_an_unconditional_store():
+    objects = UnconditionalObjects()
+    writers = [
+        threading.Thread(target=BucketLayout(objects, "images").change_index, args=(add_tag(t),))
+        for t in ("a", "b")
+    ]
+    for writer in writers:
+        writer.start()
+    for writer in writers:
+        writer.join()
+    assert sorted(json.loads(objects.objects["images/index.json"][0])["manifests"]) == ["a", "b"]
 
 
 def test_an_index_that_never_settles_is_one_error():

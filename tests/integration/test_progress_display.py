@@ -91,8 +91,9 @@ def test_a_terminal_shows_the_image_the_phase_and_each_layer_and_who_waits(
     lines = [line.strip() for line in shown.splitlines() if line.strip()]
     assert title in lines, shown  # the header names the image and where it goes
     # what the layers do (held by --rate-limit 2: about 0.5 s per request) and did
-    # (a layer is written while it still downloads, so "writing" may lead)
-    pattern = r"(writing \d · )?waiting \d · \d downloaded.*"
+    # (a layer is written while it still downloads, so "writing" may lead, and the first
+    # layer streams into the tarball, so "downloading" and "writing" may both lead)
+    pattern = r"(downloading \d · )?(writing \d · )?waiting \d · \d downloaded.*"
     assert any(re.fullmatch(pattern, line) for line in lines), shown
     assert "3 downloaded · 3 written" in lines, shown  # the last frame, drawn as rich stops
     assert "waiting" in lines, shown  # a layer's own row

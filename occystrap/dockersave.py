@@ -365,9 +365,10 @@ def write_docker_save(
     layers: Iterator[Layer],
     progress: ProgressSink,
     cancellation: Cancellation,
-) -> None:
+) -> int:
     """Stream `image` as a docker-save tarball into `out` (stopping when `cancellation`,
-    the run's, is cancelled).
+    the run's, is cancelled); return the bytes of its blobs as stored (the config and each
+    distinct layer tar), what the run's summary counts as written.
 
     `layers` yields the image's layers in order; each distinct layer is written once, as it
     arrives. On a seekable `out` a layer streams straight in (its member's size is filled in
@@ -380,13 +381,16 @@ def write_docker_save(
         archive.add(tar_member_info(entry.directory, 0, directory=True))
     for name, data in layout.metadata_files():
         archive.add(tar_member_info(name, len(data)), data)
+    stored = len(image.config)
     written: set[str] = set()
     for layer in layers:
         if layer.diff_id in written:
             continue
         written.add(layer.diff_id)
-        _add_layer(archive, layout.layers[layer.diff_id].tar_name, layer, progress, cancellation)
+        tar_name = layout.layers[layer.diff_id].tar_name
+        stored += _add_layer(archive, tar_name, layer, progress, cancellation)
     archive.close()
+    return stored
 
 
 def _add_layer(
@@ -395,25 +399,27 @@ def _add_layer(
     layer: Layer,
     progress: ProgressSink,
     cancellation: Cancellation,
-) -> None:
+) -> int:
+    """Add the layer's tar as member `name`; return its size."""
     key = f"write:{layer.diff_id}"
     size = layer.uncompressed_size
     progress.start(key, size, _hex(layer.diff_id)[:12])
     if not archive.seekable:
         if size is None:
             raise ValueError("write_docker_save needs each layer's uncompressed size")
-        _copy_layer(archive, name, layer, progress, key, cancellation)
+        stored = _copy_layer(archive, name, layer, progress, key, cancellation)
     else:
         # A layer that failed its digest on the way gets one more try, fetched directly.
         attempts = iter([layer, unspooled(layer)])
         start = archive.position
-        again_if_corrupt(
+        stored = again_if_corrupt(
             layer,
             lambda: _copy_layer(
                 archive.rewind(start), name, next(attempts), progress, key, cancellation
             ),
         )
     progress.finish(key)
+    return stored
 
 
 def _copy_layer(
@@ -423,12 +429,12 @@ def _copy_layer(
     progress: ProgressSink,
     key: str,
     cancellation: Cancellation,
-) -> None:
+) -> int:
     progress.restart(key, 0)
     # Inflating (in a read-ahead thread) overlaps hashing the tar and writing it (here).
     with layer.open_tar(inflating=lambda tar: read_ahead(tar, cancellation)) as stream:
         try:
-            archive.add_stream(
+            return archive.add_stream(
                 tar_member_info(name, 0),
                 stream,
                 layer.uncompressed_size,
@@ -496,9 +502,9 @@ class _TarWriter:
         source: Readable,
         size: int | None,
         on_bytes: Callable[[int], None],
-    ) -> None:
+    ) -> int:
         """A member whose data is `source` to its end: `size` bytes, or when None (on a
-        seekable output only) however many there are."""
+        seekable output only) however many there are; return how many there were."""
         if size is None and not self.seekable:
             raise ValueError("a tar member of unknown size needs a seekable output")
         info.size = size or 0
@@ -516,6 +522,7 @@ class _TarWriter:
         self._pad(count)
         if size is None:
             self._fill_in_size(header_at, header, count)
+        return count
 
     def _fill_in_size(self, header_at: int, written: bytes, size: int) -> None:
         """Rewrite the size field (and checksum) of the ustar header at `header_at`; past

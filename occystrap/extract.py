@@ -124,8 +124,10 @@ def parse_byte_size(text: str) -> int:
 
 @dataclass
 class ApplyReport:
-    """What `apply_layer` refused or could not do, for the caller to report."""
+    """What `apply_layer` wrote (file bytes) and refused or could not do, for the caller
+    to report."""
 
+    file_bytes: int = 0  # the content of the regular files it created
     unsafe: list[str] = field(default_factory=list)
     skipped_devices: list[str] = field(default_factory=list)
     cleared_setuid: list[str] = field(default_factory=list)
@@ -357,6 +359,7 @@ class _LayerApplier:
             while source is not None and (chunk := source.read(CHUNK_SIZE)):
                 self._charge(len(chunk))
                 destination.write(chunk)
+                self.report.file_bytes += len(chunk)
             destination.flush()
             self._set_metadata(file_fd, member, self._mode(member, member.mode), set_times=True)
 
@@ -441,6 +444,7 @@ class _OverlayLayerWriter(_LayerApplier):
                 while chunk := reader.read(CHUNK_SIZE):
                     self._charge(len(chunk))
                     writer.write(chunk)
+                    self.report.file_bytes += len(chunk)
                 writer.flush()
                 if self.privileged:
                     os.fchown(file_fd, found.st_uid, found.st_gid)

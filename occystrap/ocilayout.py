@@ -15,6 +15,7 @@ is replaced atomically under a lock, last, once everything it points at is in pl
 from __future__ import annotations
 
 import contextlib
+import functools
 import io
 import json
 import logging
@@ -582,8 +583,8 @@ class OciLayoutWriter:
         return name
 
     def _store_bytes(self, data: bytes, counted: bool = False) -> str:
-        """Store a small blob; `counted` ones (configs) join the layers in the blob counts,
-        as in a registry copy's summary, where manifests are not blobs."""
+        """Store a small blob; `counted` ones (configs) join the layers in the blob and byte
+        counts, as in a registry copy's summary, where manifests are not blobs."""
         digest = sha256_digest(data)
         name = self._blob_name(digest)
         if self.storage.present(name, len(data)):
@@ -594,7 +595,7 @@ class OciLayoutWriter:
         self.storage.store(name, len(data), lambda: io.BytesIO(data))
         if counted:
             LOG.info("blob %s: written to %s (%d bytes)", digest, self.where, len(data))
-        self.ctx.stats.add(uploaded=int(counted), bytes_uploaded=len(data))
+        self.ctx.stats.add(uploaded=int(counted), bytes_uploaded=len(data) if counted else 0)
         return digest
 
     def _store_layer(self, layer: Layer) -> None:
@@ -606,19 +607,16 @@ class OciLayoutWriter:
             return
         progress, key = self.ctx.progress, f"write:{layer.digest}"  # a "writing" phase
         progress.start(key, layer.size, layer.label)
-
-        def stored(count: int) -> None:
-            progress.advance(key, count)
-            self.ctx.stats.add(bytes_uploaded=count)
+        advance = functools.partial(progress.advance, key)
 
         def store() -> None:
             progress.restart(key, 0)
-            self.storage.store(name, layer.size, lambda: layer.open_blob(stored))
+            self.storage.store(name, layer.size, lambda: layer.open_blob(advance))
 
         again_if_corrupt(layer, store)
         progress.finish(key)
         LOG.info("blob %s: written to %s (%d bytes)", layer.digest, self.where, layer.size)
-        self.ctx.stats.add(uploaded=1)
+        self.ctx.stats.add(uploaded=1, bytes_uploaded=layer.size)  # once, even if fetched twice
 
     def _write_image(self, image: Image) -> Descriptor:
         """Store the image's layers, config and manifest; return the manifest's descriptor."""

@@ -71,6 +71,9 @@ class TransferStats:
     mounted: int = 0
     skipped: int = 0  # already at the destination
     bytes_downloaded: int = 0
+    # What the destination stored this run, whatever it is (the summary's "uploaded" or
+    # "written"): blobs as stored (compressed into a registry or layout; the layer tars and
+    # config of a docker-save tarball, a daemon's load, dir://), plus files expanded.
     bytes_uploaded: int = 0
     retries: int = 0  # requests the chain retried
     recompressed: int = 0  # layers stored in another format than they came (--dest-compress)

@@ -22,13 +22,14 @@ def expand_layers(
     extraction (`overlay`: in overlayfs form), as `policy` allows.
 
     The uncompressed tars, then the files expanded from them, may each take the policy's
-    budget: a decompression bomb is stopped before it fills the disk.
+    budget: a decompression bomb is stopped before it fills the disk. The files' bytes are
+    what the run's summary counts as written.
     """
     compressed = sum(layer.size for layer in image.layers)
     files_budget = policy.budget_for(compressed)
     for position, layer in enumerate(local_layers(image, ctx, policy.budget_for(compressed))):
         with layer.open_tar() as tar:
-            apply_layer(
+            report = apply_layer(
                 tar,
                 target_for(position),
                 overlay=overlay,
@@ -38,3 +39,4 @@ def expand_layers(
                 budget=files_budget,
                 what=f"layer {layer.digest}",
             )
+        ctx.stats.add(bytes_uploaded=report.file_bytes)

@@ -191,7 +191,7 @@ class DirectoryOutput:
                 tar = self._stage_layer(entry.directory, layer, staging)
                 if rootfs is not None:
                     with open(tar, "rb") as stream:
-                        apply_layer(
+                        report = apply_layer(
                             stream,
                             rootfs,
                             devices=self.policy.devices,
@@ -199,13 +199,16 @@ class DirectoryOutput:
                             budget=rootfs_budget,
                             what=f"layer {layer.digest}",
                         )
+                    self.ctx.stats.add(bytes_uploaded=report.file_bytes)
             (staging / layout.config_name).write_bytes(image.config)
+            self.ctx.stats.add(bytes_uploaded=len(image.config))
             self._commit(layout, staging, rootfs, image)
         finally:
             discard_tree(staging)
 
     def _stage_layer(self, directory: str, layer: Any, staging: Path) -> Path:
-        """Where this layer's tar is: already in the directory, or newly staged."""
+        """Where this layer's tar is: already in the directory, or newly staged (and counted
+        as written)."""
         existing = self.path / directory / "layer.tar"
         if existing.is_file():
             return existing
@@ -215,6 +218,7 @@ class DirectoryOutput:
         (staging / directory).mkdir()
         with layer.open_tar() as stream, open(staged, "wb") as output:
             shutil.copyfileobj(stream, output, CHUNK_SIZE)
+        self.ctx.stats.add(bytes_uploaded=staged.stat().st_size)
         return staged
 
     def _commit(

@@ -155,7 +155,7 @@ class _SaveStream:
             with self._writer:
                 out: Any = _PipeEnd(self._writer)  # writes and tell(): all tarfile asks for
                 layers = local_layers(self.image, self.ctx)
-                write_docker_save(
+                stored = write_docker_save(
                     out,
                     self.image,
                     self.repo_tag,
@@ -163,6 +163,7 @@ class _SaveStream:
                     self.ctx.progress,
                     self.ctx.cancellation,
                 )
+            self.ctx.stats.add(bytes_uploaded=stored)
         except BaseException as error:  # handed to the reading side, which raises it
             self._error = error
 
@@ -172,7 +173,6 @@ class _SaveStream:
         Raising aborts the request before its last (empty) chunk, so the daemon sees a cut
         body and loads nothing, even when a layer failed its digest only at its end."""
         while chunk := self._reader.read(compression.CHUNK_SIZE):
-            self.ctx.stats.add(bytes_uploaded=len(chunk))
             yield chunk
         self._thread.join()
         if self._error is not None:

@@ -156,7 +156,7 @@ class TarDestination:
             if handle.seekable()
             else local_layers(item, self.ctx)
         )
-        write_docker_save(
+        stored = write_docker_save(
             handle,
             item,
             repo_tag_of(item.source),
@@ -164,6 +164,7 @@ class TarDestination:
             self.ctx.progress,
             self.ctx.cancellation,
         )
+        self.ctx.stats.add(bytes_uploaded=stored)
 
 
 def _parse(text: str, body: str) -> TarURI:

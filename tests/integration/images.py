@@ -268,3 +268,18 @@ def skopeo_inspect(registry, ref: str, raw: bool = False, config: bool = False) 
         "inspect", *flags, *registry.skopeo_args(), f"docker://{registry.host}/{ref}"
     )
     return json.loads(result.stdout)
+
+
+def docker_save_blob_bytes(saved: Path) -> int:
+    """The bytes of the config and distinct layer tars of a docker-save tarball (or of the
+    same tree unpacked in a directory), as its manifest.json names them."""
+    if saved.is_dir():
+        manifest = json.loads((saved / "manifest.json").read_text())[0]
+        names = {manifest["Config"], *manifest["Layers"]}
+        return sum((saved / name).stat().st_size for name in names)
+    with tarfile.open(saved) as archive:
+        member = archive.extractfile("manifest.json")
+        assert member is not None
+        manifest = json.load(member)[0]
+        names = {manifest["Config"], *manifest["Layers"]}
+        return sum(archive.getmember(name).size for name in names)

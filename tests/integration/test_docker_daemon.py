@@ -21,6 +21,7 @@ from tests.integration.cli import REPO_ROOT, assert_one_line_error, run_occystra
 from tests.integration.daemons import DockerDaemon, PodmanService
 from tests.integration.images import (
     build_oci_layout,
+    docker_save_blob_bytes,
     random_layer,
     run_skopeo,
     skopeo_inspect,
@@ -79,8 +80,10 @@ def test_round_trip_tar_daemon_daemon_tar_keeps_the_image(daemon, tmp_path):
     first, second = unique_name("first") + ":v1", unique_name("second") + ":v2"
     tarball, config_digest, diff_ids = source_tarball(tmp_path, "occystrap-test/source:v0")
 
-    loaded = run_occystrap("process", f"tar://{tarball}", uri(daemon, first))
+    loaded = run_occystrap("-O", "json", "process", f"tar://{tarball}", uri(daemon, first))
     assert config_digest in loaded.stderr  # the image ID the daemon gives it
+    # What the daemon was given to store: the config and layer tars, as in the tarball.
+    assert json.loads(loaded.stdout)["bytes"]["uploaded"] == docker_save_blob_bytes(tarball)
     assert listed(daemon, first)["RootFS"]["Layers"] == diff_ids
 
     run_occystrap("process", uri(daemon, first), uri(daemon, second))

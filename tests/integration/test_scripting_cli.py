@@ -4,12 +4,16 @@ digests), --digestfile as skopeo writes it, -q for silence, and words that count
 from __future__ import annotations
 
 import json
+import stat
+from pathlib import Path
 
 import pytest
 
+from occystrap.units import human_bytes
 from tests.integration.cli import assert_one_line_error, run_occystrap
 from tests.integration.images import (
     build_multiarch_layout,
+    docker_save_blob_bytes,
     push_multiarch_with_skopeo,
     skopeo_inspect,
 )
@@ -169,3 +173,44 @@ def test_a_layout_destination_says_written(registry_plain, unique_repo, tmp_path
         "--insecure", "process", layout, f"registry://{registry_plain.host}/{unique_repo}-up:{TAG}"
     )
     assert "blobs 3 uploaded" in pushed.stderr and " uploaded in " in pushed.stderr
+
+
+def _file_bytes(tree: Path) -> int:
+    """The bytes of the regular files under `tree` (a file hard-linked twice once)."""
+    files = {}
+    for path in tree.rglob("*"):
+        status = path.lstat()
+        if stat.S_ISREG(status.st_mode):
+            files[status.st_ino] = status.st_size
+    return sum(files.values())
+
+
+@pytest.mark.parametrize(
+    "destination",
+    ["tar://{tmp}/out.tar", "dir://{tmp}/out", "dir://{tmp}/out?expand=true",
+     "oci-layout://{tmp}/out", "oci-archive://{tmp}/out.tar", "oci://{tmp}/out"],
+)  # fmt: skip
+def test_a_local_destination_counts_the_bytes_it_wrote(
+    registry_plain, unique_repo, tmp_path, destination
+):
+    """The summary's "N written" (and -O json's bytes.uploaded) is what the destination
+    stored: blobs as stored (compressed in a layout; the layer tars and config of a
+    docker-save tree) and the files expanded; never 0 B."""
+    seed_image(registry_plain, unique_repo, tmp_path)
+    source = f"registry://{registry_plain.host}/{unique_repo}:{TAG}"
+    target = destination.format(tmp=tmp_path)
+    result = run_occystrap("--insecure", "-O", "json", "process", source, target)
+    out = tmp_path / ("out.tar" if target.endswith(".tar") else "out")
+    if target.startswith(("oci-layout:", "oci-archive:")):
+        manifest = skopeo_inspect(registry_plain, f"{unique_repo}:{TAG}", raw=True)
+        expected = manifest["config"]["size"] + sum(layer["size"] for layer in manifest["layers"])
+    elif target.startswith("oci:"):
+        expected = _file_bytes(out / "rootfs")
+    else:
+        expected = docker_save_blob_bytes(out)
+        if target.endswith("expand=true"):
+            expected += _file_bytes(out / "rootfs")
+    assert expected > 200_000  # the seeded image's random layer, at least
+    assert json.loads(result.stdout)["bytes"]["uploaded"] == expected
+    summary = result.stderr.strip().splitlines()[-1]
+    assert f" {human_bytes(expected)} written in " in summary, summary

@@ -11,6 +11,10 @@ PYTHONPATH of this interpreter instead, its editable installs' import finders lo
     python3 benchmarks/compare_skopeo.py --image real       # layers of this machine's files
     python3 benchmarks/compare_skopeo.py --image huge --huge-mb 3072 --runs 1   # minutes
     python3 benchmarks/compare_skopeo.py --toolbox --only none   # --version, digest, tags
+    python3 benchmarks/compare_skopeo.py --image real --markdown table.md   # for the docs
+
+Beside each tool's own CPU seconds it reports the CPU seconds the registries spent serving the
+run and the tool's CPU seconds per GB moved: what bounds an operation, the tool or the registry.
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ import json
 import os
 import platform
 import random
+import shlex
 import shutil
 import statistics
 import subprocess
@@ -52,6 +57,8 @@ COMPRESSION_RATIO = 0.5
 # The "real files" image: one layer per tree, as found on this machine (missing ones skipped).
 REAL_TREES = ("/usr/lib/python3.11", "/usr/bin", "/usr/share/doc")
 TOOLBOX_RUNS = 10
+TRANSFER_OPERATIONS = ("pull to tar", "push from tar", "registry to registry", "repeat push")
+GB = 1e9  # CPU seconds per GB: per 10^9 bytes of blobs moved
 
 
 @dataclass
@@ -59,6 +66,13 @@ class Measurement:
     seconds: float
     peak_rss_mb: float
     cpu_seconds: float = 0.0  # user + system, all threads
+    # CPU seconds each registry ("source", "destination") spent during the run
+    registry_cpu_seconds: dict[str, float] = field(default_factory=dict)
+    moved_bytes: int = 0  # blobs the run moved (config and layers); 0: not a transfer
+
+    @property
+    def cpu_seconds_per_gb(self) -> float | None:
+        return self.cpu_seconds / (self.moved_bytes / GB) if self.moved_bytes else None
 
 
 @dataclass
@@ -79,6 +93,15 @@ class Row:
     @property
     def median_cpu_seconds(self) -> float:
         return statistics.median(run.cpu_seconds for run in self.runs)
+
+    @property
+    def median_registry_cpu_seconds(self) -> float:
+        return statistics.median(sum(run.registry_cpu_seconds.values()) for run in self.runs)
+
+    @property
+    def median_cpu_seconds_per_gb(self) -> float | None:
+        per_gb = [run.cpu_seconds_per_gb for run in self.runs]
+        return statistics.median(per_gb) if None not in per_gb else None
 
 
 def layer_content(size: int, seed: int) -> bytes:
@@ -266,13 +289,28 @@ def skopeo_command(source: str, dest: str, src_args=(), dest_args=()) -> list[st
     return [require_binary(SKOPEO_BINARY), "copy", "--quiet", *src_args, *dest_args, source, dest]
 
 
-def measure(command: list[str], scratch: Path, occystrap: Occystrap, cache: Path) -> Measurement:
-    """Run `command` under /usr/bin/time (occystrap's blob cache in `cache`); wall time and
-    peak RSS."""
+def process_cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of a running process, from /proc/PID/stat (utime, stime)."""
+    stat = Path(f"/proc/{pid}/stat").read_text()
+    fields = stat[stat.rindex(")") + 2 :].split()  # after "pid (comm) ", field 3 onwards
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def measure(
+    command: list[str],
+    scratch: Path,
+    occystrap: Occystrap,
+    cache: Path,
+    registries: dict[str, RegistryServer],
+) -> Measurement:
+    """Run `command` under /usr/bin/time (occystrap's blob cache in `cache`); wall time, CPU
+    and peak RSS, and the CPU the `registries` spent meanwhile (the source one is shared
+    between runs, so it is the difference around this one)."""
     rss_file = scratch / "rss.txt"  # peak RSS KB, user s, system s
     env = {**os.environ, "TMPDIR": str(scratch), "XDG_CACHE_HOME": str(cache)}
     if occystrap.source is not None:
         env["PYTHONPATH"] = str(occystrap.source)
+    registry_start = {name: process_cpu_seconds(r.pid) for name, r in registries.items()}
     started = time.monotonic()
     result = subprocess.run(
         [TIME_BINARY, "-f", "%M %U %S", "-o", str(rss_file), *command],
@@ -284,12 +322,33 @@ def measure(command: list[str], scratch: Path, occystrap: Occystrap, cache: Path
         check=False,
     )
     elapsed = time.monotonic() - started
+    registry_cpu = {
+        name: round(process_cpu_seconds(r.pid) - registry_start[name], 2)
+        for name, r in registries.items()
+    }
     if result.returncode != 0:
         raise SystemExit(f"{' '.join(command)} failed ({result.returncode}): {result.stderr}")
     peak_kb, user, system = rss_file.read_text().split()[-3:]
     return Measurement(
-        round(elapsed, 3), round(int(peak_kb) / 1024, 1), round(float(user) + float(system), 2)
+        round(elapsed, 3),
+        round(int(peak_kb) / 1024, 1),
+        round(float(user) + float(system), 2),
+        registry_cpu,
     )
+
+
+def blob_bytes(registry: RegistryServer, reference: str) -> int:
+    """Bytes of the blobs (config and layers) the manifest of `reference` lists: what a run
+    that pulled, copied or pushed that image moved."""
+    raw = subprocess.run(
+        [require_binary(SKOPEO_BINARY), "inspect", "--raw", *registry.skopeo_args()]
+        + [f"docker://{reference}"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    manifest = json.loads(raw)
+    return manifest["config"]["size"] + sum(layer["size"] for layer in manifest["layers"])
 
 
 def ca_bundle(work: Path, *registries: RegistryServer) -> Path | None:
@@ -310,7 +369,12 @@ def operations(
     archive: Path,
     tls: bool,
 ):
-    """(operation, tool, command) for one round; every write goes to the fresh `dest`."""
+    """(operation, tool, command, moved) for one round; every write goes to the fresh `dest`.
+
+    `moved` is (registry, image) whose manifest lists the blobs the run moves: the source image
+    for a pull, the image the run writes for a push or copy (a push uploads its own
+    compression), None for the repeat push, which is to move nothing.
+    """
     src_ref = f"{source.host}/bench:src"
     out_tar = work / "out.tar"
     bundle = ca_bundle(work, source, dest)
@@ -328,6 +392,7 @@ def operations(
                 f"tar://{out_tar}",
                 http2=http2,
             ),
+            (source, src_ref),
         )
         yield (
             "push from tar",
@@ -340,6 +405,7 @@ def operations(
                 f"registry://{dest.host}/push-{repo}:t",
                 http2=http2,
             ),
+            (dest, f"{dest.host}/push-{repo}:t"),
         )
         yield (
             "registry to registry",
@@ -352,6 +418,7 @@ def operations(
                 f"registry://{dest.host}/copy-{repo}:t",
                 http2=http2,
             ),
+            (dest, f"{dest.host}/copy-{repo}:t"),
         )
         yield (
             "repeat push",
@@ -364,12 +431,14 @@ def operations(
                 f"registry://{dest.host}/again-{repo}:t",
                 http2=http2,
             ),
+            None,
         )
     src_args, dest_args = source.skopeo_src_args(), dest.skopeo_dest_args()
     yield (
         "pull to tar",
         "skopeo",
         skopeo_command(f"docker://{src_ref}", f"docker-archive:{out_tar}", src_args),
+        (source, src_ref),
     )
     yield (
         "push from tar",
@@ -377,6 +446,7 @@ def operations(
         skopeo_command(
             f"docker-archive:{archive}", f"docker://{dest.host}/push-sk:t", dest_args=dest_args
         ),
+        (dest, f"{dest.host}/push-sk:t"),
     )
     yield (
         "registry to registry",
@@ -384,6 +454,7 @@ def operations(
         skopeo_command(
             f"docker://{src_ref}", f"docker://{dest.host}/copy-sk:t", src_args, dest_args
         ),
+        (dest, f"{dest.host}/copy-sk:t"),
     )
     yield (
         "repeat push",
@@ -391,6 +462,7 @@ def operations(
         skopeo_command(
             f"docker-archive:{archive}", f"docker://{dest.host}/again-sk:t", dest_args=dest_args
         ),
+        None,
     )
 
 
@@ -417,7 +489,11 @@ def toolbox_rounds(source: RegistryServer, work: Path, occystrap: Occystrap, tls
         for operation, occystrap_command_line, skopeo_command_line in pairs:
             tools = [("occystrap", occystrap_command_line), ("skopeo", skopeo_command_line)]
             for tool, command in tools if run % 2 else reversed(tools):
-                yield operation, tool, measure(command, work, occystrap, work / "cache-toolbox")
+                yield (
+                    operation,
+                    tool,
+                    measure(command, work, occystrap, work / "cache-toolbox", {"source": source}),
+                )
 
 
 def bench_transport(
@@ -467,10 +543,21 @@ def bench_transport(
                     print(
                         f"  {name:11} {operation:20} {tool:22} run {run + 1}: "
                         f"{result.seconds:7.2f} s {result.cpu_seconds:7.2f} CPU-s"
+                        f" {sum(result.registry_cpu_seconds.values()):7.2f} registry CPU-s"
                         f" {result.peak_rss_mb:7.1f} MB",
                         flush=True,
                     )
-    return sorted(rows.values(), key=lambda r: (r.transport, r.operation, r.tool != "skopeo"))
+    rank = {operation: position for position, operation in enumerate(TRANSFER_OPERATIONS)}
+    return sorted(
+        rows.values(),
+        key=lambda r: (
+            r.transport,
+            rank.get(r.operation, len(rank)),  # transfers first, then the toolbox
+            r.operation,
+            r.tool != "skopeo",
+            r.tool,
+        ),
+    )
 
 
 def _one_round(
@@ -482,51 +569,115 @@ def _one_round(
     only,
     occystrap: Occystrap,
 ):
-    """Each operation writes to its own fresh registry, so no tool finds blobs already there.
+    """Each operation writes to its own fresh registry, so no tool finds blobs already there,
+    and each tool has its own blob cache, so no occystrap variant mounts what another uploaded.
 
     "repeat push" is the push again into another repository of the same registry, right after
     each tool's own (untimed) first push: what each tool's blob cache remembers is the point.
     """
-    for operation in ("pull to tar", "push from tar", "registry to registry", "repeat push"):
+    for operation in TRANSFER_OPERATIONS:
         if only and operation.split()[0] not in only:
             continue
         dest_dir = work / "dest"
-        cache = work / f"cache-{run}-{operation.replace(' ', '-')}"
         with RegistryServer(dest_dir, tls=tls) as dest:
             every = list(operations(occystrap, source, dest, work, archive, tls))
             ops = [op for op in every if op[0] == operation]
             if run % 2:  # alternate who goes first
                 ops.reverse()
-            for _, tool, command in ops:
+            registries = {"source": source, "destination": dest}
+            for _, tool, command, moved in ops:
+                cache = work / f"cache-{run}-{operation}-{tool}".replace(" ", "-")
                 if operation == "repeat push":
-                    first = next(c for o, t, c in every if o == "push from tar" and t == tool)
-                    measure(first, work, occystrap, cache)
+                    first = next(c for o, t, c, _ in every if o == "push from tar" and t == tool)
+                    measure(first, work, occystrap, cache, registries)
                 (work / "out.tar").unlink(missing_ok=True)
-                yield operation, tool, measure(command, work, occystrap, cache)
+                result = measure(command, work, occystrap, cache, registries)
+                if moved is not None:
+                    result.moved_bytes = blob_bytes(*moved)
+                shutil.rmtree(cache, ignore_errors=True)
+                yield operation, tool, result
         shutil.rmtree(dest_dir, ignore_errors=True)
-        shutil.rmtree(cache, ignore_errors=True)
+
+
+def ratio(value: float, reference: float | None) -> str:
+    """`value` as a multiple of skopeo's ("-" where skopeo's is missing or zero)."""
+    return f"{value / reference:.2f}x" if reference else "-"
 
 
 def print_table(rows: list[Row]) -> None:
     skopeo = {(r.transport, r.operation): r for r in rows if r.tool == "skopeo"}
     header = (
         f"{'transport':12} {'operation':21} {'tool':22} {'median s':>9} {'vs skopeo':>10}"
-        f" {'CPU s':>7} {'CPU vs':>7} {'peak RSS MB':>12}"
+        f" {'CPU s':>7} {'CPU vs':>7} {'CPU s/GB':>9} {'reg CPU s':>10} {'peak RSS MB':>12}"
     )
     print(header)
     print("-" * len(header))
     for row in rows:
         reference = skopeo.get((row.transport, row.operation))
-        ratio = f"{row.median_seconds / reference.median_seconds:.2f}x" if reference else "-"
-        cpu_ratio = (
-            f"{row.median_cpu_seconds / reference.median_cpu_seconds:.2f}x"
-            if reference and reference.median_cpu_seconds
-            else "-"
-        )
+        per_gb = row.median_cpu_seconds_per_gb
         print(
             f"{row.transport:12} {row.operation:21} {row.tool:22} {row.median_seconds:9.2f}"
-            f" {ratio:>10} {row.median_cpu_seconds:7.2f} {cpu_ratio:>7} {row.peak_rss_mb:12.1f}"
+            f" {ratio(row.median_seconds, reference and reference.median_seconds):>10}"
+            f" {row.median_cpu_seconds:7.2f}"
+            f" {ratio(row.median_cpu_seconds, reference and reference.median_cpu_seconds):>7}"
+            f" {'-' if per_gb is None else f'{per_gb:.2f}':>9}"
+            f" {row.median_registry_cpu_seconds:10.2f} {row.peak_rss_mb:12.1f}"
         )
+
+
+MARKDOWN_HEADER = (
+    "| operation | skopeo s | occystrap s | vs skopeo (wall) | skopeo CPU s | occystrap CPU s"
+    " | vs skopeo (CPU) | CPU s per GB (occystrap / skopeo)"
+    " | registry CPU s (occystrap's run / skopeo's run) | peak RSS MB (occystrap / skopeo) |\n"
+    "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+)
+
+
+def markdown_table(rows: list[Row], heading: str) -> str:
+    """The summary as docs/performance.md's tables show it: one line per occystrap variant
+    against skopeo, under `heading` (what was run, where and when)."""
+    skopeo = {(r.transport, r.operation): r for r in rows if r.tool == "skopeo"}
+    several_transports = len({r.transport for r in rows}) > 1
+    lines = [heading, "", MARKDOWN_HEADER]
+    for row in rows:
+        reference = skopeo.get((row.transport, row.operation))
+        if row.tool == "skopeo" or reference is None:
+            continue
+        label = row.operation if row.operation in TRANSFER_OPERATIONS else f"`{row.operation}`"
+        if row.tool != "occystrap":
+            label += f" (`{row.tool.removeprefix('occystrap ')}`)"
+        if several_transports:
+            label += f", {row.transport}"
+        per_gb = (row.median_cpu_seconds_per_gb, reference.median_cpu_seconds_per_gb)
+        cells = [
+            label,
+            f"{reference.median_seconds:.2f}",
+            f"{row.median_seconds:.2f}",
+            ratio(row.median_seconds, reference.median_seconds),
+            f"{reference.median_cpu_seconds:.2f}",
+            f"{row.median_cpu_seconds:.2f}",
+            ratio(row.median_cpu_seconds, reference.median_cpu_seconds),
+            "" if None in per_gb else f"{per_gb[0]:.2f} / {per_gb[1]:.2f}",
+            f"{row.median_registry_cpu_seconds:.2f} / {reference.median_registry_cpu_seconds:.2f}",
+            f"{row.peak_rss_mb:.1f} / {reference.peak_rss_mb:.1f}",
+        ]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def commit_of(code: Path) -> tuple[str, bool]:
+    """The short commit of the occystrap timed, and whether its tree has uncommitted edits."""
+    git = ["git", "-C", str(code)]
+    commit = subprocess.run(
+        [*git, "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=True
+    ).stdout.strip()
+    edited = subprocess.run(
+        [*git, "status", "--porcelain", "--untracked-files=no"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.strip()
+    return commit, bool(edited)
 
 
 def main() -> None:
@@ -565,16 +716,29 @@ def main() -> None:
         help="time --code on PYTHONPATH with this interpreter (its editable installs' import"
         " finders included) instead of installing it, as users do, into a venv of its own",
     )
+    parser.add_argument(
+        "--markdown",
+        metavar="FILE",
+        help="also write the summary to FILE as a Markdown table for docs/performance.md,"
+        " headed by the command line, commit, time and load average",
+    )
     args = parser.parse_args()
+    started, load_at_start = datetime.datetime.now(datetime.UTC), os.getloadavg()
     code = args.code.resolve()
     require_binary(TIME_BINARY)
     RESULTS_DIR.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="occystrap-install-", dir=RESULTS_DIR) as work:
         occystrap = Occystrap(sys.executable, code) if args.editable else install(code, Path(work))
-        run_benchmark(args, code, occystrap)
+        run_benchmark(args, code, occystrap, started, load_at_start)
 
 
-def run_benchmark(args: argparse.Namespace, code: Path, occystrap: Occystrap) -> None:
+def run_benchmark(
+    args: argparse.Namespace,
+    code: Path,
+    occystrap: Occystrap,
+    started: datetime.datetime,
+    load_at_start: tuple[float, float, float],
+) -> None:
     if args.image == "synthetic":
         image = cached_layout(args.size_mb, args.layers)
     else:
@@ -585,14 +749,20 @@ def run_benchmark(args: argparse.Namespace, code: Path, occystrap: Occystrap) ->
         rows += bench_transport(
             image, tls, args.runs, set(args.only or ()), occystrap, args.toolbox
         )
+    finished, load_at_end = datetime.datetime.now(datetime.UTC), os.getloadavg()
     print()
     print_table(rows)
-    stamp = datetime.datetime.now(datetime.UTC).strftime("%Y%m%dT%H%M%SZ")
-    result_file = RESULTS_DIR / f"compare-{stamp}.json"
+    commit, uncommitted = commit_of(code)
+    result_file = RESULTS_DIR / f"compare-{finished:%Y%m%dT%H%M%SZ}.json"
     result_file.write_text(
         json.dumps(
             {
                 "arguments": {**vars(args), "code": str(code)},
+                "commit": commit,
+                "uncommitted_changes": uncommitted,
+                "started": started.isoformat(),
+                "finished": finished.isoformat(),
+                "load_average": {"start": load_at_start, "end": load_at_end},
                 "machine": {
                     "cpus": os.cpu_count(),
                     "platform": platform.platform(),
@@ -609,6 +779,8 @@ def run_benchmark(args: argparse.Namespace, code: Path, occystrap: Occystrap) ->
                         **asdict(row),
                         "median_seconds": row.median_seconds,
                         "median_cpu_seconds": row.median_cpu_seconds,
+                        "median_registry_cpu_seconds": row.median_registry_cpu_seconds,
+                        "median_cpu_seconds_per_gb": row.median_cpu_seconds_per_gb,
                         "peak_rss_mb": row.peak_rss_mb,
                     }
                     for row in rows
@@ -618,6 +790,19 @@ def run_benchmark(args: argparse.Namespace, code: Path, occystrap: Occystrap) ->
         )
     )
     print(f"\nwritten {result_file}")
+    if args.markdown:
+        medians = ("one run" if args.runs == 1 else f"median of {args.runs} runs") + (
+            f"; toolbox rows median of {TOOLBOX_RUNS}" if args.toolbox else ""
+        )
+        heading = (
+            f"`python3 benchmarks/compare_skopeo.py {shlex.join(sys.argv[1:])}` at `{commit}`"
+            f"{' with uncommitted changes' if uncommitted else ''},"
+            f" {started:%Y-%m-%d %H:%M}-{finished:%H:%M} UTC, load average (1 min)"
+            f" {load_at_start[0]:.2f} at the start and {load_at_end[0]:.2f} at the end"
+            f" ({medians}; raw data `{result_file.name}`):"
+        )
+        Path(args.markdown).write_text(markdown_table(rows, heading))
+        print(f"written {args.markdown}")
 
 
 if __name__ == "__main__":

@@ -112,6 +112,13 @@ class RegistryServer:
     def url(self) -> str:
         return f"{self.scheme}://{self.host}"
 
+    @property
+    def pid(self) -> int:
+        """The running docker-registry's process id (benchmarks read its CPU time)."""
+        if self._process is None:
+            raise RuntimeError("the registry is not running")
+        return self._process.pid
+
     def _make_tls_material(self) -> None:
         """A fresh CA per server, so tests prove our client trusts only what it is told to."""
         ca = trustme.CA()

@@ -21,7 +21,6 @@ from typing import TYPE_CHECKING, Protocol
 import httpx
 
 from occystrap.cancel import Cancellation
-from occystrap.compression import CHUNK_SIZE
 from occystrap.endpoints import (
     Endpoint,
     byte_size_option,
@@ -33,7 +32,7 @@ from occystrap.errors import DigestMismatchError, OccystrapError, UsageError
 from occystrap.middleware.extensions import BUFFER, REPLAYABLE, RETRY_UNSAFE
 from occystrap.middleware.plugins import MiddlewareFactory
 from occystrap.registry.blobs import RemoteBlobReader
-from occystrap.streams import Readable
+from occystrap.streams import CHUNK_SIZE, Readable
 
 # The layout code and the pipeline load when a bucket is read or written, not when a cloud
 # plug-in's middleware joins the chain of a run that never names a bucket.

@@ -19,13 +19,13 @@ import zstandard
 
 from occystrap.errors import OccystrapError, UsageError
 from occystrap.mediatypes import GZIP, NONE, ZSTD, layer_type_for
+from occystrap.streams import CHUNK_SIZE
 
 KINDS = (GZIP, ZSTD, NONE)
 
 GZIP_MAGIC = b"\x1f\x8b"
 ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
 
-CHUNK_SIZE = 1024 * 1024
 _GZIP_WBITS = 31  # gzip container, for inflating
 _DEFAULT_ZSTD_LEVEL = 3
 # Input per zstd job: the library's default (4 windows, 8 MiB at level 3) took ~60 MB per

@@ -27,8 +27,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO
 
-from occystrap.compression import CHUNK_SIZE
 from occystrap.errors import WRITE_FAILURES, OccystrapError, filesystem_error
+from occystrap.streams import CHUNK_SIZE
 from occystrap.units import human_bytes
 
 log = logging.getLogger(__name__)

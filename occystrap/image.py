@@ -21,8 +21,9 @@ from occystrap import compression
 from occystrap.digests import check_digest, hash_of, new_hasher, sha256_digest
 from occystrap.errors import DigestMismatchError, OccystrapError
 from occystrap.jsondoc import parse_json
-from occystrap.manifest import Descriptor, Manifest, Platform, PlatformDescriptor, parse_manifest
+from occystrap.manifest import Descriptor, Manifest, PlatformDescriptor, parse_manifest
 from occystrap.mediatypes import DOCKER_MANIFEST, OCI_MANIFEST, compression_of, is_config, is_layer
+from occystrap.platforms import Platform
 from occystrap.streams import Readable
 
 

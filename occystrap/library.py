@@ -27,7 +27,7 @@ from occystrap.errors import OccystrapError, UsageError
 from occystrap.filters.matching import compile_matcher
 from occystrap.filters.search import Hit, format_hits, image_hits
 from occystrap.image import Image, ImageIndex, Layer
-from occystrap.manifest import Descriptor, Manifest, Platform, image_info
+from occystrap.manifest import Descriptor, Manifest, image_info
 from occystrap.pipeline import (
     AbandonableOutput,
     CopyResult,
@@ -40,6 +40,7 @@ from occystrap.pipeline import (
     choose_platform,
     run_pipeline,
 )
+from occystrap.platforms import Platform
 from occystrap.settings import RunSettings
 
 LOG = logging.getLogger("occystrap")

@@ -19,6 +19,7 @@ from occystrap.mediatypes import (
     OCI_INDEX,
     OCI_MANIFEST,
 )
+from occystrap.platforms import Platform
 
 ARCHITECTURE_ALIASES = {"x86_64": "amd64", "x86-64": "amd64", "aarch64": "arm64", "i386": "386"}
 DEFAULT_VARIANTS = {"arm64": "v8", "arm": "v7"}
@@ -51,29 +52,6 @@ class Descriptor:
     urls: tuple[str, ...] = ()
     annotations: dict[str, str] = field(default_factory=dict, hash=False)
     artifact_type: str | None = None  # what an artifact manifest is, as referrer lists say
-
-
-@dataclass(frozen=True)
-class Platform:
-    os: str
-    architecture: str
-    variant: str | None = None
-    os_version: str | None = None
-    os_features: tuple[str, ...] = ()
-
-    def __str__(self) -> str:
-        parts = [self.os, self.architecture] + ([self.variant] if self.variant else [])
-        return "/".join(parts)
-
-
-def parse_platform(text: str) -> Platform:
-    """`os/arch[/variant]`, as --platform takes it."""
-    parts = text.split("/")
-    if len(parts) not in (2, 3) or not all(parts):
-        raise OccystrapError(
-            f"invalid platform {text!r}: expected OS/ARCHITECTURE[/VARIANT], e.g. linux/arm64/v8"
-        )
-    return Platform(parts[0], parts[1], parts[2] if len(parts) == 3 else None)
 
 
 @dataclass(frozen=True)

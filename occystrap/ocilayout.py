@@ -30,7 +30,6 @@ from typing import Any, Protocol
 from occystrap.archive import MemberSource, name_and_tag
 from occystrap.atomic import atomic_file, locked, partial_sibling
 from occystrap.cancel import cancellable_pool
-from occystrap.compression import CHUNK_SIZE
 from occystrap.destinations import check_directory
 from occystrap.digests import check_digest, hash_of, new_hasher, sha256_digest
 from occystrap.errors import (
@@ -66,7 +65,7 @@ from occystrap.manifest import (
 from occystrap.mediatypes import OCI_CONFIG, OCI_INDEX, OCI_MANIFEST
 from occystrap.pipeline import RunContext, again_if_corrupt
 from occystrap.registry.referrers import REFERRERS_TAG
-from occystrap.streams import Readable
+from occystrap.streams import CHUNK_SIZE, Readable
 
 LAYOUT_FILE = "oci-layout"
 INDEX_FILE = "index.json"

@@ -25,7 +25,8 @@ from occystrap.compression import DeflatePool
 from occystrap.errors import DigestMismatchError, UsageError, writing_to
 from occystrap.graph import ManifestInput, ManifestOutput, copy_graph
 from occystrap.image import Image, ImageIndex, ImageLike, Layer
-from occystrap.manifest import Platform, select_platform
+from occystrap.manifest import select_platform
+from occystrap.platforms import Platform
 from occystrap.registry.ledger import UploadLedger
 
 if TYPE_CHECKING:  # httpx loads with the chain, when a run talks to the network

@@ -24,10 +24,9 @@ from typing import TYPE_CHECKING, BinaryIO
 
 from occystrap.atomic import discard_tree
 from occystrap.cancel import Cancellation
-from occystrap.compression import CHUNK_SIZE
 from occystrap.errors import writing_to
 from occystrap.image import Blob, Layer
-from occystrap.streams import Readable
+from occystrap.streams import CHUNK_SIZE, Readable
 
 if TYPE_CHECKING:
     from occystrap.pipeline import ProgressSink, RunContext

@@ -7,7 +7,6 @@ from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from occystrap import compression
 from occystrap.credentials import (
     AuthKey,
     Credential,
@@ -16,11 +15,12 @@ from occystrap.credentials import (
     parse_auth_key,
 )
 from occystrap.errors import UsageError
-from occystrap.manifest import Platform, parse_platform
+from occystrap.mediatypes import GZIP, ZSTD
 from occystrap.middleware.defaults import (
     DEFAULT_QUAY_API,
 )
 from occystrap.middleware.options import NetworkSettings, checked_path, checked_sequence
+from occystrap.platforms import Platform, parse_platform
 
 # The chain (httpx) loads when a command builds it, not for a file-to-file copy.
 if TYPE_CHECKING:
@@ -82,9 +82,13 @@ class RunSettings(NetworkSettings):
             raise UsageError(
                 f"platform takes OS/ARCH[/VARIANT] or a Platform; got {self.platform!r}"
             )
-        if self.compression not in (compression.GZIP, compression.ZSTD):
+        if self.compression not in (GZIP, ZSTD):
             raise UsageError(f"compression takes gzip or zstd; got {self.compression!r}")
-        compression.check_level(self.compression, self.compression_level)
+        if self.compression_level is not None:
+            # The engines (zstandard, isal) load only where a level is given or data compressed.
+            from occystrap import compression
+
+            compression.check_level(self.compression, self.compression_level)
         if self.output_format not in ("text", "json"):
             raise UsageError(f"output_format takes text or json; got {self.output_format!r}")
 

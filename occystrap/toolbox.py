@@ -28,7 +28,7 @@ from occystrap.registry.reference import HOST_PATTERN
 if TYPE_CHECKING:
     from occystrap.credentials import Credential
     from occystrap.image import Image
-    from occystrap.manifest import Platform
+    from occystrap.platforms import Platform
     from occystrap.registry.inspect import PickedImage
     from occystrap.registry.referrers import ReferrerTree
     from occystrap.settings import RunSettings

@@ -19,7 +19,6 @@ from typing import Any
 
 from occystrap.archive import DirectoryMembers
 from occystrap.atomic import atomic_file, discard_tree, locked, replace_path
-from occystrap.compression import CHUNK_SIZE
 from occystrap.destinations import (
     MARKER_NAME,
     check_directory_destination,
@@ -47,6 +46,7 @@ from occystrap.extract import DEFAULT_POLICY, ExpandPolicy, apply_layer
 from occystrap.image import Image, ImageLike
 from occystrap.jsondoc import parse_json
 from occystrap.pipeline import RunContext, local_layers
+from occystrap.streams import CHUNK_SIZE
 
 LOCK_NAME = ".occystrap.lock"
 

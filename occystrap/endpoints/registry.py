@@ -22,7 +22,7 @@ from occystrap.endpoints import (
     split_query,
 )
 from occystrap.errors import OccystrapError, RegistryError, UsageError
-from occystrap.manifest import Platform
+from occystrap.platforms import Platform
 from occystrap.registry.reference import ImageReference, parse_reference, validate_repository
 
 if TYPE_CHECKING:

@@ -19,7 +19,6 @@ from typing import BinaryIO
 
 from occystrap.archive import TarMembers
 from occystrap.atomic import atomic_file
-from occystrap.compression import CHUNK_SIZE
 from occystrap.destinations import check_file_destination
 from occystrap.dockersave import (
     DockerSaveReader,
@@ -41,6 +40,7 @@ from occystrap.image import Image, ImageLike
 from occystrap.ocilayout import OciLayoutReader, is_oci_layout
 from occystrap.pipeline import RunContext, local_layers
 from occystrap.prefetch import prefetched_layers
+from occystrap.streams import CHUNK_SIZE
 
 STANDARD_STREAM = Path("-")
 _OPTIONS = ("image", "overwrite")

@@ -20,14 +20,15 @@ from typing import TYPE_CHECKING
 import httpx
 
 from occystrap.errors import OccystrapError, RegistryError, UsageError
-from occystrap.manifest import Manifest, parse_manifest
 from occystrap.middleware.base import Middleware
 from occystrap.registries_conf import RegistriesConf
 from occystrap.registry.blobs import RemoteBlobReader
 from occystrap.registry.client import RegistryClient
 from occystrap.registry.reference import ImageReference, parse_reference
 
-if TYPE_CHECKING:  # the image model loads when an oci:// file is fetched, not with the chain
+# The manifest parser and the image model load when an oci:// file is fetched, not with the
+# chain every run builds.
+if TYPE_CHECKING:
     from occystrap.image import VerifyingReader
 
 LOG = logging.getLogger(__name__)
@@ -131,6 +132,8 @@ class OciArtifacts(Middleware):
             headers={k: v for k, v in request.headers.items() if k.title() in _FORWARDED_HEADERS},
         )
         registry = RegistryClient(inner, reference.registry, insecure=self.insecure)
+        from occystrap.manifest import Manifest, parse_manifest
+
         try:
             raw, media_type, _ = registry.get_manifest(reference.repository, reference.reference)
             document = parse_manifest(raw, media_type)

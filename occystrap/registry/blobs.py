@@ -14,11 +14,10 @@ from collections.abc import Callable, Iterator, Mapping
 import httpx
 
 from occystrap.cancel import Cancellation
-from occystrap.compression import CHUNK_SIZE
 from occystrap.errors import RegistryError
 from occystrap.middleware.extensions import SERVED_BY, SKIP_MIRRORS
 from occystrap.registry.errors import registry_error
-from occystrap.streams import Readable
+from occystrap.streams import CHUNK_SIZE, Readable
 
 LOG = logging.getLogger("occystrap.blobs")
 

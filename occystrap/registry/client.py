@@ -11,7 +11,7 @@ import threading
 from collections.abc import Callable, Generator, Iterator
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
-from typing import Protocol, TypeVar
+from typing import TYPE_CHECKING, Protocol, TypeVar
 
 import httpx
 
@@ -20,7 +20,6 @@ from occystrap.digests import check_digest
 from occystrap.errors import DigestMismatchError, OccystrapError, RegistryError
 from occystrap.jsondoc import parse_json
 from occystrap.limits import METADATA_LIMIT
-from occystrap.manifest import Descriptor, ManifestIndex, parse_manifest
 from occystrap.mediatypes import ACCEPT_MANIFESTS, OCI_INDEX
 from occystrap.middleware import extensions
 from occystrap.registry.blobs import (
@@ -29,6 +28,10 @@ from occystrap.registry.blobs import (
 )
 from occystrap.registry.errors import registry_error
 from occystrap.streams import Readable
+
+# The manifest parser loads when a referrers list is read, not for every registry question.
+if TYPE_CHECKING:
+    from occystrap.manifest import Descriptor
 
 LOG = logging.getLogger("occystrap.registry")
 
@@ -555,6 +558,8 @@ def _names_of_page(page: bytes, key: str, registry: str, what: str) -> list[str]
 
 def _referrers_of_page(page: httpx.Response, registry: str, what: str) -> list[Descriptor]:
     """The descriptors of one referrers API answer (an OCI image index)."""
+    from occystrap.manifest import ManifestIndex, parse_manifest
+
     try:
         parsed = parse_manifest(page.content, OCI_INDEX)
     except OccystrapError as error:

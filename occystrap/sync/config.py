@@ -24,7 +24,7 @@ import yaml
 
 from occystrap.credentials import Credential
 from occystrap.errors import UsageError
-from occystrap.manifest import Platform, parse_platform
+from occystrap.platforms import Platform, parse_platform
 from occystrap.registry.hosts import DOCKER_HUB_HOST, canonical_registry_host
 from occystrap.sync.tags import TagFilter
 

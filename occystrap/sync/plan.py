@@ -27,9 +27,9 @@ from occystrap.endpoints.registry import RegistryURI
 from occystrap.endpoints.registry_images import RegistrySource
 from occystrap.errors import OccystrapError, RegistryError, UsageError
 from occystrap.graph import platform_root
-from occystrap.manifest import Platform
 from occystrap.ocilayout import DEFAULT_TAG, INDEX_FILE, tagged_entry
 from occystrap.pipeline import RunContext
+from occystrap.platforms import Platform
 from occystrap.quay.api import QuayClient, api_base
 from occystrap.registry.client import RegistryClient
 from occystrap.registry.hosts import canonical_registry_host

@@ -27,10 +27,10 @@ from occystrap.compression import DeflatePool
 from occystrap.endpoints import parse_uri
 from occystrap.endpoints.registry import RegistryURI
 from occystrap.errors import OccystrapError, RegistryError
-from occystrap.manifest import Platform
 from occystrap.middleware.builder import ChainClient, build_client
 from occystrap.middleware.quota import QuotaReading
 from occystrap.pipeline import RunContext, TransferStats
+from occystrap.platforms import Platform
 from occystrap.registry.ledger import UploadLedger
 from occystrap.settings import RunSettings
 from occystrap.sync.plan import (

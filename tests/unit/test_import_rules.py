@@ -18,6 +18,7 @@ LIBRARY = {"library", "toolbox", "artifacts", "sync", "bulk"}
 DATA_MODEL = {
     "image",
     "manifest",
+    "platforms",
     "mediatypes",
     "digests",
     "streams",

@@ -21,9 +21,9 @@ from occystrap import toolbox
 from occystrap.credentials import Credential
 from occystrap.errors import OccystrapError, RegistryError, UsageError
 from occystrap.image import FileBlob, Image, Layer, SourceName
-from occystrap.manifest import Platform, parse_platform
 from occystrap.middleware.builder import ChainSettings, build_client
 from occystrap.middleware.options import NetworkSettings
+from occystrap.platforms import Platform, parse_platform
 from occystrap.registry.client import RegistryClient
 from occystrap.registry.inspect import PickedImage, inspect_keys
 from occystrap.registry.reference import ImageReference

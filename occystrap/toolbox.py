@@ -63,13 +63,13 @@ def repository_uri(text: str) -> RegistryURI:
 def found_image(settings: RunSettings, text: str) -> RegistryURI:
     """An IMAGE_URI argument to read: for a short name with several search registries to
     try (short-name-mode permissive or disabled), the first that has the image."""
-    from occystrap.endpoints.registry import has_manifest
+    from occystrap.endpoints.registry import head_manifest
 
-    def has_image(candidate: RegistryURI) -> bool:
+    def head(candidate: RegistryURI) -> None:
         with registry_client(settings, candidate) as client:
-            return has_manifest(client, candidate)
+            head_manifest(client, candidate)
 
-    return registry_uri(text).found(has_image)
+    return registry_uri(text).found(head)
 
 
 def asked_platform(settings: RunSettings, uri: RegistryURI, what: str) -> Platform | None:
@@ -112,10 +112,14 @@ def pick(client: RegistryClient, uri: RegistryURI, platform: Platform) -> Picked
 
 
 def tags(settings: RunSettings, repository: str, page_size: int | None = None) -> list[str]:
-    """Every tag of REPOSITORY (registry://HOST/NAME), in the registry's order, all pages."""
-    uri = repository_uri(repository)
-    with registry_client(settings, uri) as client:
-        return client.list_tags(uri.reference.repository, page_size)
+    """Every tag of REPOSITORY (registry://HOST/NAME), in the registry's order, all pages;
+    of a short name, those of the first search registry that lists it, as reads find it."""
+
+    def listed(candidate: RegistryURI) -> list[str]:
+        with registry_client(settings, candidate) as client:
+            return client.list_tags(candidate.reference.repository, page_size)
+
+    return repository_uri(repository).first_answer(listed)
 
 
 def catalog(

@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeVar
 
 from occystrap import registries_conf
 from occystrap.endpoints import (
@@ -33,6 +33,7 @@ if TYPE_CHECKING:
 
 
 LOG = logging.getLogger(__name__)
+T = TypeVar("T")
 
 
 @dataclass
@@ -101,25 +102,48 @@ class RegistryURI(Endpoint):
             return None
         return Platform(self.os or "linux", self.arch or "amd64", self.variant)
 
-    def found(self, has_image: Callable[[RegistryURI], bool]) -> RegistryURI:
-        """This URI, or for a short name with alternatives the first candidate that
-        `has_image` (its manifest answers), without alternatives; when none has it, one line
-        naming every registry tried. A destination takes the first candidate as it is."""
+    def found(self, head: Callable[[RegistryURI], object]) -> RegistryURI:
+        """This URI, or for a short name with alternatives the first candidate whose
+        manifest answers `head` (see `first_answer`), without alternatives. A destination
+        takes the first candidate as it is."""
         if not self.alternatives:
             return self
+
+        def answered(candidate: RegistryURI) -> RegistryURI:
+            head(candidate)
+            return candidate
+
+        return self.first_answer(answered)
+
+    def first_answer(self, ask: Callable[[RegistryURI], T]) -> T:
+        """What `ask` gets from this URI; for a short name with alternatives, from the first
+        candidate (search registry) that answers, in order: any failure (not found,
+        refused, unreachable) moves on to the next, as podman does. None answering is one
+        line naming every registry tried."""
+        import httpx
+
+        if not self.alternatives:
+            return ask(self)
         tried = []
         for reference in (self.reference, *self.alternatives):
             candidate = replace(self, reference=reference, alternatives=())
-            if has_image(candidate):
-                LOG.info("%s: found at %s", self, reference)
-                return candidate
-            tried.append(str(reference))
+            try:
+                answer = ask(candidate)
+            except (OccystrapError, httpx.HTTPError) as exc:
+                LOG.info("%s: not there (%s)", reference, exc)
+                # As the URI names it: a repository (tags, or an image at the default tag)
+                # is shown without the tag it was given.
+                named = reference if self.names_tag else replace(reference, tag=None)
+                tried.append(str(named))
+                continue
+            LOG.info("%s: found at %s", self, reference)
+            return answer
         raise RegistryError(f"{self}: no search registry has it (tried {', '.join(tried)})")
 
     def open_input(self, ctx: RunContext) -> RegistrySource:
         from occystrap.endpoints.registry_images import RegistrySource
 
-        uri = self.found(lambda candidate: has_manifest(candidate.client(ctx), candidate))
+        uri = self.found(lambda candidate: head_manifest(candidate.client(ctx), candidate))
         return RegistrySource(uri.client(ctx), uri.reference, self.platform)
 
     def open_output(self, ctx: RunContext) -> RegistryDestination:
@@ -150,17 +174,9 @@ def _parse(text: str, rest: str) -> RegistryURI:
     )
 
 
-def has_manifest(client: RegistryClient, uri: RegistryURI) -> bool:
-    """Whether `uri`'s registry answers for its manifest; any failure (not found, refused,
-    unreachable) counts as no, as podman moves on to the next search registry."""
-    import httpx
-
-    try:
-        client.head_manifest(uri.reference.repository, uri.reference.reference)
-    except (OccystrapError, httpx.HTTPError) as exc:
-        LOG.info("%s: not there (%s)", uri.reference, exc)
-        return False
-    return True
+def head_manifest(client: RegistryClient, uri: RegistryURI) -> None:
+    """Ask `uri`'s registry for its manifest (HEAD): raises when it does not answer."""
+    client.head_manifest(uri.reference.repository, uri.reference.reference)
 
 
 def _configured_references(text: str, body: str) -> tuple[ImageReference, ...]:

@@ -236,6 +236,55 @@ def test_a_short_name_is_looked_for_in_each_search_registry_in_turn(
     assert not (tmp_path / "x.tar").exists()
 
 
+@pytest.mark.parametrize("mode", ["permissive", "disabled"])
+def test_tags_of_a_short_name_come_from_the_first_search_registry_that_lists_it(
+    origin, mirror, registry_plain, registry_basic, tmp_path, mode
+):
+    """`tags` looks for a short name's repository as reads look for its image: a search
+    registry that lacks it (404 NAME_UNKNOWN), or refuses (401: no credentials for it), is
+    asked and passed over, and the next one's tags are listed. None listing it is one line
+    naming each registry tried; enforcing mode refuses the ambiguity before any request."""
+    name = f"shorttags-{mode}"
+    seed_image(registry_plain, name, tmp_path)
+    expected = json.loads(
+        run_skopeo(
+            "list-tags", *registry_plain.skopeo_args(), f"docker://{registry_plain.host}/{name}"
+        ).stdout
+    )["Tags"]
+    for first in (mirror.host, registry_basic.host):
+        conf = write_conf(
+            tmp_path,
+            f'short-name-mode = "{mode}"\n'
+            f'unqualified-search-registries = ["{first}", "{origin.host}"]\n',
+        )
+        listed = run_occystrap(
+            "--registries-conf", str(conf), "--insecure", "-O", "json", "tags", f"registry://{name}"
+        )
+        assert json.loads(listed.stdout) == expected == [TAG]
+    assert mirror.requests_matching(rf"/v2/{name}/tags/list")  # asked, and passed over
+    assert origin.requests_matching(rf"/v2/{name}/tags/list")
+    missing = run_occystrap(
+        "--registries-conf", str(conf), "--insecure", "tags", f"registry://{name}-absent",
+        check=False,
+    )  # fmt: skip
+    assert_one_line_error(
+        missing,
+        "no search registry has it",
+        f"{registry_basic.host}/{name}-absent, {origin.host}/{name}-absent",
+    )
+    enforcing = write_conf(
+        tmp_path,
+        f'unqualified-search-registries = ["{mirror.host}", "{origin.host}"]\n',
+    )
+    asked = len(mirror.requests) + len(origin.requests)
+    ambiguous = run_occystrap(
+        "--registries-conf", str(enforcing), "--insecure", "tags", f"registry://{name}",
+        check=False,
+    )  # fmt: skip
+    assert_one_line_error(ambiguous, "ambiguous", f"{mirror.host}/{name}, {origin.host}/{name}")
+    assert len(mirror.requests) + len(origin.requests) == asked
+
+
 def test_config_file_environment_and_command_line_each_win(registry_plain, unique_repo, tmp_path):
     """`insecure` decides whether a plain-HTTP registry answers: each level overrides the one
     below it, and `occystrap config` names the level that won."""

@@ -5,6 +5,7 @@ race starts again from what the winner wrote."""
 from __future__ import annotations
 
 import contextlib
+import copy
 import io
 import json
 import threading
@@ -96,11 +97,18 @@ class UnconditionalObjects(VersionedObjects):
         return super().put(key, data, version=None, absent=False)
 
 
-def test_threads_of_one_run_change_the_index_in_turn_even_on_an_unconditional_store():
+@pytest.mark.parametrize(
+    "second_uri", ["mem://bucket", "mem://bucket/images?tag=b", "mem://bucket//images/?tag=c"]
+)
+def test_threads_of_one_run_change_the_index_in_turn_even_on_an_unconditional_store(second_uri):
+    """Each image of a sync opens the layout through its own URI (its own `?tag=`): the
+    threads still take one lock for the one index.json."""
     objects = UnconditionalObjects()
+    second = copy.copy(objects)  # the same objects, seen through another URI
+    second.where = second_uri
     writers = [
-        threading.Thread(target=BucketLayout(objects, "images").change_index, args=(add_tag(t),))
-        for t in ("a", "b")
+        threading.Thread(target=BucketLayout(store, "images").change_index, args=(add_tag(t),))
+        for store, t in ((objects, "a"), (second, "b"))
     ]
     for writer in writers:
         writer.start()

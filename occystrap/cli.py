@@ -29,7 +29,7 @@ from occystrap.middleware.defaults import (
 if TYPE_CHECKING:
     from occystrap.config_file import ConfigFile
     from occystrap.endpoints import Endpoint
-    from occystrap.pipeline import CopyResult, TransferStats
+    from occystrap.pipeline import CopyResult, ImageFilter, TransferStats
     from occystrap.progress import TerminalProgress
     from occystrap.registry.referrers import Referrer
     from occystrap.settings import RunSettings
@@ -735,11 +735,14 @@ def process(
     """
     from occystrap import library
     from occystrap.endpoints import parse_uri
-    from occystrap.filters import parse_filters
     from occystrap.progress import TerminalProgress
 
     settings = settings.selecting(platforms)
-    parsed_filters = parse_filters(filters)
+    parsed_filters: list[ImageFilter] = []
+    if filters:  # the filter modules (and their plug-in scan) load only when -f names one
+        from occystrap.filters import parse_filters
+
+        parsed_filters = parse_filters(filters)
     source_uri, destination_uri = parse_uri(source), parse_uri(destination)
     if source_uri.holds_many_images:
         library.check_many_destination(destination_uri)

@@ -14,7 +14,7 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from occystrap.atomic import work_directory
 from occystrap.blobcache import BlobCache, open_blob_cache
@@ -24,8 +24,6 @@ from occystrap.compression import DeflatePool
 from occystrap.digests import sha256_digest
 from occystrap.endpoints import Endpoint, parse_uri
 from occystrap.errors import OccystrapError, UsageError
-from occystrap.filters.matching import compile_matcher
-from occystrap.filters.search import Hit, format_hits, image_hits
 from occystrap.image import Image, ImageIndex, Layer
 from occystrap.manifest import Descriptor, Manifest, image_info
 from occystrap.pipeline import (
@@ -42,6 +40,11 @@ from occystrap.pipeline import (
 )
 from occystrap.platforms import Platform
 from occystrap.settings import RunSettings
+
+# The search filter (and its tar reading and glob matching) loads when `search` runs, not
+# for a copy.
+if TYPE_CHECKING:
+    from occystrap.filters.search import Hit
 
 LOG = logging.getLogger("occystrap")
 
@@ -280,6 +283,8 @@ class LayerHits:
 
     def lines(self, script_friendly: bool = False) -> list[str]:
         """The lines the `search` command prints for this layer."""
+        from occystrap.filters.search import format_hits
+
         return format_hits(self.image, self.position, self.layer, list(self.hits), script_friendly)
 
 
@@ -310,6 +315,9 @@ def search(
     or a regular expression with `regex`). `on_layer` hears of each layer's hits as soon as
     it is searched, in order. Nothing is written: each layer is streamed (verified) and dropped.
     """
+    from occystrap.filters.matching import compile_matcher
+    from occystrap.filters.search import image_hits
+
     settings, cancellation = settings or RunSettings(), cancellation or Cancellation()
     matcher = compile_matcher(pattern, regex)
     uri = parse_uri(source)

@@ -116,7 +116,7 @@ def test_a_file_to_file_copy_off_a_terminal_loads_neither_rich_nor_the_http_stac
 # A registry on loopback with one image, bench:src (a config and one layer), answering what
 # the read-only commands ask: the API root, manifests, blobs, tags and the catalog.
 CONFIG = json.dumps({"architecture": "amd64", "os": "linux", "rootfs": {"diff_ids": []}}).encode()
-LAYER = b"not read by any of these commands"
+LAYER = b"read only by the copy"
 
 
 def _digest(data: bytes) -> str:
@@ -149,6 +149,7 @@ ROUTES = {
         "application/vnd.oci.image.manifest.v1+json",
     ),
     f"/v2/bench/blobs/{_digest(CONFIG)}": (CONFIG, "application/octet-stream"),
+    f"/v2/bench/blobs/{_digest(LAYER)}": (LAYER, "application/octet-stream"),
     "/v2/bench/tags/list": (b'{"name": "bench", "tags": ["src"]}', "application/json"),
     "/v2/_catalog": (b'{"repositories": ["bench"]}', "application/json"),
 }
@@ -246,3 +247,14 @@ def test_a_question_to_a_registry_loads_no_copy_machinery(registry, args, not_ne
     assert "occystrap.atomic" not in loaded
     # Middlewares the run does not ask for (--rate-limit, the ratelimit command's quota).
     assert loaded & {"occystrap.middleware.ratelimit", "occystrap.middleware.quota"} == set()
+
+
+def test_a_copy_without_filters_loads_no_filter_code(registry, tmp_path):
+    """-f parsing, the filter plug-in scan and `search`'s tar reading load only when asked."""
+    layout = tmp_path / "layout"
+    loaded = loaded_modules(
+        "--insecure", "process", f"registry://{registry}/bench:src", f"oci-layout://{layout}"
+    )
+    assert (layout / "index.json").is_file()  # the copy really ran
+    assert not {name for name in loaded if name.split(".")[:2] == ["occystrap", "filters"]}
+    assert "occystrap.extract" not in loaded

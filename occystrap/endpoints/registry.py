@@ -119,7 +119,8 @@ class RegistryURI(Endpoint):
         """What `ask` gets from this URI; for a short name with alternatives, from the first
         candidate (search registry) that answers, in order: any failure (not found,
         refused, unreachable) moves on to the next, as podman does. None answering is one
-        line naming every registry tried."""
+        line naming every registry tried. A usage error (an unreadable --ca-cert, a bad
+        credentials file) is the same at every registry: it is raised as it is."""
         import httpx
 
         if not self.alternatives:
@@ -129,6 +130,8 @@ class RegistryURI(Endpoint):
             candidate = replace(self, reference=reference, alternatives=())
             try:
                 answer = ask(candidate)
+            except UsageError:
+                raise
             except (OccystrapError, httpx.HTTPError) as exc:
                 LOG.info("%s: not there (%s)", reference, exc)
                 # As the URI names it: a repository (tags, or an image at the default tag)

@@ -285,6 +285,24 @@ def test_tags_of_a_short_name_come_from_the_first_search_registry_that_lists_it(
     assert len(mirror.requests) + len(origin.requests) == asked
 
 
+@pytest.mark.parametrize("command", ["tags", "digest"])
+def test_a_usage_error_under_a_short_name_is_not_passed_over(origin, tmp_path, command):
+    """An unreadable --ca-cert fails alike at every search registry: it is the one-line
+    error, not "no search registry has it", and no registry is asked."""
+    conf = write_conf(
+        tmp_path,
+        'short-name-mode = "permissive"\n'
+        f'unqualified-search-registries = ["{origin.host}", "127.0.0.1:9"]\n',
+    )
+    missing = tmp_path / "absent-ca.pem"
+    result = run_occystrap(
+        "--registries-conf", str(conf), "--ca-cert", str(missing), command, "registry://app",
+        check=False,
+    )  # fmt: skip
+    assert_one_line_error(result, "cannot load CA certificate file", str(missing))
+    assert not origin.requests
+
+
 def test_config_file_environment_and_command_line_each_win(registry_plain, unique_repo, tmp_path):
     """`insecure` decides whether a plain-HTTP registry answers: each level overrides the one
     below it, and `occystrap config` names the level that won."""

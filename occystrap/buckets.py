@@ -85,6 +85,10 @@ class ObjectStore(Protocol):
         under `key` if reading fails."""
         ...
 
+    def delete(self, key: str) -> None:
+        """Remove an object; one already gone is no error."""
+        ...
+
 
 class ReleasableBody(httpx.SyncByteStream):
     """An upload body that can be sent again (retries, auth) and lets go of its bytes once
@@ -304,6 +308,13 @@ class BucketLayout:
             f"{self.where}: {INDEX_FILE} kept changing under other writers"
             f" ({_INDEX_ATTEMPTS} attempts); try again"
         )
+
+    def read_blob(self, name: str) -> bytes | None:
+        found = self.objects.get(self._key(name))
+        return None if found is None else found[0]
+
+    def delete_blob(self, name: str) -> None:
+        self.objects.delete(self._key(name))
 
     def abandon(self) -> None:
         """Objects a failed run stored stay: a bucket holds no directory skeleton, and the

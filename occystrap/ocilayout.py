@@ -22,7 +22,7 @@ import logging
 import os
 import re
 import shutil
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import Any, Protocol
@@ -134,6 +134,16 @@ def tagged_entry(raw_index: bytes, tag: str, where: str) -> PlatformDescriptor |
     """The entry an `index.json` names `tag` (the last one, should a tool have left more)."""
     tagged = [entry for entry in parse_index(raw_index, where) if ref_name(entry) == tag]
     return tagged[-1] if tagged else None
+
+
+def image_tags(entries: Iterable[Descriptor]) -> dict[str, str]:
+    """Tag -> digest of the entries that name images (not referrers), the last one winning
+    as when a tag is read."""
+    return {
+        name: entry.digest
+        for entry in entries
+        if (name := ref_name(entry)) is not None and not is_referrers_tag(name)
+    }
 
 
 class OciLayoutReader:
@@ -371,6 +381,14 @@ class LayoutStorage(Protocol):
         """Replace `index.json` with `change(current)`, with no other writer in between."""
         ...
 
+    def read_blob(self, name: str) -> bytes | None:
+        """A small blob's bytes (a manifest, an index), None when it is not there."""
+        ...
+
+    def delete_blob(self, name: str) -> None:
+        """Remove a blob (pruning); one already gone is no error."""
+        ...
+
     def abandon(self) -> None:
         """After a failed run: remove what this run created, unless something is tagged."""
         ...
@@ -471,6 +489,26 @@ class DirectoryStorage:
             replacement = change(self.read_index())
             with atomic_file(self.path / INDEX_FILE) as handle:
                 handle.write(replacement)
+
+    def read_blob(self, name: str) -> bytes | None:
+        path = self.path / name
+        try:
+            with open(path, "rb") as blob:
+                data = blob.read(METADATA_LIMIT + 1)
+        except FileNotFoundError:
+            return None
+        except OSError as error:
+            raise OccystrapError(f"cannot read {path}: {error.strerror or error}") from None
+        if len(data) > METADATA_LIMIT:
+            raise OccystrapError(f"{path} is implausibly large for a manifest")
+        return data
+
+    def delete_blob(self, name: str) -> None:
+        path = self.path / name
+        try:
+            path.unlink(missing_ok=True)
+        except OSError as error:
+            raise OccystrapError(f"cannot delete {path}: {error.strerror or error}") from None
 
     def abandon(self) -> None:
         """Remove, newest first, the blobs, marker and directories this run created, so a

@@ -178,9 +178,10 @@ def sync(
                 runner = ThreadRunner(session, options.image_parallel, pool)
                 outcome.results = run_copies(plan, runner, run_options)
         if options.prune:
-            for result in prune(plan, http, settings):
-                on_result(result)
-                outcome.results.append(result)
+            with planning_context(settings, http, cancellation) as pruning:
+                for result in prune(plan, pruning):
+                    on_result(result)
+                    outcome.results.append(result)
         outcome.retries = http.retries_made()
         if client is not None:  # the workers' own clients retried these
             outcome.retries += sum(result.retries for result in outcome.results)

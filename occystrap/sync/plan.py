@@ -27,7 +27,13 @@ from occystrap.endpoints.registry import RegistryURI
 from occystrap.endpoints.registry_images import RegistrySource
 from occystrap.errors import OccystrapError, RegistryError, UsageError
 from occystrap.graph import platform_root
-from occystrap.ocilayout import DEFAULT_TAG, INDEX_FILE, tagged_entry
+from occystrap.ocilayout import (
+    DEFAULT_TAG,
+    DirectoryStorage,
+    image_tags,
+    parse_index,
+    tagged_entry,
+)
 from occystrap.pipeline import RunContext
 from occystrap.platforms import Platform
 from occystrap.quay.api import QuayClient, api_base
@@ -300,12 +306,15 @@ class Planner:
     def _prunes(
         self, pairs: Sequence[_Pair], planned: Sequence[PlannedImage], pool: ThreadPoolExecutor
     ) -> list[PlannedImage]:
-        """Target tags no rule keeps, in registry targets the plan writes to; a stale tag
-        whose manifest a kept tag will still hold after the copies is planned `kept`."""
-        kept: dict[Repository, set[str]] = {}
+        """Target tags no rule keeps, in the repositories and layouts the plan writes to; a
+        stale tag whose manifest a kept tag will still hold after the copies is planned
+        `kept`."""
+        # By location: rules naming one place with different options share its tags.
+        kept: dict[str, set[str]] = {}
+        targets: dict[str, Target] = {}
         for pair in pairs:
-            if isinstance(pair.target, Repository):
-                kept.setdefault(pair.target, set()).update(pair.tags)
+            kept.setdefault(str(pair.target), set()).update(pair.tags)
+            targets.setdefault(str(pair.target), pair.target)
         # What each kept tag will hold once the copies are done (as planned).
         expected: dict[str, str] = {}
         for image in planned:
@@ -314,30 +323,45 @@ class Planner:
             elif image.target_digest:
                 expected[image.target] = image.target_digest
 
-        def stale(target: Repository) -> list[PlannedImage]:
-            client = self.client(target)
-            try:
-                tags = client.list_tags(target.name)
-            except RegistryError as exc:
-                if exc.status == 404:
-                    return []
-                raise
+        def stale(target: Target) -> list[PlannedImage]:
+            listed, wanted = self._target_tags(target), kept[str(target)]
             held: dict[str, str] = {}
             stale_digests: dict[str, str] = {}
-            for tag in tags:
+            for tag, listed_digest in listed.items():
                 known = expected.get(target.uri(tag))
-                if tag in kept[target] and known is not None:
+                if tag in wanted and known is not None:
                     held[tag] = known
                     continue
-                digest = client.head_manifest(target.name, tag).digest
-                (held if tag in kept[target] else stale_digests)[tag] = digest
+                digest = listed_digest or self._target_head(target, tag)
+                (held if tag in wanted else stale_digests)[tag] = digest
             sharers = manifest_sharers(stale_digests, held)
             return [
                 stale_image(target.uri(tag), digest, sharers.get(tag))
                 for tag, digest in stale_digests.items()
             ]
 
-        return [image for images in pool.map(stale, list(kept)) for image in images]
+        return [image for images in pool.map(stale, targets.values()) for image in images]
+
+    def _target_tags(self, target: Target) -> dict[str, str | None]:
+        """The target's tags, each with its digest where the listing says it (a layout's
+        `index.json`; a registry's tag list does not). A layout's referrers tags are not
+        images: they go with their subject (occystrap.layoutprune)."""
+        if isinstance(target, Repository):
+            try:
+                return dict.fromkeys(self.client(target).list_tags(target.name))
+            except RegistryError as exc:
+                if exc.status == 404:
+                    return {}
+                raise
+        if isinstance(target, Layout):
+            raw = DirectoryStorage(target.path).read_index()
+        else:
+            raw = self._bucket_index(target)
+        return {} if raw is None else dict(image_tags(parse_index(raw, str(target))))
+
+    def _target_head(self, target: Target, tag: str) -> str:
+        assert isinstance(target, Repository)  # a layout's listing names every digest
+        return self.client(target).head_manifest(target.name, tag).digest
 
 
 def manifest_sharers(stale: Mapping[str, str], held: Mapping[str, str]) -> dict[str, str]:
@@ -407,14 +431,7 @@ def _target(text: str, relative: str) -> Target:
 def layout_digest(path: Path, tag: str) -> str | None:
     """The digest an OCI layout holds under `tag` (None: no such tag, or no layout yet),
     looked up as the layout reader looks it up."""
-    index = path / INDEX_FILE
-    try:
-        raw = index.read_bytes()
-    except FileNotFoundError:
-        return None
-    except OSError as exc:
-        raise OccystrapError(f"cannot read {index}: {exc}") from None
-    return index_digest(raw, tag, str(path))
+    return index_digest(DirectoryStorage(path).read_index(), tag, str(path))
 
 
 def index_digest(raw_index: bytes | None, tag: str, where: str) -> str | None:

@@ -10,7 +10,7 @@ those are reported `deferred`.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field, replace
@@ -21,14 +21,18 @@ import httpx
 
 from occystrap.atomic import work_directory
 from occystrap.blobcache import BlobCache, open_blob_cache
+from occystrap.buckets import BucketURI
 from occystrap.bulk import describe_failure
 from occystrap.cancel import Cancellation
 from occystrap.compression import DeflatePool
 from occystrap.endpoints import parse_uri
+from occystrap.endpoints.oci_layout import OciLayoutURI
 from occystrap.endpoints.registry import RegistryURI
 from occystrap.errors import OccystrapError, RegistryError
+from occystrap.layoutprune import prune_layout
 from occystrap.middleware.builder import ChainClient, build_client
 from occystrap.middleware.quota import QuotaReading
+from occystrap.ocilayout import DirectoryStorage, LayoutStorage
 from occystrap.pipeline import RunContext, TransferStats
 from occystrap.platforms import Platform
 from occystrap.registry.ledger import UploadLedger
@@ -288,25 +292,71 @@ def _result_of(image: PlannedImage, status: str, error: str | None = None) -> Im
     return ImageResult(image.source, image.target, status, image.digest, 0, error or image.error)
 
 
-def prune(plan: SyncPlan, http: ChainClient, settings: RunSettings) -> list[ImageResult]:
+def prune(plan: SyncPlan, ctx: RunContext) -> list[ImageResult]:
     """Delete the target tags the plan found stale, looking again first: registries delete
     by digest, so a manifest that a tag which stays holds now (the copies may have failed or
-    moved it) is never deleted; that stale tag is reported `kept`."""
+    moved it) is never deleted; that stale tag is reported `kept`. Layouts (directories,
+    buckets) are judged by the same rule and lose the tags' entries, then the blobs that
+    nothing left reaches."""
     from occystrap.registry.client import RegistryClient
 
-    repositories: dict[tuple[str, str, bool], list[tuple[str, PlannedImage]]] = {}
+    repositories: dict[tuple[str, str, bool], dict[str, PlannedImage]] = {}
+    layouts: dict[str, tuple[OciLayoutURI | BucketURI, dict[str, PlannedImage]]] = {}
     for image in plan.images:
         if image.action not in (PRUNE, KEPT):
             continue
         uri = parse_uri(image.target)
-        assert isinstance(uri, RegistryURI)
-        insecure = settings.insecure if uri.insecure is None else uri.insecure
-        key = (uri.reference.registry, uri.reference.repository, insecure)
-        repositories.setdefault(key, []).append((uri.reference.reference, image))
+        if isinstance(uri, RegistryURI):
+            insecure = ctx.settings.insecure if uri.insecure is None else uri.insecure
+            key = (uri.reference.registry, uri.reference.repository, insecure)
+            repositories.setdefault(key, {})[uri.reference.reference] = image
+            continue
+        assert isinstance(uri, OciLayoutURI | BucketURI) and uri.tag is not None
+        # LAYOUT?tag=TAG[&OPTIONS]: one layout per location, whatever its tags
+        layouts.setdefault(image.target.partition("?")[0], (uri, {}))[1][uri.tag] = image
     results = []
     for (registry, repository, insecure), stale in repositories.items():
-        client = RegistryClient(http, registry, insecure=insecure)
-        results += _prune_repository(client, repository, dict(stale))
+        client = RegistryClient(ctx.http, registry, insecure=insecure)
+        results += _prune_repository(client, repository, stale)
+    for layout, stale in layouts.values():
+        storage = (
+            layout.layout(ctx) if isinstance(layout, BucketURI) else DirectoryStorage(layout.path)
+        )
+        results += _prune_layout(storage, stale)
+    return results
+
+
+def _prune_layout(storage: LayoutStorage, stale: dict[str, PlannedImage]) -> list[ImageResult]:
+    """Prune `stale` (tag -> its planned image) in one layout, judged on its `index.json` as
+    it is when the entries are removed."""
+    now: dict[str, str] = {}  # stale tag -> what it holds now
+    sharers: dict[str, str] = {}
+
+    def choose(tags: Mapping[str, str]) -> set[str]:
+        now.clear()
+        now.update({tag: tags[tag] for tag in stale if tag in tags})
+        sharers.clear()
+        sharers.update(manifest_sharers(now, {t: d for t, d in tags.items() if t not in stale}))
+        return set(now) - set(sharers)
+
+    try:
+        pruned = prune_layout(storage, choose)
+    except (OccystrapError, httpx.RequestError) as exc:
+        return [_result_of(image, FAILED, describe_failure(exc)) for image in stale.values()]
+    results = []
+    for tag, image in stale.items():
+        if tag not in now:  # gone meanwhile: nothing left to remove
+            results.append(_result_of(image, PRUNED))
+            continue
+        image = replace(image, digest=now[tag])
+        if tag in sharers:
+            results.append(_result_of(image, KEPT, f"shares manifest with {sharers[tag]}"))
+        elif pruned.blob_failure is not None:
+            why = describe_failure(pruned.blob_failure)
+            left = f"its entry is removed, but deleting the blobs only it reached failed: {why}"
+            results.append(_result_of(image, FAILED, left))
+        else:
+            results.append(_result_of(image, PRUNED, pruned.blobs_kept))
     return results
 
 

@@ -283,3 +283,41 @@ def docker_save_blob_bytes(saved: Path) -> int:
         manifest = json.load(member)[0]
         names = {manifest["Config"], *manifest["Layers"]}
         return sum(archive.getmember(name).size for name in names)
+
+
+def layout_blob_files(layout: Path) -> set[str]:
+    """The digests of every file under a layout directory's blobs/sha256/, read straight
+    from the directory."""
+    return {f"sha256:{path.name}" for path in (layout / "blobs" / "sha256").iterdir()}
+
+
+def layout_index_tags(layout: Path) -> dict[str, str]:
+    """ref.name -> digest of every entry of a layout directory's index.json."""
+    index = json.loads((layout / "index.json").read_text())
+    return {entry["annotations"][REF_NAME]: entry["digest"] for entry in index["manifests"]}
+
+
+def layout_image_blobs(layout: Path, digest: str) -> set[str]:
+    """An image manifest's digest with its config's and layers', each blob read from the
+    layout directory and hashed."""
+    blobs = {digest}
+    manifest = json.loads(layout_blob(layout, digest))
+    for descriptor in [manifest["config"], *manifest["layers"]]:
+        layout_blob(layout, descriptor["digest"])
+        blobs.add(descriptor["digest"])
+    return blobs
+
+
+def layout_blob(layout: Path, digest: str) -> bytes:
+    """A blob of an OCI layout directory, checked against its digest."""
+    algorithm, _, encoded = digest.partition(":")
+    data = (layout / "blobs" / algorithm / encoded).read_bytes()
+    assert hashlib.new(algorithm, data).hexdigest() == encoded
+    return data
+
+
+def skopeo_copy_out_of_layout(layout: Path, tag: str, out: Path) -> str:
+    """Copy TAG out of an OCI layout directory with skopeo (every blob read and verified);
+    return the digest skopeo then reads from the copy."""
+    run_skopeo("copy", "--quiet", f"oci:{layout}:{tag}", f"oci:{out}:{tag}")
+    return json.loads(run_skopeo("inspect", f"oci:{out}:{tag}").stdout)["Digest"]

@@ -15,9 +15,13 @@ import pytest
 from tests.integration.cli import REPO_ROOT, assert_one_line_error, run_occystrap
 from tests.integration.images import (
     build_oci_layout,
+    layout_blob_files,
+    layout_image_blobs,
+    layout_index_tags,
     push_with_skopeo,
     random_layer,
     run_skopeo,
+    skopeo_copy_out_of_layout,
     skopeo_inspect,
 )
 
@@ -401,6 +405,86 @@ def test_sync_into_gcs(
         assert skopeo_inspect_layout(local, tag) == digest
     _sync(spec, env, "--report", str(report))
     assert {entry["status"] for entry in json.loads(report.read_text())} == {"unchanged"}
+
+
+def _seed_sharing(registry, repo: str, tmp_path: Path) -> None:
+    """REPO:keep and REPO:drop, OCI images on one shared base layer, pushed by skopeo."""
+    base = random_layer(3000, seed=80)
+    for tag, seed in (("keep", 81), ("drop", 82)):
+        layout = tmp_path / f"seed-{tag}"
+        build_oci_layout(layout, [base, random_layer(2000, seed=seed)])
+        push_with_skopeo(layout, registry, repo, tag, manifest_format="oci")
+
+
+def _prune_a_bucket_layout(
+    registry, repo: str, target: str, env: dict[str, str], download, tmp_path: Path
+) -> None:
+    """Sync keep and drop into the bucket layout `target`, drop `drop` from the file, sync
+    with --prune; `download(directory)` copies the layout out of the bucket with the cloud's
+    own client. The dropped tag and the blobs only it used are gone, the shared layer and
+    the kept tag stay (skopeo copies it out whole)."""
+    _seed_sharing(registry, repo, tmp_path)
+    spec = tmp_path / "sync.yaml"
+    rule = {"source": f"registry://{registry.host}/{repo}", "target": target}
+    spec.write_text(json.dumps({"sync": [rule]}))
+    _sync(spec, env)
+    before = tmp_path / "before"
+    download(before)
+    tags = layout_index_tags(before)
+    assert tags == {tag: skopeo_inspect(registry, f"{repo}:{tag}")["Digest"] for tag in tags}
+    assert set(tags) == {"keep", "drop"}
+    kept_blobs = layout_image_blobs(before, tags["keep"])
+    dropped_blobs = layout_image_blobs(before, tags["drop"])
+    assert len(kept_blobs & dropped_blobs) == 1
+    assert layout_blob_files(before) == kept_blobs | dropped_blobs
+
+    spec.write_text(json.dumps({"sync": [{**rule, "tags": {"allow": ["^keep$"]}}]}))
+    report = tmp_path / "report.json"
+    _sync(spec, env, "--prune", "--report", str(report))
+    statuses = {entry["target"]: entry["status"] for entry in json.loads(report.read_text())}
+    assert statuses == {
+        f"{target}?tag=keep": "unchanged",
+        f"{target}?tag=drop": "pruned",
+    }, statuses
+    after = tmp_path / "after"
+    download(after)
+    assert layout_index_tags(after) == {"keep": tags["keep"]}
+    assert layout_blob_files(after) == kept_blobs
+    assert skopeo_copy_out_of_layout(after, "keep", tmp_path / "out") == tags["keep"]
+
+
+def test_sync_prune_in_an_s3_layout(moto, s3_env, bucket, registry_plain, unique_repo, tmp_path):
+    _prune_a_bucket_layout(
+        registry_plain,
+        unique_repo,
+        f"s3://{bucket}/pruned",
+        s3_env,
+        lambda directory: _download_prefix(moto, bucket, "pruned", directory),
+        tmp_path,
+    )
+
+
+def test_sync_prune_in_a_gcs_layout(
+    gcs, google_account, google_oauth, cloud_plugins, registry_plain, unique_repo, tmp_path
+):
+    bucket = "occystrap-gcs-prune"
+    gcs.create_bucket(bucket)
+    key_file = google_account.key_file(tmp_path / "key.json", f"{google_oauth.url}/token")
+    env = {
+        "PYTHONPATH": f"{cloud_plugins}{os.pathsep}{REPO_ROOT}",
+        "STORAGE_EMULATOR_HOST": gcs.url,
+        "GOOGLE_APPLICATION_CREDENTIALS": str(key_file),
+    }
+
+    def download(directory: Path) -> None:
+        for name, data in gcs.objects(bucket, "pruned/").items():
+            path = directory / name[len("pruned/") :]
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_bytes(data)
+
+    _prune_a_bucket_layout(
+        registry_plain, unique_repo, f"gs://{bucket}/pruned", env, download, tmp_path
+    )
 
 
 def skopeo_inspect_layout(layout: Path, tag: str) -> str:

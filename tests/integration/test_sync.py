@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import re
@@ -22,10 +21,15 @@ from tests.integration.fault_proxy import FaultProxy
 from tests.integration.images import (
     build_multiarch_layout,
     build_oci_layout,
+    layout_blob,
+    layout_blob_files,
+    layout_image_blobs,
+    layout_index_tags,
     push_multiarch_with_skopeo,
     push_with_skopeo,
     random_layer,
     run_skopeo,
+    skopeo_copy_out_of_layout,
     skopeo_inspect,
 )
 from tests.integration.servers import RegistryServer
@@ -648,11 +652,95 @@ def test_air_gap_into_oci_layouts_then_nothing_to_do(seeded, tmp_path):
             tag: seeded.digest(f"team/{repository}", tag) for tag in SEEDED[f"team/{repository}"]
         }
         for digest in held.values():
-            manifest = json.loads(_layout_blob(layout, digest))
+            manifest = json.loads(layout_blob(layout, digest))
             for descriptor in [manifest["config"], *manifest["layers"]]:
-                _layout_blob(layout, descriptor["digest"])
+                layout_blob(layout, descriptor["digest"])
     second = sync(str(spec))
     assert set(result_lines(second.stdout).values()) == {"unchanged"}, second.stdout
+
+
+def push_sharing_images(registry: RegistryServer, repository: str, tags, workdir: Path) -> None:
+    """One OCI image per tag (`tags`: tag -> seed of its own layer; one seed, one image),
+    all on one shared base layer, pushed by skopeo."""
+    base = random_layer(3000, 70)
+    for tag, seed in tags.items():
+        layout = workdir / f"image-{seed}"
+        if not layout.exists():
+            build_oci_layout(layout, [base, random_layer(2000, seed)])
+        push_with_skopeo(layout, registry, repository, tag, manifest_format="oci")
+
+
+def test_prune_in_a_layout_directory_removes_the_tag_and_its_own_blobs(seeded, tmp_path):
+    """A tag no rule keeps leaves the layout's index.json, and the blobs only it used leave
+    blobs/sha256; the shared layer and the kept tag stay whole (skopeo copies it out). A dry
+    run lists the prune and changes nothing."""
+    src, repository = seeded.registry.host, f"{seeded.prefix}/layout-prune"
+    push_sharing_images(seeded.registry, repository, {"keep": 71, "drop": 72}, tmp_path)
+    layout = tmp_path / "mirror"
+    rule = {"source": f"registry://{src}/{repository}", "target": f"oci-layout://{layout}"}
+    spec = write_yaml(tmp_path / "sync.yaml", {"sync": [rule]})
+    sync(str(spec))
+    tags = layout_index_tags(layout)
+    assert tags == {tag: seeded.digest("layout-prune", tag) for tag in ("keep", "drop")}
+    kept_blobs = layout_image_blobs(layout, tags["keep"])
+    dropped_blobs = layout_image_blobs(layout, tags["drop"])
+    shared = kept_blobs & dropped_blobs
+    assert len(shared) == 1 and layout_blob_files(layout) == kept_blobs | dropped_blobs
+
+    write_yaml(spec, {"sync": [{**rule, "tags": {"allow": ["^keep$"]}}]})
+    index_before = (layout / "index.json").read_bytes()
+    planned = sync("--dry-run", "--prune", str(spec))
+    assert result_lines(planned.stdout) == {
+        f"oci-layout://{layout}?tag=keep": "unchanged",
+        f"oci-layout://{layout}?tag=drop": "prune",
+    }, planned.stdout
+    assert (layout / "index.json").read_bytes() == index_before
+    assert layout_blob_files(layout) == kept_blobs | dropped_blobs
+
+    pruned = sync(str(spec), "--prune")
+    assert result_lines(pruned.stdout) == {
+        f"oci-layout://{layout}?tag=keep": "unchanged",
+        f"oci-layout://{layout}?tag=drop": "pruned",
+    }, pruned.stdout
+    assert layout_index_tags(layout) == {"keep": tags["keep"]}
+    assert layout_blob_files(layout) == kept_blobs  # drop's own blobs gone, the shared one kept
+    assert not (dropped_blobs - shared) & layout_blob_files(layout)
+    with pytest.raises(AssertionError, match=r'no descriptor found for reference \\"drop\\"'):
+        run_skopeo("inspect", f"oci:{layout}:drop")
+    assert skopeo_copy_out_of_layout(layout, "keep", tmp_path / "out") == tags["keep"]
+    again = sync(str(spec), "--prune")
+    assert result_lines(again.stdout) == {f"oci-layout://{layout}?tag=keep": "unchanged"}
+
+
+def test_a_layout_tag_sharing_a_manifest_with_a_kept_tag_is_kept(seeded, tmp_path):
+    """As in a registry, a stale tag on the manifest of a tag that stays is reported `kept`
+    (plan and run) and the layout is left exactly as it was."""
+    src, repository = seeded.registry.host, f"{seeded.prefix}/layout-shared"
+    push_sharing_images(seeded.registry, repository, {"a": 73, "b": 73}, tmp_path)
+    layout = tmp_path / "mirror"
+    rule = {"source": f"registry://{src}/{repository}", "target": f"oci-layout://{layout}"}
+    spec = write_yaml(tmp_path / "sync.yaml", {"sync": [rule]})
+    sync(str(spec))
+    digest = seeded.digest("layout-shared", "a")
+    assert layout_index_tags(layout) == {"a": digest, "b": digest}
+    files = layout_blob_files(layout)
+    index_before = (layout / "index.json").read_bytes()
+
+    write_yaml(spec, {"sync": [{**rule, "tags": {"allow": ["^a$"]}}]})
+    planned = run_occystrap("--insecure", "-O", "json", "sync", "--dry-run", "--prune", str(spec))
+    plan = {image["target"]: image for image in json.loads(planned.stdout)}
+    stale = plan[f"oci-layout://{layout}?tag=b"]
+    assert (stale["action"], stale["error"], stale["digest"]) == (
+        "kept",
+        "shares manifest with a",
+        digest,
+    ), planned.stdout
+    run = sync(str(spec), "--prune")
+    assert f"kept      oci-layout://{layout}?tag=b {digest}: shares manifest with a" in run.stdout
+    assert "0 pruned, 1 kept" in run.stderr, run.stderr
+    assert (layout / "index.json").read_bytes() == index_before
+    assert layout_blob_files(layout) == files
+    assert skopeo_copy_out_of_layout(layout, "b", tmp_path / "out") == digest
 
 
 def test_upload_restarts_draw_on_the_retry_budget(seeded, mirror, tmp_path):
@@ -682,14 +770,6 @@ def test_upload_restarts_draw_on_the_retry_budget(seeded, mirror, tmp_path):
     # the first image's blobs (config and two layers) once each, and the one restart
     assert len(sessions) <= 4, len(sessions)
     assert "1 retry" in result.stderr, result.stderr
-
-
-def _layout_blob(layout: Path, digest: str) -> bytes:
-    """A blob of an OCI layout, checked against its digest."""
-    algorithm, _, encoded = digest.partition(":")
-    data = (layout / "blobs" / algorithm / encoded).read_bytes()
-    assert hashlib.sha256(data).hexdigest() == encoded
-    return data
 
 
 def test_a_retry_budget_stops_a_run_against_a_failing_registry(seeded, mirror, tmp_path):

@@ -185,6 +185,11 @@ class S3Objects:
             raise self._fail(response, f"cannot write {key}")
         return True
 
+    def delete(self, key: str) -> None:
+        response = self._send("DELETE", key, safe_twice=True)
+        if response.status_code not in (200, 204, 404):
+            raise self._fail(response, f"cannot delete {key}")
+
     def put_stream(
         self, key: str, size: int, opener: Callable[[], AbstractContextManager[Readable]]
     ) -> None:

@@ -1,0 +1,216 @@
+"""Pruning an OCI layout (a directory or a bucket): tags taken out of `index.json`, then
+the blobs that nothing left in it reaches.
+
+A layout has no server to collect its garbage, so whoever removes a tag must. The entries
+go first, through the storage's own `change_index` (the lock and conditional write that
+adding a tag uses), so a concurrent writer's new tag is never lost; then blobs are deleted.
+Only blobs the removed entries reached are candidates, and every entry still listed is
+walked (indexes, manifests, configs, layers, and the referrers tags that keep signatures
+and SBOMs), so a blob any of them reaches stays. When what is left cannot be walked whole
+(a manifest missing, corrupt or unreadable), no blob is deleted: a guess could break an image.
+
+The referrers of a manifest (its `sha256-<hex>` referrers index and cosign's tags) leave
+with the last entry that reached it: a signature of an image the layout no longer holds
+only keeps blobs alive. Referrers tags whose subject was already absent are left alone.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Callable, Collection, Iterable, Mapping
+from dataclasses import dataclass, field
+
+import httpx
+
+from occystrap.digests import check_digest
+from occystrap.errors import OccystrapError
+from occystrap.jsondoc import parse_json
+from occystrap.limits import METADATA_LIMIT
+from occystrap.manifest import Descriptor, Manifest, parse_manifest
+from occystrap.ocilayout import (
+    INDEX_FILE,
+    LayoutStorage,
+    blob_name,
+    image_tags,
+    is_referrers_tag,
+    parse_index,
+    ref_name,
+)
+from occystrap.registry.referrers import cosign_tags, referrers_tag
+
+LOG = logging.getLogger("occystrap.ocilayout")
+
+
+@dataclass
+class LayoutPrune:
+    """What pruning one layout did."""
+
+    removed: dict[str, str] = field(default_factory=dict)  # tag -> the digest it named
+    referrers: list[str] = field(default_factory=list)  # referrers tags that went with them
+    deleted: list[str] = field(default_factory=list)  # blob names deleted
+    blobs_kept: str | None = None  # why no blob was deleted, when some could have been
+    blob_failure: Exception | None = None  # deleting blobs failed, the entries already gone
+
+
+class ManifestGraph:
+    """What a layout's manifests and indexes point at, each read once (blobs are named by
+    digest, so what one says never changes)."""
+
+    def __init__(self, storage: LayoutStorage) -> None:
+        self.storage = storage
+        self._children: dict[str, tuple[list[Descriptor], list[Descriptor]] | str] = {}
+
+    def _read(self, descriptor: Descriptor) -> tuple[list[Descriptor], list[Descriptor]] | str:
+        """(manifests, blobs) a manifest or index points at, or why it cannot be told."""
+        if descriptor.digest not in self._children:
+            self._children[descriptor.digest] = self._parse(descriptor)
+        return self._children[descriptor.digest]
+
+    def _parse(self, descriptor: Descriptor) -> tuple[list[Descriptor], list[Descriptor]] | str:
+        name = blob_name(descriptor.digest)
+        if name is None:
+            return f"manifest {descriptor.digest!r} is not named by a sha256 or sha512 digest"
+        if descriptor.size > METADATA_LIMIT:
+            return f"manifest {descriptor.digest} is implausibly large"
+        raw = self.storage.read_blob(name)
+        if raw is None:
+            return f"manifest {descriptor.digest} is missing"
+        try:
+            check_digest(raw, descriptor.digest, f"manifest {descriptor.digest}")
+            document = parse_manifest(raw, descriptor.media_type)
+        except OccystrapError as error:
+            return str(error)
+        if isinstance(document, Manifest):
+            return [], [document.config, *document.layers]
+        return list(document.manifests), []
+
+    def reach(self, roots: Iterable[Descriptor]) -> tuple[set[str], str | None]:
+        """Every digest `roots` (manifests or indexes) reach, and the first reason the walk
+        is incomplete (None: it is whole). A referrer's `subject` is not followed: a
+        signature does not keep its image."""
+        reached: set[str] = set()
+        incomplete = None
+        pending = list(roots)
+        while pending:
+            descriptor = pending.pop()
+            if descriptor.digest in reached:
+                continue
+            reached.add(descriptor.digest)
+            found = self._read(descriptor)
+            if isinstance(found, str):
+                incomplete = incomplete or found
+                continue
+            manifests, blobs = found
+            pending += manifests
+            reached.update(blob.digest for blob in blobs)
+        return reached, incomplete
+
+
+def _with_referrers(
+    graph: ManifestGraph, roots: list[Descriptor], referrers: Mapping[int, Descriptor]
+) -> set[int]:
+    """The referrers entries (by position in `index.json`) whose subject `roots` reach,
+    and the referrers of those in turn."""
+    if not referrers:
+        return set()
+    reached, _ = graph.reach(roots)
+    live: set[int] = set()
+    while True:
+        names = {
+            name for digest in reached for name in (referrers_tag(digest), *cosign_tags(digest))
+        }
+        joining = {
+            position
+            for position, entry in referrers.items()
+            if position not in live and ref_name(entry) in names
+        }
+        if not joining:
+            return live
+        live |= joining
+        reached |= graph.reach(referrers[position] for position in joining)[0]
+
+
+def prune_layout(
+    storage: LayoutStorage, choose: Callable[[Mapping[str, str]], Collection[str]]
+) -> LayoutPrune:
+    """Remove the tags `choose` picks from the layout's tags as they are now (tag -> digest,
+    referrers tags left out; called again if another writer changes `index.json`
+    meanwhile), then delete the blobs only they reached. Raises when `index.json` cannot
+    be changed; a failure deleting blobs afterwards is `blob_failure`, the tags already gone."""
+    outcome = LayoutPrune()
+    current = storage.read_index()
+    if current is None or not choose(image_tags(parse_index(current, storage.where))):
+        return outcome
+    graph = ManifestGraph(storage)
+    removed_entries: list[Descriptor] = []
+
+    def change(raw: bytes | None) -> bytes:
+        if raw is None:
+            raise OccystrapError(f"{storage.where}: {INDEX_FILE} disappeared while pruning")
+        entries = parse_index(raw, storage.where)
+        chosen = set(choose(image_tags(entries)))
+        referrers = {
+            position: entry
+            for position, entry in enumerate(entries)
+            if is_referrers_tag(ref_name(entry))
+        }
+        images = [position for position in range(len(entries)) if position not in referrers]
+        staying = [position for position in images if ref_name(entries[position]) not in chosen]
+        before = _with_referrers(graph, [entries[position] for position in images], referrers)
+        after = _with_referrers(graph, [entries[position] for position in staying], referrers)
+        going = (set(images) - set(staying)) | (before - after)
+        outcome.removed = {
+            name: entry.digest
+            for position, entry in enumerate(entries)
+            if position in going and (name := ref_name(entry)) in chosen
+        }
+        outcome.referrers = [
+            str(ref_name(entries[position])) for position in sorted(before - after)
+        ]
+        removed_entries[:] = [entries[position] for position in sorted(going)]
+        document = parse_json(raw, f"{storage.where}/{INDEX_FILE}")
+        document["manifests"] = [
+            entry for position, entry in enumerate(document["manifests"]) if position not in going
+        ]
+        return json.dumps(document, separators=(",", ":")).encode()
+
+    storage.change_index(change)
+    LOG.info(
+        "%s: removed tags %s and referrers tags %s",
+        storage.where,
+        ", ".join(sorted(outcome.removed)),
+        ", ".join(outcome.referrers) or "(none)",
+    )
+    try:
+        _collect_garbage(storage, graph, removed_entries, outcome)
+    except (OccystrapError, httpx.RequestError) as exc:
+        LOG.warning("%s: deleting blobs failed after %d", storage.where, len(outcome.deleted))
+        outcome.blob_failure = exc
+    return outcome
+
+
+def _collect_garbage(
+    storage: LayoutStorage, graph: ManifestGraph, removed: list[Descriptor], outcome: LayoutPrune
+) -> None:
+    """Delete the blobs `removed` reached that no entry of `index.json`, as it is now,
+    reaches."""
+    candidates, _ = graph.reach(removed)
+    raw = storage.read_index()
+    remaining = [] if raw is None else parse_index(raw, storage.where)
+    protected, incomplete = graph.reach(remaining)
+    doomed = sorted(candidates - protected)
+    if incomplete is not None:
+        if doomed:
+            outcome.blobs_kept = (
+                f"no blob deleted: what the layout still holds cannot be walked whole"
+                f" ({incomplete})"
+            )
+            LOG.warning("%s: %s", storage.where, outcome.blobs_kept)
+        return
+    for digest in doomed:
+        name = blob_name(digest)
+        if name is not None:
+            storage.delete_blob(name)
+            outcome.deleted.append(name)
+    LOG.info("%s: %d blobs deleted", storage.where, len(outcome.deleted))

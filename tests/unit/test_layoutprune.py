@@ -1,0 +1,154 @@
+"""Pruning a layout directory: entries leave index.json, then exactly the blobs nothing left
+reaches (referrers tags kept with their subject, gone with it); nothing when what is left
+cannot be walked whole."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+from occystrap.layoutprune import prune_layout
+from occystrap.mediatypes import OCI_CONFIG, OCI_EMPTY, OCI_INDEX, OCI_LAYER, OCI_MANIFEST
+from occystrap.ocilayout import REF_NAME, DirectoryStorage
+
+
+class Layout:
+    """A layout directory written by hand, as another tool might have written it."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        (path / "blobs" / "sha256").mkdir(parents=True)
+        (path / "oci-layout").write_text('{"imageLayoutVersion":"1.0.0"}')
+        self.entries: list[dict] = []
+
+    def blob(self, data: bytes, media_type: str = OCI_LAYER) -> dict:
+        digest = hashlib.sha256(data).hexdigest()
+        (self.path / "blobs" / "sha256" / digest).write_bytes(data)
+        return {"mediaType": media_type, "digest": f"sha256:{digest}", "size": len(data)}
+
+    def image(self, *layers: bytes, subject: dict | None = None) -> dict:
+        config = self.blob(
+            json.dumps({"layers": [layer.hex() for layer in layers]}).encode(), OCI_CONFIG
+        )
+        document = {
+            "schemaVersion": 2,
+            "mediaType": OCI_MANIFEST,
+            "config": config,
+            "layers": [self.blob(layer) for layer in layers],
+        }
+        if subject is not None:
+            document["config"] = self.blob(b"{}", OCI_EMPTY)
+            document["subject"] = subject
+        return self.blob(json.dumps(document).encode(), OCI_MANIFEST)
+
+    def index(self, *manifests: dict) -> dict:
+        document = {"schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": list(manifests)}
+        return self.blob(json.dumps(document).encode(), OCI_INDEX)
+
+    def tag(self, name: str | None, descriptor: dict) -> None:
+        annotations = {} if name is None else {"annotations": {REF_NAME: name}}
+        self.entries.append({**descriptor, **annotations})
+        document = {"schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": self.entries}
+        (self.path / "index.json").write_text(json.dumps(document))
+
+    def tags(self) -> list[str | None]:
+        index = json.loads((self.path / "index.json").read_text())
+        return [entry.get("annotations", {}).get(REF_NAME) for entry in index["manifests"]]
+
+    def files(self) -> set[str]:
+        return {f"sha256:{path.name}" for path in (self.path / "blobs" / "sha256").iterdir()}
+
+
+def drop(*tags: str):
+    return lambda listed: {tag for tag in tags if tag in listed}
+
+
+def referrers_tag(descriptor: dict) -> str:
+    return descriptor["digest"].replace(":", "-")
+
+
+def test_only_blobs_nothing_left_reaches_are_deleted(tmp_path):
+    layout = Layout(tmp_path)
+    shared, own = b"shared layer", b"drop's own layer"
+    kept = layout.index(layout.image(shared, b"kept's layer"))
+    dropped = layout.image(shared, own)
+    layout.tag("kept", kept)
+    layout.tag(None, layout.image(b"untagged, someone else's"))
+    layout.tag("drop", dropped)
+    before = layout.files()
+    manifest = json.loads((tmp_path / "blobs" / dropped["digest"].replace(":", "/")).read_bytes())
+    only_dropped = {
+        dropped["digest"],
+        manifest["config"]["digest"],
+        manifest["layers"][1]["digest"],
+    }
+
+    pruned = prune_layout(DirectoryStorage(tmp_path), drop("drop"))
+
+    assert pruned.removed == {"drop": dropped["digest"]}
+    assert layout.tags() == ["kept", None]
+    assert layout.files() == before - only_dropped
+    assert set(pruned.deleted) == {f"blobs/{digest.replace(':', '/')}" for digest in only_dropped}
+
+
+def test_referrers_go_with_their_subject_and_stay_with_a_kept_one(tmp_path):
+    layout = Layout(tmp_path)
+    kept, dropped = layout.image(b"kept"), layout.image(b"dropped")
+    kept_signature = layout.image(b"kept's signature", subject=kept)
+    signature = layout.image(b"dropped's signature", subject=dropped)
+    signature_of_signature = layout.image(b"countersignature", subject=signature)
+    cosign = layout.image(b"cosign signature", subject=dropped)
+    stranger = {**layout.image(b"someone's"), "digest": "sha256:" + "e" * 64}
+    for name, descriptor in [
+        ("kept", kept),
+        ("drop", dropped),
+        (referrers_tag(kept), layout.index(kept_signature)),
+        (referrers_tag(dropped), layout.index(signature)),
+        (referrers_tag(signature), layout.index(signature_of_signature)),
+        (referrers_tag(dropped) + ".sig", cosign),
+        (referrers_tag(stranger), layout.index(layout.image(b"dangling referrer"))),
+    ]:
+        layout.tag(name, descriptor)
+
+    pruned = prune_layout(DirectoryStorage(tmp_path), drop("drop"))
+
+    assert layout.tags() == ["kept", referrers_tag(kept), referrers_tag(stranger)]
+    assert sorted(pruned.referrers) == sorted(
+        [referrers_tag(dropped), referrers_tag(signature), referrers_tag(dropped) + ".sig"]
+    )
+    for gone in (dropped, signature, signature_of_signature, cosign):
+        assert gone["digest"] not in layout.files()
+    for stays in (kept, kept_signature):
+        assert stays["digest"] in layout.files()
+    # The empty config every signature shares stays with the kept one's.
+    assert hashlib.sha256(b"{}").hexdigest() in {digest[7:] for digest in layout.files()}
+
+
+def test_nothing_is_deleted_when_what_stays_cannot_be_walked(tmp_path):
+    layout = Layout(tmp_path)
+    kept, dropped = layout.image(b"shared?"), layout.image(b"dropped")
+    layout.tag("kept", kept)
+    layout.tag("drop", dropped)
+    (tmp_path / "blobs" / kept["digest"].replace(":", "/")).write_bytes(b"corrupt")
+    before = layout.files()
+
+    pruned = prune_layout(DirectoryStorage(tmp_path), drop("drop"))
+
+    assert layout.tags() == ["kept"]
+    assert layout.files() == before and pruned.deleted == []
+    assert pruned.blobs_kept is not None and kept["digest"] in pruned.blobs_kept
+
+
+def test_a_choice_of_nothing_leaves_index_json_untouched(tmp_path):
+    layout = Layout(tmp_path)
+    layout.tag("kept", layout.image(b"kept"))
+    index = tmp_path / "index.json"
+    written = index.stat().st_mtime_ns, index.read_bytes()
+    seen = []
+
+    pruned = prune_layout(DirectoryStorage(tmp_path), lambda tags: seen.append(dict(tags)) or ())
+
+    assert seen == [{"kept": layout.entries[0]["digest"]}]
+    assert (index.stat().st_mtime_ns, index.read_bytes()) == written
+    assert pruned.removed == {} and pruned.deleted == []

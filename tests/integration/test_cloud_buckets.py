@@ -63,16 +63,28 @@ def _seed(registry, repo: str, tmp_path: Path, big: int) -> dict:
 
 
 def _copy_in_debug(registry, repo: str, destination: str, env: dict[str, str]):
-    """`process --debug` of REPO:v1 from the registry into a bucket (its log shows each
-    request)."""
+    """`process --debug -O json` of REPO:v1 from the registry into a bucket (its log shows
+    each request)."""
     return run_occystrap(
         "--insecure",
         "--debug",
+        "-O",
+        "json",
         "process",
         f"registry://{registry.host}/{repo}:v1",
         destination,
         env=env,
     )
+
+
+def _uploaded(copy) -> int:
+    """The bytes a copy's -O json says the destination stored."""
+    return json.loads(copy.stdout)["bytes"]["uploaded"]
+
+
+def _blob_bytes(manifest: dict) -> int:
+    """The config's and layers' sizes: what a first copy into a layout stores."""
+    return manifest["config"]["size"] + sum(layer["size"] for layer in manifest["layers"])
 
 
 def _assert_copies_back(
@@ -98,6 +110,7 @@ def test_registry_to_s3_and_back_keeps_every_digest(
     assert "SigV4Signing" in first.stderr
     assert "partNumber=2" in first.stderr  # the big layer went up in parts
     assert moto.secret_key not in first.stderr
+    assert _uploaded(first) == _blob_bytes(original)  # blobs as stored, once, not the manifest
 
     local = tmp_path / "from-bucket"
     _download_prefix(moto, bucket, "images", local)
@@ -107,6 +120,7 @@ def test_registry_to_s3_and_back_keeps_every_digest(
     again = _copy_in_debug(registry_plain, unique_repo, destination, s3_env)
     writes = [line for line in again.stderr.splitlines() if " PUT " in line or " POST " in line]
     assert len(writes) == 1 and "/images/index.json" in writes[0]  # a second copy: the index
+    assert _uploaded(again) == 0
 
     _assert_copies_back(
         registry_plain,
@@ -187,6 +201,7 @@ def test_registry_to_gcs_and_back_keeps_every_digest(
     assert "GcsAccessToken" in first.stderr
     assert "uploadType=resumable" in first.stderr  # the big layer went up in parts
     assert len(google_oauth.grants) - grants == 1  # one token for the whole run
+    assert _uploaded(first) == _blob_bytes(original)
 
     local = tmp_path / "from-bucket"
     for name, data in gcs.objects(bucket, "images/").items():
@@ -198,6 +213,7 @@ def test_registry_to_gcs_and_back_keeps_every_digest(
     again = _copy_in_debug(registry_plain, unique_repo, destination, env)
     uploads = [line for line in again.stderr.splitlines() if "/upload/storage/" in line]
     assert len(uploads) == 1 and "index.json" in uploads[0], uploads  # only the index again
+    assert _uploaded(again) == 0
 
     _assert_copies_back(
         registry_plain, unique_repo, f"gs://{bucket}/images?tag=v1", env, original_digest, original

@@ -214,3 +214,16 @@ def test_a_local_destination_counts_the_bytes_it_wrote(
     assert json.loads(result.stdout)["bytes"]["uploaded"] == expected
     summary = result.stderr.strip().splitlines()[-1]
     assert f" {human_bytes(expected)} written in " in summary, summary
+
+
+def test_blobs_already_in_a_directory_are_not_counted_again(registry_plain, unique_repo, tmp_path):
+    """A second write of the image into a shared dir:// finds its layer tars there: only the
+    config, rewritten, counts as written."""
+    seed_image(registry_plain, unique_repo, tmp_path)
+    source = f"registry://{registry_plain.host}/{unique_repo}:{TAG}"
+    target = f"dir://{tmp_path}/out?unique_names=true"
+    first = run_occystrap("--insecure", "-O", "json", "process", source, target)
+    again = run_occystrap("--insecure", "-O", "json", "process", source, target)
+    config = skopeo_inspect(registry_plain, f"{unique_repo}:{TAG}", raw=True)["config"]["size"]
+    assert json.loads(first.stdout)["bytes"]["uploaded"] > config
+    assert json.loads(again.stdout)["bytes"]["uploaded"] == config

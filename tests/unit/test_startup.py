@@ -92,6 +92,29 @@ def test_the_program_runs_the_command_line_for_anything_else():
     assert printed.startswith("occystrap, version ")
 
 
+def test_the_program_leaves_what_it_made_to_the_exit_not_to_the_collector():
+    """The collector's passes at interpreter exit would walk every object the run made
+    (__main__.py freezes them); atexit handlers still run, after the freeze."""
+    probe = (
+        "import atexit, gc, sys\n"
+        "atexit.register(lambda: sys.stderr.write(f'frozen {gc.get_freeze_count()}'))\n"
+        "from occystrap.__main__ import main\n"
+        "main()\n"
+    )
+    completed = subprocess.run(
+        [sys.executable, "-c", probe, "tags", "--help"],
+        capture_output=True,
+        text=True,
+        cwd=REPO_ROOT,
+        env={"PATH": "/usr/bin:/bin", "PYTHONPATH": SOURCE_PATH, "TERM": "dumb"},
+        timeout=60,
+        check=True,
+    )
+    assert completed.stdout.startswith("Usage: ")  # the command line really ran
+    frozen = completed.stderr.rpartition("frozen ")[2]
+    assert int(frozen) > 10_000  # click, the command line and the rest of start-up
+
+
 def test_version_loads_no_configuration_parser():
     loaded = loaded_modules("--version")
     assert "occystrap.cli" in loaded  # the probe really ran the command line

@@ -47,9 +47,9 @@ PROGRAM_PROBE = PROBE.replace(
 HTTP_STACK = ("httpx", "httpcore", "h2", "ssl", "trio", "anyio")
 
 
-def run_probe(probe: str, *args: str) -> tuple[str, set[str]]:
-    """What the command printed on stdout, and every module it loaded."""
-    completed = subprocess.run(
+def run_python(probe: str, *args: str) -> subprocess.CompletedProcess[str]:
+    """`probe` run by a fresh interpreter with `args`, in a bare environment."""
+    return subprocess.run(
         [sys.executable, "-c", probe, *args],
         capture_output=True,
         text=True,
@@ -58,7 +58,11 @@ def run_probe(probe: str, *args: str) -> tuple[str, set[str]]:
         timeout=60,
         check=True,
     )
-    printed, _, modules = completed.stdout.rpartition("\n")
+
+
+def run_probe(probe: str, *args: str) -> tuple[str, set[str]]:
+    """What the command printed on stdout, and every module it loaded."""
+    printed, _, modules = run_python(probe, *args).stdout.rpartition("\n")
     return printed, set(json.loads(modules))
 
 
@@ -101,15 +105,7 @@ def test_the_program_leaves_what_it_made_to_the_exit_not_to_the_collector():
         "from occystrap.__main__ import main\n"
         "main()\n"
     )
-    completed = subprocess.run(
-        [sys.executable, "-c", probe, "tags", "--help"],
-        capture_output=True,
-        text=True,
-        cwd=REPO_ROOT,
-        env={"PATH": "/usr/bin:/bin", "PYTHONPATH": SOURCE_PATH, "TERM": "dumb"},
-        timeout=60,
-        check=True,
-    )
+    completed = run_python(probe, "tags", "--help")
     assert completed.stdout.startswith("Usage: ")  # the command line really ran
     frozen = completed.stderr.rpartition("frozen ")[2]
     assert int(frozen) > 10_000  # click, the command line and the rest of start-up

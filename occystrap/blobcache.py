@@ -91,6 +91,25 @@ def _switch_to_wal(connection: sqlite3.Connection) -> None:
             time.sleep(0.05)
 
 
+def _schema_version(connection: sqlite3.Connection) -> int:
+    version: int = connection.execute("PRAGMA user_version").fetchone()[0]
+    return version
+
+
+def _create_schema(connection: sqlite3.Connection) -> None:
+    """This version's tables, in place of an older or newer layout's; another process may be
+    doing the same, so the version is checked again inside the write transaction."""
+    with connection:
+        connection.execute("BEGIN IMMEDIATE")
+        if _schema_version(connection) != _SCHEMA_VERSION:  # start afresh
+            connection.execute("DROP TABLE IF EXISTS compressed")
+            connection.execute("DROP TABLE IF EXISTS locations")
+        for statement in _SCHEMA.split(";"):
+            if statement.strip():
+                connection.execute(statement)
+        connection.execute(f"PRAGMA user_version={_SCHEMA_VERSION}")
+
+
 class BlobCache:
     """The sqlite cache; use `BlobCache.open()`, or `NullBlobCache()` for --no-cache."""
 
@@ -115,16 +134,10 @@ class BlobCache:
             try:
                 _switch_to_wal(connection)
                 connection.execute("PRAGMA synchronous=NORMAL")  # a cache may lose its tail
-                with connection:
-                    connection.execute("BEGIN IMMEDIATE")
-                    version = connection.execute("PRAGMA user_version").fetchone()[0]
-                    if version != _SCHEMA_VERSION:  # an older or newer layout: start afresh
-                        connection.execute("DROP TABLE IF EXISTS compressed")
-                        connection.execute("DROP TABLE IF EXISTS locations")
-                    for statement in _SCHEMA.split(";"):
-                        if statement.strip():
-                            connection.execute(statement)
-                    connection.execute(f"PRAGMA user_version={_SCHEMA_VERSION}")
+                # The version is set with the tables, in one transaction: a cache already at
+                # this version is used as it is, with no write (and no WAL sync) at start-up.
+                if _schema_version(connection) != _SCHEMA_VERSION:
+                    _create_schema(connection)
             except sqlite3.Error:
                 connection.close()
                 raise

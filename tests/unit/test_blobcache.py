@@ -214,6 +214,19 @@ def test_a_cache_from_another_schema_version_starts_afresh(tmp_path):
         assert cache.compressed_for(_digest(1), "s") == (_digest(2), 1, GZIP_TYPE)
 
 
+def test_opening_a_cache_of_this_version_writes_nothing(tmp_path):
+    """No write transaction at start-up, so no WAL frame (nor its sync) before the first
+    request of a run; what the cache holds is there as before."""
+    path = tmp_path / "blobs.sqlite"
+    with BlobCache.open(path) as first:
+        first.record_compressed(_digest(1), "gzip", _digest(2), 10, GZIP_TYPE)
+    with BlobCache.open(path) as again:
+        assert os.path.getsize(f"{path}-wal") == 0  # nothing written by opening it
+        assert again.compressed_for(_digest(1), "gzip") == CompressedBlob(
+            _digest(2), 10, GZIP_TYPE
+        )
+
+
 def test_null_cache_for_no_cache_remembers_nothing(tmp_path):
     cache = blobcache.open_blob_cache(False, tmp_path / "blobs.sqlite")
     assert isinstance(cache, NullBlobCache)

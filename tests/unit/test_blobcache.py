@@ -222,9 +222,7 @@ def test_opening_a_cache_of_this_version_writes_nothing(tmp_path):
         first.record_compressed(_digest(1), "gzip", _digest(2), 10, GZIP_TYPE)
     with BlobCache.open(path) as again:
         assert os.path.getsize(f"{path}-wal") == 0  # nothing written by opening it
-        assert again.compressed_for(_digest(1), "gzip") == CompressedBlob(
-            _digest(2), 10, GZIP_TYPE
-        )
+        assert again.compressed_for(_digest(1), "gzip") == CompressedBlob(_digest(2), 10, GZIP_TYPE)
 
 
 def test_null_cache_for_no_cache_remembers_nothing(tmp_path):

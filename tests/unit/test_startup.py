@@ -277,3 +277,52 @@ def test_a_copy_without_filters_loads_no_filter_code(registry, tmp_path):
     assert (layout / "index.json").is_file()  # the copy really ran
     assert not {name for name in loaded if name.split(".")[:2] == ["occystrap", "filters"]}
     assert "occystrap.extract" not in loaded
+
+
+# Runs the command line recording the source of every pattern re compiles, then prints them.
+COMPILED_PROBE = """
+import json, re, sys
+compiled = []
+compile_pattern = re._compile
+
+
+def recording(pattern, flags):
+    compiled.append(str(getattr(pattern, "pattern", pattern)))
+    return compile_pattern(pattern, flags)
+
+
+re._compile = recording
+from occystrap.cli import main
+try:
+    main()
+except SystemExit:
+    pass
+sys.stdout.write("\\n" + json.dumps(compiled))
+"""
+
+
+def test_a_question_to_a_registry_compiles_no_pattern_of_what_it_was_not_given(registry, tmp_path):
+    """--mirror values and [[registry]] entries are checked by patterns compiled when one is
+    parsed (case-insensitive host patterns are slow to compile), not at every start-up."""
+    from occystrap import registries_conf
+    from occystrap.middleware import mirror
+
+    conf = tmp_path / "registries.conf"  # without [[registry]] entries, whatever the host has
+    conf.write_text('unqualified-search-registries = ["docker.io"]\n')
+    completed = run_python(
+        COMPILED_PROBE,
+        "--insecure",
+        "--registries-conf",
+        str(conf),
+        "digest",
+        f"registry://{registry}/bench:src",
+    )
+    printed, _, patterns = completed.stdout.rpartition("\n")
+    assert printed.startswith("sha256:")  # the command really ran
+    unused = {
+        mirror._SOURCE_PATTERN,
+        mirror._MIRROR_URL_PATTERN,
+        registries_conf._LOCATION,
+        registries_conf._WILDCARD_PREFIX,
+    }
+    assert set(json.loads(patterns)) & unused == set()

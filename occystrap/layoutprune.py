@@ -19,6 +19,7 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Callable, Collection, Iterable, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import httpx
@@ -40,6 +41,8 @@ from occystrap.ocilayout import (
 from occystrap.registry.referrers import cosign_tags, referrers_tag
 
 LOG = logging.getLogger("occystrap.ocilayout")
+# Manifests read at once while walking a layout: small GETs, one round trip each.
+READS_AT_ONCE = 16
 
 
 @dataclass
@@ -57,8 +60,8 @@ class ManifestGraph:
     """What a layout's manifests and indexes point at, each read once (blobs are named by
     digest, so what one says never changes)."""
 
-    def __init__(self, storage: LayoutStorage) -> None:
-        self.storage = storage
+    def __init__(self, storage: LayoutStorage, pool: ThreadPoolExecutor) -> None:
+        self.storage, self._pool = storage, pool
         self._children: dict[str, tuple[list[Descriptor], list[Descriptor]] | str] = {}
 
     def _read(self, descriptor: Descriptor) -> tuple[list[Descriptor], list[Descriptor]] | str:
@@ -88,22 +91,22 @@ class ManifestGraph:
     def reach(self, roots: Iterable[Descriptor]) -> tuple[set[str], str | None]:
         """Every digest `roots` (manifests or indexes) reach, and the first reason the walk
         is incomplete (None: it is whole). A referrer's `subject` is not followed: a
-        signature does not keep its image."""
+        signature does not keep its image. Each level of the walk is read in parallel (a
+        bucket answers one manifest per round trip)."""
         reached: set[str] = set()
         incomplete = None
-        pending = list(roots)
-        while pending:
-            descriptor = pending.pop()
-            if descriptor.digest in reached:
-                continue
-            reached.add(descriptor.digest)
-            found = self._read(descriptor)
-            if isinstance(found, str):
-                incomplete = incomplete or found
-                continue
-            manifests, blobs = found
-            pending += manifests
-            reached.update(blob.digest for blob in blobs)
+        level = list(roots)
+        while level:
+            unseen = {d.digest: d for d in level if d.digest not in reached}
+            reached.update(unseen)
+            level = []
+            for found in self._pool.map(self._read, unseen.values()):
+                if isinstance(found, str):
+                    incomplete = incomplete or found
+                    continue
+                manifests, blobs = found
+                level += manifests
+                reached.update(blob.digest for blob in blobs)
         return reached, incomplete
 
 
@@ -142,7 +145,18 @@ def prune_layout(
     current = storage.read_index()
     if current is None or not choose(image_tags(parse_index(current, storage.where))):
         return outcome
-    graph = ManifestGraph(storage)
+    with ThreadPoolExecutor(READS_AT_ONCE, thread_name_prefix="prune") as pool:
+        return _prune(storage, choose, pool, outcome)
+
+
+def _prune(
+    storage: LayoutStorage,
+    choose: Callable[[Mapping[str, str]], Collection[str]],
+    pool: ThreadPoolExecutor,
+    outcome: LayoutPrune,
+) -> LayoutPrune:
+    """`prune_layout`'s work, with `pool` reading manifests and deleting blobs."""
+    graph = ManifestGraph(storage, pool)
     removed_entries: list[Descriptor] = []
 
     def change(raw: bytes | None) -> bytes:
@@ -183,7 +197,7 @@ def prune_layout(
         ", ".join(outcome.referrers) or "(none)",
     )
     try:
-        _collect_garbage(storage, graph, removed_entries, outcome)
+        _collect_garbage(storage, graph, pool, removed_entries, outcome)
     except (OccystrapError, httpx.RequestError) as exc:
         LOG.warning("%s: deleting blobs failed after %d", storage.where, len(outcome.deleted))
         outcome.blob_failure = exc
@@ -191,7 +205,11 @@ def prune_layout(
 
 
 def _collect_garbage(
-    storage: LayoutStorage, graph: ManifestGraph, removed: list[Descriptor], outcome: LayoutPrune
+    storage: LayoutStorage,
+    graph: ManifestGraph,
+    pool: ThreadPoolExecutor,
+    removed: list[Descriptor],
+    outcome: LayoutPrune,
 ) -> None:
     """Delete the blobs `removed` reached that no entry of `index.json`, as it is now,
     reaches."""
@@ -208,9 +226,11 @@ def _collect_garbage(
             )
             LOG.warning("%s: %s", storage.where, outcome.blobs_kept)
         return
-    for digest in doomed:
-        name = blob_name(digest)
-        if name is not None:
-            storage.delete_blob(name)
-            outcome.deleted.append(name)
+    names = [name for digest in doomed if (name := blob_name(digest)) is not None]
+
+    def delete(name: str) -> None:
+        storage.delete_blob(name)
+        outcome.deleted.append(name)
+
+    list(pool.map(delete, names))  # the first failure raises here
     LOG.info("%s: %d blobs deleted", storage.where, len(outcome.deleted))

@@ -220,13 +220,6 @@ def _index_lock(name: str) -> threading.RLock:
         return _INDEX_LOCKS.setdefault(name, threading.RLock())
 
 
-def _object_name(where: str, key: str) -> str:
-    """SCHEME://BUCKET/KEY: one name for an object however the URIs reaching it were
-    written (`where` is one, with its prefix and `?tag=`)."""
-    scheme, _, rest = where.partition("?")[0].partition("://")
-    return f"{scheme}://{rest.partition('/')[0]}/{key}"
-
-
 class BucketLayout:
     """An OCI layout under a bucket prefix: a `MemberSource` and a `LayoutStorage`."""
 
@@ -237,6 +230,12 @@ class BucketLayout:
 
     def _key(self, name: str) -> str:
         return f"{self.prefix}/{name}" if self.prefix else name
+
+    def location(self, name: str) -> str:
+        """SCHEME://BUCKET/KEY, however the URIs reaching the layout were written (`where`
+        is one, with its prefix and `?tag=`)."""
+        scheme, _, rest = self.where.partition("?")[0].partition("://")
+        return f"{scheme}://{rest.partition('/')[0]}/{self._key(name)}"
 
     # MemberSource: what the layout reader needs.
 
@@ -298,7 +297,7 @@ class BucketLayout:
         from occystrap.ocilayout import INDEX_FILE
 
         key = self._key(INDEX_FILE)
-        with _index_lock(_object_name(self.where, key)):
+        with _index_lock(self.location(INDEX_FILE)):
             for _ in range(_INDEX_ATTEMPTS):
                 found = self.objects.get(key)
                 current, version = (None, None) if found is None else found

@@ -354,6 +354,11 @@ class LayoutStorage(Protocol):
 
     where: str  # for messages
 
+    def location(self, name: str) -> str:
+        """One name for the file or object `name`, however the URI that reached the layout
+        was written: what the writers of one run take turns on."""
+        ...
+
     def holds_layout(self) -> bool:
         """Whether a layout is already there; refuse (one-line error) a place that is not,
         and cannot become, a layout."""
@@ -408,6 +413,9 @@ class DirectoryStorage:
         self.path = Path(path)
         self.where = str(path)
         self._created: list[Path] = []  # files and directories this run made, in order
+
+    def location(self, name: str) -> str:
+        return os.path.abspath(self.path / name)
 
     def _make_directory(self, directory: Path) -> None:
         """`directory` and its missing parents, each remembered as this run's."""
@@ -619,17 +627,23 @@ class OciLayoutWriter:
             )
         return name
 
+    def _turn(self, name: str, digest: str) -> AbstractContextManager[None]:
+        """The one store of blob `name` that may run now: images of one run sharing a blob
+        (a sync) store it once; the others wait, then find it there."""
+        return self.ctx.uploads.turn(self.storage.location(name), digest)
+
     def _store_bytes(self, data: bytes, counted: bool = False) -> str:
         """Store a small blob; `counted` ones (configs) join the layers in the blob and byte
         counts, as in a registry copy's summary, where manifests are not blobs."""
         digest = sha256_digest(data)
         name = self._blob_name(digest)
-        if self.storage.present(name, len(data)):
-            if counted:
-                LOG.info("blob %s: already in %s", digest, self.where)
-            self.ctx.stats.add(skipped=int(counted))
-            return digest
-        self.storage.store(name, len(data), lambda: io.BytesIO(data))
+        with self._turn(name, digest):
+            if self.storage.present(name, len(data)):
+                if counted:
+                    LOG.info("blob %s: already in %s", digest, self.where)
+                self.ctx.stats.add(skipped=int(counted))
+                return digest
+            self.storage.store(name, len(data), lambda: io.BytesIO(data))
         if counted:
             LOG.info("blob %s: written to %s (%d bytes)", digest, self.where, len(data))
         self.ctx.stats.add(uploaded=int(counted), bytes_uploaded=len(data) if counted else 0)
@@ -638,20 +652,21 @@ class OciLayoutWriter:
     def _store_layer(self, layer: Layer) -> None:
         """Stream the layer's blob in as stored, verified before it takes its name."""
         name = self._blob_name(layer.digest)
-        if self.storage.present(name, layer.size):
-            LOG.info("blob %s: already in %s", layer.digest, self.where)
-            self.ctx.stats.add(skipped=1)
-            return
-        progress, key = self.ctx.progress, f"write:{layer.digest}"  # a "writing" phase
-        progress.start(key, layer.size, layer.label)
-        advance = functools.partial(progress.advance, key)
+        with self._turn(name, layer.digest):
+            if self.storage.present(name, layer.size):
+                LOG.info("blob %s: already in %s", layer.digest, self.where)
+                self.ctx.stats.add(skipped=1)
+                return
+            progress, key = self.ctx.progress, f"write:{layer.digest}"  # a "writing" phase
+            progress.start(key, layer.size, layer.label)
+            advance = functools.partial(progress.advance, key)
 
-        def store() -> None:
-            progress.restart(key, 0)
-            self.storage.store(name, layer.size, lambda: layer.open_blob(advance))
+            def store() -> None:
+                progress.restart(key, 0)
+                self.storage.store(name, layer.size, lambda: layer.open_blob(advance))
 
-        again_if_corrupt(layer, store)
-        progress.finish(key)
+            again_if_corrupt(layer, store)
+            progress.finish(key)
         LOG.info("blob %s: written to %s (%d bytes)", layer.digest, self.where, layer.size)
         self.ctx.stats.add(uploaded=1, bytes_uploaded=layer.size)  # once, even if fetched twice
 

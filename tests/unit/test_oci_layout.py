@@ -32,6 +32,7 @@ from occystrap.ocilayout import (
     parse_index,
     source_name,
 )
+from occystrap.registry.ledger import UploadLedger
 
 from .image_builder import context, make_image, read_verified, sha256
 
@@ -404,3 +405,66 @@ def test_a_remote_layer_corrupted_in_transit_is_fetched_once_more(tmp_path):
     read = OciLayoutReader(DirectoryMembers(layout)).read("v1")
     assert isinstance(read, Image)
     read_verified(read)
+
+
+class GatedBlob:
+    """A blob whose first reader holds its transfer open until `go` is set; `opened` counts
+    the transfers, under `changed`."""
+
+    local = True
+
+    def __init__(self, path: Path) -> None:
+        self.path, self.opened = path, 0
+        self.changed, self.go = threading.Condition(), threading.Event()
+
+    def open(self):
+        with self.changed:
+            self.opened += 1
+            first = self.opened == 1
+            self.changed.notify_all()
+        if first:
+            assert self.go.wait(30)
+        return open(self.path, "rb")
+
+
+class ObservedLedger(UploadLedger):
+    """The run's ledger, telling `blob` each time a writer asks for a turn."""
+
+    def __init__(self, blob: GatedBlob) -> None:
+        super().__init__()
+        self.blob, self.asked = blob, 0
+
+    def turn(self, registry: str, digest: str):
+        with self.blob.changed:
+            self.asked += 1
+            self.blob.changed.notify_all()
+        return super().turn(registry, digest)
+
+
+def test_images_of_one_run_sharing_a_layer_store_it_once(tmp_path):
+    """Two images of one run (a sync) write one layer into one layout at the same moment:
+    the second waits for the first's transfer and then finds the blob there, instead of
+    fetching and storing it again."""
+    image = make_image(tmp_path, LAYERS[:1])
+    gated = GatedBlob(image.layers[0].blob.path)  # type: ignore[attr-defined]
+    shared = image.with_layers([dataclasses.replace(image.layers[0], blob=gated)])
+    ctx = context(tmp_path / "w")
+    ctx.uploads = ledger = ObservedLedger(gated)
+    layout = tmp_path / "layout"
+    writers = [
+        threading.Thread(target=OciLayoutWriter(layout, ctx).write, args=(shared, tag))
+        for tag in ("a", "b")
+    ]
+    writers[0].start()
+    with gated.changed:
+        assert gated.changed.wait_for(lambda: gated.opened == 1, 30)
+    writers[1].start()
+    with gated.changed:  # the second writer waits for its turn, or (wrongly) fetches too
+        assert gated.changed.wait_for(lambda: ledger.asked == 2 or gated.opened == 2, 30)
+    gated.go.set()
+    for writer in writers:
+        writer.join(30)
+    assert gated.opened == 1
+    assert (ctx.stats.uploaded, ctx.stats.skipped) == (2, 2)  # layer and config once each
+    assert ctx.stats.bytes_uploaded == image.layers[0].size + len(image.config)
+    assert sorted(tags_of(layout)) == ["a", "b"]

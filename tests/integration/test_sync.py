@@ -33,6 +33,7 @@ from tests.integration.images import (
     skopeo_inspect,
 )
 from tests.integration.servers import RegistryServer
+from tests.integration.signing import RegistryWriter, digest_of, signing_key, tag_for
 
 pytestmark = pytest.mark.integration
 
@@ -741,6 +742,75 @@ def test_a_layout_tag_sharing_a_manifest_with_a_kept_tag_is_kept(seeded, tmp_pat
     assert (layout / "index.json").read_bytes() == index_before
     assert layout_blob_files(layout) == files
     assert skopeo_copy_out_of_layout(layout, "b", tmp_path / "out") == digest
+
+
+def _reachable_blobs(layout: Path) -> set[str]:
+    """Every digest the layout's index.json entries reach (indexes, manifests, configs,
+    layers; a referrer's subject is not followed), read from the directory by this test."""
+    index = json.loads((layout / "index.json").read_text())
+    pending, reached = list(index["manifests"]), set()
+    while pending:
+        descriptor = pending.pop()
+        reached.add(descriptor["digest"])
+        document = json.loads(layout_blob(layout, descriptor["digest"]))
+        pending += document.get("manifests", [])
+        reached |= {
+            blob["digest"] for blob in [document.get("config"), *document.get("layers", [])] if blob
+        }
+    return reached
+
+
+def test_prune_in_a_layout_takes_the_referrers_of_the_pruned_image_along(seeded, tmp_path):
+    """Synced with referrers: the pruned image's SBOM (referrers tag index) and cosign
+    signature leave the layout with it, their blobs too; the kept image keeps its SBOM."""
+    repository = f"{seeded.prefix}/layout-referrers"
+    with seeded.registry.client() as http:
+        writer = RegistryWriter(http, repository)
+        keep, drop = writer.image("keep", tag="keep"), writer.image("drop", tag="drop")
+        kept_sbom, dropped_sbom = writer.sbom(keep), writer.sbom(drop, name="drop.spdx.json")
+        signature = writer.cosign_sign(drop, signing_key(), f"{seeded.registry.host}/{repository}")
+    layout = tmp_path / "mirror"
+    rule = {
+        "source": f"registry://{seeded.registry.host}/{repository}",
+        "target": f"oci-layout://{layout}",
+        "referrers": True,
+        "tags": {"allow": ["^(keep|drop)$"]},
+    }
+    spec = write_yaml(tmp_path / "sync.yaml", {"sync": [rule]})
+    sync(str(spec))
+    assert set(layout_index_tags(layout)) == {
+        "keep",
+        "drop",
+        tag_for(keep.digest),
+        tag_for(drop.digest),
+        tag_for(drop.digest, ".sig"),
+    }
+    tags_before, before = layout_index_tags(layout), layout_blob_files(layout)
+    assert before == _reachable_blobs(layout)
+    for referrer in (kept_sbom, dropped_sbom, signature):
+        assert referrer.digest in before
+
+    write_yaml(spec, {"sync": [{**rule, "tags": {"allow": ["^keep$"]}}]})
+    pruned = sync(str(spec), "--prune")
+    assert result_lines(pruned.stdout) == {
+        f"oci-layout://{layout}?tag=keep": "unchanged",
+        f"oci-layout://{layout}?tag=drop": "pruned",
+    }, pruned.stdout
+    kept_index = tags_before[tag_for(keep.digest)]
+    assert layout_index_tags(layout) == {"keep": keep.digest, tag_for(keep.digest): kept_index}
+    after = layout_blob_files(layout)
+    assert after == _reachable_blobs(layout)  # nothing reachable went, nothing unreachable stayed
+    assert {kept_sbom.digest, kept_index, digest_of(b"{}")} <= after  # the empty config: shared
+    dropped = [drop, dropped_sbom, signature]
+    assert not {pushed.digest for pushed in dropped} & after
+    assert not {blob["digest"] for pushed in dropped for blob in _own_blobs(pushed)} & after
+    assert skopeo_copy_out_of_layout(layout, "keep", tmp_path / "out") == keep.digest
+
+
+def _own_blobs(pushed) -> list[dict]:
+    """A pushed manifest's config and layers, but the empty config artifacts share."""
+    document = json.loads(pushed.raw)
+    return [blob for blob in [document["config"], *document["layers"]] if blob["size"] > 2]
 
 
 def test_upload_restarts_draw_on_the_retry_budget(seeded, mirror, tmp_path):

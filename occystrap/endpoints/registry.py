@@ -128,18 +128,18 @@ class RegistryURI(Endpoint):
         tried = []
         for reference in (self.reference, *self.alternatives):
             candidate = replace(self, reference=reference, alternatives=())
+            # As the URI names it: a repository (tags, or an image at the default tag) is
+            # shown without the tag it was given.
+            named = reference if self.names_tag else replace(reference, tag=None)
             try:
                 answer = ask(candidate)
             except UsageError:
                 raise
             except (OccystrapError, httpx.HTTPError) as exc:
-                LOG.info("%s: not there (%s)", reference, exc)
-                # As the URI names it: a repository (tags, or an image at the default tag)
-                # is shown without the tag it was given.
-                named = reference if self.names_tag else replace(reference, tag=None)
+                LOG.info("%s: not there (%s)", named, exc)
                 tried.append(str(named))
                 continue
-            LOG.info("%s: found at %s", self, reference)
+            LOG.info("%s: found at %s", self, named)
             return answer
         raise RegistryError(f"{self}: no search registry has it (tried {', '.join(tried)})")
 

@@ -326,3 +326,31 @@ def test_a_question_to_a_registry_compiles_no_pattern_of_what_it_was_not_given(r
         registries_conf._WILDCARD_PREFIX,
     }
     assert set(json.loads(patterns)) & unused == set()
+
+
+# Runs the program and says, at exit, whether the garbage collector was on.
+COLLECTOR_PROBE = """
+import atexit, gc, sys
+atexit.register(lambda: sys.stderr.write(f"collector on: {gc.isenabled()}"))
+from occystrap.__main__ import main
+main()
+"""
+
+
+def test_the_program_asks_a_registry_a_question_without_the_collector(registry):
+    """Start-up objects live as long as the process; a one-question command makes no garbage
+    worth a collector pass (__main__.py, cli.QUESTION_COMMANDS)."""
+    completed = run_python(
+        COLLECTOR_PROBE, "--insecure", "digest", f"registry://{registry}/bench:src"
+    )
+    assert completed.stdout.startswith("sha256:")  # the command really ran
+    assert completed.stderr.endswith("collector on: False")
+
+
+def test_the_program_copies_with_the_collector_on(tmp_path):
+    """Commands that run long enough to make garbage turn the collector back on."""
+    source = tmp_path / "in.tar"
+    save_tar(make_image(tmp_path, [{"hello.txt": b"hello\n"}]), source)
+    completed = run_python(COLLECTOR_PROBE, "process", f"tar://{source}", f"dir://{tmp_path}/out")
+    assert (tmp_path / "out").is_dir()  # the copy really ran
+    assert completed.stderr.endswith("collector on: True")

@@ -34,11 +34,10 @@ from occystrap.ocilayout import (
     LayoutStorage,
     blob_name,
     image_tags,
-    is_referrers_tag,
     parse_index,
     ref_name,
 )
-from occystrap.registry.referrers import cosign_tags, referrers_tag
+from occystrap.registry.referrers import names_referrers, referrers_tags_of
 
 LOG = logging.getLogger("occystrap.ocilayout")
 # Manifests read at once while walking a layout: small GETs, one round trip each.
@@ -120,9 +119,7 @@ def _with_referrers(
     reached, _ = graph.reach(roots)
     live: set[int] = set()
     while True:
-        names = {
-            name for digest in reached for name in (referrers_tag(digest), *cosign_tags(digest))
-        }
+        names = {name for digest in reached for name in referrers_tags_of(digest)}
         joining = {
             position
             for position, entry in referrers.items()
@@ -167,7 +164,7 @@ def _prune(
         referrers = {
             position: entry
             for position, entry in enumerate(entries)
-            if is_referrers_tag(ref_name(entry))
+            if names_referrers(ref_name(entry))
         }
         images = [position for position in range(len(entries)) if position not in referrers]
         staying = [position for position in images if ref_name(entries[position]) not in chosen]

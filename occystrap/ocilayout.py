@@ -64,7 +64,7 @@ from occystrap.manifest import (
 )
 from occystrap.mediatypes import OCI_CONFIG, OCI_INDEX, OCI_MANIFEST
 from occystrap.pipeline import RunContext, again_if_corrupt
-from occystrap.registry.referrers import REFERRERS_TAG
+from occystrap.registry.referrers import REFERRERS_TAG, names_referrers
 from occystrap.streams import CHUNK_SIZE, Readable
 
 LAYOUT_FILE = "oci-layout"
@@ -137,12 +137,12 @@ def tagged_entry(raw_index: bytes, tag: str, where: str) -> PlatformDescriptor |
 
 
 def image_tags(entries: Iterable[Descriptor]) -> dict[str, str]:
-    """Tag -> digest of the entries that name images (not referrers), the last one winning
-    as when a tag is read."""
+    """Tag -> digest of the entries that name images (not some digest's referrers), the
+    last one winning as when a tag is read."""
     return {
         name: entry.digest
         for entry in entries
-        if (name := ref_name(entry)) is not None and not is_referrers_tag(name)
+        if (name := ref_name(entry)) is not None and not names_referrers(name)
     }
 
 

@@ -43,6 +43,25 @@ _TAG_LENGTH = 128
 REFERRERS_TAG = re.compile(r"[a-z0-9]+-[a-zA-Z0-9=_-]{32,}(?:\.sig|\.att|\.sbom)?")
 
 
+# A tag that names one digest's referrers exactly: `ALGORITHM-HEX` (sha512 cut to a tag's
+# 128 characters) or cosign's forms of it. Pruning goes by this, not REFERRERS_TAG, so an
+# image tag such as `build-<40 hex>` is still an image tag there.
+_DIGEST_REFERRERS_TAG = re.compile(
+    r"(?:sha256-[0-9a-f]{64}|sha512-(?:[0-9a-f]{121}|[0-9a-f]{128}))(?:\.sig|\.att|\.sbom)?"
+)
+
+
+def names_referrers(tag: str | None) -> bool:
+    """Whether `tag` is where some manifest's referrers are kept (what pruning leaves to
+    that manifest's fate rather than judging as an image tag)."""
+    return tag is not None and _DIGEST_REFERRERS_TAG.fullmatch(tag) is not None
+
+
+def referrers_tags_of(digest: str) -> list[str]:
+    """Every tag that keeps `digest`'s referrers: its referrers index and cosign's tags."""
+    return [referrers_tag(digest), *cosign_tags(digest)]
+
+
 def referrers_tag(digest: str) -> str:
     """The tag of `digest`'s referrers index: `ALGORITHM-HEX`, cut to a tag's 128 characters."""
     return digest.replace(":", "-", 1)[:_TAG_LENGTH]

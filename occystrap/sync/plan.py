@@ -11,7 +11,7 @@ from __future__ import annotations
 import fnmatch
 import logging
 import threading
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -40,6 +40,7 @@ from occystrap.quay.api import QuayClient, api_base
 from occystrap.registry.client import RegistryClient
 from occystrap.registry.hosts import canonical_registry_host
 from occystrap.registry.reference import HOST_PATTERN, validate_repository
+from occystrap.registry.referrers import names_referrers, referrers_tags_of
 from occystrap.sync.config import SyncRule, SyncSpec
 
 LOG = logging.getLogger("occystrap.sync")
@@ -325,9 +326,14 @@ class Planner:
 
         def stale(target: Target) -> list[PlannedImage]:
             listed, wanted = self._target_tags(target), kept[str(target)]
+            # Referrers tags (a registry's; a layout lists none) no rule names are no images:
+            # they go with the manifest they refer to, and only then.
+            referring = {tag for tag in listed if tag not in wanted and names_referrers(tag)}
             held: dict[str, str] = {}
             stale_digests: dict[str, str] = {}
             for tag, listed_digest in listed.items():
+                if tag in referring:
+                    continue
                 known = expected.get(target.uri(tag))
                 if tag in wanted and known is not None:
                     held[tag] = known
@@ -335,17 +341,22 @@ class Planner:
                 digest = listed_digest or self._target_head(target, tag)
                 (held if tag in wanted else stale_digests)[tag] = digest
             sharers = manifest_sharers(stale_digests, held)
+            going = {digest for tag, digest in stale_digests.items() if tag not in sharers}
+            orphaned = referring & _referrers_tags(going) - _referrers_tags(held.values())
             return [
                 stale_image(target.uri(tag), digest, sharers.get(tag))
                 for tag, digest in stale_digests.items()
+            ] + [
+                stale_image(target.uri(tag), self._target_head(target, tag), None)
+                for tag in sorted(orphaned)
             ]
 
         return [image for images in pool.map(stale, targets.values()) for image in images]
 
     def _target_tags(self, target: Target) -> dict[str, str | None]:
         """The target's tags, each with its digest where the listing says it (a layout's
-        `index.json`; a registry's tag list does not). A layout's referrers tags are not
-        images: they go with their subject (occystrap.layoutprune)."""
+        `index.json`; a registry's tag list does not). A layout's referrers tags are left
+        out: they go with their subject when its entry goes (occystrap.layoutprune)."""
         if isinstance(target, Repository):
             try:
                 return dict.fromkeys(self.client(target).list_tags(target.name))
@@ -371,6 +382,10 @@ def manifest_sharers(stale: Mapping[str, str], held: Mapping[str, str]) -> dict[
     for tag, digest in sorted(held.items()):
         holders.setdefault(digest, tag)
     return {tag: holders[digest] for tag, digest in stale.items() if digest in holders}
+
+
+def _referrers_tags(digests: Iterable[str]) -> set[str]:
+    return {tag for digest in digests for tag in referrers_tags_of(digest)}
 
 
 def stale_image(target: str, digest: str, sharer: str | None) -> PlannedImage:

@@ -36,6 +36,7 @@ from occystrap.ocilayout import DirectoryStorage, LayoutStorage
 from occystrap.pipeline import RunContext, TransferStats
 from occystrap.platforms import Platform
 from occystrap.registry.ledger import UploadLedger
+from occystrap.registry.referrers import names_referrers, referrers_tags_of
 from occystrap.settings import RunSettings
 from occystrap.sync.plan import (
     COPY,
@@ -372,6 +373,9 @@ def _prune_repository(
     held = {tag: digest for tag, digest in now.items() if tag not in stale}
     stale_now = {tag: now[tag] for tag in stale if tag in now}
     sharers = manifest_sharers(stale_now, held)
+    # A stale referrers tag whose manifest a tag that stays holds now keeps its referrers.
+    for holder, held_digest in sorted(held.items(), reverse=True):
+        sharers.update(dict.fromkeys(set(referrers_tags_of(held_digest)) & set(stale_now), holder))
     deleted: dict[str, str | None] = {}  # digest -> why deleting it failed (None: deleted)
     results = []
     for tag, image in stale.items():
@@ -381,7 +385,8 @@ def _prune_repository(
             continue
         image = replace(image, digest=digest)
         if tag in sharers:
-            results.append(_result_of(image, KEPT, f"shares manifest with {sharers[tag]}"))
+            how = "refers to the manifest of" if names_referrers(tag) else "shares manifest with"
+            results.append(_result_of(image, KEPT, f"{how} {sharers[tag]}"))
             continue
         if digest not in deleted:
             try:

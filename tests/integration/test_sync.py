@@ -33,7 +33,13 @@ from tests.integration.images import (
     skopeo_inspect,
 )
 from tests.integration.servers import RegistryServer
-from tests.integration.signing import RegistryWriter, digest_of, signing_key, tag_for
+from tests.integration.signing import (
+    RegistryReader,
+    RegistryWriter,
+    digest_of,
+    signing_key,
+    tag_for,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -228,14 +234,19 @@ def test_prune_deletes_tags_the_source_no_longer_has(seeded, mirror, tmp_path):
     assert json.loads(listed.stdout) == ["0.2"]
 
 
-def target_tags(registry: RegistryServer, repository: str) -> dict[str, str]:
-    """tag -> digest at the target, as skopeo reads them."""
+def listed_tags(registry: RegistryServer, repository: str) -> set[str]:
+    """The tags skopeo lists at the target."""
     listed = run_skopeo(
         "list-tags", *registry.skopeo_args(), f"docker://{registry.host}/{repository}"
     )
+    return set(json.loads(listed.stdout)["Tags"])
+
+
+def target_tags(registry: RegistryServer, repository: str) -> dict[str, str]:
+    """tag -> digest at the target, as skopeo reads them."""
     return {
         tag: skopeo_inspect(registry, f"{repository}:{tag}")["Digest"]
-        for tag in json.loads(listed.stdout)["Tags"]
+        for tag in listed_tags(registry, repository)
     }
 
 
@@ -319,6 +330,46 @@ def test_prune_never_deletes_a_manifest_a_tag_that_stays_holds(seeded, mirror, t
     assert entries[f"{at}:b"]["status"] == "kept"
     assert entries[f"{at}:b"]["error"] == "shares manifest with a"
     assert target_tags(mirror, target) == dict(a=digest["x"], b=digest["x"], e=digest["z2"])
+
+
+def test_prune_in_a_registry_keeps_the_referrers_of_what_stays(seeded, mirror, tmp_path):
+    """The mirror (no referrers API) keeps referrers under `sha256-<hex>` tags no rule names:
+    those of a kept image stay (before, prune deleted the kept image's SBOM index, and as
+    the image was unchanged no later run copied it back); those of a pruned image go too."""
+    repository = f"{seeded.prefix}/registry-referrers"
+    with seeded.registry.client() as http:
+        writer = RegistryWriter(http, repository)
+        keep, drop = writer.image("keep", tag="keep"), writer.image("drop", tag="drop")
+        kept_sbom = writer.sbom(keep)
+        writer.sbom(drop, name="drop.spdx.json")
+        writer.cosign_sign(drop, signing_key(), f"{seeded.registry.host}/{repository}")
+    target = f"{seeded.prefix}-r/referrers"
+    rule = {
+        "source": f"registry://{seeded.registry.host}/{repository}",
+        "target": f"registry://{mirror.host}/{target}",
+        "referrers": True,
+        "tags": {"allow": ["^(keep|drop)$"]},
+    }
+    spec = write_yaml(tmp_path / "sync.yaml", {"sync": [rule]})
+    sync(str(spec))
+    referrers = {tag_for(keep.digest), tag_for(drop.digest), tag_for(drop.digest, ".sig")}
+    assert listed_tags(mirror, target) == {"keep", "drop", *referrers}
+
+    write_yaml(spec, {"sync": [{**rule, "tags": {"allow": ["^keep$"]}}]})
+    at = f"registry://{mirror.host}/{target}"
+    planned = run_occystrap("--insecure", "-O", "json", "sync", "--dry-run", "--prune", str(spec))
+    assert {image["target"]: image["action"] for image in json.loads(planned.stdout)} == {
+        f"{at}:keep": "unchanged",
+        f"{at}:drop": "prune",
+        f"{at}:{tag_for(drop.digest)}": "prune",
+        f"{at}:{tag_for(drop.digest, '.sig')}": "prune",
+    }, planned.stdout
+    run = sync(str(spec), "--prune")
+    assert "3 pruned, 0 kept" in run.stderr, run.stderr
+    assert listed_tags(mirror, target) == {"keep", tag_for(keep.digest)}
+    with mirror.client() as http:
+        listed = RegistryReader(http, target).referrers(keep.digest)
+    assert [entry["digest"] for entry in listed] == [kept_sbom.digest]
 
 
 def test_keep_going_past_a_broken_image(seeded, mirror, tmp_path):

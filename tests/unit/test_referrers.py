@@ -13,6 +13,8 @@ import json
 import httpx
 import pytest
 import respx
+from hypothesis import given
+from hypothesis import strategies as st
 
 from occystrap.errors import OccystrapError, RegistryError
 from occystrap.graph import Node, put_missing_blobs
@@ -29,7 +31,9 @@ from occystrap.registry.referrers import (
     cosign_tags,
     descriptor_of,
     discover,
+    names_referrers,
     referrers_tag,
+    referrers_tags_of,
 )
 from occystrap.registry.store import RegistryStore
 
@@ -350,3 +354,16 @@ def test_a_cosign_tag_holding_other_signatures_is_not_replaced(caplog):
     assert copy_referrers(source, destination, IMAGE, discover(source, IMAGE)) == 0
     assert destination.manifest_at(cosign_tags(IMAGE)[0])[0] == theirs
     assert "it is kept" in caplog.text
+
+
+@given(st.binary(max_size=64), st.sampled_from(["sha256", "sha512"]))
+def test_every_tag_keeping_a_digests_referrers_is_known_as_one(data, algorithm):
+    digest = f"{algorithm}:{hashlib.new(algorithm, data).hexdigest()}"
+    assert all(names_referrers(tag) for tag in referrers_tags_of(digest))
+
+
+@pytest.mark.parametrize(
+    "tag", ["latest", "sha-" + "a" * 40, "build-" + "b" * 40, "sha256-" + "c" * 63, None]
+)
+def test_image_tags_that_look_like_referrers_tags_are_not_taken_for_them(tag):
+    assert not names_referrers(tag)

@@ -20,9 +20,8 @@ def main() -> None:
         sys.stdout.write(VERSION_LINE + "\n")
         return
     # Start-up makes modules, classes and functions that live as long as the process: the
-    # collector's passes over them find nothing (about 9 ms of CPU in `digest`). It stays off
-    # for the commands that ask a registry a question and end; cli.py turns it back on for
-    # the others, which run long enough to make garbage.
+    # collector's passes over them find nothing (about 9 ms of CPU in `digest`). cli.py
+    # freezes them and turns the collector back on before the command runs.
     gc.disable()
     from occystrap.cli import main as command_line
 

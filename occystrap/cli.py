@@ -41,13 +41,6 @@ DEBUG_LOG_FORMAT = "occystrap: %(levelname)s %(name)s: %(message)s"
 QUIET = "occystrap.quiet"  # click context meta key: -q was given
 PROGRESS = "occystrap.progress"  # click context meta key: the --progress mode
 LOGIN_PASSWORD = "occystrap.login_password"  # a global --password meant for login -u
-# Commands that ask a registry (or the credential files) something and end: the program runs
-# them without the garbage collector, as it starts (__main__.py); every other command turns it
-# on before it runs.
-QUESTION_COMMANDS = frozenset(
-    {"tags", "digest", "manifest", "config", "referrers", "catalog", "ratelimit", "delete"}
-    | {"login", "logout"}
-)
 NO_MATCH_STATUS = 1  # search found nothing, as grep
 CLOSED_PIPE_STATUS = 128 + 13  # stdout's reader went away (SIGPIPE), as grep
 
@@ -486,8 +479,11 @@ def _fail(message: str, status: int) -> None:
 @click.pass_context
 def main(ctx: click.Context, **options: object) -> None:
     """Move container images between registries, tarballs and directories."""
-    if ctx.invoked_subcommand not in QUESTION_COMMANDS:
-        gc.enable()  # the program starts without the collector (__main__.py)
+    # The program starts without the collector (__main__.py). What start-up made lives as long
+    # as the process: frozen, the collector's passes during the command skip it, so they cost
+    # little, and a long listing or copy still has its garbage collected.
+    gc.freeze()
+    gc.enable()
     ctx.meta[QUIET] = options.pop("quiet")
     mode = options.pop("progress")
     ctx.meta[PROGRESS] = "none" if ctx.meta[QUIET] else mode

@@ -5,8 +5,15 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import pytest
+from hypothesis import settings
 
 from occystrap import registries_conf
+
+# Property tests check what code does, not how fast: hypothesis' default 200 ms deadline per
+# example turned a busy CI machine into failures (test_manifest's arbitrary-JSON test failed
+# that way, and passed 20 000 examples unhurried).
+settings.register_profile("occystrap", deadline=None)
+settings.load_profile("occystrap")
 
 
 @pytest.fixture(autouse=True)

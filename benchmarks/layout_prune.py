@@ -57,10 +57,11 @@ def main() -> None:
             os.environ["AWS_ENDPOINT_URL"] = proxy.url
             settings = RunSettings()
             with build_client(settings.chain_settings()) as http:
-                storage = parse_uri("s3://bench/layout").layout(RunContext(settings, http, work))
+                ctx = RunContext(settings, http, work)
+                storage = parse_uri("s3://bench/layout").layout(ctx)
                 doomed = {f"t{i}" for i in range(PRUNED)}
                 started, cpu = time.monotonic(), time.process_time()
-                outcome = prune_layout(storage, lambda tags: doomed & set(tags))
+                outcome = prune_layout(storage, lambda tags: doomed & set(tags), ctx.cancellation)
                 wall, cpu = time.monotonic() - started, time.process_time() - cpu
             print(
                 f"{args.images} images, {args.delay_ms:.0f} ms added: {wall:.2f} s wall,"

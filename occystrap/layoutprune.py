@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 
 import httpx
 
+from occystrap.cancel import Cancellation, cancellable_pool
 from occystrap.digests import check_digest
 from occystrap.errors import OccystrapError
 from occystrap.jsondoc import parse_json
@@ -132,17 +133,20 @@ def _with_referrers(
 
 
 def prune_layout(
-    storage: LayoutStorage, choose: Callable[[Mapping[str, str]], Collection[str]]
+    storage: LayoutStorage,
+    choose: Callable[[Mapping[str, str]], Collection[str]],
+    cancellation: Cancellation,
 ) -> LayoutPrune:
     """Remove the tags `choose` picks from the layout's tags as they are now (tag -> digest,
     referrers tags left out; called again if another writer changes `index.json`
     meanwhile), then delete the blobs only they reached. Raises when `index.json` cannot
-    be changed; a failure deleting blobs afterwards is `blob_failure`, the tags already gone."""
+    be changed; a failure deleting blobs afterwards is `blob_failure`, the tags already gone.
+    An interrupt of the run (`cancellation`) starts no more reads or deletes."""
     outcome = LayoutPrune()
     current = storage.read_index()
     if current is None or not choose(image_tags(parse_index(current, storage.where))):
         return outcome
-    with ThreadPoolExecutor(READS_AT_ONCE, thread_name_prefix="prune") as pool:
+    with cancellable_pool(cancellation, READS_AT_ONCE, "prune") as pool:
         return _prune(storage, choose, pool, outcome)
 
 

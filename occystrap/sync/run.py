@@ -323,11 +323,13 @@ def prune(plan: SyncPlan, ctx: RunContext) -> list[ImageResult]:
         storage = (
             layout.layout(ctx) if isinstance(layout, BucketURI) else DirectoryStorage(layout.path)
         )
-        results += _prune_layout(storage, stale)
+        results += _prune_layout(storage, stale, ctx.cancellation)
     return results
 
 
-def _prune_layout(storage: LayoutStorage, stale: dict[str, PlannedImage]) -> list[ImageResult]:
+def _prune_layout(
+    storage: LayoutStorage, stale: dict[str, PlannedImage], cancellation: Cancellation
+) -> list[ImageResult]:
     """Prune `stale` (tag -> its planned image) in one layout, judged on its `index.json` as
     it is when the entries are removed."""
     now: dict[str, str] = {}  # stale tag -> what it holds now
@@ -341,7 +343,7 @@ def _prune_layout(storage: LayoutStorage, stale: dict[str, PlannedImage]) -> lis
         return set(now) - set(sharers)
 
     try:
-        pruned = prune_layout(storage, choose)
+        pruned = prune_layout(storage, choose, cancellation)
     except (OccystrapError, httpx.RequestError) as exc:
         return [_result_of(image, FAILED, describe_failure(exc)) for image in stale.values()]
     results = []

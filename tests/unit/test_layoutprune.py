@@ -6,9 +6,16 @@ from __future__ import annotations
 
 import hashlib
 import json
+import signal
+import threading
+import time
 from pathlib import Path
 
-from occystrap.layoutprune import prune_layout
+import pytest
+
+from occystrap import cancel
+from occystrap.cancel import Cancellation
+from occystrap.layoutprune import READS_AT_ONCE, prune_layout
 from occystrap.mediatypes import OCI_CONFIG, OCI_EMPTY, OCI_INDEX, OCI_LAYER, OCI_MANIFEST
 from occystrap.ocilayout import REF_NAME, DirectoryStorage
 
@@ -84,7 +91,7 @@ def test_only_blobs_nothing_left_reaches_are_deleted(tmp_path):
         manifest["layers"][1]["digest"],
     }
 
-    pruned = prune_layout(DirectoryStorage(tmp_path), drop("drop"))
+    pruned = prune_layout(DirectoryStorage(tmp_path), drop("drop"), Cancellation())
 
     assert pruned.removed == {"drop": dropped["digest"]}
     assert layout.tags() == ["kept", None]
@@ -111,7 +118,7 @@ def test_referrers_go_with_their_subject_and_stay_with_a_kept_one(tmp_path):
     ]:
         layout.tag(name, descriptor)
 
-    pruned = prune_layout(DirectoryStorage(tmp_path), drop("drop"))
+    pruned = prune_layout(DirectoryStorage(tmp_path), drop("drop"), Cancellation())
 
     assert layout.tags() == ["kept", referrers_tag(kept), referrers_tag(stranger)]
     assert sorted(pruned.referrers) == sorted(
@@ -133,7 +140,7 @@ def test_nothing_is_deleted_when_what_stays_cannot_be_walked(tmp_path):
     (tmp_path / "blobs" / kept["digest"].replace(":", "/")).write_bytes(b"corrupt")
     before = layout.files()
 
-    pruned = prune_layout(DirectoryStorage(tmp_path), drop("drop"))
+    pruned = prune_layout(DirectoryStorage(tmp_path), drop("drop"), Cancellation())
 
     assert layout.tags() == ["kept"]
     assert layout.files() == before and pruned.deleted == []
@@ -147,8 +154,55 @@ def test_a_choice_of_nothing_leaves_index_json_untouched(tmp_path):
     written = index.stat().st_mtime_ns, index.read_bytes()
     seen = []
 
-    pruned = prune_layout(DirectoryStorage(tmp_path), lambda tags: seen.append(dict(tags)) or ())
+    pruned = prune_layout(
+        DirectoryStorage(tmp_path), lambda tags: seen.append(dict(tags)) or (), Cancellation()
+    )
 
     assert seen == [{"kept": layout.entries[0]["digest"]}]
     assert (index.stat().st_mtime_ns, index.read_bytes()) == written
     assert pruned.removed == {} and pruned.deleted == []
+
+
+def dropped_with_many_blobs(layout: Layout) -> None:
+    """A kept image and a dropped one whose own blobs outnumber the prune's workers."""
+    layout.tag("kept", layout.image(b"kept"))
+    layout.tag("drop", layout.image(*(b"layer %d" % n for n in range(2 * READS_AT_ONCE))))
+
+
+class StuckDeletes(DirectoryStorage):
+    """Deletes that, once every worker is in one, hang without heeding cancellation (a
+    request to a bucket that stopped answering), after `on_all_started` ran."""
+
+    def __init__(self, path: Path, on_all_started) -> None:
+        super().__init__(path)
+        self.started: list[str] = []
+        self.all_started = threading.Barrier(READS_AT_ONCE, action=on_all_started)
+        self.release = threading.Event()
+
+    def delete_blob(self, name: str) -> None:
+        self.started.append(name)
+        self.all_started.wait(timeout=10)
+        self.release.wait(30)
+        super().delete_blob(name)
+
+
+def test_an_interrupted_prune_stops_waiting_for_deletes_and_starts_no_more(tmp_path):
+    layout = Layout(tmp_path)
+    dropped_with_many_blobs(layout)
+    main = threading.main_thread().ident
+    assert main is not None
+    storage = StuckDeletes(tmp_path, lambda: signal.pthread_kill(main, signal.SIGINT))
+    handlers = signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)
+    run = cancel.install_interrupt_handler()  # Ctrl-C as the CLI takes it
+    try:
+        begun = time.monotonic()
+        with pytest.raises(KeyboardInterrupt):
+            prune_layout(storage, drop("drop"), run)
+        waited = time.monotonic() - begun
+    finally:
+        signal.signal(signal.SIGINT, handlers[0])
+        signal.signal(signal.SIGTERM, handlers[1])
+        storage.release.set()
+    assert run.is_set()
+    assert waited < cancel.GRACE_SECONDS + 1
+    assert len(storage.started) == READS_AT_ONCE  # the queued deletes never started

@@ -19,7 +19,7 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Callable, Collection, Iterable, Mapping
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 
 import httpx
@@ -200,7 +200,9 @@ def _prune(
     try:
         _collect_garbage(storage, graph, pool, removed_entries, outcome)
     except (OccystrapError, httpx.RequestError) as exc:
-        LOG.warning("%s: deleting blobs failed after %d", storage.where, len(outcome.deleted))
+        LOG.warning(
+            "%s: deleting blobs failed after %d were deleted", storage.where, len(outcome.deleted)
+        )
         outcome.blob_failure = exc
     return outcome
 
@@ -213,7 +215,8 @@ def _collect_garbage(
     outcome: LayoutPrune,
 ) -> None:
     """Delete the blobs `removed` reached that no entry of `index.json`, as it is now,
-    reaches."""
+    reaches. After a failed delete none starts; those under way finish before the failure
+    is raised, so `outcome.deleted` is what was deleted."""
     candidates, _ = graph.reach(removed)
     raw = storage.read_index()
     remaining = [] if raw is None else parse_index(raw, storage.where)
@@ -228,10 +231,22 @@ def _collect_garbage(
             LOG.warning("%s: %s", storage.where, outcome.blobs_kept)
         return
     names = [name for digest in doomed if (name := blob_name(digest)) is not None]
+    failures: list[BaseException] = []
 
     def delete(name: str) -> None:
-        storage.delete_blob(name)
+        if failures:  # one failed: the store is refusing, start no more
+            return
+        try:
+            storage.delete_blob(name)
+        except BaseException as error:
+            failures.append(error)
+            LOG.warning(
+                "%s: deleting %s failed, no more deletes start: %s", storage.where, name, error
+            )
+            raise
         outcome.deleted.append(name)
 
-    list(pool.map(delete, names))  # the first failure raises here
+    wait([pool.submit(delete, name) for name in names])  # those under way finish
+    if failures:
+        raise failures[0]
     LOG.info("%s: %d blobs deleted", storage.where, len(outcome.deleted))

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import signal
 import threading
 import time
@@ -15,6 +16,7 @@ import pytest
 
 from occystrap import cancel
 from occystrap.cancel import Cancellation
+from occystrap.errors import OccystrapError
 from occystrap.layoutprune import READS_AT_ONCE, prune_layout
 from occystrap.mediatypes import OCI_CONFIG, OCI_EMPTY, OCI_INDEX, OCI_LAYER, OCI_MANIFEST
 from occystrap.ocilayout import REF_NAME, DirectoryStorage
@@ -206,3 +208,61 @@ def test_an_interrupted_prune_stops_waiting_for_deletes_and_starts_no_more(tmp_p
     assert run.is_set()
     assert waited < cancel.GRACE_SECONDS + 1
     assert len(storage.started) == READS_AT_ONCE  # the queued deletes never started
+
+
+class OneDeleteFails(DirectoryStorage):
+    """The first delete fails once every worker is in one; the others finish only once the
+    prune has said that no more deletes start (`said_so`), so any delete started after the
+    failure is seen."""
+
+    def __init__(self, path: Path) -> None:
+        super().__init__(path)
+        self.started: list[str] = []
+        self.lock = threading.Lock()
+        self.all_started = threading.Barrier(READS_AT_ONCE)
+        self.said_so = threading.Event()
+        self.unheard: list[str] = []
+
+    def delete_blob(self, name: str) -> None:
+        with self.lock:
+            first = not self.started
+            self.started.append(name)
+        if len(self.started) <= READS_AT_ONCE:
+            self.all_started.wait(timeout=10)
+        if first:
+            raise OccystrapError("HTTP 503 deleting a blob")
+        if not self.said_so.wait(10):
+            self.unheard.append(name)
+        super().delete_blob(name)
+
+
+class OnWarning(logging.Handler):
+    def __init__(self, words: str, then) -> None:
+        super().__init__(logging.WARNING)
+        self.words, self.then = words, then
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if self.words in record.getMessage():
+            self.then()
+
+
+def test_a_failed_delete_starts_no_more_and_counts_those_under_way(tmp_path, caplog):
+    layout = Layout(tmp_path)
+    dropped_with_many_blobs(layout)
+    before = layout.files()
+    storage = OneDeleteFails(tmp_path)
+    logger = logging.getLogger("occystrap.ocilayout")
+    handler = OnWarning("no more deletes start", storage.said_so.set)
+    logger.addHandler(handler)
+    try:
+        with caplog.at_level(logging.WARNING, logger.name):
+            pruned = prune_layout(storage, drop("drop"), Cancellation())
+    finally:
+        logger.removeHandler(handler)
+
+    assert isinstance(pruned.blob_failure, OccystrapError)
+    assert len(storage.started) == READS_AT_ONCE  # none started after the failure
+    gone = {f"blobs/{digest.replace(':', '/')}" for digest in before - layout.files()}
+    assert set(pruned.deleted) == gone and len(gone) == READS_AT_ONCE - 1
+    assert f"deleting blobs failed after {READS_AT_ONCE - 1} were deleted" in caplog.text
+    assert storage.unheard == []  # each delete under way finished after the failure

@@ -722,16 +722,30 @@ def push_sharing_images(registry: RegistryServer, repository: str, tags, workdir
         push_with_skopeo(layout, registry, repository, tag, manifest_format="oci")
 
 
+def sync_sharing_images_into_a_layout(
+    seeded: Seeded, name: str, tags, workdir: Path
+) -> tuple[Path, dict, Path]:
+    """`push_sharing_images` into the source's NAME, synced into the layout directory
+    workdir/mirror: the layout, the sync rule and the spec file holding it."""
+    repository = f"{seeded.prefix}/{name}"
+    push_sharing_images(seeded.registry, repository, tags, workdir)
+    layout = workdir / "mirror"
+    rule = {
+        "source": f"registry://{seeded.registry.host}/{repository}",
+        "target": f"oci-layout://{layout}",
+    }
+    spec = write_yaml(workdir / "sync.yaml", {"sync": [rule]})
+    sync(str(spec))
+    return layout, rule, spec
+
+
 def test_prune_in_a_layout_directory_removes_the_tag_and_its_own_blobs(seeded, tmp_path):
     """A tag no rule keeps leaves the layout's index.json, and the blobs only it used leave
     blobs/sha256; the shared layer and the kept tag stay whole (skopeo copies it out). A dry
     run lists the prune and changes nothing."""
-    src, repository = seeded.registry.host, f"{seeded.prefix}/layout-prune"
-    push_sharing_images(seeded.registry, repository, {"keep": 71, "drop": 72}, tmp_path)
-    layout = tmp_path / "mirror"
-    rule = {"source": f"registry://{src}/{repository}", "target": f"oci-layout://{layout}"}
-    spec = write_yaml(tmp_path / "sync.yaml", {"sync": [rule]})
-    sync(str(spec))
+    layout, rule, spec = sync_sharing_images_into_a_layout(
+        seeded, "layout-prune", {"keep": 71, "drop": 72}, tmp_path
+    )
     tags = layout_index_tags(layout)
     assert tags == {tag: seeded.digest("layout-prune", tag) for tag in ("keep", "drop")}
     kept_blobs = layout_image_blobs(layout, tags["keep"])
@@ -767,12 +781,9 @@ def test_prune_in_a_layout_directory_removes_the_tag_and_its_own_blobs(seeded, t
 def test_a_layout_tag_sharing_a_manifest_with_a_kept_tag_is_kept(seeded, tmp_path):
     """As in a registry, a stale tag on the manifest of a tag that stays is reported `kept`
     (plan and run) and the layout is left exactly as it was."""
-    src, repository = seeded.registry.host, f"{seeded.prefix}/layout-shared"
-    push_sharing_images(seeded.registry, repository, {"a": 73, "b": 73}, tmp_path)
-    layout = tmp_path / "mirror"
-    rule = {"source": f"registry://{src}/{repository}", "target": f"oci-layout://{layout}"}
-    spec = write_yaml(tmp_path / "sync.yaml", {"sync": [rule]})
-    sync(str(spec))
+    layout, rule, spec = sync_sharing_images_into_a_layout(
+        seeded, "layout-shared", {"a": 73, "b": 73}, tmp_path
+    )
     digest = seeded.digest("layout-shared", "a")
     assert layout_index_tags(layout) == {"a": digest, "b": digest}
     files = layout_blob_files(layout)

@@ -135,15 +135,23 @@ class RunSettings(NetworkSettings):
             verbose=options["verbose"],
         )
 
+    @property
+    def credential(self) -> Credential | None:
+        """--username/--password as one credential; None when not given."""
+        return None if self.username is None else Credential(self.username, self.password)
+
+    @property
+    def source_credential(self) -> Credential | None:
+        """What the command line gives a copy's source: --src-creds, else --username/--password."""
+        return self.src_creds or self.credential
+
     def chain_settings(
         self, registry_hosts: Iterable[str] = (), quay_api_base: str = DEFAULT_QUAY_API
     ) -> ChainSettings:
         """Chain settings for a command naming `registry_hosts`: --username/--password go
         to those hosts only."""
-        explicit = {}
-        if self.username is not None:
-            credential = Credential(self.username, self.password)
-            explicit = {host: credential for host in registry_hosts}
+        credential = self.credential
+        explicit = {} if credential is None else {host: credential for host in registry_hosts}
         return self._chain_settings(explicit, quay_api_base)
 
     def copy_chain_settings(
@@ -168,10 +176,9 @@ class RunSettings(NetworkSettings):
         """`copy_chain_settings` for a run with many sources and destinations (a sync);
         `extra` (a sync file's own credentials, by host) yield to the command line's."""
         sources, destinations = list(sources), list(destinations)
-        default = Credential(self.username, self.password) if self.username is not None else None
         explicit = copy_credentials(
-            *((source, self.src_creds or default) for source in sources),
-            *((destination, self.dest_creds or default) for destination in destinations),
+            *((source, self.source_credential) for source in sources),
+            *((destination, self.dest_creds or self.credential) for destination in destinations),
         )
         unverified = [place for place in sources if not self.src_tls_verify] + [
             place for place in destinations if not self.dest_tls_verify

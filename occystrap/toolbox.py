@@ -69,7 +69,7 @@ def found_image(settings: RunSettings, text: str) -> RegistryURI:
         with registry_client(settings, candidate) as client:
             head_manifest(client, candidate)
 
-    return registry_uri(text).found(head)
+    return registry_uri(text).found(head, with_credential=settings.credential is not None)
 
 
 def asked_platform(settings: RunSettings, uri: RegistryURI, what: str) -> Platform | None:
@@ -119,7 +119,9 @@ def tags(settings: RunSettings, repository: str, page_size: int | None = None) -
         with registry_client(settings, candidate) as client:
             return client.list_tags(candidate.reference.repository, page_size)
 
-    return repository_uri(repository).first_answer(listed)
+    return repository_uri(repository).first_answer(
+        listed, with_credential=settings.credential is not None
+    )
 
 
 def catalog(

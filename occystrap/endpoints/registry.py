@@ -102,7 +102,7 @@ class RegistryURI(Endpoint):
             return None
         return Platform(self.os or "linux", self.arch or "amd64", self.variant)
 
-    def found(self, head: Callable[[RegistryURI], object]) -> RegistryURI:
+    def found(self, head: Callable[[RegistryURI], object], *, with_credential: bool) -> RegistryURI:
         """This URI, or for a short name with alternatives the first candidate whose
         manifest answers `head` (see `first_answer`), without alternatives. A destination
         takes the first candidate as it is."""
@@ -113,40 +113,63 @@ class RegistryURI(Endpoint):
             head(candidate)
             return candidate
 
-        return self.first_answer(answered)
+        return self.first_answer(answered, with_credential=with_credential)
 
-    def first_answer(self, ask: Callable[[RegistryURI], T]) -> T:
+    def first_answer(self, ask: Callable[[RegistryURI], T], *, with_credential: bool) -> T:
         """What `ask` gets from this URI; for a short name with alternatives, from the first
         candidate (search registry) that answers, in order: any failure (not found,
         refused, unreachable) moves on to the next, as podman does. None answering is one
         line naming every registry tried. A usage error (an unreadable --ca-cert, a bad
-        credentials file) is the same at every registry: it is raised as it is."""
+        credentials file) is the same at every registry: it is raised as it is.
+
+        `with_credential`: the command line gives a credential for this read (--username/
+        --password, --src-creds). It belongs to one host, and a search would send it to
+        each registry tried, so that is refused before any request; credentials from the
+        auth files are each a host's own, and go to that host only."""
         import httpx
 
         if not self.alternatives:
             return ask(self)
+        if with_credential:
+            raise UsageError(
+                f"{self}: a short name is looked for at several search registries"
+                f" ({', '.join(self._named(each) for each in self.candidates())}), and"
+                " credentials given on the command line belong to one host: name the"
+                f" registry in full, e.g. registry://{self._named(self.reference)}"
+            )
         tried = []
-        for reference in (self.reference, *self.alternatives):
+        for reference in self.candidates():
             candidate = replace(self, reference=reference, alternatives=())
-            # As the URI names it: a repository (tags, or an image at the default tag) is
-            # shown without the tag it was given.
-            named = reference if self.names_tag else replace(reference, tag=None)
+            named = self._named(reference)
             try:
                 answer = ask(candidate)
             except UsageError:
                 raise
             except (OccystrapError, httpx.HTTPError) as exc:
                 LOG.info("%s: not there (%s)", named, exc)
-                tried.append(str(named))
+                tried.append(named)
                 continue
             LOG.info("%s: found at %s", self, named)
             return answer
         raise RegistryError(f"{self}: no search registry has it (tried {', '.join(tried)})")
 
+    def candidates(self) -> tuple[ImageReference, ...]:
+        """Where the image may be: the reference, then a short name's other search
+        registries, in order."""
+        return (self.reference, *self.alternatives)
+
+    def _named(self, reference: ImageReference) -> str:
+        """`reference` as this URI names it: a repository (tags, or an image at the default
+        tag) is shown without the tag it was given."""
+        return str(reference if self.names_tag else replace(reference, tag=None))
+
     def open_input(self, ctx: RunContext) -> RegistrySource:
         from occystrap.endpoints.registry_images import RegistrySource
 
-        uri = self.found(lambda candidate: head_manifest(candidate.client(ctx), candidate))
+        uri = self.found(
+            lambda candidate: head_manifest(candidate.client(ctx), candidate),
+            with_credential=ctx.settings.source_credential is not None,
+        )
         return RegistrySource(uri.client(ctx), uri.reference, self.platform)
 
     def open_output(self, ctx: RunContext) -> RegistryDestination:

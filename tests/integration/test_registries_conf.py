@@ -4,12 +4,14 @@ rewrites, digest-only mirrors, short names, each precedence level, one-line erro
 
 from __future__ import annotations
 
+import base64
 import json
 from pathlib import Path
 
 import pytest
 
 from tests.integration.cli import assert_one_line_error, run_occystrap
+from tests.integration.conftest import BASIC_PASSWORD, BASIC_USERNAME
 from tests.integration.fault_proxy import FaultProxy
 from tests.integration.images import run_skopeo, skopeo_inspect
 from tests.integration.pull_checks import TAG, assert_tar_is_image, seed_image
@@ -301,6 +303,87 @@ def test_a_usage_error_under_a_short_name_is_not_passed_over(origin, tmp_path, c
     )  # fmt: skip
     assert_one_line_error(result, "cannot load CA certificate file", str(missing))
     assert not origin.requests
+
+
+def permissive(tmp_path: Path, *search: str) -> Path:
+    """registries.conf trying each of `search` in order for a short name."""
+    registries = ", ".join(f'"{host}"' for host in search)
+    return write_conf(
+        tmp_path,
+        f'short-name-mode = "permissive"\nunqualified-search-registries = [{registries}]\n',
+    )
+
+
+def short_name_read(command: str, out: Path) -> list[str]:
+    """`command` reading the short name `app` (`process` into `out`)."""
+    return {
+        "tags": ["tags", "registry://app"],
+        "digest": ["digest", f"registry://app:{TAG}"],
+        "process": ["process", f"registry://app:{TAG}", f"tar://{out}"],
+    }[command]
+
+
+@pytest.mark.parametrize("command", ["tags", "digest", "process"])
+@pytest.mark.parametrize(
+    ("flags", "env"),
+    [
+        (["--username", "someone", "--password", "secret"], {}),
+        ([], {"OCCYSTRAP_USERNAME": "someone", "OCCYSTRAP_PASSWORD": "secret"}),
+        (["--src-creds", "someone:secret"], {}),
+    ],
+    ids=["flags", "environment", "src-creds"],
+)
+def test_command_line_credentials_are_refused_for_a_short_name_searched_at_several_registries(
+    origin, mirror, tmp_path, command, flags, env
+):
+    """A command-line credential belongs to one host, and a search would send it to each
+    registry tried: every read of a short name with several search registries refuses it
+    in one line, before any request, and says to name the registry in full. --src-creds
+    are a copy's: `tags` and `digest` do not use them, so they do not refuse."""
+    conf = permissive(tmp_path, mirror.host, origin.host)
+    result = run_occystrap(
+        "--registries-conf", str(conf), "--insecure", *flags,
+        *short_name_read(command, tmp_path / "x.tar"), env=env, check=False,
+    )  # fmt: skip
+    if flags[:1] == ["--src-creds"] and command != "process":
+        assert_one_line_error(result, "no search registry")  # searched, without them
+        assert mirror.requests and origin.requests
+        assert not any("authorization" in r.headers for r in mirror.requests + origin.requests)
+        return
+    named = f"{mirror.host}/app" if command == "tags" else f"{mirror.host}/app:{TAG}"
+    assert_one_line_error(
+        result,
+        "credentials given on the command line belong to one host",
+        f"{mirror.host}/app",
+        f"{origin.host}/app",
+        f"name the registry in full, e.g. registry://{named}",
+    )
+    assert not mirror.requests and not origin.requests
+    assert not (tmp_path / "x.tar").exists()
+
+
+def test_auth_file_credentials_go_to_their_own_search_registry_only(registry_basic, tmp_path):
+    """Credentials from an auth file are a host's own: searching a short name, the first
+    registry (which has no entry) is asked without them, refuses (401) and is passed over;
+    the second gets its own and answers, for `tags`, `digest` and `process` alike."""
+    name = "authfile-search"
+    seed_image(registry_basic, name, tmp_path)
+    with FaultProxy(registry_basic.url) as first, FaultProxy(registry_basic.url) as second:
+        secret = base64.b64encode(f"{BASIC_USERNAME}:{BASIC_PASSWORD}".encode()).decode()
+        authfile = tmp_path / "auth.json"
+        authfile.write_text(json.dumps({"auths": {second.host: {"auth": secret}}}))
+        conf = permissive(tmp_path, first.host, second.host)
+        common = ["--registries-conf", str(conf), "--insecure", "--authfile", str(authfile)]
+        listed = run_occystrap(*common, "-O", "json", "tags", f"registry://{name}")
+        assert json.loads(listed.stdout) == [TAG]
+        digest = run_occystrap(*common, "digest", f"registry://{name}:{TAG}").stdout.strip()
+        assert digest == skopeo_inspect(registry_basic, f"{name}:{TAG}")["Digest"]
+        out = tmp_path / "image.tar"
+        run_occystrap(*common, "process", f"registry://{name}:{TAG}", f"tar://{out}")
+        assert_tar_is_image(out, registry_basic, name)
+        assert first.requests_matching(rf"/v2/{name}/(tags|manifests)/")  # asked, passed over
+        assert not any("authorization" in r.headers for r in first.requests)
+        assert any(r.headers.get("authorization") == f"Basic {secret}" for r in second.requests)
 
 
 def test_config_file_environment_and_command_line_each_win(registry_plain, unique_repo, tmp_path):

@@ -62,6 +62,9 @@ class ObjectStore(Protocol):
 
     where: str  # "s3://bucket/prefix", for messages
     part_size: int  # objects larger than this go up with `put_stream`, in parts
+    # (scheme, bucket name): which bucket this is, however the URI reaching it was written;
+    # what writers of one run take turns on. A store without it is told apart by `where`.
+    bucket_id: tuple[str, str]
 
     def stat(self, key: str) -> ObjectInfo | None: ...
 
@@ -207,15 +210,16 @@ class BucketBlob:
         return self.store.open(self.key)
 
 
-_INDEX_LOCKS: dict[str, threading.RLock] = {}
+_INDEX_LOCKS: dict[tuple[str, str, str], threading.RLock] = {}
 _INDEX_LOCKS_GUARD = threading.Lock()
 
 
-def _index_lock(name: str) -> threading.RLock:
-    """One lock per bucket `index.json` in this process: the threads of one run change it in
-    turn instead of racing on the store's conditional write (which other processes still
-    need, and which some stores, such as GCS emulators, do not enforce). Re-entrant, so a
-    change may itself change the index without waiting on itself."""
+def _index_lock(name: tuple[str, str, str]) -> threading.RLock:
+    """One lock per bucket `index.json` (by scheme, bucket and key) in this process: the
+    threads of one run change it in turn instead of racing on the store's conditional
+    write (which other processes still need, and which some stores, such as GCS emulators,
+    do not enforce). Re-entrant, so a change may itself change the index without waiting
+    on itself."""
     with _INDEX_LOCKS_GUARD:
         return _INDEX_LOCKS.setdefault(name, threading.RLock())
 
@@ -227,15 +231,19 @@ class BucketLayout:
         self.objects = store
         self.prefix = prefix.strip("/")
         self.where = store.where
+        # A third-party plug-in's store may predate `bucket_id`: its `where` (as shown,
+        # never parsed) stands for the bucket, so only writers reaching it through the same
+        # URI take turns, and the store's conditional write alone keeps the others apart.
+        self.bucket_id: tuple[str, str] = getattr(store, "bucket_id", None) or ("", store.where)
 
     def _key(self, name: str) -> str:
         return f"{self.prefix}/{name}" if self.prefix else name
 
     def location(self, name: str) -> str:
-        """SCHEME://BUCKET/KEY, however the URIs reaching the layout were written (`where`
-        is one, with its prefix and `?tag=`)."""
-        scheme, _, rest = self.where.partition("?")[0].partition("://")
-        return f"{scheme}://{rest.partition('/')[0]}/{self._key(name)}"
+        """SCHEME://BUCKET/KEY, however the URIs reaching the layout were written."""
+        scheme, bucket = self.bucket_id
+        place = f"{scheme}://{bucket}" if scheme else bucket
+        return f"{place}/{self._key(name)}"
 
     # MemberSource: what the layout reader needs.
 
@@ -297,7 +305,7 @@ class BucketLayout:
         from occystrap.ocilayout import INDEX_FILE
 
         key = self._key(INDEX_FILE)
-        with _index_lock(self.location(INDEX_FILE)):
+        with _index_lock((*self.bucket_id, key)):
             for _ in range(_INDEX_ATTEMPTS):
                 found = self.objects.get(key)
                 current, version = (None, None) if found is None else found

@@ -21,6 +21,7 @@ class VersionedObjects:
     part_size = 8
 
     def __init__(self) -> None:
+        self.bucket_id = ("mem", "bucket")
         self.objects: dict[str, tuple[bytes, int]] = {}
         self.before_put = lambda key: None  # another writer acting between read and write
         self.streamed: list[str] = []
@@ -98,11 +99,18 @@ class UnconditionalObjects(VersionedObjects):
 
 
 @pytest.mark.parametrize(
-    "second_uri", ["mem://bucket", "mem://bucket/images?tag=b", "mem://bucket//images/?tag=c"]
+    "second_uri",
+    [
+        "mem://bucket",
+        "mem://bucket/images?tag=b",
+        "mem://bucket//images/?tag=c",
+        "bucket 'bucket' of the memory cloud",  # a plug-in's own way of showing it
+    ],
 )
 def test_threads_of_one_run_change_the_index_in_turn_even_on_an_unconditional_store(second_uri):
     """Each image of a sync opens the layout through its own URI (its own `?tag=`): the
-    threads still take one lock for the one index.json."""
+    threads still take one lock for the one index.json, named by the store's bucket_id,
+    whatever its `where` shows."""
     objects = UnconditionalObjects()
     second = copy.copy(objects)  # the same objects, seen through another URI
     second.where = second_uri
@@ -115,6 +123,17 @@ def test_threads_of_one_run_change_the_index_in_turn_even_on_an_unconditional_st
     for writer in writers:
         writer.join()
     assert sorted(json.loads(objects.objects["images/index.json"][0])["manifests"]) == ["a", "b"]
+
+
+def test_a_store_without_bucket_id_is_told_apart_by_where():
+    """A third-party plug-in's store that predates bucket_id still writes its layout; its
+    blobs and index.json are named by its `where` as shown."""
+    objects = VersionedObjects()
+    del objects.bucket_id
+    layout = BucketLayout(objects, "images")
+    layout.change_index(add_tag("a"))
+    assert json.loads(layout.read_index())["manifests"] == ["a"]
+    assert layout.location("index.json") == "mem://bucket/images/index.json"
 
 
 def test_an_index_that_never_settles_is_one_error():

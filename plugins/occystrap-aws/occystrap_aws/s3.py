@@ -106,6 +106,7 @@ class S3Objects:
         self.cancellation = cancellation  # the run's: stops a download it cancels
         self.signer = signer
         self.bucket = bucket
+        self.bucket_id = ("s3", bucket)
         self.where = where
         self.part_size = part_size
         self.base = f"{signer.endpoint_url.rstrip('/')}/{quote(bucket)}"

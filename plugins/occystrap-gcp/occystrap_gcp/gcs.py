@@ -114,6 +114,7 @@ class GcsObjects:
         cancellation: Cancellation | None = None,
     ) -> None:
         self.http, self.bucket, self.where = http, bucket, where
+        self.bucket_id = ("gs", bucket)
         self.cancellation = cancellation  # the run's: stops a download it cancels
         # Resumable chunks must be multiples of 256 KiB.
         self.part_size = max(part_size // (256 * 1024), 1) * 256 * 1024

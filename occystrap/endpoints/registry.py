@@ -119,14 +119,17 @@ class RegistryURI(Endpoint):
         """What `ask` gets from this URI; for a short name with alternatives, from the first
         candidate (search registry) that answers, in order: any failure (not found,
         refused, unreachable) moves on to the next, as podman does. None answering is one
-        line naming every registry tried. A usage error (an unreadable --ca-cert, a bad
-        credentials file) is the same at every registry: it is raised as it is.
+        line naming every registry tried and why each gave no answer. A usage error (an
+        unreadable --ca-cert, a bad credentials file) is the same at every registry: it is
+        raised as it is.
 
         `with_credential`: the command line gives a credential for this read (--username/
         --password, --src-creds). It belongs to one host, and a search would send it to
         each registry tried, so that is refused before any request; credentials from the
         auth files are each a host's own, and go to that host only."""
         import httpx
+
+        from occystrap.registry.errors import NOT_FOUND, failure_reason
 
         if not self.alternatives:
             return ask(self)
@@ -147,11 +150,17 @@ class RegistryURI(Endpoint):
                 raise
             except (OccystrapError, httpx.HTTPError) as exc:
                 LOG.info("%s: not there (%s)", named, exc)
-                tried.append(named)
+                tried.append((named, failure_reason(exc)))
                 continue
             LOG.info("%s: found at %s", self, named)
             return answer
-        raise RegistryError(f"{self}: no search registry has it (tried {', '.join(tried)})")
+        # Each with why: a registry that holds the image but refused (401) or failed (5xx,
+        # TLS, unreachable) is not one that lacks it.
+        reasons = ", ".join(f"{named} ({reason})" for named, reason in tried)
+        lacking = all(reason == NOT_FOUND for _, reason in tried)
+        raise RegistryError(
+            f"{self}: no search registry served it: {reasons}", status=404 if lacking else None
+        )
 
     def candidates(self) -> tuple[ImageReference, ...]:
         """Where the image may be: the reference, then a short name's other search

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import socket
+import ssl
+from http import HTTPStatus
+
 import httpx
 
-from occystrap.errors import RegistryError
+from occystrap.errors import RegistryError, find_cause
 from occystrap.jsondoc import parse_json
 from occystrap.limits import ERROR_BODY_LIMIT
 
@@ -12,6 +16,8 @@ from occystrap.limits import ERROR_BODY_LIMIT
 _TEXT_DETAIL_LIMIT = 200
 # What Go's HTTP server (the CNCF registry, Harbor, ...) answers to plain HTTP on a TLS port.
 _PLAIN_HTTP_TO_TLS = "HTTP request to an HTTPS server"
+
+NOT_FOUND = "not found"  # a failure_reason: the registry answered 404
 
 _ADVICE = {
     401: "check --username/--password (--src-creds/--dest-creds) or your login (--authfile)",
@@ -137,3 +143,31 @@ def network_error_message(exc: httpx.RequestError) -> str:
         advice = "try again or raise --retries"
     detail = str(exc) or "no detail"
     return f"network error{where}: {type(exc).__name__}: {detail}; {advice}"
+
+
+def failure_reason(error: BaseException) -> str:
+    """A few words on why one registry of several gave no answer (a short name's search
+    registries): the status it answered, how the connection failed, else the error's line."""
+    status = error.status if isinstance(error, RegistryError) else None
+    if status == 404:
+        return NOT_FOUND
+    if status is not None and (status in (401, 403, 429) or status >= 500):
+        try:
+            return f"{status} {HTTPStatus(status).phrase.lower()}"
+        except ValueError:  # a status HTTP does not name
+            return f"HTTP {status}"
+    if isinstance(error, httpx.RequestError):
+        if find_cause(error, ssl.SSLCertVerificationError) is not None:
+            return "TLS certificate not trusted"
+        if find_cause(error, ssl.SSLError) is not None:
+            return "TLS error"
+        if find_cause(error, socket.gaierror) is not None:
+            return "host not found"
+        if isinstance(error, httpx.ConnectTimeout):
+            return "unreachable: connect timed out"
+        if isinstance(error, httpx.ConnectError):
+            return "unreachable"
+        if isinstance(error, httpx.TimeoutException):
+            return "timed out"
+        return f"network error: {type(error).__name__}"
+    return " ".join(str(error).split())

@@ -232,8 +232,8 @@ def test_a_short_name_is_looked_for_in_each_search_registry_in_turn(
     missing = pull(conf, f"{name}-absent:{TAG}", tmp_path / "x.tar", "--insecure", check=False)
     assert_one_line_error(
         missing,
-        "no search registry has it",
-        f"{mirror.host}/{name}-absent:{TAG}, {origin.host}/{name}-absent:{TAG}",
+        f"no search registry served it: {mirror.host}/{name}-absent:{TAG} (not found),"
+        f" {origin.host}/{name}-absent:{TAG} (not found)",
     )
     assert not (tmp_path / "x.tar").exists()
 
@@ -271,8 +271,8 @@ def test_tags_of_a_short_name_come_from_the_first_search_registry_that_lists_it(
     )  # fmt: skip
     assert_one_line_error(
         missing,
-        "no search registry has it",
-        f"{registry_basic.host}/{name}-absent, {origin.host}/{name}-absent",
+        f"no search registry served it: {registry_basic.host}/{name}-absent (401"
+        f" unauthorized), {origin.host}/{name}-absent (not found)",
     )
     enforcing = write_conf(
         tmp_path,
@@ -290,7 +290,7 @@ def test_tags_of_a_short_name_come_from_the_first_search_registry_that_lists_it(
 @pytest.mark.parametrize("command", ["tags", "digest"])
 def test_a_usage_error_under_a_short_name_is_not_passed_over(origin, tmp_path, command):
     """An unreadable --ca-cert fails alike at every search registry: it is the one-line
-    error, not "no search registry has it", and no registry is asked."""
+    error, not "no search registry served it", and no registry is asked."""
     conf = write_conf(
         tmp_path,
         'short-name-mode = "permissive"\n'
@@ -346,7 +346,12 @@ def test_command_line_credentials_are_refused_for_a_short_name_searched_at_sever
         *short_name_read(command, tmp_path / "x.tar"), env=env, check=False,
     )  # fmt: skip
     if flags[:1] == ["--src-creds"] and command != "process":
-        assert_one_line_error(result, "no search registry")  # searched, without them
+        named = "app" if command == "tags" else f"app:{TAG}"
+        assert_one_line_error(  # searched, without them
+            result,
+            f"no search registry served it: {mirror.host}/{named} (not found),"
+            f" {origin.host}/{named} (not found)",
+        )
         assert mirror.requests and origin.requests
         assert not any("authorization" in r.headers for r in mirror.requests + origin.requests)
         return
@@ -384,6 +389,46 @@ def test_auth_file_credentials_go_to_their_own_search_registry_only(registry_bas
         assert first.requests_matching(rf"/v2/{name}/(tags|manifests)/")  # asked, passed over
         assert not any("authorization" in r.headers for r in first.requests)
         assert any(r.headers.get("authorization") == f"Basic {secret}" for r in second.requests)
+
+
+@pytest.mark.parametrize("command", ["tags", "digest", "process"])
+def test_the_search_says_why_each_registry_gave_no_answer(
+    origin, registry_basic, registry_tls, tmp_path, command
+):
+    """None of the search registries answering is one line saying why, each: the one that
+    holds the image but refuses without credentials (401), one failing (503, after the
+    retries), one not trusted (TLS), one not listening, one lacking it (404)."""
+    seed_image(registry_basic, "app", tmp_path)
+    with FaultProxy(registry_basic.url) as failing:
+        failing.fail_next(100, status=503)
+        conf = write_conf(
+            tmp_path,
+            'short-name-mode = "permissive"\n'
+            "unqualified-search-registries = ["
+            f'"{registry_basic.host}", "{failing.host}", "{registry_tls.host}",'
+            f' "127.0.0.1:9", "{origin.host}"]\n'
+            + "".join(
+                f'[[registry]]\nlocation = "{host}"\ninsecure = true\n'
+                for host in (registry_basic.host, failing.host, "127.0.0.1:9", origin.host)
+            ),
+        )
+        result = run_occystrap(
+            "--registries-conf", str(conf), "--retries", "1",
+            *short_name_read(command, tmp_path / "x.tar"), check=False,
+        )  # fmt: skip
+        # Tried, and retried once (a manifest: HEAD, then GET as HEAD said nothing useful).
+        asked = failing.requests_matching("/v2/app/")
+        assert len(asked) == (2 if command == "tags" else 4)
+        failing_host = failing.host
+    named = "app" if command == "tags" else f"app:{TAG}"
+    assert_one_line_error(
+        result,
+        f"no search registry served it: {registry_basic.host}/{named} (401 unauthorized),"
+        f" {failing_host}/{named} (503 service unavailable),"
+        f" {registry_tls.host}/{named} (TLS certificate not trusted),"
+        f" 127.0.0.1:9/{named} (unreachable), {origin.host}/{named} (not found)",
+    )
+    assert not (tmp_path / "x.tar").exists()
 
 
 def test_config_file_environment_and_command_line_each_win(registry_plain, unique_repo, tmp_path):

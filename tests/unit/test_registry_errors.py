@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import socket
+import ssl
+
 import httpx
 import pytest
 import respx
 
-from occystrap.registry.errors import ERROR_BODY_LIMIT, registry_error
+from occystrap.errors import RegistryError
+from occystrap.registry.errors import ERROR_BODY_LIMIT, failure_reason, registry_error
 
 URL = "https://registry.test:5000/v2/a/b/manifests/v1"
 OCI_ERROR = {"errors": [{"code": "DENIED", "message": "requested access\nis denied"}]}
@@ -51,3 +55,33 @@ def test_an_endless_error_body_is_read_only_up_to_the_limit():
         response = client.send(client.build_request("GET", URL), stream=True)
         registry_error(response, "manifest a/b:v1")
     assert len(served) * 65536 <= 2 * ERROR_BODY_LIMIT
+
+
+def _caused_by(error: httpx.HTTPError, cause: BaseException) -> httpx.HTTPError:
+    error.__cause__ = cause
+    return error
+
+
+@pytest.mark.parametrize(
+    ("error", "reason"),
+    [
+        (RegistryError("x", status=404), "not found"),
+        (RegistryError("x", status=401), "401 unauthorized"),
+        (RegistryError("x", status=403), "403 forbidden"),
+        (RegistryError("x", status=429), "429 too many requests"),
+        (RegistryError("x", status=502), "502 bad gateway"),
+        (RegistryError("x", status=599), "HTTP 599"),
+        (RegistryError("h speaks TLS\n but was sent plain HTTP", status=400),
+         "h speaks TLS but was sent plain HTTP"),
+        (_caused_by(httpx.ConnectError("x"), ssl.SSLCertVerificationError()),
+         "TLS certificate not trusted"),
+        (_caused_by(httpx.ConnectError("x"), ssl.SSLError()), "TLS error"),
+        (_caused_by(httpx.ConnectError("x"), socket.gaierror()), "host not found"),
+        (httpx.ConnectError("refused"), "unreachable"),
+        (httpx.ConnectTimeout("x"), "unreachable: connect timed out"),
+        (httpx.ReadTimeout("x"), "timed out"),
+        (httpx.RemoteProtocolError("x"), "network error: RemoteProtocolError"),
+    ],
+)  # fmt: skip
+def test_failure_reason_says_in_a_few_words_why_a_registry_gave_no_answer(error, reason):
+    assert failure_reason(error) == reason

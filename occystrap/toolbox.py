@@ -11,7 +11,7 @@ import fnmatch
 import logging
 import sys
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -113,15 +113,23 @@ def pick(client: RegistryClient, uri: RegistryURI, platform: Platform) -> Picked
 
 def tags(settings: RunSettings, repository: str, page_size: int | None = None) -> list[str]:
     """Every tag of REPOSITORY (registry://HOST/NAME), in the registry's order, all pages;
-    of a short name, those of the first search registry that lists it, as reads find it."""
+    of a short name, those of the first search registry whose first page answers, as reads
+    find an image. A later page failing is that registry's error: listing another
+    registry's tags instead would pass off a different repository as this one."""
+    with ExitStack() as chosen:
 
-    def listed(candidate: RegistryURI) -> list[str]:
-        with registry_client(settings, candidate) as client:
-            return client.list_tags(candidate.reference.repository, page_size)
+        def first_page(candidate: RegistryURI) -> tuple[list[str], Iterator[list[str]]]:
+            with ExitStack() as attempt:
+                client = attempt.enter_context(registry_client(settings, candidate))
+                pages = client.tag_pages(candidate.reference.repository, page_size)
+                first = next(pages)
+                chosen.enter_context(attempt.pop_all())  # its client reads the other pages
+                return first, pages
 
-    return repository_uri(repository).first_answer(
-        listed, with_credential=settings.credential is not None
-    )
+        first, rest = repository_uri(repository).first_answer(
+            first_page, with_credential=settings.credential is not None
+        )
+        return first + [tag for page in rest for tag in page]
 
 
 def catalog(

@@ -207,21 +207,27 @@ class RegistryClient:
 
         `page_size` is sent as `?n=`; registries may answer with fewer (or ignore it).
         """
+        return [tag for page in self.tag_pages(repository, page_size) for tag in page]
+
+    def tag_pages(self, repository: str, page_size: int | None = None) -> Iterator[list[str]]:
+        """`list_tags` a page at a time, each asked for once the one before is taken: the
+        first says whether the repository is there at all."""
         url = httpx.URL(self._url(repository, "tags", "list"))
-        return self._names(url, "tags", f"tags of {repository}", page_size)
+        return self._name_pages(url, "tags", f"tags of {repository}", page_size)
 
     def list_repositories(self, page_size: int | None = None) -> list[str]:
         """Every repository the registry's catalog (`/v2/_catalog`) lists, all pages."""
         url = httpx.URL(f"{self.base}/v2/_catalog")
-        return self._names(url, "repositories", "the repository catalog", page_size)
+        pages = self._name_pages(url, "repositories", "the repository catalog", page_size)
+        return [name for page in pages for name in page]
 
-    def _names(self, first: httpx.URL, key: str, what: str, page_size: int | None) -> list[str]:
-        """The `key` lists (tags, repositories) of every page of a listing, joined."""
+    def _name_pages(
+        self, first: httpx.URL, key: str, what: str, page_size: int | None
+    ) -> Iterator[list[str]]:
+        """The `key` list (tags, repositories) of each page of a listing, in turn."""
         url = first if page_size is None else first.copy_merge_params({"n": page_size})
-        names: list[str] = []
         for page in self._pages(url, what):
-            names += _names_of_page(page.content, key, self.registry, what)
-        return names
+            yield _names_of_page(page.content, key, self.registry, what)
 
     def list_referrers(
         self, repository: str, digest: str, artifact_type: str | None = None

@@ -13,8 +13,9 @@ import pytest
 from tests.integration.cli import assert_one_line_error, run_occystrap
 from tests.integration.conftest import BASIC_PASSWORD, BASIC_USERNAME
 from tests.integration.fault_proxy import FaultProxy
-from tests.integration.images import run_skopeo, skopeo_inspect
+from tests.integration.images import push_with_skopeo, run_skopeo, skopeo_inspect
 from tests.integration.pull_checks import TAG, assert_tar_is_image, seed_image
+from tests.integration.tag_pages import TagPagingProxy
 
 pytestmark = pytest.mark.integration
 
@@ -285,6 +286,38 @@ def test_tags_of_a_short_name_come_from_the_first_search_registry_that_lists_it(
     )  # fmt: skip
     assert_one_line_error(ambiguous, "ambiguous", f"{mirror.host}/{name}, {origin.host}/{name}")
     assert len(mirror.requests) + len(origin.requests) == asked
+
+
+def test_a_tag_listing_failing_after_its_first_page_is_that_registrys_error(
+    origin, registry_plain, registry_no_delete, tmp_path
+):
+    """The first search registry lists the repository, a page at a time, and fails at the
+    second page (503, after the retry): that is its error, in one line. The next search
+    registry, which holds a repository of that name too, is not asked: its tags are not
+    this listing's."""
+    name = "shortpages"
+    seed_image(registry_no_delete, name, tmp_path)
+    push_with_skopeo(tmp_path / f"layout-{name}", registry_no_delete, name, "v2")
+    seed_image(registry_plain, name, tmp_path)
+    with (
+        TagPagingProxy(registry_no_delete.url) as paging,
+        FaultProxy(paging.url) as first,
+    ):
+        first.fail_next(100, status=503, path=rf"/v2/{name}/tags/list\?last=")
+        conf = permissive(tmp_path, first.host, origin.host)
+        result = run_occystrap(
+            "--registries-conf", str(conf), "--insecure", "--retries", "1", "tags", "-n", "1",
+            f"registry://{name}", check=False,
+        )  # fmt: skip
+        assert_one_line_error(result, f"{first.host} answered HTTP 503 for tags of {name}")
+        assert "no search registry" not in result.stderr
+        asked = first.requests_matching(rf"/v2/{name}/tags/list")
+    assert [(request.path, request.action) for request in asked] == [
+        (f"/v2/{name}/tags/list?n=1", "forwarded"),
+        (f"/v2/{name}/tags/list?last={TAG}&n=1", "failed"),
+        (f"/v2/{name}/tags/list?last={TAG}&n=1", "failed"),  # the retry
+    ]
+    assert not origin.requests_matching(rf"/v2/{name}/tags/list")
 
 
 @pytest.mark.parametrize("command", ["tags", "digest"])

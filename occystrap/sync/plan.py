@@ -27,6 +27,7 @@ from occystrap.endpoints.registry import RegistryURI
 from occystrap.endpoints.registry_images import RegistrySource
 from occystrap.errors import OccystrapError, RegistryError, UsageError
 from occystrap.graph import platform_root
+from occystrap.manifest import Manifest, parse_manifest
 from occystrap.ocilayout import (
     DEFAULT_TAG,
     DirectoryStorage,
@@ -343,6 +344,11 @@ class Planner:
             sharers = manifest_sharers(stale_digests, held)
             going = {digest for tag, digest in stale_digests.items() if tag not in sharers}
             orphaned = referring & _referrers_tags(going) - _referrers_tags(held.values())
+            unjudged = referring - orphaned - _referrers_tags(held.values())
+            if unjudged and isinstance(target, Repository):
+                orphaned |= self._orphaned_platform_referrers(
+                    target, unjudged, going, set(held.values())
+                )
             return [
                 stale_image(target.uri(tag), digest, sharers.get(tag))
                 for tag, digest in stale_digests.items()
@@ -352,6 +358,22 @@ class Planner:
             ]
 
         return [image for images in pool.map(stale, targets.values()) for image in images]
+
+    def _orphaned_platform_referrers(
+        self, target: Repository, referring: set[str], going: set[str], held: set[str]
+    ) -> set[str]:
+        """Of `referring`, the referrers tags of the platform manifests of indexes that go
+        which no tag that stays reaches (as the target holds them now: a copy still to come
+        is judged again when the run prunes)."""
+        client = self.client(target)
+
+        def listed(digests: set[str]) -> set[str]:
+            return {m for digest in digests for m in listed_manifests(client, target.name, digest)}
+
+        candidates = referring & _referrers_tags(listed(going))
+        if not candidates:
+            return set()
+        return candidates - _referrers_tags(held | listed(held))
 
     def _target_tags(self, target: Target) -> dict[str, str | None]:
         """The target's tags, each with its digest where the listing says it (a layout's
@@ -382,6 +404,19 @@ def manifest_sharers(stale: Mapping[str, str], held: Mapping[str, str]) -> dict[
     for tag, digest in sorted(held.items()):
         holders.setdefault(digest, tag)
     return {tag: holders[digest] for tag, digest in stale.items() if digest in holders}
+
+
+def listed_manifests(client: RegistryClient, repository: str, digest: str) -> list[str]:
+    """The digests of the manifests the index `digest` lists (none for an image manifest,
+    or for one the repository does not hold)."""
+    try:
+        raw, media_type, _ = client.get_manifest(repository, digest)
+    except RegistryError as exc:
+        if exc.status == 404:
+            return []
+        raise
+    document = parse_manifest(raw, media_type)
+    return [] if isinstance(document, Manifest) else [entry.digest for entry in document.manifests]
 
 
 def _referrers_tags(digests: Iterable[str]) -> set[str]:

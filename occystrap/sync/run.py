@@ -30,6 +30,7 @@ from occystrap.endpoints.oci_layout import OciLayoutURI
 from occystrap.endpoints.registry import RegistryURI
 from occystrap.errors import OccystrapError, RegistryError
 from occystrap.layoutprune import prune_layout
+from occystrap.mediatypes import is_index
 from occystrap.middleware.builder import ChainClient, build_client
 from occystrap.middleware.quota import QuotaReading
 from occystrap.ocilayout import DirectoryStorage, LayoutStorage
@@ -47,11 +48,12 @@ from occystrap.sync.plan import (
     UNCHANGED,
     PlannedImage,
     SyncPlan,
+    listed_manifests,
     manifest_sharers,
 )
 
 if TYPE_CHECKING:
-    from occystrap.registry.client import RegistryClient
+    from occystrap.registry.client import ManifestHead, RegistryClient
 
 LOG = logging.getLogger("occystrap.sync")
 
@@ -368,16 +370,35 @@ def _prune_repository(
 ) -> list[ImageResult]:
     """Prune `stale` (tag -> its planned image) in one repository, as it is now."""
     try:
-        now = _tag_digests(client, repository)
+        heads = _tag_heads(client, repository)
     except (OccystrapError, httpx.RequestError) as exc:
         unknown = f"cannot tell which tags stay and what they hold: {describe_failure(exc)}"
         return [_result_of(image, FAILED, unknown) for image in stale.values()]
+    now = {tag: head.digest for tag, head in heads.items()}
     held = {tag: digest for tag, digest in now.items() if tag not in stale}
     stale_now = {tag: now[tag] for tag in stale if tag in now}
-    sharers = manifest_sharers(stale_now, held)
-    # A stale referrers tag whose manifest a tag that stays holds now keeps its referrers.
+    kept = {
+        tag: f"shares manifest with {holder}"
+        for tag, holder in manifest_sharers(stale_now, held).items()
+    }
+    # A stale referrers tag whose manifest a tag that stays holds now, or lists in the
+    # index it holds, keeps its referrers.
+    referring = {tag for tag in stale_now if names_referrers(tag)}
     for holder, held_digest in sorted(held.items(), reverse=True):
-        sharers.update(dict.fromkeys(set(referrers_tags_of(held_digest)) & set(stale_now), holder))
+        for tag in set(referrers_tags_of(held_digest)) & referring:
+            kept[tag] = f"refers to the manifest of {holder}"
+    unsettled = referring - set(kept)
+    unreached: str | None = None  # why what the tags that stay reach cannot be told
+    if unsettled:
+        try:
+            held_indexes = {
+                tag: head.digest
+                for tag, head in heads.items()
+                if tag in held and is_index(head.media_type)
+            }
+            kept |= _referrers_of_platforms(client, repository, held_indexes, unsettled)
+        except (OccystrapError, httpx.RequestError) as exc:
+            unreached = f"cannot tell what the tags that stay reach: {describe_failure(exc)}"
     deleted: dict[str, str | None] = {}  # digest -> why deleting it failed (None: deleted)
     results = []
     for tag, image in stale.items():
@@ -386,9 +407,11 @@ def _prune_repository(
             results.append(_result_of(image, PRUNED))
             continue
         image = replace(image, digest=digest)
-        if tag in sharers:
-            how = "refers to the manifest of" if names_referrers(tag) else "shares manifest with"
-            results.append(_result_of(image, KEPT, f"{how} {sharers[tag]}"))
+        if tag in kept:
+            results.append(_result_of(image, KEPT, kept[tag]))
+            continue
+        if unreached is not None and tag in unsettled:
+            results.append(_result_of(image, FAILED, unreached))
             continue
         if digest not in deleted:
             try:
@@ -401,13 +424,29 @@ def _prune_repository(
     return results
 
 
-def _tag_digests(client: RegistryClient, repository: str) -> dict[str, str]:
-    """Every tag of `repository` and the digest it holds now (a tag deleted meanwhile is
+def _referrers_of_platforms(
+    client: RegistryClient, repository: str, held_indexes: Mapping[str, str], referring: set[str]
+) -> dict[str, str]:
+    """Of `referring`, the referrers tags of a platform manifest listed by an index that a
+    tag that stays holds (tag -> digest) -> why they are kept."""
+    kept: dict[str, str] = {}
+    listed: dict[str, list[str]] = {}  # index digest -> its manifests, each read once
+    for holder, held_digest in sorted(held_indexes.items(), reverse=True):
+        if held_digest not in listed:
+            listed[held_digest] = listed_manifests(client, repository, held_digest)
+        for platform in listed[held_digest]:
+            for tag in set(referrers_tags_of(platform)) & referring:
+                kept[tag] = f"refers to a platform manifest of {holder}"
+    return kept
+
+
+def _tag_heads(client: RegistryClient, repository: str) -> dict[str, ManifestHead]:
+    """Every tag of `repository` and the manifest it holds now (a tag deleted meanwhile is
     left out)."""
 
-    def head(tag: str) -> str | None:
+    def head(tag: str) -> ManifestHead | None:
         try:
-            return client.head_manifest(repository, tag).digest
+            return client.head_manifest(repository, tag)
         except RegistryError as exc:
             if exc.status == 404:
                 return None
@@ -415,8 +454,8 @@ def _tag_digests(client: RegistryClient, repository: str) -> dict[str, str]:
 
     with ThreadPoolExecutor(PLAN_PARALLEL, thread_name_prefix="prune") as pool:
         tags = client.list_tags(repository)
-        digests = list(pool.map(head, tags))
-    return {tag: digest for tag, digest in zip(tags, digests, strict=True) if digest is not None}
+        heads = list(pool.map(head, tags))
+    return {tag: head for tag, head in zip(tags, heads, strict=True) if head is not None}
 
 
 def summarise(results: Sequence[ImageResult]) -> dict[str, int]:

@@ -34,6 +34,8 @@ from tests.integration.images import (
 )
 from tests.integration.servers import RegistryServer
 from tests.integration.signing import (
+    OCI_INDEX,
+    Pushed,
     RegistryReader,
     RegistryWriter,
     digest_of,
@@ -332,6 +334,19 @@ def test_prune_never_deletes_a_manifest_a_tag_that_stays_holds(seeded, mirror, t
     assert target_tags(mirror, target) == dict(a=digest["x"], b=digest["x"], e=digest["z2"])
 
 
+def prune_drop_and_its_referrers(spec: Path, at: str, referrers: list[str]) -> None:
+    """A dry run plans `drop` (of the target `at`) and its `referrers` tags pruned and
+    `keep` unchanged; the run prunes them, keeping nothing."""
+    planned = run_occystrap("--insecure", "-O", "json", "sync", "--dry-run", "--prune", str(spec))
+    assert {image["target"]: image["action"] for image in json.loads(planned.stdout)} == {
+        f"{at}:keep": "unchanged",
+        f"{at}:drop": "prune",
+        **{f"{at}:{tag}": "prune" for tag in referrers},
+    }, planned.stdout
+    run = sync(str(spec), "--prune")
+    assert f"{len(referrers) + 1} pruned, 0 kept" in run.stderr, run.stderr
+
+
 def test_prune_in_a_registry_keeps_the_referrers_of_what_stays(seeded, mirror, tmp_path):
     """The mirror (no referrers API) keeps referrers under `sha256-<hex>` tags no rule names:
     those of a kept image stay (before, prune deleted the kept image's SBOM index, and as
@@ -357,19 +372,71 @@ def test_prune_in_a_registry_keeps_the_referrers_of_what_stays(seeded, mirror, t
 
     write_yaml(spec, {"sync": [{**rule, "tags": {"allow": ["^keep$"]}}]})
     at = f"registry://{mirror.host}/{target}"
-    planned = run_occystrap("--insecure", "-O", "json", "sync", "--dry-run", "--prune", str(spec))
-    assert {image["target"]: image["action"] for image in json.loads(planned.stdout)} == {
-        f"{at}:keep": "unchanged",
-        f"{at}:drop": "prune",
-        f"{at}:{tag_for(drop.digest)}": "prune",
-        f"{at}:{tag_for(drop.digest, '.sig')}": "prune",
-    }, planned.stdout
-    run = sync(str(spec), "--prune")
-    assert "3 pruned, 0 kept" in run.stderr, run.stderr
+    prune_drop_and_its_referrers(spec, at, [tag_for(drop.digest), tag_for(drop.digest, ".sig")])
     assert listed_tags(mirror, target) == {"keep", tag_for(keep.digest)}
     with mirror.client() as http:
         listed = RegistryReader(http, target).referrers(keep.digest)
     assert [entry["digest"] for entry in listed] == [kept_sbom.digest]
+
+
+def _platform_index(writer: RegistryWriter, tag: str, *platforms) -> Pushed:
+    """An index over `platforms` (image, architecture), pushed under `tag`."""
+    entries = [
+        image.descriptor(platform={"os": "linux", "architecture": arch})
+        for image, arch in platforms
+    ]
+    document = {"schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": entries}
+    return writer.manifest(document, tag)
+
+
+def test_prune_in_a_registry_takes_the_referrers_of_a_pruned_indexs_platforms(
+    seeded, mirror, tmp_path
+):
+    """An index pruned from a registry takes along the referrers tags of its platform
+    manifests (an SBOM index, a cosign signature), except those of a platform manifest an
+    index that stays lists too; before, they were left behind for ever. The test writes
+    both ends itself and reads the mirror directly."""
+    repository, target = f"{seeded.prefix}/platform-referrers", f"{seeded.prefix}-pr/app"
+    with seeded.registry.client() as http:
+        writer = RegistryWriter(http, repository)
+        shared = writer.image("shared", arch="amd64")
+        kept_arm = writer.image("k", arch="arm64")
+        keep = _platform_index(writer, "keep", (shared, "amd64"), (kept_arm, "arm64"))
+    with mirror.client() as http:
+        writer = RegistryWriter(http, target)
+        assert writer.image("shared", arch="amd64") == shared
+        assert writer.image("k", arch="arm64") == kept_arm
+        assert _platform_index(writer, "keep", (shared, "amd64"), (kept_arm, "arm64")) == keep
+        own = writer.image("drop", arch="arm64")
+        drop = _platform_index(writer, "drop", (shared, "amd64"), (own, "arm64"))
+        shared_sbom = writer.sbom(shared)
+        writer.sbom(own, name="own.spdx.json")
+        writer.cosign_sign(own, signing_key(), f"{mirror.host}/{target}")
+        writer.sbom(drop, name="drop.spdx.json")
+    assert listed_tags(mirror, target) == {
+        "keep",
+        "drop",
+        tag_for(shared.digest),
+        tag_for(own.digest),
+        tag_for(own.digest, ".sig"),
+        tag_for(drop.digest),
+    }
+    rule = {
+        "source": f"registry://{seeded.registry.host}/{repository}",
+        "target": f"registry://{mirror.host}/{target}",
+    }
+    spec = write_yaml(tmp_path / "sync.yaml", {"sync": [rule]})
+    at = f"registry://{mirror.host}/{target}"
+    going = [tag_for(drop.digest), tag_for(own.digest), tag_for(own.digest, ".sig")]
+    prune_drop_and_its_referrers(spec, at, going)
+    assert listed_tags(mirror, target) == {"keep", tag_for(shared.digest)}
+    with mirror.client() as http:
+        reader = RegistryReader(http, target)
+        assert reader.manifest("drop") is None
+        assert [entry["digest"] for entry in reader.referrers(shared.digest)] == [
+            shared_sbom.digest
+        ]
+        assert json.loads(reader.manifest("keep"))["manifests"][0]["digest"] == shared.digest
 
 
 def test_keep_going_past_a_broken_image(seeded, mirror, tmp_path):

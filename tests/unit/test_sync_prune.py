@@ -1,7 +1,11 @@
 """Pruning a registry repository as the run finds it: a stale referrers tag stays while a
-tag that stays holds the manifest it refers to, and goes once nothing holds it."""
+tag that stays holds the manifest it refers to (or an index listing it), and goes once
+nothing holds it."""
 
 from __future__ import annotations
+
+import hashlib
+import json
 
 import pytest
 import respx
@@ -17,6 +21,16 @@ BASE = "https://registry.test/v2/team/app"
 IMAGE = "sha256:" + "a" * 64
 REFERRERS_INDEX = "sha256:" + "b" * 64
 OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
+OCI_INDEX = "application/vnd.oci.image.index.v1+json"
+PLATFORM = "sha256:" + "c" * 64
+INDEX = json.dumps(
+    {
+        "schemaVersion": 2,
+        "mediaType": OCI_INDEX,
+        "manifests": [{"mediaType": OCI_MANIFEST, "digest": PLATFORM, "size": 500}],
+    }
+).encode()
+INDEX_DIGEST = "sha256:" + hashlib.sha256(INDEX).hexdigest()
 
 
 def _serve(tags: dict[str, str]) -> respx.MockRouter:
@@ -24,22 +38,35 @@ def _serve(tags: dict[str, str]) -> respx.MockRouter:
     router = respx.mock(using="httpcore", assert_all_called=False)
     router.get(f"{BASE}/tags/list").respond(json={"name": "team/app", "tags": list(tags)})
     for tag, digest in tags.items():
-        headers = {"Docker-Content-Digest": digest, "Content-Type": OCI_MANIFEST}
+        media_type = OCI_INDEX if digest == INDEX_DIGEST else OCI_MANIFEST
+        headers = {"Docker-Content-Digest": digest, "Content-Type": media_type}
         router.head(f"{BASE}/manifests/{tag}").respond(200, headers=headers)
+    router.get(f"{BASE}/manifests/{INDEX_DIGEST}").respond(
+        200, content=INDEX, headers={"Content-Type": OCI_INDEX}
+    )
     router.delete(url__startswith=f"{BASE}/manifests/").respond(202)
     return router
 
 
 @pytest.mark.parametrize(
-    ("tags", "status", "error", "deletes"),
+    ("subject", "tags", "status", "error", "deletes"),
     [
-        ({"a": IMAGE}, "kept", "refers to the manifest of a", 0),
-        ({}, "pruned", None, 1),
+        (IMAGE, {"a": IMAGE}, "kept", "refers to the manifest of a", 0),
+        (IMAGE, {}, "pruned", None, 1),
+        (PLATFORM, {"a": INDEX_DIGEST}, "kept", "refers to a platform manifest of a", 0),
+        (PLATFORM, {"a": IMAGE}, "pruned", None, 1),
     ],
-    ids=["its manifest is held", "nothing holds its manifest"],
+    ids=[
+        "its manifest is held",
+        "nothing holds its manifest",
+        "an index held lists its manifest",
+        "no index held lists its manifest",
+    ],
 )
-def test_a_stale_referrers_tag_follows_the_manifest_it_refers_to(tags, status, error, deletes):
-    stale = referrers_tag(IMAGE)
+def test_a_stale_referrers_tag_follows_the_manifest_it_refers_to(
+    subject, tags, status, error, deletes
+):
+    stale = referrers_tag(subject)
     planned = PlannedImage("", f"registry://registry.test/team/app:{stale}", PRUNE)
     with (
         _serve({**tags, stale: REFERRERS_INDEX}) as router,

@@ -86,23 +86,40 @@ _NAME_SEPARATORS = re.compile(r"[-_.]+")
 
 def entry_points(group: str) -> list[tuple[str, str]]:
     """(name, `module:attr`) of each entry point of `group`, in sys.path order."""
-    directories = [entry or "." for entry in sys.path]
+    directories = tuple(entry or "." for entry in sys.path)
     if any(os.path.isfile(entry) for entry in directories):
         from importlib import metadata
 
         return [(entry.name, entry.value) for entry in metadata.entry_points(group=group)]
-    found: list[tuple[str, str]] = []
+    with _scan_lock:
+        if directories not in _scanned:
+            _scanned[directories] = _every_group(directories)
+        return list(_scanned[directories].get(group, ()))
+
+
+# Every group of one sys.path, from one pass over its distributions: a run asks for two
+# groups or more (the automatic middlewares and the named ones at least), and each pass reads
+# every distribution's entry_points.txt.
+_scan_lock = threading.Lock()
+_scanned: dict[tuple[str, ...], dict[str, list[tuple[str, str]]]] = {}
+
+
+def _every_group(directories: tuple[str, ...]) -> dict[str, list[tuple[str, str]]]:
+    """Group -> its (name, `module:attr`) entry points, the first distribution of a name
+    winning."""
+    groups: dict[str, list[tuple[str, str]]] = {}
     seen: set[str] = set()
     for metadata_dir in _distribution_dirs(directories):
         stem = os.path.basename(metadata_dir).rsplit(".", 1)[0]  # NAME[-VERSION]
         name = _NAME_SEPARATORS.sub("_", stem.partition("-")[0]).lower()
         if name not in seen:
             seen.add(name)
-            found += _group_entries(metadata_dir, group)
-    return found
+            for group, entry in _entries(metadata_dir):
+                groups.setdefault(group, []).append(entry)
+    return groups
 
 
-def _distribution_dirs(directories: list[str]) -> Iterator[str]:
+def _distribution_dirs(directories: tuple[str, ...]) -> Iterator[str]:
     for directory in directories:
         try:
             names = sorted(os.listdir(directory))
@@ -113,8 +130,9 @@ def _distribution_dirs(directories: list[str]) -> Iterator[str]:
                 yield os.path.join(directory, name)
 
 
-def _group_entries(metadata_dir: str, group: str) -> Iterator[tuple[str, str]]:
-    """(name, `module:attr`) of `group`'s section in the distribution's entry_points.txt."""
+def _entries(metadata_dir: str) -> Iterator[tuple[str, tuple[str, str]]]:
+    """(group, (name, `module:attr`)) of each entry point in the distribution's
+    entry_points.txt."""
     try:
         with open(os.path.join(metadata_dir, "entry_points.txt"), encoding="utf-8") as text:
             lines = text.read().splitlines()
@@ -127,9 +145,9 @@ def _group_entries(metadata_dir: str, group: str) -> Iterator[tuple[str, str]]:
             continue
         if line.startswith("[") and line.endswith("]"):
             section = line[1:-1].strip()
-        elif section == group and "=" in line:
+        elif section is not None and "=" in line:
             name, _, value = line.partition("=")
-            yield name.strip(), value.partition("[")[0].strip()  # extras name no code
+            yield section, (name.strip(), value.partition("[")[0].strip())  # extras name no code
 
 
 def load_entry_point(value: str) -> object:

@@ -1,6 +1,7 @@
 """Plug-ins: spec parsing, registration, wrapping order, errors, the header plug-in, discovery."""
 
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -375,3 +376,23 @@ def test_a_zip_on_the_path_is_looked_up_by_importlib_metadata(tmp_path):
         assert ours == theirs, group
         if group == "occystrap.middleware":
             assert ["stamp", "occystrap_test_plugin:stamp_middleware"] in ours
+
+
+def test_one_pass_over_the_distributions_answers_every_group(tmp_path, monkeypatch):
+    """A run asks for several groups; each distribution's entry_points.txt is read once."""
+    for name, section in (("first", "occystrap.filters"), ("second", "occystrap.middleware")):
+        info = tmp_path / f"{name}-1.0.dist-info"
+        info.mkdir()
+        (info / "entry_points.txt").write_text(f"[{section}]\n{name} = {name}_module:thing\n")
+    monkeypatch.setattr(sys, "path", [str(tmp_path)])
+    opened: list[str] = []
+
+    def counting_open(path, *args, **kwargs):
+        opened.append(os.path.basename(os.path.dirname(path)))
+        return open(path, *args, **kwargs)
+
+    monkeypatch.setattr(entrypoints, "open", counting_open, raising=False)
+    assert entrypoints.entry_points("occystrap.filters") == [("first", "first_module:thing")]
+    assert entrypoints.entry_points("occystrap.middleware") == [("second", "second_module:thing")]
+    assert entrypoints.entry_points("occystrap.endpoints") == []
+    assert sorted(opened) == ["first-1.0.dist-info", "second-1.0.dist-info"]

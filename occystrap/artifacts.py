@@ -35,7 +35,7 @@ from occystrap.mediatypes import OCI_EMPTY, OCI_EMPTY_DIGEST, OCI_MANIFEST
 from occystrap.ocilayout import DEFAULT_TAG
 from occystrap.registry.referrers import add_to_referrers_index
 from occystrap.settings import RunSettings
-from occystrap.stores import named_reference, open_store, reference_of, root_of
+from occystrap.stores import named_reference, open_source, open_store, reference_of
 
 TITLE = "org.opencontainers.image.title"
 DEFAULT_FILE_TYPE = "application/octet-stream"
@@ -213,15 +213,15 @@ def safe_title(title: str, directory: Path) -> Path:
 def pull_artifact(settings: RunSettings, source: str, directory: Path) -> PulledArtifact:
     """Write each titled blob of the artifact SOURCE names into `directory`, verified; nothing
     is written unless every blob is complete and every title is safe and free."""
-    endpoint = parse_uri(source)
     directory = Path(directory)
-    with open_store(settings, endpoint, "artifact pull") as store:
-        raw, media_type, digest = root_of(endpoint, store)
+    with open_source(settings, parse_uri(source), "artifact pull") as opened:
+        store = opened.store
+        raw, media_type, digest = opened.root
         document = parse_manifest(raw, media_type)
         if not isinstance(document, Manifest):
             raise UsageError(
-                f"{endpoint} is an index, not an artifact manifest; name one of its manifests"
-                " by digest"
+                f"{opened.endpoint} is an index, not an artifact manifest; name one of its"
+                " manifests by digest"
             )
         titled = [layer for layer in document.layers if TITLE in layer.annotations]
         targets = _targets(titled, directory)

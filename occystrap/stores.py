@@ -12,7 +12,8 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 from occystrap.archive import DirectoryMembers
@@ -23,7 +24,7 @@ from occystrap.endpoints import Endpoint
 from occystrap.endpoints.oci_archive import OciArchiveDestination, OciArchiveURI
 from occystrap.endpoints.oci_layout import OciLayoutURI
 from occystrap.endpoints.registry import RegistryURI
-from occystrap.errors import UsageError
+from occystrap.errors import RegistryError, UsageError
 from occystrap.graph import Store
 from occystrap.manifest import ManifestIndex, parse_manifest
 from occystrap.middleware.builder import build_client
@@ -90,6 +91,39 @@ def open_store(
         yield store_of(endpoint, RunContext(settings, http, Path(work)), what)
 
 
+@dataclass(frozen=True)
+class OpenedSource:
+    """A read's store, the endpoint it was opened for (of a short name, the search registry
+    that holds the manifest) and that manifest: (raw, media type, digest)."""
+
+    endpoint: Endpoint
+    store: Store
+    root: tuple[bytes, str, str]
+
+
+@contextmanager
+def open_source(settings: RunSettings, endpoint: Endpoint, what: str) -> Iterator[OpenedSource]:
+    """The store a read (referrers, artifact pull) opens and the manifest `endpoint` names
+    there; a short name with several search registries is looked for at each in turn, as
+    `digest` looks (`RegistryURI.first_answer`: credentials from the command line refused,
+    none holding it one line naming each registry and why)."""
+    with ExitStack() as chosen:
+
+        def holding(candidate: Endpoint) -> OpenedSource:
+            with ExitStack() as attempt:
+                store = attempt.enter_context(open_store(settings, candidate, what))
+                root = root_of(candidate, store)
+                chosen.enter_context(attempt.pop_all())  # the store the command reads
+                return OpenedSource(candidate, store, root)
+
+        if isinstance(endpoint, RegistryURI):
+            yield endpoint.first_answer(
+                holding, with_credential=settings.source_credential is not None
+            )
+        else:
+            yield holding(endpoint)
+
+
 def named_reference(endpoint: Endpoint) -> str | None:
     """The tag or digest a registry://, oci-layout:// or bucket URI itself names (None: a
     layout's URI without ?tag=)."""
@@ -116,7 +150,10 @@ def root_of(endpoint: Endpoint, store: Store) -> tuple[bytes, str, str]:
     reference = reference_of(endpoint, store)
     answer = store.manifest_at(reference)
     if answer is None:
-        raise UsageError(f"{endpoint} holds no manifest {reference}")
+        message = f"{endpoint} holds no manifest {reference}"
+        if isinstance(endpoint, RegistryURI):  # the registry's 404: a search moves on
+            raise RegistryError(message, status=404)
+        raise UsageError(message)
     return answer
 
 

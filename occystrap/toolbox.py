@@ -244,12 +244,12 @@ def referrers(settings: RunSettings, image: str, artifact_type: str | None = Non
     the first level."""
     from occystrap.manifest import Descriptor
     from occystrap.registry.referrers import ReferrerTree, discover
-    from occystrap.stores import open_store, root_of
+    from occystrap.stores import open_source
 
-    endpoint = parse_uri(image)
-    with open_store(settings, endpoint, "referrers") as store:
-        raw, media_type, digest = root_of(endpoint, store)
-        found = discover(store, digest, artifact_type)
+    with open_source(settings, parse_uri(image), "referrers") as source:
+        raw, media_type, digest = source.root
+        found = discover(source.store, digest, artifact_type)
+    endpoint = source.endpoint
     name = str(endpoint.reference) if isinstance(endpoint, RegistryURI) else str(endpoint)
     return ReferrerTree(name, Descriptor(media_type, digest, len(raw)), found)
 

@@ -15,6 +15,7 @@ from tests.integration.conftest import BASIC_PASSWORD, BASIC_USERNAME
 from tests.integration.fault_proxy import FaultProxy
 from tests.integration.images import push_with_skopeo, run_skopeo, skopeo_inspect
 from tests.integration.pull_checks import TAG, assert_tar_is_image, seed_image
+from tests.integration.signing import SPDX, RegistryReader, RegistryWriter, digest_of
 from tests.integration.tag_pages import TagPagingProxy
 
 pytestmark = pytest.mark.integration
@@ -338,6 +339,61 @@ def test_a_usage_error_under_a_short_name_is_not_passed_over(origin, tmp_path, c
     assert not origin.requests
 
 
+def test_referrers_and_artifact_pull_look_for_a_short_name_in_each_search_registry(
+    origin, mirror, registry_plain, unique_repo, tmp_path
+):
+    """The image and its SBOM are only in the second search registry: `referrers` and
+    `artifact pull` ask the first, pass it over and read the second, as `digest` does."""
+    name = unique_repo.rpartition("/")[2]  # one component: a short name
+    with registry_plain.client() as http:
+        writer = RegistryWriter(http, name)
+        image = writer.image("subject", tag=TAG)
+        sbom = writer.sbom(image)
+        assert writer.manifest(json.loads(sbom.raw), "sbom") == sbom  # pulled by tag
+    conf = permissive(tmp_path, mirror.host, origin.host)
+    common = ["--registries-conf", str(conf), "--insecure"]
+    listed = json.loads(
+        run_occystrap(*common, "-O", "json", "referrers", f"registry://{name}:{TAG}").stdout
+    )
+    assert listed["reference"] == f"{origin.host}/{name}:{TAG}"
+    assert listed["digest"] == image.digest
+    assert [(entry["digest"], entry["artifactType"]) for entry in listed["referrers"]] == [
+        (sbom.digest, SPDX)
+    ]
+    out = tmp_path / "pulled"
+    run_occystrap(*common, "artifact", "pull", f"registry://{name}:sbom", str(out))
+    assert json.loads((out / "sbom.spdx.json").read_text())["spdxVersion"] == "SPDX-2.3"
+    assert mirror.requests_matching(rf"/v2/{name}/manifests/{TAG}$")  # asked, passed over
+    assert mirror.requests_matching(rf"/v2/{name}/manifests/sbom$")
+
+
+def test_artifact_push_to_a_short_name_lands_in_the_first_search_registry(
+    origin, mirror, registry_plain, registry_no_delete, unique_repo, tmp_path
+):
+    """A destination is not searched for: the artifact goes to the first search registry,
+    as `process` writes a short name there; enforcing mode refuses the ambiguity first."""
+    name = unique_repo.rpartition("/")[2]  # one component: a short name
+    payload = tmp_path / "notes.txt"
+    payload.write_text("pushed by short name\n")
+    push = ["artifact", "push", f"registry://{name}:bundle", str(payload)]
+    push += ["--artifact-type", "application/vnd.example.notes.v1"]
+    conf = permissive(tmp_path, mirror.host, origin.host)
+    digest = run_occystrap("--registries-conf", str(conf), "--insecure", *push).stdout.strip()
+    with registry_no_delete.client() as http:
+        raw = RegistryReader(http, name).manifest("bundle")
+    assert raw is not None and digest_of(raw) == digest
+    with registry_plain.client() as http:
+        assert RegistryReader(http, name).manifest("bundle") is None
+    assert not origin.requests
+    enforcing = write_conf(
+        tmp_path, f'unqualified-search-registries = ["{mirror.host}", "{origin.host}"]\n'
+    )
+    asked = len(mirror.requests)
+    ambiguous = run_occystrap("--registries-conf", str(enforcing), "--insecure", *push, check=False)
+    assert_one_line_error(ambiguous, "ambiguous", f"{mirror.host}/{name}, {origin.host}/{name}")
+    assert len(mirror.requests) == asked and not origin.requests
+
+
 def permissive(tmp_path: Path, *search: str) -> Path:
     """registries.conf trying each of `search` in order for a short name."""
     registries = ", ".join(f'"{host}"' for host in search)
@@ -353,10 +409,12 @@ def short_name_read(command: str, out: Path) -> list[str]:
         "tags": ["tags", "registry://app"],
         "digest": ["digest", f"registry://app:{TAG}"],
         "process": ["process", f"registry://app:{TAG}", f"tar://{out}"],
+        "referrers": ["referrers", f"registry://app:{TAG}"],
+        "artifact pull": ["artifact", "pull", f"registry://app:{TAG}", str(out)],
     }[command]
 
 
-@pytest.mark.parametrize("command", ["tags", "digest", "process"])
+@pytest.mark.parametrize("command", ["tags", "digest", "process", "referrers", "artifact pull"])
 @pytest.mark.parametrize(
     ("flags", "env"),
     [
@@ -372,13 +430,14 @@ def test_command_line_credentials_are_refused_for_a_short_name_searched_at_sever
     """A command-line credential belongs to one host, and a search would send it to each
     registry tried: every read of a short name with several search registries refuses it
     in one line, before any request, and says to name the registry in full. --src-creds
-    are a copy's: `tags` and `digest` do not use them, so they do not refuse."""
+    are a source's (a copy's, or what `referrers` and `artifact pull` read): `tags` and
+    `digest` do not use them, so they do not refuse."""
     conf = permissive(tmp_path, mirror.host, origin.host)
     result = run_occystrap(
         "--registries-conf", str(conf), "--insecure", *flags,
         *short_name_read(command, tmp_path / "x.tar"), env=env, check=False,
     )  # fmt: skip
-    if flags[:1] == ["--src-creds"] and command != "process":
+    if flags[:1] == ["--src-creds"] and command in ("tags", "digest"):
         named = "app" if command == "tags" else f"app:{TAG}"
         assert_one_line_error(  # searched, without them
             result,

@@ -23,7 +23,12 @@ from occystrap.endpoints import (
 )
 from occystrap.errors import OccystrapError, RegistryError, UsageError
 from occystrap.platforms import Platform
-from occystrap.registry.reference import ImageReference, parse_reference, validate_repository
+from occystrap.registry.reference import (
+    DIGEST_PATTERN,
+    ImageReference,
+    parse_reference,
+    validate_repository,
+)
 
 if TYPE_CHECKING:
     from occystrap.endpoints.registry_images import RegistryDestination, RegistrySource
@@ -189,7 +194,7 @@ class RegistryURI(Endpoint):
 
 def _parse(text: str, rest: str) -> RegistryURI:
     body, query = split_query(rest)
-    if "@" in body.partition("/")[0]:
+    if _has_userinfo(body):
         raise UsageError(
             f"{text!r} carries credentials in the URI; give them with --username/--password,"
             " --src-creds/--dest-creds or a login instead"
@@ -207,6 +212,13 @@ def _parse(text: str, rest: str) -> RegistryURI:
         else boolean_option(text, "insecure", options["insecure"]),
         names_tag=":" in body.rpartition("/")[2],
     )
+
+
+def _has_userinfo(body: str) -> bool:
+    """Whether `body` starts `USER[:PASSWORD]@HOST`: a short name pinned by digest
+    (`alpine@sha256:...`, no slash) has an `@` in its first segment too."""
+    first, slash, _ = body.partition("/")
+    return "@" in first and (bool(slash) or not DIGEST_PATTERN.fullmatch(first.rpartition("@")[2]))
 
 
 def head_manifest(client: RegistryClient, uri: RegistryURI) -> None:

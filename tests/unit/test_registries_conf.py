@@ -314,3 +314,15 @@ def test_registry_uris_are_resolved_with_the_active_configuration(tmp_path):
     assert registries_conf.active() == RegistriesConf()
     with pytest.raises(UsageError, match="expected HOST"):
         parse_uri("registry://app")
+
+
+def test_a_short_name_pinned_by_digest_is_not_taken_for_credentials():
+    """`registry://alpine@sha256:...` has an `@` where `USER@HOST` would; it names an image,
+    while `USER:PASSWORD@HOST` is still refused (test_bad_inputs)."""
+    digest = "sha256:" + "a" * 64
+    with registries_conf.activated(RegistriesConf(unqualified_search_registries=("docker.io",))):
+        uri = parse_uri(f"registry://alpine@{digest}")
+        assert str(uri.reference) == f"registry-1.docker.io/library/alpine@{digest}"
+        for text in ("registry://u:pw@h.example", f"registry://u:pw@h.example/a@{digest}"):
+            with pytest.raises(UsageError, match="credentials in the URI"):
+                parse_uri(text)

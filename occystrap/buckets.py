@@ -320,6 +320,15 @@ class BucketLayout:
         found = self.objects.get(self._key(name))
         return None if found is None else found[0]
 
+    def write_file(self, name: str, data: bytes) -> None:
+        """One PUT, conditional on the version just read: a write by another writer in
+        between is refused, not overwritten."""
+        key = self._key(name)
+        found = self.objects.get(key)
+        version = None if found is None else found[1]
+        if not self.objects.put(key, data, version=version, absent=found is None):
+            raise OccystrapError(f"{self.where}: {name} changed under another writer; try again")
+
     def delete_blob(self, name: str) -> None:
         self.objects.delete(self._key(name))
 

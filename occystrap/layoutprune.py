@@ -12,10 +12,17 @@ and SBOMs), so a blob any of them reaches stays. When what is left cannot be wal
 The referrers of a manifest (its `sha256-<hex>` referrers index and cosign's tags) leave
 with the last entry that reached it: a signature of an image the layout no longer holds
 only keeps blobs alive. Referrers tags whose subject was already absent are left alone.
+
+Before `index.json` changes, the blobs the removed entries reach are recorded in a journal
+(`occystrap-prune.json` next to it), removed once they are deleted. A prune cut short
+between the two (Ctrl-C, a crash, a failed delete) leaves the journal, and the next prune
+of the layout finishes it: what an entry reaches by then stays, the rest is deleted. So
+only blobs an entry once reached are ever deleted, and none is left behind for ever.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 from collections.abc import Callable, Collection, Iterable, Mapping
@@ -29,7 +36,7 @@ from occystrap.digests import check_digest
 from occystrap.errors import OccystrapError
 from occystrap.jsondoc import parse_json
 from occystrap.limits import METADATA_LIMIT
-from occystrap.manifest import Descriptor, Manifest, parse_manifest
+from occystrap.manifest import Descriptor, Manifest, PlatformDescriptor, parse_manifest
 from occystrap.ocilayout import (
     INDEX_FILE,
     LayoutStorage,
@@ -41,6 +48,9 @@ from occystrap.ocilayout import (
 from occystrap.registry.referrers import names_referrers, referrers_tags_of
 
 LOG = logging.getLogger("occystrap.ocilayout")
+# Not a name the OCI layout specification gives any file (oci-layout, index.json, blobs/).
+JOURNAL_FILE = "occystrap-prune.json"
+JOURNAL_KEY = "occystrapPruneCandidates"
 # Manifests read at once while walking a layout: small GETs, one round trip each.
 READS_AT_ONCE = 16
 
@@ -54,6 +64,10 @@ class LayoutPrune:
     deleted: list[str] = field(default_factory=list)  # blob names deleted
     blobs_kept: str | None = None  # why no blob was deleted, when some could have been
     blob_failure: Exception | None = None  # deleting blobs failed, the entries already gone
+    # An interrupted prune's journal was found: how many of its blobs this prune deleted
+    # once it finished it (None: no journal, or it is not finished: see the two above).
+    finished: int | None = None
+    journal_found: bool = False
 
 
 class ManifestGraph:
@@ -132,78 +146,145 @@ def _with_referrers(
         reached |= graph.reach(referrers[position] for position in joining)[0]
 
 
+def read_journal(storage: LayoutStorage) -> set[str]:
+    """The blob digests an interrupted prune of the layout left to delete (none: no journal).
+    A file of that name that occystrap did not write is refused, never acted on."""
+    raw = storage.read_blob(JOURNAL_FILE)
+    if raw is None:
+        return set()
+    try:
+        document = json.loads(raw)
+    except ValueError:
+        document = None
+    candidates = document.get(JOURNAL_KEY) if isinstance(document, dict) else None
+    if not isinstance(candidates, list) or not all(
+        isinstance(digest, str) and blob_name(digest) is not None for digest in candidates
+    ):
+        raise OccystrapError(
+            f"{storage.where}: {JOURNAL_FILE} is not occystrap's prune journal; move it away"
+            " to prune this layout"
+        )
+    return set(candidates)
+
+
+def _write_journal(storage: LayoutStorage, candidates: set[str]) -> None:
+    document = {JOURNAL_KEY: sorted(candidates)}
+    storage.write_file(JOURNAL_FILE, json.dumps(document, separators=(",", ":")).encode())
+
+
+def going_entries(
+    graph: ManifestGraph, entries: list[PlatformDescriptor], chosen: Collection[str]
+) -> tuple[set[int], set[int]]:
+    """Positions in `index.json` of the image entries tagged `chosen`, and of the referrers
+    entries that go with them (their subject reached by nothing that stays)."""
+    referrers = {
+        position: entry
+        for position, entry in enumerate(entries)
+        if names_referrers(ref_name(entry))
+    }
+    images = [position for position in range(len(entries)) if position not in referrers]
+    staying = [position for position in images if ref_name(entries[position]) not in chosen]
+    before = _with_referrers(graph, [entries[position] for position in images], referrers)
+    after = _with_referrers(graph, [entries[position] for position in staying], referrers)
+    return set(images) - set(staying), before - after
+
+
+def referrers_going(
+    storage: LayoutStorage, raw_index: bytes, chosen: Collection[str], cancellation: Cancellation
+) -> dict[str, str]:
+    """The referrers tags (-> digest) that pruning the tags `chosen` would take along: what
+    a dry run lists."""
+    entries = parse_index(raw_index, storage.where)
+    if not any(names_referrers(ref_name(entry)) for entry in entries):
+        return {}
+    with cancellable_pool(cancellation, READS_AT_ONCE, "prune") as pool:
+        _, referring = going_entries(ManifestGraph(storage, pool), entries, chosen)
+    return {str(ref_name(entries[position])): entries[position].digest for position in referring}
+
+
 def prune_layout(
     storage: LayoutStorage,
     choose: Callable[[Mapping[str, str]], Collection[str]],
     cancellation: Cancellation,
 ) -> LayoutPrune:
-    """Remove the tags `choose` picks from the layout's tags as they are now (tag -> digest,
-    referrers tags left out; called again if another writer changes `index.json`
-    meanwhile), then delete the blobs only they reached. Raises when `index.json` cannot
-    be changed; a failure deleting blobs afterwards is `blob_failure`, the tags already gone.
-    An interrupt of the run (`cancellation`) starts no more reads or deletes."""
+    """Finish an interrupted prune's journal, if there is one; remove the tags `choose` picks
+    from the layout's tags as they are now (tag -> digest, referrers tags left out; called
+    again if another writer changes `index.json` meanwhile), then delete the blobs only they
+    reached. Raises when `index.json` cannot be changed; a failure deleting blobs afterwards
+    is `blob_failure`, the tags already gone. An interrupt of the run (`cancellation`)
+    starts no more reads or deletes."""
     outcome = LayoutPrune()
     current = storage.read_index()
-    if current is None or not choose(image_tags(parse_index(current, storage.where))):
+    if current is None:
+        return outcome
+    journaled = read_journal(storage)
+    outcome.journal_found = bool(journaled)
+    changing = bool(choose(image_tags(parse_index(current, storage.where))))
+    if not journaled and not changing:
         return outcome
     with cancellable_pool(cancellation, READS_AT_ONCE, "prune") as pool:
-        return _prune(storage, choose, pool, outcome)
+        return _prune(storage, choose if changing else None, journaled, pool, outcome)
 
 
 def _prune(
     storage: LayoutStorage,
-    choose: Callable[[Mapping[str, str]], Collection[str]],
+    choose: Callable[[Mapping[str, str]], Collection[str]] | None,
+    journaled: set[str],
     pool: ThreadPoolExecutor,
     outcome: LayoutPrune,
 ) -> LayoutPrune:
-    """`prune_layout`'s work, with `pool` reading manifests and deleting blobs."""
+    """`prune_layout`'s work, with `pool` reading manifests and deleting blobs (`choose`
+    None: only the journal to finish)."""
     graph = ManifestGraph(storage, pool)
-    removed_entries: list[Descriptor] = []
+    candidates = set(journaled)  # what the journal holds
 
     def change(raw: bytes | None) -> bytes:
         if raw is None:
             raise OccystrapError(f"{storage.where}: {INDEX_FILE} disappeared while pruning")
         entries = parse_index(raw, storage.where)
+        assert choose is not None
         chosen = set(choose(image_tags(entries)))
-        referrers = {
-            position: entry
-            for position, entry in enumerate(entries)
-            if names_referrers(ref_name(entry))
-        }
-        images = [position for position in range(len(entries)) if position not in referrers]
-        staying = [position for position in images if ref_name(entries[position]) not in chosen]
-        before = _with_referrers(graph, [entries[position] for position in images], referrers)
-        after = _with_referrers(graph, [entries[position] for position in staying], referrers)
-        going = (set(images) - set(staying)) | (before - after)
+        images, referring = going_entries(graph, entries, chosen)
+        going = images | referring
         outcome.removed = {
             name: entry.digest
             for position, entry in enumerate(entries)
             if position in going and (name := ref_name(entry)) in chosen
         }
-        outcome.referrers = [
-            str(ref_name(entries[position])) for position in sorted(before - after)
-        ]
-        removed_entries[:] = [entries[position] for position in sorted(going)]
+        outcome.referrers = [str(ref_name(entries[position])) for position in sorted(referring)]
+        reached, _ = graph.reach(entries[position] for position in going)
+        recorded = journaled | {digest for digest in reached if blob_name(digest) is not None}
+        if recorded != candidates:  # recorded before index.json changes
+            _write_journal(storage, recorded)
+            candidates.clear()
+            candidates.update(recorded)
         document = parse_json(raw, f"{storage.where}/{INDEX_FILE}")
         document["manifests"] = [
             entry for position, entry in enumerate(document["manifests"]) if position not in going
         ]
         return json.dumps(document, separators=(",", ":")).encode()
 
-    storage.change_index(change)
-    LOG.info(
-        "%s: removed tags %s and referrers tags %s",
-        storage.where,
-        ", ".join(sorted(outcome.removed)),
-        ", ".join(outcome.referrers) or "(none)",
-    )
+    if outcome.journal_found:
+        LOG.info("%s: finishing an interrupted prune (%s)", storage.where, JOURNAL_FILE)
+    if choose is not None:
+        storage.change_index(change)
+        LOG.info(
+            "%s: removed tags %s and referrers tags %s",
+            storage.where,
+            ", ".join(sorted(outcome.removed)),
+            ", ".join(outcome.referrers) or "(none)",
+        )
     try:
-        _collect_garbage(storage, graph, pool, removed_entries, outcome)
+        _collect_garbage(storage, graph, pool, candidates, outcome)
     except (OccystrapError, httpx.RequestError) as exc:
         LOG.warning(
             "%s: deleting blobs failed after %d were deleted", storage.where, len(outcome.deleted)
         )
         outcome.blob_failure = exc
+        return outcome
+    if outcome.journal_found and outcome.blobs_kept is None:
+        resumed = {blob_name(digest) for digest in journaled}
+        outcome.finished = sum(name in resumed for name in outcome.deleted)
     return outcome
 
 
@@ -211,13 +292,15 @@ def _collect_garbage(
     storage: LayoutStorage,
     graph: ManifestGraph,
     pool: ThreadPoolExecutor,
-    removed: list[Descriptor],
+    candidates: set[str],
     outcome: LayoutPrune,
 ) -> None:
-    """Delete the blobs `removed` reached that no entry of `index.json`, as it is now,
-    reaches. After a failed delete none starts; those under way finish before the failure
-    is raised, so `outcome.deleted` is what was deleted."""
-    candidates, _ = graph.reach(removed)
+    """Delete the `candidates` (the journal's blobs) that no entry of `index.json`, as it is
+    now, reaches, then the journal. After a failed delete none starts; those under way
+    finish before the failure is raised, so `outcome.deleted` is what was deleted. The
+    journal stays when anything is left undone."""
+    if not candidates:
+        return
     raw = storage.read_index()
     remaining = [] if raw is None else parse_index(raw, storage.where)
     protected, incomplete = graph.reach(remaining)
@@ -229,6 +312,8 @@ def _collect_garbage(
                 f" ({incomplete})"
             )
             LOG.warning("%s: %s", storage.where, outcome.blobs_kept)
+            return
+        storage.delete_blob(JOURNAL_FILE)
         return
     names = [name for digest in doomed if (name := blob_name(digest)) is not None]
     failures: list[BaseException] = []
@@ -246,7 +331,15 @@ def _collect_garbage(
             raise
         outcome.deleted.append(name)
 
-    wait([pool.submit(delete, name) for name in names])  # those under way finish
-    if failures:
-        raise failures[0]
+    try:
+        wait([pool.submit(delete, name) for name in names])  # those under way finish
+        if failures:
+            raise failures[0]
+    except BaseException:
+        # The journal keeps what is left, so the prune that finishes it counts what it deletes.
+        deleted = set(outcome.deleted)
+        with contextlib.suppress(OccystrapError, httpx.RequestError):
+            _write_journal(storage, {d for d in candidates if blob_name(d) not in deleted})
+        raise
+    storage.delete_blob(JOURNAL_FILE)
     LOG.info("%s: %d blobs deleted", storage.where, len(outcome.deleted))

@@ -390,8 +390,12 @@ class LayoutStorage(Protocol):
         """A small blob's bytes (a manifest, an index), None when it is not there."""
         ...
 
+    def write_file(self, name: str, data: bytes) -> None:
+        """Replace the small file `name` (the prune journal) with `data`, all at once."""
+        ...
+
     def delete_blob(self, name: str) -> None:
-        """Remove a blob (pruning); one already gone is no error."""
+        """Remove a blob (pruning) or the prune journal; one already gone is no error."""
         ...
 
     def abandon(self) -> None:
@@ -510,6 +514,10 @@ class DirectoryStorage:
         if len(data) > METADATA_LIMIT:
             raise OccystrapError(f"{path} is implausibly large for a manifest")
         return data
+
+    def write_file(self, name: str, data: bytes) -> None:
+        with atomic_file(self.path / name) as handle:
+            handle.write(data)
 
     def delete_blob(self, name: str) -> None:
         path = self.path / name

@@ -27,10 +27,12 @@ from occystrap.endpoints.registry import RegistryURI
 from occystrap.endpoints.registry_images import RegistrySource
 from occystrap.errors import OccystrapError, RegistryError, UsageError
 from occystrap.graph import platform_root
+from occystrap.layoutprune import referrers_going
 from occystrap.manifest import Manifest, parse_manifest
 from occystrap.ocilayout import (
     DEFAULT_TAG,
     DirectoryStorage,
+    LayoutStorage,
     image_tags,
     parse_index,
     tagged_entry,
@@ -349,12 +351,19 @@ class Planner:
                 orphaned |= self._orphaned_platform_referrers(
                     target, unjudged, going, set(held.values())
                 )
+            if isinstance(target, Repository):
+                going_referrers = {tag: self._target_head(target, tag) for tag in sorted(orphaned)}
+            elif going:  # a layout's go with their subject's entry: judged by what it reaches
+                leaving = {tag for tag in stale_digests if tag not in sharers}
+                going_referrers = self._layout_referrers(target, leaving)
+            else:
+                going_referrers = {}
             return [
                 stale_image(target.uri(tag), digest, sharers.get(tag))
                 for tag, digest in stale_digests.items()
             ] + [
-                stale_image(target.uri(tag), self._target_head(target, tag), None)
-                for tag in sorted(orphaned)
+                stale_image(target.uri(tag), digest, None)
+                for tag, digest in sorted(going_referrers.items())
             ]
 
         return [image for images in pool.map(stale, targets.values()) for image in images]
@@ -375,10 +384,26 @@ class Planner:
             return set()
         return candidates - _referrers_tags(held | listed(held))
 
+    def _layout_storage(self, target: Layout | Bucket) -> LayoutStorage:
+        if isinstance(target, Layout):
+            return DirectoryStorage(target.path)
+        uri = parse_uri(target.uri(DEFAULT_TAG))
+        assert isinstance(uri, BucketURI)
+        return uri.layout(self.ctx)
+
+    def _layout_referrers(self, target: Layout | Bucket, leaving: set[str]) -> dict[str, str]:
+        """The referrers tags (-> digest) of a layout that pruning `leaving` takes along, as
+        the layout holds them now (the run judges again when it removes the entries)."""
+        storage = self._layout_storage(target)
+        raw = storage.read_index() if isinstance(target, Layout) else self._bucket_index(target)
+        if raw is None:
+            return {}
+        return referrers_going(storage, raw, leaving, self.ctx.cancellation)
+
     def _target_tags(self, target: Target) -> dict[str, str | None]:
         """The target's tags, each with its digest where the listing says it (a layout's
         `index.json`; a registry's tag list does not). A layout's referrers tags are left
-        out: they go with their subject when its entry goes (occystrap.layoutprune)."""
+        out: they go with their subject (`_layout_referrers`, occystrap.layoutprune)."""
         if isinstance(target, Repository):
             try:
                 return dict.fromkeys(self.client(target).list_tags(target.name))

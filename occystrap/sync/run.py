@@ -33,7 +33,7 @@ from occystrap.layoutprune import prune_layout
 from occystrap.mediatypes import is_index
 from occystrap.middleware.builder import ChainClient, build_client
 from occystrap.middleware.quota import QuotaReading
-from occystrap.ocilayout import DirectoryStorage, LayoutStorage
+from occystrap.ocilayout import DirectoryStorage, LayoutStorage, parse_index, ref_name
 from occystrap.pipeline import RunContext, TransferStats
 from occystrap.platforms import Platform
 from occystrap.registry.ledger import UploadLedger
@@ -306,9 +306,11 @@ def prune(plan: SyncPlan, ctx: RunContext) -> list[ImageResult]:
     repositories: dict[tuple[str, str, bool], dict[str, PlannedImage]] = {}
     layouts: dict[str, tuple[OciLayoutURI | BucketURI, dict[str, PlannedImage]]] = {}
     for image in plan.images:
-        if image.action not in (PRUNE, KEPT):
-            continue
         uri = parse_uri(image.target)
+        if image.action not in (PRUNE, KEPT):
+            if isinstance(uri, OciLayoutURI | BucketURI):  # an interrupted prune to finish
+                layouts.setdefault(image.target.partition("?")[0], (uri, {}))
+            continue
         if isinstance(uri, RegistryURI):
             insecure = ctx.settings.insecure if uri.insecure is None else uri.insecure
             key = (uri.reference.registry, uri.reference.repository, insecure)
@@ -321,21 +323,26 @@ def prune(plan: SyncPlan, ctx: RunContext) -> list[ImageResult]:
     for (registry, repository, insecure), stale in repositories.items():
         client = RegistryClient(ctx.http, registry, insecure=insecure)
         results += _prune_repository(client, repository, stale)
-    for layout, stale in layouts.values():
+    for where, (layout, stale) in layouts.items():
         storage = (
             layout.layout(ctx) if isinstance(layout, BucketURI) else DirectoryStorage(layout.path)
         )
-        results += _prune_layout(storage, stale, ctx.cancellation)
+        results += _prune_layout(storage, where, stale, ctx.cancellation)
     return results
 
 
 def _prune_layout(
-    storage: LayoutStorage, stale: dict[str, PlannedImage], cancellation: Cancellation
+    storage: LayoutStorage,
+    where: str,
+    stale: dict[str, PlannedImage],
+    cancellation: Cancellation,
 ) -> list[ImageResult]:
-    """Prune `stale` (tag -> its planned image) in one layout, judged on its `index.json` as
-    it is when the entries are removed."""
+    """Prune `stale` (tag -> its planned image) in the layout `where`, judged on its
+    `index.json` as it is when the entries are removed, after finishing an interrupted
+    prune there. Referrers tags the plan listed go only with their subject."""
     now: dict[str, str] = {}  # stale tag -> what it holds now
     sharers: dict[str, str] = {}
+    referring = {tag for tag in stale if names_referrers(tag)}
 
     def choose(tags: Mapping[str, str]) -> set[str]:
         now.clear()
@@ -344,12 +351,31 @@ def _prune_layout(
         sharers.update(manifest_sharers(now, {t: d for t, d in tags.items() if t not in stale}))
         return set(now) - set(sharers)
 
+    journal = PlannedImage("", where, PRUNE)
     try:
         pruned = prune_layout(storage, choose, cancellation)
+        listed = set() if not referring else _referrers_tags_left(storage, referring)
     except (OccystrapError, httpx.RequestError) as exc:
-        return [_result_of(image, FAILED, describe_failure(exc)) for image in stale.values()]
+        why = describe_failure(exc)
+        return [_result_of(image, FAILED, why) for image in list(stale.values()) or [journal]]
     results = []
+    if pruned.finished is not None:
+        done = f"finished an interrupted prune: {pruned.finished} blobs deleted"
+        results.append(_result_of(journal, PRUNED, done))
+    elif pruned.journal_found and not stale:  # the stale tags' lines say why otherwise
+        if pruned.blob_failure is not None:
+            why = describe_failure(pruned.blob_failure)
+            results.append(_result_of(journal, FAILED, f"finishing an interrupted prune: {why}"))
+        else:
+            results.append(_result_of(journal, PRUNED, pruned.blobs_kept))
     for tag, image in stale.items():
+        if tag in referring:
+            if tag in listed:
+                kept = "refers to a manifest that a tag which stays reaches"
+                results.append(_result_of(image, KEPT, kept))
+            else:
+                results.append(_result_of(image, PRUNED))
+            continue
         if tag not in now:  # gone meanwhile: nothing left to remove
             results.append(_result_of(image, PRUNED))
             continue
@@ -363,6 +389,13 @@ def _prune_layout(
         else:
             results.append(_result_of(image, PRUNED, pruned.blobs_kept))
     return results
+
+
+def _referrers_tags_left(storage: LayoutStorage, referring: set[str]) -> set[str]:
+    """Of `referring`, the referrers tags `index.json` still lists."""
+    raw = storage.read_index()
+    entries = [] if raw is None else parse_index(raw, storage.where)
+    return referring & {ref_name(entry) for entry in entries}
 
 
 def _prune_repository(

@@ -316,6 +316,22 @@ def layout_blob(layout: Path, digest: str) -> bytes:
     return data
 
 
+def layout_reachable_blobs(layout: Path) -> set[str]:
+    """Every digest the layout's index.json entries reach (indexes, manifests, configs,
+    layers; a referrer's subject is not followed), read from the directory by this test."""
+    index = json.loads((layout / "index.json").read_text())
+    pending, reached = list(index["manifests"]), set()
+    while pending:
+        descriptor = pending.pop()
+        reached.add(descriptor["digest"])
+        document = json.loads(layout_blob(layout, descriptor["digest"]))
+        pending += document.get("manifests", [])
+        reached |= {
+            blob["digest"] for blob in [document.get("config"), *document.get("layers", [])] if blob
+        }
+    return reached
+
+
 def skopeo_copy_out_of_layout(layout: Path, tag: str, out: Path) -> str:
     """Copy TAG out of an OCI layout directory with skopeo (every blob read and verified);
     return the digest skopeo then reads from the copy."""

@@ -15,9 +15,11 @@ import pytest
 from tests.integration.cli import REPO_ROOT, assert_one_line_error, run_occystrap
 from tests.integration.images import (
     build_oci_layout,
+    layout_blob,
     layout_blob_files,
     layout_image_blobs,
     layout_index_tags,
+    layout_reachable_blobs,
     push_with_skopeo,
     random_layer,
     run_skopeo,
@@ -477,6 +479,61 @@ def test_sync_prune_in_an_s3_layout(moto, s3_env, bucket, registry_plain, unique
         s3_env,
         lambda directory: _download_prefix(moto, bucket, "pruned", directory),
         tmp_path,
+    )
+
+
+def test_an_interrupted_prune_in_an_s3_layout_is_finished_by_the_next(
+    moto, s3_env, bucket, registry_plain, unique_repo, tmp_path
+):
+    """moto refuses (through a fault proxy) every DELETE of drop's own layer: drop's entry
+    is gone, the journal object stays; the next sync --prune, after a tag reaching that layer
+    was synced, finishes it. The bucket is read with boto3."""
+    from tests.integration.fault_proxy import FaultProxy
+
+    _seed_sharing(registry_plain, unique_repo, tmp_path)
+    target = f"s3://{bucket}/journal"
+    spec = tmp_path / "sync.yaml"
+    rule = {"source": f"registry://{registry_plain.host}/{unique_repo}", "target": target}
+    spec.write_text(json.dumps({"sync": [rule]}))
+    _sync(spec, s3_env)
+    synced = tmp_path / "synced"
+    _download_prefix(moto, bucket, "journal", synced)
+    tags = layout_index_tags(synced)
+    layers = json.loads(layout_blob(synced, tags["drop"]))["layers"]
+    (own,) = {layer["digest"] for layer in layers} - layout_image_blobs(synced, tags["keep"])
+
+    spec.write_text(json.dumps({"sync": [{**rule, "tags": {"allow": ["^(keep|new)$"]}}]}))
+    report = tmp_path / "report.json"
+    with FaultProxy(moto.url) as proxy:
+        own_key = rf"/{bucket}/journal/blobs/sha256/{own.partition(':')[2]}"
+        proxy.fail_next(1000, status=403, path=own_key, method="DELETE")
+        env = {**s3_env, "AWS_ENDPOINT_URL": proxy.url}
+        _sync(spec, env, "--prune", "--report", str(report), check=False)
+    statuses = {entry["target"]: entry["status"] for entry in json.loads(report.read_text())}
+    assert statuses[f"{target}?tag=drop"] == "failed", statuses
+    cut_short = tmp_path / "cut-short"
+    _download_prefix(moto, bucket, "journal", cut_short)
+    assert layout_index_tags(cut_short) == {"keep": tags["keep"]}
+    (candidates,) = json.loads((cut_short / "occystrap-prune.json").read_text()).values()
+    assert own in candidates and set(candidates) <= layout_blob_files(cut_short)
+
+    new = tmp_path / "seed-new"
+    build_oci_layout(new, [random_layer(2000, seed=82), random_layer(1000, seed=83)])
+    push_with_skopeo(new, registry_plain, unique_repo, "new", manifest_format="oci")
+    _sync(spec, s3_env, "--prune", "--report", str(report))
+    finished = tmp_path / "finished"
+    _download_prefix(moto, bucket, "journal", finished)
+    deleted = layout_blob_files(cut_short) - layout_blob_files(finished)
+    results = {entry["target"]: entry for entry in json.loads(report.read_text())}
+    finished_line = f"finished an interrupted prune: {len(deleted)} blobs deleted"
+    assert (results[target]["status"], results[target]["error"]) == ("pruned", finished_line)
+    assert not (finished / "occystrap-prune.json").exists()
+    assert layout_blob_files(finished) == layout_reachable_blobs(finished)
+    assert own in layout_image_blobs(finished, layout_index_tags(finished)["new"])
+    assert tags["drop"] not in layout_blob_files(finished)
+    assert (
+        skopeo_copy_out_of_layout(finished, "new", tmp_path / "out")
+        == skopeo_inspect(registry_plain, f"{unique_repo}:new")["Digest"]
     )
 
 

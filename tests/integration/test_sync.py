@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -25,6 +26,7 @@ from tests.integration.images import (
     layout_blob_files,
     layout_image_blobs,
     layout_index_tags,
+    layout_reachable_blobs,
     push_multiarch_with_skopeo,
     push_with_skopeo,
     random_layer,
@@ -873,25 +875,55 @@ def test_a_layout_tag_sharing_a_manifest_with_a_kept_tag_is_kept(seeded, tmp_pat
     assert skopeo_copy_out_of_layout(layout, "b", tmp_path / "out") == digest
 
 
-def _reachable_blobs(layout: Path) -> set[str]:
-    """Every digest the layout's index.json entries reach (indexes, manifests, configs,
-    layers; a referrer's subject is not followed), read from the directory by this test."""
-    index = json.loads((layout / "index.json").read_text())
-    pending, reached = list(index["manifests"]), set()
-    while pending:
-        descriptor = pending.pop()
-        reached.add(descriptor["digest"])
-        document = json.loads(layout_blob(layout, descriptor["digest"]))
-        pending += document.get("manifests", [])
-        reached |= {
-            blob["digest"] for blob in [document.get("config"), *document.get("layers", [])] if blob
-        }
-    return reached
+def test_an_interrupted_layout_prune_is_finished_by_the_next_prune(seeded, tmp_path):
+    """A delete that fails after drop's entry left index.json (its own layer is, for the
+    test, a directory, which unlink refuses even to root) leaves the prune journal; the next
+    `sync --prune` finishes it: the layer a newly synced tag reaches stays, every other blob
+    nothing reaches is gone, and the journal too (read from the directory by this test)."""
+    layout, rule, spec = sync_sharing_images_into_a_layout(
+        seeded, "layout-journal", {"keep": 75, "drop": 76}, tmp_path
+    )
+    tags = layout_index_tags(layout)
+    layers = json.loads(layout_blob(layout, tags["drop"]))["layers"]
+    (own_digest,) = {layer["digest"] for layer in layers} - layout_image_blobs(layout, tags["keep"])
+    layer_file = layout / "blobs" / "sha256" / own_digest.partition(":")[2]
+    layer_bytes = layer_file.read_bytes()
+    layer_file.unlink()
+    (layer_file / "in-the-way").mkdir(parents=True)
+
+    write_yaml(spec, {"sync": [{**rule, "tags": {"allow": ["^(keep|new)$"]}}]})
+    cut_short = sync(str(spec), "--prune", check=False)
+    assert cut_short.returncode != 0
+    assert result_lines(cut_short.stdout)[f"oci-layout://{layout}?tag=drop"] == "failed"
+    assert layout_index_tags(layout) == {"keep": tags["keep"]}
+    (candidates,) = json.loads((layout / "occystrap-prune.json").read_text()).values()
+    assert own_digest in candidates
+    assert set(candidates) <= layout_blob_files(layout)  # those deleted already are not
+
+    shutil.rmtree(layer_file)
+    layer_file.write_bytes(layer_bytes)
+    new = tmp_path / "image-new"
+    build_oci_layout(new, [random_layer(2000, 76), random_layer(1000, 77)])  # drop's layer
+    push_with_skopeo(new, seeded.registry, f"{seeded.prefix}/layout-journal", "new", "oci")
+    before = layout_blob_files(layout)
+    finished = sync(str(spec), "--prune")
+    after = layout_blob_files(layout)
+    assert f"finished an interrupted prune: {len(before - after)} blobs deleted" in finished.stdout
+    assert after == layout_reachable_blobs(
+        layout
+    )  # nothing reachable went, nothing unreachable stayed
+    assert own_digest in layout_image_blobs(layout, layout_index_tags(layout)["new"])
+    assert own_digest in after and tags["drop"] not in after
+    assert not (layout / "occystrap-prune.json").exists()
+    assert skopeo_copy_out_of_layout(layout, "new", tmp_path / "out") == seeded.digest(
+        "layout-journal", "new"
+    )
 
 
 def test_prune_in_a_layout_takes_the_referrers_of_the_pruned_image_along(seeded, tmp_path):
     """Synced with referrers: the pruned image's SBOM (referrers tag index) and cosign
-    signature leave the layout with it, their blobs too; the kept image keeps its SBOM."""
+    signature leave the layout with it, their blobs too; the kept image keeps its SBOM. The
+    dry run lists them as prune lines and changes nothing."""
     repository = f"{seeded.prefix}/layout-referrers"
     with seeded.registry.client() as http:
         writer = RegistryWriter(http, repository)
@@ -915,20 +947,34 @@ def test_prune_in_a_layout_takes_the_referrers_of_the_pruned_image_along(seeded,
         tag_for(drop.digest, ".sig"),
     }
     tags_before, before = layout_index_tags(layout), layout_blob_files(layout)
-    assert before == _reachable_blobs(layout)
+    assert before == layout_reachable_blobs(layout)
     for referrer in (kept_sbom, dropped_sbom, signature):
         assert referrer.digest in before
 
     write_yaml(spec, {"sync": [{**rule, "tags": {"allow": ["^keep$"]}}]})
+    going = {
+        f"oci-layout://{layout}?tag={tag}"
+        for tag in ("drop", tag_for(drop.digest), tag_for(drop.digest, ".sig"))
+    }
+    index_before = (layout / "index.json").read_bytes()
+    planned = sync("--dry-run", "--prune", str(spec))
+    assert result_lines(planned.stdout) == {
+        f"oci-layout://{layout}?tag=keep": "unchanged",
+        **dict.fromkeys(going, "prune"),
+    }, planned.stdout
+    assert (layout / "index.json").read_bytes() == index_before
+    assert layout_blob_files(layout) == before
     pruned = sync(str(spec), "--prune")
     assert result_lines(pruned.stdout) == {
         f"oci-layout://{layout}?tag=keep": "unchanged",
-        f"oci-layout://{layout}?tag=drop": "pruned",
+        **dict.fromkeys(going, "pruned"),
     }, pruned.stdout
     kept_index = tags_before[tag_for(keep.digest)]
     assert layout_index_tags(layout) == {"keep": keep.digest, tag_for(keep.digest): kept_index}
     after = layout_blob_files(layout)
-    assert after == _reachable_blobs(layout)  # nothing reachable went, nothing unreachable stayed
+    assert after == layout_reachable_blobs(
+        layout
+    )  # nothing reachable went, nothing unreachable stayed
     assert {kept_sbom.digest, kept_index, digest_of(b"{}")} <= after  # the empty config: shared
     dropped = [drop, dropped_sbom, signature]
     assert not {pushed.digest for pushed in dropped} & after

@@ -17,7 +17,7 @@ import pytest
 from occystrap import cancel
 from occystrap.cancel import Cancellation
 from occystrap.errors import OccystrapError
-from occystrap.layoutprune import READS_AT_ONCE, prune_layout
+from occystrap.layoutprune import JOURNAL_FILE, JOURNAL_KEY, READS_AT_ONCE, prune_layout
 from occystrap.mediatypes import OCI_CONFIG, OCI_EMPTY, OCI_INDEX, OCI_LAYER, OCI_MANIFEST
 from occystrap.ocilayout import REF_NAME, DirectoryStorage
 
@@ -264,5 +264,59 @@ def test_a_failed_delete_starts_no_more_and_counts_those_under_way(tmp_path, cap
     assert len(storage.started) == READS_AT_ONCE  # none started after the failure
     gone = {f"blobs/{digest.replace(':', '/')}" for digest in before - layout.files()}
     assert set(pruned.deleted) == gone and len(gone) == READS_AT_ONCE - 1
+    (left,) = json.loads((tmp_path / JOURNAL_FILE).read_bytes()).values()
+    # The journal keeps only what is left: the manifest, config and layers not deleted.
+    assert set(left) <= layout.files() and len(left) == 2 + 2 * READS_AT_ONCE - len(gone)
     assert f"deleting blobs failed after {READS_AT_ONCE - 1} were deleted" in caplog.text
     assert storage.unheard == []  # each delete under way finished after the failure
+
+
+class RefusingDeletes(DirectoryStorage):
+    """A store that stopped allowing deletes after the entries were removed."""
+
+    def delete_blob(self, name: str) -> None:
+        raise OccystrapError("HTTP 503 deleting a blob")
+
+
+def test_an_interrupted_prune_is_finished_by_the_next_keeping_what_a_new_tag_reaches(tmp_path):
+    layout = Layout(tmp_path)
+    layout.tag("kept", layout.image(b"kept"))
+    dropped = layout.image(b"shared later", b"dropped's own")
+    layout.tag("drop", dropped)
+    manifest = json.loads((tmp_path / "blobs" / dropped["digest"].replace(":", "/")).read_bytes())
+    reached = {dropped["digest"], manifest["config"]["digest"]}
+    reached |= {layer["digest"] for layer in manifest["layers"]}
+    before = layout.files()
+
+    cut_short = prune_layout(RefusingDeletes(tmp_path), drop("drop"), Cancellation())
+
+    assert cut_short.removed == {"drop": dropped["digest"]}
+    assert isinstance(cut_short.blob_failure, OccystrapError)
+    assert layout.tags() == ["kept"] and layout.files() == before
+    journal = json.loads((tmp_path / JOURNAL_FILE).read_bytes())
+    assert set(journal[JOURNAL_KEY]) == reached
+
+    del layout.entries[-1]  # the helper rewrites index.json from its entries: drop is gone
+    layout.tag("new", layout.image(b"shared later"))  # synced meanwhile
+    synced = layout.files()
+    finished = prune_layout(DirectoryStorage(tmp_path), drop(), Cancellation())
+
+    shared = f"sha256:{hashlib.sha256(b'shared later').hexdigest()}"
+    assert layout.files() == synced - (reached - {shared})
+    assert finished.finished == len(reached) - 1 and finished.blob_failure is None
+    assert not (tmp_path / JOURNAL_FILE).exists()
+    assert layout.tags() == ["kept", "new"]
+
+
+def test_a_journal_occystrap_did_not_write_is_refused_and_nothing_deleted(tmp_path):
+    layout = Layout(tmp_path)
+    layout.tag("kept", layout.image(b"kept"))
+    layout.tag("drop", layout.image(b"dropped"))
+    (tmp_path / JOURNAL_FILE).write_text('{"someone": "else"}')
+    before = layout.files()
+
+    with pytest.raises(OccystrapError, match="not occystrap's prune journal"):
+        prune_layout(DirectoryStorage(tmp_path), drop("drop"), Cancellation())
+
+    assert layout.tags() == ["kept", "drop"] and layout.files() == before
+    assert (tmp_path / JOURNAL_FILE).read_text() == '{"someone": "else"}'

@@ -289,7 +289,7 @@ class Planner:
         if isinstance(target, Layout):
             return layout_digest(target.path, tag)
         if isinstance(target, Bucket):
-            return index_digest(self._bucket_index(target), tag, str(target))
+            return index_digest(self._layout_index(target), tag, str(target))
         try:
             return self.client(target).head_manifest(target.name, tag).digest
         except RegistryError as exc:
@@ -297,12 +297,14 @@ class Planner:
                 return None
             raise
 
-    def _bucket_index(self, target: Bucket) -> bytes | None:
+    def _layout_index(self, target: Layout | Bucket) -> bytes | None:
+        """The layout's `index.json` (None: no layout yet); a bucket's is read once for the
+        whole plan (one GET per layout, whatever its tags)."""
+        if isinstance(target, Layout):
+            return DirectoryStorage(target.path).read_index()
         with self._bucket_lock:
             if target.location not in self._bucket_indexes:
-                uri = parse_uri(target.uri(DEFAULT_TAG))
-                assert isinstance(uri, BucketURI)
-                self._bucket_indexes[target.location] = uri.layout(self.ctx).read_index()
+                self._bucket_indexes[target.location] = self._layout_storage(target).read_index()
             return self._bucket_indexes[target.location]
 
     # -- pruning -------------------------------------------------------------------------
@@ -394,11 +396,10 @@ class Planner:
     def _layout_referrers(self, target: Layout | Bucket, leaving: set[str]) -> dict[str, str]:
         """The referrers tags (-> digest) of a layout that pruning `leaving` takes along, as
         the layout holds them now (the run judges again when it removes the entries)."""
-        storage = self._layout_storage(target)
-        raw = storage.read_index() if isinstance(target, Layout) else self._bucket_index(target)
+        raw = self._layout_index(target)
         if raw is None:
             return {}
-        return referrers_going(storage, raw, leaving, self.ctx.cancellation)
+        return referrers_going(self._layout_storage(target), raw, leaving, self.ctx.cancellation)
 
     def _target_tags(self, target: Target) -> dict[str, str | None]:
         """The target's tags, each with its digest where the listing says it (a layout's
@@ -411,10 +412,7 @@ class Planner:
                 if exc.status == 404:
                     return {}
                 raise
-        if isinstance(target, Layout):
-            raw = DirectoryStorage(target.path).read_index()
-        else:
-            raw = self._bucket_index(target)
+        raw = self._layout_index(target)
         return {} if raw is None else dict(image_tags(parse_index(raw, str(target))))
 
     def _target_head(self, target: Target, tag: str) -> str:

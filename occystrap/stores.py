@@ -107,21 +107,18 @@ def open_source(settings: RunSettings, endpoint: Endpoint, what: str) -> Iterato
     there; a short name with several search registries is looked for at each in turn, as
     `digest` looks (`RegistryURI.first_answer`: credentials from the command line refused,
     none holding it one line naming each registry and why)."""
-    with ExitStack() as chosen:
 
-        def holding(candidate: Endpoint) -> OpenedSource:
-            with ExitStack() as attempt:
-                store = attempt.enter_context(open_store(settings, candidate, what))
-                root = root_of(candidate, store)
-                chosen.enter_context(attempt.pop_all())  # the store the command reads
-                return OpenedSource(candidate, store, root)
+    def holding(candidate: Endpoint, opened: ExitStack) -> OpenedSource:
+        store = opened.enter_context(open_store(settings, candidate, what))
+        return OpenedSource(candidate, store, root_of(candidate, store))
 
-        if isinstance(endpoint, RegistryURI):
-            yield endpoint.first_answer(
-                holding, with_credential=settings.source_credential is not None
-            )
-        else:
-            yield holding(endpoint)
+    if isinstance(endpoint, RegistryURI):
+        credential = settings.source_credential is not None
+        with endpoint.first_held(holding, with_credential=credential) as source:
+            yield source
+    else:
+        with ExitStack() as opened:
+            yield holding(endpoint, opened)
 
 
 def named_reference(endpoint: Endpoint) -> str | None:

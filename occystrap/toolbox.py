@@ -116,19 +116,17 @@ def tags(settings: RunSettings, repository: str, page_size: int | None = None) -
     of a short name, those of the first search registry whose first page answers, as reads
     find an image. A later page failing is that registry's error: listing another
     registry's tags instead would pass off a different repository as this one."""
-    with ExitStack() as chosen:
 
-        def first_page(candidate: RegistryURI) -> tuple[list[str], Iterator[list[str]]]:
-            with ExitStack() as attempt:
-                client = attempt.enter_context(registry_client(settings, candidate))
-                pages = client.tag_pages(candidate.reference.repository, page_size)
-                first = next(pages)
-                chosen.enter_context(attempt.pop_all())  # its client reads the other pages
-                return first, pages
+    def first_page(
+        candidate: RegistryURI, opened: ExitStack
+    ) -> tuple[list[str], Iterator[list[str]]]:
+        client = opened.enter_context(registry_client(settings, candidate))
+        pages = client.tag_pages(candidate.reference.repository, page_size)
+        return next(pages), pages  # the client stays open to read the other pages
 
-        first, rest = repository_uri(repository).first_answer(
-            first_page, with_credential=settings.credential is not None
-        )
+    credential = settings.credential is not None
+    with repository_uri(repository).first_held(first_page, with_credential=credential) as found:
+        first, rest = found
         return first + [tag for page in rest for tag in page]
 
 

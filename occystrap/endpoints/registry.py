@@ -8,7 +8,8 @@ machinery.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, TypeVar
 
@@ -166,6 +167,23 @@ class RegistryURI(Endpoint):
         raise RegistryError(
             f"{self}: no search registry served it: {reasons}", status=404 if lacking else None
         )
+
+    @contextmanager
+    def first_held(
+        self, ask: Callable[[RegistryURI, ExitStack], T], *, with_credential: bool
+    ) -> Iterator[T]:
+        """`first_answer` for an `ask` that opens what the caller goes on using (a client, a
+        store) on the stack it is given: the answering candidate's stay open until the block
+        ends, each other candidate's close as it fails."""
+        with ExitStack() as held:
+
+            def attempt(candidate: RegistryURI) -> T:
+                with ExitStack() as opened:
+                    answer = ask(candidate, opened)
+                    held.enter_context(opened.pop_all())
+                    return answer
+
+            yield self.first_answer(attempt, with_credential=with_credential)
 
     def candidates(self) -> tuple[ImageReference, ...]:
         """Where the image may be: the reference, then a short name's other search

@@ -26,6 +26,7 @@ from occystrap.graph import StoreSource
 from occystrap.image import ImageLike
 from occystrap.ocilayout import (
     LAYOUT_FILE,
+    DirectoryStorage,
     LayoutDestination,
     OciLayoutReader,
     OciLayoutWriter,
@@ -37,6 +38,10 @@ from occystrap.pipeline import RunContext
 class OciLayoutURI(Endpoint):
     path: Path
     tag: str | None = None
+
+    def layout(self, ctx: RunContext) -> DirectoryStorage:
+        """The layout's storage, as a bucket URI's `layout` gives a bucket's."""
+        return DirectoryStorage(self.path)
 
     def open_input(self, ctx: RunContext) -> OciLayoutSource:
         return OciLayoutSource(self.path, self.tag)

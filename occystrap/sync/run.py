@@ -33,7 +33,7 @@ from occystrap.layoutprune import prune_layout
 from occystrap.mediatypes import is_index
 from occystrap.middleware.builder import ChainClient, build_client
 from occystrap.middleware.quota import QuotaReading
-from occystrap.ocilayout import DirectoryStorage, LayoutStorage, parse_index, ref_name
+from occystrap.ocilayout import LayoutStorage, parse_index, ref_name
 from occystrap.pipeline import RunContext, TransferStats
 from occystrap.platforms import Platform
 from occystrap.registry.ledger import UploadLedger
@@ -324,10 +324,7 @@ def prune(plan: SyncPlan, ctx: RunContext) -> list[ImageResult]:
         client = RegistryClient(ctx.http, registry, insecure=insecure)
         results += _prune_repository(client, repository, stale)
     for where, (layout, stale) in layouts.items():
-        storage = (
-            layout.layout(ctx) if isinstance(layout, BucketURI) else DirectoryStorage(layout.path)
-        )
-        results += _prune_layout(storage, where, stale, ctx.cancellation)
+        results += _prune_layout(layout.layout(ctx), where, stale, ctx.cancellation)
     return results
 
 
